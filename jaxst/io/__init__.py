@@ -1,0 +1,1 @@
+"""Files: model name -> folder, the sentence-transformers folder format, weights, tokenizers."""

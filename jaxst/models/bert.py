@@ -1,0 +1,168 @@
+"""BERT encoder in Flax NNX, configured from a Hugging Face ``config.json``.
+
+Attribute names mirror the PyTorch ``BertModel`` (``embeddings.word_embeddings``,
+``encoder.layer.0.attention.self.query``, ...) so that the weight mapping in ``jaxst.io.weights`` is
+a short table of suffix rules (``kernel`` <-> ``weight`` transposed, ``embedding``/``scale`` <->
+``weight``) rather than a per-architecture rename list. RoBERTa and XLM-RoBERTa reuse the layers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+ACTIVATIONS = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # BERT's "gelu" is the exact erf form
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "tanh": jnp.tanh,
+}
+
+
+def activation(name: str):
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(f"unsupported hidden_act {name!r}; supported: {sorted(ACTIVATIONS)}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+    vocab_size: int = 30522
+    hidden_size: int = 384
+    num_hidden_layers: int = 6
+    num_attention_heads: int = 12
+    intermediate_size: int = 1536
+    hidden_act: str = "gelu"
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2  # BERT feeds segment ids; RoBERTa-style models keep one all-zero row
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 0  # RoBERTa positions start after this index
+    position_offset: bool = False  # True for RoBERTa/XLM-R: position ids are pad_token_id + 1 + i
+    dtype: str = "float32"  # compute dtype; params stay float32
+
+    @classmethod
+    def from_hf(cls, hf: dict, **overrides) -> "BertConfig":
+        pos_type = hf.get("position_embedding_type", "absolute")
+        if pos_type != "absolute":
+            raise ValueError(f"position_embedding_type {pos_type!r} is not supported (only 'absolute')")
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in hf.items() if k in names and v is not None}
+        kwargs.update(overrides)
+        activation(kwargs.get("hidden_act", cls.hidden_act))  # fail early on an unknown activation
+        return cls(**kwargs)
+
+
+class BertEmbeddings(nnx.Module):
+    def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.word_embeddings = nnx.Embed(cfg.vocab_size, cfg.hidden_size, rngs=rngs)
+        self.position_embeddings = nnx.Embed(cfg.max_position_embeddings, cfg.hidden_size, rngs=rngs)
+        self.token_type_embeddings = nnx.Embed(max(cfg.type_vocab_size, 1), cfg.hidden_size, rngs=rngs)
+        self.LayerNorm = nnx.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps, rngs=rngs)
+
+    def __call__(self, input_ids, attention_mask, token_type_ids):
+        cfg = self.cfg
+        if cfg.position_offset:
+            # RoBERTa: real tokens count up from pad_token_id + 1, padding keeps pad_token_id.
+            not_pad = (input_ids != cfg.pad_token_id).astype(jnp.int32)
+            position_ids = jnp.cumsum(not_pad, axis=1) * not_pad + cfg.pad_token_id
+        else:
+            position_ids = jnp.arange(input_ids.shape[1])[None, :]
+        x = (
+            self.word_embeddings(input_ids)
+            + self.position_embeddings(position_ids)
+            + self.token_type_embeddings(token_type_ids)
+        )  # (B, T, H)
+        return self.LayerNorm(x)
+
+
+class BertSelfAttention(nnx.Module):
+    def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
+        h = cfg.hidden_size
+        self.num_heads = cfg.num_attention_heads
+        self.query = nnx.Linear(h, h, rngs=rngs)
+        self.key = nnx.Linear(h, h, rngs=rngs)
+        self.value = nnx.Linear(h, h, rngs=rngs)
+
+    def __call__(self, x, mask):
+        b, t, h = x.shape
+        split = lambda y: y.reshape(b, t, self.num_heads, h // self.num_heads)  # (B, T, N, D)
+        q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
+        scores = jnp.einsum("btnd,bsnd->bnts", q, k) / math.sqrt(h // self.num_heads)
+        scores = jnp.where(mask[:, None, None, :], scores, jnp.finfo(scores.dtype).min)  # (B, N, T, S)
+        probs = jax.nn.softmax(scores, axis=-1)
+        return jnp.einsum("bnts,bsnd->btnd", probs, v).reshape(b, t, h)
+
+
+class BertSelfOutput(nnx.Module):
+    def __init__(self, cfg: BertConfig, d_in: int, *, rngs: nnx.Rngs):
+        self.dense = nnx.Linear(d_in, cfg.hidden_size, rngs=rngs)
+        self.LayerNorm = nnx.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps, rngs=rngs)
+
+    def __call__(self, x, residual):
+        return self.LayerNorm(self.dense(x) + residual)
+
+
+class BertAttention(nnx.Module):
+    def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
+        self.self = BertSelfAttention(cfg, rngs=rngs)
+        self.output = BertSelfOutput(cfg, cfg.hidden_size, rngs=rngs)
+
+    def __call__(self, x, mask):
+        return self.output(self.self(x, mask), x)
+
+
+class BertIntermediate(nnx.Module):
+    def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
+        self.dense = nnx.Linear(cfg.hidden_size, cfg.intermediate_size, rngs=rngs)
+        self.act = cfg.hidden_act
+
+    def __call__(self, x):
+        return activation(self.act)(self.dense(x))
+
+
+class BertLayer(nnx.Module):
+    def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
+        self.attention = BertAttention(cfg, rngs=rngs)
+        self.intermediate = BertIntermediate(cfg, rngs=rngs)
+        self.output = BertSelfOutput(cfg, cfg.intermediate_size, rngs=rngs)
+
+    def __call__(self, x, mask):
+        x = self.attention(x, mask)
+        return self.output(self.intermediate(x), x)
+
+
+class BertEncoder(nnx.Module):
+    def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
+        self.layer = nnx.List([BertLayer(cfg, rngs=rngs) for _ in range(cfg.num_hidden_layers)])
+
+    def __call__(self, x, mask):
+        for layer in self.layer:
+            x = layer(x, mask)
+        return x
+
+
+class BertModel(nnx.Module):
+    """Token states (B, T, H) from input ids, attention mask and (optional) token type ids."""
+
+    uses_token_types = True
+
+    def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embeddings = BertEmbeddings(cfg, rngs=rngs)
+        self.encoder = BertEncoder(cfg, rngs=rngs)
+
+    def __call__(self, input_ids, attention_mask, token_type_ids=None):
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        mask = attention_mask.astype(bool)  # (B, T)
+        return self.encoder(self.embeddings(input_ids, attention_mask, token_type_ids), mask)

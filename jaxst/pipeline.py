@@ -1,0 +1,82 @@
+"""The sentence-embedding pipeline as one NNX module, and its pure jitted forward.
+
+    ids, mask ─▶ encoder ─▶ token states (B, T, H) ─▶ pool ─▶ [Dense | Normalize]* ─▶ (B, D)
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxst.pooling import normalize, pool
+
+# Dense activations by the PyTorch class name sentence-transformers saves (last component, lower case).
+DENSE_ACTIVATIONS = {
+    "identity": lambda x: x,
+    "tanh": jnp.tanh,
+    "relu": jax.nn.relu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "sigmoid": jax.nn.sigmoid,
+    "silu": jax.nn.silu,
+    "softplus": jax.nn.softplus,
+}
+
+
+def dense_activation_name(saved: str | None) -> str:
+    """``torch.nn.modules.activation.Tanh`` -> ``tanh``; a clear error for anything else."""
+    name = "identity" if saved is None else saved.rsplit(".", 1)[-1].lower()
+    if name not in DENSE_ACTIVATIONS:
+        raise ValueError(f"unsupported Dense activation_function {saved!r}; supported: {sorted(DENSE_ACTIVATIONS)}")
+    return name
+
+
+class Dense(nnx.Module):
+    """sentence-transformers' Dense module: activation(linear(x)) [+ residual]."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, activation: str = "tanh",
+                 use_residual: bool = False, *, rngs: nnx.Rngs):
+        self.linear = nnx.Linear(in_features, out_features, use_bias=bias, rngs=rngs)
+        self.activation = activation
+        self.use_residual = use_residual
+        if use_residual and in_features != out_features:
+            self.residual = nnx.Linear(in_features, out_features, use_bias=False, rngs=rngs)
+
+    def __call__(self, x):
+        out = DENSE_ACTIVATIONS[self.activation](self.linear(x))
+        if self.use_residual:
+            out = out + (self.residual(x) if hasattr(self, "residual") else x)
+        return out
+
+
+class Normalize(nnx.Module):
+    def __call__(self, x):
+        return normalize(x)
+
+
+class SentenceEncoder(nnx.Module):
+    """encoder + pooling + the modules after it (Dense, Normalize), in modules.json order."""
+
+    def __init__(self, encoder: nnx.Module, pooling_modes: tuple[str, ...], include_prompt: bool = True,
+                 heads: list[nnx.Module] | None = None):
+        self.encoder = encoder
+        self.pooling_modes = tuple(pooling_modes)
+        self.include_prompt = include_prompt
+        self.heads = nnx.List(heads or [])
+
+    def __call__(self, batch: dict) -> dict:
+        mask = batch["attention_mask"]
+        tokens = self.encoder(batch["input_ids"], mask, batch.get("token_type_ids"))  # (B, T, H)
+        prompt_length = None if self.include_prompt else batch.get("prompt_length")
+        x = pool(tokens, mask, self.pooling_modes, prompt_length)  # (B, H * len(modes))
+        for head in self.heads:
+            x = head(x)
+        return {"sentence_embedding": x, "token_embeddings": tokens}
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def forward(graphdef: nnx.GraphDef, params, batch: dict) -> dict:
+    """Pure forward: ``{"sentence_embedding": (B, D), "token_embeddings": (B, T, H)}``."""
+    return nnx.merge(graphdef, params)(batch)

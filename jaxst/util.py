@@ -1,0 +1,33 @@
+"""``jaxst.util``: the helpers of ``sentence_transformers.util``, on JAX arrays."""
+
+from jaxst.pooling import normalize as normalize_embeddings
+from jaxst.pooling import truncate as truncate_embeddings
+from jaxst.quantization import quantize_embeddings
+from jaxst.search import semantic_search
+from jaxst.similarity import (
+    cos_sim,
+    dot_score,
+    euclidean_sim,
+    manhattan_sim,
+    pairwise_cos_sim,
+    pairwise_dot_score,
+    pairwise_euclidean_sim,
+    pairwise_manhattan_sim,
+    pytorch_cos_sim,
+)
+
+__all__ = [
+    "cos_sim",
+    "dot_score",
+    "euclidean_sim",
+    "manhattan_sim",
+    "normalize_embeddings",
+    "pairwise_cos_sim",
+    "pairwise_dot_score",
+    "pairwise_euclidean_sim",
+    "pairwise_manhattan_sim",
+    "pytorch_cos_sim",
+    "quantize_embeddings",
+    "semantic_search",
+    "truncate_embeddings",
+]
