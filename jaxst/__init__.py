@@ -1,8 +1,25 @@
 """jaxst: sentence-transformers as pure, jitted JAX functions over a params pytree."""
 
-from jaxst import util
-from jaxst.quantization import quantize_embeddings
-from jaxst.sentence_transformer import SentenceTransformer
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
+
+# Imported on first use, so that `jaxst --help` does not pay for importing JAX.
+_LAZY = {
+    "SentenceTransformer": ("jaxst.sentence_transformer", "SentenceTransformer"),
+    "quantize_embeddings": ("jaxst.quantization", "quantize_embeddings"),
+    "util": ("jaxst.util", None),
+}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'jaxst' has no attribute {name!r}")
+    module, attr = _LAZY[name]
+    value = importlib.import_module(module)
+    return value if attr is None else getattr(value, attr)
+
+
 __all__ = ["SentenceTransformer", "quantize_embeddings", "util", "__version__"]

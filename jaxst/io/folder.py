@@ -66,7 +66,9 @@ def read_modules(folder: Path) -> list[ModuleSpec]:
                 f"and supports only {sorted(MODULE_KINDS)}"
             )
         if kind is None:
-            raise ValueError(f"unsupported module {type_name!r} in {modules_file}; jaxst supports {sorted(MODULE_KINDS)}")
+            raise ValueError(
+                f"unsupported module {type_name!r} in {modules_file}; jaxst supports {sorted(MODULE_KINDS)}"
+            )
         path = folder / entry.get("path", "")
         config_name = "sentence_bert_config.json" if kind == "transformer" else "config.json"
         specs.append(ModuleSpec(kind, path, read_json(path / config_name, required=kind in ("pooling", "dense"))))

@@ -48,7 +48,7 @@ class Tokenizer:
         }
 
     @classmethod
-    def from_folder(cls, folder: Path, max_length: int, do_lower_case: bool = False) -> "Tokenizer":
+    def from_folder(cls, folder: Path, max_length: int, do_lower_case: bool = False) -> Tokenizer:
         path = Path(folder) / "tokenizer.json"
         if path.is_file():
             backend = HFTokenizer.from_file(str(path))

@@ -50,7 +50,7 @@ class BertConfig:
     dtype: str = "float32"  # compute dtype; params stay float32
 
     @classmethod
-    def from_hf(cls, hf: dict, **overrides) -> "BertConfig":
+    def from_hf(cls, hf: dict, **overrides) -> BertConfig:
         pos_type = hf.get("position_embedding_type", "absolute")
         if pos_type != "absolute":
             raise ValueError(f"position_embedding_type {pos_type!r} is not supported (only 'absolute')")

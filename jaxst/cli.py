@@ -1,0 +1,288 @@
+"""The ``jaxst`` command line: embed text files to ``.npy`` and run semantic search.
+
+    jaxst encode texts.txt -o embeddings.npy [--model M] [--normalize] [--precision int8]
+    cat texts.txt | jaxst encode -o embeddings.npy
+    jaxst search "A man is eating pasta." --corpus corpus.txt [--top-k 5] [--json]
+
+Input files hold one text per line (UTF-8). Errors print one ``jaxst: error: ...`` line on stderr and
+exit with status 2. The heavy imports (jax, the model) happen inside the commands, not at import time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+import tempfile
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")
+PROGRESS_THRESHOLD = 256  # show a progress bar when there are more texts than this
+
+
+class CliError(Exception):
+    """An error the user can fix: reported as one ``jaxst: error:`` line, exit status 2."""
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """Raise usage errors instead of printing the usage block and calling ``sys.exit``."""
+
+    def error(self, message: str):
+        raise CliError(f"{message} (see '{self.prog} --help')")
+
+
+def _positive_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {n}")
+    return n
+
+
+@functools.lru_cache(maxsize=4)
+def load_model(name: str):
+    """Load (once per process) a ``jaxst.SentenceTransformer`` by Hub name or folder."""
+    from jaxst import SentenceTransformer
+
+    try:
+        return SentenceTransformer(name)
+    except Exception as e:  # missing folder, offline, malformed config, unsupported architecture...
+        raise CliError(f"cannot load model {name!r}: {_one_line(e)}") from e
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("jaxst")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def read_lines(path: str | None) -> list[str]:
+    """One text per line from ``path`` (``-``/``None``: stdin).
+
+    Only the newline is removed from each line; empty lines are empty texts. A trailing newline at the
+    end of the input does not make a final empty text. ``\\r\\n`` line ends are read as newlines."""
+    try:
+        if path is None or path == "-":
+            data = sys.stdin.read()
+        else:
+            with open(path, encoding="utf-8") as f:
+                data = f.read()
+    except FileNotFoundError:
+        raise CliError(f"input file {path!r} does not exist") from None
+    except IsADirectoryError:
+        raise CliError(f"input {path!r} is a directory, not a file") from None
+    except UnicodeDecodeError as e:
+        where = "stdin" if path in (None, "-") else repr(path)
+        raise CliError(f"cannot read {where}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise CliError(f"cannot read {path!r}: {e.strerror or e}") from None
+    if not data:
+        return []
+    lines = data.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+def _check_output_path(path: str) -> None:
+    if os.path.isdir(path):
+        raise CliError(f"output {path!r} is a directory")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise CliError(f"output directory {parent!r} does not exist")
+
+
+def save_npy_atomic(path: str, array) -> None:
+    """``np.save`` to a temporary file next to ``path``, then ``os.replace`` it into place.
+
+    Writes exactly ``path`` (no ``.npy`` is appended). If anything fails or the run is interrupted,
+    the temporary file is removed and an existing ``path`` is left as it was."""
+    import numpy as np
+
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file 0600; give it the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+# ---------------------------------------------------------------------------------------- commands
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    texts = read_lines(args.input)
+    source = "stdin" if args.input in (None, "-") else args.input
+    if not texts:
+        raise CliError(f"no texts to encode in {source}")
+    _check_output_path(args.output)
+    model = load_model(args.model)
+    try:
+        embeddings = model.encode(
+            texts,
+            batch_size=args.batch_size,
+            normalize_embeddings=args.normalize,
+            precision=args.precision,
+            prompt_name=args.prompt_name,
+            show_progress_bar=len(texts) > PROGRESS_THRESHOLD,
+            convert_to_numpy=True,
+        )
+    except ValueError as e:  # unknown prompt name, int8 ranges from a single text, ...
+        raise CliError(_one_line(e)) from e
+    try:
+        save_npy_atomic(args.output, embeddings)
+    except OSError as e:
+        raise CliError(f"cannot write {args.output!r}: {e.strerror or _one_line(e)}") from e
+    n = len(texts)
+    print(
+        f"jaxst: encoded {n} text{'s' if n != 1 else ''} from {source} -> {args.output} "
+        f"(shape {tuple(embeddings.shape)}, {embeddings.dtype})",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _score_function(name: str):
+    from jaxst import util
+
+    return {
+        "dot": util.dot_score,
+        "euclidean": util.euclidean_sim,
+        "manhattan": util.manhattan_sim,
+    }.get(name, util.cos_sim)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    lines = read_lines(args.corpus)
+    corpus = [(i + 1, t) for i, t in enumerate(lines) if t.strip()]
+    if not corpus:
+        where = "stdin" if args.corpus == "-" else repr(args.corpus)
+        raise CliError(f"the corpus {where} has no non-empty lines")
+    model = load_model(args.model)
+    from jaxst.util import semantic_search
+
+    texts = [t for _, t in corpus]
+    try:
+        corpus_emb = model.encode_document(
+            texts, batch_size=args.batch_size, show_progress_bar=len(texts) > PROGRESS_THRESHOLD
+        )
+        query_emb = model.encode_query(list(args.queries), batch_size=args.batch_size, show_progress_bar=False)
+    except ValueError as e:
+        raise CliError(_one_line(e)) from e
+    hits = semantic_search(
+        query_emb, corpus_emb, top_k=args.top_k, score_function=_score_function(model.similarity_fn_name)
+    )
+    if args.json:
+        out = [
+            [
+                {"corpus_id": h["corpus_id"], "score": h["score"], "text": texts[h["corpus_id"]],
+                 "line": corpus[h["corpus_id"]][0]}
+                for h in query_hits
+            ]
+            for query_hits in hits
+        ]
+        print(json.dumps(out, indent=2, ensure_ascii=False))
+        return 0
+    for i, (query, query_hits) in enumerate(zip(args.queries, hits, strict=True)):
+        if i:
+            print()
+        print(f"Query: {query}")
+        for h in query_hits:
+            print(f"  {h['score']:.4f}  {texts[h['corpus_id']]}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _ArgumentParser(
+        prog="jaxst",
+        description="Sentence embeddings with JAX: encode text files and run semantic search.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add_model(p):
+        p.add_argument(
+            "--model", "-m", default=DEFAULT_MODEL,
+            help=f"Hub name or local folder of a sentence-transformers model (default: {DEFAULT_MODEL})",
+        )
+        p.add_argument("--batch-size", type=_positive_int, default=32, help="texts per batch (default: 32)")
+
+    enc = sub.add_parser(
+        "encode", help="embed texts (one per line) into a .npy file",
+        description="Embed texts, one per line, and save them with numpy.save (written atomically).",
+    )
+    enc.add_argument("input", nargs="?", default="-", metavar="INPUT",
+                     help="text file, one text per line (default or '-': stdin)")
+    enc.add_argument("-o", "--output", required=True, metavar="OUT.npy", help="where to write the embeddings")
+    add_model(enc)
+    enc.add_argument("--normalize", action="store_true", help="L2-normalize the embeddings")
+    enc.add_argument("--precision", choices=PRECISIONS, default="float32",
+                     help="output precision (default: float32); int8/uint8 ranges come from the input itself")
+    enc.add_argument("--prompt-name", default=None, help="name of one of the model's prompts, e.g. 'query'")
+    enc.set_defaults(func=cmd_encode)
+
+    srch = sub.add_parser(
+        "search", help="find the corpus lines most similar to each query",
+        description="Embed a corpus (its non-empty lines) and each query; print the best matches.",
+    )
+    srch.add_argument("queries", nargs="+", metavar="QUERY", help="query text(s)")
+    srch.add_argument("--corpus", "-c", required=True, metavar="FILE",
+                      help="corpus file, one document per line ('-': stdin)")
+    add_model(srch)
+    srch.add_argument("--top-k", "-k", type=_positive_int, default=5, help="matches per query (default: 5)")
+    srch.add_argument("--json", action="store_true",
+                      help="print JSON: per query a list of {corpus_id, score, text, line}")
+    srch.set_defaults(func=cmd_search)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
+    try:
+        parser = build_parser()
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as e:  # --help / --version
+            return e.code if isinstance(e.code, int) else 0
+        return args.func(args)
+    except CliError as e:
+        print(f"jaxst: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("jaxst: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `jaxst search ... | head -1`
+        try:
+            sys.stdout = open(os.devnull, "w")  # keep the flush at interpreter exit from failing again
+        except OSError:
+            pass
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
