@@ -1,8 +1,9 @@
 """Embedding quantization to int8 / uint8 / binary / ubinary, bit-exact with sentence-transformers.
 
 Works on numpy arrays (computed with numpy on the host) and on jax Arrays (computed with jax.numpy,
-so it can sit inside ``jax.jit`` when ``precision`` is static). The arithmetic is float32 elementwise,
-so both give the same bytes.
+so it can sit inside ``jax.jit`` when ``precision`` is static). numpy's result is bit-exact with
+sentence-transformers. binary/ubinary are bit-exact on both paths; for int8/uint8 the jax path can put a
+value lying on a bucket edge one level off, because XLA's float32 division is not correctly rounded.
 """
 
 from __future__ import annotations
