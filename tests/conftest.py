@@ -111,12 +111,10 @@ def make_tiny_st(tmp_path_factory, tiny_bert_base):
         similarity_fn_name=None,
         max_seq_length=64,
         base=None,
-        safe_serialization=True,
     ) -> Path:
         spec = dict(pooling_mode=pooling_mode, include_prompt=include_prompt, dense=dense, normalize=normalize,
                     prompts=prompts, default_prompt_name=default_prompt_name,
-                    similarity_fn_name=similarity_fn_name, max_seq_length=max_seq_length, base=base,
-                    safe_serialization=safe_serialization)
+                    similarity_fn_name=similarity_fn_name, max_seq_length=max_seq_length, base=base)
         key = repr(spec)
         if key in cache:
             return cache[key]
@@ -145,7 +143,7 @@ def make_tiny_st(tmp_path_factory, tiny_bert_base):
                 device="cpu",
             )
             folder = tmp_path_factory.mktemp("tiny-st")
-            model.save(str(folder), safe_serialization=safe_serialization)
+            model.save(str(folder))
         cache[key] = folder
         return folder
 

@@ -1,0 +1,121 @@
+"""Reading the sentence-transformers folder format and resolving names, against the original."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from conftest import TEXTS, max_abs
+
+import jaxst
+
+
+def reference(folder):
+    from sentence_transformers import SentenceTransformer
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return SentenceTransformer(str(folder), device="cpu")
+
+
+def test_legacy_and_current_pooling_config_agree(make_tiny_st, tmp_path):
+    folder = make_tiny_st(pooling_mode=("cls", "max", "mean"))
+    legacy = shutil.copytree(folder, tmp_path / "legacy")
+    config = json.loads((legacy / "1_Pooling" / "config.json").read_text())
+    assert config["pooling_mode"] == ["cls", "max", "mean"]
+    del config["pooling_mode"]
+    config.update(pooling_mode_cls_token=True, pooling_mode_max_tokens=True, pooling_mode_mean_tokens=True,
+                  pooling_mode_mean_sqrt_len_tokens=False, word_embedding_dimension=32)
+    (legacy / "1_Pooling" / "config.json").write_text(json.dumps(config))
+    expected = reference(folder).encode(TEXTS)
+    assert max_abs(jaxst.SentenceTransformer(legacy).encode(TEXTS), expected) < 1e-5
+    assert max_abs(reference(legacy).encode(TEXTS), expected) < 1e-6
+
+
+def test_pytorch_model_bin_is_read_with_torch(make_tiny_st, tmp_path):
+    from safetensors.torch import load_file
+
+    original = make_tiny_st(dense=[(16, torch.nn.Tanh(), True)])
+    folder = shutil.copytree(original, tmp_path / "bin")
+    for weights in folder.rglob("model.safetensors"):  # the Transformer's and the Dense module's
+        torch.save(load_file(weights), weights.with_name("pytorch_model.bin"))
+        weights.unlink()
+    expected = reference(original).encode(TEXTS)
+    assert max_abs(jaxst.SentenceTransformer(folder).encode(TEXTS), expected) < 1e-5
+
+
+def test_plain_transformers_folder_gets_mean_pooling(tiny_bert_base):
+    with pytest.warns(UserWarning, match="mean pooling"):
+        ours = jaxst.SentenceTransformer(tiny_bert_base)
+    assert max_abs(ours.encode(TEXTS[:4]), reference(tiny_bert_base).encode(TEXTS[:4])) < 1e-5
+
+
+def test_checkpoint_with_task_prefix(make_tiny_st, tmp_path):
+    """Weights saved from a task model carry a ``bert.`` prefix; they load the same."""
+    from safetensors.numpy import load_file, save_file
+
+    folder = shutil.copytree(make_tiny_st(), tmp_path / "prefixed")
+    sd = load_file(folder / "model.safetensors")
+    save_file({f"bert.{k}": v for k, v in sd.items()}, folder / "model.safetensors")
+    assert max_abs(jaxst.SentenceTransformer(folder).encode(TEXTS), reference(make_tiny_st()).encode(TEXTS)) < 1e-5
+
+
+def test_missing_tensor_is_named(make_tiny_st, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    folder = shutil.copytree(make_tiny_st(), tmp_path / "broken")
+    sd = load_file(folder / "model.safetensors")
+    del sd["encoder.layer.1.output.dense.weight"]
+    save_file(sd, folder / "model.safetensors")
+    with pytest.raises(ValueError, match=r"encoder\.layer\.1\.output\.dense\.weight"):
+        jaxst.SentenceTransformer(folder)
+
+
+def test_config_sentence_transformers_fields(make_tiny_st, tmp_path):
+    folder = shutil.copytree(make_tiny_st(similarity_fn_name="dot", prompts={"query": "q: "}), tmp_path / "cfg")
+    model = jaxst.SentenceTransformer(folder)
+    assert model.similarity_fn_name == "dot" and model.prompts["query"] == "q: "
+    config = json.loads((folder / "config_sentence_transformers.json").read_text())
+    config["truncate_dim"] = 8
+    (folder / "config_sentence_transformers.json").write_text(json.dumps(config))
+    model = jaxst.SentenceTransformer(folder)
+    assert model.encode(TEXTS).shape == (len(TEXTS), 8) and model.get_embedding_dimension() == 8
+    # Constructor arguments win over the saved config.
+    model = jaxst.SentenceTransformer(folder, truncate_dim=4, similarity_fn_name="manhattan")
+    assert model.encode(TEXTS).shape == (len(TEXTS), 4) and model.similarity_fn_name == "manhattan"
+
+
+def test_hugging_face_cache_is_used(make_tiny_st, tmp_path):
+    """A model in the HF cache layout under ``cache_folder`` resolves offline, at a revision too."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--someone--tiny-model"
+    shutil.copytree(make_tiny_st(), repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    model = jaxst.SentenceTransformer("someone/tiny-model", cache_folder=str(tmp_path / "hub"))
+    assert model.model_folder == repo / "snapshots" / commit
+    assert max_abs(model.encode(TEXTS), reference(make_tiny_st()).encode(TEXTS)) < 1e-5
+    model = jaxst.SentenceTransformer("someone/tiny-model", cache_folder=str(tmp_path / "hub"), revision=commit)
+    assert model.model_folder == repo / "snapshots" / commit
+    with pytest.raises(OSError, match="tried"):
+        jaxst.SentenceTransformer("someone/tiny-model", cache_folder=str(tmp_path / "hub"), revision="v2")
+
+
+def test_progress_bar(make_tiny_st, capsys):
+    model = jaxst.SentenceTransformer(make_tiny_st())
+    model.encode(TEXTS, batch_size=3, show_progress_bar=True)
+    err = capsys.readouterr().err
+    assert "Batches" in err and "4/4" in err
+    model.encode(TEXTS, batch_size=3)
+    assert "Batches" not in capsys.readouterr().err
+
+
+def test_tokenize_matches_the_original(make_tiny_st):
+    folder = make_tiny_st()
+    ours, ref = jaxst.SentenceTransformer(folder).tokenize(TEXTS), reference(folder).tokenize(TEXTS)
+    for key in ("input_ids", "attention_mask", "token_type_ids"):
+        np.testing.assert_array_equal(ours[key], ref[key].numpy())
