@@ -1,23 +1,98 @@
-"""Top-k semantic search over an embedding matrix with ``jax.lax.top_k``."""
+"""Exact top-k search as one compiled function: corpus chunks scored and reduced on device.
+
+The corpus is scanned in fixed-size chunks with ``jax.lax.scan``; each chunk's winners are merged
+into a running top-k on device, so there is no Python loop over corpus chunks and the score matrix
+never exists whole. Three scorers share the scan:
+
+    "dot"      float32/bfloat16 corpus, float query             -> q . c
+    "int8"     int8 corpus, int8 (scaled) query, int32 accumulate -> approximate q . dequant(c)
+    "hamming"  bits packed in uint32 words, popcount(q ^ c)        -> -Hamming distance
+"""
 
 from __future__ import annotations
 
 import functools
+import heapq
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxst.similarity import as_matrix, cos_sim
+from jaxst.pooling import normalize
+from jaxst.similarity import as_matrix, cos_sim, dot_score
+
+BLOCK = 64  # rows per block in the two-stage top-k
 
 
-@functools.partial(jax.jit, static_argnames=("k",))
-def merge_top_k(scores_a, ids_a, scores_b, ids_b, k: int):
-    """Keep the best ``k`` of two candidate sets (per row)."""
-    scores = jnp.concatenate([scores_a, scores_b], axis=1)
-    ids = jnp.concatenate([ids_a, ids_b], axis=1)
-    best, pos = jax.lax.top_k(scores, k)
-    return best, jnp.take_along_axis(ids, pos, axis=1)
+def top_k(scores, k: int):
+    """Exact ``jax.lax.top_k`` over the last axis, cheaper on long rows.
+
+    The k best values lie in the k blocks with the largest block maxima, so only those
+    blocks are sorted."""
+    q, n = scores.shape
+    if n % BLOCK or k * BLOCK >= n:
+        return jax.lax.top_k(scores, k)
+    blocks = scores.reshape(q, n // BLOCK, BLOCK)
+    _, best_blocks = jax.lax.top_k(blocks.max(axis=-1), k)  # (Q, k)
+    candidates = jnp.take_along_axis(blocks, best_blocks[:, :, None], axis=1).reshape(q, k * BLOCK)
+    values, pos = jax.lax.top_k(candidates, k)
+    ids = jnp.take_along_axis(best_blocks, pos // BLOCK, axis=1) * BLOCK + pos % BLOCK
+    return values, ids
+
+
+def _chunk_scores(queries, chunk, kind):
+    if kind == "dot":
+        return queries @ chunk.astype(jnp.float32).T
+    if kind == "cosine":
+        return normalize(queries) @ normalize(chunk.astype(jnp.float32)).T
+    if kind == "int8":
+        dims = (((1,), (1,)), ((), ()))
+        return jax.lax.dot_general(queries, chunk, dims, preferred_element_type=jnp.int32).astype(jnp.float32)
+    if kind == "hamming":
+        dist = jnp.zeros((queries.shape[0], chunk.shape[0]), jnp.int32)
+        for w in range(queries.shape[1]):  # unrolled over the words: one fused pass over the chunk
+            dist = dist + jax.lax.population_count(queries[:, w][:, None] ^ chunk[:, w][None, :]).astype(jnp.int32)
+        return -dist.astype(jnp.float32)
+    return jnp.asarray(kind(queries, chunk), jnp.float32)  # any jittable score function
+
+
+@functools.partial(jax.jit, static_argnames=("k", "kind", "chunk"))
+def chunked_top_k(queries, corpus, n_valid, *, k: int, kind, chunk: int):
+    """Best ``k`` (scores, ids) per query over the first ``n_valid`` rows of ``corpus``.
+
+    ``corpus`` (N, W) is read in ``ceil(N / chunk)`` chunks; the last chunk is aligned to the end of
+    the array (so nothing is padded or copied) and rows already seen or past ``n_valid`` score -inf."""
+    n = corpus.shape[0]
+    chunk = min(chunk, n)
+    n_chunks = -(-n // chunk)
+    kk = min(k, chunk)
+
+    def body(carry, i):
+        best, best_ids = carry
+        start = jnp.minimum(i * chunk, n - chunk)
+        block = jax.lax.dynamic_slice_in_dim(corpus, start, chunk, axis=0)
+        ids = start + jnp.arange(chunk)
+        scores = _chunk_scores(queries, block, kind)
+        scores = jnp.where((ids >= i * chunk) & (ids < n_valid), scores, -jnp.inf)
+        values, pos = top_k(scores, kk)
+        merged = jnp.concatenate([best, values], axis=1)
+        merged_ids = jnp.concatenate([best_ids, ids[pos]], axis=1)
+        values, pos = jax.lax.top_k(merged, k)
+        return (values, jnp.take_along_axis(merged_ids, pos, axis=1)), None
+
+    init = (jnp.full((queries.shape[0], k), -jnp.inf, jnp.float32), jnp.full((queries.shape[0], k), -1, jnp.int32))
+    (best, best_ids), _ = jax.lax.scan(body, init, jnp.arange(n_chunks))
+    return best, best_ids
+
+
+def hits(scores, ids, n_valid: int | None = None) -> list[list[dict]]:
+    """Rows of (scores, ids) -> ``[{"corpus_id", "score"}]`` lists, dropping empty (-1 / -inf) slots."""
+    scores, ids = np.asarray(scores), np.asarray(ids)
+    out = []
+    for row_s, row_i in zip(scores, ids):
+        keep = (row_i >= 0) & np.isfinite(row_s)
+        out.append([{"corpus_id": int(c), "score": float(s)} for s, c in zip(row_s[keep], row_i[keep])])
+    return out
 
 
 def semantic_search(
@@ -28,27 +103,112 @@ def semantic_search(
     top_k: int = 10,
     score_function=cos_sim,
 ) -> list[list[dict]]:
-    """For each query, the ``top_k`` corpus entries as ``{"corpus_id", "score"}``, best first."""
-    if not isinstance(top_k, int) or top_k < 1:
+    """For each query, the ``top_k`` corpus entries as ``{"corpus_id", "score"}``, best first.
+
+    ``score_function`` is ``cos_sim`` (default), ``dot_score`` or any jittable ``(q, c) -> scores``."""
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
         raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+    for name, value in (("query_chunk_size", query_chunk_size), ("corpus_chunk_size", corpus_chunk_size)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
     queries, corpus = as_matrix(query_embeddings), as_matrix(corpus_embeddings)
     if queries.shape[1] != corpus.shape[1]:
         raise ValueError(f"query dim {queries.shape[1]} != corpus dim {corpus.shape[1]}")
-    n_corpus = corpus.shape[0]
-    k = min(top_k, n_corpus)
+    n = corpus.shape[0]
+    if n == 0:
+        return [[] for _ in range(queries.shape[0])]
+    kind = {cos_sim: "cosine", dot_score: "dot"}.get(score_function, score_function)
+    k = min(top_k, n)
     results: list[list[dict]] = []
     for q0 in range(0, queries.shape[0], query_chunk_size):
         q = queries[q0 : q0 + query_chunk_size]
-        best = ids = None
-        for c0 in range(0, n_corpus, corpus_chunk_size):
-            scores = jnp.asarray(score_function(q, corpus[c0 : c0 + corpus_chunk_size]), jnp.float32)
-            s, i = jax.lax.top_k(scores, min(k, scores.shape[1]))
-            i = i + c0
-            best, ids = (s, i) if best is None else merge_top_k(best, ids, s, i, k=k)
-        if best is None:
-            results.extend([] for _ in range(q.shape[0]))
-            continue
-        best, ids = np.asarray(best), np.asarray(ids)
-        for row_s, row_i in zip(best, ids):
-            results.append([{"corpus_id": int(c), "score": float(s)} for s, c in zip(row_s, row_i)])
+        scores, ids = chunked_top_k(q, corpus, n, k=k, kind=kind, chunk=corpus_chunk_size)
+        results.extend(hits(scores, ids))
     return results
+
+
+def paraphrase_mining_embeddings(
+    embeddings,
+    query_chunk_size: int = 5000,
+    corpus_chunk_size: int = 100000,
+    max_pairs: int = 500000,
+    top_k: int = 100,
+    score_function=cos_sim,
+) -> list[list]:
+    """``[score, i, j]`` for the most similar pairs (i < j), best first; see sentence-transformers."""
+    embeddings = as_matrix(embeddings)
+    n = embeddings.shape[0]
+    kind = {cos_sim: "cosine", dot_score: "dot"}.get(score_function, score_function)
+    pairs: list = []  # min-heap of (score, i, j), at most max_pairs
+    queued = set()
+    min_score = float("-inf")
+    k = min(top_k + 1, n)
+    for q0 in range(0, n, query_chunk_size):
+        scores, ids = chunked_top_k(embeddings[q0 : q0 + query_chunk_size], embeddings, n, k=k, kind=kind,
+                                    chunk=corpus_chunk_size)
+        for row, (row_s, row_i) in enumerate(zip(np.asarray(scores).tolist(), np.asarray(ids).tolist())):
+            i = q0 + row
+            for j, score in [(j, s) for j, s in zip(row_i, row_s) if j != i][:top_k]:
+                if score <= min_score:
+                    continue
+                pair = (i, j) if i < j else (j, i)
+                if pair in queued:
+                    continue
+                queued.add(pair)
+                if len(pairs) < max_pairs:
+                    heapq.heappush(pairs, (score, *pair))
+                else:
+                    evicted = heapq.heappushpop(pairs, (score, *pair))
+                    queued.discard(evicted[1:])
+                    min_score = evicted[0]
+    return sorted(([s, i, j] for s, i, j in pairs), key=lambda x: x[0], reverse=True)
+
+
+def paraphrase_mining(model, sentences: list[str], show_progress_bar: bool = False, batch_size: int = 32,
+                      query_chunk_size: int = 5000, corpus_chunk_size: int = 100000, max_pairs: int = 500000,
+                      top_k: int = 100, score_function=cos_sim, truncate_dim: int | None = None,
+                      prompt_name: str | None = None, prompt: str | None = None) -> list[list]:
+    """Embed ``sentences`` with ``model`` and mine the most similar pairs."""
+    embeddings = model.encode(sentences, show_progress_bar=show_progress_bar, batch_size=batch_size,
+                              convert_to_tensor=True, truncate_dim=truncate_dim, prompt_name=prompt_name,
+                              prompt=prompt)
+    return paraphrase_mining_embeddings(embeddings, query_chunk_size, corpus_chunk_size, max_pairs, top_k,
+                                        score_function)
+
+
+def community_detection(embeddings, threshold: float = 0.75, min_community_size: int = 10,
+                        batch_size: int = 1024, show_progress_bar: bool = False) -> list[list[int]]:
+    """Communities whose members have cosine similarity >= ``threshold`` to a centre, largest first;
+    the first id of each is its centre. Same algorithm and result as sentence-transformers'."""
+    from tqdm.auto import tqdm
+
+    embeddings = as_matrix(embeddings) if len(embeddings) else None
+    if embeddings is None or embeddings.shape[0] < min_community_size:
+        return []
+    embeddings = normalize(embeddings)
+    n = embeddings.shape[0]
+    sort_max_size = min(max(2 * min_community_size, 50), n)
+    extracted = []
+    for start in tqdm(range(0, n, batch_size), desc="Finding clusters", disable=not show_progress_bar):
+        scores = np.asarray(embeddings[start : start + batch_size] @ embeddings.T)
+        kth = -np.partition(-scores, min_community_size - 1, axis=1)[:, min_community_size - 1]
+        for i in np.nonzero(kth >= threshold)[0]:
+            row = scores[i]
+            order = np.argsort(-row, kind="stable")
+            size = sort_max_size
+            while row[order[size - 1]] >= threshold and size < n:
+                size = min(2 * size, n)
+            sort_max_size = max(sort_max_size, size)
+            top = order[:size]
+            extracted.append((start + int(i), top[row[top] >= threshold].astype(np.uint32)))
+    extracted.sort(key=lambda x: len(x[1]), reverse=True)
+    communities, used = [], np.zeros(n, dtype=bool)
+    for centre, members in extracted:
+        if used[centre]:
+            continue
+        fresh = members[~used[members]]
+        if len(fresh) >= min_community_size:
+            community = [centre] + fresh[fresh != centre].tolist()
+            communities.append(community)
+            used[community] = True
+    return sorted(communities, key=len, reverse=True)

@@ -92,6 +92,18 @@ def pairwise_manhattan_sim(a, b) -> jax.Array:
     return -jnp.sum(jnp.abs(a - b), axis=-1)
 
 
+def pairwise_angle_sim(a, b) -> jax.Array:
+    """AnglE similarity |cos + sin| after L2 normalization; dimension i pairs with i + D/2."""
+    a, b = _pairwise_inputs(a, b)
+    if a.shape[1] % 2:
+        a, b = jnp.pad(a, ((0, 0), (0, 1))), jnp.pad(b, ((0, 0), (0, 1)))
+    a, b = normalize(a), normalize(b)
+    half = a.shape[1] // 2
+    cosines = jnp.sum(a * b, axis=-1)
+    sines = jnp.sum(a[:, half:] * b[:, :half] - a[:, :half] * b[:, half:], axis=-1)
+    return jnp.abs(cosines + sines)
+
+
 SIMILARITY_FUNCTIONS = {
     "cosine": (cos_sim, pairwise_cos_sim),
     "dot": (dot_score, pairwise_dot_score),

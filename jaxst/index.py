@@ -1,0 +1,334 @@
+"""A persistent, growable embedding index: exact float search and quantized search with rescoring.
+
+    index = EmbeddingIndex(384, precision="int8", ranges=ranges)
+    index.add(corpus_embeddings, texts=corpus)
+    index.search(query_embeddings, top_k=10)          # [{"corpus_id", "score", "text"}, ...] per query
+    index.search("how do I bake bread?", model=model) # text queries are embedded with encode_query
+    index.save("corpus.jxi"); EmbeddingIndex.load("corpus.jxi")
+
+Storage is host numpy in rows of the storage dtype (float32, bfloat16, int8 levels, or packed bits),
+grown by doubling so the compiled search sees few shapes; a device copy is refreshed after ``add``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+
+from jaxst.pooling import normalize
+from jaxst.quantization import quantization_ranges, quantize_embeddings
+from jaxst.search import chunked_top_k
+
+FORMAT = "jaxst-embedding-index"
+VERSION = 1
+PRECISIONS = ("float32", "bfloat16", "int8", "uint8", "binary", "ubinary")
+SIMILARITIES = ("cosine", "dot")
+MIN_CAPACITY = 1024
+
+
+def _words(packed: np.ndarray) -> np.ndarray:
+    """Packed bits (n, bytes) as uint32 words (n, ceil(bytes / 4)), zero-padded."""
+    pad = (-packed.shape[1]) % 4
+    if pad:
+        packed = np.pad(packed, ((0, 0), (0, pad)))
+    return np.ascontiguousarray(packed).view(np.uint32)
+
+
+class EmbeddingIndex:
+    """Corpus embeddings (and optionally their ids and texts) to search with top-k."""
+
+    def __init__(self, dim: int, precision: str = "float32", similarity: str = "cosine", ranges=None,
+                 chunk_size: int = 65536):
+        if not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r} is not supported; expected one of {PRECISIONS}")
+        if similarity not in SIMILARITIES:
+            raise ValueError(f"similarity {similarity!r} is not supported; expected one of {SIMILARITIES}")
+        self.dim, self.precision, self.similarity, self.chunk_size = dim, precision, similarity, chunk_size
+        self.ranges = None if ranges is None else np.asarray(ranges, np.float32)
+        if self.ranges is not None and self.ranges.shape != (2, dim):
+            raise ValueError(f"ranges must have shape (2, {dim}), got {self.ranges.shape}")
+        self._data = np.zeros((0, self._width), self._dtype)
+        self._n = 0
+        self.ids: list | None = None
+        self.texts: list[str] | None = None
+        self._device = None
+
+    # ---------------------------------------------------------------- storage
+
+    @property
+    def _binary(self) -> bool:
+        return self.precision.endswith("binary")
+
+    @property
+    def _width(self) -> int:
+        return -(-self.dim // 32) if self._binary else self.dim
+
+    @property
+    def _dtype(self):
+        return {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "int8": np.int8, "uint8": np.int8,
+                "binary": np.uint32, "ubinary": np.uint32}[self.precision]
+
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def embeddings(self) -> np.ndarray:
+        """The stored rows: float32/bfloat16 vectors, int8/uint8 levels, or packed bits (uint8 bytes)."""
+        rows = self._data[: self._n]
+        if self.precision == "uint8":
+            return (rows.astype(np.int16) + 128).astype(np.uint8)
+        if self._binary:
+            packed = rows.view(np.uint8)[:, : -(-self.dim // 8)]
+            return (packed.astype(np.int16) - 128).astype(np.int8) if self.precision == "binary" else packed
+        return rows
+
+    def _encode_rows(self, embeddings: np.ndarray) -> np.ndarray:
+        if self.similarity == "cosine":
+            embeddings = np.asarray(normalize(jnp.asarray(embeddings)))
+        if self.precision == "float32":
+            return embeddings.astype(np.float32)
+        if self.precision == "bfloat16":
+            return embeddings.astype(ml_dtypes.bfloat16)
+        if self._binary:
+            return _words(quantize_embeddings(embeddings, "ubinary"))
+        if self.ranges is None:  # calibrate once, on the first batch, then keep the ranges fixed
+            self.ranges = quantization_ranges(embeddings).astype(np.float32)
+        return quantize_embeddings(embeddings, "int8", ranges=self.ranges)
+
+    def add(self, embeddings, ids=None, texts=None) -> None:
+        """Append float embeddings (n, dim), with optional ids and texts of the same length."""
+        embeddings = np.asarray(embeddings, dtype=np.float32)
+        if embeddings.ndim == 1:
+            embeddings = embeddings[None, :]
+        if embeddings.ndim != 2 or embeddings.shape[1] != self.dim:
+            raise ValueError(f"expected embeddings of shape (n, {self.dim}), got {embeddings.shape}")
+        n = embeddings.shape[0]
+        for name, values, current in (("ids", ids, self.ids), ("texts", texts, self.texts)):
+            if values is not None and len(values) != n:
+                raise ValueError(f"{name} has {len(values)} entries for {n} embeddings")
+            if self._n and (values is None) != (current is None):
+                raise ValueError(f"this index {'has' if current is not None else 'has no'} {name}; "
+                                 f"add() must {'pass' if current is not None else 'not pass'} them too")
+        if texts is not None and not all(isinstance(t, str) for t in texts):
+            raise TypeError("texts must be strings")
+        if ids is not None and not all(isinstance(i, (int, str)) and not isinstance(i, bool) for i in ids):
+            raise TypeError("ids must be ints or strings")
+        if n == 0:
+            return
+        rows = self._encode_rows(embeddings)
+        if self._n + n > self._data.shape[0]:
+            capacity = max(MIN_CAPACITY, self._data.shape[0])
+            while capacity < self._n + n:
+                capacity *= 2
+            grown = np.zeros((capacity, self._width), self._dtype)
+            grown[: self._n] = self._data[: self._n]
+            self._data = grown
+        self._data[self._n : self._n + n] = rows
+        self._n += n
+        if ids is not None:
+            self.ids = (self.ids or []) + list(ids)
+        if texts is not None:
+            self.texts = (self.texts or []) + list(texts)
+        self._device = None
+
+    # ---------------------------------------------------------------- search
+
+    def _corpus_on_device(self):
+        if self._device is None:
+            self._device = jax.device_put(self._data)
+        return self._device
+
+    def _query_rows(self, queries, model):
+        if isinstance(queries, str) or (isinstance(queries, (list, tuple)) and queries and
+                                        all(isinstance(q, str) for q in queries)):
+            if model is None:
+                raise TypeError("text queries need a model: index.search(texts, model=model)")
+            queries = model.encode_query(list(queries) if not isinstance(queries, str) else [queries])
+        q = np.asarray(queries, dtype=np.float32)
+        if q.ndim == 1:
+            q = q[None, :]
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise ValueError(f"expected queries of shape (n, {self.dim}), got {q.shape}")
+        if self.similarity == "cosine":
+            q = np.asarray(normalize(jnp.asarray(q)))
+        return q
+
+    def search(self, queries, top_k: int = 10, rescore_multiplier: int | None = 4, model=None) -> list[list[dict]]:
+        """Top ``top_k`` hits per query, best first: ``{"corpus_id", "score"[, "id"][, "text"]}``.
+
+        ``queries``: float embeddings, or text(s) embedded with ``model.encode_query``. On a quantized
+        index the first pass fetches ``top_k * rescore_multiplier`` candidates by the quantized score
+        and rescores them with the float query against the dequantized rows (None or 1: no rescoring;
+        scores are then the quantized ones: approximate dot products, or minus the Hamming distance)."""
+        if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+            raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+        if rescore_multiplier is not None and (not isinstance(rescore_multiplier, int) or rescore_multiplier < 1):
+            raise ValueError(f"rescore_multiplier must be a positive integer or None, got {rescore_multiplier!r}")
+        q = self._query_rows(queries, model)
+        if self._n == 0:
+            return [[] for _ in range(q.shape[0])]
+        k = min(top_k, self._n)
+        quantized = self.precision not in ("float32", "bfloat16")
+        rescore = quantized and rescore_multiplier not in (None, 1)
+        first_k = min(k * rescore_multiplier, self._n) if rescore else k
+        corpus = self._corpus_on_device()
+        if not quantized:
+            scores, ids = chunked_top_k(jnp.asarray(q), corpus, self._n, k=first_k, kind="dot", chunk=self.chunk_size)
+        elif self._binary:
+            packed = _words(quantize_embeddings(q, "ubinary"))
+            scores, ids = chunked_top_k(jnp.asarray(packed), corpus, self._n, k=first_k, kind="hamming",
+                                        chunk=self.chunk_size)
+        else:
+            scores, ids, offset = self._int8_first_pass(q, corpus, first_k)
+            if not rescore:
+                scores = scores + offset
+        if rescore:
+            scores, ids = self._rescore(q, ids, k)
+        return self._hits(np.asarray(scores), np.asarray(ids))
+
+    def _int8_first_pass(self, q, corpus, k):
+        """q . dequant(c) = sum_d (q_d step_d) c_d + sum_d q_d (start_d + 128 step_d); the first sum is
+        taken in int8 x int8 -> int32 with the scaled query rounded to int8."""
+        starts, steps = self._steps()
+        w = q * steps  # (Q, D)
+        scale = np.maximum(np.abs(w).max(axis=1, keepdims=True), 1e-30) / 127
+        wq = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+        scores, ids = chunked_top_k(jnp.asarray(wq), corpus, self._n, k=k, kind="int8", chunk=self.chunk_size)
+        offset = (q * (starts + 128 * steps)).sum(axis=1, keepdims=True)
+        return np.asarray(scores) * scale, ids, offset
+
+    def _steps(self):
+        starts = self.ranges[0]
+        steps = (self.ranges[1] - starts) / 255
+        return starts, np.where(steps == 0, 1, steps).astype(np.float32)
+
+    def _rescore(self, q, ids, k):
+        """Rescore candidates with the float query against their dequantized rows (host, float64 sum
+        like sentence-transformers' rescoring)."""
+        ids = np.asarray(ids)
+        valid = ids >= 0
+        rows = self._data[np.where(valid, ids, 0)]  # (Q, K', W)
+        if self._binary:
+            bits = np.unpackbits(rows.view(np.uint8), axis=-1)[..., : self.dim].astype(np.float64)
+        else:
+            starts, steps = self._steps()
+            bits = (rows.astype(np.float64) + 128) * steps + starts
+        scores = np.einsum("qd,qkd->qk", q.astype(np.float64), bits)
+        scores[~valid] = -np.inf
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
+
+    def _hits(self, scores, ids) -> list[list[dict]]:
+        out = []
+        for row_s, row_i in zip(scores, ids):
+            row = []
+            for s, c in zip(row_s, row_i):
+                if c < 0 or not np.isfinite(s):
+                    continue
+                hit = {"corpus_id": int(c), "score": float(s)}
+                if self.ids is not None:
+                    hit["id"] = self.ids[c]
+                if self.texts is not None:
+                    hit["text"] = self.texts[c]
+                row.append(hit)
+            out.append(row)
+        return out
+
+    # ---------------------------------------------------------------- persistence
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the index to one file, atomically: a crash or a full disk leaves any previous file intact."""
+        path = Path(path)
+        header = {"format": FORMAT, "version": VERSION, "dim": self.dim, "precision": self.precision,
+                  "similarity": self.similarity, "count": self._n, "chunk_size": self.chunk_size,
+                  "has_ids": self.ids is not None, "has_texts": self.texts is not None,
+                  "has_ranges": self.ranges is not None}
+        rows = self._data[: self._n]
+        if self.precision == "bfloat16":
+            rows = rows.view(np.uint16)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as z:
+                    z.writestr("header.json", json.dumps(header))
+                    z.writestr("embeddings.npy", _npy_bytes(rows))
+                    if self.ranges is not None:
+                        z.writestr("ranges.npy", _npy_bytes(self.ranges))
+                    if self.ids is not None:
+                        z.writestr("ids.json", json.dumps(self.ids))
+                    if self.texts is not None:
+                        z.writestr("texts.json", json.dumps(self.texts, ensure_ascii=False))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _fsync_dir(path.parent)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> EmbeddingIndex:
+        """Read a file written by ``save``; a damaged or foreign file is a ValueError saying what is wrong."""
+        path = Path(path)
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = set(z.namelist())
+                if "header.json" not in names:
+                    raise ValueError(f"{path} is not a jaxst embedding index (no header)")
+                header = json.loads(z.read("header.json"))
+                if header.get("format") != FORMAT:
+                    raise ValueError(f"{path} is not a jaxst embedding index (format {header.get('format')!r})")
+                if header.get("version") != VERSION:
+                    raise ValueError(f"{path} has index format version {header.get('version')}; "
+                                     f"this jaxst reads version {VERSION}")
+                index = cls(header["dim"], header["precision"], header["similarity"],
+                            np.load(io.BytesIO(z.read("ranges.npy")), allow_pickle=False)
+                            if header["has_ranges"] else None, header.get("chunk_size", 65536))
+                rows = np.load(io.BytesIO(z.read("embeddings.npy")), allow_pickle=False)
+                ids = json.loads(z.read("ids.json")) if header["has_ids"] else None
+                texts = json.loads(z.read("texts.json")) if header["has_texts"] else None
+        except (zipfile.BadZipFile, KeyError, EOFError, json.JSONDecodeError, OSError) as e:
+            if isinstance(e, FileNotFoundError):
+                raise
+            raise ValueError(f"{path} is damaged or not a jaxst embedding index: {e}") from e
+        if index.precision == "bfloat16":
+            rows = rows.view(ml_dtypes.bfloat16)
+        n = header["count"]
+        if rows.shape != (n, index._width) or rows.dtype != index._dtype:
+            raise ValueError(f"{path}: embeddings have shape {rows.shape} and dtype {rows.dtype}, "
+                             f"expected ({n}, {index._width}) {np.dtype(index._dtype)}")
+        for name, values in (("ids", ids), ("texts", texts)):
+            if values is not None and len(values) != n:
+                raise ValueError(f"{path}: {len(values)} {name} for {n} embeddings")
+        index._data, index._n, index.ids, index.texts = np.ascontiguousarray(rows), n, ids, texts
+        return index
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

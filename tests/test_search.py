@@ -1,0 +1,290 @@
+"""Search at scale: util against sentence-transformers, quantized search recall, the persistent index."""
+
+from __future__ import annotations
+
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from conftest import read_stsb
+from sentence_transformers import util as st_util
+
+import jaxst
+from jaxst import util
+from jaxst.index import EmbeddingIndex
+
+rng = np.random.default_rng(42)
+
+
+def assert_same_hits(ours, ref, tie=1e-5):
+    """Same ids in the same order, except where the reference's neighbouring scores tie (within ``tie``).
+
+    Scores agree to 1e-5 relative to their size: unnormalized dot products of 384-d Gaussians reach ~80,
+    where float32 itself resolves only ~1e-5."""
+    assert len(ours) == len(ref)
+    for row_ours, row_ref in zip(ours, ref):
+        assert len(row_ours) == len(row_ref)
+        ref_scores = [h["score"] for h in row_ref]
+        for pos, (a, b) in enumerate(zip(row_ours, row_ref)):
+            scale = max(1.0, abs(b["score"]))
+            assert abs(a["score"] - b["score"]) < 1e-5 * scale
+            if a["corpus_id"] != b["corpus_id"]:
+                near = [s for i, s in enumerate(ref_scores) if i != pos and abs(s - b["score"]) < tie * scale]
+                assert near, (pos, a, b)
+
+
+def test_pairwise_angle_sim():
+    for dim in (16, 15):
+        a = rng.standard_normal((9, dim)).astype(np.float32)
+        b = rng.standard_normal((9, dim)).astype(np.float32)
+        ref = st_util.pairwise_angle_sim(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+        np.testing.assert_allclose(np.asarray(util.pairwise_angle_sim(a, b)), ref, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def big_corpus():
+    corpus = rng.standard_normal((50_000, 384)).astype(np.float32)
+    queries = rng.standard_normal((40, 384)).astype(np.float32)
+    return queries, corpus
+
+
+@pytest.mark.parametrize("corpus_chunk_size,query_chunk_size", [(500_000, 100), (7_000, 100), (16_384, 7)])
+@pytest.mark.parametrize("score", ["cos_sim", "dot_score"])
+def test_semantic_search_50k(big_corpus, corpus_chunk_size, query_chunk_size, score):
+    queries, corpus = big_corpus
+    ours = util.semantic_search(queries, corpus, query_chunk_size=query_chunk_size,
+                                corpus_chunk_size=corpus_chunk_size, top_k=10, score_function=getattr(util, score))
+    ref = st_util.semantic_search(torch.from_numpy(queries), torch.from_numpy(corpus), top_k=10,
+                                  score_function=getattr(st_util, score))
+    assert_same_hits(ours, ref)
+
+
+def test_semantic_search_custom_score_function(big_corpus):
+    queries, corpus = big_corpus
+    ours = util.semantic_search(queries[:5], corpus[:3000], top_k=5, score_function=util.manhattan_sim,
+                                corpus_chunk_size=1000)
+    ref = st_util.semantic_search(torch.from_numpy(queries[:5]), torch.from_numpy(corpus[:3000]), top_k=5,
+                                  score_function=st_util.manhattan_sim)
+    assert_same_hits(ours, ref, tie=1e-3)
+
+
+def test_paraphrase_mining_embeddings():
+    emb = rng.standard_normal((400, 32)).astype(np.float32)
+    for kwargs in ({}, {"query_chunk_size": 64, "corpus_chunk_size": 100, "top_k": 5, "max_pairs": 300}):
+        ours = util.paraphrase_mining_embeddings(emb, **kwargs)
+        ref = st_util.paraphrase_mining_embeddings(torch.from_numpy(emb), **kwargs)
+        assert len(ours) > 100
+        assert_same_pairs(ours, ref)
+
+
+def assert_same_pairs(ours, ref):
+    """Same [score, i, j] list, ties aside: a pair may only swap with one of (nearly) equal score."""
+    assert len(ours) == len(ref)
+    np.testing.assert_allclose([p[0] for p in ours], [p[0] for p in ref], atol=1e-5)
+    assert_same_hits([[{"corpus_id": tuple(p[1:]), "score": p[0]} for p in ours]],
+                     [[{"corpus_id": tuple(p[1:]), "score": p[0]} for p in ref]])
+    margin = ref[-1][0] + 1e-5  # pairs clearly inside the cut-off are the same set
+    assert {tuple(p[1:]) for p in ours if p[0] > margin} == {tuple(p[1:]) for p in ref if p[0] > margin}
+
+
+def test_paraphrase_mining_with_model(jx_minilm, st_minilm):
+    sentences = [r[0] for r in read_stsb("stsb-en-dev.csv")[:200]]
+    ours = util.paraphrase_mining(jx_minilm, sentences, top_k=3)
+    ref = st_util.paraphrase_mining(st_minilm, sentences, top_k=3)
+    # The dev set repeats some sentences; which copy wins a tie is arbitrary, so name each by its text.
+    first = {s: i for i, s in reversed(list(enumerate(sentences)))}
+
+    def canonical(pairs):
+        return [[score, *sorted((first[sentences[i]], first[sentences[j]]))] for score, i, j in pairs]
+
+    assert len(ours) > 100
+    assert_same_pairs(canonical(ours), canonical(ref))
+
+
+def test_community_detection():
+    centres = rng.standard_normal((6, 24)).astype(np.float32)
+    emb = np.concatenate([c + 0.25 * rng.standard_normal((n, 24)).astype(np.float32)
+                          for c, n in zip(centres, (40, 25, 12, 8, 60, 3))])
+    emb = np.concatenate([emb, rng.standard_normal((30, 24)).astype(np.float32)])
+    for kwargs in ({"threshold": 0.8, "min_community_size": 10}, {"threshold": 0.7, "min_community_size": 5,
+                                                                   "batch_size": 17}):
+        ours = util.community_detection(emb, **kwargs)
+        ref = st_util.community_detection(torch.from_numpy(emb), **kwargs)
+        assert len(ours) >= 3
+        assert [c[0] for c in ours] == [c[0] for c in ref]
+        assert [sorted(c) for c in ours] == [sorted(c) for c in ref]
+    assert util.community_detection(emb[:3]) == []
+
+
+# ---------------------------------------------------------------- quantized search on real embeddings
+
+
+@pytest.fixture(scope="module")
+def stsb_embeddings(jx_minilm):
+    rows = read_stsb("stsb-en-train.csv") + read_stsb("stsb-en-dev.csv") + read_stsb("stsb-en-test.csv")
+    sentences = list(dict.fromkeys(s for a, b, _ in rows for s in (a, b)))
+    assert len(sentences) == 15_457
+    emb = jx_minilm.encode(sentences, batch_size=64, normalize_embeddings=True)
+    queries = emb[np.random.default_rng(7).choice(len(emb), 300, replace=False)]
+    exact = util.semantic_search(queries, emb, top_k=10)
+    return queries, emb, [[h["corpus_id"] for h in q] for q in exact]
+
+
+def recall_at_10(hits, exact_ids) -> float:
+    return float(np.mean([len({h["corpus_id"] for h in h_row} & set(e_row)) / 10
+                          for h_row, e_row in zip(hits, exact_ids)]))
+
+
+def test_float_index_is_exact(stsb_embeddings):
+    queries, emb, exact_ids = stsb_embeddings
+    for precision in ("float32", "bfloat16"):
+        index = EmbeddingIndex(384, precision=precision, chunk_size=4096)
+        index.add(emb)
+        hits = index.search(queries, top_k=10)
+        if precision == "float32":
+            assert [[h["corpus_id"] for h in q] for q in hits] == exact_ids
+        else:
+            assert recall_at_10(hits, exact_ids) >= 0.98
+
+
+def test_int8_search_recall(stsb_embeddings):
+    queries, emb, exact_ids = stsb_embeddings
+    for precision in ("int8", "uint8"):
+        index = EmbeddingIndex(384, precision=precision, similarity="dot", chunk_size=4096)  # emb is normalized
+        index.add(emb)
+        np.testing.assert_array_equal(index.embeddings, util.quantize_embeddings(emb, precision))
+        recall = recall_at_10(index.search(queries, top_k=10, rescore_multiplier=2), exact_ids)
+        assert recall >= 0.99, recall
+
+
+def test_binary_search_recall_at_least_faiss(stsb_embeddings):
+    from sentence_transformers.util.quantization import semantic_search_faiss
+
+    queries, emb, exact_ids = stsb_embeddings
+    index = EmbeddingIndex(384, precision="ubinary", similarity="dot", chunk_size=4096)  # emb is normalized
+    index.add(emb)
+    np.testing.assert_array_equal(index.embeddings, util.quantize_embeddings(emb, "ubinary"))
+    ours = recall_at_10(index.search(queries, top_k=10, rescore_multiplier=4), exact_ids)
+    ref_hits, _ = semantic_search_faiss(queries, corpus_embeddings=util.quantize_embeddings(emb, "ubinary"),
+                                        corpus_precision="ubinary", top_k=10, rescore_multiplier=4)
+    reference = recall_at_10(ref_hits, exact_ids)
+    assert ours >= reference - 1e-9, (ours, reference)
+    assert reference > 0.6
+    # Without rescoring, scores are minus the Hamming distance.
+    raw = index.search(queries[:3], top_k=5, rescore_multiplier=None)
+    assert all(h["score"] <= 0 and float(h["score"]).is_integer() for q in raw for h in q)
+
+
+# ---------------------------------------------------------------- the persistent index
+
+
+def small_index(precision="float32", with_meta=True):
+    emb = rng.standard_normal((300, 24)).astype(np.float32)
+    index = EmbeddingIndex(24, precision=precision, chunk_size=128)
+    ids = [f"doc-{i}" for i in range(300)] if with_meta else None
+    texts = [f"text {i} ✓" for i in range(300)] if with_meta else None
+    index.add(emb[:200], ids=ids and ids[:200], texts=texts and texts[:200])
+    index.add(emb[200:], ids=ids and ids[200:], texts=texts and texts[200:])
+    return index, emb
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16", "int8", "uint8", "binary", "ubinary"])
+def test_save_load_round_trip(tmp_path, precision):
+    index, emb = small_index(precision)
+    path = tmp_path / "corpus.jxi"
+    index.save(path)
+    loaded = EmbeddingIndex.load(path)
+    assert len(loaded) == 300 and loaded.precision == precision and loaded.ids == index.ids
+    assert loaded.texts == index.texts
+    np.testing.assert_array_equal(np.asarray(loaded.embeddings), np.asarray(index.embeddings))
+    q = emb[:5] + 0.1
+    assert loaded.search(q, top_k=7) == index.search(q, top_k=7)
+    loaded.add(emb[:10], ids=[f"new-{i}" for i in range(10)], texts=["n"] * 10)  # still growable
+    assert len(loaded) == 310 and loaded.search(emb[3], top_k=1)[0][0]["id"] in ("doc-3", "new-3")
+
+
+def test_growing_keeps_results_and_finds_new_rows():
+    index, emb = small_index()
+    hit = index.search(emb[250], top_k=1)[0][0]
+    assert hit == {"corpus_id": 250, "score": pytest.approx(1.0, abs=1e-5), "id": "doc-250", "text": "text 250 ✓"}
+    exact = util.semantic_search(emb[:4], emb, top_k=5)
+    assert [[h["corpus_id"] for h in r] for r in index.search(emb[:4], top_k=5)] == \
+        [[h["corpus_id"] for h in r] for r in exact]
+
+
+def test_interrupted_save_leaves_the_old_index(tmp_path, monkeypatch):
+    index, emb = small_index()
+    path = tmp_path / "corpus.jxi"
+    index.save(path)
+    before = path.read_bytes()
+    index.add(emb[:5], ids=list("abcde"), texts=list("vwxyz"))
+
+    def full_disk(self, name, data, *args, **kwargs):
+        if name == "embeddings.npy":
+            raise OSError(28, "No space left on device")
+        return original(self, name, data, *args, **kwargs)
+
+    original = zipfile.ZipFile.writestr
+    monkeypatch.setattr(zipfile.ZipFile, "writestr", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        index.save(path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.jxi"]  # no temp file left behind
+    assert len(EmbeddingIndex.load(path)) == 300
+
+
+def test_damaged_or_foreign_files(tmp_path):
+    index, _ = small_index()
+    path = tmp_path / "corpus.jxi"
+    index.save(path)
+    truncated = tmp_path / "truncated.jxi"
+    truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ValueError, match="damaged"):
+        EmbeddingIndex.load(truncated)
+    foreign = tmp_path / "foreign.npz"
+    np.savez(foreign, x=np.zeros(3))
+    with pytest.raises(ValueError, match="not a jaxst embedding index"):
+        EmbeddingIndex.load(foreign)
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    with pytest.raises(ValueError, match="damaged or not"):
+        EmbeddingIndex.load(text)
+    future = tmp_path / "future.jxi"
+    with zipfile.ZipFile(future, "w") as z:
+        z.writestr("header.json", '{"format": "jaxst-embedding-index", "version": 99}')
+    with pytest.raises(ValueError, match="version 99"):
+        EmbeddingIndex.load(future)
+    with pytest.raises(FileNotFoundError):
+        EmbeddingIndex.load(tmp_path / "missing.jxi")
+
+
+def test_index_bad_input():
+    index, emb = small_index()
+    with pytest.raises(ValueError, match="shape"):
+        index.add(np.zeros((2, 5)))
+    with pytest.raises(ValueError, match="ids"):
+        index.add(emb[:2], ids=["x"], texts=["a", "b"])
+    with pytest.raises(ValueError, match="has ids"):
+        index.add(emb[:2])
+    with pytest.raises(ValueError, match="top_k"):
+        index.search(emb[0], top_k=0)
+    with pytest.raises(TypeError, match="model"):
+        index.search("a text query")
+    with pytest.raises(ValueError, match="precision"):
+        EmbeddingIndex(24, precision="int4")
+    assert EmbeddingIndex(24).search(emb[:2]) == [[], []]
+
+
+def test_retrieve_with_text_queries(jx_minilm):
+    corpus = ["A man is eating food.", "A man is eating a piece of bread.", "The girl is carrying a baby.",
+              "A man is riding a horse.", "A woman is playing violin."]
+    index = jaxst.EmbeddingIndex(384)
+    index.add(jx_minilm.encode(corpus), texts=corpus)
+    hits = index.search(["Someone eats bread.", "A person plays a string instrument."], top_k=2, model=jx_minilm)
+    assert hits[0][0]["text"] == "A man is eating a piece of bread." and hits[1][0]["corpus_id"] == 4
+    expected = util.semantic_search(jx_minilm.encode(["Someone eats bread."]), jx_minilm.encode(corpus), top_k=2)
+    assert [h["corpus_id"] for h in hits[0]] == [h["corpus_id"] for h in expected[0]]
+    assert abs(hits[0][0]["score"] - expected[0][0]["score"]) < 1e-5
+    assert index.search("Someone eats bread.", top_k=1, model=jx_minilm)[0][0]["corpus_id"] == 1
