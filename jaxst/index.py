@@ -47,7 +47,7 @@ class EmbeddingIndex:
     """Corpus embeddings (and optionally their ids and texts) to search with top-k."""
 
     def __init__(self, dim: int, precision: str = "float32", similarity: str = "cosine", ranges=None,
-                 chunk_size: int = 65536):
+                 chunk_size: int = 131072):
         if not isinstance(dim, int) or dim < 1:
             raise ValueError(f"dim must be a positive integer, got {dim!r}")
         if precision not in PRECISIONS:
@@ -145,8 +145,12 @@ class EmbeddingIndex:
     # ---------------------------------------------------------------- search
 
     def _corpus_on_device(self):
+        """The rows up to the next multiple of ``chunk_size`` on device (binary rows transposed to
+        words-major for the popcount scan): the compiled search sees a new shape only per chunk."""
         if self._device is None:
-            self._device = jax.device_put(self._data)
+            rows = min(-(-self._n // self.chunk_size) * self.chunk_size, self._data.shape[0])
+            data = self._data[:rows]
+            self._device = jax.device_put(np.ascontiguousarray(data.T) if self._binary else data)
         return self._device
 
     def _query_rows(self, queries, model):
@@ -294,7 +298,7 @@ class EmbeddingIndex:
                                      f"this jaxst reads version {VERSION}")
                 index = cls(header["dim"], header["precision"], header["similarity"],
                             np.load(io.BytesIO(z.read("ranges.npy")), allow_pickle=False)
-                            if header["has_ranges"] else None, header.get("chunk_size", 65536))
+                            if header["has_ranges"] else None, header.get("chunk_size", 131072))
                 rows = np.load(io.BytesIO(z.read("embeddings.npy")), allow_pickle=False)
                 ids = json.loads(z.read("ids.json")) if header["has_ids"] else None
                 texts = json.loads(z.read("texts.json")) if header["has_texts"] else None

@@ -48,10 +48,10 @@ def _chunk_scores(queries, chunk, kind):
     if kind == "int8":
         dims = (((1,), (1,)), ((), ()))
         return jax.lax.dot_general(queries, chunk, dims, preferred_element_type=jnp.int32).astype(jnp.float32)
-    if kind == "hamming":
-        dist = jnp.zeros((queries.shape[0], chunk.shape[0]), jnp.int32)
+    if kind == "hamming":  # chunk is (words, rows): each word is one contiguous row
+        dist = jnp.zeros((queries.shape[0], chunk.shape[1]), jnp.int32)
         for w in range(queries.shape[1]):  # unrolled over the words: one fused pass over the chunk
-            dist = dist + jax.lax.population_count(queries[:, w][:, None] ^ chunk[:, w][None, :]).astype(jnp.int32)
+            dist = dist + jax.lax.population_count(queries[:, w][:, None] ^ chunk[w][None, :]).astype(jnp.int32)
         return -dist.astype(jnp.float32)
     return jnp.asarray(kind(queries, chunk), jnp.float32)  # any jittable score function
 
@@ -61,8 +61,10 @@ def chunked_top_k(queries, corpus, n_valid, *, k: int, kind, chunk: int):
     """Best ``k`` (scores, ids) per query over the first ``n_valid`` rows of ``corpus``.
 
     ``corpus`` (N, W) is read in ``ceil(N / chunk)`` chunks; the last chunk is aligned to the end of
-    the array (so nothing is padded or copied) and rows already seen or past ``n_valid`` score -inf."""
-    n = corpus.shape[0]
+    the array (so nothing is padded or copied) and rows already seen or past ``n_valid`` score -inf.
+    For ``kind="hamming"`` the corpus is stored transposed, (W, N) packed words."""
+    axis = 1 if kind == "hamming" else 0
+    n = corpus.shape[axis]
     chunk = min(chunk, n)
     n_chunks = -(-n // chunk)
     kk = min(k, chunk)
@@ -70,7 +72,7 @@ def chunked_top_k(queries, corpus, n_valid, *, k: int, kind, chunk: int):
     def body(carry, i):
         best, best_ids = carry
         start = jnp.minimum(i * chunk, n - chunk)
-        block = jax.lax.dynamic_slice_in_dim(corpus, start, chunk, axis=0)
+        block = jax.lax.dynamic_slice_in_dim(corpus, start, chunk, axis=axis)
         ids = start + jnp.arange(chunk)
         scores = _chunk_scores(queries, block, kind)
         scores = jnp.where((ids >= i * chunk) & (ids < n_valid), scores, -jnp.inf)

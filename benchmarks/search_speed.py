@@ -1,0 +1,119 @@
+"""Exact and quantized top-k search: jaxst vs sentence-transformers (and FAISS), same process.
+
+    python benchmarks/search_speed.py [--corpus 1000000] [--dim 384] [--queries 100] [--top-k 10]
+
+A random normalized float32 corpus and queries. Each method runs once to warm up (jaxst compiles
+there), then the best of `--repeats` timed runs counts. Recall@k is measured against exact float
+search. Memory: the bytes each corpus representation holds, and the process's peak RSS at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+
+import numpy as np
+
+
+def best_ms(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * min(times)
+
+
+def recall(hits, exact) -> float:
+    return float(np.mean([len({h["corpus_id"] for h in a} & {h["corpus_id"] for h in b}) / len(b)
+                          for a, b in zip(hits, exact)]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--corpus", type=int, default=1_000_000)
+    parser.add_argument("--dim", type=int, default=384)
+    parser.add_argument("--queries", type=int, default=100)
+    parser.add_argument("--top-k", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    import faiss
+    import jax
+    import torch
+    from sentence_transformers import util as st_util
+
+    from jaxst import util
+    from jaxst.index import EmbeddingIndex
+
+    rng = np.random.default_rng(0)
+    corpus = rng.standard_normal((args.corpus, args.dim), dtype=np.float32)
+    corpus /= np.linalg.norm(corpus, axis=1, keepdims=True)
+    queries = corpus[rng.choice(args.corpus, args.queries, replace=False)] + 0.05 * rng.standard_normal(
+        (args.queries, args.dim), dtype=np.float32)
+    k = args.top_k
+    t_corpus, t_queries = torch.from_numpy(corpus), torch.from_numpy(queries)
+    j_corpus, j_queries = jax.device_put(corpus), jax.device_put(queries)
+    exact = st_util.semantic_search(t_queries, t_corpus, top_k=k, score_function=st_util.dot_score)
+
+    rows = []
+
+    def run(name, fn, nbytes, reference=None):
+        ms = best_ms(fn, args.repeats)
+        hits = fn()
+        rows.append((name, ms, recall(hits, exact), nbytes / 2**20, reference))
+
+    f32 = corpus.nbytes
+    run("sentence-transformers semantic_search cos_sim",
+        lambda: st_util.semantic_search(t_queries, t_corpus, top_k=k), f32)
+    run("sentence-transformers semantic_search dot_score",
+        lambda: st_util.semantic_search(t_queries, t_corpus, top_k=k, score_function=st_util.dot_score), f32)
+    flat = faiss.IndexFlatIP(args.dim)
+    flat.add(corpus)
+    run("FAISS IndexFlatIP", lambda: [[{"corpus_id": int(i)} for i in row] for row in flat.search(queries, k)[1]],
+        f32)
+    packed = util.quantize_embeddings(corpus, "ubinary")
+    binary_flat = faiss.IndexBinaryFlat(args.dim)
+    binary_flat.add(packed)
+    q_packed = util.quantize_embeddings(queries, "ubinary")
+    run("FAISS IndexBinaryFlat (no rescore)",
+        lambda: [[{"corpus_id": int(i)} for i in row] for row in binary_flat.search(q_packed, k)[1]], packed.nbytes)
+
+    run("jaxst util.semantic_search cos_sim", lambda: util.semantic_search(j_queries, j_corpus, top_k=k), f32,
+        "sentence-transformers semantic_search cos_sim")
+    run("jaxst util.semantic_search dot_score",
+        lambda: util.semantic_search(j_queries, j_corpus, top_k=k, score_function=util.dot_score), f32,
+        "sentence-transformers semantic_search dot_score")
+    indexes = {}
+    for precision in ("float32", "int8", "ubinary"):
+        index = EmbeddingIndex(args.dim, precision=precision, similarity="cosine")
+        index.add(corpus)
+        indexes[precision] = index
+    nbytes = {p: ix.embeddings.nbytes for p, ix in indexes.items()}
+    run("jaxst EmbeddingIndex float32 (cosine)", lambda: indexes["float32"].search(queries, top_k=k),
+        nbytes["float32"], "sentence-transformers semantic_search cos_sim")
+    run("jaxst EmbeddingIndex int8, rescore x2",
+        lambda: indexes["int8"].search(queries, top_k=k, rescore_multiplier=2), nbytes["int8"],
+        "jaxst EmbeddingIndex float32 (cosine)")
+    run("jaxst EmbeddingIndex ubinary, rescore x4",
+        lambda: indexes["ubinary"].search(queries, top_k=k, rescore_multiplier=4), nbytes["ubinary"],
+        "FAISS IndexBinaryFlat (no rescore)")
+    run("jaxst EmbeddingIndex ubinary, no rescore",
+        lambda: indexes["ubinary"].search(queries, top_k=k, rescore_multiplier=None), nbytes["ubinary"],
+        "FAISS IndexBinaryFlat (no rescore)")
+
+    times = {name: ms for name, ms, *_ in rows}
+    print(f"corpus {args.corpus} x {args.dim} float32 (normalized), {args.queries} queries, top-{k}, "
+          f"best of {args.repeats}; jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads), faiss {faiss.__version__}")
+    print(f"{'method':48} {'ms':>9} {'recall@k':>9} {'corpus MiB':>11}  speed-up")
+    for name, ms, rec, mib, reference in rows:
+        ratio = f"{times[reference] / ms:5.2f}x vs {reference}" if reference else ""
+        print(f"{name:48} {ms:9.1f} {rec:9.3f} {mib:11.1f}  {ratio}")
+    print(f"peak RSS of the process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()
