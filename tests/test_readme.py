@@ -25,7 +25,8 @@ def numbers(text: str) -> list[float]:
     return [float(x) for x in re.findall(r"-?\d+\.\d+(?:e-?\d+)?", text)]
 
 
-def test_readme_examples_run_and_print_what_they_say():
+def test_readme_examples_run_and_print_what_they_say(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # examples that save files write them here
     blocks = python_blocks()
     assert len(blocks) >= 4
     namespace: dict = {}
