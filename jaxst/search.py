@@ -82,6 +82,10 @@ def chunked_top_k(queries, corpus, n_valid, *, k: int, kind, chunk: int):
         values, pos = jax.lax.top_k(merged, k)
         return (values, jnp.take_along_axis(merged_ids, pos, axis=1)), None
 
+    if n_chunks == 1:  # the whole corpus is one chunk: no slicing, no scan
+        scores = _chunk_scores(queries, corpus, kind)
+        scores = jnp.where(jnp.arange(n) < n_valid, scores, -jnp.inf)
+        return top_k(scores, k)
     init = (jnp.full((queries.shape[0], k), -jnp.inf, jnp.float32), jnp.full((queries.shape[0], k), -1, jnp.int32))
     (best, best_ids), _ = jax.lax.scan(body, init, jnp.arange(n_chunks))
     return best, best_ids
