@@ -24,7 +24,7 @@ from jaxst.io.folder import read_json, read_modules
 from jaxst.io.hub import resolve_model_folder
 from jaxst.io.tokenizer import Tokenizer
 from jaxst.io.weights import params_from_state_dict, read_state_dict
-from jaxst.models import encoder_from_hf_config
+from jaxst.models import encoder_from_hf_config, model_type
 from jaxst.pipeline import Dense, Normalize, SentenceEncoder, dense_activation_name, forward
 from jaxst.pooling import normalize, pooling_modes_from_config, truncate
 from jaxst.quantization import check_precision, quantize_embeddings
@@ -122,11 +122,12 @@ class SentenceTransformer:
             warnings.warn("jaxst runs no remote code; trust_remote_code=True has no effect", stacklevel=2)
         encoder_cfg, encoder_cls = encoder_from_hf_config(hf_config)
         self.hf_config = hf_config
+        self._max_tokens = encoder_cfg.max_tokens
 
         max_seq_length = transformer.config.get("max_seq_length")
         if max_seq_length is None:
             tok_cfg = read_json(transformer.path / "tokenizer_config.json", required=False)
-            max_seq_length = min(int(tok_cfg.get("model_max_length", 1e9)), encoder_cfg.max_position_embeddings)
+            max_seq_length = min(int(tok_cfg.get("model_max_length", 1e9)), encoder_cfg.max_tokens)
         self.tokenizer = Tokenizer.from_folder(
             transformer.path, int(max_seq_length), bool(transformer.config.get("do_lower_case", False))
         )
@@ -176,7 +177,8 @@ class SentenceTransformer:
         self.graphdef, _ = nnx.split(module, nnx.Param)
 
         encoder_sd = read_state_dict(transformer.path)
-        params = {"encoder": params_from_state_dict(module.encoder, encoder_sd, (f"{hf_config['model_type']}.",))}
+        prefixes = (f"{encoder_cls.base_model_prefix}.",)  # keys of task checkpoints: "roberta.embeddings..."
+        params = {"encoder": params_from_state_dict(module.encoder, encoder_sd, prefixes)}
         for i, (head, spec) in enumerate(zip(heads, head_specs)):
             if spec.kind == "dense":
                 params.setdefault("heads", {})[i] = params_from_state_dict(head, read_state_dict(spec.path))
@@ -225,9 +227,9 @@ class SentenceTransformer:
 
     @max_seq_length.setter
     def max_seq_length(self, value: int) -> None:
-        limit = self.hf_config.get("max_position_embeddings")
-        if limit and isinstance(value, int) and value > limit:
-            raise ValueError(f"max_seq_length {value} exceeds the model's max_position_embeddings {limit}")
+        if isinstance(value, int) and value > self._max_tokens:
+            raise ValueError(f"max_seq_length {value} exceeds the {self._max_tokens} positions the model has "
+                             "(max_position_embeddings)")
         self.tokenizer.max_length = value
 
     def get_embedding_dimension(self) -> int:
@@ -402,7 +404,7 @@ class SentenceTransformer:
 
     def __repr__(self) -> str:
         return (
-            f"SentenceTransformer({str(self.model_folder)!r}, model_type={self.hf_config.get('model_type')!r}, "
+            f"SentenceTransformer({str(self.model_folder)!r}, model_type={model_type(self.hf_config)!r}, "
             f"dim={self._embedding_dim}, max_seq_length={self.max_seq_length})"
         )
 

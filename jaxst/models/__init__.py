@@ -2,25 +2,56 @@
 
 from __future__ import annotations
 
+import re
+
 from jaxst.models.bert import BertConfig, BertModel
+from jaxst.models.mpnet import MPNetConfig, MPNetModel
+from jaxst.models.xlm_roberta import ROBERTA_OVERRIDES, XLMRobertaModel
 
 # model_type -> (config class, encoder class, extra config fields)
 ARCHITECTURES = {
     "bert": (BertConfig, BertModel, {}),
+    "mpnet": (MPNetConfig, MPNetModel, {}),
+    "roberta": (BertConfig, XLMRobertaModel, ROBERTA_OVERRIDES),
+    "xlm-roberta": (BertConfig, XLMRobertaModel, ROBERTA_OVERRIDES),
 }
+
+# Old config.json files without a model_type name only the PyTorch class: BertModel, XLMRobertaForMaskedLM, ...
+_CLASS_NAME = re.compile(r"(Bert|MPNet|Roberta|XLMRoberta)(Model|For[A-Za-z]+|LMHeadModel)")
+_CLASS_PREFIX_TYPES = {"Bert": "bert", "MPNet": "mpnet", "Roberta": "roberta", "XLMRoberta": "xlm-roberta"}
+
+
+def model_type(hf_config: dict) -> str | None:
+    """``config.json``'s ``model_type``, else the one its ``architectures`` class names imply."""
+    if hf_config.get("model_type"):
+        return hf_config["model_type"]
+    for arch in hf_config.get("architectures") or []:
+        match = _CLASS_NAME.fullmatch(str(arch))
+        if match:
+            return _CLASS_PREFIX_TYPES[match.group(1)]
+    return None
 
 
 def encoder_from_hf_config(hf_config: dict):
     """The (config, encoder class) for a Hugging Face ``config.json``; a clear error for other models."""
-    model_type = hf_config.get("model_type")
-    if model_type not in ARCHITECTURES:
-        archs = hf_config.get("architectures") or []
+    name = model_type(hf_config)
+    if name not in ARCHITECTURES:
+        archs = ", ".join(map(str, hf_config.get("architectures") or [])) or "no architectures listed"
         raise ValueError(
-            f"unsupported architecture: model_type {model_type!r} ({', '.join(archs) or 'no architectures listed'}); "
+            f"unsupported architecture: model_type {name!r} ({archs}); "
             f"jaxst supports {sorted(ARCHITECTURES)}"
         )
-    config_cls, model_cls, extra = ARCHITECTURES[model_type]
+    config_cls, model_cls, extra = ARCHITECTURES[name]
     return config_cls.from_hf(hf_config, **extra), model_cls
 
 
-__all__ = ["ARCHITECTURES", "BertConfig", "BertModel", "encoder_from_hf_config"]
+__all__ = [
+    "ARCHITECTURES",
+    "BertConfig",
+    "BertModel",
+    "MPNetConfig",
+    "MPNetModel",
+    "XLMRobertaModel",
+    "encoder_from_hf_config",
+    "model_type",
+]

@@ -49,6 +49,11 @@ class BertConfig:
     position_offset: bool = False  # True for RoBERTa/XLM-R: position ids are pad_token_id + 1 + i
     dtype: str = "float32"  # compute dtype; params stay float32
 
+    @property
+    def max_tokens(self) -> int:
+        """Longest input the position table serves (RoBERTa-style ids start after pad_token_id)."""
+        return self.max_position_embeddings - (self.pad_token_id + 1 if self.position_offset else 0)
+
     @classmethod
     def from_hf(cls, hf: dict, **overrides) -> BertConfig:
         pos_type = hf.get("position_embedding_type", "absolute")
@@ -155,6 +160,7 @@ class BertModel(nnx.Module):
     """Token states (B, T, H) from input ids, attention mask and (optional) token type ids."""
 
     uses_token_types = True
+    base_model_prefix = "bert"  # task checkpoints (BertForMaskedLM, ...) prefix their keys with it
 
     def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg

@@ -1,0 +1,168 @@
+"""MPNet encoder in Flax NNX, configured from a Hugging Face ``config.json`` (all-mpnet-base-v2, ...).
+
+MPNet is BERT with three changes, all mirrored from the PyTorch ``MPNetModel``:
+
+- no token type embeddings;
+- RoBERTa-style position ids: real tokens count up from ``padding_idx + 1``, padding keeps
+  ``padding_idx`` (PyTorch hard-codes ``padding_idx = 1``, MPNet's ``<pad>``);
+- a T5-style relative position bias added to every layer's attention scores: one
+  ``(buckets, heads)`` table, ``encoder.relative_attention_bias``, shared by all layers, looked up
+  with log-spaced buckets of the key-minus-query distance.
+
+Attribute names mirror PyTorch (``encoder.layer.0.attention.attn.q``, ...) so that the suffix rules
+in ``jaxst.io.weights`` map the checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxst.models.bert import BertIntermediate, BertSelfOutput, activation
+
+PADDING_IDX = 1  # PyTorch's MPNetEmbeddings uses 1 whatever config.pad_token_id says
+NUM_BUCKETS = 32  # PyTorch's compute_position_bias always buckets into 32, whatever the table holds
+MAX_DISTANCE = 128  # distances from here on share the last bucket
+
+
+@dataclasses.dataclass(frozen=True)
+class MPNetConfig:
+    vocab_size: int = 30527  # BERT's uncased vocabulary plus <s> <pad> </s> <unk> <mask>
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    max_position_embeddings: int = 514  # 512 tokens + the padding_idx offset of 2
+    layer_norm_eps: float = 1e-5
+    relative_attention_num_buckets: int = 32  # rows of the shared relative position bias table
+
+    @property
+    def max_tokens(self) -> int:
+        """Longest input the position table serves: ids start after PADDING_IDX."""
+        return self.max_position_embeddings - PADDING_IDX - 1
+
+    @classmethod
+    def from_hf(cls, hf: dict, **overrides) -> MPNetConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in hf.items() if k in names and v is not None}
+        kwargs.update(overrides)
+        activation(kwargs.get("hidden_act", cls.hidden_act))  # fail early on an unknown activation
+        buckets = kwargs.get("relative_attention_num_buckets", cls.relative_attention_num_buckets)
+        if buckets < NUM_BUCKETS:
+            raise ValueError(
+                f"relative_attention_num_buckets {buckets} < {NUM_BUCKETS}: MPNet looks up {NUM_BUCKETS} buckets"
+            )
+        return cls(**kwargs)
+
+
+def relative_position_bucket(relative_position: np.ndarray) -> np.ndarray:
+    """PyTorch's ``MPNetEncoder.relative_position_bucket`` in numpy, float32 step for float32 step.
+
+    Half the buckets are for keys before the query, half for keys after; in each half distances
+    below 8 get a bucket each, larger ones share log-spaced buckets up to ``MAX_DISTANCE``. Computed
+    on the host (shapes are static under jit) so bucket edges fall exactly where PyTorch puts them.
+    """
+    n = -relative_position
+    half = NUM_BUCKETS // 2
+    ret = (n < 0).astype(np.int32) * half
+    n = np.abs(n)
+    max_exact = half // 2
+    log_ratio = np.log(np.maximum(n, 1).astype(np.float32) / np.float32(max_exact))
+    large = max_exact + (
+        log_ratio / np.float32(math.log(MAX_DISTANCE / max_exact)) * np.float32(half - max_exact)
+    ).astype(np.int32)
+    large = np.minimum(large, half - 1)
+    return ret + np.where(n < max_exact, n, large)
+
+
+class MPNetEmbeddings(nnx.Module):
+    def __init__(self, cfg: MPNetConfig, *, rngs: nnx.Rngs):
+        self.word_embeddings = nnx.Embed(cfg.vocab_size, cfg.hidden_size, rngs=rngs)
+        self.position_embeddings = nnx.Embed(cfg.max_position_embeddings, cfg.hidden_size, rngs=rngs)
+        self.LayerNorm = nnx.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps, rngs=rngs)
+
+    def __call__(self, input_ids):
+        not_pad = (input_ids != PADDING_IDX).astype(jnp.int32)
+        position_ids = jnp.cumsum(not_pad, axis=1) * not_pad + PADDING_IDX  # (B, T)
+        return self.LayerNorm(self.word_embeddings(input_ids) + self.position_embeddings(position_ids))
+
+
+class MPNetSelfAttention(nnx.Module):
+    def __init__(self, cfg: MPNetConfig, *, rngs: nnx.Rngs):
+        h = cfg.hidden_size
+        self.num_heads = cfg.num_attention_heads
+        self.q = nnx.Linear(h, h, rngs=rngs)
+        self.k = nnx.Linear(h, h, rngs=rngs)
+        self.v = nnx.Linear(h, h, rngs=rngs)
+        self.o = nnx.Linear(h, h, rngs=rngs)
+
+    def __call__(self, x, mask, position_bias):
+        b, t, h = x.shape
+        split = lambda y: y.reshape(b, t, self.num_heads, h // self.num_heads)  # (B, T, N, D)
+        q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
+        scores = jnp.einsum("btnd,bsnd->bnts", q, k) / math.sqrt(h // self.num_heads)
+        scores = scores + position_bias  # (B, N, T, S) + (1, N, T, S)
+        scores = jnp.where(mask[:, None, None, :], scores, jnp.finfo(scores.dtype).min)
+        probs = jax.nn.softmax(scores, axis=-1)
+        return self.o(jnp.einsum("bnts,bsnd->btnd", probs, v).reshape(b, t, h))
+
+
+class MPNetAttention(nnx.Module):
+    def __init__(self, cfg: MPNetConfig, *, rngs: nnx.Rngs):
+        self.attn = MPNetSelfAttention(cfg, rngs=rngs)
+        self.LayerNorm = nnx.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps, rngs=rngs)
+
+    def __call__(self, x, mask, position_bias):
+        return self.LayerNorm(self.attn(x, mask, position_bias) + x)
+
+
+class MPNetLayer(nnx.Module):
+    def __init__(self, cfg: MPNetConfig, *, rngs: nnx.Rngs):
+        self.attention = MPNetAttention(cfg, rngs=rngs)
+        self.intermediate = BertIntermediate(cfg, rngs=rngs)  # the BERT feed-forward: dense + activation
+        self.output = BertSelfOutput(cfg, cfg.intermediate_size, rngs=rngs)  # dense, residual, LayerNorm
+
+    def __call__(self, x, mask, position_bias):
+        x = self.attention(x, mask, position_bias)
+        return self.output(self.intermediate(x), x)
+
+
+class MPNetEncoder(nnx.Module):
+    def __init__(self, cfg: MPNetConfig, *, rngs: nnx.Rngs):
+        self.layer = nnx.List([MPNetLayer(cfg, rngs=rngs) for _ in range(cfg.num_hidden_layers)])
+        self.relative_attention_bias = nnx.Embed(cfg.relative_attention_num_buckets, cfg.num_attention_heads,
+                                                 rngs=rngs)
+
+    def position_bias(self, t: int):
+        """(1, N, T, T) attention bias from the key-minus-query distance, the same for every layer."""
+        positions = np.arange(t)
+        buckets = relative_position_bucket(positions[None, :] - positions[:, None])  # (T, T), host constant
+        return jnp.transpose(self.relative_attention_bias(jnp.asarray(buckets)), (2, 0, 1))[None]
+
+    def __call__(self, x, mask):
+        bias = self.position_bias(x.shape[1])
+        for layer in self.layer:
+            x = layer(x, mask, bias)
+        return x
+
+
+class MPNetModel(nnx.Module):
+    """Token states (B, T, H) from input ids and attention mask; MPNet has no token types."""
+
+    uses_token_types = False
+    base_model_prefix = "mpnet"  # task checkpoints (MPNetForMaskedLM, ...) prefix their keys with it
+
+    def __init__(self, cfg: MPNetConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embeddings = MPNetEmbeddings(cfg, rngs=rngs)
+        self.encoder = MPNetEncoder(cfg, rngs=rngs)
+
+    def __call__(self, input_ids, attention_mask, token_type_ids=None):
+        del token_type_ids  # accepted for a uniform signature; MPNet has none
+        return self.encoder(self.embeddings(input_ids), attention_mask.astype(bool))
