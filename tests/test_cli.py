@@ -396,3 +396,95 @@ def test_python_dash_m(tmp_path):
     )
     assert result.returncode == 2
     assert_one_line_error(result.stderr, "nope.txt")
+
+
+# ------------------------------------------------------------------------------------ search --rerank
+
+RERANK_CORPUS = [
+    "A man is eating a plate of spaghetti.",
+    "A man is eating pasta in a restaurant.",
+    "Someone is cooking noodles in the kitchen.",
+    "The new movie is awesome and the actors were great.",
+    "The stock market fell sharply on Monday.",
+    "A cheetah is running behind its prey.",
+    "It will rain heavily in the mountains tomorrow.",
+    "A woman is eating a sandwich on a bench.",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_reranker(make_tiny_cross_encoder):
+    return make_tiny_cross_encoder(arch="bert", num_labels=1)
+
+
+def expected_rerank(reference, reranker_folder, query, k, candidates):
+    """The same flow by hand: jaxst's bi-encoder top-`candidates`, sentence-transformers' CrossEncoder.rank."""
+    import warnings
+
+    from sentence_transformers import CrossEncoder as Reference
+
+    from jaxst.util import semantic_search
+
+    hits = semantic_search(reference.encode([query]), reference.encode(RERANK_CORPUS), top_k=candidates)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ranked = Reference(str(reranker_folder), device="cpu").rank(
+            query, [RERANK_CORPUS[h["corpus_id"]] for h in hits], top_k=k
+        )
+    return [(hits[r["corpus_id"]]["corpus_id"], r["score"], hits[r["corpus_id"]]["score"]) for r in ranked]
+
+
+def test_search_rerank_text(tmp_path, capsys, cli_model, reference, tiny_reranker):
+    corpus = write_lines(tmp_path / "corpus.txt", RERANK_CORPUS)
+    query = "A man is eating pasta."
+    assert cli.main(["search", query, "--corpus", str(corpus), "--rerank", str(tiny_reranker), "-k", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"Query: {query}" and len(lines) == 4
+    expected = expected_rerank(reference, tiny_reranker, query, 3, 50)
+    for line, (corpus_id, score, _) in zip(lines[1:], expected, strict=True):
+        assert line == f"  {score:.4f}  {RERANK_CORPUS[corpus_id]}"
+
+
+def test_search_rerank_json_and_candidates(tmp_path, capsys, cli_model, reference, tiny_reranker):
+    corpus = write_lines(tmp_path / "corpus.txt", [RERANK_CORPUS[0], "", *RERANK_CORPUS[1:]])
+    queries = ["A man is eating pasta.", "Will it rain tomorrow?"]
+    argv = ["search", *queries, "--corpus", str(corpus), "--rerank", str(tiny_reranker), "-k", "2",
+            "--candidates", "4", "--json"]
+    assert cli.main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert len(result) == 2
+    for query, hits in zip(queries, result, strict=True):
+        expected = expected_rerank(reference, tiny_reranker, query, 2, 4)
+        assert [h["corpus_id"] for h in hits] == [e[0] for e in expected]
+        for hit, (corpus_id, score, retrieval_score) in zip(hits, expected, strict=True):
+            assert set(hit) == {"corpus_id", "score", "retrieval_score", "text", "line"}
+            assert hit["text"] == RERANK_CORPUS[corpus_id]
+            assert hit["line"] == corpus_id + 1 + (corpus_id > 0)  # the blank line 2 is no document
+            assert hit["score"] == pytest.approx(score, abs=1e-5)
+            assert hit["retrieval_score"] == pytest.approx(retrieval_score, abs=1e-5)
+    # Fewer candidates than --top-k: the bi-encoder still fetches top-k for the cross-encoder to order.
+    assert cli.main(["search", queries[0], "--corpus", str(corpus), "--rerank", str(tiny_reranker), "-k", "6",
+                     "--candidates", "2", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)[0]) == 6
+
+
+def test_search_rerank_errors(tmp_path, capsys, make_tiny_st, make_tiny_cross_encoder):
+    corpus = write_lines(tmp_path / "corpus.txt", RERANK_CORPUS)
+    embedding_model, three = make_tiny_st(), make_tiny_cross_encoder(arch="bert", num_labels=3)
+    capsys.readouterr()  # building them printed progress bars
+    assert cli.main(["search", "q", "--corpus", str(corpus), "--candidates", "10"]) == 2
+    assert_one_line_error(capsys.readouterr().err, "--candidates", "--rerank")
+    assert cli.main(["search", "q", "--corpus", str(corpus), "--rerank", str(tmp_path / "no-such-model")]) == 2
+    assert_one_line_error(capsys.readouterr().err, "cannot load cross-encoder", "no-such-model")
+    assert cli.main(["search", "q", "--corpus", str(corpus), "--rerank", str(embedding_model)]) == 2
+    assert_one_line_error(capsys.readouterr().err, "cannot load cross-encoder", "SentenceTransformer")
+    assert cli.main(["search", "q", "--corpus", str(corpus), "--rerank", str(three)]) == 2
+    assert_one_line_error(capsys.readouterr().err, "3 labels")
+    assert cli.main(["search", "q", "--corpus", str(corpus), "--rerank", "x", "--candidates", "0"]) == 2
+    assert_one_line_error(capsys.readouterr().err, "--candidates")
+
+
+def test_search_help_mentions_rerank(capsys):
+    assert cli.main(["search", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--rerank" in out and "--candidates" in out

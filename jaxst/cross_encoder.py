@@ -1,0 +1,440 @@
+"""``CrossEncoder``: score (query, document) pairs with a sequence-classification model, jitted.
+
+    model = CrossEncoder("cross-encoder/ms-marco-MiniLM-L6-v2")
+    model.predict([("How many people live in Berlin?", "Berlin has 3.5 million people.")])
+    model.rank("How many people live in Berlin?", documents, top_k=5)
+    batch = model.tokenize(pairs)        # numpy int32 input_ids / attention_mask (/ token_type_ids)
+    model.apply(model.params, batch)     # raw logits (B, num_labels): pure, jittable, differentiable
+
+The folder is read as sentence-transformers 6 saves a CrossEncoder (``modules.json`` with one
+Transformer whose ``transformer_task`` is ``sequence-classification``, the activation in
+``config_sentence_transformers.json``) and as older versions and plain transformers save one
+(``config.json`` alone, the activation under its ``sentence_transformers`` key or
+``sbert_ce_default_activation_function``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
+
+from jaxst.io.folder import read_json, read_modules
+from jaxst.io.hub import resolve_model_folder
+from jaxst.io.tokenizer import Tokenizer
+from jaxst.io.weights import params_from_state_dict, read_state_dict
+from jaxst.models import encoder_from_hf_config, model_type
+from jaxst.models.classification import (
+    BASE_MODEL_PREFIXES,
+    SequenceClassifier,
+    forward,
+    head_kind,
+    num_labels_from_hf,
+)
+from jaxst.pipeline import DENSE_ACTIVATIONS, dense_activation_name
+from jaxst.sentence_transformer import batch_bucket, resolve_device, seq_bucket
+
+# Padded pair lengths: multiples of this up to FINE_BUCKETS_UP_TO tokens, then encode's coarser buckets. Reranking
+# pairs are long (60-250 tokens) and compute grows with the padded length, so finer steps than encode's pay
+# for their extra compiled shapes.
+BUCKET_STEP = 16
+FINE_BUCKETS_UP_TO = 256
+# Pairs tokenized at a time: each chunk is sorted by token count, so every batch is padded only to
+# its own longest pair, and memory stays bounded for very long inputs.
+TOKENIZE_CHUNK_BATCHES = 32
+
+
+def pair_bucket(longest: int, max_length: int) -> int:
+    """The padded length for a batch whose longest pair has ``longest`` tokens."""
+    if longest > FINE_BUCKETS_UP_TO:
+        return seq_bucket(longest, max_length)
+    return min(max(BUCKET_STEP, -(-longest // BUCKET_STEP) * BUCKET_STEP), max_length)
+
+
+def identity(x):
+    return x
+
+
+def activation_from_path(path: str) -> Callable | None:
+    """``torch.nn.modules.activation.Sigmoid`` -> ``jax.nn.sigmoid``; None (with a warning) for non-torch paths.
+
+    Like sentence-transformers without ``trust_remote_code``, a saved activation outside ``torch.`` is not
+    imported and the default is used instead."""
+    if not path.startswith("torch."):
+        warnings.warn(
+            f"activation function {path!r} is not a torch class; jaxst runs no remote code and uses the default "
+            "activation instead",
+            stacklevel=4,
+        )
+        return None
+    try:
+        name = dense_activation_name(path)
+    except ValueError:
+        supported = sorted(DENSE_ACTIVATIONS)
+        raise ValueError(f"unsupported cross-encoder activation_fn {path!r}; jaxst supports {supported}") from None
+    return identity if name == "identity" else DENSE_ACTIVATIONS[name]
+
+
+def _check_callable(fn, what: str = "activation_fn") -> Callable:
+    if not callable(fn):
+        raise TypeError(f"{what} must be a callable on jax arrays (e.g. jax.nn.sigmoid), got {type(fn).__name__}")
+    return fn
+
+
+def _as_pairs(inputs, where: str = "predict()") -> tuple[list[tuple[str, str]], bool]:
+    """Pairs as (query, document) tuples, and whether the input was a single pair."""
+    if inputs is None:
+        raise TypeError(f"{where} needs a (query, document) pair or a list of pairs, got None")
+    if isinstance(inputs, str):
+        raise TypeError(f"{where} needs (query, document) pairs, got a single string: {inputs!r:.80}")
+    if isinstance(inputs, np.ndarray):
+        inputs = inputs.tolist()
+    if isinstance(inputs, (dict, bytes)) or not isinstance(inputs, Iterable):
+        raise TypeError(f"{where} needs a (query, document) pair or a list of pairs, got {type(inputs).__name__}")
+    items = list(inputs)
+    single = bool(items) and not isinstance(items[0], (list, tuple))
+    if single:
+        items = [items]
+    pairs = []
+    for i, pair in enumerate(items):
+        label = "the pair" if single else f"pair {i}"
+        if not isinstance(pair, (list, tuple)):
+            raise TypeError(f"{where}: {label} is {type(pair).__name__}, not a (query, document) pair: {pair!r:.80}")
+        if len(pair) != 2:
+            raise ValueError(f"{where}: {label} has {len(pair)} elements, expected 2 (query, document): {pair!r:.80}")
+        for part, text in zip(("query", "document"), pair):
+            if not isinstance(text, str):
+                raise TypeError(f"{where}: the {part} of {label} is {type(text).__name__}, not str: {text!r:.80}")
+        pairs.append((pair[0], pair[1]))
+    return pairs, single
+
+
+def _check_positive_int(value, name: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+class CrossEncoder:
+    """Load a sentence-transformers cross-encoder (Hub name or folder) and score text pairs with JAX."""
+
+    def __init__(
+        self,
+        model_name_or_path: str | os.PathLike | None = None,
+        *,
+        num_labels: int | None = None,
+        max_length: int | None = None,
+        activation_fn: Callable | None = None,
+        device: str | jax.Device | None = None,
+        prompts: dict[str, str] | None = None,
+        default_prompt_name: str | None = None,
+        cache_folder: str | None = None,
+        trust_remote_code: bool = False,
+        revision: str | None = None,
+        local_files_only: bool = False,
+        token: bool | str | None = None,
+    ):
+        if model_name_or_path is None:
+            raise ValueError(
+                "jaxst needs a model: pass a Hub name (e.g. 'cross-encoder/ms-marco-MiniLM-L6-v2') or a folder"
+            )
+        if activation_fn is not None:
+            _check_callable(activation_fn)
+        if num_labels is not None:
+            _check_positive_int(num_labels, "num_labels")
+        if max_length is not None:
+            _check_positive_int(max_length, "max_length")
+        if trust_remote_code:
+            warnings.warn("jaxst runs no remote code; trust_remote_code=True has no effect", stacklevel=2)
+        self.device = resolve_device(device)
+        folder = resolve_model_folder(
+            model_name_or_path, cache_folder=cache_folder, revision=revision, token=token,
+            local_files_only=local_files_only,
+        )
+        self.model_folder = folder
+        path, transformer_config = self._transformer_module(folder)
+        hf_config = read_json(path / "config.json")
+        self.hf_config = hf_config
+        if "auto_map" in hf_config:
+            raise ValueError(
+                f"{model_name_or_path!r} needs remote code (auto_map in its config); jaxst runs no remote code"
+            )
+        archs = [str(a) for a in hf_config.get("architectures") or []]
+        if not any(a.endswith("ForSequenceClassification") for a in archs):
+            raise ValueError(
+                f"{folder} is not a sequence-classification model (architectures: {', '.join(archs) or 'none'}); "
+                "a CrossEncoder needs a *ForSequenceClassification checkpoint with its classifier weights"
+            )
+        encoder_cfg, encoder_cls = encoder_from_hf_config(hf_config)
+        kind = head_kind(model_type(hf_config))
+        saved_labels = num_labels_from_hf(hf_config)
+        if num_labels is not None and num_labels != saved_labels:
+            raise ValueError(f"num_labels={num_labels} does not match the checkpoint's {saved_labels} labels")
+        self._num_labels = saved_labels
+
+        # Length: max_length, else the module's max_seq_length, else the tokenizer's model_max_length capped
+        # at the position table, as sentence-transformers' Transformer module reads it.
+        positions = encoder_cfg.max_position_embeddings
+        if getattr(encoder_cfg, "position_offset", False) or model_type(hf_config) == "mpnet":
+            positions -= int(getattr(encoder_cfg, "pad_token_id", 1)) + 1  # ids start after the padding index
+        self._max_positions = positions
+        if max_length is None:
+            max_length = transformer_config.get("max_seq_length")
+        if max_length is None:
+            tok_cfg = read_json(path / "tokenizer_config.json", required=False)
+            max_length = min(int(tok_cfg.get("model_max_length") or 1e9), encoder_cfg.max_position_embeddings)
+            max_length = min(max_length, positions)
+        self._check_max_length(int(max_length))
+        self.tokenizer = Tokenizer.from_folder(
+            path, int(max_length), bool(transformer_config.get("do_lower_case", False))
+        )
+        self._uses_token_types = encoder_cls.uses_token_types
+
+        module = nnx.eval_shape(
+            lambda: SequenceClassifier(
+                encoder_cls(encoder_cfg, rngs=nnx.Rngs(0)), kind, encoder_cfg.hidden_size, saved_labels,
+                rngs=nnx.Rngs(0),
+            )
+        )
+        self.graphdef, _ = nnx.split(module, nnx.Param)
+        state_dict = read_state_dict(path)
+        prefix = BASE_MODEL_PREFIXES[model_type(hf_config)]
+        params = {"encoder": params_from_state_dict(module.encoder, state_dict, (f"{prefix}.",))}
+        if kind == "pooler":
+            params["pooler"] = params_from_state_dict(module.pooler, state_dict, (f"{prefix}.pooler.",))
+        params["classifier"] = params_from_state_dict(module.classifier, state_dict, ("classifier.",))
+        self.params = jax.device_put(params, self.device) if self.device else jax.device_put(params)
+
+        st_config = read_json(folder / "config_sentence_transformers.json", required=False)
+        self.prompts = {k: v for k, v in (st_config.get("prompts") or {}).items() if v is not None}
+        self.prompts.update(prompts or {})
+        self.default_prompt_name = default_prompt_name or st_config.get("default_prompt_name")
+        if self.default_prompt_name is not None and self.default_prompt_name not in self.prompts:
+            raise ValueError(f"default prompt name {self.default_prompt_name!r} not in prompts {list(self.prompts)!r}")
+        self.activation_fn = (
+            activation_fn if activation_fn is not None else self._saved_activation(st_config, hf_config)
+        )
+
+    @staticmethod
+    def _transformer_module(folder) -> tuple:
+        """The folder holding the sequence-classification model and its sentence_bert_config.json."""
+        if not (folder / "modules.json").is_file():
+            if not (folder / "config.json").is_file():
+                raise OSError(f"{folder} is not a model folder: it has neither modules.json nor config.json")
+            return folder, read_json(folder / "sentence_bert_config.json", required=False)
+        specs = read_modules(folder)
+        if len(specs) != 1:
+            kinds = ", ".join(s.kind for s in specs)
+            raise ValueError(
+                f"{folder} holds an embedding model ({kinds}), not a cross-encoder; "
+                "load it with jaxst.SentenceTransformer"
+            )
+        task = specs[0].config.get("transformer_task", "sequence-classification")
+        if task != "sequence-classification":
+            raise ValueError(f"{folder}: transformer_task {task!r} is not supported; a CrossEncoder needs "
+                             "'sequence-classification'")
+        return specs[0].path, specs[0].config
+
+    def _saved_activation(self, st_config: dict, hf_config: dict) -> Callable:
+        """config_sentence_transformers.json, then config.json's sentence_transformers key, then the
+        legacy sbert_ce_default_activation_function; else sigmoid for one label, identity for more."""
+        for path in (
+            st_config.get("activation_fn"),
+            (hf_config.get("sentence_transformers") or {}).get("activation_fn"),
+            hf_config.get("sbert_ce_default_activation_function"),
+        ):
+            if path is not None:
+                fn = activation_from_path(str(path))
+                if fn is not None:
+                    return fn
+        return jax.nn.sigmoid if self.num_labels == 1 else identity
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def num_labels(self) -> int:
+        return self._num_labels
+
+    @property
+    def max_seq_length(self) -> int:
+        return self.tokenizer.max_length
+
+    @max_seq_length.setter
+    def max_seq_length(self, value: int) -> None:
+        self._check_max_length(value)
+        self.tokenizer.max_length = value
+
+    def _check_max_length(self, value) -> None:
+        _check_positive_int(value, "max_length")
+        if value > self._max_positions:
+            raise ValueError(f"max_length {value} exceeds the model's {self._max_positions} positions")
+
+    max_length = max_seq_length
+
+    @property
+    def activation_fn(self) -> Callable:
+        return self._activation_fn
+
+    @activation_fn.setter
+    def activation_fn(self, fn: Callable) -> None:
+        self._activation_fn = _check_callable(fn)
+
+    # ------------------------------------------------------------------ functional core
+
+    def tokenize(self, pairs, prompt: str | None = None) -> dict[str, np.ndarray]:
+        """(query, document) pairs -> numpy int32 ``input_ids``, ``attention_mask`` (and ``token_type_ids``),
+        truncated 'longest_first' to ``max_seq_length`` and padded to the longest pair."""
+        pairs, _ = _as_pairs(pairs, "tokenize()")
+        return self.tokenizer.pad(self._encode(pairs, prompt), types=self._uses_token_types)
+
+    def apply(self, params, batch: dict) -> jax.Array:
+        """Pure: (params, tokenized pair batch) -> raw logits (B, num_labels), before any activation."""
+        return forward(self.graphdef, params, dict(batch))
+
+    def _encode(self, pairs: list[tuple[str, str]], prompt: str | None):
+        if prompt:
+            pairs = [(prompt + q, d) for q, d in pairs]
+        return self.tokenizer.encode_ids([q for q, _ in pairs], [d for _, d in pairs])
+
+    def _resolve_prompt(self, prompt: str | None, prompt_name: str | None) -> str | None:
+        if prompt is not None:
+            if not isinstance(prompt, str):
+                raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
+            if prompt_name is not None:
+                warnings.warn("both prompt and prompt_name given; using prompt", stacklevel=3)
+            return prompt
+        if prompt_name is not None:
+            if prompt_name not in self.prompts:
+                raise ValueError(f"prompt name {prompt_name!r} not found in prompts {list(self.prompts)!r}")
+            return self.prompts[prompt_name]
+        if self.default_prompt_name is not None:
+            return self.prompts.get(self.default_prompt_name)
+        return None
+
+    def _logits(self, pairs: list[tuple[str, str]], prompt: str | None, batch_size: int, progress: bool) -> jax.Array:
+        """Raw logits (N, num_labels) in input order; batches of pairs sorted by token count, shapes bucketed."""
+        n = len(pairs)
+        pieces, positions = [], []
+        chunk = batch_size * TOKENIZE_CHUNK_BATCHES
+        bar = tqdm(total=math.ceil(n / batch_size), desc="Batches", disable=not progress)
+        for c0 in range(0, n, chunk):
+            encodings = self._encode(pairs[c0 : c0 + chunk], prompt)
+            order = np.argsort([-len(e.ids) for e in encodings], kind="stable")
+            for b0 in range(0, len(order), batch_size):
+                idx = order[b0 : b0 + batch_size]
+                batch_enc = [encodings[i] for i in idx]
+                batch = self.tokenizer.pad(
+                    batch_enc,
+                    pair_bucket(len(batch_enc[0].ids), self.max_seq_length),
+                    batch_bucket(len(idx), batch_size),
+                    types=self._uses_token_types,
+                )
+                if self.device is not None:
+                    batch = jax.device_put(batch, self.device)
+                pieces.append(forward(self.graphdef, self.params, batch)[: len(idx)])
+                positions.append(idx + c0)
+                bar.update(1)
+        bar.close()
+        if not pieces:
+            return jnp.zeros((0, self.num_labels), jnp.float32)
+        inverse = np.argsort(np.concatenate(positions), kind="stable")
+        return jnp.concatenate(pieces, axis=0)[inverse]
+
+    # ------------------------------------------------------------------ predict / rank
+
+    def predict(
+        self,
+        inputs=None,
+        batch_size: int = 32,
+        show_progress_bar: bool | None = None,
+        activation_fn: Callable | None = None,
+        apply_softmax: bool | None = False,
+        convert_to_numpy: bool = True,
+        convert_to_tensor: bool = False,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+    ):
+        """Scores for (query, document) pairs, as sentence-transformers' ``CrossEncoder.predict``.
+
+        One pair gives a scalar; a list gives shape (N,) for one label, (N, num_labels) for more. The
+        model's ``activation_fn`` (sigmoid for one label, identity for more, unless the model saved another)
+        is applied unless ``activation_fn`` overrides it for this call (identity gives raw logits);
+        ``apply_softmax`` then normalizes multi-label scores per pair. ``convert_to_tensor`` returns a
+        ``jax.Array``, ``convert_to_numpy=False`` a list of per-pair arrays."""
+        pairs, single = _as_pairs(inputs)
+        _check_positive_int(batch_size, "batch_size")
+        fn = self.activation_fn if activation_fn is None else _check_callable(activation_fn)
+        prompt = self._resolve_prompt(prompt, prompt_name)
+        if not pairs:
+            scores = jnp.zeros((0,), jnp.float32)
+        else:
+            scores = jnp.asarray(fn(self._logits(pairs, prompt, batch_size, bool(show_progress_bar))))
+            if self.num_labels == 1 and scores.ndim > 1:
+                scores = scores[..., 0]  # (N, 1) -> (N,)
+            if apply_softmax and scores.ndim > 1:
+                scores = jax.nn.softmax(scores, axis=1)
+        if convert_to_tensor:
+            out = scores
+        elif convert_to_numpy:
+            out = np.asarray(scores)
+        else:
+            out = list(scores)
+        return out[0] if single else out
+
+    def rank(
+        self,
+        query: str,
+        documents: list[str],
+        top_k: int | None = None,
+        return_documents: bool = False,
+        batch_size: int = 32,
+        show_progress_bar: bool | None = None,
+        activation_fn: Callable | None = None,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+    ) -> list[dict]:
+        """Documents ranked for a query: ``[{"corpus_id", "score"(, "text")}]``, best first, ``top_k`` of them.
+
+        Only for single-label models (a relevance score); ties keep the documents' order."""
+        if self.num_labels != 1:
+            raise ValueError(
+                f"CrossEncoder.rank() needs a model with one label (a relevance score); this one has "
+                f"{self.num_labels}. Use predict() with (query, document) pairs instead."
+            )
+        if not isinstance(query, str):
+            raise TypeError(f"rank() needs the query as a string, got {type(query).__name__}: {query!r:.80}")
+        if documents is None or isinstance(documents, (str, bytes, dict)) or not isinstance(documents, Iterable):
+            raise TypeError(f"rank() needs the documents as a list of strings, got {type(documents).__name__}")
+        documents = documents.tolist() if isinstance(documents, np.ndarray) else list(documents)
+        for i, doc in enumerate(documents):
+            if not isinstance(doc, str):
+                raise TypeError(f"rank(): document {i} is {type(doc).__name__}, not str: {doc!r:.80}")
+        if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 0):
+            raise ValueError(f"top_k must be None or a non-negative integer, got {top_k!r}")
+        if not documents:
+            return []
+        scores = self.predict(
+            [(query, doc) for doc in documents], batch_size=batch_size, show_progress_bar=show_progress_bar,
+            activation_fn=activation_fn, prompt_name=prompt_name, prompt=prompt,
+        ).tolist()
+        results = []
+        for i, score in enumerate(scores):
+            results.append({"corpus_id": i, "score": score})
+            if return_documents:
+                results[-1]["text"] = documents[i]
+        return sorted(results, key=lambda r: r["score"], reverse=True)[:top_k]
+
+    def __repr__(self) -> str:
+        return (
+            f"CrossEncoder({str(self.model_folder)!r}, model_type={self.hf_config.get('model_type')!r}, "
+            f"num_labels={self.num_labels}, max_length={self.max_seq_length})"
+        )
+
+
+__all__ = ["CrossEncoder"]
