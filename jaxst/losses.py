@@ -1,0 +1,387 @@
+"""Training losses as pure functions of embeddings (and labels), matching sentence-transformers 6.2.
+
+    loss = MultipleNegativesRankingLoss()            # the model argument is optional, as a name-compatible no-op
+    value = loss([anchors, positives], labels=None)  # (B, D) arrays in, a float32 scalar out
+    jax.grad(lambda e: loss(e))([anchors, positives])
+
+Each loss is a small object holding its settings, called as ``loss(embeddings, labels=None, rng=None)``:
+``embeddings`` is one (B, D) array per input column (anchor, positive, negatives...), or for
+``BinaryCrossEntropyLoss`` the cross-encoder's logits (B,) or (B, 1). Values and gradients equal the
+original's (``compute_loss_from_embeddings``) on the same inputs.
+
+Data-parallel training calls ``loss.sharded(embeddings, labels, axis_name)`` inside ``shard_map``: it
+returns this device's share of the loss, and the shares summed over the mesh axis (``psum``) give the
+loss of the whole global batch. In-batch-negative losses gather the other devices' embeddings with
+``all_gather`` (whose transpose routes their gradients home), so every device sees every negative.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxst.pooling import normalize
+from jaxst.similarity import cos_sim, pairwise_angle_sim, pairwise_cos_sim
+
+MNRL_DIRECTIONS = ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")
+HARDNESS_MODES = (None, "in_batch_negatives", "hard_negatives", "all_negatives")
+
+
+def _columns(embeddings, minimum: int, name: str) -> list[jax.Array]:
+    if isinstance(embeddings, (jax.Array, np.ndarray)) or not isinstance(embeddings, Sequence):
+        raise TypeError(f"{name} expects a list of (batch, dim) embedding arrays, one per input column, "
+                        f"got {type(embeddings).__name__}")
+    columns = [jnp.asarray(e) for e in embeddings]
+    if len(columns) < minimum:
+        raise ValueError(f"{name} expects at least {minimum} embedding columns, got {len(columns)}")
+    for i, c in enumerate(columns):
+        if c.ndim != 2:
+            raise ValueError(f"{name}: embedding column {i} must be (batch, dim), got shape {c.shape}")
+        if c.shape[0] != columns[0].shape[0]:
+            raise ValueError(f"{name}: column {i} has {c.shape[0]} rows, column 0 has {columns[0].shape[0]}")
+    return columns
+
+
+def _labels(labels, batch_size: int, name: str) -> jax.Array:
+    if labels is None:
+        raise ValueError(f"{name} needs labels (one per example)")
+    labels = jnp.asarray(labels)
+    if labels.size != batch_size:
+        raise ValueError(f"{name} expects {batch_size} labels (one per example), "
+                         f"but got {labels.size} labels with shape {tuple(labels.shape)}.")
+    return labels.reshape(-1)
+
+
+def _gather(x, axis_name):
+    """The global batch: every device's rows, in device order (identity off a mesh)."""
+    return x if axis_name is None else jax.lax.all_gather(x, axis_name, tiled=True)
+
+
+def _mse(pred, target):
+    return jnp.mean((pred - target) ** 2)
+
+
+def _identity(x):
+    return x
+
+
+class Loss:
+    """Base: ``__call__`` is the loss of a batch; ``sharded`` this device's share of it on a mesh."""
+
+    def __call__(self, embeddings, labels=None, rng=None) -> jax.Array:
+        raise NotImplementedError
+
+    def sharded(self, embeddings, labels, axis_name: str, rng=None) -> jax.Array:
+        """Default for losses that couple the whole batch: gather everything, compute the global loss on
+        every device, and give each device 1/n of it (so the psum over devices is the global loss)."""
+        gathered = jax.tree.map(lambda x: _gather(x, axis_name), list(embeddings))
+        labels = None if labels is None else _gather(jnp.asarray(labels).reshape(-1), axis_name)
+        return self(gathered, labels, rng) / jax.lax.axis_size(axis_name)
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({fields})"
+
+
+class MultipleNegativesRankingLoss(Loss):
+    """InfoNCE with in-batch negatives: each anchor's positive must outscore every other candidate.
+
+    ``embeddings``: [anchors, positives, *hard_negatives], each (B, D); the documents are the positives
+    and the hard negatives of every row. Same options and defaults as sentence-transformers: ``scale``
+    20 (a temperature of 0.05), ``similarity_fct`` cos_sim, ``directions``, ``partition_mode``,
+    ``hardness_mode``/``hardness_strength``. ``gather_across_devices`` (sharded training only): True
+    (jaxst's default) scores each anchor against the documents of the global batch, so the loss equals
+    the one-device loss; False against its own device's documents only, as PyTorch DDP does by default.
+    """
+
+    def __init__(self, model=None, scale: float = 20.0, similarity_fct: Callable = cos_sim,
+                 gather_across_devices: bool = True, directions: tuple[str, ...] = ("query_to_doc",),
+                 partition_mode: str = "joint", hardness_mode: str | None = None, hardness_strength: float = 0.0):
+        del model  # accepted for sentence-transformers' signature; the loss needs only embeddings
+        if not scale > 0:
+            raise ValueError("Scale must be a positive value.")
+        if not callable(similarity_fct):
+            raise TypeError(f"similarity_fct must be callable, got {type(similarity_fct).__name__}")
+        directions = tuple(directions)
+        if not directions:
+            raise ValueError("At least one direction must be specified.")
+        unknown = set(directions) - set(MNRL_DIRECTIONS)
+        if unknown:
+            raise ValueError(f"Invalid directions: {sorted(unknown)}. Valid: {MNRL_DIRECTIONS}")
+        if "query_to_doc" not in directions:
+            raise ValueError("'query_to_doc' direction is required (contains the positive pair).")
+        if partition_mode not in ("joint", "per_direction"):
+            raise ValueError(f"partition_mode must be 'joint' or 'per_direction', got {partition_mode!r}")
+        if partition_mode == "per_direction" and set(directions) & {"query_to_query", "doc_to_doc"}:
+            raise ValueError("partition_mode='per_direction' cannot be combined with 'query_to_query' or "
+                             "'doc_to_doc' (their candidates never include the positive); use 'joint'")
+        if hardness_mode not in HARDNESS_MODES:
+            raise ValueError(f"hardness_mode must be one of {HARDNESS_MODES}, got {hardness_mode!r}")
+        if hardness_strength < 0.0:
+            raise ValueError("hardness_strength must be non-negative.")
+        self.scale = float(scale)
+        self.similarity_fct = similarity_fct
+        self.gather_across_devices = bool(gather_across_devices)
+        self.directions = directions
+        self.partition_mode = partition_mode
+        self.hardness_mode = hardness_mode
+        self.hardness_strength = float(hardness_strength)
+
+    @property
+    def temperature(self) -> float:
+        return 1.0 / self.scale
+
+    def __call__(self, embeddings, labels=None, rng=None) -> jax.Array:
+        return self._loss(_columns(embeddings, 2, type(self).__name__), None)
+
+    def sharded(self, embeddings, labels, axis_name: str, rng=None) -> jax.Array:
+        columns = _columns(embeddings, 2, type(self).__name__)
+        local_mean = self._loss(columns, axis_name if self.gather_across_devices else None)
+        return local_mean / jax.lax.axis_size(axis_name)
+
+    def _loss(self, columns: list[jax.Array], axis_name) -> jax.Array:
+        """Mean over this device's anchors; candidates from the global batch when ``axis_name`` is set."""
+        local_queries, local_docs = columns[0], columns[1]  # (B, D)
+        b = local_queries.shape[0]
+        queries = _gather(local_queries, axis_name)  # (W, D), W = global batch
+        docs = [_gather(d, axis_name) for d in columns[1:]]  # k columns of (W, D)
+        offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * b
+        w, k = queries.shape[0], len(docs)
+        docs_all = jnp.concatenate(docs, axis=0)  # (k W, D): positives, then each negative column
+        rows = jnp.arange(b)
+        local = offset + rows  # each local anchor's own column among the W
+        own = jax.nn.one_hot(local, w, dtype=bool)  # (B, W)
+
+        sims = {"query_to_doc": self.similarity_fct(local_queries, docs_all)}  # (B, k W)
+        if "query_to_query" in self.directions:
+            sims["query_to_query"] = jnp.where(own, -jnp.inf, self.similarity_fct(local_queries, queries))
+        if "doc_to_query" in self.directions:
+            sims["doc_to_query"] = self.similarity_fct(queries, local_docs).T  # (B, W)
+        if "doc_to_doc" in self.directions:
+            same_query = jnp.tile(own, (1, k))  # a row's own positive and hard negatives
+            sims["doc_to_doc"] = jnp.where(same_query, -jnp.inf, self.similarity_fct(docs_all, local_docs).T)
+
+        scaled = {name: s * self.scale for name, s in sims.items()}
+        if self.hardness_mode is not None and self.hardness_strength > 0.0:
+            own_docs = jnp.tile(own, (1, k))  # (B, k W)
+            in_batch = jnp.arange(k * w)[None, :] < w  # the positives' block
+            penalized = {
+                "in_batch_negatives": ~own_docs,  # other rows' positives and negatives
+                "hard_negatives": own_docs & ~in_batch,  # a row's own hard negatives
+                "all_negatives": ~(own_docs & in_batch),  # everything but the positive
+            }[self.hardness_mode]
+            penalty = self.hardness_strength * jax.lax.stop_gradient(sims["query_to_doc"])
+            scaled["query_to_doc"] = scaled["query_to_doc"] + jnp.where(penalized, penalty, 0.0)
+
+        positive = scaled["query_to_doc"][rows, local]  # (B,)
+        if self.partition_mode == "joint":
+            log_z = jax.nn.logsumexp(jnp.concatenate(list(scaled.values()), axis=1), axis=1)
+        else:
+            log_z = sum(jax.nn.logsumexp(s, axis=1) for s in scaled.values()) / len(scaled)
+        return -jnp.mean(positive - log_z)
+
+
+class MultipleNegativesSymmetricRankingLoss(MultipleNegativesRankingLoss):
+    """MultipleNegativesRankingLoss in both directions (anchor -> documents and positive -> anchors),
+    one softmax per direction, averaged: sentence-transformers' (deprecated) symmetric variant."""
+
+    def __init__(self, model=None, scale: float = 20.0, similarity_fct: Callable = cos_sim,
+                 gather_across_devices: bool = True):
+        super().__init__(model, scale=scale, similarity_fct=similarity_fct,
+                         gather_across_devices=gather_across_devices,
+                         directions=("query_to_doc", "doc_to_query"), partition_mode="per_direction")
+
+
+class CoSENTLoss(Loss):
+    """log(1 + sum over pairs (i, j) with label_i > label_j of exp(scale * (sim_j - sim_i))).
+
+    ``embeddings``: [a, b], (B, D) each; ``labels``: (B,) gold similarity scores (any scale: only their
+    order counts). ``similarity_fct`` is pairwise (default pairwise_cos_sim), ``scale`` 20."""
+
+    def __init__(self, model=None, scale: float = 20.0, similarity_fct: Callable = pairwise_cos_sim):
+        del model
+        if not callable(similarity_fct):
+            raise TypeError(f"similarity_fct must be callable, got {type(similarity_fct).__name__}")
+        self.scale = float(scale)
+        self.similarity_fct = similarity_fct
+
+    def __call__(self, embeddings, labels=None, rng=None) -> jax.Array:
+        columns = _columns(embeddings, 2, type(self).__name__)
+        labels = _labels(labels, columns[0].shape[0], type(self).__name__)
+        return self._from_pairs(columns[0], columns[1], labels)
+
+    def _from_pairs(self, a, b, labels) -> jax.Array:
+        scores = self.similarity_fct(a, b).astype(jnp.float32) * self.scale  # (B,)
+        labels = labels.astype(jnp.float32)
+        higher = labels[:, None] > labels[None, :]  # (i, j): pair i should outscore pair j
+        diffs = jnp.where(higher, scores[None, :] - scores[:, None], -jnp.inf)  # (B, B)
+        return jax.nn.logsumexp(jnp.concatenate([jnp.zeros(1), diffs.reshape(-1)]))  # the 0 is e^0 = 1
+
+
+class AnglELoss(CoSENTLoss):
+    """CoSENT with the AnglE similarity (pairwise_angle_sim), ``scale`` 20.
+
+    With more than two columns [anchor, positive, negative...], each (anchor, positive) pair gets its
+    label (1 when labels is None) and each (anchor, negative) pair 1 - label, as the original does."""
+
+    def __init__(self, model=None, scale: float = 20.0):
+        super().__init__(model, scale=scale, similarity_fct=pairwise_angle_sim)
+
+    def __call__(self, embeddings, labels=None, rng=None) -> jax.Array:
+        columns = _columns(embeddings, 2, type(self).__name__)
+        b = columns[0].shape[0]
+        if len(columns) == 2:
+            if labels is None:
+                raise ValueError("AnglELoss requires labels for datasets with pairs.")
+            return self._from_pairs(columns[0], columns[1], _labels(labels, b, type(self).__name__))
+        labels = jnp.ones(b) if labels is None else _labels(labels, b, type(self).__name__)
+        n_other = len(columns) - 1
+        anchors = jnp.tile(columns[0], (n_other, 1))
+        others = jnp.concatenate(columns[1:], axis=0)
+        combined = jnp.concatenate([labels, jnp.tile(1 - labels, n_other - 1)])
+        return self._from_pairs(anchors, others, combined)
+
+
+class CosineSimilarityLoss(Loss):
+    """loss_fct(cos_score_transformation(cos(a, b)), labels): the MSE between cosine and gold score by
+    default. ``loss_fct(pred, target)`` and ``cos_score_transformation(x)`` are callables on jax arrays."""
+
+    def __init__(self, model=None, loss_fct: Callable = _mse, cos_score_transformation: Callable = _identity):
+        del model
+        for name, fn in (("loss_fct", loss_fct), ("cos_score_transformation", cos_score_transformation)):
+            if not callable(fn):
+                raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
+        self.loss_fct = loss_fct
+        self.cos_score_transformation = cos_score_transformation
+
+    def __call__(self, embeddings, labels=None, rng=None) -> jax.Array:
+        columns = _columns(embeddings, 2, type(self).__name__)
+        labels = _labels(labels, columns[0].shape[0], type(self).__name__).astype(jnp.float32)
+        a, b = columns[0], columns[1]
+        # torch.cosine_similarity: a.b / sqrt(max(|a|^2 |b|^2, eps^2)), eps 1e-8
+        norms = jnp.sum(a * a, axis=-1) * jnp.sum(b * b, axis=-1)
+        cos = jnp.sum(a * b, axis=-1) / jnp.sqrt(jnp.maximum(norms, 1e-16))
+        return self.loss_fct(self.cos_score_transformation(cos), labels)
+
+    def sharded(self, embeddings, labels, axis_name: str, rng=None) -> jax.Array:
+        if self.loss_fct is not _mse:  # a custom loss_fct may not be a per-example mean
+            return super().sharded(embeddings, labels, axis_name, rng)
+        return self(embeddings, labels, rng) / jax.lax.axis_size(axis_name)  # mean of equal-sized shards
+
+
+def shrink(embeddings: jax.Array, dim: int) -> jax.Array:
+    """The first ``dim`` dimensions, L2-normalized: a Matryoshka sub-embedding."""
+    if dim > embeddings.shape[-1]:
+        raise ValueError(f"Dimension {dim} in matryoshka_dims cannot be greater than the model's embedding "
+                         f"dimension: {embeddings.shape[-1]}")
+    return normalize(embeddings[..., :dim])
+
+
+class MatryoshkaLoss(Loss):
+    """sum_i weight_i * loss(first dim_i dimensions of every column, L2-normalized, labels).
+
+    ``matryoshka_dims`` are sorted largest first with their weights (default 1 each), as in the
+    original. ``n_dims_per_step`` > 0 uses a random subset of that many dims per step, drawn from the
+    ``rng`` key the train step passes (the original draws with Python's ``random``)."""
+
+    def __init__(self, model=None, loss: Loss | None = None, matryoshka_dims: Sequence[int] = (),
+                 matryoshka_weights: Sequence[float] | None = None, n_dims_per_step: int = -1):
+        if not isinstance(loss, Loss):
+            raise TypeError(f"MatryoshkaLoss wraps a jaxst loss, got {type(loss).__name__}")
+        dims = [int(d) for d in matryoshka_dims]
+        if not dims:
+            raise ValueError("You must provide at least one dimension in matryoshka_dims.")
+        if any(d <= 0 for d in dims):
+            raise ValueError("All dimensions passed to a matryoshka loss must be > 0.")
+        if matryoshka_weights is None:
+            matryoshka_weights = [1] * len(dims)
+        elif len(matryoshka_weights) != len(dims):
+            raise ValueError("matryoshka_weights must be the same length as matryoshka_dims.")
+        model_dim = _embedding_dim(model)
+        if model_dim is not None and any(d > model_dim for d in dims):
+            raise ValueError(f"Dimensions in matryoshka_dims cannot exceed the model's embedding dimension "
+                             f"of {model_dim}.")
+        pairs = sorted(zip(dims, matryoshka_weights), key=lambda p: p[0], reverse=True)
+        self.loss = loss
+        self.matryoshka_dims = tuple(d for d, _ in pairs)
+        self.matryoshka_weights = tuple(w for _, w in pairs)
+        self.n_dims_per_step = int(n_dims_per_step)
+
+    def _chosen(self, rng) -> list[jax.Array | float]:
+        """One multiplier per dim: 1 for every dim, or 1 for a random n_dims_per_step of them and 0 else."""
+        n = len(self.matryoshka_dims)
+        if not 0 < self.n_dims_per_step < n:
+            return [1.0] * n
+        if rng is None:
+            raise ValueError("MatryoshkaLoss with n_dims_per_step > 0 needs an rng key to choose the dims")
+        picked = jax.random.choice(rng, n, (self.n_dims_per_step,), replace=False)
+        mask = jnp.zeros(n).at[picked].set(1.0)
+        return [mask[i] for i in range(n)]
+
+    def _inner_rng(self, rng):
+        return None if rng is None else jax.random.fold_in(rng, 1)
+
+    def __call__(self, embeddings, labels=None, rng=None) -> jax.Array:
+        columns = _columns(embeddings, 1, type(self).__name__)
+        total = 0.0
+        for dim, weight, on in zip(self.matryoshka_dims, self.matryoshka_weights, self._chosen(rng)):
+            total = total + on * weight * self.loss([shrink(c, dim) for c in columns], labels, self._inner_rng(rng))
+        return total
+
+    def sharded(self, embeddings, labels, axis_name: str, rng=None) -> jax.Array:
+        columns = _columns(embeddings, 1, type(self).__name__)
+        total = 0.0
+        for dim, weight, on in zip(self.matryoshka_dims, self.matryoshka_weights, self._chosen(rng)):
+            shrunk = [shrink(c, dim) for c in columns]
+            total = total + on * weight * self.loss.sharded(shrunk, labels, axis_name, self._inner_rng(rng))
+        return total
+
+
+def _embedding_dim(model) -> int | None:
+    getter = getattr(model, "get_embedding_dimension", None)
+    return getter() if callable(getter) else None
+
+
+class BinaryCrossEntropyLoss(Loss):
+    """Binary cross-entropy with logits, for a one-label cross-encoder: ``embeddings`` are its raw
+    logits (B,) or (B, 1), ``labels`` (B,) targets in [0, 1]. ``pos_weight`` weighs the positive term,
+    ``activation_fn`` is applied to the logits first (identity by default), as in the original."""
+
+    def __init__(self, model=None, activation_fn: Callable = _identity, pos_weight: float | None = None):
+        num_labels = getattr(model, "num_labels", 1)
+        if num_labels != 1:
+            raise ValueError(f"BinaryCrossEntropyLoss expects a model with 1 output label, "
+                             f"but got a model with {num_labels} output labels.")
+        if not callable(activation_fn):
+            raise TypeError(f"activation_fn must be callable, got {type(activation_fn).__name__}")
+        self.activation_fn = activation_fn
+        self.pos_weight = None if pos_weight is None else float(pos_weight)
+
+    def __call__(self, embeddings, labels=None, rng=None) -> jax.Array:
+        logits = jnp.asarray(embeddings[0] if isinstance(embeddings, (list, tuple)) else embeddings)
+        if logits.ndim == 2 and logits.shape[1] != 1:
+            raise ValueError(f"BinaryCrossEntropyLoss expects one logit per pair, got shape {logits.shape}")
+        logits = self.activation_fn(logits.reshape(-1))
+        labels = _labels(labels, logits.shape[0], type(self).__name__).astype(jnp.float32)
+        # -[w y log(sigmoid(x)) + (1 - y) log(1 - sigmoid(x))], with log(sigmoid(x)) = -softplus(-x)
+        w = 1.0 if self.pos_weight is None else self.pos_weight
+        return jnp.mean(w * labels * jax.nn.softplus(-logits) + (1.0 - labels) * jax.nn.softplus(logits))
+
+    def sharded(self, embeddings, labels, axis_name: str, rng=None) -> jax.Array:
+        return self(embeddings, labels, rng) / jax.lax.axis_size(axis_name)  # mean of equal-sized shards
+
+
+__all__ = [
+    "AnglELoss",
+    "BinaryCrossEntropyLoss",
+    "CoSENTLoss",
+    "CosineSimilarityLoss",
+    "Loss",
+    "MatryoshkaLoss",
+    "MultipleNegativesRankingLoss",
+    "MultipleNegativesSymmetricRankingLoss",
+    "shrink",
+]

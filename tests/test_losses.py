@@ -1,0 +1,317 @@
+"""Every jaxst loss against sentence-transformers' on the same random embeddings: value and gradient
+with respect to each embedding column, within 1e-5.
+
+The original losses compute from ``model(features)``; here ``compute_loss_from_embeddings`` is called
+where the loss has it, and otherwise the loss runs over a stub model whose forward hands back the
+given embeddings (one feature dict per column), so torch autograd reaches them.
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from conftest import max_abs
+
+from jaxst import losses as jl
+from jaxst import util as ju
+
+TOL = 1e-5
+B, D = 8, 16
+
+
+def random_columns(n_columns: int, seed: int = 0, dim: int = D) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.normal(size=(B, dim)).astype(np.float32) for _ in range(n_columns)]
+
+
+def jax_value_and_grads(loss, columns, labels=None, rng=None):
+    fn = lambda cols: loss([c for c in cols], None if labels is None else jnp.asarray(labels), rng)
+    value, grads = jax.value_and_grad(fn)([jnp.asarray(c) for c in columns])
+    return float(value), [np.asarray(g) for g in grads]
+
+
+def torch_value_and_grads(compute, columns, labels=None):
+    tensors = [torch.tensor(c, requires_grad=True) for c in columns]
+    value = compute(tensors, None if labels is None else torch.tensor(labels))
+    value.backward()
+    return float(value.detach()), [t.grad.numpy() if t.grad is not None else np.zeros_like(c) for t, c in
+                          zip(tensors, columns)]
+
+
+def assert_same(jax_result, torch_result):
+    (jv, jg), (tv, tg) = jax_result, torch_result
+    assert abs(jv - tv) < TOL, (jv, tv)
+    assert len(jg) == len(tg)
+    for i, (a, b) in enumerate(zip(jg, tg)):
+        assert max_abs(a, b) < TOL, (i, max_abs(a, b))
+    assert any(np.abs(g).max() > 1e-3 for g in tg), "the oracle's gradient should not vanish"
+
+
+class StubModel(torch.nn.Module):
+    """Stands in for a SentenceTransformer: feature dict {"column": i} -> the i-th given embeddings."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+        self.columns: list[torch.Tensor] = []
+
+    def forward(self, features):
+        return {"sentence_embedding": self.columns[features["column"]]}
+
+    def get_embedding_dimension(self):
+        return self.dim
+
+
+def st_losses():
+    from sentence_transformers.sentence_transformer import losses
+
+    return losses
+
+
+# ------------------------------------------------------------------------ MultipleNegativesRankingLoss
+
+MNRL_CASES = {
+    "pairs": (2, {}),
+    "hard-negatives": (4, {}),
+    "dot-scale-1": (3, {"scale": 1.0, "similarity_fct": "dot"}),
+    "scale-50": (2, {"scale": 50.0}),
+    "gte-all-directions": (3, {"directions": ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")}),
+    "symmetric-per-direction": (3, {"directions": ("query_to_doc", "doc_to_query"), "partition_mode": "per_direction"}),
+    "hardness-in-batch": (3, {"hardness_mode": "in_batch_negatives", "hardness_strength": 9.0}),
+    "hardness-hard-negatives": (4, {"hardness_mode": "hard_negatives", "hardness_strength": 5.0}),
+    "hardness-all-negatives": (3, {"hardness_mode": "all_negatives", "hardness_strength": 5.0}),
+}
+
+
+def _similarity(kwargs, for_torch: bool):
+    kwargs = dict(kwargs)
+    if kwargs.get("similarity_fct") == "dot":
+        from sentence_transformers import util as st_util
+
+        kwargs["similarity_fct"] = st_util.dot_score if for_torch else ju.dot_score
+    return kwargs
+
+
+@pytest.mark.parametrize("case", list(MNRL_CASES))
+def test_multiple_negatives_ranking_loss(case):
+    n_columns, kwargs = MNRL_CASES[case]
+    columns = random_columns(n_columns, seed=list(MNRL_CASES).index(case))
+    st_loss = st_losses().MultipleNegativesRankingLoss(StubModel(D), **_similarity(kwargs, True))
+    jx_loss = jl.MultipleNegativesRankingLoss(**_similarity(kwargs, False))
+    assert_same(jax_value_and_grads(jx_loss, columns),
+                torch_value_and_grads(st_loss.compute_loss_from_embeddings, columns))
+
+
+@pytest.mark.parametrize("n_columns", [2, 3])
+def test_multiple_negatives_symmetric_ranking_loss(n_columns):
+    columns = random_columns(n_columns, seed=7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        st_loss = st_losses().MultipleNegativesSymmetricRankingLoss(StubModel(D))
+    jx_loss = jl.MultipleNegativesSymmetricRankingLoss()
+    assert_same(jax_value_and_grads(jx_loss, columns),
+                torch_value_and_grads(st_loss.compute_loss_from_embeddings, columns))
+
+
+def test_mnrl_defaults_match():
+    st_loss = st_losses().MultipleNegativesRankingLoss(StubModel(D))
+    jx_loss = jl.MultipleNegativesRankingLoss()
+    assert (jx_loss.scale, jx_loss.directions, jx_loss.partition_mode, jx_loss.hardness_mode) == (
+        st_loss.scale, st_loss.directions, st_loss.partition_mode, st_loss.hardness_mode)
+
+
+# ------------------------------------------------------------------------------ CoSENT, AnglE, Cosine
+
+
+def _scores(seed: int, ties: bool) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (rng.integers(0, 4, size=B) if ties else rng.uniform(0, 5, size=B)).astype(np.float32)
+
+
+@pytest.mark.parametrize("ties", [False, True], ids=["float-labels", "tied-labels"])
+@pytest.mark.parametrize("scale", [20.0, 5.0])
+def test_cosent_loss(ties, scale):
+    columns, labels = random_columns(2, seed=3), _scores(4, ties)
+    st_loss = st_losses().CoSENTLoss(StubModel(D), scale=scale)
+    assert_same(jax_value_and_grads(jl.CoSENTLoss(scale=scale), columns, labels),
+                torch_value_and_grads(st_loss.compute_loss_from_embeddings, columns, labels))
+
+
+@pytest.mark.parametrize("ties", [False, True], ids=["float-labels", "tied-labels"])
+@pytest.mark.parametrize("dim", [D, D - 1], ids=["even-dim", "odd-dim"])
+def test_angle_loss_pairs(ties, dim):
+    columns, labels = random_columns(2, seed=5, dim=dim), _scores(6, ties)
+    st_loss = st_losses().AnglELoss(StubModel(dim))
+    assert_same(jax_value_and_grads(jl.AnglELoss(), columns, labels),
+                torch_value_and_grads(st_loss.compute_loss_from_embeddings, columns, labels))
+
+
+@pytest.mark.parametrize("with_labels", [False, True])
+@pytest.mark.parametrize("n_columns", [3, 4])
+def test_angle_loss_n_tuples(with_labels, n_columns):
+    columns = random_columns(n_columns, seed=8)
+    labels = np.random.default_rng(9).uniform(0, 1, size=B).astype(np.float32) if with_labels else None
+    st_loss = st_losses().AnglELoss(StubModel(D))
+    assert_same(jax_value_and_grads(jl.AnglELoss(), columns, labels),
+                torch_value_and_grads(st_loss.compute_loss_from_embeddings, columns, labels))
+
+
+def test_cosine_similarity_loss():
+    columns = random_columns(2, seed=10)
+    labels = np.random.default_rng(11).uniform(-1, 1, size=B).astype(np.float32)
+    st_loss = st_losses().CosineSimilarityLoss(StubModel(D))
+    assert_same(jax_value_and_grads(jl.CosineSimilarityLoss(), columns, labels),
+                torch_value_and_grads(st_loss.compute_loss_from_embeddings, columns, labels))
+
+
+def test_cosine_similarity_loss_custom_functions():
+    columns = random_columns(2, seed=12)
+    labels = np.random.default_rng(13).uniform(0, 1, size=B).astype(np.float32)
+    st_loss = st_losses().CosineSimilarityLoss(StubModel(D), loss_fct=torch.nn.L1Loss(),
+                                               cos_score_transformation=torch.nn.ReLU())
+    jx_loss = jl.CosineSimilarityLoss(loss_fct=lambda p, t: jnp.mean(jnp.abs(p - t)),
+                                      cos_score_transformation=jax.nn.relu)
+    assert_same(jax_value_and_grads(jx_loss, columns, labels),
+                torch_value_and_grads(st_loss.compute_loss_from_embeddings, columns, labels))
+
+
+# ------------------------------------------------------------------------------------- MatryoshkaLoss
+
+
+def st_matryoshka_value_and_grads(st_loss, stub, columns, labels):
+    def compute(tensors, labels_t):
+        stub.columns = tensors
+        features = [{"column": i} for i in range(len(tensors))]
+        return st_loss(features, labels_t)
+
+    return torch_value_and_grads(compute, columns, labels)
+
+
+MATRYOSHKA_CASES = {
+    "mnrl": (3, "MultipleNegativesRankingLoss", {}, False),
+    "cosent": (2, "CoSENTLoss", {}, True),
+    "cosine": (2, "CosineSimilarityLoss", {}, True),
+    "angle": (2, "AnglELoss", {}, True),
+    "gte-mnrl": (2, "MultipleNegativesRankingLoss",
+                 {"directions": ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")}, False),
+}
+
+
+@pytest.mark.parametrize("case", list(MATRYOSHKA_CASES))
+@pytest.mark.parametrize("weights", [None, (0.25, 1.0, 0.5)], ids=["default-weights", "weights"])
+def test_matryoshka_loss(case, weights):
+    n_columns, name, kwargs, with_labels = MATRYOSHKA_CASES[case]
+    dims = (4, 16, 8)  # unsorted on purpose: both sort largest first with the weights
+    columns = random_columns(n_columns, seed=14)
+    labels = _scores(15, ties=False) if with_labels else None
+    stub = StubModel(D)
+    st_loss = st_losses().MatryoshkaLoss(stub, getattr(st_losses(), name)(stub, **kwargs), dims,
+                                         matryoshka_weights=weights)
+    jx_loss = jl.MatryoshkaLoss(None, getattr(jl, name)(**kwargs), dims, matryoshka_weights=weights)
+    assert jx_loss.matryoshka_dims == st_loss.matryoshka_dims
+    assert jx_loss.matryoshka_weights == st_loss.matryoshka_weights
+    assert_same(jax_value_and_grads(jx_loss, columns, labels),
+                st_matryoshka_value_and_grads(st_loss, stub, columns, labels))
+
+
+def test_matryoshka_n_dims_per_step(monkeypatch):
+    """With the same dims drawn (the original's random.sample patched to jaxst's draw), the same loss."""
+    dims, n_per_step = (16, 8, 4, 2), 2
+    columns = random_columns(2, seed=16)
+    key = jax.random.key(3)
+    jx_loss = jl.MatryoshkaLoss(None, jl.MultipleNegativesRankingLoss(), dims, n_dims_per_step=n_per_step)
+    picked = sorted(int(i) for i in jax.random.choice(key, len(dims), (n_per_step,), replace=False))
+    monkeypatch.setattr(random, "sample", lambda population, k: list(picked))
+    stub = StubModel(D)
+    st_loss = st_losses().MatryoshkaLoss(stub, st_losses().MultipleNegativesRankingLoss(stub), dims,
+                                         n_dims_per_step=n_per_step)
+    assert_same(jax_value_and_grads(jx_loss, columns, rng=key),
+                st_matryoshka_value_and_grads(st_loss, stub, columns, None))
+    all_dims = jl.MatryoshkaLoss(None, jl.MultipleNegativesRankingLoss(), dims)
+    assert abs(jax_value_and_grads(jx_loss, columns, rng=key)[0] - jax_value_and_grads(all_dims, columns)[0]) > 1e-3
+    with pytest.raises(ValueError, match="rng"):
+        jx_loss([jnp.asarray(c) for c in columns])
+
+
+# ----------------------------------------------------------------------------- BinaryCrossEntropyLoss
+
+
+@pytest.fixture(scope="module")
+def tiny_cross_encoder(make_tiny_cross_encoder):
+    from sentence_transformers import CrossEncoder
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return CrossEncoder(str(make_tiny_cross_encoder("bert", num_labels=1)), device="cpu")
+
+
+@pytest.mark.parametrize("pos_weight", [None, 3.0])
+@pytest.mark.parametrize("activation", ["identity", "tanh"])
+def test_binary_cross_entropy_loss(tiny_cross_encoder, monkeypatch, pos_weight, activation):
+    from sentence_transformers.cross_encoder import losses as ce_losses
+
+    rng = np.random.default_rng(17)
+    logits = (3 * rng.normal(size=B)).astype(np.float32)
+    labels = rng.integers(0, 2, size=B).astype(np.float32)
+    labels[:3] = rng.uniform(0, 1, size=3)  # soft labels too
+    torch_act, jax_act = {"identity": (torch.nn.Identity(), lambda x: x), "tanh": (torch.nn.Tanh(), jnp.tanh)}[
+        activation]
+    st_loss = ce_losses.BinaryCrossEntropyLoss(
+        tiny_cross_encoder, activation_fn=torch_act,
+        pos_weight=None if pos_weight is None else torch.tensor(pos_weight))
+    jx_loss = jl.BinaryCrossEntropyLoss(activation_fn=jax_act, pos_weight=pos_weight)
+
+    def compute(tensors, labels_t):  # the cross-encoder's forward hands back the given logits, as (B, 1)
+        monkeypatch.setattr(tiny_cross_encoder, "preprocess", lambda pairs, **kw: {})
+        monkeypatch.setattr(tiny_cross_encoder, "forward", lambda features, **kw: {"scores": tensors[0][:, None]})
+        pairs = [["q"] * B, ["d"] * B]
+        return st_loss(pairs, labels_t)
+
+    for shape in [(B,), (B, 1)]:
+        jx = jax_value_and_grads(lambda e, y, r, shape=shape: jx_loss(e[0].reshape(shape), y), [logits], labels)
+        assert_same(jx, torch_value_and_grads(compute, [logits], labels))
+
+
+def test_binary_cross_entropy_refuses_multi_label_models():
+    class ThreeLabels:
+        num_labels = 3
+
+    with pytest.raises(ValueError, match="1 output label"):
+        jl.BinaryCrossEntropyLoss(ThreeLabels())
+
+
+# ----------------------------------------------------------------------------------------- bad input
+
+
+def test_bad_input_is_a_clear_error():
+    a, b = (jnp.asarray(c) for c in random_columns(2))
+    with pytest.raises(TypeError, match="list of"):
+        jl.MultipleNegativesRankingLoss()(a)
+    with pytest.raises(ValueError, match="at least 2"):
+        jl.MultipleNegativesRankingLoss()([a])
+    with pytest.raises(ValueError, match="rows"):
+        jl.MultipleNegativesRankingLoss()([a, b[:3]])
+    with pytest.raises(ValueError, match="labels"):
+        jl.CoSENTLoss()([a, b])
+    with pytest.raises(ValueError, match="expects 8 labels"):
+        jl.CosineSimilarityLoss()([a, b], jnp.ones(3))
+    with pytest.raises(ValueError, match="requires labels"):
+        jl.AnglELoss()([a, b])
+    with pytest.raises(ValueError, match="Invalid directions"):
+        jl.MultipleNegativesRankingLoss(directions=("doc_to_everything",))
+    with pytest.raises(ValueError, match="per_direction"):
+        jl.MultipleNegativesRankingLoss(directions=("query_to_doc", "query_to_query"), partition_mode="per_direction")
+    with pytest.raises(ValueError, match="Scale"):
+        jl.MultipleNegativesRankingLoss(scale=0)
+    with pytest.raises(ValueError, match="cannot be greater"):
+        jl.MatryoshkaLoss(None, jl.CoSENTLoss(), (32, 8))([a, b], jnp.ones(B))
+    with pytest.raises(TypeError, match="wraps a jaxst loss"):
+        jl.MatryoshkaLoss(None, "CoSENTLoss", (8,))
+    with pytest.raises(ValueError, match="same length"):
+        jl.MatryoshkaLoss(None, jl.CoSENTLoss(), (16, 8), matryoshka_weights=(1.0,))
