@@ -26,6 +26,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
+from jaxst.io.export import save_model
 from jaxst.io.folder import read_json, read_modules
 from jaxst.io.hub import resolve_model_folder
 from jaxst.io.tokenizer import Tokenizer
@@ -159,6 +160,7 @@ class CrossEncoder:
         )
         self.model_folder = folder
         path, transformer_config = self._transformer_module(folder)
+        self._transformer_path, self._transformer_config = path, transformer_config  # what save() rewrites
         hf_config = read_json(path / "config.json")
         self.hf_config = hf_config
         if "auto_map" in hf_config:
@@ -429,6 +431,41 @@ class CrossEncoder:
             if return_documents:
                 results[-1]["text"] = documents[i]
         return sorted(results, key=lambda r: r["score"], reverse=True)[:top_k]
+
+    # ------------------------------------------------------------------ save
+
+    def save(
+        self,
+        path: str | os.PathLike,
+        model_name: str | None = None,
+        create_model_card: bool = True,
+        train_datasets: list[str] | None = None,
+        safe_serialization: bool = True,
+        *,
+        overwrite: bool = False,
+    ) -> None:
+        """Write the model as sentence-transformers 6 saves a CrossEncoder, loadable by its ``CrossEncoder``
+        and by transformers' ``AutoModelForSequenceClassification``.
+
+        The CURRENT ``self.params`` go into ``model.safetensors`` (``bert.*`` / ``roberta.*``, ``classifier.*``,
+        PyTorch layouts); ``activation_fn`` is saved as its torch class (sigmoid, identity, tanh, relu, gelu,
+        silu, softplus; another callable is a ValueError), with ``max_length`` and the prompts. Atomic, with
+        the folder rules of ``SentenceTransformer.save``; jaxst writes no model card.
+        """
+        save_model(self, path, safe_serialization=safe_serialization, overwrite=overwrite)
+
+    def save_pretrained(
+        self,
+        path: str | os.PathLike,
+        model_name: str | None = None,
+        create_model_card: bool = True,
+        train_datasets: list[str] | None = None,
+        safe_serialization: bool = True,
+        *,
+        overwrite: bool = False,
+    ) -> None:
+        """The same as ``save``."""
+        self.save(path, model_name, create_model_card, train_datasets, safe_serialization, overwrite=overwrite)
 
     def __repr__(self) -> str:
         return (

@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
+from jaxst.io.export import save_model, unmapped_tensors
 from jaxst.io.folder import read_json, read_modules
 from jaxst.io.hub import resolve_model_folder
 from jaxst.io.tokenizer import Tokenizer
@@ -185,6 +186,10 @@ class SentenceTransformer:
         self.params = jax.device_put(params, self.device) if self.device else jax.device_put(params)
         self._embedding_dim = dim
         self._include_prompt = module.include_prompt
+        # What save() needs besides params: the module specs as loaded, and the checkpoint tensors jaxst
+        # does not model but transformers' AutoModel has (BERT's pooler), so a saved folder loads with none missing.
+        self._module_specs = specs
+        self._unmapped_tensors = unmapped_tensors(encoder_sd, prefixes)
 
         st_config = read_json(folder / "config_sentence_transformers.json", required=False)
         self.prompts = {"query": "", "document": ""}
@@ -401,6 +406,44 @@ class SentenceTransformer:
         if prompt_name is None and prompt is None:
             prompt_name = next((n for n in ("document", "passage", "corpus") if n in self.prompts), None)
         return self.encode(inputs, prompt_name=prompt_name, prompt=prompt, **kwargs)
+
+    # ------------------------------------------------------------------ save
+
+    def save(
+        self,
+        path: str | os.PathLike,
+        model_name: str | None = None,
+        create_model_card: bool = True,
+        train_datasets: list[str] | None = None,
+        safe_serialization: bool = True,
+        *,
+        overwrite: bool = False,
+    ) -> None:
+        """Write the model as a sentence-transformers folder that sentence-transformers and transformers load.
+
+        The CURRENT ``self.params`` (after fine-tuning, say) go into ``model.safetensors`` and each Dense
+        module's folder with PyTorch names and layouts; ``config.json``, the tokenizer files, ``modules.json``,
+        the module configs and ``config_sentence_transformers.json`` (prompts, ``similarity_fn_name``,
+        ``truncate_dim``, ``max_seq_length``) describe the model as it is now. Atomic: the folder is written
+        beside ``path`` and renamed into place, so an interrupted save leaves ``path`` as it was. Saving into
+        an existing model folder replaces the model and keeps unrelated files; a non-empty folder that holds
+        no model needs ``overwrite=True``. ``model_name``, ``create_model_card`` and ``train_datasets`` are
+        accepted for compatibility; jaxst writes no model card.
+        """
+        save_model(self, path, safe_serialization=safe_serialization, overwrite=overwrite)
+
+    def save_pretrained(
+        self,
+        path: str | os.PathLike,
+        model_name: str | None = None,
+        create_model_card: bool = True,
+        train_datasets: list[str] | None = None,
+        safe_serialization: bool = True,
+        *,
+        overwrite: bool = False,
+    ) -> None:
+        """The same as ``save``."""
+        self.save(path, model_name, create_model_card, train_datasets, safe_serialization, overwrite=overwrite)
 
     def __repr__(self) -> str:
         return (

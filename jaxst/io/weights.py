@@ -124,20 +124,28 @@ def params_from_state_dict(module: nnx.Module, state_dict: dict, prefixes: tuple
     return params
 
 
-def state_dict_from_params(params: dict) -> dict[str, np.ndarray]:
-    """The inverse mapping: a pure params dict -> PyTorch-named, PyTorch-laid-out numpy arrays."""
-    out = {}
+def state_dict_from_params(params: dict, prefix: str = "") -> dict[str, np.ndarray]:
+    """The inverse mapping: a pure params dict -> PyTorch-named, PyTorch-laid-out float32 numpy arrays.
+
+    ``prefix`` is prepended to every name (``"bert."`` for the encoder inside a task checkpoint). Keys
+    may be ints (``nnx.List`` indices) or strings (params restored from orbax without a target); both map
+    to the same name. Leaves of any float dtype (bfloat16 after a cast) are written as float32, the
+    layout sentence-transformers and transformers load by default.
+    """
+    if not isinstance(params, dict):
+        raise TypeError(f"params must be a nested dict of arrays, got {type(params).__name__}")
+    out: dict[str, np.ndarray] = {}
 
     def walk(node, path):
         if isinstance(node, dict):
             for k, v in node.items():
                 walk(v, (*path, k))
             return
+        if not hasattr(node, "shape") or not hasattr(node, "dtype"):
+            raise TypeError(f"param {'.'.join(map(str, path))} is {type(node).__name__}, not an array")
         key, transpose = torch_key(path)
-        array = np.asarray(node, dtype=np.float32)
-        out[key] = np.ascontiguousarray(array.T if transpose else array)
+        array = np.asarray(node).astype(np.float32, copy=False)
+        out[prefix + key] = np.ascontiguousarray(array.T if transpose else array)
 
     walk(params, ())
     return out
-
-

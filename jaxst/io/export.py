@@ -1,0 +1,546 @@
+"""Write a loaded model back out: a sentence-transformers folder that PyTorch users load unchanged, or an
+orbax params checkpoint beside the folder's config files, and that checkpoint back to a folder.
+
+    model ──plan (from what the model remembered at load time)──▶ FolderPlan
+          ──the CURRENT model.params, renamed and transposed (jaxst.io.weights)──▶ safetensors tensors
+          ──every file into a temp folder beside the target──▶ renamed into place
+
+A ``FolderPlan`` is plain data: the JSON files to write, the files to copy (tokenizer files from the
+folder the model was loaded from), and which subtree of ``params`` goes into which safetensors file under
+which name prefix. ``SentenceTransformer.save``, ``CrossEncoder.save`` and the orbax conversion all go
+through the one writer, ``write_model_folder``.
+
+Saving is atomic at the folder level: nothing is written into ``path`` itself. Files go into a temp folder
+next to it, which replaces ``path`` by rename once complete; an exception (or a crash) midway leaves
+``path`` as it was and at most a hidden ``.<name>.tmp-*`` folder beside it. Like sentence-transformers,
+saving into an existing folder keeps the files there that the save does not write (a README, notes),
+except older weights (``*.safetensors``, ``*.bin``, ``onnx/`` ...) that would no longer match. A
+non-empty folder that holds no model is refused unless ``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from jaxst.io.weights import state_dict_from_params
+
+# Files a tokenizer may consist of; those present in the source folder are copied.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "sentencepiece.bpe.model",
+    "spiece.model",
+    "tokenizer.model",
+)
+
+# modules.json "type" per module kind: the long-standing names every sentence-transformers version since
+# 2.x resolves (6.x maps them to its new module paths), with the folder name it saves each module under.
+MODULE_TYPES = {
+    "transformer": "sentence_transformers.models.Transformer",
+    "pooling": "sentence_transformers.models.Pooling",
+    "dense": "sentence_transformers.models.Dense",
+    "normalize": "sentence_transformers.models.Normalize",
+    "dropout": "sentence_transformers.models.Dropout",
+}
+MODULE_CLASS_NAMES = {"pooling": "Pooling", "dense": "Dense", "normalize": "Normalize", "dropout": "Dropout"}
+
+# A jaxst activation name -> the torch class sentence-transformers saves and re-imports.
+TORCH_ACTIVATIONS = {
+    "identity": "torch.nn.modules.linear.Identity",
+    "tanh": "torch.nn.modules.activation.Tanh",
+    "relu": "torch.nn.modules.activation.ReLU",
+    "gelu": "torch.nn.modules.activation.GELU",
+    "sigmoid": "torch.nn.modules.activation.Sigmoid",
+    "silu": "torch.nn.modules.activation.SiLU",
+    "softplus": "torch.nn.modules.activation.Softplus",
+}
+
+# Weights left over in a folder that is saved into: they would no longer match the new model.
+STALE_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".h5", ".msgpack", ".onnx", ".pt", ".pth", ".ckpt", ".index.json")
+STALE_WEIGHT_FOLDERS = ("onnx", "openvino")
+
+ORBAX_MANIFEST = "jaxst_orbax.json"
+ORBAX_FORMAT = "jaxst-orbax-params"
+ORBAX_PARAMS = "params"
+ORBAX_UNMAPPED = "unmapped"
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightsEntry:
+    """One params subtree written to a safetensors file: ``params[path...]`` -> ``prefix + torch name``."""
+
+    file: str
+    params: tuple[str | int, ...]
+    prefix: str = ""
+
+    def to_json(self) -> dict:
+        return {"file": self.file, "params": [str(p) for p in self.params], "prefix": self.prefix}
+
+    @classmethod
+    def from_json(cls, entry: dict) -> WeightsEntry:
+        return cls(str(entry["file"]), tuple(entry["params"]), str(entry.get("prefix", "")))
+
+
+@dataclasses.dataclass
+class FolderPlan:
+    """Everything a model folder holds, as data: JSON files, files to copy, and where params go."""
+
+    model_class: str  # "SentenceTransformer" or "CrossEncoder"
+    json_files: dict[str, object]
+    copies: dict[str, Path]
+    weights: list[WeightsEntry]
+    unmapped: dict[str, dict[str, np.ndarray]]  # file -> tensors jaxst does not model (BERT's pooler), PyTorch form
+
+
+# ---------------------------------------------------------------------------------------- plans
+
+
+def _jaxst_version() -> str:
+    from jaxst import __version__
+
+    return __version__
+
+
+def _tokenizer_copies(folder: Path) -> dict[str, Path]:
+    folder = Path(folder)
+    copies = {name: folder / name for name in TOKENIZER_FILES if (folder / name).is_file()}
+    if "tokenizer.json" not in copies and "vocab.txt" not in copies:
+        raise OSError(
+            f"cannot save: the tokenizer files of this model are gone from {folder} (it was loaded from there; "
+            "jaxst copies tokenizer.json / vocab.txt from that folder)"
+        )
+    return copies
+
+
+def _hf_config(config: dict) -> dict:
+    """config.json as loaded, saying float32 where it names a dtype: the weights are written in float32, and
+    transformers 5 loads a checkpoint in the dtype its config names."""
+    config = dict(config)
+    for key in ("dtype", "torch_dtype"):
+        if key in config:
+            config[key] = "float32"
+    return config
+
+
+def _transformer_config(config: dict, max_seq_length: int, do_lower_case: bool) -> dict:
+    """sentence_bert_config.json: the loaded one (its transformer_task, ...) with the current length and casing."""
+    return {**config, "max_seq_length": int(max_seq_length), "do_lower_case": bool(do_lower_case)}
+
+
+def sentence_transformer_plan(model) -> FolderPlan:
+    """The folder ``SentenceTransformer.save`` writes: sentence-transformers' layout, module by module."""
+    specs = model._module_specs
+    transformer = specs[0]
+    modules = [{"idx": 0, "name": "0", "path": "", "type": MODULE_TYPES["transformer"]}]
+    json_files: dict[str, object] = {
+        "config.json": _hf_config(model.hf_config),
+        "sentence_bert_config.json": _transformer_config(
+            transformer.config, model.max_seq_length, transformer.config.get("do_lower_case", False)
+        ),
+    }
+    weights = [WeightsEntry("model.safetensors", ("encoder",))]
+    unmapped = {"model.safetensors": dict(model._unmapped_tensors)} if model._unmapped_tensors else {}
+    head = 0  # index into params["heads"]: Dense and Normalize modules, in order
+    for idx, spec in enumerate(specs[1:], start=1):
+        folder = f"{idx}_{MODULE_CLASS_NAMES[spec.kind]}"
+        modules.append({"idx": idx, "name": str(idx), "path": folder, "type": MODULE_TYPES[spec.kind]})
+        config = dict(spec.config)
+        if spec.kind == "pooling" and "word_embedding_dimension" not in config and "embedding_dimension" not in config:
+            config["word_embedding_dimension"] = int(model.hf_config["hidden_size"])  # a synthesized mean pooling
+        json_files[f"{folder}/config.json"] = config
+        if spec.kind == "dense":
+            weights.append(WeightsEntry(f"{folder}/model.safetensors", ("heads", head)))
+        if spec.kind in ("dense", "normalize"):
+            head += 1
+    json_files["modules.json"] = modules
+    config_st = {
+        "__version__": {"jaxst": _jaxst_version()},
+        "model_type": "SentenceTransformer",
+        "prompts": dict(model.prompts),
+        "default_prompt_name": model.default_prompt_name,
+        "similarity_fn_name": model.similarity_fn_name,
+    }
+    if model.truncate_dim is not None:
+        config_st["truncate_dim"] = int(model.truncate_dim)
+    json_files["config_sentence_transformers.json"] = config_st
+    return FolderPlan("SentenceTransformer", json_files, _tokenizer_copies(transformer.path), weights, unmapped)
+
+
+def activation_path(fn: Callable) -> str:
+    """The torch class path sentence-transformers saves for a cross-encoder activation given as a jax callable."""
+    from jaxst.cross_encoder import identity
+    from jaxst.pipeline import DENSE_ACTIVATIONS
+
+    if fn is identity:
+        return TORCH_ACTIVATIONS["identity"]
+    for name, candidate in DENSE_ACTIVATIONS.items():
+        if fn is candidate:
+            return TORCH_ACTIVATIONS[name]
+    known = "jax.nn.sigmoid, jnp.tanh, jax.nn.relu, jax.nn.silu, jax.nn.softplus, jaxst.cross_encoder.identity"
+    raise ValueError(
+        f"cannot save activation_fn {fn!r}: sentence-transformers stores the activation as a torch class, and "
+        f"jaxst knows the torch equivalent only of {known}; set model.activation_fn to one of them before saving"
+    )
+
+
+def cross_encoder_plan(model) -> FolderPlan:
+    """The folder ``CrossEncoder.save`` writes, as sentence-transformers 6 saves a CrossEncoder: one
+    sequence-classification Transformer module, the activation in config_sentence_transformers.json."""
+    from jaxst.models import model_type
+    from jaxst.models.classification import BASE_MODEL_PREFIXES
+
+    activation = activation_path(model.activation_fn)
+    hf_config = _hf_config(model.hf_config)
+    if isinstance(hf_config.get("sentence_transformers"), dict):  # the pre-v4 place: keep it consistent
+        hf_config["sentence_transformers"] = {**hf_config["sentence_transformers"], "activation_fn": activation}
+    transformer_config = {"transformer_task": "sequence-classification", **model._transformer_config}
+    json_files: dict[str, object] = {
+        "config.json": hf_config,
+        "sentence_bert_config.json": _transformer_config(
+            transformer_config, model.max_seq_length, transformer_config.get("do_lower_case", False)
+        ),
+        "modules.json": [{"idx": 0, "name": "0", "path": "", "type": MODULE_TYPES["transformer"]}],
+        "config_sentence_transformers.json": {
+            "__version__": {"jaxst": _jaxst_version()},
+            "model_type": "CrossEncoder",
+            "activation_fn": activation,
+            "prompts": dict(model.prompts),
+            "default_prompt_name": model.default_prompt_name,
+        },
+    }
+    prefix = BASE_MODEL_PREFIXES[model_type(model.hf_config)]
+    weights = [WeightsEntry("model.safetensors", ("encoder",), f"{prefix}.")]
+    if "pooler" in model.params:
+        weights.append(WeightsEntry("model.safetensors", ("pooler",), f"{prefix}.pooler."))
+    weights.append(WeightsEntry("model.safetensors", ("classifier",), "classifier."))
+    return FolderPlan("CrossEncoder", json_files, _tokenizer_copies(model._transformer_path), weights, {})
+
+
+def unmapped_tensors(state_dict: dict, prefixes: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """Tensors of an encoder checkpoint that jaxst does not model but ``AutoModel`` has: BERT's pooler
+    (``pooler.dense.*``). Kept at load time so that a saved folder loads in transformers with none missing."""
+    out = {}
+    for key, value in state_dict.items():
+        for prefix in prefixes:
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+                break
+        if key.startswith("pooler."):
+            out[key] = np.asarray(value, dtype=np.float32)
+    return out
+
+
+def plan_for(model) -> FolderPlan:
+    from jaxst.cross_encoder import CrossEncoder
+    from jaxst.sentence_transformer import SentenceTransformer
+
+    if isinstance(model, SentenceTransformer):
+        return sentence_transformer_plan(model)
+    if isinstance(model, CrossEncoder):
+        return cross_encoder_plan(model)
+    raise TypeError(f"can only save a jaxst SentenceTransformer or CrossEncoder, got {type(model).__name__}")
+
+
+# ---------------------------------------------------------------------------------------- tensors
+
+
+def _subtree(params, path: tuple) -> dict:
+    node = params
+    for key in path:
+        if not isinstance(node, dict):
+            raise ValueError(f"params has no subtree {'/'.join(map(str, path))}")
+        for candidate in (key, str(key), int(key) if str(key).isdigit() else None):
+            if candidate is not None and candidate in node:
+                node = node[candidate]
+                break
+        else:
+            raise ValueError(f"params has no subtree {'/'.join(map(str, path))} (keys there: {sorted(map(str, node))})")
+    return node
+
+
+def plan_tensors(plan: FolderPlan, params) -> dict[str, dict[str, np.ndarray]]:
+    """file -> {PyTorch name: array}: the params in PyTorch names and layouts, plus the unmapped tensors."""
+    files: dict[str, dict[str, np.ndarray]] = {}
+    for entry in plan.weights:
+        tensors = files.setdefault(entry.file, {})
+        for name, array in state_dict_from_params(_subtree(params, entry.params), entry.prefix).items():
+            if name in tensors:
+                raise ValueError(f"two params map to {name!r} in {entry.file}")
+            tensors[name] = array
+    for file, extra in plan.unmapped.items():
+        tensors = files.setdefault(file, {})
+        for name, array in extra.items():
+            tensors.setdefault(name, np.ascontiguousarray(array, dtype=np.float32))
+    return files
+
+
+# ---------------------------------------------------------------------------------------- the writer
+
+
+def _fsync(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_json(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
+    from safetensors.numpy import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata={"format": "pt"})  # "pt": transformers' loader expects it
+    _fsync(path)
+
+
+def _copy_file(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)  # follows symlinks (Hugging Face cache snapshots link into blobs/)
+    _fsync(dst)
+
+
+def is_model_folder(folder: Path) -> bool:
+    folder = Path(folder)
+    return any((folder / name).is_file() for name in ("modules.json", "config.json", ORBAX_MANIFEST))
+
+
+def _carry_over(old: Path, new: Path) -> None:
+    """Bring the files of ``old`` that ``new`` does not have into ``new`` (hard links where possible).
+
+    Older weights are not carried over: they would no longer match the model just written. In an old
+    orbax folder that includes its params checkpoint and manifest."""
+    stale_folders = set(STALE_WEIGHT_FOLDERS)
+    if (old / ORBAX_MANIFEST).is_file():
+        stale_folders |= {ORBAX_PARAMS, ORBAX_UNMAPPED, ORBAX_MANIFEST}
+
+    def stale(rel: Path) -> bool:
+        return rel.parts[0] in stale_folders or rel.name.endswith(STALE_WEIGHT_SUFFIXES)
+
+    for src in sorted(old.rglob("*")):
+        rel = src.relative_to(old)
+        dst = new / rel
+        if src.is_dir() and not src.is_symlink():
+            if not stale(rel):
+                dst.mkdir(parents=True, exist_ok=True)
+            continue
+        if dst.exists() or dst.is_symlink() or stale(rel):
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_symlink():
+            os.symlink(os.readlink(src), dst)
+            continue
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+
+def _check_target(target: Path, overwrite: bool) -> None:
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"cannot save to {target}: it is a file, not a folder")
+    if target.is_dir() and any(target.iterdir()) and not is_model_folder(target) and not overwrite:
+        raise ValueError(
+            f"cannot save to {target}: it is a non-empty folder that holds no model; pass overwrite=True to save "
+            "into it (its other files are kept)"
+        )
+
+
+@contextmanager
+def atomic_folder(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield an empty temp folder beside ``path``; when the block completes it replaces ``path`` by rename.
+
+    Files of an existing ``path`` that the block did not write are carried over (older weights excepted).
+    If the block raises, the temp folder is removed and ``path`` is untouched."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a string or os.PathLike, got {type(path).__name__}")
+    if not os.fspath(path):
+        raise ValueError("path is empty")
+    target = Path(os.path.realpath(os.path.expanduser(os.fspath(path))))
+    _check_target(target, overwrite)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+        _check_target(target, overwrite)  # it may have changed while we wrote
+        if target.is_dir():
+            _carry_over(target, tmp)
+        for folder in sorted({p.parent for p in tmp.rglob("*")} | {tmp}, key=lambda p: -len(p.parts)):
+            _fsync(folder)
+        _swap_into_place(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync(target.parent)
+
+
+def _swap_into_place(tmp: Path, target: Path) -> None:
+    """rename(tmp, target); an existing non-empty target is first moved aside, and removed once replaced."""
+    if not target.exists() or (target.is_dir() and not any(target.iterdir())):
+        os.replace(tmp, target)  # POSIX rename replaces an empty directory atomically
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    os.replace(target, aside)  # onto the empty folder mkdtemp made
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        os.replace(aside, target)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def write_plan_files(folder: Path, plan: FolderPlan, tensors: dict[str, dict[str, np.ndarray]] | None) -> None:
+    """Write a plan's JSON files, copies and (when given) weight files into ``folder``."""
+    for rel, src in plan.copies.items():
+        _copy_file(Path(src), folder / rel)
+    for rel, data in plan.json_files.items():
+        _write_json(folder / rel, data)
+    for rel, file_tensors in (tensors or {}).items():
+        _write_safetensors(folder / rel, file_tensors)
+
+
+def write_model_folder(path: str | os.PathLike, plan: FolderPlan, params, overwrite: bool = False) -> Path:
+    """Write ``plan`` with ``params`` as a sentence-transformers folder at ``path``, atomically."""
+    tensors = plan_tensors(plan, params)  # before touching the disk: a params mismatch fails here
+    with atomic_folder(path, overwrite) as tmp:
+        write_plan_files(tmp, plan, tensors)
+    return Path(os.path.realpath(os.path.expanduser(os.fspath(path))))
+
+
+def save_model(model, path: str | os.PathLike, *, safe_serialization: bool = True, overwrite: bool = False) -> Path:
+    """``model.save(path)``: the model's current params and settings as a sentence-transformers folder."""
+    if not safe_serialization:
+        raise ValueError("jaxst writes safetensors only (safe_serialization=False would mean a pickled .bin file)")
+    return write_model_folder(path, plan_for(model), model.params, overwrite=overwrite)
+
+
+# ---------------------------------------------------------------------------------------- orbax
+
+
+def _orbax():
+    try:
+        import orbax.checkpoint as ocp
+    except ImportError:
+        raise ImportError("orbax checkpoints need orbax-checkpoint: pip install orbax-checkpoint") from None
+    return ocp
+
+
+def save_orbax(model, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """A model as a native checkpoint folder: ``model.params`` as an orbax ``StandardCheckpointer``
+    checkpoint in ``params/``, beside the config and tokenizer files of its sentence-transformers folder and
+    a ``jaxst_orbax.json`` manifest that says which params go into which safetensors file on the way back.
+
+    Restore the params with ``restore_orbax_params``; turn the folder back into a sentence-transformers
+    folder with ``orbax_to_folder``."""
+    ocp = _orbax()
+    plan = plan_for(model)
+    plan_tensors(plan, model.params)  # fail early if the params do not fit the plan
+    manifest = {
+        "format": ORBAX_FORMAT,
+        "version": 1,
+        "model_class": plan.model_class,
+        "jaxst_version": _jaxst_version(),
+        "weights": [e.to_json() for e in plan.weights],
+        "unmapped": sorted(plan.unmapped),
+    }
+    with atomic_folder(path, overwrite) as tmp:
+        write_plan_files(tmp, plan, None)
+        for rel, extra in plan.unmapped.items():
+            _write_safetensors(tmp / ORBAX_UNMAPPED / rel, extra)
+        with ocp.StandardCheckpointer() as checkpointer:
+            checkpointer.save((tmp / ORBAX_PARAMS).absolute(), model.params)
+            checkpointer.wait_until_finished()
+        _write_json(tmp / ORBAX_MANIFEST, manifest)
+    return Path(os.path.realpath(os.path.expanduser(os.fspath(path))))
+
+
+def read_orbax_manifest(path: str | os.PathLike) -> dict:
+    folder = Path(path)
+    file = folder / ORBAX_MANIFEST
+    if not file.is_file():
+        raise ValueError(f"{folder} is not a jaxst orbax checkpoint (no {ORBAX_MANIFEST})")
+    with open(file, encoding="utf-8") as f:
+        manifest = json.load(f)
+    if manifest.get("format") != ORBAX_FORMAT:
+        raise ValueError(f"{file} is not a jaxst orbax manifest (format {manifest.get('format')!r})")
+    if not (folder / ORBAX_PARAMS).is_dir():
+        raise ValueError(f"{folder} has no {ORBAX_PARAMS}/ checkpoint folder")
+    return manifest
+
+
+def restore_orbax_params(path: str | os.PathLike, target=None):
+    """The params saved by ``save_orbax``. With ``target`` (e.g. ``model.params``) they come back with its
+    structure, dtypes and shardings: ``model.params = restore_orbax_params(folder, model.params)``; without
+    one, as a nested dict with string keys."""
+    ocp = _orbax()
+    read_orbax_manifest(path)
+    folder = (Path(path) / ORBAX_PARAMS).absolute()
+    with ocp.StandardCheckpointer() as checkpointer:
+        if target is None:
+            return checkpointer.restore(folder)
+        import jax
+
+        return checkpointer.restore(folder, jax.tree.map(ocp.utils.to_shape_dtype_struct, target))
+
+
+def orbax_to_folder(src: str | os.PathLike, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """A ``save_orbax`` folder back to a sentence-transformers folder (safetensors in PyTorch layout)."""
+    from safetensors.numpy import load_file
+
+    src = Path(src)
+    manifest = read_orbax_manifest(src)
+    skip = {ORBAX_MANIFEST, ORBAX_PARAMS, ORBAX_UNMAPPED}
+    copies = {
+        str(p.relative_to(src)): p for p in sorted(src.rglob("*"))
+        if p.is_file() and p.relative_to(src).parts[0] not in skip
+    }
+    plan = FolderPlan(
+        str(manifest["model_class"]),
+        json_files={},
+        copies=copies,
+        weights=[WeightsEntry.from_json(e) for e in manifest["weights"]],
+        unmapped={rel: load_file(str(src / ORBAX_UNMAPPED / rel)) for rel in manifest.get("unmapped", [])},
+    )
+    return write_model_folder(path, plan, restore_orbax_params(src), overwrite=overwrite)
+
+
+__all__ = [
+    "FolderPlan",
+    "WeightsEntry",
+    "atomic_folder",
+    "cross_encoder_plan",
+    "orbax_to_folder",
+    "restore_orbax_params",
+    "save_model",
+    "save_orbax",
+    "sentence_transformer_plan",
+    "unmapped_tensors",
+    "write_model_folder",
+]
