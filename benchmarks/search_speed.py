@@ -86,6 +86,9 @@ def main() -> None:
     run("jaxst util.semantic_search dot_score",
         lambda: util.semantic_search(j_queries, j_corpus, top_k=k, score_function=util.dot_score), f32,
         "sentence-transformers semantic_search dot_score")
+    run("jaxst util.semantic_search dot_score, numpy corpus",
+        lambda: util.semantic_search(queries, corpus, top_k=k, score_function=util.dot_score), f32,
+        "sentence-transformers semantic_search dot_score")
     indexes = {}
     for precision in ("float32", "int8", "ubinary"):
         index = EmbeddingIndex(args.dim, precision=precision, similarity="cosine")

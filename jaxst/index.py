@@ -26,39 +26,44 @@ import numpy as np
 
 from jaxst.pooling import normalize
 from jaxst.quantization import quantization_ranges, quantize_embeddings
-from jaxst.search import chunked_top_k
+from jaxst.search import (
+    aligned_empty,
+    chunked_top_k,
+    hamming_corpus,
+    hamming_top_k,
+    hamming_words,
+    merge_top_k,
+    streamed_top_k,
+)
 
 FORMAT = "jaxst-embedding-index"
-VERSION = 1
+VERSION = 2  # 2: binary rows saved as packed bytes (1 saved uint32 words; still read)
 PRECISIONS = ("float32", "bfloat16", "int8", "uint8", "binary", "ubinary")
 SIMILARITIES = ("cosine", "dot")
 MIN_CAPACITY = 1024
-
-
-def _words(packed: np.ndarray) -> np.ndarray:
-    """Packed bits (n, bytes) as uint32 words (n, ceil(bytes / 4)), zero-padded."""
-    pad = (-packed.shape[1]) % 4
-    if pad:
-        packed = np.pad(packed, ((0, 0), (0, pad)))
-    return np.ascontiguousarray(packed).view(np.uint32)
 
 
 class EmbeddingIndex:
     """Corpus embeddings (and optionally their ids and texts) to search with top-k."""
 
     def __init__(self, dim: int, precision: str = "float32", similarity: str = "cosine", ranges=None,
-                 chunk_size: int = 131072):
+                 chunk_size: int = 131072, max_device_rows: int | None = None):
         if not isinstance(dim, int) or dim < 1:
             raise ValueError(f"dim must be a positive integer, got {dim!r}")
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r} is not supported; expected one of {PRECISIONS}")
         if similarity not in SIMILARITIES:
             raise ValueError(f"similarity {similarity!r} is not supported; expected one of {SIMILARITIES}")
+        for name, value in (("chunk_size", chunk_size), ("max_device_rows", max_device_rows)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self.dim, self.precision, self.similarity, self.chunk_size = dim, precision, similarity, chunk_size
+        # More rows than this stay in host memory and are streamed to the device per search.
+        self.max_device_rows = max_device_rows
         self.ranges = None if ranges is None else np.asarray(ranges, np.float32)
         if self.ranges is not None and self.ranges.shape != (2, dim):
             raise ValueError(f"ranges must have shape (2, {dim}), got {self.ranges.shape}")
-        self._data = np.zeros((0, self._width), self._dtype)
+        self._data = aligned_empty((0, self._width), self._dtype)
         self._n = 0
         self.ids: list | None = None
         self.texts: list[str] | None = None
@@ -72,12 +77,12 @@ class EmbeddingIndex:
 
     @property
     def _width(self) -> int:
-        return -(-self.dim // 32) if self._binary else self.dim
+        return -(-self.dim // 64) if self._binary else self.dim
 
     @property
     def _dtype(self):
         return {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "int8": np.int8, "uint8": np.int8,
-                "binary": np.uint32, "ubinary": np.uint32}[self.precision]
+                "binary": np.uint64, "ubinary": np.uint64}[self.precision]
 
     def __len__(self) -> int:
         return self._n
@@ -101,7 +106,7 @@ class EmbeddingIndex:
         if self.precision == "bfloat16":
             return embeddings.astype(ml_dtypes.bfloat16)
         if self._binary:
-            return _words(quantize_embeddings(embeddings, "ubinary"))
+            return hamming_words(quantize_embeddings(embeddings, "ubinary"))
         if self.ranges is None:  # calibrate once, on the first batch, then keep the ranges fixed
             self.ranges = quantization_ranges(embeddings).astype(np.float32)
         return quantize_embeddings(embeddings, "int8", ranges=self.ranges)
@@ -131,7 +136,7 @@ class EmbeddingIndex:
             capacity = max(MIN_CAPACITY, self._data.shape[0])
             while capacity < self._n + n:
                 capacity *= 2
-            grown = np.zeros((capacity, self._width), self._dtype)
+            grown = aligned_empty((capacity, self._width), self._dtype)  # aligned: the CPU device aliases it
             grown[: self._n] = self._data[: self._n]
             self._data = grown
         self._data[self._n : self._n + n] = rows
@@ -144,14 +149,37 @@ class EmbeddingIndex:
 
     # ---------------------------------------------------------------- search
 
+    def _streamed(self) -> bool:
+        return self.max_device_rows is not None and self._n > self.max_device_rows
+
     def _corpus_on_device(self):
         """The rows up to the next multiple of ``chunk_size`` on device (binary rows transposed to
-        words-major for the popcount scan): the compiled search sees a new shape only per chunk."""
+        words-major for the popcount scan): the compiled search sees a new shape only per chunk.
+        On the CPU backend float and int8 rows are the host storage itself (aligned, not copied)."""
         if self._device is None:
             rows = min(-(-self._n // self.chunk_size) * self.chunk_size, self._data.shape[0])
             data = self._data[:rows]
-            self._device = jax.device_put(np.ascontiguousarray(data.T) if self._binary else data)
+            self._device = hamming_corpus(data) if self._binary else jax.device_put(data)
         return self._device
+
+    def _first_pass(self, q, k, kind):
+        """Top ``k`` of the device scan, or of the host stream when the index outgrows ``max_device_rows``."""
+        if not self._streamed():
+            corpus = self._corpus_on_device()
+            if kind == "hamming":
+                return hamming_top_k(q, corpus, self._n, k=k, chunk=self.chunk_size)
+            return chunked_top_k(jnp.asarray(q), corpus, self._n, k=k, kind=kind, chunk=self.chunk_size)
+        piece = self.max_device_rows
+        if kind != "hamming":
+            return streamed_top_k(jnp.asarray(q), self._data, self._n, k=k, kind=kind, chunk=self.chunk_size,
+                                  piece=piece)
+        best = None
+        for start in range(0, self._n, piece):
+            lo = min(start, self._n - piece)
+            block = hamming_corpus(self._data[lo : lo + piece])
+            found = hamming_top_k(q, block, piece, k=min(k, piece), chunk=self.chunk_size, first=start - lo, offset=lo)
+            best = found if best is None else merge_top_k(*best, *found, k=k)
+        return best
 
     def _query_rows(self, queries, model):
         if isinstance(queries, str) or (isinstance(queries, (list, tuple)) and queries and
@@ -186,29 +214,26 @@ class EmbeddingIndex:
         quantized = self.precision not in ("float32", "bfloat16")
         rescore = quantized and rescore_multiplier not in (None, 1)
         first_k = min(k * rescore_multiplier, self._n) if rescore else k
-        corpus = self._corpus_on_device()
         if not quantized:
-            scores, ids = chunked_top_k(jnp.asarray(q), corpus, self._n, k=first_k, kind="dot", chunk=self.chunk_size)
+            scores, ids = self._first_pass(q, first_k, "dot")
         elif self._binary:
-            packed = _words(quantize_embeddings(q, "ubinary"))
-            scores, ids = chunked_top_k(jnp.asarray(packed), corpus, self._n, k=first_k, kind="hamming",
-                                        chunk=self.chunk_size)
+            scores, ids = self._first_pass(quantize_embeddings(q, "ubinary"), first_k, "hamming")
         else:
-            scores, ids, offset = self._int8_first_pass(q, corpus, first_k)
+            scores, ids, offset = self._int8_first_pass(q, first_k)
             if not rescore:
                 scores = scores + offset
         if rescore:
             scores, ids = self._rescore(q, ids, k)
         return self._hits(np.asarray(scores), np.asarray(ids))
 
-    def _int8_first_pass(self, q, corpus, k):
+    def _int8_first_pass(self, q, k):
         """q . dequant(c) = sum_d (q_d step_d) c_d + sum_d q_d (start_d + 128 step_d); the first sum is
         taken in int8 x int8 -> int32 with the scaled query rounded to int8."""
         starts, steps = self._steps()
         w = q * steps  # (Q, D)
         scale = np.maximum(np.abs(w).max(axis=1, keepdims=True), 1e-30) / 127
         wq = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
-        scores, ids = chunked_top_k(jnp.asarray(wq), corpus, self._n, k=k, kind="int8", chunk=self.chunk_size)
+        scores, ids = self._first_pass(wq, k, "int8")
         offset = (q * (starts + 128 * steps)).sum(axis=1, keepdims=True)
         return np.asarray(scores) * scale, ids, offset
 
@@ -256,11 +281,14 @@ class EmbeddingIndex:
         path = Path(path)
         header = {"format": FORMAT, "version": VERSION, "dim": self.dim, "precision": self.precision,
                   "similarity": self.similarity, "count": self._n, "chunk_size": self.chunk_size,
+                  "max_device_rows": self.max_device_rows,
                   "has_ids": self.ids is not None, "has_texts": self.texts is not None,
                   "has_ranges": self.ranges is not None}
         rows = self._data[: self._n]
         if self.precision == "bfloat16":
             rows = rows.view(np.uint16)
+        if self._binary:  # packed bytes: independent of the word size the scan uses
+            rows = rows.view(np.uint8)[:, : -(-self.dim // 8)]
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as f:
@@ -293,12 +321,13 @@ class EmbeddingIndex:
                 header = json.loads(z.read("header.json"))
                 if header.get("format") != FORMAT:
                     raise ValueError(f"{path} is not a jaxst embedding index (format {header.get('format')!r})")
-                if header.get("version") != VERSION:
+                if header.get("version") not in (1, VERSION):
                     raise ValueError(f"{path} has index format version {header.get('version')}; "
                                      f"this jaxst reads version {VERSION}")
                 index = cls(header["dim"], header["precision"], header["similarity"],
                             np.load(io.BytesIO(z.read("ranges.npy")), allow_pickle=False)
-                            if header["has_ranges"] else None, header.get("chunk_size", 131072))
+                            if header["has_ranges"] else None, header.get("chunk_size", 131072),
+                            header.get("max_device_rows"))
                 rows = np.load(io.BytesIO(z.read("embeddings.npy")), allow_pickle=False)
                 ids = json.loads(z.read("ids.json")) if header["has_ids"] else None
                 texts = json.loads(z.read("texts.json")) if header["has_texts"] else None
@@ -309,13 +338,21 @@ class EmbeddingIndex:
         if index.precision == "bfloat16":
             rows = rows.view(ml_dtypes.bfloat16)
         n = header["count"]
-        if rows.shape != (n, index._width) or rows.dtype != index._dtype:
+        width, dtype = index._width, np.dtype(index._dtype)
+        if index._binary:  # version 2 holds packed bytes, version 1 uint32 words
+            width, dtype = (-(-index.dim // 8), np.dtype(np.uint8)) if header["version"] == 2 else \
+                (-(-index.dim // 32), np.dtype(np.uint32))
+        if rows.shape != (n, width) or rows.dtype != dtype:
             raise ValueError(f"{path}: embeddings have shape {rows.shape} and dtype {rows.dtype}, "
-                             f"expected ({n}, {index._width}) {np.dtype(index._dtype)}")
+                             f"expected ({n}, {width}) {dtype}")
+        if index._binary:
+            rows = hamming_words(np.ascontiguousarray(rows).view(np.uint8)[:, : -(-index.dim // 8)])
         for name, values in (("ids", ids), ("texts", texts)):
             if values is not None and len(values) != n:
                 raise ValueError(f"{path}: {len(values)} {name} for {n} embeddings")
-        index._data, index._n, index.ids, index.texts = np.ascontiguousarray(rows), n, ids, texts
+        index._data = aligned_empty(rows.shape, rows.dtype)
+        index._data[...] = rows
+        index._n, index.ids, index.texts = n, ids, texts
         return index
 
 

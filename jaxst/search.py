@@ -6,7 +6,10 @@ never exists whole. Three scorers share the scan:
 
     "dot"      float32/bfloat16 corpus, float query             -> q . c
     "int8"     int8 corpus, int8 (scaled) query, int32 accumulate -> approximate q . dequant(c)
-    "hamming"  bits packed in uint32 words, popcount(q ^ c)        -> -Hamming distance
+    "hamming"  bits packed in uint64 words, popcount(q ^ c)        -> -Hamming distance
+
+A corpus too large for the device stays in host memory and is streamed through the same scan a
+piece at a time (``streamed_top_k``); on the CPU backend an aligned host array is used in place.
 """
 
 from __future__ import annotations
@@ -40,15 +43,21 @@ def top_k(scores, k: int):
     return values, ids
 
 
+SCAN_CHUNK = 32768  # rows scored per scan step: the (Q, chunk) score block stays cache-sized
+HOST_ALIGN = 64  # the CPU client aliases (does not copy) host arrays aligned to this many bytes
+
+
 def _chunk_scores(queries, chunk, kind):
     if kind == "dot":
         return queries @ chunk.astype(jnp.float32).T
-    if kind == "cosine":
-        return normalize(queries) @ normalize(chunk.astype(jnp.float32)).T
+    if kind == "cosine":  # the query is normalized once by the caller; corpus norms scale the scores
+        chunk = chunk.astype(jnp.float32)
+        inv_norm = 1 / jnp.maximum(jnp.sqrt(jnp.sum(chunk * chunk, axis=1)), 1e-12)
+        return (queries @ chunk.T) * inv_norm[None, :]
     if kind == "int8":
         dims = (((1,), (1,)), ((), ()))
         return jax.lax.dot_general(queries, chunk, dims, preferred_element_type=jnp.int32).astype(jnp.float32)
-    if kind == "hamming":  # chunk is (words, rows): each word is one contiguous row
+    if kind == "hamming":  # chunk is (words, rows) uint64: each word is one contiguous row
         dist = jnp.zeros((queries.shape[0], chunk.shape[1]), jnp.int32)
         for w in range(queries.shape[1]):  # unrolled over the words: one fused pass over the chunk
             dist = dist + jax.lax.population_count(queries[:, w][:, None] ^ chunk[w][None, :]).astype(jnp.int32)
@@ -57,38 +66,104 @@ def _chunk_scores(queries, chunk, kind):
 
 
 @functools.partial(jax.jit, static_argnames=("k", "kind", "chunk"))
-def chunked_top_k(queries, corpus, n_valid, *, k: int, kind, chunk: int):
-    """Best ``k`` (scores, ids) per query over the first ``n_valid`` rows of ``corpus``.
+def chunked_top_k(queries, corpus, n_valid, first=0, offset=0, *, k: int, kind, chunk: int):
+    """Best ``k`` (scores, ids) per query over rows ``first <= row < n_valid`` of ``corpus``.
 
-    ``corpus`` (N, W) is read in ``ceil(N / chunk)`` chunks; the last chunk is aligned to the end of
-    the array (so nothing is padded or copied) and rows already seen or past ``n_valid`` score -inf.
-    For ``kind="hamming"`` the corpus is stored transposed, (W, N) packed words."""
+    ``corpus`` (N, W) is read in ``ceil(N / chunk)`` chunks by one ``lax.scan``; the last chunk is
+    aligned to the end of the array (nothing is padded or copied) and rows already seen score -inf.
+    Each step keeps only its chunk's top k; one ``top_k`` over those winners ends the search.
+    Returned ids are ``offset + row``. For ``kind="hamming"`` the corpus is words-major, (W, N).
+    ``n_valid``, ``first`` and ``offset`` are traced: a growing corpus does not recompile."""
     axis = 1 if kind == "hamming" else 0
     n = corpus.shape[axis]
     chunk = min(chunk, n)
     n_chunks = -(-n // chunk)
     kk = min(k, chunk)
+    if kind == "cosine":
+        queries = normalize(queries)
 
-    def body(carry, i):
-        best, best_ids = carry
+    def step(i):
         start = jnp.minimum(i * chunk, n - chunk)
         block = jax.lax.dynamic_slice_in_dim(corpus, start, chunk, axis=axis)
-        ids = start + jnp.arange(chunk)
+        rows = start + jnp.arange(chunk)
         scores = _chunk_scores(queries, block, kind)
-        scores = jnp.where((ids >= i * chunk) & (ids < n_valid), scores, -jnp.inf)
+        scores = jnp.where((rows >= jnp.maximum(i * chunk, first)) & (rows < n_valid), scores, -jnp.inf)
         values, pos = top_k(scores, kk)
-        merged = jnp.concatenate([best, values], axis=1)
-        merged_ids = jnp.concatenate([best_ids, ids[pos]], axis=1)
-        values, pos = jax.lax.top_k(merged, k)
-        return (values, jnp.take_along_axis(merged_ids, pos, axis=1)), None
+        return values, rows[pos]
 
     if n_chunks == 1:  # the whole corpus is one chunk: no slicing, no scan
-        scores = _chunk_scores(queries, corpus, kind)
-        scores = jnp.where(jnp.arange(n) < n_valid, scores, -jnp.inf)
-        return top_k(scores, k)
-    init = (jnp.full((queries.shape[0], k), -jnp.inf, jnp.float32), jnp.full((queries.shape[0], k), -1, jnp.int32))
-    (best, best_ids), _ = jax.lax.scan(body, init, jnp.arange(n_chunks))
-    return best, best_ids
+        values, rows = step(0)
+    else:
+        _, (values, rows) = jax.lax.scan(lambda carry, i: (carry, step(i)), None, jnp.arange(n_chunks))
+        q = queries.shape[0]
+        values = values.transpose(1, 0, 2).reshape(q, n_chunks * kk)  # (Q, chunks * k) winners
+        rows = rows.transpose(1, 0, 2).reshape(q, n_chunks * kk)
+    values, pos = jax.lax.top_k(values, min(k, values.shape[1]))
+    return values, (jnp.take_along_axis(rows, pos, axis=1) + offset).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("k",))
+def merge_top_k(values, ids, more_values, more_ids, *, k: int):
+    """The best ``k`` of two (scores, ids) candidate sets, per query."""
+    values = jnp.concatenate([values, more_values], axis=1)
+    ids = jnp.concatenate([ids, more_ids], axis=1)
+    values, pos = jax.lax.top_k(values, min(k, values.shape[1]))
+    return values, jnp.take_along_axis(ids, pos, axis=1)
+
+
+def hamming_words(packed: np.ndarray) -> np.ndarray:
+    """Packed bits (n, bytes) as uint64 words (n, ceil(bytes / 8)), zero-padded: popcount works a
+    whole word at a time, so 64-bit words take half the passes of 32-bit ones."""
+    pad = (-packed.shape[1]) % 8
+    if pad:
+        packed = np.pad(packed, ((0, 0), (0, pad)))
+    return np.ascontiguousarray(packed).view(np.uint64)
+
+
+def hamming_corpus(words: np.ndarray, device=None) -> jax.Array:
+    """uint64 words (n, W) -> the (W, n) device array the Hamming scan reads (64-bit needs x64 on)."""
+    with jax.enable_x64(True):
+        return jax.device_put(np.ascontiguousarray(words.T), device)
+
+
+def hamming_top_k(packed_queries: np.ndarray, corpus: jax.Array, n_valid: int, *, k: int, chunk: int,
+                  first: int = 0, offset: int = 0):
+    """Best ``k`` of ``-Hamming distance`` between packed query bits and a ``hamming_corpus``."""
+    with jax.enable_x64(True):
+        queries = jax.device_put(hamming_words(packed_queries), corpus.sharding)
+        return chunked_top_k(queries, corpus, n_valid, first, offset, k=k, kind="hamming", chunk=chunk)
+
+
+def aligned_empty(shape, dtype) -> np.ndarray:
+    """An uninitialised host array whose data starts on a ``HOST_ALIGN`` boundary: on the CPU backend
+    ``jax.device_put`` then shares its memory instead of copying it."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    buf = np.empty(nbytes + HOST_ALIGN, np.uint8)
+    skip = (-buf.ctypes.data) % HOST_ALIGN
+    return buf[skip : skip + nbytes].view(dtype).reshape(shape)
+
+
+def shares_host_memory(array: np.ndarray) -> bool:
+    """True where ``jax.device_put(array)`` aliases host memory instead of copying it (CPU backend)."""
+    return (jax.default_backend() == "cpu" and array.flags.c_contiguous
+            and array.ctypes.data % HOST_ALIGN == 0)
+
+
+def streamed_top_k(queries, host_corpus: np.ndarray, n_valid: int, *, k: int, kind, chunk: int, piece: int,
+                   device=None):
+    """``chunked_top_k`` over a corpus that stays in host memory: ``piece`` rows at a time are put on
+    the device (dispatch is asynchronous, so the next copy overlaps the current scan), scanned, and
+    merged into a running top-k on device. Device memory holds one piece, whatever the corpus size.
+    Every piece has the same shape (the last is aligned to the end), so it compiles once."""
+    piece = min(piece, n_valid)
+    best = None
+    for start in range(0, n_valid, piece):
+        lo = min(start, n_valid - piece)
+        block = jax.device_put(np.ascontiguousarray(host_corpus[lo : lo + piece]), device)
+        found = chunked_top_k(queries, block, piece, start - lo, lo, k=min(k, piece), kind=kind, chunk=chunk)
+        best = found if best is None else merge_top_k(*best, *found, k=k)
+    return best
 
 
 def hits(scores, ids, n_valid: int | None = None) -> list[list[dict]]:
@@ -101,6 +176,13 @@ def hits(scores, ids, n_valid: int | None = None) -> list[list[dict]]:
     return out
 
 
+def _host_matrix(x) -> np.ndarray | None:
+    """A 2-D float32 numpy corpus to stream from host memory, or None for anything already on device."""
+    if isinstance(x, np.ndarray) and x.ndim == 2 and x.dtype == np.float32:
+        return x
+    return None
+
+
 def semantic_search(
     query_embeddings,
     corpus_embeddings,
@@ -111,13 +193,21 @@ def semantic_search(
 ) -> list[list[dict]]:
     """For each query, the ``top_k`` corpus entries as ``{"corpus_id", "score"}``, best first.
 
-    ``score_function`` is ``cos_sim`` (default), ``dot_score`` or any jittable ``(q, c) -> scores``."""
+    ``score_function`` is ``cos_sim`` (default), ``dot_score`` or any jittable ``(q, c) -> scores``.
+    A jax.Array corpus is searched where it lives by one compiled scan. A float32 numpy corpus
+    stays in host memory and is streamed to the device ``corpus_chunk_size`` rows at a time (on the
+    CPU backend a 64-byte aligned one is used in place, without a copy)."""
     if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
         raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
     for name, value in (("query_chunk_size", query_chunk_size), ("corpus_chunk_size", corpus_chunk_size)):
-        if not isinstance(value, int) or value < 1:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    queries, corpus = as_matrix(query_embeddings), as_matrix(corpus_embeddings)
+    queries = as_matrix(query_embeddings)
+    host = _host_matrix(corpus_embeddings)
+    if host is not None and shares_host_memory(host):
+        corpus, host = jax.device_put(host), None
+    else:
+        corpus = as_matrix(corpus_embeddings) if host is None else host
     if queries.shape[1] != corpus.shape[1]:
         raise ValueError(f"query dim {queries.shape[1]} != corpus dim {corpus.shape[1]}")
     n = corpus.shape[0]
@@ -125,10 +215,14 @@ def semantic_search(
         return [[] for _ in range(queries.shape[0])]
     kind = {cos_sim: "cosine", dot_score: "dot"}.get(score_function, score_function)
     k = min(top_k, n)
+    chunk = min(corpus_chunk_size, SCAN_CHUNK)
     results: list[list[dict]] = []
     for q0 in range(0, queries.shape[0], query_chunk_size):
         q = queries[q0 : q0 + query_chunk_size]
-        scores, ids = chunked_top_k(q, corpus, n, k=k, kind=kind, chunk=corpus_chunk_size)
+        if host is not None:
+            scores, ids = streamed_top_k(q, host, n, k=k, kind=kind, chunk=chunk, piece=corpus_chunk_size)
+        else:
+            scores, ids = chunked_top_k(q, corpus, n, k=k, kind=kind, chunk=chunk)
         results.extend(hits(scores, ids))
     return results
 

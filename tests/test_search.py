@@ -288,3 +288,116 @@ def test_retrieve_with_text_queries(jx_minilm):
     assert [h["corpus_id"] for h in hits[0]] == [h["corpus_id"] for h in expected[0]]
     assert abs(hits[0][0]["score"] - expected[0][0]["score"]) < 1e-5
     assert index.search("Someone eats bread.", top_k=1, model=jx_minilm)[0][0]["corpus_id"] == 1
+
+
+# ---------------------------------------------------------------- streaming a corpus from host memory
+
+
+def _unaligned(a: np.ndarray) -> np.ndarray:
+    """A copy of ``a`` whose data does not start on a 64-byte boundary (so the CPU backend must copy it)."""
+    buf = np.empty(a.nbytes + 64, np.uint8)
+    skip = (-buf.ctypes.data) % 64 + 4
+    out = buf[skip : skip + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
+@pytest.mark.parametrize("score", ["cos_sim", "dot_score"])
+def test_semantic_search_streams_a_host_corpus_piece_by_piece(big_corpus, monkeypatch, score):
+    """A numpy corpus stays on the host: at most ``corpus_chunk_size`` rows are on the device at a time,
+    and the hits equal sentence-transformers' (and the on-device search's)."""
+    import jax
+
+    import jaxst.search
+
+    queries, corpus = big_corpus
+    corpus = _unaligned(corpus[:23_456])
+    put_rows = []
+    real_put = jax.device_put
+
+    def spy(x, *args, **kwargs):
+        if isinstance(x, np.ndarray) and x.ndim == 2 and x.shape[1] == 384 and x.shape[0] > 100:
+            put_rows.append(x.shape[0])
+        return real_put(x, *args, **kwargs)
+
+    monkeypatch.setattr(jaxst.search.jax, "device_put", spy)
+    ours = util.semantic_search(queries, corpus, corpus_chunk_size=5_000, top_k=10,
+                                score_function=getattr(util, score))
+    monkeypatch.undo()
+    assert put_rows == [5_000] * 5  # 23,456 rows in five pieces (the last aligned to the end)
+    ref = st_util.semantic_search(torch.from_numpy(queries), torch.from_numpy(np.array(corpus)), top_k=10,
+                                  score_function=getattr(st_util, score))
+    assert_same_hits(ours, ref)
+    on_device = util.semantic_search(jax.device_put(np.array(corpus)), jax.device_put(np.array(corpus)), top_k=3,
+                                     corpus_chunk_size=5_000)
+    streamed = util.semantic_search(np.array(corpus), _unaligned(corpus), top_k=3, corpus_chunk_size=5_000)
+    assert [[h["corpus_id"] for h in r] for r in streamed] == [[h["corpus_id"] for h in r] for r in on_device]
+
+
+def test_aligned_host_corpus_is_used_in_place():
+    import jax
+
+    from jaxst.search import aligned_empty, shares_host_memory
+
+    a = aligned_empty((1000, 16), np.float32)
+    a[...] = rng.standard_normal((1000, 16))
+    if jax.default_backend() == "cpu":
+        assert shares_host_memory(a) and not shares_host_memory(_unaligned(a))
+        assert jax.device_put(a).unsafe_buffer_pointer() == a.ctypes.data
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16", "int8", "uint8", "binary", "ubinary"])
+def test_index_streamed_from_host_equals_on_device(precision):
+    """``max_device_rows``: a larger index is searched from host memory, piece by piece, same hits."""
+    emb = rng.standard_normal((5_000, 64)).astype(np.float32)
+    queries = emb[:20] + 0.3 * rng.standard_normal((20, 64)).astype(np.float32)
+    ranges = np.stack([emb.min(axis=0), emb.max(axis=0)]) if precision in ("int8", "uint8") else None
+    whole = EmbeddingIndex(64, precision=precision, chunk_size=512, ranges=ranges)
+    streamed = EmbeddingIndex(64, precision=precision, chunk_size=512, ranges=ranges, max_device_rows=1_500)
+    for idx in (whole, streamed):
+        idx.add(emb[:100])
+        idx.add(emb[100:])
+    assert streamed._streamed() and not whole._streamed()
+    for mult in (None, 3):
+        a = whole.search(queries, top_k=10, rescore_multiplier=mult)
+        b = streamed.search(queries, top_k=10, rescore_multiplier=mult)
+        assert [[h["corpus_id"] for h in r] for r in a] == [[h["corpus_id"] for h in r] for r in b]
+        np.testing.assert_allclose([[h["score"] for h in r] for r in a], [[h["score"] for h in r] for r in b],
+                                   rtol=1e-6, atol=1e-6)
+
+
+def test_hamming_search_equals_brute_force():
+    """The 64-bit popcount scan returns minus the exact Hamming distance and the nearest codes."""
+    emb = rng.standard_normal((3_000, 200)).astype(np.float32)  # 200 bits: 25 bytes, 4 words with padding
+    queries = rng.standard_normal((7, 200)).astype(np.float32)
+    index = EmbeddingIndex(200, precision="ubinary", chunk_size=1024)
+    index.add(emb)
+    bits_c = np.unpackbits(util.quantize_embeddings(emb, "ubinary"), axis=1)[:, :200].astype(np.int32)
+    bits_q = np.unpackbits(util.quantize_embeddings(queries, "ubinary"), axis=1)[:, :200].astype(np.int32)
+    dist = (bits_q[:, None, :] != bits_c[None, :, :]).sum(-1)  # (7, 3000)
+    for row, hits in zip(dist, index.search(queries, top_k=15, rescore_multiplier=None)):
+        assert [-h["score"] for h in hits] == sorted(row)[:15]
+        assert all(row[h["corpus_id"]] == -h["score"] for h in hits)
+
+
+def test_loads_version_1_binary_index(tmp_path):
+    """Files from the first format (binary rows as uint32 words) still load and search the same."""
+    import io
+    import json
+
+    index, emb = small_index("ubinary")
+    words32 = np.pad(util.quantize_embeddings(emb, "ubinary"), ((0, 0), (0, 1))).view(np.uint32)  # 3 -> 4 bytes
+    buf = io.BytesIO()
+    np.save(buf, words32, allow_pickle=False)
+    header = {"format": "jaxst-embedding-index", "version": 1, "dim": 24, "precision": "ubinary",
+              "similarity": "cosine", "count": 300, "chunk_size": 128, "has_ids": False, "has_texts": False,
+              "has_ranges": False}
+    path = tmp_path / "v1.jxi"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("header.json", json.dumps(header))
+        z.writestr("embeddings.npy", buf.getvalue())
+    loaded = EmbeddingIndex.load(path)
+    np.testing.assert_array_equal(loaded.embeddings, index.embeddings)
+    q = emb[:5] + 0.1
+    assert [[h["corpus_id"] for h in r] for r in loaded.search(q, top_k=5)] == \
+        [[h["corpus_id"] for h in r] for r in index.search(q, top_k=5)]
