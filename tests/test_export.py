@@ -172,6 +172,16 @@ def test_settings_round_trip(make_tiny_st, tmp_path):
     assert written["__version__"] == {"jaxst": jaxst.__version__}
 
 
+def test_plain_hugging_face_folder_saves_as_a_full_sentence_transformers_folder(tiny_bert_base, tmp_path):
+    """A folder without modules.json loads as Transformer + mean pooling and saves with every module file."""
+    model = quiet(jaxst.SentenceTransformer, tiny_bert_base)
+    model.save(tmp_path / "m")
+    assert (tmp_path / "m" / "modules.json").is_file() and (tmp_path / "m" / "1_Pooling" / "config.json").is_file()
+    st = reference_st(tmp_path / "m")
+    assert [type(m).__name__ for m in st] == ["Transformer", "Pooling"]
+    assert max_abs(st.encode(TEXTS), model.encode(TEXTS)) < TOL
+
+
 def test_saved_config_names_the_float32_weights(make_tiny_st, tmp_path):
     """A source config.json that names float16 (many Hub models) would make transformers 5 load the saved
     float32 weights as float16; the saved config says float32."""
@@ -232,6 +242,17 @@ def test_jaxst_loads_its_own_cross_encoder_exactly(saved_ce):
     assert again.activation_fn is model.activation_fn
     assert (again.num_labels, again.max_length, again.prompts) == (model.num_labels, model.max_length, model.prompts)
     np.testing.assert_array_equal(again.predict(PAIRS), model.predict(PAIRS))
+
+
+def test_plain_hugging_face_cross_encoder_saves_as_sentence_transformers_does(make_tiny_cross_encoder, tmp_path):
+    """A bare *ForSequenceClassification folder (no sentence-transformers files) saves as a CrossEncoder folder."""
+    original = make_tiny_cross_encoder(arch="bert", num_labels=1, saved="hf")
+    model = jaxst.CrossEncoder(original)
+    model.save(tmp_path / "m")
+    written = json.loads((tmp_path / "m" / "config_sentence_transformers.json").read_text())
+    assert (written["model_type"], written["activation_fn"]) == ("CrossEncoder", "torch.nn.modules.activation.Sigmoid")
+    assert max_abs(reference_ce(tmp_path / "m").predict(PAIRS), model.predict(PAIRS)) < TOL
+    assert max_abs(reference_ce(original).predict(PAIRS), model.predict(PAIRS)) < TOL
 
 
 @pytest.mark.parametrize("fn", [jax.nn.sigmoid, jnp.tanh, jax.nn.relu, jax.nn.silu, jax.nn.softplus])
@@ -360,6 +381,16 @@ def test_save_bad_targets_and_options(small_model, tmp_path):
     (tmp_path / "empty").mkdir()
     small_model.save(tmp_path / "empty")  # an empty folder is fine
     assert (tmp_path / "empty" / "modules.json").is_file()
+
+
+def test_saved_folder_has_the_permissions_of_a_new_folder(small_model, tmp_path):
+    """Not the owner-only mode of a temp folder: a saved model is readable by whoever may read its parent."""
+    small_model.save(tmp_path / "m")
+    (tmp_path / "plain").mkdir()
+    assert (tmp_path / "m").stat().st_mode == (tmp_path / "plain").stat().st_mode
+    os.chmod(tmp_path / "m", 0o750)
+    small_model.save(tmp_path / "m")  # replacing a folder keeps its mode
+    assert (tmp_path / "m").stat().st_mode & 0o777 == 0o750
 
 
 # ------------------------------------------------------------------------------ orbax and convert/

@@ -23,8 +23,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import secrets
 import shutil
-import tempfile
+import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -386,7 +387,7 @@ def atomic_folder(path: str | os.PathLike, overwrite: bool = False) -> Iterator[
     target = Path(os.path.realpath(os.path.expanduser(os.fspath(path))))
     _check_target(target, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp = _make_hidden_folder(target, "tmp")
     try:
         yield tmp
         _check_target(target, overwrite)  # it may have changed while we wrote
@@ -401,12 +402,27 @@ def atomic_folder(path: str | os.PathLike, overwrite: bool = False) -> Iterator[
     _fsync(target.parent)
 
 
+def _make_hidden_folder(target: Path, kind: str) -> Path:
+    """A new empty ``.<name>.<kind>-<random>`` folder beside ``target``, with the permissions the umask gives
+    a new folder (or those of an existing ``target``), not ``mkdtemp``'s owner-only 0o700."""
+    for _ in range(100):
+        folder = target.parent / f".{target.name}.{kind}-{secrets.token_hex(4)}"
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        if target.is_dir():
+            os.chmod(folder, stat.S_IMODE(target.stat().st_mode))
+        return folder
+    raise OSError(f"could not create a temp folder beside {target}")
+
+
 def _swap_into_place(tmp: Path, target: Path) -> None:
     """rename(tmp, target); an existing non-empty target is first moved aside, and removed once replaced."""
     if not target.exists() or (target.is_dir() and not any(target.iterdir())):
         os.replace(tmp, target)  # POSIX rename replaces an empty directory atomically
         return
-    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    aside = _make_hidden_folder(target, "old")
     os.replace(target, aside)  # onto the empty folder mkdtemp made
     try:
         os.replace(tmp, target)
