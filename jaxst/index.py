@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxst.pooling import normalize
 from jaxst.quantization import quantization_ranges, quantize_embeddings
@@ -33,6 +35,7 @@ from jaxst.search import (
     hamming_top_k,
     hamming_words,
     merge_top_k,
+    sharded_top_k,
     streamed_top_k,
 )
 
@@ -47,7 +50,7 @@ class EmbeddingIndex:
     """Corpus embeddings (and optionally their ids and texts) to search with top-k."""
 
     def __init__(self, dim: int, precision: str = "float32", similarity: str = "cosine", ranges=None,
-                 chunk_size: int = 131072, max_device_rows: int | None = None):
+                 chunk_size: int = 131072, max_device_rows: int | None = None, mesh=None):
         if not isinstance(dim, int) or dim < 1:
             raise ValueError(f"dim must be a positive integer, got {dim!r}")
         if precision not in PRECISIONS:
@@ -60,6 +63,12 @@ class EmbeddingIndex:
         self.dim, self.precision, self.similarity, self.chunk_size = dim, precision, similarity, chunk_size
         # More rows than this stay in host memory and are streamed to the device per search.
         self.max_device_rows = max_device_rows
+        # A jax.sharding.Mesh: rows are split over its first axis, each device scans its own shard.
+        if mesh is not None and not isinstance(mesh, jax.sharding.Mesh):
+            raise TypeError(f"mesh must be a jax.sharding.Mesh, got {type(mesh).__name__}")
+        if mesh is not None and max_device_rows is not None:
+            raise ValueError("an index is either sharded over a mesh or streamed from host memory, not both")
+        self.mesh = mesh
         self.ranges = None if ranges is None else np.asarray(ranges, np.float32)
         if self.ranges is not None and self.ranges.shape != (2, dim):
             raise ValueError(f"ranges must have shape (2, {dim}), got {self.ranges.shape}")
@@ -158,14 +167,30 @@ class EmbeddingIndex:
         On the CPU backend float and int8 rows are the host storage itself (aligned, not copied)."""
         if self._device is None:
             rows = min(-(-self._n // self.chunk_size) * self.chunk_size, self._data.shape[0])
+            target = None
+            if self.mesh is not None:  # whole rows per device: pad with zero rows (never valid)
+                devices = self.mesh.shape[self.mesh.axis_names[0]]
+                rows = -(-rows // devices) * devices
+                spec = P(None, self.mesh.axis_names[0]) if self._binary else P(self.mesh.axis_names[0])
+                target = NamedSharding(self.mesh, spec)
             data = self._data[:rows]
-            self._device = hamming_corpus(data) if self._binary else jax.device_put(data)
+            if rows > data.shape[0]:
+                data = np.concatenate([data, np.zeros((rows - data.shape[0], self._width), self._dtype)])
+            self._device = hamming_corpus(data, target) if self._binary else jax.device_put(data, target)
         return self._device
 
     def _first_pass(self, q, k, kind):
         """Top ``k`` of the device scan, or of the host stream when the index outgrows ``max_device_rows``."""
         if not self._streamed():
             corpus = self._corpus_on_device()
+            if self.mesh is not None:
+                axis = self.mesh.axis_names[0]
+                if kind != "hamming":
+                    return sharded_top_k(jnp.asarray(q), corpus, self._n, k=k, kind=kind, chunk=self.chunk_size,
+                                         mesh=self.mesh, axis=axis)
+                with jax.enable_x64(True):
+                    return sharded_top_k(hamming_words(q), corpus, self._n, k=k, kind=kind, chunk=self.chunk_size,
+                                         mesh=self.mesh, axis=axis, words_major=True)
             if kind == "hamming":
                 return hamming_top_k(q, corpus, self._n, k=k, chunk=self.chunk_size)
             return chunked_top_k(jnp.asarray(q), corpus, self._n, k=k, kind=kind, chunk=self.chunk_size)
@@ -310,8 +335,9 @@ class EmbeddingIndex:
         _fsync_dir(path.parent)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> EmbeddingIndex:
-        """Read a file written by ``save``; a damaged or foreign file is a ValueError saying what is wrong."""
+    def load(cls, path: str | os.PathLike, mesh=None) -> EmbeddingIndex:
+        """Read a file written by ``save``; a damaged or foreign file is a ValueError saying what is wrong.
+        ``mesh``: shard the loaded index over the devices of this mesh."""
         path = Path(path)
         try:
             with zipfile.ZipFile(path) as z:
@@ -327,7 +353,7 @@ class EmbeddingIndex:
                 index = cls(header["dim"], header["precision"], header["similarity"],
                             np.load(io.BytesIO(z.read("ranges.npy")), allow_pickle=False)
                             if header["has_ranges"] else None, header.get("chunk_size", 131072),
-                            header.get("max_device_rows"))
+                            None if mesh is not None else header.get("max_device_rows"), mesh)
                 rows = np.load(io.BytesIO(z.read("embeddings.npy")), allow_pickle=False)
                 ids = json.loads(z.read("ids.json")) if header["has_ids"] else None
                 texts = json.loads(z.read("texts.json")) if header["has_texts"] else None

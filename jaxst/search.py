@@ -166,6 +166,43 @@ def streamed_top_k(queries, host_corpus: np.ndarray, n_valid: int, *, k: int, ki
     return best
 
 
+def row_sharding(corpus: jax.Array):
+    """``(mesh, axis name)`` when ``corpus`` is split by rows over several devices of a mesh, else None."""
+    sharding = getattr(corpus, "sharding", None)
+    if not isinstance(sharding, jax.sharding.NamedSharding) or len(sharding.device_set) < 2:
+        return None
+    spec = tuple(sharding.spec) + (None,) * (corpus.ndim - len(sharding.spec))
+    rows = spec[0]
+    if rows is None or any(s is not None for s in spec[1:]):
+        return None
+    axis = rows if isinstance(rows, str) else (rows[0] if len(rows) == 1 else None)
+    return (sharding.mesh, axis) if axis is not None else None
+
+
+@functools.partial(jax.jit, static_argnames=("k", "kind", "chunk", "mesh", "axis", "words_major"))
+def sharded_top_k(queries, corpus, n_valid, *, k: int, kind, chunk: int, mesh, axis: str,
+                  words_major: bool = False):
+    """``chunked_top_k`` over a corpus split by rows across the devices of ``mesh`` along ``axis``:
+    each device scans its own shard and keeps its top ``k``, the winners are all-gathered and one
+    ``top_k`` picks the global best. Same scores and ids as one device (ties aside)."""
+    from jax.sharding import PartitionSpec as P
+
+    rows_spec = P(None, axis) if words_major else P(axis)
+
+    def local(q, shard, n_valid):
+        rows = shard.shape[1 if words_major else 0]
+        offset = jax.lax.axis_index(axis) * rows
+        mine = jnp.clip(n_valid - offset, 0, rows)
+        values, ids = chunked_top_k(q, shard, mine, 0, offset, k=min(k, rows), kind=kind, chunk=chunk)
+        values = jax.lax.all_gather(values, axis, axis=1, tiled=True)  # (Q, devices * k)
+        ids = jax.lax.all_gather(ids, axis, axis=1, tiled=True)
+        values, pos = jax.lax.top_k(values, k)
+        return values, jnp.take_along_axis(ids, pos, axis=1)
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(), rows_spec, P()), out_specs=(P(), P()),
+                         check_vma=False)(queries, corpus, n_valid)
+
+
 def hits(scores, ids, n_valid: int | None = None) -> list[list[dict]]:
     """Rows of (scores, ids) -> ``[{"corpus_id", "score"}]`` lists, dropping empty (-1 / -inf) slots."""
     scores, ids = np.asarray(scores), np.asarray(ids)
@@ -194,9 +231,10 @@ def semantic_search(
     """For each query, the ``top_k`` corpus entries as ``{"corpus_id", "score"}``, best first.
 
     ``score_function`` is ``cos_sim`` (default), ``dot_score`` or any jittable ``(q, c) -> scores``.
-    A jax.Array corpus is searched where it lives by one compiled scan. A float32 numpy corpus
-    stays in host memory and is streamed to the device ``corpus_chunk_size`` rows at a time (on the
-    CPU backend a 64-byte aligned one is used in place, without a copy)."""
+    A jax.Array corpus is searched where it lives by one compiled scan; one split by rows over the
+    devices of a mesh (``NamedSharding(mesh, P("data"))``) is scanned shard by shard on each device.
+    A float32 numpy corpus stays in host memory and is streamed to the device ``corpus_chunk_size``
+    rows at a time (on the CPU backend a 64-byte aligned one is used in place, without a copy)."""
     if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
         raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
     for name, value in (("query_chunk_size", query_chunk_size), ("corpus_chunk_size", corpus_chunk_size)):
@@ -216,11 +254,14 @@ def semantic_search(
     kind = {cos_sim: "cosine", dot_score: "dot"}.get(score_function, score_function)
     k = min(top_k, n)
     chunk = min(corpus_chunk_size, SCAN_CHUNK)
+    sharded = row_sharding(corpus) if host is None else None
     results: list[list[dict]] = []
     for q0 in range(0, queries.shape[0], query_chunk_size):
         q = queries[q0 : q0 + query_chunk_size]
         if host is not None:
             scores, ids = streamed_top_k(q, host, n, k=k, kind=kind, chunk=chunk, piece=corpus_chunk_size)
+        elif sharded is not None and n % sharded[0].shape[sharded[1]] == 0:
+            scores, ids = sharded_top_k(q, corpus, n, k=k, kind=kind, chunk=chunk, mesh=sharded[0], axis=sharded[1])
         else:
             scores, ids = chunked_top_k(q, corpus, n, k=k, kind=kind, chunk=chunk)
         results.extend(hits(scores, ids))
