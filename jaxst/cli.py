@@ -1,6 +1,6 @@
 """The ``jaxst`` command line: embed text files to ``.npy`` and run semantic search.
 
-    jaxst encode texts.txt -o embeddings.npy [--model M] [--normalize] [--precision int8]
+    jaxst encode texts.txt -o embeddings.npy [--model M] [--normalize] [--precision int8]   (streams the file)
     cat texts.txt | jaxst encode -o embeddings.npy
     jaxst search "A man is eating pasta." --corpus corpus.txt [--top-k 5] [--json]
     jaxst search "A man is eating pasta." --corpus corpus.txt --rerank cross-encoder/ms-marco-MiniLM-L6-v2
@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
 import os
 import sys
-import tempfile
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")
@@ -119,59 +119,97 @@ def _check_output_path(path: str) -> None:
         raise CliError(f"output directory {parent!r} does not exist")
 
 
-def save_npy_atomic(path: str, array) -> None:
-    """``np.save`` to a temporary file next to ``path``, then ``os.replace`` it into place.
+class _FileLines:
+    """The lines of a UTF-8 text file, read lazily (one text per line, as ``read_lines`` splits them).
 
-    Writes exactly ``path`` (no ``.npy`` is appended). If anything fails or the run is interrupted,
-    the temporary file is removed and an existing ``path`` is left as it was."""
-    import numpy as np
+    ``len()`` counts the newlines in one binary pass, so that the progress bar knows the total while
+    the texts themselves stream through ``encode`` without being held in memory."""
 
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    def __init__(self, path: str):
+        self.path = path
+        self.file = open(path, encoding="utf-8")  # closed by close(), once streamed
+        self._count: int | None = None
+
+    def __len__(self) -> int:
+        if self._count is None:
+            count, last = 0, b"\n"
+            with open(self.path, "rb") as f:
+                while block := f.read(1 << 20):
+                    count += block.count(b"\n")
+                    last = block[-1:]
+            self._count = count + (last != b"\n")
+        return self._count
+
+    def __iter__(self):
+        return _strip_newlines(self.file, repr(self.path))
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _strip_newlines(stream, where: str):
+    lines_read = 0
     try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file 0600; give it the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+        for line in stream:
+            yield line[:-1] if line.endswith("\n") else line
+            lines_read += 1
+    except UnicodeDecodeError as e:
+        raise CliError(f"cannot read {where}: not valid UTF-8 ({e.reason}, after line {lines_read})") from None
+
+
+def open_lines(path: str | None):
+    """The texts of ``path`` (``-``/``None``: stdin), one per line, as a lazy iterable.
+
+    A file is opened now, so that a missing or unreadable file is reported before any work; the
+    result has a length (see ``_FileLines``). stdin is read as ``encode`` consumes it and has none."""
+    if path is None or path == "-":
+        return _strip_newlines(sys.stdin, "stdin")
+    try:
+        return _FileLines(path)
+    except FileNotFoundError:
+        raise CliError(f"input file {path!r} does not exist") from None
+    except IsADirectoryError:
+        raise CliError(f"input {path!r} is a directory, not a file") from None
+    except OSError as e:
+        raise CliError(f"cannot read {path!r}: {e.strerror or e}") from None
 
 
 # ---------------------------------------------------------------------------------------- commands
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-    texts = read_lines(args.input)
+    """Stream the input's lines through ``encode`` into ``args.output``: memory stays bounded by one chunk
+    of texts whatever the input's size, and the output appears only once complete."""
+    lines = open_lines(args.input)
     source = "stdin" if args.input in (None, "-") else args.input
-    if not texts:
-        raise CliError(f"no texts to encode in {source}")
-    _check_output_path(args.output)
-    model = load_model(args.model)
     try:
-        embeddings = model.encode(
-            texts,
-            batch_size=args.batch_size,
-            normalize_embeddings=args.normalize,
-            precision=args.precision,
-            prompt_name=args.prompt_name,
-            show_progress_bar=len(texts) > PROGRESS_THRESHOLD,
-            convert_to_numpy=True,
-        )
-    except ValueError as e:  # unknown prompt name, int8 ranges from a single text, ...
-        raise CliError(_one_line(e)) from e
-    try:
-        save_npy_atomic(args.output, embeddings)
-    except OSError as e:
-        raise CliError(f"cannot write {args.output!r}: {e.strerror or _one_line(e)}") from e
-    n = len(texts)
+        if isinstance(lines, _FileLines):
+            texts, empty, progress = lines, len(lines) == 0, len(lines) > PROGRESS_THRESHOLD
+        else:  # stdin has no length: peek, so that empty input fails before the model loads
+            first = next(lines, None)
+            texts, empty, progress = itertools.chain([first], lines), first is None, sys.stderr.isatty()
+        if empty:
+            raise CliError(f"no texts to encode in {source}")
+        _check_output_path(args.output)
+        model = load_model(args.model)
+        try:
+            embeddings = model.encode(
+                texts,
+                batch_size=args.batch_size,
+                normalize_embeddings=args.normalize,
+                precision=args.precision,
+                prompt_name=args.prompt_name,
+                show_progress_bar=progress,
+                output_path=args.output,
+            )
+        except ValueError as e:  # unknown prompt name, int8 ranges from a single text, ...
+            raise CliError(_one_line(e)) from e
+        except OSError as e:
+            raise CliError(f"cannot write {args.output!r}: {e.strerror or _one_line(e)}") from e
+    finally:
+        if isinstance(lines, _FileLines):
+            lines.close()
+    n = len(embeddings)
     print(
         f"jaxst: encoded {n} text{'s' if n != 1 else ''} from {source} -> {args.output} "
         f"(shape {tuple(embeddings.shape)}, {embeddings.dtype})",
@@ -269,7 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     enc = sub.add_parser(
         "encode", help="embed texts (one per line) into a .npy file",
-        description="Embed texts, one per line, and save them with numpy.save (written atomically).",
+        description="Embed texts, one per line, into a .npy file. The input is streamed chunk by chunk, so "
+                    "memory does not grow with its size; the output appears only once complete.",
     )
     enc.add_argument("input", nargs="?", default="-", metavar="INPUT",
                      help="text file, one text per line (default or '-': stdin)")

@@ -9,31 +9,38 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sized
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from jaxst.io.export import save_model, unmapped_tensors
 from jaxst.io.folder import read_json, read_modules
 from jaxst.io.hub import resolve_model_folder
+from jaxst.io.npy import NpyStreamWriter
 from jaxst.io.tokenizer import Tokenizer
 from jaxst.io.weights import params_from_state_dict, read_state_dict
 from jaxst.models import encoder_from_hf_config, model_type
+from jaxst.parallel import data_mesh, replicated, resolve_devices, shard_batch
 from jaxst.pipeline import Dense, Normalize, SentenceEncoder, dense_activation_name, forward
-from jaxst.pooling import normalize, pooling_modes_from_config, truncate
-from jaxst.quantization import check_precision, quantize_embeddings
+from jaxst.pooling import pooling_modes_from_config, truncate
+from jaxst.quantization import check_precision, quantization_ranges, quantize_embeddings
 from jaxst.similarity import similarity_functions
 
 # Padded sequence lengths: few shapes to compile, little padding (the model's max_seq_length caps them).
 SEQ_BUCKETS = (16, 32, 48, 64, 96, 128, 192, 256, 320, 384, 448, 512)
 OUTPUT_VALUES = ("sentence_embedding", "token_embeddings", None)
+# Texts read, sorted by length and batched together at a time: bounds memory when streaming an iterable of
+# any size, while leaving enough texts to sort that batches pad little.
+DEFAULT_CHUNK_SIZE = 16384
 
 
 def resolve_device(device) -> jax.Device | None:
@@ -47,7 +54,7 @@ def resolve_device(device) -> jax.Device | None:
     if backend is None:
         raise ValueError(f"unknown device {device!r}; expected 'cpu', 'cuda', 'gpu', 'tpu' or a jax.Device")
     try:
-        devices = jax.devices(backend)
+        devices = jax.local_devices(backend=backend)  # under jax.distributed, only this process's devices
     except RuntimeError as e:
         raise ValueError(f"device {device!r} is not available: {e}") from None
     i = int(index) if index else 0
@@ -63,25 +70,58 @@ def seq_bucket(longest: int, max_length: int) -> int:
     return max_length
 
 
-def batch_bucket(n: int, batch_size: int) -> int:
-    """Rows to pad a batch of ``n`` to: ``batch_size`` for full batches, else the next power of two."""
-    return batch_size if n >= batch_size else min(batch_size, 1 << max(n - 1, 0).bit_length())
+def batch_bucket(n: int, batch_size: int, multiple: int = 1) -> int:
+    """Rows to pad a batch of ``n`` to: ``batch_size`` for full batches, else the next power of two; then
+    rounded up to a ``multiple`` (the device count, so every device gets the same number of rows)."""
+    rows = batch_size if n >= batch_size else min(batch_size, 1 << max(n - 1, 0).bit_length())
+    return -(-rows // multiple) * multiple
 
 
-def _as_text_list(inputs) -> tuple[list[str], bool]:
+def _checked_texts(texts: Iterable) -> Iterator[str]:
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"encode() input {i} is {type(t).__name__}, not str: {t!r:.80}")
+        yield t
+
+
+def _text_stream(inputs) -> tuple[Iterator[str], bool, int | None]:
+    """``(texts, single, total)``: a lazy iterator over the texts, checked one by one as they are read;
+    whether the input was one string; the number of texts when the input has a length, else None."""
     if inputs is None:
         raise TypeError("encode() needs a string or a list of strings, got None")
     if isinstance(inputs, str):
-        return [inputs], True
+        return iter([inputs]), True, 1
     if isinstance(inputs, np.ndarray):
         inputs = inputs.tolist()
     if isinstance(inputs, (dict, bytes)) or not isinstance(inputs, Iterable):
         raise TypeError(f"encode() needs a string or a list of strings, got {type(inputs).__name__}")
-    texts = list(inputs)
-    for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise TypeError(f"encode() input {i} is {type(t).__name__}, not str: {t!r:.80}")
-    return texts, False
+    return _checked_texts(inputs), False, len(inputs) if isinstance(inputs, Sized) else None
+
+
+def _as_text_list(inputs) -> tuple[list[str], bool]:
+    texts, single, _ = _text_stream(inputs)
+    return list(texts), single
+
+
+def _chunks(texts: Iterator[str], size: int) -> Iterator[list[str]]:
+    while chunk := list(itertools.islice(texts, size)):
+        yield chunk
+
+
+def _n_batches(total: int, chunk_size: int, batch_size: int) -> int:
+    full, rest = divmod(total, chunk_size)
+    return full * math.ceil(chunk_size / batch_size) + math.ceil(rest / batch_size)
+
+
+def _normalize_rows(x: np.ndarray) -> np.ndarray:
+    """x / max(||x||, 1e-12) per row, as ``torch.nn.functional.normalize``."""
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), np.float32(1e-12))
+
+
+def _positive_int(name: str, value) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
 
 
 class SentenceTransformer:
@@ -293,12 +333,26 @@ class SentenceTransformer:
         precision: str = "float32",
         convert_to_numpy: bool = True,
         convert_to_tensor: bool = False,
-        device: str | jax.Device | None = None,
+        device: str | jax.Device | list | None = None,
         normalize_embeddings: bool = False,
         truncate_dim: int | None = None,
+        pool: dict | None = None,
+        chunk_size: int | None = None,
+        *,
+        output_path: str | os.PathLike | None = None,
         **kwargs,
     ):
-        """Embed a string or a list of strings; see sentence-transformers' ``encode``."""
+        """Embed a string, a list of strings or any iterable of strings; see sentence-transformers' ``encode``.
+
+        Texts are read ``chunk_size`` at a time (default 16,384), sorted by length within the chunk and
+        run in bucketed batches, so a generator over millions of lines is never held in memory. With
+        ``output_path`` the embeddings are written chunk by chunk to that ``.npy`` file (atomically:
+        the file appears only when complete) and returned memory-mapped read-only, so memory stays
+        bounded whatever the corpus size.
+
+        ``pool`` (from ``start_multi_process_pool``) or a list of devices as ``device`` splits every
+        batch over those devices; with several local devices and no device chosen, all of them are used.
+        """
         if "sentences" in kwargs:
             if inputs is not None:
                 raise TypeError("encode() got both `inputs` and the deprecated `sentences`")
@@ -307,8 +361,8 @@ class SentenceTransformer:
         kwargs.pop("task", None)  # accepted for encode_query/encode_document; jaxst has no Router
         if kwargs:
             raise ValueError(f"encode() got keyword arguments it does not use: {sorted(kwargs)}")
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        _positive_int("batch_size", batch_size)
+        chunk_size = DEFAULT_CHUNK_SIZE if chunk_size is None else _positive_int("chunk_size", chunk_size)
         if output_value not in OUTPUT_VALUES:
             raise ValueError(f"output_value must be one of {OUTPUT_VALUES}, got {output_value!r}")
         check_precision(precision)
@@ -316,66 +370,122 @@ class SentenceTransformer:
             truncate_dim = self.truncate_dim
         if truncate_dim is not None and (not isinstance(truncate_dim, int) or truncate_dim < 1):
             raise ValueError(f"truncate_dim must be a positive integer, got {truncate_dim!r}")
-        texts, single = _as_text_list(inputs)
+        if output_path is not None:
+            if output_value != "sentence_embedding":
+                raise ValueError("output_path writes sentence embeddings; output_value must be 'sentence_embedding'")
+            if convert_to_tensor:
+                raise ValueError("output_path returns the written .npy memory-mapped; convert_to_tensor=True "
+                                 "does not apply")
+            if os.path.isdir(output_path):
+                raise ValueError(f"output_path {os.fspath(output_path)!r} is a directory")
+        texts, single, total = _text_stream(inputs)
         prompt = self._resolve_prompt(prompt, prompt_name)
-        device = resolve_device(device) or self.device
-        params = self.params if device is None else jax.device_put(self.params, device)
-
-        if output_value != "sentence_embedding":
+        params, mesh = self._placement(device, pool)
+        keep_tokens = output_value != "sentence_embedding"
+        if keep_tokens:
             convert_to_numpy = convert_to_tensor = False
 
-        outputs = self._run(texts, prompt, batch_size, bool(show_progress_bar), params,
-                            keep_tokens=output_value != "sentence_embedding")
-        if output_value is not None and output_value != "sentence_embedding":
-            result = [o[output_value] for o in outputs]
-            return result[0] if single else result
-        if output_value is None:
-            for o in outputs:
-                o["sentence_embedding"] = truncate(o["sentence_embedding"], truncate_dim)
-            return outputs[0] if single else outputs
+        bar = tqdm(total=None if total is None else _n_batches(total, chunk_size, batch_size), desc="Batches",
+                   disable=not show_progress_bar)
+        with bar:
+            chunks = (self._run(chunk, prompt, batch_size, bar, params, mesh, keep_tokens)
+                      for chunk in _chunks(texts, chunk_size))
+            if keep_tokens:
+                outputs = [o for chunk in chunks for o in chunk]
+                if output_value is not None:
+                    result = [o[output_value] for o in outputs]
+                    return result[0] if single else result
+                for o in outputs:
+                    o["sentence_embedding"] = truncate(o["sentence_embedding"], truncate_dim)
+                return outputs[0] if single else outputs
 
-        dim = self._embedding_dim if truncate_dim is None else min(truncate_dim, self._embedding_dim)
-        emb = outputs if len(texts) else jnp.zeros((0, dim), jnp.float32)
-        emb = truncate(emb, truncate_dim)
-        if normalize_embeddings:
-            emb = normalize(emb)
+            dim = self._embedding_dim if truncate_dim is None else min(truncate_dim, self._embedding_dim)
+            embeddings = (self._postprocess(e, truncate_dim, normalize_embeddings) for e in chunks)
+            if output_path is not None:
+                _write_npy(embeddings, output_path, precision, dim, chunk_size)
+                out = np.load(output_path, mmap_mode="r")
+                return out[0] if single else out
+            pieces = list(embeddings)
+        emb = np.concatenate(pieces) if pieces else np.zeros((0, dim), np.float32)
         if precision != "float32":
-            emb = jnp.asarray(quantize_embeddings(np.asarray(emb), precision))
+            emb = quantize_embeddings(emb, precision)
         if convert_to_tensor:
-            out = emb
+            out = jax.device_put(emb, self.device) if self.device is not None else jnp.asarray(emb)
         elif convert_to_numpy:
-            out = np.asarray(emb)
+            out = emb
         else:
-            out = list(emb)
+            out = list(jnp.asarray(emb))
         return out[0] if single else out
 
-    def _run(self, texts: list[str], prompt, batch_size: int, progress: bool, params, keep_tokens: bool):
-        """Length-sorted, bucketed batches through the jitted forward; results in input order.
+    @staticmethod
+    def _postprocess(emb: np.ndarray, truncate_dim: int | None, normalize_embeddings: bool) -> np.ndarray:
+        """Per row, in sentence-transformers' order: Matryoshka truncation, then normalization."""
+        emb = truncate(emb, truncate_dim)
+        return _normalize_rows(emb) if normalize_embeddings else emb
 
-        Returns the (N, D) sentence embeddings, or with ``keep_tokens`` one dict per text holding its
-        token embeddings without padding."""
+    def _placement(self, device, pool) -> tuple[dict, Mesh | None]:
+        """The params to run with and the data-parallel mesh (or None) for one ``encode`` call."""
+        if pool is not None:
+            if not isinstance(pool, dict) or "mesh" not in pool:
+                raise TypeError("pool must be the dict start_multi_process_pool() returned")
+            if pool["mesh"] is None:
+                raise ValueError("this pool was stopped with stop_multi_process_pool(); start a new one")
+            mesh = pool["mesh"]
+        elif isinstance(device, (list, tuple)):
+            mesh = data_mesh(resolve_devices(device))
+        elif device is not None or self.device is not None:
+            device = resolve_device(device) or self.device
+            return jax.device_put(self.params, device), None
+        elif jax.local_device_count() > 1:
+            mesh = data_mesh(jax.local_devices())
+        else:
+            return self.params, None
+        return self._replicated_params(mesh), mesh
+
+    def _replicated_params(self, mesh: Mesh) -> dict:
+        """``self.params`` copied to every device of ``mesh``, kept until the params or the mesh change."""
+        leaves = jax.tree.leaves(self.params)
+        cached = getattr(self, "_mesh_params", None)
+        if cached and cached[0] == mesh and len(cached[1]) == len(leaves) and all(
+            a is b for a, b in zip(cached[1], leaves)
+        ):
+            return cached[2]
+        params = jax.device_put(self.params, replicated(mesh))
+        self._mesh_params = (mesh, leaves, params)
+        return params
+
+    def _run(self, texts: list[str], prompt, batch_size: int, bar, params, mesh: Mesh | None, keep_tokens: bool):
+        """One chunk of texts: length-sorted, bucketed batches through the jitted forward; input order out.
+
+        Returns the (N, D) float32 sentence embeddings (numpy), or with ``keep_tokens`` one dict per text
+        holding its token embeddings without padding. With a ``mesh``, every batch is split by rows over
+        its devices."""
         if prompt:
             texts = [prompt + t for t in texts]
         order = np.argsort([-len(t) for t in texts], kind="stable")
         prompt_length = None
         if prompt and not self._include_prompt:
             prompt_length = np.int32(self.tokenizer.prompt_length(prompt))
+        place = None
+        if mesh is None and (params is not self.params or self.device is not None):
+            place = jax.tree.leaves(params)[0].sharding
         pieces, per_text = [], []
-        n_batches = math.ceil(len(texts) / batch_size)
-        for start in tqdm(range(0, len(texts), batch_size), total=n_batches, desc="Batches", disable=not progress):
+        for start in range(0, len(texts), batch_size):
             idx = order[start : start + batch_size]
             encodings = self.tokenizer.encode_ids([texts[i] for i in idx])
             longest = max(len(e.ids) for e in encodings)
             batch = self.tokenizer.pad(
                 encodings,
                 seq_bucket(longest, self.max_seq_length),
-                batch_bucket(len(idx), batch_size),
+                batch_bucket(len(idx), batch_size, 1 if mesh is None else mesh.size),
                 types=self._uses_token_types,
             )
             if prompt_length is not None:
                 batch["prompt_length"] = prompt_length
-            if params is not self.params or self.device is not None:
-                batch = jax.device_put(batch, jax.tree.leaves(params)[0].sharding)
+            if mesh is not None:
+                batch = shard_batch(batch, mesh)
+            elif place is not None:
+                batch = jax.device_put(batch, place)
             out = forward(self.graphdef, params, batch)
             if keep_tokens:
                 for r, e in enumerate(encodings):
@@ -387,13 +497,31 @@ class SentenceTransformer:
                         "attention_mask": batch["attention_mask"][r, :n],
                     })
             else:
-                pieces.append(out["sentence_embedding"][: len(idx)])
-        inverse = np.argsort(order, kind="stable")
+                pieces.append((idx, out["sentence_embedding"]))  # dispatched; read back once per chunk
+            bar.update(1)
         if keep_tokens:
-            return [per_text[i] for i in inverse]
-        if not pieces:
-            return jnp.zeros((0, self._embedding_dim), jnp.float32)
-        return jnp.concatenate(pieces, axis=0)[inverse]
+            return [per_text[i] for i in np.argsort(order, kind="stable")]
+        emb = np.empty((len(texts), self._embedding_dim), np.float32)
+        for idx, e in pieces:
+            emb[idx] = np.asarray(e)[: len(idx)]  # rows back to input order
+        return emb
+
+    # ------------------------------------------------------------------ several devices
+
+    def start_multi_process_pool(self, target_devices: list[str] | None = None) -> dict:
+        """A data-parallel pool over ``target_devices`` (default: every local device), for ``encode(pool=...)``.
+
+        sentence-transformers starts a worker process per device; jaxst starts none: the pool is a
+        device mesh, and ``encode`` splits each batch over it in this process."""
+        devices = resolve_devices(target_devices)
+        return {"mesh": data_mesh(devices), "devices": devices}
+
+    @staticmethod
+    def stop_multi_process_pool(pool: dict) -> None:
+        """Release a pool from ``start_multi_process_pool``; encoding with it afterwards is an error."""
+        if not isinstance(pool, dict) or "mesh" not in pool:
+            raise TypeError("pool must be the dict start_multi_process_pool() returned")
+        pool["mesh"] = None
 
     def encode_query(self, inputs=None, prompt_name: str | None = None, prompt: str | None = None, **kwargs):
         """``encode`` with the model's "query" prompt unless another is given."""
@@ -450,6 +578,38 @@ class SentenceTransformer:
             f"SentenceTransformer({str(self.model_folder)!r}, model_type={model_type(self.hf_config)!r}, "
             f"dim={self._embedding_dim}, max_seq_length={self.max_seq_length})"
         )
+
+
+def _write_npy(embeddings: Iterator[np.ndarray], path, precision: str, dim: int, chunk_size: int) -> None:
+    """Stream float32 embedding chunks into the ``.npy`` at ``path`` in ``precision``, atomically.
+
+    binary/ubinary quantize row by row, chunk by chunk. int8/uint8 need the ranges of the whole set
+    (as ``quantize_embeddings`` computes them), so the float32 rows go to a scratch file beside the
+    target first, with a running per-dimension min and max, and are quantized from it in a second pass."""
+    width = dim if not precision.endswith("binary") else (dim + 7) // 8
+    dtype = {"float32": np.float32, "int8": np.int8, "uint8": np.uint8, "binary": np.int8, "ubinary": np.uint8}
+    two_pass = precision in ("int8", "uint8")
+    with NpyStreamWriter(path, np.float32 if two_pass else dtype[precision], (dim if two_pass else width,)) as w:
+        lo = hi = None
+        for emb in embeddings:
+            if two_pass:
+                if len(emb):
+                    lo = emb.min(axis=0) if lo is None else np.minimum(lo, emb.min(axis=0))
+                    hi = emb.max(axis=0) if hi is None else np.maximum(hi, emb.max(axis=0))
+                w.append(emb)
+            else:
+                w.append(emb if precision == "float32" else quantize_embeddings(emb, precision))
+        if not two_pass:
+            w.commit()
+            return
+        rows = w.written()
+        if w.rows == 1:
+            quantization_ranges(np.asarray(rows))  # raises the in-memory path's error for a single embedding
+        with NpyStreamWriter(path, dtype[precision], (width,)) as q:
+            ranges = None if lo is None else np.stack([lo, hi])
+            for start in range(0, w.rows, chunk_size):
+                q.append(quantize_embeddings(np.asarray(rows[start : start + chunk_size]), precision, ranges=ranges))
+            q.commit()
 
 
 __all__ = ["SentenceTransformer"]

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from jaxst import cli
+from jaxst.io.npy import NpyStreamWriter
 
 CORPUS = [
     "A man is eating a plate of spaghetti.",
@@ -172,11 +173,11 @@ def test_encode_atomic_write(tmp_path, monkeypatch, capsys, cli_model, exc, code
     if existing:
         out.write_bytes(b"previous contents")
 
-    def failing_save(file, arr, *args, **kwargs):
-        file.write(b"\x93NUMPY partial header")  # something was written before the failure
+    def failing_append(self, rows):
+        self._file.write(b"\x93NUMPY partial rows")  # something was written before the failure
         raise exc
 
-    monkeypatch.setattr(np, "save", failing_save)
+    monkeypatch.setattr(NpyStreamWriter, "append", failing_append)
     assert cli.main(["encode", str(src), "-o", str(out)]) == code
     err = capsys.readouterr().err
     assert "Traceback" not in err

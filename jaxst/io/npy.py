@@ -1,0 +1,111 @@
+"""An atomic ``.npy`` writer for arrays whose row count is known only at the end.
+
+``encode(..., output_path=...)`` streams embeddings chunk by chunk: rows are appended to a temporary
+file next to the target, so memory stays bounded by one chunk whatever the corpus size. The header
+is written last. Until then the temporary file starts with zero bytes instead of the ``\\x93NUMPY``
+magic, so an interrupted run (an exception, Ctrl-C, a killed process) never leaves a file that loads
+as an array: the temporary file is removed on an exception, and ``os.replace`` puts the finished
+file at the target name only once it is complete and flushed to disk.
+
+The header's length does not depend on the row count: numpy pads ``.npy`` headers so the first axis
+can grow to 21 digits in place (``numpy.lib.format.GROWTH_AXIS_MAX_DIGITS``), which is what lets
+the final header overwrite the placeholder byte for byte.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+
+import numpy as np
+
+
+def _header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buf, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+    )
+    return buf.getvalue()
+
+
+class NpyStreamWriter:
+    """Append rows of a fixed ``dtype`` and row shape to ``path``; ``commit`` makes the file appear.
+
+        with NpyStreamWriter("emb.npy", np.float32, (384,)) as w:
+            for chunk in chunks:
+                w.append(chunk)          # (n, 384) float32
+            w.commit()                   # header, fsync, os.replace -> emb.npy
+        # leaving the block without commit() (an exception) removes the temporary file
+
+    An existing file at ``path`` is untouched until ``commit`` replaces it.
+    """
+
+    def __init__(self, path: str | os.PathLike, dtype, row_shape: tuple[int, ...]):
+        self.path = os.fspath(path)
+        self.dtype = np.dtype(dtype)
+        self.row_shape = tuple(int(d) for d in row_shape)
+        self.rows = 0
+        self._header_len = len(_header(self.dtype, (0, *self.row_shape)))
+        directory = os.path.dirname(os.path.abspath(self.path))
+        fd, self.tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(self.path)}.", suffix=".tmp",
+                                             dir=directory)
+        self._file = os.fdopen(fd, "wb")
+        self._done = False
+        try:
+            self._file.write(b"\0" * self._header_len)  # not a .npy until commit() writes the real header
+        except BaseException:
+            self.abort()
+            raise
+
+    def append(self, rows) -> None:
+        rows = np.ascontiguousarray(rows, dtype=self.dtype)
+        if rows.shape[1:] != self.row_shape:
+            raise ValueError(f"rows of shape {rows.shape[1:]} do not match the file's row shape {self.row_shape}")
+        self._file.write(rows.tobytes())
+        self.rows += rows.shape[0]
+
+    def written(self) -> np.ndarray:
+        """The rows appended so far, memory-mapped read-only (for a second pass over them)."""
+        self._file.flush()
+        if self.rows == 0:
+            return np.zeros((0, *self.row_shape), self.dtype)
+        return np.memmap(self.tmp_path, self.dtype, "r", self._header_len, (self.rows, *self.row_shape))
+
+    def commit(self) -> None:
+        """Write the real header, flush to disk and move the file into place."""
+        header = _header(self.dtype, (self.rows, *self.row_shape))
+        if len(header) != self._header_len:  # cannot happen with numpy's growth padding; never write a bad file
+            raise RuntimeError(f".npy header grew from {self._header_len} to {len(header)} bytes")
+        try:
+            self._file.flush()
+            self._file.seek(0)
+            self._file.write(header)
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(self.tmp_path, 0o666 & ~umask)  # mkstemp makes the file 0600; give it the usual permissions
+            os.replace(self.tmp_path, self.path)
+            self._done = True
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        """Drop the temporary file; the target path is left as it was."""
+        if self._done:
+            return
+        self._done = True
+        self._file.close()
+        try:
+            os.unlink(self.tmp_path)
+        except FileNotFoundError:
+            pass
+
+    def __enter__(self) -> NpyStreamWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.abort()  # a no-op after commit()
