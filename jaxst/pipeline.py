@@ -69,6 +69,7 @@ class SentenceEncoder(nnx.Module):
     def __call__(self, batch: dict) -> dict:
         mask = batch["attention_mask"]
         tokens = self.encoder(batch["input_ids"], mask, batch.get("token_type_ids"))  # (B, T, H)
+        tokens = tokens.astype(jnp.float32)  # pooling and heads in float32, whatever the encoder computed in
         prompt_length = None if self.include_prompt else batch.get("prompt_length")
         x = pool(tokens, mask, self.pooling_modes, prompt_length)  # (B, H * len(modes))
         for head in self.heads:

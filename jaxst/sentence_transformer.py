@@ -43,6 +43,33 @@ OUTPUT_VALUES = ("sentence_embedding", "token_embeddings", None)
 DEFAULT_CHUNK_SIZE = 16384
 
 
+# Inference dtypes by name, with the aliases torch and the Hugging Face configs use.
+INFERENCE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+_DTYPE_ALIASES = {"float": "float32", "fp32": "float32", "half": "float16", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def resolve_dtype(dtype):
+    """``"bfloat16"``/``"bf16"``, ``"float16"``/``"half"``/``"fp16"``, ``"float32"``, or such a jnp, numpy or
+    torch dtype -> the jnp dtype."""
+    if isinstance(dtype, str):
+        name = dtype
+    else:
+        try:
+            name = np.dtype(dtype).name
+        except TypeError:  # torch.float16 and friends print as "torch.float16"
+            name = str(dtype)
+    name = name.lower().removeprefix("torch.")
+    name = _DTYPE_ALIASES.get(name, name)
+    if name not in INFERENCE_DTYPES:
+        raise ValueError(f"unsupported dtype {dtype!r}; expected one of {sorted(INFERENCE_DTYPES)}")
+    return INFERENCE_DTYPES[name]
+
+
+def _cast_floats(params, dtype):
+    """Floating leaves of a params pytree cast to ``dtype``; integer leaves untouched."""
+    return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
+
+
 def resolve_device(device) -> jax.Device | None:
     """``"cpu"``, ``"cuda"``/``"gpu"``, ``"tpu"`` (optionally ``":N"``) or a ``jax.Device``."""
     if device is None or isinstance(device, jax.Device):
@@ -140,7 +167,10 @@ class SentenceTransformer:
         local_files_only: bool = False,
         token: bool | str | None = None,
         truncate_dim: int | None = None,
+        dtype=None,
     ):
+        """``dtype``: cast the weights for inference ("bfloat16", "float16", "float32", or a jnp/numpy/torch
+        dtype), as ``model.bfloat16()`` / ``model.half()`` do after loading; None keeps float32."""
         if model_name_or_path is None:
             raise ValueError("jaxst needs a model: pass a Hub name (e.g. 'all-MiniLM-L6-v2') or a folder")
         self.device = resolve_device(device)
@@ -223,6 +253,8 @@ class SentenceTransformer:
         for i, (head, spec) in enumerate(zip(heads, head_specs)):
             if spec.kind == "dense":
                 params.setdefault("heads", {})[i] = params_from_state_dict(head, read_state_dict(spec.path))
+        if dtype is not None:
+            params = _cast_floats(params, resolve_dtype(dtype))
         self.params = jax.device_put(params, self.device) if self.device else jax.device_put(params)
         self._embedding_dim = dim
         self._include_prompt = module.include_prompt
@@ -263,6 +295,34 @@ class SentenceTransformer:
     def forward(self, params, batch: dict) -> dict:
         """Pure: the sentence embeddings and the (B, T, H) token embeddings."""
         return forward(self.graphdef, params, dict(batch))
+
+    # ------------------------------------------------------------------ dtype
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The dtype the weights are stored and the encoder computes in (float32 unless cast)."""
+        return next(x.dtype for x in jax.tree.leaves(self.params) if jnp.issubdtype(x.dtype, jnp.floating))
+
+    def to_dtype(self, dtype) -> SentenceTransformer:
+        """Cast the weights to ``dtype`` for inference, in place; returns the model.
+
+        The encoder then computes in that dtype, with attention scores and softmax, LayerNorm statistics,
+        pooling and the Dense/Normalize heads in float32; ``encode`` returns float32 embeddings. Casting
+        down loses precision for good: ``float()`` after ``half()`` does not restore the original weights."""
+        self.params = _cast_floats(self.params, resolve_dtype(dtype))
+        return self
+
+    def half(self) -> SentenceTransformer:
+        """float16 weights and compute (as ``torch.nn.Module.half``); returns the model."""
+        return self.to_dtype(jnp.float16)
+
+    def bfloat16(self) -> SentenceTransformer:
+        """bfloat16 weights and compute; returns the model. The usual choice on TPUs and recent GPUs."""
+        return self.to_dtype(jnp.bfloat16)
+
+    def float(self) -> SentenceTransformer:
+        """float32 weights and compute; returns the model."""
+        return self.to_dtype(jnp.float32)
 
     # ------------------------------------------------------------------ properties
 

@@ -47,7 +47,6 @@ class BertConfig:
     layer_norm_eps: float = 1e-12
     pad_token_id: int = 0  # RoBERTa positions start after this index
     position_offset: bool = False  # True for RoBERTa/XLM-R: position ids are pad_token_id + 1 + i
-    dtype: str = "float32"  # compute dtype; params stay float32
 
     @property
     def max_tokens(self) -> int:
@@ -102,10 +101,12 @@ class BertSelfAttention(nnx.Module):
         b, t, h = x.shape
         split = lambda y: y.reshape(b, t, self.num_heads, h // self.num_heads)  # (B, T, N, D)
         q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
-        scores = jnp.einsum("btnd,bsnd->bnts", q, k) / math.sqrt(h // self.num_heads)
+        # scores and softmax in float32 whatever the compute dtype (bf16/fp16 after model.half())
+        scores = jnp.einsum("btnd,bsnd->bnts", q, k, preferred_element_type=jnp.float32)
+        scores = scores / math.sqrt(h // self.num_heads)
         scores = jnp.where(mask[:, None, None, :], scores, jnp.finfo(scores.dtype).min)  # (B, N, T, S)
         probs = jax.nn.softmax(scores, axis=-1)
-        return jnp.einsum("bnts,bsnd->btnd", probs, v).reshape(b, t, h)
+        return jnp.einsum("bnts,bsnd->btnd", probs.astype(v.dtype), v).reshape(b, t, h)
 
 
 class BertSelfOutput(nnx.Module):

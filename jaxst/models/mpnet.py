@@ -106,11 +106,13 @@ class MPNetSelfAttention(nnx.Module):
         b, t, h = x.shape
         split = lambda y: y.reshape(b, t, self.num_heads, h // self.num_heads)  # (B, T, N, D)
         q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
-        scores = jnp.einsum("btnd,bsnd->bnts", q, k) / math.sqrt(h // self.num_heads)
+        # scores and softmax in float32 whatever the compute dtype (bf16/fp16 after model.half())
+        scores = jnp.einsum("btnd,bsnd->bnts", q, k, preferred_element_type=jnp.float32)
+        scores = scores / math.sqrt(h // self.num_heads)
         scores = scores + position_bias  # (B, N, T, S) + (1, N, T, S)
         scores = jnp.where(mask[:, None, None, :], scores, jnp.finfo(scores.dtype).min)
         probs = jax.nn.softmax(scores, axis=-1)
-        return self.o(jnp.einsum("bnts,bsnd->btnd", probs, v).reshape(b, t, h))
+        return self.o(jnp.einsum("bnts,bsnd->btnd", probs.astype(v.dtype), v).reshape(b, t, h))
 
 
 class MPNetAttention(nnx.Module):

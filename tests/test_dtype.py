@@ -1,0 +1,107 @@
+"""Casting for inference: ``dtype=``, ``half()``, ``bfloat16()``, ``float()``.
+
+bf16/fp16 embeddings of the real all-MiniLM-L6-v2 must stay within cosine 0.999 of sentence-transformers'
+fp32 embeddings on STSb sentences; the encoders of every architecture compute in the cast dtype and
+return float32.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from conftest import NON_LATIN_TEXTS, TEXTS, read_stsb, unique_sentences
+
+COSINE_BOUND = 0.999
+
+
+def cosines(a, b) -> np.ndarray:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+@pytest.fixture(scope="module")
+def stsb_sentences() -> list[str]:
+    return unique_sentences(read_stsb("stsb-en-test.csv"))[:400]
+
+
+@pytest.fixture(scope="module")
+def oracle(st_minilm, stsb_sentences) -> np.ndarray:
+    return st_minilm.encode(stsb_sentences, batch_size=32)
+
+
+@pytest.mark.parametrize("how", ["dtype=bfloat16", "bfloat16()", "dtype=float16", "half()"])
+def test_minilm_half_precision_within_cosine_bound(how, stsb_sentences, oracle):
+    from jaxst import SentenceTransformer
+
+    if how.startswith("dtype="):
+        model = SentenceTransformer("all-MiniLM-L6-v2", dtype=how.removeprefix("dtype="))
+    else:
+        model = SentenceTransformer("all-MiniLM-L6-v2")
+        assert getattr(model, how[:-2])() is model  # returns self, like torch
+    want = jnp.bfloat16 if "bfloat16" in how else jnp.float16
+    assert model.dtype == want
+    assert all(x.dtype == want for x in jax_leaves(model.params) if jnp.issubdtype(x.dtype, jnp.floating))
+    emb = model.encode(stsb_sentences, batch_size=32)
+    assert emb.dtype == np.float32 and emb.shape == oracle.shape
+    cos = cosines(emb, oracle)
+    print(how, "min cosine", cos.min(), "mean", cos.mean())
+    assert cos.min() >= COSINE_BOUND
+    assert np.abs(emb - oracle).max() > 1e-6  # it really ran in half precision
+
+
+def jax_leaves(tree):
+    import jax
+
+    return jax.tree.leaves(tree)
+
+
+def test_float_after_half_and_apply_dtype(minilm_folder, jx_minilm):
+    from jaxst import SentenceTransformer
+
+    model = SentenceTransformer(str(minilm_folder)).bfloat16()
+    batch = model.tokenize(TEXTS)
+    out = model.apply(model.params, batch)
+    assert out.dtype == jnp.float32  # pooling and heads in float32
+    tokens = model.encode(TEXTS[:2], output_value="token_embeddings")
+    assert tokens[0].dtype == jnp.float32
+    assert model.float() is model and model.dtype == jnp.float32
+    # back in float32, the weights keep their bf16 rounding: close to, not equal to, the original
+    cos = cosines(model.encode(TEXTS), jx_minilm.encode(TEXTS))
+    assert cos.min() >= COSINE_BOUND
+
+
+@pytest.mark.parametrize("dtype, name", [(torch.bfloat16, "bfloat16"), (np.float16, "float16"), ("fp16", "float16"),
+                                         ("half", "float16"), ("BF16", "bfloat16"), (jnp.float32, "float32")])
+def test_dtype_spellings(minilm_folder, dtype, name):
+    from jaxst import SentenceTransformer
+
+    assert SentenceTransformer(str(minilm_folder), dtype=dtype).dtype.name == name
+
+
+@pytest.mark.parametrize("bad", ["int8", "float64", torch.int32, 3])
+def test_bad_dtype(minilm_folder, jx_minilm, bad):
+    from jaxst import SentenceTransformer
+
+    with pytest.raises(ValueError, match="unsupported dtype"):
+        SentenceTransformer(str(minilm_folder), dtype=bad)
+    with pytest.raises(ValueError, match="unsupported dtype"):
+        jx_minilm.to_dtype(bad)
+    assert jx_minilm.dtype == jnp.float32  # a refused cast leaves the model as it was
+
+
+@pytest.mark.parametrize("base", ["tiny_mpnet_base", "tiny_xlmr_base", "tiny_roberta_base"])
+def test_other_architectures_in_bfloat16(base, request, make_tiny_st):
+    from jaxst import SentenceTransformer
+
+    folder = make_tiny_st(base=request.getfixturevalue(base), max_seq_length=128)
+    texts = TEXTS + NON_LATIN_TEXTS
+    full = SentenceTransformer(str(folder)).encode(texts)
+    for dtype in ("bfloat16", "float16"):
+        model = SentenceTransformer(str(folder), dtype=dtype)
+        emb = model.encode(texts)
+        assert emb.dtype == np.float32
+        cos = cosines(emb, full)
+        print(base, dtype, "min cosine", cos.min())
+        assert cos.min() >= COSINE_BOUND
