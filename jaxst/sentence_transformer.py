@@ -22,6 +22,7 @@ from flax import nnx
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
+from jaxst.compilation_cache import enable_compilation_cache
 from jaxst.io.export import save_model, unmapped_tensors
 from jaxst.io.folder import read_json, read_modules
 from jaxst.io.hub import resolve_model_folder
@@ -171,6 +172,7 @@ class SentenceTransformer:
     ):
         """``dtype``: cast the weights for inference ("bfloat16", "float16", "float32", or a jnp/numpy/torch
         dtype), as ``model.bfloat16()`` / ``model.half()`` do after loading; None keeps float32."""
+        enable_compilation_cache()  # before anything compiles; see jaxst.compilation_cache
         if model_name_or_path is None:
             raise ValueError("jaxst needs a model: pass a Hub name (e.g. 'all-MiniLM-L6-v2') or a folder")
         self.device = resolve_device(device)

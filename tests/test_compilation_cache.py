@@ -1,0 +1,89 @@
+"""The persistent compilation cache: on by default in a per-user folder, overridable, off with one setting.
+
+Each case runs fresh processes (the cache is process state) that load a tiny model and encode; JAX's
+own monitoring events count cache hits and misses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+SCRIPT = textwrap.dedent("""
+    import json, sys
+    import jax
+    from jax import monitoring
+
+    events = {"hits": 0, "misses": 0}
+    def listen(event, **kwargs):
+        if event == "/jax/compilation_cache/cache_hits":
+            events["hits"] += 1
+        elif event == "/jax/compilation_cache/cache_misses":
+            events["misses"] += 1
+    monitoring.register_event_listener(listen)
+
+    from jaxst import SentenceTransformer
+    model = SentenceTransformer(sys.argv[1])
+    model.encode(["a short text", "a somewhat longer text to get another length", "x"] * 3, batch_size=4)
+    print(json.dumps(dict(events, cache_dir=jax.config.jax_compilation_cache_dir,
+                          min_secs=jax.config.jax_persistent_cache_min_compile_time_secs)))
+""")
+
+
+def run(folder, **env) -> dict:
+    environ = {k: v for k, v in os.environ.items()
+               if k not in ("JAXST_COMPILATION_CACHE", "JAX_COMPILATION_CACHE_DIR", "XDG_CACHE_HOME")}
+    environ.update(HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu", **env)
+    result = subprocess.run([sys.executable, "-c", SCRIPT, str(folder)], capture_output=True, text=True,
+                            timeout=300, env=environ)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def entries(path) -> list[str]:
+    return sorted(f for f in os.listdir(path) if f.endswith("-cache")) if os.path.isdir(path) else []
+
+
+@pytest.fixture(scope="module")
+def folder(make_tiny_st):
+    return make_tiny_st()
+
+
+def test_second_process_finds_what_the_first_compiled(folder, tmp_path):
+    first = run(folder, XDG_CACHE_HOME=str(tmp_path))  # default folder: $XDG_CACHE_HOME/jaxst/xla
+    cache = tmp_path / "jaxst" / "xla"
+    assert first["cache_dir"] == str(cache)
+    assert first["min_secs"] == 0.0  # small encoder shapes compile fast and are cached all the same
+    written = entries(cache)
+    forward = [f for f in written if f.startswith("jit_forward-")]
+    assert len(forward) >= 2 and first["misses"] >= len(forward)  # two batch shapes at least
+    second = run(folder, XDG_CACHE_HOME=str(tmp_path))
+    assert second["hits"] >= len(forward) and second["misses"] == 0
+    assert entries(cache) == written  # nothing compiled anew
+
+
+def test_folder_from_the_environment(folder, tmp_path):
+    chosen = tmp_path / "my-cache"
+    out = run(folder, JAXST_COMPILATION_CACHE=str(chosen), XDG_CACHE_HOME=str(tmp_path / "xdg"))
+    assert out["cache_dir"] == str(chosen) and entries(chosen)
+    assert not (tmp_path / "xdg").exists()
+
+
+@pytest.mark.parametrize("off", ["0", "off", "false"])
+def test_off_switch_writes_nothing(folder, tmp_path, off):
+    out = run(folder, JAXST_COMPILATION_CACHE=off, XDG_CACHE_HOME=str(tmp_path))
+    assert out["cache_dir"] is None and out["hits"] == out["misses"] == 0
+    assert not (tmp_path / "jaxst").exists() and os.listdir(tmp_path) == []
+
+
+def test_a_cache_the_user_configured_is_left_alone(folder, tmp_path):
+    users = tmp_path / "users-own"
+    out = run(folder, JAX_COMPILATION_CACHE_DIR=str(users), JAXST_COMPILATION_CACHE=str(tmp_path / "ours"),
+              XDG_CACHE_HOME=str(tmp_path / "xdg"))
+    assert out["cache_dir"] == str(users)
+    assert out["min_secs"] == 1.0  # the user's thresholds too (JAX's default here)
+    assert not (tmp_path / "ours").exists() and not (tmp_path / "xdg").exists()
