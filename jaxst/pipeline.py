@@ -66,9 +66,10 @@ class SentenceEncoder(nnx.Module):
         self.include_prompt = include_prompt
         self.heads = nnx.List(heads or [])
 
-    def __call__(self, batch: dict) -> dict:
+    def __call__(self, batch: dict, dropout_rng=None) -> dict:
+        """``dropout_rng``: a PRNG key to run the encoder with training dropout; None for inference."""
         mask = batch["attention_mask"]
-        tokens = self.encoder(batch["input_ids"], mask, batch.get("token_type_ids"))  # (B, T, H)
+        tokens = self.encoder(batch["input_ids"], mask, batch.get("token_type_ids"), dropout_rng=dropout_rng)  # (B,T,H)
         tokens = tokens.astype(jnp.float32)  # pooling and heads in float32, whatever the encoder computed in
         prompt_length = None if self.include_prompt else batch.get("prompt_length")
         x = pool(tokens, mask, self.pooling_modes, prompt_length)  # (B, H * len(modes))

@@ -4,6 +4,11 @@ Attribute names mirror the PyTorch ``BertModel`` (``embeddings.word_embeddings``
 ``encoder.layer.0.attention.self.query``, ...) so that the weight mapping in ``jaxst.io.weights`` is
 a short table of suffix rules (``kernel`` <-> ``weight`` transposed, ``embedding``/``scale`` <->
 ``weight``) rather than a per-architecture rename list. RoBERTa and XLM-RoBERTa reuse the layers.
+
+Dropout is applied where PyTorch's ``BertModel`` applies it in training (after the embeddings'
+LayerNorm, on the attention probabilities, and on each dense output before its residual LayerNorm),
+only when a ``dropout_rng`` key is passed: without one every module is deterministic and computes
+exactly what inference computes.
 """
 
 from __future__ import annotations
@@ -27,6 +32,22 @@ ACTIVATIONS = {
 }
 
 
+def dropout(x, rate: float, rng):
+    """Inverted dropout as torch applies it in training: zero each entry with probability ``rate``, scale
+    the rest by 1 / (1 - rate). The identity when ``rng`` is None (inference) or ``rate`` is 0."""
+    if rng is None or rate == 0.0:
+        return x
+    if rate >= 1.0:  # everything dropped (torch returns zeros too); avoids 0 * inf in the gradient
+        return jnp.zeros_like(x)
+    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+
+
+def split_rng(rng, n: int) -> tuple:
+    """``n`` independent keys from ``rng``, or ``n`` Nones when there is no key (no dropout)."""
+    return (None,) * n if rng is None else tuple(jax.random.split(rng, n))
+
+
 def activation(name: str):
     try:
         return ACTIVATIONS[name]
@@ -47,6 +68,9 @@ class BertConfig:
     layer_norm_eps: float = 1e-12
     pad_token_id: int = 0  # RoBERTa positions start after this index
     position_offset: bool = False  # True for RoBERTa/XLM-R: position ids are pad_token_id + 1 + i
+    hidden_dropout_prob: float = 0.1  # training only: embeddings and every dense output before its residual
+    attention_probs_dropout_prob: float = 0.1  # training only: attention probabilities
+    classifier_dropout: float | None = None  # training only, sequence-classification heads; None: hidden's
 
     @property
     def max_tokens(self) -> int:
@@ -73,7 +97,7 @@ class BertEmbeddings(nnx.Module):
         self.token_type_embeddings = nnx.Embed(max(cfg.type_vocab_size, 1), cfg.hidden_size, rngs=rngs)
         self.LayerNorm = nnx.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps, rngs=rngs)
 
-    def __call__(self, input_ids, attention_mask, token_type_ids):
+    def __call__(self, input_ids, attention_mask, token_type_ids, dropout_rng=None):
         cfg = self.cfg
         if cfg.position_offset:
             # RoBERTa: real tokens count up from pad_token_id + 1, padding keeps pad_token_id.
@@ -86,18 +110,19 @@ class BertEmbeddings(nnx.Module):
             + self.position_embeddings(position_ids)
             + self.token_type_embeddings(token_type_ids)
         )  # (B, T, H)
-        return self.LayerNorm(x)
+        return dropout(self.LayerNorm(x), self.cfg.hidden_dropout_prob, dropout_rng)
 
 
 class BertSelfAttention(nnx.Module):
     def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
         h = cfg.hidden_size
         self.num_heads = cfg.num_attention_heads
+        self.dropout_rate = cfg.attention_probs_dropout_prob
         self.query = nnx.Linear(h, h, rngs=rngs)
         self.key = nnx.Linear(h, h, rngs=rngs)
         self.value = nnx.Linear(h, h, rngs=rngs)
 
-    def __call__(self, x, mask):
+    def __call__(self, x, mask, dropout_rng=None):
         b, t, h = x.shape
         split = lambda y: y.reshape(b, t, self.num_heads, h // self.num_heads)  # (B, T, N, D)
         q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
@@ -105,7 +130,7 @@ class BertSelfAttention(nnx.Module):
         scores = jnp.einsum("btnd,bsnd->bnts", q, k, preferred_element_type=jnp.float32)
         scores = scores / math.sqrt(h // self.num_heads)
         scores = jnp.where(mask[:, None, None, :], scores, jnp.finfo(scores.dtype).min)  # (B, N, T, S)
-        probs = jax.nn.softmax(scores, axis=-1)
+        probs = dropout(jax.nn.softmax(scores, axis=-1), self.dropout_rate, dropout_rng)
         return jnp.einsum("bnts,bsnd->btnd", probs.astype(v.dtype), v).reshape(b, t, h)
 
 
@@ -113,9 +138,10 @@ class BertSelfOutput(nnx.Module):
     def __init__(self, cfg: BertConfig, d_in: int, *, rngs: nnx.Rngs):
         self.dense = nnx.Linear(d_in, cfg.hidden_size, rngs=rngs)
         self.LayerNorm = nnx.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps, rngs=rngs)
+        self.dropout_rate = cfg.hidden_dropout_prob
 
-    def __call__(self, x, residual):
-        return self.LayerNorm(self.dense(x) + residual)
+    def __call__(self, x, residual, dropout_rng=None):
+        return self.LayerNorm(dropout(self.dense(x), self.dropout_rate, dropout_rng) + residual)
 
 
 class BertAttention(nnx.Module):
@@ -123,8 +149,9 @@ class BertAttention(nnx.Module):
         self.self = BertSelfAttention(cfg, rngs=rngs)
         self.output = BertSelfOutput(cfg, cfg.hidden_size, rngs=rngs)
 
-    def __call__(self, x, mask):
-        return self.output(self.self(x, mask), x)
+    def __call__(self, x, mask, dropout_rng=None):
+        attn_rng, out_rng = split_rng(dropout_rng, 2)
+        return self.output(self.self(x, mask, attn_rng), x, out_rng)
 
 
 class BertIntermediate(nnx.Module):
@@ -142,18 +169,19 @@ class BertLayer(nnx.Module):
         self.intermediate = BertIntermediate(cfg, rngs=rngs)
         self.output = BertSelfOutput(cfg, cfg.intermediate_size, rngs=rngs)
 
-    def __call__(self, x, mask):
-        x = self.attention(x, mask)
-        return self.output(self.intermediate(x), x)
+    def __call__(self, x, mask, dropout_rng=None):
+        attn_rng, out_rng = split_rng(dropout_rng, 2)
+        x = self.attention(x, mask, attn_rng)
+        return self.output(self.intermediate(x), x, out_rng)
 
 
 class BertEncoder(nnx.Module):
     def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
         self.layer = nnx.List([BertLayer(cfg, rngs=rngs) for _ in range(cfg.num_hidden_layers)])
 
-    def __call__(self, x, mask):
-        for layer in self.layer:
-            x = layer(x, mask)
+    def __call__(self, x, mask, dropout_rng=None):
+        for layer, rng in zip(self.layer, split_rng(dropout_rng, len(self.layer))):
+            x = layer(x, mask, rng)
         return x
 
 
@@ -168,8 +196,10 @@ class BertModel(nnx.Module):
         self.embeddings = BertEmbeddings(cfg, rngs=rngs)
         self.encoder = BertEncoder(cfg, rngs=rngs)
 
-    def __call__(self, input_ids, attention_mask, token_type_ids=None):
+    def __call__(self, input_ids, attention_mask, token_type_ids=None, dropout_rng=None):
+        """``dropout_rng``: a PRNG key to train with dropout; None (the default) for inference."""
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
         mask = attention_mask.astype(bool)  # (B, T)
-        return self.encoder(self.embeddings(input_ids, attention_mask, token_type_ids), mask)
+        emb_rng, enc_rng = split_rng(dropout_rng, 2)
+        return self.encoder(self.embeddings(input_ids, attention_mask, token_type_ids, emb_rng), mask, enc_rng)

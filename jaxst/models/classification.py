@@ -9,7 +9,10 @@ Two head shapes cover the BERT family, both reading the first token ([CLS] / <s>
   ``MPNetForSequenceClassification``: ``classifier.dense`` + tanh, then ``classifier.out_proj`` (H -> L).
 
 Attribute names mirror PyTorch (``pooler.dense``, ``classifier.out_proj``) so the suffix rules in
-``jaxst.io.weights`` map the checkpoint; dropout is a no-op at inference and has no module here.
+``jaxst.io.weights`` map the checkpoint. Dropout runs only in training, when a ``dropout_rng`` key is
+passed: in the encoder as PyTorch applies it, and in the heads where PyTorch's are (before
+``classifier`` for BERT; before ``dense`` and before ``out_proj`` for the RoBERTa-style head), at
+``classifier_dropout`` (``hidden_dropout_prob`` when unset; MPNet's head always uses the latter).
 
 For encoders with BERT's layer structure (``BertModel`` and its RoBERTa/XLM-R subclasses) the scorer
 walks the layers itself, with the same weights and math but two savings that matter on CPU:
@@ -30,7 +33,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxst.models.bert import BertModel
+from jaxst.models.bert import BertModel, dropout, split_rng
 
 # config.json model_type -> head shape
 HEAD_KINDS = {
@@ -75,15 +78,18 @@ class BertPooler(nnx.Module):
 class ClassificationHead(nnx.Module):
     """out_proj(tanh(dense(first token))): the RoBERTa / XLM-R / MPNet classification head."""
 
-    def __init__(self, hidden: int, num_labels: int, *, rngs: nnx.Rngs):
+    def __init__(self, hidden: int, num_labels: int, *, rngs: nnx.Rngs, dropout_rate: float = 0.0):
         self.dense = nnx.Linear(hidden, hidden, rngs=rngs)
         self.out_proj = nnx.Linear(hidden, num_labels, rngs=rngs)
+        self.dropout_rate = dropout_rate
 
-    def __call__(self, first):  # (B, H) -> (B, L)
-        return self.out_proj(jnp.tanh(self.dense(first)))
+    def __call__(self, first, dropout_rng=None):  # (B, H) -> (B, L)
+        in_rng, mid_rng = split_rng(dropout_rng, 2)
+        x = jnp.tanh(self.dense(dropout(first, self.dropout_rate, in_rng)))
+        return self.out_proj(dropout(x, self.dropout_rate, mid_rng))
 
 
-def _attention(attn, x, first_only: bool, bias):
+def _attention(attn, x, first_only: bool, bias, dropout_rng=None):
     """BERT self-attention over (B, N, T, D) heads, as batched matmuls; queries at position 0 only if asked.
 
     Same math as ``BertSelfAttention`` (scaled scores, masked keys, softmax): the query scale is folded
@@ -101,23 +107,25 @@ def _attention(attn, x, first_only: bool, bias):
         q = q[:, :, :1]  # (B, N, 1, D)
     scores = jnp.matmul(q, k.transpose(0, 1, 3, 2)) + bias  # (B, N, Tq, T)
     scores = jnp.exp(scores - scores.max(axis=-1, keepdims=True))
-    probs = scores / scores.sum(axis=-1, keepdims=True)
+    probs = dropout(scores / scores.sum(axis=-1, keepdims=True), attn.dropout_rate, dropout_rng)
     return jnp.matmul(probs, v).transpose(0, 2, 1, 3).reshape(b, -1, h)  # (B, Tq, H)
 
 
-def _first_token_states(encoder: BertModel, input_ids, attention_mask, token_type_ids):
+def _first_token_states(encoder: BertModel, input_ids, attention_mask, token_type_ids, dropout_rng=None):
     """The last layer's output at position 0 (B, H), for encoders built from BERT's layers."""
     if token_type_ids is None:
         token_type_ids = jnp.zeros_like(input_ids)
-    x = encoder.embeddings(input_ids, attention_mask, token_type_ids)  # (B, T, H)
+    emb_rng, enc_rng = split_rng(dropout_rng, 2)
+    x = encoder.embeddings(input_ids, attention_mask, token_type_ids, emb_rng)  # (B, T, H)
     key_bias = jnp.where(attention_mask.astype(bool), 0.0, jnp.finfo(x.dtype).min)[:, None, None, :]  # (B,1,1,T)
     layers = list(encoder.encoder.layer)
-    for i, layer in enumerate(layers):
+    for i, (layer, rng) in enumerate(zip(layers, split_rng(enc_rng, len(layers)))):
         first_only = i == len(layers) - 1
-        context = _attention(layer.attention.self, x, first_only, key_bias)  # (B, Tq, H)
+        probs_rng, attn_out_rng, out_rng = split_rng(rng, 3)
+        context = _attention(layer.attention.self, x, first_only, key_bias, probs_rng)  # (B, Tq, H)
         residual = x[:, :1] if first_only else x
-        y = layer.attention.output(context, residual)
-        x = layer.output(layer.intermediate(y), y)
+        y = layer.attention.output(context, residual, attn_out_rng)
+        x = layer.output(layer.intermediate(y), y, out_rng)
     return x[:, 0]
 
 
@@ -130,24 +138,29 @@ class SequenceClassifier(nnx.Module):
         self.encoder = encoder
         self.kind = kind
         self.num_labels = num_labels
+        cfg = getattr(encoder, "cfg", None)
+        rate = getattr(cfg, "classifier_dropout", None)
+        self.dropout_rate = getattr(cfg, "hidden_dropout_prob", 0.0) if rate is None else rate
         if kind == "pooler":
             self.pooler = BertPooler(hidden, rngs=rngs)
             self.classifier = nnx.Linear(hidden, num_labels, rngs=rngs)
         else:
-            self.classifier = ClassificationHead(hidden, num_labels, rngs=rngs)
+            self.classifier = ClassificationHead(hidden, num_labels, rngs=rngs, dropout_rate=self.dropout_rate)
 
-    def first_token(self, batch: dict):
+    def first_token(self, batch: dict, dropout_rng=None):
         """(B, H): the encoder's last hidden state at the first position."""
         ids, mask, types = batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")
         if isinstance(self.encoder, BertModel) and len(self.encoder.encoder.layer) > 0:
-            return _first_token_states(self.encoder, ids, mask, types)
-        return self.encoder(ids, mask, types)[:, 0]
+            return _first_token_states(self.encoder, ids, mask, types, dropout_rng)
+        return self.encoder(ids, mask, types, dropout_rng=dropout_rng)[:, 0]
 
-    def __call__(self, batch: dict):
-        first = self.first_token(batch)
+    def __call__(self, batch: dict, dropout_rng=None):
+        """Logits (B, num_labels); ``dropout_rng``: a PRNG key to train with dropout, None for inference."""
+        encoder_rng, head_rng = split_rng(dropout_rng, 2)
+        first = self.first_token(batch, encoder_rng)
         if self.kind == "pooler":
-            return self.classifier(self.pooler(first))
-        return self.classifier(first)
+            return self.classifier(dropout(self.pooler(first), self.dropout_rate, head_rng))
+        return self.classifier(first, head_rng)
 
 
 @functools.partial(jax.jit, static_argnums=0)

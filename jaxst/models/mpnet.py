@@ -10,7 +10,9 @@ MPNet is BERT with three changes, all mirrored from the PyTorch ``MPNetModel``:
   with log-spaced buckets of the key-minus-query distance.
 
 Attribute names mirror PyTorch (``encoder.layer.0.attention.attn.q``, ...) so that the suffix rules
-in ``jaxst.io.weights`` map the checkpoint.
+in ``jaxst.io.weights`` map the checkpoint. Dropout sits where PyTorch's ``MPNetModel`` has it
+(embeddings, attention probabilities, the attention output and the feed-forward output before their
+residuals) and runs only when a ``dropout_rng`` key is passed, as in ``jaxst.models.bert``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxst.models.bert import BertIntermediate, BertSelfOutput, activation
+from jaxst.models.bert import BertIntermediate, BertSelfOutput, activation, dropout, split_rng
 
 PADDING_IDX = 1  # PyTorch's MPNetEmbeddings uses 1 whatever config.pad_token_id says
 NUM_BUCKETS = 32  # PyTorch's compute_position_bias always buckets into 32, whatever the table holds
@@ -41,6 +43,8 @@ class MPNetConfig:
     max_position_embeddings: int = 514  # 512 tokens + the padding_idx offset of 2
     layer_norm_eps: float = 1e-5
     relative_attention_num_buckets: int = 32  # rows of the shared relative position bias table
+    hidden_dropout_prob: float = 0.1  # training only: embeddings, attention and feed-forward outputs
+    attention_probs_dropout_prob: float = 0.1  # training only: attention probabilities
 
     @property
     def max_tokens(self) -> int:
@@ -86,23 +90,26 @@ class MPNetEmbeddings(nnx.Module):
         self.word_embeddings = nnx.Embed(cfg.vocab_size, cfg.hidden_size, rngs=rngs)
         self.position_embeddings = nnx.Embed(cfg.max_position_embeddings, cfg.hidden_size, rngs=rngs)
         self.LayerNorm = nnx.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps, rngs=rngs)
+        self.dropout_rate = cfg.hidden_dropout_prob
 
-    def __call__(self, input_ids):
+    def __call__(self, input_ids, dropout_rng=None):
         not_pad = (input_ids != PADDING_IDX).astype(jnp.int32)
         position_ids = jnp.cumsum(not_pad, axis=1) * not_pad + PADDING_IDX  # (B, T)
-        return self.LayerNorm(self.word_embeddings(input_ids) + self.position_embeddings(position_ids))
+        x = self.LayerNorm(self.word_embeddings(input_ids) + self.position_embeddings(position_ids))
+        return dropout(x, self.dropout_rate, dropout_rng)
 
 
 class MPNetSelfAttention(nnx.Module):
     def __init__(self, cfg: MPNetConfig, *, rngs: nnx.Rngs):
         h = cfg.hidden_size
         self.num_heads = cfg.num_attention_heads
+        self.dropout_rate = cfg.attention_probs_dropout_prob
         self.q = nnx.Linear(h, h, rngs=rngs)
         self.k = nnx.Linear(h, h, rngs=rngs)
         self.v = nnx.Linear(h, h, rngs=rngs)
         self.o = nnx.Linear(h, h, rngs=rngs)
 
-    def __call__(self, x, mask, position_bias):
+    def __call__(self, x, mask, position_bias, dropout_rng=None):
         b, t, h = x.shape
         split = lambda y: y.reshape(b, t, self.num_heads, h // self.num_heads)  # (B, T, N, D)
         q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
@@ -111,7 +118,7 @@ class MPNetSelfAttention(nnx.Module):
         scores = scores / math.sqrt(h // self.num_heads)
         scores = scores + position_bias  # (B, N, T, S) + (1, N, T, S)
         scores = jnp.where(mask[:, None, None, :], scores, jnp.finfo(scores.dtype).min)
-        probs = jax.nn.softmax(scores, axis=-1)
+        probs = dropout(jax.nn.softmax(scores, axis=-1), self.dropout_rate, dropout_rng)
         return self.o(jnp.einsum("bnts,bsnd->btnd", probs.astype(v.dtype), v).reshape(b, t, h))
 
 
@@ -119,9 +126,11 @@ class MPNetAttention(nnx.Module):
     def __init__(self, cfg: MPNetConfig, *, rngs: nnx.Rngs):
         self.attn = MPNetSelfAttention(cfg, rngs=rngs)
         self.LayerNorm = nnx.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps, rngs=rngs)
+        self.dropout_rate = cfg.hidden_dropout_prob
 
-    def __call__(self, x, mask, position_bias):
-        return self.LayerNorm(self.attn(x, mask, position_bias) + x)
+    def __call__(self, x, mask, position_bias, dropout_rng=None):
+        attn_rng, out_rng = split_rng(dropout_rng, 2)
+        return self.LayerNorm(dropout(self.attn(x, mask, position_bias, attn_rng), self.dropout_rate, out_rng) + x)
 
 
 class MPNetLayer(nnx.Module):
@@ -130,9 +139,10 @@ class MPNetLayer(nnx.Module):
         self.intermediate = BertIntermediate(cfg, rngs=rngs)  # the BERT feed-forward: dense + activation
         self.output = BertSelfOutput(cfg, cfg.intermediate_size, rngs=rngs)  # dense, residual, LayerNorm
 
-    def __call__(self, x, mask, position_bias):
-        x = self.attention(x, mask, position_bias)
-        return self.output(self.intermediate(x), x)
+    def __call__(self, x, mask, position_bias, dropout_rng=None):
+        attn_rng, out_rng = split_rng(dropout_rng, 2)
+        x = self.attention(x, mask, position_bias, attn_rng)
+        return self.output(self.intermediate(x), x, out_rng)
 
 
 class MPNetEncoder(nnx.Module):
@@ -147,10 +157,10 @@ class MPNetEncoder(nnx.Module):
         buckets = relative_position_bucket(positions[None, :] - positions[:, None])  # (T, T), host constant
         return jnp.transpose(self.relative_attention_bias(jnp.asarray(buckets)), (2, 0, 1))[None]
 
-    def __call__(self, x, mask):
+    def __call__(self, x, mask, dropout_rng=None):
         bias = self.position_bias(x.shape[1])
-        for layer in self.layer:
-            x = layer(x, mask, bias)
+        for layer, rng in zip(self.layer, split_rng(dropout_rng, len(self.layer))):
+            x = layer(x, mask, bias, rng)
         return x
 
 
@@ -165,6 +175,8 @@ class MPNetModel(nnx.Module):
         self.embeddings = MPNetEmbeddings(cfg, rngs=rngs)
         self.encoder = MPNetEncoder(cfg, rngs=rngs)
 
-    def __call__(self, input_ids, attention_mask, token_type_ids=None):
+    def __call__(self, input_ids, attention_mask, token_type_ids=None, dropout_rng=None):
+        """``dropout_rng``: a PRNG key to train with dropout; None (the default) for inference."""
         del token_type_ids  # accepted for a uniform signature; MPNet has none
-        return self.encoder(self.embeddings(input_ids), attention_mask.astype(bool))
+        emb_rng, enc_rng = split_rng(dropout_rng, 2)
+        return self.encoder(self.embeddings(input_ids, emb_rng), attention_mask.astype(bool), enc_rng)
