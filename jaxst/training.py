@@ -1,0 +1,492 @@
+"""Fine-tuning: a jitted train step for your own optax loop, orbax checkpoints, and a short ``fit``.
+
+    from jaxst import losses, training
+    loss = losses.MultipleNegativesRankingLoss()
+    optimizer = training.default_optimizer(learning_rate=2e-5, total_steps=1000, warmup_steps=100)
+    state = training.TrainState.create(model.params, optimizer)
+    step_fn = training.make_train_step(model, loss, optimizer)
+    batch = training.collate(model, [("anchor", "positive"), ...])  # {"features": [...], "labels": ...}
+    state, metrics = step_fn(state, batch, jax.random.key(0))       # dropout from the key
+    model.params = state.params
+
+Everything here is a thin layer over pure functions: ``train_forward`` runs the model with dropout
+from an explicit key, ``make_loss_fn`` is ``(params, batch, rng) -> loss`` (differentiable, and
+sharded over a mesh when one is given), ``make_train_step`` adds any optax optimizer. The default
+recipe is the one sentence-transformers' ``fit`` uses: AdamW with weight decay 0.01 on all but
+biases and LayerNorm, gradients clipped to norm 1, the learning rate warmed up linearly from 0 over
+``warmup_steps`` and decayed linearly to 0 at the last step.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+from tqdm.auto import tqdm
+
+from jaxst.losses import Loss
+from jaxst.models.bert import split_rng
+from jaxst.similarity import similarity_functions
+
+SEQ_MULTIPLE = 16  # columns are padded to a multiple of this many tokens: few shapes to compile
+
+
+class TrainState(NamedTuple):
+    """What a training loop carries from step to step: a pytree that jit, orbax and optax all accept."""
+
+    params: Any
+    opt_state: Any
+    step: jax.Array  # int32 scalar: optimizer steps taken
+
+    @classmethod
+    def create(cls, params, optimizer) -> TrainState:
+        """A fresh state: a copy of ``params`` (a model's own params stay untouched) and ``optimizer.init``."""
+        params = jax.tree.map(jnp.array, params)
+        return cls(params, optimizer.init(params), jnp.zeros((), jnp.int32))
+
+
+# ------------------------------------------------------------------------------------- optimizer
+
+
+def linear_schedule_with_warmup(learning_rate: float, warmup_steps: int, total_steps: int) -> Callable:
+    """transformers' ``get_linear_schedule_with_warmup``: 0 -> ``learning_rate`` over ``warmup_steps``
+    (the first step runs at 0 when there is warmup), then linearly down to 0 at ``total_steps``."""
+    if warmup_steps < 0 or total_steps < 0:
+        raise ValueError(f"warmup_steps and total_steps must be >= 0, got {warmup_steps} and {total_steps}")
+
+    def schedule(step):
+        step = jnp.asarray(step, jnp.float32)
+        warmup = step / max(1, warmup_steps)
+        decay = jnp.maximum(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+        return learning_rate * jnp.where(step < warmup_steps, warmup, decay)
+
+    return schedule
+
+
+def weight_decay_mask(params) -> Any:
+    """True for the params AdamW decays: all but biases and LayerNorm weights (sentence-transformers'
+    ``no_decay = ["bias", "LayerNorm.bias", "LayerNorm.weight"]``)."""
+    def decays(path, _):
+        names = [str(getattr(p, "key", getattr(p, "idx", p))) for p in path]
+        return not (names[-1] == "bias" or any(n == "LayerNorm" for n in names))
+
+    return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def default_optimizer(learning_rate: float = 2e-5, total_steps: int = 0, warmup_steps: int = 0,
+                      weight_decay: float = 0.01, max_grad_norm: float | None = 1.0, b1: float = 0.9,
+                      b2: float = 0.999, eps: float = 1e-8):
+    """sentence-transformers' ``fit`` recipe as an optax transformation (see the module docstring).
+    ``total_steps`` 0 keeps the learning rate constant after warmup."""
+    import optax
+
+    if total_steps:
+        lr = linear_schedule_with_warmup(learning_rate, warmup_steps, total_steps)
+    else:
+        lr = lambda step: learning_rate * jnp.minimum(1.0, jnp.asarray(step, jnp.float32) / max(1, warmup_steps))
+    adamw = optax.adamw(lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=weight_decay_mask)
+    if max_grad_norm is None:
+        return adamw
+    return optax.chain(optax.clip_by_global_norm(max_grad_norm), adamw)
+
+
+# ------------------------------------------------------------------------------ forward and loss
+
+
+def train_forward(graphdef: nnx.GraphDef, params, features, dropout_rng=None):
+    """The model in training mode, as a pure function.
+
+    ``features``: for a SentenceTransformer, a list of tokenized batches, one per input column ->
+    a list of (B, D) sentence embeddings; for a CrossEncoder, one tokenized pair batch -> its raw
+    logits (B, num_labels). ``dropout_rng``: a PRNG key for dropout, None for none."""
+    module = nnx.merge(graphdef, params)
+    if isinstance(features, (list, tuple)):
+        keys = split_rng(dropout_rng, len(features))
+        return [module(dict(f), dropout_rng=k)["sentence_embedding"] for f, k in zip(features, keys)]
+    return module(dict(features), dropout_rng=dropout_rng)
+
+
+def _check_batch(batch) -> None:
+    if not isinstance(batch, dict) or "features" not in batch:
+        raise TypeError("a training batch is a dict {'features': ..., 'labels': ...}; build one with "
+                        "jaxst.training.collate(model, examples)")
+
+
+def _batch_spec(x, axis: str) -> P:
+    return P(axis) if np.ndim(x) >= 1 else P()  # scalars (prompt_length) are the same on every device
+
+
+def make_loss_fn(model, loss: Loss, *, dropout: bool = True, mesh: Mesh | None = None,
+                 axis_name: str | None = None) -> Callable:
+    """``loss_fn(params, batch, rng=None) -> scalar``: pure and differentiable.
+
+    With a ``mesh``, the batch is split along its first axis over the mesh axis ``axis_name`` (the
+    mesh's first by default) inside ``shard_map``: each device embeds its rows, and the loss gathers
+    what it needs across devices (all negatives, for in-batch-negative losses), so value and gradients
+    equal the one-device ones on the same global batch. Dropout keys differ per device."""
+    if not isinstance(loss, Loss):
+        raise TypeError(f"loss must be a jaxst.losses loss, got {type(loss).__name__}")
+    graphdef = model.graphdef
+
+    def outputs(params, features, rng, device_index=None):
+        drop_rng, loss_rng = split_rng(rng, 2)
+        if drop_rng is not None and device_index is not None:
+            drop_rng = jax.random.fold_in(drop_rng, device_index)
+        return train_forward(graphdef, params, features, drop_rng if dropout else None), loss_rng
+
+    if mesh is None:
+        def loss_fn(params, batch, rng=None):
+            out, loss_rng = outputs(params, batch["features"], rng)
+            return loss(out, batch.get("labels"), loss_rng)
+
+        return loss_fn
+
+    axis = axis_name or mesh.axis_names[0]
+    n_devices = mesh.shape[axis]
+
+    def loss_fn(params, batch, rng=None):
+        features, labels = batch["features"], batch.get("labels")
+        rows = jax.tree.leaves(features)[0].shape[0]
+        if rows % n_devices:
+            raise ValueError(f"a batch of {rows} rows does not split evenly over {n_devices} devices")
+
+        def per_device(params, features, labels, rng):
+            out, loss_rng = outputs(params, features, rng, jax.lax.axis_index(axis))
+            return jax.lax.psum(loss.sharded(out, labels, axis, loss_rng), axis)
+
+        specs = (P(), jax.tree.map(lambda x: _batch_spec(x, axis), features),
+                 None if labels is None else P(axis), P())
+        return jax.shard_map(per_device, mesh=mesh, in_specs=specs, out_specs=P())(params, features, labels, rng)
+
+    return loss_fn
+
+
+def make_train_step(model, loss: Loss, optimizer, *, dropout: bool = True, mesh: Mesh | None = None,
+                    axis_name: str | None = None, donate: bool = False) -> Callable:
+    """``step_fn(state, batch, rng=None) -> (state, metrics)``, jitted: one optimizer step.
+
+    ``optimizer`` is any optax ``GradientTransformation`` (``default_optimizer()`` for the recipe).
+    ``rng`` is required when ``dropout`` is on (the default, as the original trains) and by losses that
+    draw (Matryoshka with ``n_dims_per_step``); derive one per step, e.g. ``jax.random.fold_in(key,
+    step)``, so a resumed run draws what an uninterrupted one would. ``metrics``: ``loss`` and
+    ``grad_norm`` (before clipping). ``donate=True`` lets XLA reuse the old state's memory."""
+    import optax
+
+    loss_fn = make_loss_fn(model, loss, dropout=dropout, mesh=mesh, axis_name=axis_name)
+
+    def step(state: TrainState, batch, rng):
+        value, grads = jax.value_and_grad(loss_fn)(state.params, batch, rng)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return TrainState(params, opt_state, state.step + 1), {"loss": value, "grad_norm": optax.tree.norm(grads)}
+
+    jitted = jax.jit(step, donate_argnums=(0,) if donate else ())
+
+    def step_fn(state: TrainState, batch, rng=None):
+        _check_batch(batch)
+        if rng is None and dropout:
+            raise ValueError("dropout needs a PRNG key: call step_fn(state, batch, rng), or build the step "
+                             "with make_train_step(..., dropout=False)")
+        return jitted(state, batch, rng)
+
+    return step_fn
+
+
+# ----------------------------------------------------------------------------------- checkpoints
+
+
+def checkpoint_manager(directory: str | Path, max_to_keep: int | None = None):
+    """An orbax ``CheckpointManager`` over ``directory`` (created if missing): one numbered, atomically
+    finalized folder per saved step; ``max_to_keep`` keeps only the newest ones."""
+    import orbax.checkpoint as ocp
+
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+    return ocp.CheckpointManager(Path(directory).absolute(), options=options)
+
+
+def save_checkpoint(manager, state: TrainState) -> int:
+    """Save params, optimizer state and step at ``state.step``; returns the step. Waits until the
+    checkpoint is on disk (orbax writes to a temporary folder and renames it when complete)."""
+    import orbax.checkpoint as ocp
+
+    step = int(state.step)
+    manager.save(step, args=ocp.args.StandardSave(state._asdict()))
+    manager.wait_until_finished()
+    return step
+
+
+def restore_checkpoint(manager, like: TrainState, step: int | None = None) -> TrainState:
+    """The saved state at ``step`` (the latest by default), shaped and placed like ``like``: a state of
+    the same model and optimizer, e.g. ``TrainState.create(model.params, optimizer)``."""
+    import orbax.checkpoint as ocp
+
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {manager.directory}")
+    restored = manager.restore(step, args=ocp.args.StandardRestore(jax.tree.map(ocp.utils.to_shape_dtype_struct,
+                                                                                like._asdict())))
+    return TrainState(**restored)
+
+
+# ------------------------------------------------------------------------------------ batches
+
+
+def _example_parts(example) -> tuple[list[str], float | None]:
+    """(texts, label) of one example: a tuple (text, text[, text...][, score]) or an object with
+    ``texts`` and ``label`` (sentence-transformers' InputExample)."""
+    if hasattr(example, "texts"):
+        texts, label = list(example.texts), getattr(example, "label", None)
+    elif isinstance(example, (tuple, list)):
+        parts = list(example)
+        label = None
+        if parts and isinstance(parts[-1], numbers.Number) and not isinstance(parts[-1], bool):
+            label = float(parts.pop())
+        texts = parts
+    else:
+        raise TypeError(f"a training example is a tuple (text, text[, ...][, score]), got {type(example).__name__}")
+    if len(texts) < 1 or not all(isinstance(t, str) for t in texts):
+        raise TypeError(f"a training example needs texts (str), got {example!r:.120}")
+    return texts, label
+
+
+def _pad_to_multiple(batch: dict, pad_id: int, multiple: int, max_length: int) -> dict:
+    """Right-pad a tokenized batch to a multiple of ``multiple`` tokens (at most ``max_length``)."""
+    t = batch["input_ids"].shape[1]
+    target = min(max(-(-t // multiple) * multiple, t), max(max_length, t))
+    if target == t:
+        return batch
+    out = {}
+    for key, value in batch.items():
+        if np.ndim(value) == 2:
+            fill = pad_id if key == "input_ids" else 0
+            value = np.pad(value, ((0, 0), (0, target - t)), constant_values=fill)
+        out[key] = value
+    return out
+
+
+def collate(model, examples: Sequence, seq_multiple: int = SEQ_MULTIPLE) -> dict:
+    """Tokenize a list of examples into a training batch ``{"features", "labels"}``.
+
+    SentenceTransformer: one tokenized batch per column (all examples need the same number of texts).
+    CrossEncoder: examples are (query, document, label) and become one tokenized pair batch.
+    Labels are float32, or None when no example has one. Columns are padded to a multiple of
+    ``seq_multiple`` tokens so that few shapes compile."""
+    if not examples:
+        raise ValueError("collate() needs at least one example")
+    parts = [_example_parts(e) for e in examples]
+    n_texts = {len(t) for t, _ in parts}
+    if len(n_texts) != 1:
+        raise ValueError(f"all examples in a batch need the same number of texts, got {sorted(n_texts)}")
+    has_label = {lab is not None for _, lab in parts}
+    if len(has_label) != 1:
+        raise ValueError("either every example in a batch has a label or none has")
+    labels = np.asarray([lab for _, lab in parts], np.float32) if has_label == {True} else None
+    pad = lambda b: _pad_to_multiple(b, model.tokenizer.pad_id, seq_multiple, model.max_seq_length)
+    if _is_cross_encoder(model):
+        if n_texts != {2}:
+            raise ValueError("a cross-encoder example is (query, document, label)")
+        return {"features": pad(model.tokenize([tuple(t) for t, _ in parts])), "labels": labels}
+    columns = list(zip(*(t for t, _ in parts)))
+    return {"features": [pad(model.tokenize(list(c))) for c in columns], "labels": labels}
+
+
+def _is_cross_encoder(model) -> bool:
+    from jaxst.cross_encoder import CrossEncoder
+
+    return isinstance(model, CrossEncoder)
+
+
+def batch_order(n_examples: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
+    """The example indices of each batch of an epoch: a permutation seeded by (seed, epoch), so a run
+    (or a resumed run) sees the same batches in the same order. The last batch may be smaller."""
+    order = np.random.default_rng([seed, epoch]).permutation(n_examples)
+    return [order[i:i + batch_size] for i in range(0, n_examples, batch_size)]
+
+
+# ------------------------------------------------------------------------------------ evaluation
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n, ties sharing their average rank (scipy's rankdata 'average')."""
+    order = np.argsort(x, kind="mergesort")
+    sorted_x = x[order]
+    starts = np.r_[True, sorted_x[1:] != sorted_x[:-1]]
+    group = np.cumsum(starts) - 1
+    first = np.flatnonzero(starts)
+    last = np.r_[first[1:], len(x)] - 1
+    ranks = np.empty(len(x))
+    ranks[order] = (first[group] + last[group]) / 2.0 + 1.0
+    return ranks
+
+
+def pearson(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    a, b = a - a.mean(), b - b.mean()
+    return float((a @ b) / math.sqrt((a @ a) * (b @ b)))
+
+
+def spearman(a, b) -> float:
+    """Spearman's rank correlation (Pearson of the ranks, ties averaged), as scipy's ``spearmanr``."""
+    return pearson(_ranks(np.asarray(a, np.float64)), _ranks(np.asarray(b, np.float64)))
+
+
+class EmbeddingSimilarityEvaluator:
+    """Pearson and Spearman correlation of embedding similarity against gold scores (STSb-style),
+    as sentence-transformers' evaluator of the same name: returns ``{"pearson_cosine",
+    "spearman_cosine"}`` (for each of ``similarity_fn_names``; the model's similarity by default),
+    prefixed with ``name_`` when a name is given; ``primary_metric`` names the Spearman one."""
+
+    def __init__(self, sentences1: list[str], sentences2: list[str], scores: list[float], batch_size: int = 16,
+                 main_similarity: str | None = None, similarity_fn_names: list[str] | None = None, name: str = "",
+                 show_progress_bar: bool = False):
+        if not (len(sentences1) == len(sentences2) == len(scores)):
+            raise ValueError(f"sentences1, sentences2 and scores differ in length: "
+                             f"{len(sentences1)}, {len(sentences2)}, {len(scores)}")
+        if len(scores) < 2:
+            raise ValueError("a correlation needs at least two scored pairs")
+        self.sentences1, self.sentences2 = list(sentences1), list(sentences2)
+        self.scores = np.asarray(scores, np.float64)
+        self.batch_size = batch_size
+        self.main_similarity = main_similarity
+        self.similarity_fn_names = list(similarity_fn_names or ([main_similarity] if main_similarity else []))
+        for fn in self.similarity_fn_names:
+            similarity_functions(fn)  # validates the name
+        self.name = name
+        self.show_progress_bar = show_progress_bar
+        self.primary_metric = None
+
+    @classmethod
+    def from_input_examples(cls, examples, **kwargs) -> EmbeddingSimilarityEvaluator:
+        parts = [_example_parts(e) for e in examples]
+        return cls([t[0] for t, _ in parts], [t[1] for t, _ in parts], [lab for _, lab in parts], **kwargs)
+
+    def __call__(self, model, epoch: int = -1, steps: int = -1) -> dict[str, float]:
+        kw = dict(batch_size=self.batch_size, show_progress_bar=self.show_progress_bar)
+        e1, e2 = model.encode(self.sentences1, **kw), model.encode(self.sentences2, **kw)
+        names = self.similarity_fn_names or [model.similarity_fn_name]
+        metrics = {}
+        for fn in names:
+            predicted = np.asarray(similarity_functions(fn)[1](e1, e2), np.float64)
+            metrics[f"pearson_{fn}"] = pearson(self.scores, predicted)
+            metrics[f"spearman_{fn}"] = spearman(self.scores, predicted)
+        if len(names) > 1:
+            metrics["pearson_max"] = max(metrics[f"pearson_{fn}"] for fn in names)
+            metrics["spearman_max"] = max(metrics[f"spearman_{fn}"] for fn in names)
+        primary = f"spearman_{self.main_similarity or (names[0] if len(names) == 1 else 'max')}"
+        prefix = f"{self.name}_" if self.name else ""
+        self.primary_metric = prefix + primary
+        return {prefix + k: v for k, v in metrics.items()}
+
+
+# ------------------------------------------------------------------------------------------- fit
+
+
+def fit(model, train_examples: Sequence, loss: Loss, epochs: int = 1, batch_size: int = 16,
+        learning_rate: float = 2e-5, warmup_steps: int = 100, weight_decay: float = 0.01,
+        max_grad_norm: float | None = 1.0, seed: int = 0, evaluator: Callable | None = None,
+        evaluation_steps: int = 0, show_progress_bar: bool = True, optimizer=None, dropout: bool = True,
+        mesh: Mesh | None = None, checkpoint_path: str | Path | None = None, checkpoint_save_steps: int = 500,
+        checkpoint_save_total_limit: int | None = None, resume_from_checkpoint: bool = False,
+        callback: Callable[[dict], None] | None = None) -> dict:
+    """Fine-tune ``model`` in place on (anchor, positive[, negative...]) or (text1, text2, score) examples.
+
+    Batches are drawn in a seeded order (``batch_order``) and dropout keys from ``seed`` and the step,
+    so the same call gives the same model. ``optimizer`` defaults to ``default_optimizer`` with the
+    given ``learning_rate``, ``warmup_steps``, ``weight_decay`` and ``max_grad_norm`` over all steps.
+    ``evaluator(model, epoch=, steps=)`` (e.g. ``EmbeddingSimilarityEvaluator``) runs every
+    ``evaluation_steps`` steps (0: never mid-epoch) and after each epoch, on the current params.
+    ``checkpoint_path`` saves orbax checkpoints every ``checkpoint_save_steps`` steps and at the end;
+    ``resume_from_checkpoint`` continues from the latest one there. ``model.params`` is replaced by
+    the trained params at the end. Returns ``{"loss": [per-step losses], "evaluations": [...]}``."""
+    if not isinstance(loss, Loss):
+        raise TypeError(f"loss must be a jaxst.losses loss, got {type(loss).__name__}")
+    examples = list(train_examples)
+    if not examples:
+        raise ValueError("fit() needs at least one training example")
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    steps_per_epoch = math.ceil(len(examples) / batch_size)
+    total_steps = steps_per_epoch * epochs
+    if optimizer is None:
+        optimizer = default_optimizer(learning_rate, total_steps, warmup_steps, weight_decay, max_grad_norm)
+    step_fn = make_train_step(model, loss, optimizer, dropout=dropout, mesh=mesh)
+    state = TrainState.create(model.params, optimizer)
+    if mesh is not None:
+        state = jax.device_put(state, NamedSharding(mesh, P()))
+    manager = None
+    if checkpoint_path is not None:
+        manager = checkpoint_manager(checkpoint_path, checkpoint_save_total_limit)
+        if resume_from_checkpoint and manager.latest_step() is not None:
+            state = restore_checkpoint(manager, state)
+    key = jax.random.key(seed)
+    history: dict = {"loss": [], "evaluations": []}
+    original_params = model.params
+
+    def evaluate(epoch: int, step: int):
+        model.params = state.params
+        result = evaluator(model, epoch=epoch, steps=step)
+        entry = {"epoch": epoch, "step": step, **(result if isinstance(result, dict) else {"score": result})}
+        history["evaluations"].append(entry)
+        if callback is not None:
+            callback(entry)
+
+    start = int(state.step)
+    bar = tqdm(total=total_steps, initial=start, desc="Training", disable=not show_progress_bar)
+    try:
+        for epoch in range(epochs):
+            for i, idx in enumerate(batch_order(len(examples), batch_size, seed, epoch)):
+                step = epoch * steps_per_epoch + i
+                if step < start:
+                    continue  # resumed: this batch was trained on before the checkpoint
+                batch = collate(model, [examples[j] for j in idx])
+                state, metrics = step_fn(state, batch, jax.random.fold_in(key, step))
+                value = float(metrics["loss"])
+                history["loss"].append(value)
+                bar.update(1)
+                bar.set_postfix(loss=f"{value:.4f}")
+                done = step + 1
+                if manager is not None and done % checkpoint_save_steps == 0:
+                    save_checkpoint(manager, state)
+                if evaluator is not None and evaluation_steps > 0 and done % evaluation_steps == 0:
+                    evaluate(epoch, done)
+            epoch_end = (epoch + 1) * steps_per_epoch
+            if evaluator is not None and epoch_end > start and not (evaluation_steps > 0
+                                                                    and epoch_end % evaluation_steps == 0):
+                evaluate(epoch, epoch_end)
+        if manager is not None and int(state.step) not in manager.all_steps():
+            save_checkpoint(manager, state)
+        original_params = state.params
+    finally:
+        bar.close()
+        model.params = original_params  # trained params on success; the model's own on an error
+    return history
+
+
+__all__ = [
+    "EmbeddingSimilarityEvaluator",
+    "TrainState",
+    "batch_order",
+    "checkpoint_manager",
+    "collate",
+    "default_optimizer",
+    "fit",
+    "linear_schedule_with_warmup",
+    "make_loss_fn",
+    "make_train_step",
+    "pearson",
+    "restore_checkpoint",
+    "save_checkpoint",
+    "spearman",
+    "train_forward",
+    "weight_decay_mask",
+]

@@ -1,0 +1,486 @@
+"""Training against PyTorch: dropout where transformers puts it, one optimizer step equal to
+sentence-transformers' loss + torch.optim.AdamW, the fit recipe (param groups, warmup/decay schedule,
+clipping) over several steps, orbax resume, ``fit``, and the 8-device data-parallel loss."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import torch
+from conftest import ROOT, max_abs, read_stsb
+
+import jaxst
+from jaxst import losses as jl
+from jaxst import training
+from jaxst.io.weights import torch_key
+
+TOL = 1e-5
+STSB_TRAIN = read_stsb("stsb-en-train.csv")
+
+
+def triplets(n: int, offset: int = 0) -> list[tuple[str, str, str]]:
+    rows = STSB_TRAIN[offset:offset + 2 * n]
+    return [(a, b, rows[i + n][1]) for i, (a, b, _) in enumerate(rows[:n])]
+
+
+def scored_pairs(n: int, offset: int = 0) -> list[tuple[str, str, float]]:
+    return [(a, b, s) for a, b, s in STSB_TRAIN[offset:offset + n]]
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(make_tiny_st):
+    return make_tiny_st(pooling_mode="mean")
+
+
+def load_st(folder):
+    from sentence_transformers import SentenceTransformer
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return SentenceTransformer(str(folder), device="cpu")
+
+
+def assert_params_match_torch(params: dict, torch_state: dict, prefixes: dict[str, str]) -> float:
+    """Every jaxst param against its PyTorch tensor (names and layouts by jaxst.io.weights); the max diff."""
+    worst = 0.0
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        names = [str(getattr(p, "key", getattr(p, "idx", p))) for p in path]
+        key, transpose = torch_key(tuple(names[1:]))
+        expected = torch_state[prefixes[names[0]] + key].detach().numpy()
+        got = np.asarray(leaf)
+        worst = max(worst, max_abs(got.T if transpose else got, expected))
+    assert worst < TOL, worst
+    return worst
+
+
+# ----------------------------------------------------------------------------------------- dropout
+
+
+def test_dropout_function_drops_at_rate_and_rescales():
+    from jaxst.models.bert import dropout
+
+    x = jnp.ones((200, 500))
+    y = np.asarray(dropout(x, 0.1, jax.random.key(0)))
+    assert set(np.unique(y)) == {0.0, np.float32(1 / 0.9)}
+    assert abs((y == 0).mean() - 0.1) < 0.005
+    np.testing.assert_array_equal(y, np.asarray(dropout(x, 0.1, jax.random.key(0))))
+    assert dropout(x, 0.1, None) is x and dropout(x, 0.0, jax.random.key(0)) is x
+    np.testing.assert_array_equal(np.asarray(dropout(x, 1.0, jax.random.key(0))), 0.0)
+
+
+def test_dropout_changes_the_output_reproducibly_and_is_off_at_inference(tiny_folder):
+    model = jaxst.SentenceTransformer(tiny_folder)
+    batch = training.collate(model, triplets(4))
+    forward = jax.jit(training.train_forward, static_argnums=0)
+    features = batch["features"]
+    off = forward(model.graphdef, model.params, features, None)
+    for column, emb in zip(features, off):  # no key: what inference computes
+        assert max_abs(emb, model.apply(model.params, column)) < TOL
+    assert max_abs(off[0], model.encode([a for a, _, _ in triplets(4)])) < TOL
+    on = forward(model.graphdef, model.params, features, jax.random.key(1))
+    again = forward(model.graphdef, model.params, features, jax.random.key(1))
+    other = forward(model.graphdef, model.params, features, jax.random.key(2))
+    for a, b, c, d in zip(off, on, again, other):
+        assert max_abs(a, b) > 1e-3  # dropout on changes the embeddings
+        np.testing.assert_array_equal(np.asarray(b), np.asarray(c))  # same key, same embeddings
+        assert max_abs(b, d) > 1e-3  # another key, other embeddings
+
+
+def _with_config(src: Path, dst: Path, **overrides) -> Path:
+    shutil.copytree(src, dst)
+    config = json.loads((dst / "config.json").read_text())
+    config.update(overrides)
+    (dst / "config.json").write_text(json.dumps(config))
+    return dst
+
+
+# Dropout at rate 1 zeroes what it touches, in torch and here: a deterministic output that shows where
+# each kind of dropout sits. Attention dropout alone zeroes every attention context; hidden dropout
+# alone zeroes the embeddings and every dense output before its residual.
+DROPOUT_PLACEMENTS = {"attention-only": (0.0, 1.0), "hidden-only": (1.0, 0.0)}
+
+
+@pytest.mark.parametrize("placement", list(DROPOUT_PLACEMENTS))
+@pytest.mark.parametrize("base", ["tiny_bert_base", "tiny_xlmr_base", "tiny_mpnet_base"])
+def test_dropout_sits_where_transformers_puts_it(request, tmp_path, base, placement):
+    from transformers import AutoModel, AutoTokenizer
+
+    from jaxst.io.weights import params_from_state_dict, read_state_dict
+    from jaxst.models import encoder_from_hf_config
+
+    hidden, attention = DROPOUT_PLACEMENTS[placement]
+    folder = _with_config(request.getfixturevalue(base), tmp_path / "model", hidden_dropout_prob=hidden,
+                          attention_probs_dropout_prob=attention)
+    texts = ["A man is eating food.", "The quick brown fox jumps over the lazy dog!", "short"]
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    tokens = tokenizer(texts, padding=True, return_tensors="pt")
+    torch_model = AutoModel.from_pretrained(str(folder), attn_implementation="eager").train()
+    with torch.no_grad():
+        expected = torch_model(**tokens).last_hidden_state.numpy()
+    assert torch_model.training
+
+    from flax import nnx
+
+    cfg, cls = encoder_from_hf_config(json.loads((folder / "config.json").read_text()))
+    module = nnx.eval_shape(lambda: cls(cfg, rngs=nnx.Rngs(0)))
+    params = params_from_state_dict(module, read_state_dict(folder), (f"{cls.base_model_prefix}.",))
+    graphdef, _ = nnx.split(module, nnx.Param)
+    batch = {k: jnp.asarray(v.numpy()) for k, v in tokens.items()}
+    encoder = nnx.merge(graphdef, params)
+    got = np.asarray(encoder(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
+                             dropout_rng=jax.random.key(0)))
+    mask = tokens["attention_mask"].numpy().astype(bool)
+    assert max_abs(got[mask], expected[mask]) < TOL
+    inference = np.asarray(encoder(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")))
+    assert max_abs(inference[mask], expected[mask]) > 1e-2  # the dropout made a difference
+
+
+@pytest.mark.parametrize("arch", ["bert", "xlm-roberta"])
+@pytest.mark.parametrize("placement", ["classifier", "hidden"])
+def test_cross_encoder_head_dropout_sits_where_transformers_puts_it(make_tiny_cross_encoder, tmp_path, arch,
+                                                                     placement):
+    from transformers import AutoModelForSequenceClassification
+
+    rates = {"classifier": dict(classifier_dropout=1.0, hidden_dropout_prob=0.0),
+             "hidden": dict(hidden_dropout_prob=1.0)}[placement]
+    folder = _with_config(make_tiny_cross_encoder(arch, num_labels=1), tmp_path / "ce",
+                          attention_probs_dropout_prob=0.0, **rates)
+    jx = jaxst.CrossEncoder(folder)
+    pairs = [("A man is eating food.", "Someone eats."), ("A dog runs.", "The quick brown fox jumps over it.")]
+    batch = jx.tokenize(pairs)
+    torch_model = AutoModelForSequenceClassification.from_pretrained(str(folder), attn_implementation="eager")
+    torch_model.train()
+    with torch.no_grad():
+        expected = torch_model(**{k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}).logits.numpy()
+    got = np.asarray(training.train_forward(jx.graphdef, jx.params, batch, jax.random.key(0)))
+    assert max_abs(got, expected) < TOL
+    assert max_abs(np.asarray(jx.apply(jx.params, batch)), expected) > 1e-3
+
+
+# --------------------------------------------------------------------- one step against PyTorch
+
+STEP_LOSSES = {
+    "mnrl-hard-negatives": (3, False, lambda m: jl.MultipleNegativesRankingLoss(),
+                            lambda st, losses: losses.MultipleNegativesRankingLoss(st)),
+    "cosent": (2, True, lambda m: jl.CoSENTLoss(), lambda st, losses: losses.CoSENTLoss(st)),
+    "matryoshka-cosine": (2, True, lambda m: jl.MatryoshkaLoss(m, jl.CosineSimilarityLoss(), [32, 16, 8]),
+                          lambda st, losses: losses.MatryoshkaLoss(st, losses.CosineSimilarityLoss(st), [32, 16, 8])),
+}
+
+
+def torch_features(st, examples, n_texts):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return [st.tokenize([e[i] for e in examples]) for i in range(n_texts)]
+
+
+@pytest.mark.parametrize("case", list(STEP_LOSSES))
+def test_one_train_step_equals_pytorch_adamw(tiny_folder, case):
+    """Dropout off (torch in eval mode), the same batch, AdamW with the same settings: same params."""
+    from sentence_transformers.sentence_transformer import losses as st_losses
+
+    n_texts, scored, make_jx, make_st = STEP_LOSSES[case]
+    rows = triplets(8) if not scored else scored_pairs(8)
+    examples = [r[:n_texts] + ((r[2] / 5.0,) if scored else ()) for r in rows]
+    labels = torch.tensor([e[-1] for e in examples]) if scored else None
+    # eps 1e-4: the keys' biases get gradients that are float noise on both sides (softmax ignores them),
+    # which Adam's g / (|g| + eps) would blow up to visible steps with a tiny eps.
+    lr, betas, eps, weight_decay = 1e-3, (0.9, 0.98), 1e-4, 0.01
+
+    st = load_st(tiny_folder).eval()
+    opt = torch.optim.AdamW(st.parameters(), lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    st_loss = make_st(st, st_losses)
+    value = st_loss(torch_features(st, examples, n_texts), labels)
+    value.backward()
+    opt.step()
+
+    jx = jaxst.SentenceTransformer(tiny_folder)
+    optimizer = optax.adamw(lr, b1=betas[0], b2=betas[1], eps=eps, weight_decay=weight_decay)
+    step_fn = training.make_train_step(jx, make_jx(jx), optimizer, dropout=False)
+    state, metrics = step_fn(training.TrainState.create(jx.params, optimizer), training.collate(jx, examples))
+    assert abs(float(metrics["loss"]) - float(value.detach())) < TOL
+    assert int(state.step) == 1
+    moved = assert_params_match_torch(state.params, st[0].auto_model.state_dict(), {"encoder": ""})
+    assert max_abs(state.params["encoder"]["embeddings"]["LayerNorm"]["scale"],
+                   jx.params["encoder"]["embeddings"]["LayerNorm"]["scale"]) > 5e-4  # the step did move
+    assert moved < TOL
+
+
+def test_default_recipe_equals_sentence_transformers_fit_recipe(tiny_folder):
+    """Four steps of the default optimizer (AdamW, weight decay except biases/LayerNorm, clipping to norm 1,
+    linear warmup then decay) against the same recipe in PyTorch, as sentence-transformers' fit sets it up."""
+    from sentence_transformers.sentence_transformer import losses as st_losses
+    from transformers import get_linear_schedule_with_warmup
+
+    lr, warmup, total = 2e-3, 2, 4
+    batches = [triplets(8, offset=16 * i) for i in range(total)]
+    st = load_st(tiny_folder).eval()
+    named = list(st.named_parameters())
+    no_decay = ["bias", "LayerNorm.bias", "LayerNorm.weight"]
+    groups = [{"params": [p for n, p in named if not any(nd in n for nd in no_decay)], "weight_decay": 0.01},
+              {"params": [p for n, p in named if any(nd in n for nd in no_decay)], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=lr, eps=1e-4)  # eps: see test_one_train_step_equals_pytorch_adamw
+    scheduler = get_linear_schedule_with_warmup(opt, num_warmup_steps=warmup, num_training_steps=total)
+    st_loss = st_losses.MultipleNegativesRankingLoss(st)
+    grad_norms = []
+    for examples in batches:
+        st_loss(torch_features(st, examples, 3), None).backward()
+        grad_norms.append(float(torch.nn.utils.clip_grad_norm_(st.parameters(), 1.0)))
+        opt.step()
+        scheduler.step()
+        opt.zero_grad()
+    assert max(grad_norms) > 1.0  # clipping took part
+
+    jx = jaxst.SentenceTransformer(tiny_folder)
+    optimizer = training.default_optimizer(lr, total_steps=total, warmup_steps=warmup, eps=1e-4)
+    step_fn = training.make_train_step(jx, jl.MultipleNegativesRankingLoss(), optimizer, dropout=False)
+    state = training.TrainState.create(jx.params, optimizer)
+    jx_norms = []
+    for examples in batches:
+        state, metrics = step_fn(state, training.collate(jx, examples))
+        jx_norms.append(float(metrics["grad_norm"]))
+    np.testing.assert_allclose(jx_norms, grad_norms, rtol=1e-5)
+    assert_params_match_torch(state.params, st[0].auto_model.state_dict(), {"encoder": ""})
+
+
+def test_schedule_equals_transformers():
+    from transformers import get_linear_schedule_with_warmup
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
+    scheduler = get_linear_schedule_with_warmup(opt, num_warmup_steps=3, num_training_steps=10)
+    expected = []
+    for _ in range(12):
+        expected.append(opt.param_groups[0]["lr"])
+        opt.step()
+        scheduler.step()
+    schedule = training.linear_schedule_with_warmup(0.5, 3, 10)
+    np.testing.assert_allclose([float(schedule(s)) for s in range(12)], expected, atol=1e-7)
+
+
+def test_cross_encoder_train_step_equals_pytorch(make_tiny_cross_encoder):
+    from sentence_transformers import CrossEncoder
+    from sentence_transformers.cross_encoder import losses as ce_losses
+
+    folder = make_tiny_cross_encoder("bert", num_labels=1)
+    examples = [(a, b, float(s >= 2.5)) for a, b, s in STSB_TRAIN[:8]]
+    lr, eps, weight_decay = 1e-3, 1e-4, 0.01  # eps: see test_one_train_step_equals_pytorch_adamw
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ce = CrossEncoder(str(folder), device="cpu")
+    ce.model.eval()
+    opt = torch.optim.AdamW(ce.model.parameters(), lr=lr, eps=eps, weight_decay=weight_decay)
+    value = ce_losses.BinaryCrossEntropyLoss(ce, pos_weight=torch.tensor(2.0))(
+        [[a for a, _, _ in examples], [b for _, b, _ in examples]], torch.tensor([s for *_, s in examples]))
+    value.backward()
+    opt.step()
+
+    jx = jaxst.CrossEncoder(folder)
+    optimizer = optax.adamw(lr, eps=eps, weight_decay=weight_decay)
+    step_fn = training.make_train_step(jx, jl.BinaryCrossEntropyLoss(jx, pos_weight=2.0), optimizer, dropout=False)
+    state, metrics = step_fn(training.TrainState.create(jx.params, optimizer), training.collate(jx, examples))
+    assert abs(float(metrics["loss"]) - float(value.detach())) < TOL
+    assert_params_match_torch(state.params, ce.model.state_dict(),
+                              {"encoder": "bert.", "pooler": "bert.pooler.", "classifier": "classifier."})
+
+
+# ---------------------------------------------------------------------------------- checkpoints
+
+
+def test_orbax_save_restore_continue_equals_uninterrupted(tiny_folder, tmp_path):
+    jx = jaxst.SentenceTransformer(tiny_folder)
+    optimizer = training.default_optimizer(1e-3, total_steps=6, warmup_steps=2)
+    step_fn = training.make_train_step(jx, jl.MultipleNegativesRankingLoss(), optimizer)  # dropout on
+    batches = [training.collate(jx, triplets(8, offset=16 * i)) for i in range(4)]
+    key = jax.random.key(0)
+
+    def run(state, steps):
+        for i in steps:
+            state, _ = step_fn(state, batches[i], jax.random.fold_in(key, int(state.step)))
+        return state
+
+    uninterrupted = run(training.TrainState.create(jx.params, optimizer), range(4))
+
+    manager = training.checkpoint_manager(tmp_path / "ckpt")
+    half = run(training.TrainState.create(jx.params, optimizer), range(2))
+    assert training.save_checkpoint(manager, half) == 2
+    del half
+    fresh = training.TrainState.create(jx.params, optimizer)  # a new process would start from this
+    restored = training.restore_checkpoint(training.checkpoint_manager(tmp_path / "ckpt"), fresh)
+    assert int(restored.step) == 2
+    resumed = run(restored, range(2, 4))
+    for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(uninterrupted)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert max_abs(uninterrupted.params["encoder"]["embeddings"]["LayerNorm"]["bias"],
+                   jx.params["encoder"]["embeddings"]["LayerNorm"]["bias"]) > 1e-3
+    with pytest.raises(FileNotFoundError):
+        training.restore_checkpoint(training.checkpoint_manager(tmp_path / "empty"), fresh)
+
+
+# ------------------------------------------------------------------------------------------ fit
+
+
+def test_evaluator_equals_sentence_transformers(tiny_folder):
+    from scipy.stats import spearmanr
+    from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
+
+    dev = read_stsb("stsb-en-dev.csv")[:60]
+    s1, s2, scores = [a for a, _, _ in dev], [b for _, b, _ in dev], [s for *_, s in dev]
+    expected = EmbeddingSimilarityEvaluator(s1, s2, scores, name="dev")(load_st(tiny_folder))
+    evaluator = training.EmbeddingSimilarityEvaluator(s1, s2, scores, name="dev")
+    got = evaluator(jaxst.SentenceTransformer(tiny_folder))
+    assert set(got) == set(expected) == {"dev_pearson_cosine", "dev_spearman_cosine"}
+    for k in got:
+        assert abs(got[k] - expected[k]) < TOL, k
+    assert evaluator.primary_metric == "dev_spearman_cosine"
+    x = np.random.default_rng(0).integers(0, 5, size=50)  # ties
+    y = np.random.default_rng(1).normal(size=50)
+    assert abs(training.spearman(x, y) - spearmanr(x, y)[0]) < 1e-12
+
+
+def _fit(folder, seed, **kwargs):
+    model = jaxst.SentenceTransformer(folder)
+    dev = read_stsb("stsb-en-dev.csv")[:40]
+    evaluator = training.EmbeddingSimilarityEvaluator.from_input_examples(dev)
+    defaults = dict(epochs=3, batch_size=16, learning_rate=2e-3, warmup_steps=2, seed=seed, evaluator=evaluator,
+                    evaluation_steps=4, show_progress_bar=False)
+    history = training.fit(model, scored_pairs(48), jl.CoSENTLoss(), **{**defaults, **kwargs})
+    return model, history
+
+
+def test_fit_runs_is_reproducible_and_the_loss_goes_down(tiny_folder):
+    model, history = _fit(tiny_folder, seed=0)
+    losses = history["loss"]
+    assert len(losses) == 9  # 3 epochs of 3 batches
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.5
+    assert [e["step"] for e in history["evaluations"]] == [3, 4, 6, 8, 9]
+    assert all("spearman_cosine" in e for e in history["evaluations"])
+    original = jaxst.SentenceTransformer(tiny_folder)
+    assert max_abs(model.encode(["A man is eating."]), original.encode(["A man is eating."])) > 1e-3
+
+    again, history_again = _fit(tiny_folder, seed=0)
+    assert history_again["loss"] == losses
+    for a, b in zip(jax.tree.leaves(model.params), jax.tree.leaves(again.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    _, other = _fit(tiny_folder, seed=1, evaluator=None)
+    assert other["loss"] != losses
+
+
+def test_fit_resumes_from_its_checkpoint(tiny_folder, tmp_path, monkeypatch):
+    reference, _ = _fit(tiny_folder, seed=0, evaluator=None)
+    saves = []
+    real_save = training.save_checkpoint
+
+    def save_then_crash(manager, state):
+        step = real_save(manager, state)
+        saves.append(step)
+        if len(saves) == 2:
+            raise KeyboardInterrupt  # the run dies right after its second checkpoint
+
+    monkeypatch.setattr(training, "save_checkpoint", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        _fit(tiny_folder, seed=0, evaluator=None, checkpoint_path=tmp_path / "ckpt", checkpoint_save_steps=2)
+    assert saves == [2, 4]
+    monkeypatch.setattr(training, "save_checkpoint", real_save)
+    resumed, history = _fit(tiny_folder, seed=0, evaluator=None, checkpoint_path=tmp_path / "ckpt",
+                            checkpoint_save_steps=2, resume_from_checkpoint=True)
+    assert len(history["loss"]) == 5  # steps 5..9
+    for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(reference.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_bad_input_is_a_clear_error(tiny_folder):
+    model = jaxst.SentenceTransformer(tiny_folder)
+    with pytest.raises(ValueError, match="same number of texts"):
+        training.collate(model, [("a", "b"), ("a", "b", "c")])
+    with pytest.raises(ValueError, match="every example"):
+        training.collate(model, [("a", "b", 1.0), ("a", "b")])
+    with pytest.raises(TypeError, match="texts"):
+        training.collate(model, [("a", None)])
+    with pytest.raises(TypeError, match="jaxst.losses"):
+        training.fit(model, [("a", "b")], "MultipleNegativesRankingLoss")
+    with pytest.raises(ValueError, match="batch_size"):
+        training.fit(model, [("a", "b")], jl.MultipleNegativesRankingLoss(), batch_size=0)
+    optimizer = optax.adamw(1e-3)
+    step_fn = training.make_train_step(model, jl.MultipleNegativesRankingLoss(), optimizer)
+    state = training.TrainState.create(model.params, optimizer)
+    with pytest.raises(ValueError, match="PRNG key"):
+        step_fn(state, training.collate(model, [("a", "b")]))
+    with pytest.raises(TypeError, match="collate"):
+        step_fn(state, [model.tokenize(["a"])], jax.random.key(0))
+
+
+# ---------------------------------------------------------------------------------- data parallel
+
+MULTI_DEVICE = r"""
+import json, os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+import jax, jax.numpy as jnp, numpy as np, optax
+from jax.sharding import Mesh
+import jaxst
+from jaxst import losses as jl, training
+
+model = jaxst.SentenceTransformer(sys.argv[1])
+examples = json.loads(sys.argv[2])
+assert jax.device_count() == 8, jax.devices()
+mesh = Mesh(np.array(jax.devices()), ("data",))
+cases = {
+    "mnrl-hard-negatives": (jl.MultipleNegativesRankingLoss(), 3, False),
+    "mnrl-gte": (jl.MultipleNegativesRankingLoss(
+        directions=("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")), 3, False),
+    "mnrl-symmetric": (jl.MultipleNegativesSymmetricRankingLoss(), 2, False),
+    "cosent": (jl.CoSENTLoss(), 2, True),
+    "cosine": (jl.CosineSimilarityLoss(), 2, True),
+    "matryoshka-mnrl": (jl.MatryoshkaLoss(None, jl.MultipleNegativesRankingLoss(), (32, 8)), 3, False),
+    "mnrl-per-device-negatives": (jl.MultipleNegativesRankingLoss(gather_across_devices=False), 2, False),
+}
+out = {}
+for name, (loss, n_texts, scored) in cases.items():
+    batch = training.collate(model, [e[:n_texts] + (e[3:] if scored else []) for e in examples])
+    one = jax.jit(jax.value_and_grad(training.make_loss_fn(model, loss)))
+    eight = jax.jit(jax.value_and_grad(training.make_loss_fn(model, loss, mesh=mesh)))
+    (v1, g1), (v8, g8) = one(model.params, batch), eight(model.params, batch)
+    out[name] = {"one": float(v1), "eight": float(v8),
+                 "grad_diff": max(float(jnp.abs(a - b).max())
+                                  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g8))),
+                 "grad_max": max(float(jnp.abs(a).max()) for a in jax.tree.leaves(g1))}
+
+# A whole train step on the mesh (dropout off) gives the one-device params.
+optimizer = training.default_optimizer(1e-3, total_steps=10, warmup_steps=0, eps=1e-4)  # eps: key-bias noise
+batch = training.collate(model, [e[:3] for e in examples])
+states = []
+for mesh_ in (None, mesh):
+    step_fn = training.make_train_step(model, jl.MultipleNegativesRankingLoss(), optimizer, dropout=False, mesh=mesh_)
+    state, _ = step_fn(training.TrainState.create(model.params, optimizer), batch)
+    states.append(state)
+out["train_step_param_diff"] = max(float(jnp.abs(a - b).max()) for a, b in
+                                   zip(jax.tree.leaves(states[0].params), jax.tree.leaves(states[1].params)))
+print("RESULT" + json.dumps(out))
+"""
+
+
+def test_eight_devices_give_the_one_device_loss_and_gradients(tiny_folder):
+    rows = triplets(16)
+    examples = [[a, p, n, s] for (a, p, n), (*_, s) in zip(rows, scored_pairs(16, offset=200))]
+    proc = subprocess.run([sys.executable, "-c", MULTI_DEVICE, str(tiny_folder), json.dumps(examples)],
+                          capture_output=True, text=True, timeout=480, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.split("RESULT", 1)[1])
+    for name, r in result.items():
+        if name in ("train_step_param_diff", "mnrl-per-device-negatives"):
+            continue
+        assert abs(r["one"] - r["eight"]) < TOL, (name, r)
+        assert r["grad_diff"] < TOL, (name, r)
+        assert r["grad_max"] > 1e-2, (name, r)
+    local = result["mnrl-per-device-negatives"]  # DDP's default: each device sees only its own negatives
+    assert abs(local["one"] - local["eight"]) > 0.1
+    assert result["train_step_param_diff"] < TOL
