@@ -40,6 +40,22 @@ from jaxst.similarity import similarity_functions
 SEQ_MULTIPLE = 16  # columns are padded to a multiple of this many tokens: few shapes to compile
 
 
+def _optax():
+    try:
+        import optax
+    except ImportError:
+        raise ImportError("jaxst.training needs optax: pip install 'jaxst[train]'") from None
+    return optax
+
+
+def _orbax():
+    try:
+        import orbax.checkpoint as ocp
+    except ImportError:
+        raise ImportError("jaxst checkpoints need orbax-checkpoint: pip install 'jaxst[train]'") from None
+    return ocp
+
+
 class TrainState(NamedTuple):
     """What a training loop carries from step to step: a pytree that jit, orbax and optax all accept."""
 
@@ -87,7 +103,7 @@ def default_optimizer(learning_rate: float = 2e-5, total_steps: int = 0, warmup_
                       b2: float = 0.999, eps: float = 1e-8):
     """sentence-transformers' ``fit`` recipe as an optax transformation (see the module docstring).
     ``total_steps`` 0 keeps the learning rate constant after warmup."""
-    import optax
+    optax = _optax()
 
     if total_steps:
         lr = linear_schedule_with_warmup(learning_rate, warmup_steps, total_steps)
@@ -109,10 +125,30 @@ def train_forward(graphdef: nnx.GraphDef, params, features, dropout_rng=None):
     a list of (B, D) sentence embeddings; for a CrossEncoder, one tokenized pair batch -> its raw
     logits (B, num_labels). ``dropout_rng``: a PRNG key for dropout, None for none."""
     module = nnx.merge(graphdef, params)
-    if isinstance(features, (list, tuple)):
-        keys = split_rng(dropout_rng, len(features))
-        return [module(dict(f), dropout_rng=k)["sentence_embedding"] for f, k in zip(features, keys)]
-    return module(dict(features), dropout_rng=dropout_rng)
+    if not isinstance(features, (list, tuple)):
+        return module(dict(features), dropout_rng=dropout_rng)
+    if _stackable(features):  # one forward over all columns: bigger matmuls, the same per-row math
+        rows = [jax.tree.leaves(f)[0].shape[0] for f in features]
+        merged = {k: jnp.concatenate([f[k] for f in features]) if np.ndim(v) >= 1 else v
+                  for k, v in features[0].items()}
+        embeddings = module(merged, dropout_rng=dropout_rng)["sentence_embedding"]
+        return jnp.split(embeddings, np.cumsum(rows)[:-1])
+    keys = split_rng(dropout_rng, len(features))
+    return [module(dict(f), dropout_rng=k)["sentence_embedding"] for f, k in zip(features, keys)]
+
+
+def _stackable(features) -> bool:
+    """Columns with the same keys, the same shapes past the batch axis and the same scalars."""
+    first = features[0]
+    for f in features[1:]:
+        if set(f) != set(first):
+            return False
+        for k, v in f.items():
+            if np.ndim(v) != np.ndim(first[k]) or np.shape(v)[1:] != np.shape(first[k])[1:]:
+                return False
+            if np.ndim(v) == 0 and v is not first[k]:
+                return False
+    return True
 
 
 def _check_batch(batch) -> None:
@@ -179,7 +215,7 @@ def make_train_step(model, loss: Loss, optimizer, *, dropout: bool = True, mesh:
     draw (Matryoshka with ``n_dims_per_step``); derive one per step, e.g. ``jax.random.fold_in(key,
     step)``, so a resumed run draws what an uninterrupted one would. ``metrics``: ``loss`` and
     ``grad_norm`` (before clipping). ``donate=True`` lets XLA reuse the old state's memory."""
-    import optax
+    optax = _optax()
 
     loss_fn = make_loss_fn(model, loss, dropout=dropout, mesh=mesh, axis_name=axis_name)
 
@@ -207,7 +243,7 @@ def make_train_step(model, loss: Loss, optimizer, *, dropout: bool = True, mesh:
 def checkpoint_manager(directory: str | Path, max_to_keep: int | None = None):
     """An orbax ``CheckpointManager`` over ``directory`` (created if missing): one numbered, atomically
     finalized folder per saved step; ``max_to_keep`` keeps only the newest ones."""
-    import orbax.checkpoint as ocp
+    ocp = _orbax()
 
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
     return ocp.CheckpointManager(Path(directory).absolute(), options=options)
@@ -216,7 +252,7 @@ def checkpoint_manager(directory: str | Path, max_to_keep: int | None = None):
 def save_checkpoint(manager, state: TrainState) -> int:
     """Save params, optimizer state and step at ``state.step``; returns the step. Waits until the
     checkpoint is on disk (orbax writes to a temporary folder and renames it when complete)."""
-    import orbax.checkpoint as ocp
+    ocp = _orbax()
 
     step = int(state.step)
     manager.save(step, args=ocp.args.StandardSave(state._asdict()))
@@ -227,7 +263,7 @@ def save_checkpoint(manager, state: TrainState) -> int:
 def restore_checkpoint(manager, like: TrainState, step: int | None = None) -> TrainState:
     """The saved state at ``step`` (the latest by default), shaped and placed like ``like``: a state of
     the same model and optimizer, e.g. ``TrainState.create(model.params, optimizer)``."""
-    import orbax.checkpoint as ocp
+    ocp = _orbax()
 
     step = manager.latest_step() if step is None else step
     if step is None:
@@ -258,10 +294,9 @@ def _example_parts(example) -> tuple[list[str], float | None]:
     return texts, label
 
 
-def _pad_to_multiple(batch: dict, pad_id: int, multiple: int, max_length: int) -> dict:
-    """Right-pad a tokenized batch to a multiple of ``multiple`` tokens (at most ``max_length``)."""
+def _pad_to(batch: dict, target: int, pad_id: int) -> dict:
+    """Right-pad a tokenized batch to ``target`` tokens."""
     t = batch["input_ids"].shape[1]
-    target = min(max(-(-t // multiple) * multiple, t), max(max_length, t))
     if target == t:
         return batch
     out = {}
@@ -278,8 +313,9 @@ def collate(model, examples: Sequence, seq_multiple: int = SEQ_MULTIPLE) -> dict
 
     SentenceTransformer: one tokenized batch per column (all examples need the same number of texts).
     CrossEncoder: examples are (query, document, label) and become one tokenized pair batch.
-    Labels are float32, or None when no example has one. Columns are padded to a multiple of
-    ``seq_multiple`` tokens so that few shapes compile."""
+    Labels are float32, or None when no example has one. All columns are padded to one length, a
+    multiple of ``seq_multiple`` tokens (at most the model's ``max_seq_length``), so that few shapes
+    compile and the columns run as one forward."""
     if not examples:
         raise ValueError("collate() needs at least one example")
     parts = [_example_parts(e) for e in examples]
@@ -290,13 +326,16 @@ def collate(model, examples: Sequence, seq_multiple: int = SEQ_MULTIPLE) -> dict
     if len(has_label) != 1:
         raise ValueError("either every example in a batch has a label or none has")
     labels = np.asarray([lab for _, lab in parts], np.float32) if has_label == {True} else None
-    pad = lambda b: _pad_to_multiple(b, model.tokenizer.pad_id, seq_multiple, model.max_seq_length)
     if _is_cross_encoder(model):
         if n_texts != {2}:
             raise ValueError("a cross-encoder example is (query, document, label)")
-        return {"features": pad(model.tokenize([tuple(t) for t, _ in parts])), "labels": labels}
-    columns = list(zip(*(t for t, _ in parts)))
-    return {"features": [pad(model.tokenize(list(c))) for c in columns], "labels": labels}
+        batches = [model.tokenize([tuple(t) for t, _ in parts])]
+    else:
+        batches = [model.tokenize(list(c)) for c in zip(*(t for t, _ in parts))]
+    longest = max(b["input_ids"].shape[1] for b in batches)
+    target = max(min(-(-longest // seq_multiple) * seq_multiple, model.max_seq_length), longest)
+    batches = [_pad_to(b, target, model.tokenizer.pad_id) for b in batches]
+    return {"features": batches[0] if _is_cross_encoder(model) else batches, "labels": labels}
 
 
 def _is_cross_encoder(model) -> bool:
