@@ -37,7 +37,7 @@ from jaxst.losses import Loss
 from jaxst.models.bert import split_rng
 from jaxst.similarity import similarity_functions
 
-SEQ_MULTIPLE = 16  # columns are padded to a multiple of this many tokens: few shapes to compile
+SEQ_MULTIPLE = 8  # columns are padded to a multiple of this many tokens: little padding, few shapes to compile
 
 
 def _optax():
