@@ -42,21 +42,14 @@ from jaxst.models.classification import (
 from jaxst.pipeline import DENSE_ACTIVATIONS, dense_activation_name
 from jaxst.sentence_transformer import batch_bucket, resolve_device, seq_bucket
 
-# Padded pair lengths: multiples of this up to FINE_BUCKETS_UP_TO tokens, then encode's coarser buckets. Reranking
-# pairs are long (60-250 tokens) and compute grows with the padded length, so finer steps than encode's pay
-# for their extra compiled shapes.
-BUCKET_STEP = 16
-FINE_BUCKETS_UP_TO = 256
 # Pairs tokenized at a time: each chunk is sorted by token count, so every batch is padded only to
 # its own longest pair, and memory stays bounded for very long inputs.
 TOKENIZE_CHUNK_BATCHES = 32
 
 
 def pair_bucket(longest: int, max_length: int) -> int:
-    """The padded length for a batch whose longest pair has ``longest`` tokens."""
-    if longest > FINE_BUCKETS_UP_TO:
-        return seq_bucket(longest, max_length)
-    return min(max(BUCKET_STEP, -(-longest // BUCKET_STEP) * BUCKET_STEP), max_length)
+    """The padded length for a batch whose longest pair has ``longest`` tokens (encode's fine grid)."""
+    return seq_bucket(longest, max_length)
 
 
 def identity(x):

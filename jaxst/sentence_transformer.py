@@ -37,7 +37,6 @@ from jaxst.quantization import check_precision, quantization_ranges, quantize_em
 from jaxst.similarity import similarity_functions
 
 # Padded sequence lengths: few shapes to compile, little padding (the model's max_seq_length caps them).
-SEQ_BUCKETS = (16, 32, 48, 64, 96, 128, 192, 256, 320, 384, 448, 512)
 OUTPUT_VALUES = ("sentence_embedding", "token_embeddings", None)
 # Texts read, sorted by length and batched together at a time: bounds memory when streaming an iterable of
 # any size, while leaving enough texts to sort that batches pad little.
@@ -92,10 +91,12 @@ def resolve_device(device) -> jax.Device | None:
 
 
 def seq_bucket(longest: int, max_length: int) -> int:
-    for b in SEQ_BUCKETS:
-        if b >= longest:
-            return min(b, max_length)
-    return max_length
+    """Padded length for a batch whose longest text has ``longest`` tokens: the next multiple of 4 up
+    to 64 tokens, of 8 up to 128, of 16 up to 256, then of 32. Batches are sorted by token count, so
+    a fine grid wastes little compute on padding; each length compiles once (and the persistent
+    compilation cache keeps it for the next process)."""
+    step = 4 if longest <= 64 else 8 if longest <= 128 else 16 if longest <= 256 else 32
+    return min(max(step, -(-longest // step) * step), max_length)
 
 
 def batch_bucket(n: int, batch_size: int, multiple: int = 1) -> int:
@@ -524,7 +525,10 @@ class SentenceTransformer:
         its devices."""
         if prompt:
             texts = [prompt + t for t in texts]
-        order = np.argsort([-len(t) for t in texts], kind="stable")
+        # Sorted by token count (not characters, as sentence-transformers does): every batch holds
+        # texts of nearly one length, so little of each padded batch is padding.
+        all_encodings = self.tokenizer.encode_ids(texts) if texts else []
+        order = np.argsort([-len(e.ids) for e in all_encodings], kind="stable")
         prompt_length = None
         if prompt and not self._include_prompt:
             prompt_length = np.int32(self.tokenizer.prompt_length(prompt))
@@ -534,7 +538,7 @@ class SentenceTransformer:
         pieces, per_text = [], []
         for start in range(0, len(texts), batch_size):
             idx = order[start : start + batch_size]
-            encodings = self.tokenizer.encode_ids([texts[i] for i in idx])
+            encodings = [all_encodings[i] for i in idx]
             longest = max(len(e.ids) for e in encodings)
             batch = self.tokenizer.pad(
                 encodings,
