@@ -150,19 +150,44 @@ def shares_host_memory(array: np.ndarray) -> bool:
             and array.ctypes.data % HOST_ALIGN == 0)
 
 
+STAGE_BYTES = 1 << 25  # per staging buffer when a host corpus is copied for the CPU backend
+
+
 def streamed_top_k(queries, host_corpus: np.ndarray, n_valid: int, *, k: int, kind, chunk: int, piece: int,
                    device=None):
     """``chunked_top_k`` over a corpus that stays in host memory: ``piece`` rows at a time are put on
     the device (dispatch is asynchronous, so the next copy overlaps the current scan), scanned, and
     merged into a running top-k on device. Device memory holds one piece, whatever the corpus size.
-    Every piece has the same shape (the last is aligned to the end), so it compiles once."""
+    Every piece has the same shape (the last is aligned to the end), so it compiles once.
+
+    On the CPU backend a piece is copied into one of two reused, aligned staging buffers that the
+    device then reads in place: a fresh device buffer per piece would cost a page fault per 4 KiB."""
+    if jax.default_backend() == "cpu" and device is None:
+        row_bytes = max(host_corpus.shape[1] * host_corpus.itemsize, 1)
+        piece = min(piece, max(1024, STAGE_BYTES // row_bytes // 1024 * 1024))
     piece = min(piece, n_valid)
+    staging = None
+    if jax.default_backend() == "cpu" and device is None:
+        staging = [aligned_empty((piece, host_corpus.shape[1]), host_corpus.dtype) for _ in range(2)]
+        pending = [None, None]
     best = None
-    for start in range(0, n_valid, piece):
+    for step, start in enumerate(range(0, n_valid, piece)):
         lo = min(start, n_valid - piece)
-        block = jax.device_put(np.ascontiguousarray(host_corpus[lo : lo + piece]), device)
+        rows = host_corpus[lo : lo + piece]
+        if staging is not None:
+            slot = step % 2
+            if pending[slot] is not None:  # the scan that read this buffer must be done before it is reused
+                jax.block_until_ready(pending[slot])
+            np.copyto(staging[slot], rows)
+            block = jax.device_put(staging[slot])
+        else:
+            block = jax.device_put(np.ascontiguousarray(rows), device)
         found = chunked_top_k(queries, block, piece, start - lo, lo, k=min(k, piece), kind=kind, chunk=chunk)
+        if staging is not None:
+            pending[slot] = found
         best = found if best is None else merge_top_k(*best, *found, k=k)
+    if staging is not None:  # nothing may read the buffers once they are freed
+        jax.block_until_ready(best)
     return best
 
 
