@@ -55,6 +55,32 @@ def activation(name: str):
         raise ValueError(f"unsupported hidden_act {name!r}; supported: {sorted(ACTIVATIONS)}") from None
 
 
+def multi_head_attention(x, query, key, value, num_heads: int, mask, dropout_rate: float = 0.0, dropout_rng=None,
+                         *, position_bias=None, first_only: bool = False):
+    """Scaled dot-product self-attention as BERT and MPNet compute it: (B, T, H) -> (B, Tq, H).
+
+    ``query``/``key``/``value`` are the three ``nnx.Linear`` projections, applied as one fused (H, 3H)
+    matmul; heads are laid out (B, N, T, D) so both score matmuls are plain batched matmuls, which
+    XLA's CPU backend runs about 1.5x faster than (B, T, N, D) einsums. ``mask`` (B, T) marks the real
+    keys; ``position_bias`` (1 or B, N, T, T) is added to the scaled scores (MPNet). With
+    ``first_only`` only position 0 queries (Tq = 1): what a classification head reads. Scores and
+    softmax are float32 whatever the compute dtype (bf16/fp16 after ``model.half()``)."""
+    b, t, h = x.shape
+    d = h // num_heads
+    kernel = jnp.concatenate([query.kernel[...], key.kernel[...], value.kernel[...]], axis=1)  # (H, 3H)
+    bias = jnp.concatenate([query.bias[...], key.bias[...], value.bias[...]])
+    qkv = (x @ kernel + bias).reshape(b, t, 3, num_heads, d).transpose(2, 0, 3, 1, 4)  # (3, B, N, T, D)
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    if first_only:
+        q = q[:, :, :1]
+    scores = jnp.matmul(q, k.swapaxes(-1, -2), preferred_element_type=jnp.float32) / math.sqrt(d)  # (B, N, Tq, T)
+    if position_bias is not None:
+        scores = scores + (position_bias[:, :, :1] if first_only else position_bias)
+    scores = jnp.where(mask[:, None, None, :], scores, jnp.finfo(scores.dtype).min)
+    probs = dropout(jax.nn.softmax(scores, axis=-1), dropout_rate, dropout_rng)
+    return jnp.matmul(probs.astype(v.dtype), v).transpose(0, 2, 1, 3).reshape(b, -1, h)
+
+
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
     vocab_size: int = 30522
@@ -123,15 +149,8 @@ class BertSelfAttention(nnx.Module):
         self.value = nnx.Linear(h, h, rngs=rngs)
 
     def __call__(self, x, mask, dropout_rng=None):
-        b, t, h = x.shape
-        split = lambda y: y.reshape(b, t, self.num_heads, h // self.num_heads)  # (B, T, N, D)
-        q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
-        # scores and softmax in float32 whatever the compute dtype (bf16/fp16 after model.half())
-        scores = jnp.einsum("btnd,bsnd->bnts", q, k, preferred_element_type=jnp.float32)
-        scores = scores / math.sqrt(h // self.num_heads)
-        scores = jnp.where(mask[:, None, None, :], scores, jnp.finfo(scores.dtype).min)  # (B, N, T, S)
-        probs = dropout(jax.nn.softmax(scores, axis=-1), self.dropout_rate, dropout_rng)
-        return jnp.einsum("bnts,bsnd->btnd", probs.astype(v.dtype), v).reshape(b, t, h)
+        return multi_head_attention(x, self.query, self.key, self.value, self.num_heads, mask, self.dropout_rate,
+                                    dropout_rng)
 
 
 class BertSelfOutput(nnx.Module):

@@ -20,20 +20,18 @@ walks the layers itself, with the same weights and math but two savings that mat
 - the last layer runs for the first token only: the head reads nothing else, so its queries,
   attention output and feed-forward for the other T - 1 positions would be thrown away (keys and
   values still come from every position);
-- attention is a fused QKV projection and batched matmuls over (B, N, T, D) heads, which XLA's CPU
-  backend runs about twice as fast as the (B, T, N, D) einsums of ``jaxst.models.bert``.
+- attention is ``multi_head_attention``, the encoders' own (fused QKV, (B, N, T, D) heads).
 """
 
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxst.models.bert import BertModel, dropout, split_rng
+from jaxst.models.bert import BertModel, dropout, multi_head_attention, split_rng
 
 # config.json model_type -> head shape
 HEAD_KINDS = {
@@ -89,40 +87,20 @@ class ClassificationHead(nnx.Module):
         return self.out_proj(dropout(x, self.dropout_rate, mid_rng))
 
 
-def _attention(attn, x, first_only: bool, bias, dropout_rng=None):
-    """BERT self-attention over (B, N, T, D) heads, as batched matmuls; queries at position 0 only if asked.
-
-    Same math as ``BertSelfAttention`` (scaled scores, masked keys, softmax): the query scale is folded
-    into the fused QKV projection and the key mask is an additive bias, computed once per forward."""
-    b, t, h = x.shape
-    n = attn.num_heads
-    d = h // n
-    scale = 1.0 / math.sqrt(d)
-    q_lin, k_lin, v_lin = attn.query, attn.key, attn.value
-    kernel = jnp.concatenate([q_lin.kernel[...] * scale, k_lin.kernel[...], v_lin.kernel[...]], axis=1)  # (H, 3H)
-    bias_qkv = jnp.concatenate([q_lin.bias[...] * scale, k_lin.bias[...], v_lin.bias[...]])
-    qkv = (x @ kernel + bias_qkv).reshape(b, t, 3, n, d).transpose(2, 0, 3, 1, 4)  # (3, B, N, T, D)
-    q, k, v = qkv[0], qkv[1], qkv[2]
-    if first_only:
-        q = q[:, :, :1]  # (B, N, 1, D)
-    scores = jnp.matmul(q, k.transpose(0, 1, 3, 2)) + bias  # (B, N, Tq, T)
-    scores = jnp.exp(scores - scores.max(axis=-1, keepdims=True))
-    probs = dropout(scores / scores.sum(axis=-1, keepdims=True), attn.dropout_rate, dropout_rng)
-    return jnp.matmul(probs, v).transpose(0, 2, 1, 3).reshape(b, -1, h)  # (B, Tq, H)
-
-
 def _first_token_states(encoder: BertModel, input_ids, attention_mask, token_type_ids, dropout_rng=None):
     """The last layer's output at position 0 (B, H), for encoders built from BERT's layers."""
     if token_type_ids is None:
         token_type_ids = jnp.zeros_like(input_ids)
     emb_rng, enc_rng = split_rng(dropout_rng, 2)
     x = encoder.embeddings(input_ids, attention_mask, token_type_ids, emb_rng)  # (B, T, H)
-    key_bias = jnp.where(attention_mask.astype(bool), 0.0, jnp.finfo(x.dtype).min)[:, None, None, :]  # (B,1,1,T)
+    mask = attention_mask.astype(bool)
     layers = list(encoder.encoder.layer)
     for i, (layer, rng) in enumerate(zip(layers, split_rng(enc_rng, len(layers)))):
         first_only = i == len(layers) - 1
         probs_rng, attn_out_rng, out_rng = split_rng(rng, 3)
-        context = _attention(layer.attention.self, x, first_only, key_bias, probs_rng)  # (B, Tq, H)
+        attn = layer.attention.self
+        context = multi_head_attention(x, attn.query, attn.key, attn.value, attn.num_heads, mask, attn.dropout_rate,
+                                       probs_rng, first_only=first_only)  # (B, Tq, H)
         residual = x[:, :1] if first_only else x
         y = layer.attention.output(context, residual, attn_out_rng)
         x = layer.output(layer.intermediate(y), y, out_rng)

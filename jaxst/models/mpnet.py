@@ -20,12 +20,11 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxst.models.bert import BertIntermediate, BertSelfOutput, activation, dropout, split_rng
+from jaxst.models.bert import BertIntermediate, BertSelfOutput, activation, dropout, multi_head_attention, split_rng
 
 PADDING_IDX = 1  # PyTorch's MPNetEmbeddings uses 1 whatever config.pad_token_id says
 NUM_BUCKETS = 32  # PyTorch's compute_position_bias always buckets into 32, whatever the table holds
@@ -110,16 +109,8 @@ class MPNetSelfAttention(nnx.Module):
         self.o = nnx.Linear(h, h, rngs=rngs)
 
     def __call__(self, x, mask, position_bias, dropout_rng=None):
-        b, t, h = x.shape
-        split = lambda y: y.reshape(b, t, self.num_heads, h // self.num_heads)  # (B, T, N, D)
-        q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
-        # scores and softmax in float32 whatever the compute dtype (bf16/fp16 after model.half())
-        scores = jnp.einsum("btnd,bsnd->bnts", q, k, preferred_element_type=jnp.float32)
-        scores = scores / math.sqrt(h // self.num_heads)
-        scores = scores + position_bias  # (B, N, T, S) + (1, N, T, S)
-        scores = jnp.where(mask[:, None, None, :], scores, jnp.finfo(scores.dtype).min)
-        probs = dropout(jax.nn.softmax(scores, axis=-1), self.dropout_rate, dropout_rng)
-        return self.o(jnp.einsum("bnts,bsnd->btnd", probs.astype(v.dtype), v).reshape(b, t, h))
+        return self.o(multi_head_attention(x, self.q, self.k, self.v, self.num_heads, mask, self.dropout_rate,
+                                           dropout_rng, position_bias=position_bias))
 
 
 class MPNetAttention(nnx.Module):
