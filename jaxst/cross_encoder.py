@@ -26,7 +26,8 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from jaxst.io.export import save_model
+from jaxst.compilation_cache import enable_compilation_cache
+from jaxst.io.export import Saving
 from jaxst.io.folder import read_json, read_modules
 from jaxst.io.hub import resolve_model_folder
 from jaxst.io.tokenizer import Tokenizer
@@ -115,7 +116,7 @@ def _check_positive_int(value, name: str) -> None:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
-class CrossEncoder:
+class CrossEncoder(Saving):
     """Load a sentence-transformers cross-encoder (Hub name or folder) and score text pairs with JAX."""
 
     def __init__(
@@ -134,6 +135,7 @@ class CrossEncoder:
         local_files_only: bool = False,
         token: bool | str | None = None,
     ):
+        enable_compilation_cache()  # a second process reranks without recompiling; see jaxst.compilation_cache
         if model_name_or_path is None:
             raise ValueError(
                 "jaxst needs a model: pass a Hub name (e.g. 'cross-encoder/ms-marco-MiniLM-L6-v2') or a folder"
@@ -426,39 +428,6 @@ class CrossEncoder:
         return sorted(results, key=lambda r: r["score"], reverse=True)[:top_k]
 
     # ------------------------------------------------------------------ save
-
-    def save(
-        self,
-        path: str | os.PathLike,
-        model_name: str | None = None,
-        create_model_card: bool = True,
-        train_datasets: list[str] | None = None,
-        safe_serialization: bool = True,
-        *,
-        overwrite: bool = False,
-    ) -> None:
-        """Write the model as sentence-transformers 6 saves a CrossEncoder, loadable by its ``CrossEncoder``
-        and by transformers' ``AutoModelForSequenceClassification``.
-
-        The CURRENT ``self.params`` go into ``model.safetensors`` (``bert.*`` / ``roberta.*``, ``classifier.*``,
-        PyTorch layouts); ``activation_fn`` is saved as its torch class (sigmoid, identity, tanh, relu, gelu,
-        silu, softplus; another callable is a ValueError), with ``max_length`` and the prompts. Atomic, with
-        the folder rules of ``SentenceTransformer.save``; jaxst writes no model card.
-        """
-        save_model(self, path, safe_serialization=safe_serialization, overwrite=overwrite)
-
-    def save_pretrained(
-        self,
-        path: str | os.PathLike,
-        model_name: str | None = None,
-        create_model_card: bool = True,
-        train_datasets: list[str] | None = None,
-        safe_serialization: bool = True,
-        *,
-        overwrite: bool = False,
-    ) -> None:
-        """The same as ``save``."""
-        self.save(path, model_name, create_model_card, train_datasets, safe_serialization, overwrite=overwrite)
 
     def __repr__(self) -> str:
         return (

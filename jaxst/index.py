@@ -26,6 +26,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxst.io.fsync import fsync_path
 from jaxst.pooling import normalize
 from jaxst.quantization import quantization_ranges, quantize_embeddings
 from jaxst.search import (
@@ -332,7 +333,7 @@ class EmbeddingIndex:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        _fsync_dir(path.parent)
+        fsync_path(path.parent)
 
     @classmethod
     def load(cls, path: str | os.PathLike, mesh=None) -> EmbeddingIndex:
@@ -386,16 +387,3 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)
     return buf.getvalue()
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

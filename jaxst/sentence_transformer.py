@@ -23,7 +23,7 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from jaxst.compilation_cache import enable_compilation_cache
-from jaxst.io.export import save_model, unmapped_tensors
+from jaxst.io.export import Saving, unmapped_tensors
 from jaxst.io.folder import read_json, read_modules
 from jaxst.io.hub import resolve_model_folder
 from jaxst.io.npy import NpyStreamWriter
@@ -153,7 +153,7 @@ def _positive_int(name: str, value) -> int:
     return value
 
 
-class SentenceTransformer:
+class SentenceTransformer(Saving):
     """Load a sentence-transformers model (Hub name or folder) and embed text with JAX."""
 
     def __init__(
@@ -602,42 +602,6 @@ class SentenceTransformer:
         return self.encode(inputs, prompt_name=prompt_name, prompt=prompt, **kwargs)
 
     # ------------------------------------------------------------------ save
-
-    def save(
-        self,
-        path: str | os.PathLike,
-        model_name: str | None = None,
-        create_model_card: bool = True,
-        train_datasets: list[str] | None = None,
-        safe_serialization: bool = True,
-        *,
-        overwrite: bool = False,
-    ) -> None:
-        """Write the model as a sentence-transformers folder that sentence-transformers and transformers load.
-
-        The CURRENT ``self.params`` (after fine-tuning, say) go into ``model.safetensors`` and each Dense
-        module's folder with PyTorch names and layouts; ``config.json``, the tokenizer files, ``modules.json``,
-        the module configs and ``config_sentence_transformers.json`` (prompts, ``similarity_fn_name``,
-        ``truncate_dim``, ``max_seq_length``) describe the model as it is now. Atomic: the folder is written
-        beside ``path`` and renamed into place, so an interrupted save leaves ``path`` as it was. Saving into
-        an existing model folder replaces the model and keeps unrelated files; a non-empty folder that holds
-        no model needs ``overwrite=True``. ``model_name``, ``create_model_card`` and ``train_datasets`` are
-        accepted for compatibility; jaxst writes no model card.
-        """
-        save_model(self, path, safe_serialization=safe_serialization, overwrite=overwrite)
-
-    def save_pretrained(
-        self,
-        path: str | os.PathLike,
-        model_name: str | None = None,
-        create_model_card: bool = True,
-        train_datasets: list[str] | None = None,
-        safe_serialization: bool = True,
-        *,
-        overwrite: bool = False,
-    ) -> None:
-        """The same as ``save``."""
-        self.save(path, model_name, create_model_card, train_datasets, safe_serialization, overwrite=overwrite)
 
     def __repr__(self) -> str:
         return (

@@ -26,19 +26,25 @@ SCRIPT = textwrap.dedent("""
             events["misses"] += 1
     monitoring.register_event_listener(listen)
 
-    from jaxst import SentenceTransformer
-    model = SentenceTransformer(sys.argv[1])
-    model.encode(["a short text", "a somewhat longer text to get another length", "x"] * 3, batch_size=4)
+    if sys.argv[2:] == ["cross-encoder"]:
+        from jaxst import CrossEncoder
+        model = CrossEncoder(sys.argv[1])
+        model.predict([("a query", "a short text"), ("a query", "a somewhat longer text for another length")] * 3,
+                      batch_size=4)
+    else:
+        from jaxst import SentenceTransformer
+        model = SentenceTransformer(sys.argv[1])
+        model.encode(["a short text", "a somewhat longer text to get another length", "x"] * 3, batch_size=4)
     print(json.dumps(dict(events, cache_dir=jax.config.jax_compilation_cache_dir,
                           min_secs=jax.config.jax_persistent_cache_min_compile_time_secs)))
 """)
 
 
-def run(folder, **env) -> dict:
+def run(folder, *args, **env) -> dict:
     environ = {k: v for k, v in os.environ.items()
                if k not in ("JAXST_COMPILATION_CACHE", "JAX_COMPILATION_CACHE_DIR", "XDG_CACHE_HOME")}
     environ.update(HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu", **env)
-    result = subprocess.run([sys.executable, "-c", SCRIPT, str(folder)], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-c", SCRIPT, str(folder), *args], capture_output=True, text=True,
                             timeout=300, env=environ)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -64,6 +70,17 @@ def test_second_process_finds_what_the_first_compiled(folder, tmp_path):
     second = run(folder, XDG_CACHE_HOME=str(tmp_path))
     assert second["hits"] >= len(forward) and second["misses"] == 0
     assert entries(cache) == written  # nothing compiled anew
+
+
+def test_cross_encoder_uses_the_cache_too(make_tiny_cross_encoder, tmp_path):
+    folder = make_tiny_cross_encoder()
+    first = run(folder, "cross-encoder", XDG_CACHE_HOME=str(tmp_path))
+    cache = tmp_path / "jaxst" / "xla"
+    assert first["cache_dir"] == str(cache) and first["misses"] >= 1
+    written = entries(cache)
+    second = run(folder, "cross-encoder", XDG_CACHE_HOME=str(tmp_path))
+    assert second["hits"] >= 1 and second["misses"] == 0
+    assert entries(cache) == written
 
 
 def test_folder_from_the_environment(folder, tmp_path):

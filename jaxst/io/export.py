@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxst.io.fsync import fsync_path
 from jaxst.io.weights import state_dict_from_params
 
 # Files a tokenizer may consist of; those present in the source folder are copied.
@@ -292,19 +293,6 @@ def plan_tensors(plan: FolderPlan, params) -> dict[str, dict[str, np.ndarray]]:
 # ---------------------------------------------------------------------------------------- the writer
 
 
-def _fsync(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _write_json(path: Path, data) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
@@ -319,13 +307,13 @@ def _write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata={"format": "pt"})  # "pt": transformers' loader expects it
-    _fsync(path)
+    fsync_path(path)
 
 
 def _copy_file(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src, dst)  # follows symlinks (Hugging Face cache snapshots link into blobs/)
-    _fsync(dst)
+    fsync_path(dst)
 
 
 def is_model_folder(folder: Path) -> bool:
@@ -394,12 +382,12 @@ def atomic_folder(path: str | os.PathLike, overwrite: bool = False) -> Iterator[
         if target.is_dir():
             _carry_over(target, tmp)
         for folder in sorted({p.parent for p in tmp.rglob("*")} | {tmp}, key=lambda p: -len(p.parts)):
-            _fsync(folder)
+            fsync_path(folder)
         _swap_into_place(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync(target.parent)
+    fsync_path(target.parent)
 
 
 def _make_hidden_folder(target: Path, kind: str) -> Path:
@@ -455,6 +443,32 @@ def save_model(model, path: str | os.PathLike, *, safe_serialization: bool = Tru
     if not safe_serialization:
         raise ValueError("jaxst writes safetensors only (safe_serialization=False would mean a pickled .bin file)")
     return write_model_folder(path, plan_for(model), model.params, overwrite=overwrite)
+
+
+class Saving:
+    """``save`` / ``save_pretrained`` with sentence-transformers' signature, for both model classes.
+
+    ``save(path)`` writes the CURRENT ``self.params`` (after fine-tuning, say) with PyTorch names and
+    layouts, and the configs, tokenizer files and module folders that describe the model as it is now,
+    as sentence-transformers saves this kind of model: its library and transformers load the folder
+    unchanged; a CrossEncoder's ``activation_fn`` is saved as its torch class (sigmoid, identity, tanh,
+    relu, gelu, silu, softplus; another callable is a ValueError). Atomic: the folder is written beside
+    ``path`` and renamed into place, so an interrupted save leaves ``path`` as it was. Saving into an
+    existing model folder replaces the model and keeps unrelated files; a non-empty folder that holds no
+    model needs ``overwrite=True``. ``model_name``, ``create_model_card`` and ``train_datasets`` are
+    accepted for compatibility; jaxst writes no model card."""
+
+    def save(self, path: str | os.PathLike, model_name: str | None = None, create_model_card: bool = True,
+             train_datasets: list[str] | None = None, safe_serialization: bool = True, *,
+             overwrite: bool = False) -> None:
+        """Write the model as a sentence-transformers folder (see ``jaxst.io.export.Saving``)."""
+        save_model(self, path, safe_serialization=safe_serialization, overwrite=overwrite)
+
+    def save_pretrained(self, path: str | os.PathLike, model_name: str | None = None, create_model_card: bool = True,
+                        train_datasets: list[str] | None = None, safe_serialization: bool = True, *,
+                        overwrite: bool = False) -> None:
+        """The same as ``save``."""
+        self.save(path, model_name, create_model_card, train_datasets, safe_serialization, overwrite=overwrite)
 
 
 # ---------------------------------------------------------------------------------------- orbax
