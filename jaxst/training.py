@@ -208,7 +208,7 @@ def make_loss_fn(model, loss: Loss, *, dropout: bool = True, mesh: Mesh | None =
 
 def make_train_step(model, loss: Loss, optimizer, *, dropout: bool = True, mesh: Mesh | None = None,
                     axis_name: str | None = None, donate: bool = False) -> Callable:
-    """``step_fn(state, batch, rng=None) -> (state, metrics)``, jitted: one optimizer step.
+    """``step_fn(state, batch, rng=None) -> (state, metrics)``: one optimizer step, compiled.
 
     ``optimizer`` is any optax ``GradientTransformation`` (``default_optimizer()`` for the recipe).
     ``rng`` is required when ``dropout`` is on (the default, as the original trains) and by losses that
@@ -219,20 +219,26 @@ def make_train_step(model, loss: Loss, optimizer, *, dropout: bool = True, mesh:
 
     loss_fn = make_loss_fn(model, loss, dropout=dropout, mesh=mesh, axis_name=axis_name)
 
-    def step(state: TrainState, batch, rng):
-        value, grads = jax.value_and_grad(loss_fn)(state.params, batch, rng)
+    # Two compiled programs: the gradient, compiled once per batch shape, and the optimizer update,
+    # compiled once for all shapes (it only sees params-shaped arrays). One fused program per shape
+    # would recompile the whole AdamW update with every new sequence length.
+    grad_fn = jax.jit(jax.value_and_grad(loss_fn))
+
+    def update(state: TrainState, grads):
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        return TrainState(params, opt_state, state.step + 1), {"loss": value, "grad_norm": optax.tree.norm(grads)}
+        return TrainState(params, opt_state, state.step + 1), optax.tree.norm(grads)
 
-    jitted = jax.jit(step, donate_argnums=(0,) if donate else ())
+    update_fn = jax.jit(update, donate_argnums=(0,) if donate else ())
 
     def step_fn(state: TrainState, batch, rng=None):
         _check_batch(batch)
         if rng is None and dropout:
             raise ValueError("dropout needs a PRNG key: call step_fn(state, batch, rng), or build the step "
                              "with make_train_step(..., dropout=False)")
-        return jitted(state, batch, rng)
+        value, grads = grad_fn(state.params, batch, rng)
+        state, grad_norm = update_fn(state, grads)
+        return state, {"loss": value, "grad_norm": grad_norm}
 
     return step_fn
 
