@@ -19,7 +19,6 @@ previous run left; each measured ``--cold-repeats`` times in fresh processes, be
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import platform
 import random
@@ -29,15 +28,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from _stsb import unique_sentences  # benchmarks/ is on sys.path when a script here runs
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
-STSB = ROOT.parent / "shared" / "data" / "stsb"
 
 
 def stsb_test() -> list[str]:
-    with open(STSB / "stsb-en-test.csv", encoding="utf-8", newline="") as f:
-        return list(dict.fromkeys(s for a, b, _ in csv.reader(f) for s in (a, b)))
+    return unique_sentences("stsb-en-test.csv")
 
 
 def paragraphs(sentences: list[str], count_tokens, n: int = 320, target: int = 200, seed: int = 0) -> list[str]:

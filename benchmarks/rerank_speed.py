@@ -13,7 +13,6 @@ pass counts. Prints queries/s and pairs/s for both and the ratio jaxst / sentenc
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import platform
 import random
@@ -23,17 +22,14 @@ import time
 import warnings
 from pathlib import Path
 
+from _stsb import unique_sentences  # benchmarks/ is on sys.path when a script here runs
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-STSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb"
 
 
 def stsb_sentences() -> list[str]:
-    out = []
-    for name in ("stsb-en-test.csv", "stsb-en-dev.csv"):
-        with open(STSB / name, encoding="utf-8", newline="") as f:
-            out += [s for a, b, _ in csv.reader(f) for s in (a, b)]
-    return list(dict.fromkeys(out))
+    return unique_sentences("stsb-en-test.csv", "stsb-en-dev.csv")
 
 
 def passages(query: str, sentences: list[str], count_tokens, n: int, rng: random.Random) -> list[str]:
