@@ -36,6 +36,8 @@ from jaxst.search import (
     hamming_top_k,
     hamming_words,
     merge_top_k,
+    scan_chunk,
+    scan_words,
     sharded_top_k,
     streamed_top_k,
 )
@@ -45,13 +47,14 @@ VERSION = 2  # 2: binary rows saved as packed bytes (1 saved uint32 words; still
 PRECISIONS = ("float32", "bfloat16", "int8", "uint8", "binary", "ubinary")
 SIMILARITIES = ("cosine", "dot")
 MIN_CAPACITY = 1024
+DEVICE_ROWS = 131072  # the device copy is padded to a multiple of this many rows
 
 
 class EmbeddingIndex:
     """Corpus embeddings (and optionally their ids and texts) to search with top-k."""
 
     def __init__(self, dim: int, precision: str = "float32", similarity: str = "cosine", ranges=None,
-                 chunk_size: int = 131072, max_device_rows: int | None = None, mesh=None):
+                 chunk_size: int | None = None, max_device_rows: int | None = None, mesh=None):
         if not isinstance(dim, int) or dim < 1:
             raise ValueError(f"dim must be a positive integer, got {dim!r}")
         if precision not in PRECISIONS:
@@ -61,6 +64,7 @@ class EmbeddingIndex:
         for name, value in (("chunk_size", chunk_size), ("max_device_rows", max_device_rows)):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        # Rows per scan step; None picks the measured best for the scorer (jaxst.search.SCAN_CHUNKS).
         self.dim, self.precision, self.similarity, self.chunk_size = dim, precision, similarity, chunk_size
         # More rows than this stay in host memory and are streamed to the device per search.
         self.max_device_rows = max_device_rows
@@ -162,12 +166,17 @@ class EmbeddingIndex:
     def _streamed(self) -> bool:
         return self.max_device_rows is not None and self._n > self.max_device_rows
 
+    def _chunk(self, kind: str) -> int:
+        return self.chunk_size or scan_chunk(kind)
+
     def _corpus_on_device(self):
-        """The rows up to the next multiple of ``chunk_size`` on device (binary rows transposed to
-        words-major for the popcount scan): the compiled search sees a new shape only per chunk.
-        On the CPU backend float and int8 rows are the host storage itself (aligned, not copied)."""
+        """The rows up to the next multiple of ``DEVICE_ROWS`` on device (binary rows transposed to
+        words-major for the popcount scan): a growing index gives the compiled search a new shape
+        only every ``DEVICE_ROWS`` rows. On the CPU backend float and int8 rows are the host storage
+        itself (aligned, not copied)."""
         if self._device is None:
-            rows = min(-(-self._n // self.chunk_size) * self.chunk_size, self._data.shape[0])
+            quantum = max(DEVICE_ROWS, self.chunk_size or 0)
+            rows = min(-(-self._n // quantum) * quantum, self._data.shape[0])
             target = None
             if self.mesh is not None:  # whole rows per device: pad with zero rows (never valid)
                 devices = self.mesh.shape[self.mesh.axis_names[0]]
@@ -187,23 +196,23 @@ class EmbeddingIndex:
             if self.mesh is not None:
                 axis = self.mesh.axis_names[0]
                 if kind != "hamming":
-                    return sharded_top_k(jnp.asarray(q), corpus, self._n, k=k, kind=kind, chunk=self.chunk_size,
+                    return sharded_top_k(jnp.asarray(q), corpus, self._n, k=k, kind=kind, chunk=self._chunk(kind),
                                          mesh=self.mesh, axis=axis)
-                with jax.enable_x64(True):
-                    return sharded_top_k(hamming_words(q), corpus, self._n, k=k, kind=kind, chunk=self.chunk_size,
-                                         mesh=self.mesh, axis=axis, words_major=True)
+                return sharded_top_k(scan_words(hamming_words(q)), corpus, self._n, k=k, kind=kind,
+                                     chunk=self._chunk(kind), mesh=self.mesh, axis=axis, words_major=True)
             if kind == "hamming":
-                return hamming_top_k(q, corpus, self._n, k=k, chunk=self.chunk_size)
-            return chunked_top_k(jnp.asarray(q), corpus, self._n, k=k, kind=kind, chunk=self.chunk_size)
+                return hamming_top_k(q, corpus, self._n, k=k, chunk=self._chunk(kind))
+            return chunked_top_k(jnp.asarray(q), corpus, self._n, k=k, kind=kind, chunk=self._chunk(kind))
         piece = self.max_device_rows
         if kind != "hamming":
-            return streamed_top_k(jnp.asarray(q), self._data, self._n, k=k, kind=kind, chunk=self.chunk_size,
+            return streamed_top_k(jnp.asarray(q), self._data, self._n, k=k, kind=kind, chunk=self._chunk(kind),
                                   piece=piece)
         best = None
         for start in range(0, self._n, piece):
             lo = min(start, self._n - piece)
             block = hamming_corpus(self._data[lo : lo + piece])
-            found = hamming_top_k(q, block, piece, k=min(k, piece), chunk=self.chunk_size, first=start - lo, offset=lo)
+            found = hamming_top_k(q, block, piece, k=min(k, piece), chunk=self._chunk(kind), first=start - lo,
+                                  offset=lo)
             best = found if best is None else merge_top_k(*best, *found, k=k)
         return best
 
@@ -353,7 +362,7 @@ class EmbeddingIndex:
                                      f"this jaxst reads version {VERSION}")
                 index = cls(header["dim"], header["precision"], header["similarity"],
                             np.load(io.BytesIO(z.read("ranges.npy")), allow_pickle=False)
-                            if header["has_ranges"] else None, header.get("chunk_size", 131072),
+                            if header["has_ranges"] else None, header.get("chunk_size"),
                             None if mesh is not None else header.get("max_device_rows"), mesh)
                 rows = np.load(io.BytesIO(z.read("embeddings.npy")), allow_pickle=False)
                 ids = json.loads(z.read("ids.json")) if header["has_ids"] else None

@@ -6,7 +6,7 @@ never exists whole. Three scorers share the scan:
 
     "dot"      float32/bfloat16 corpus, float query             -> q . c
     "int8"     int8 corpus, int8 (scaled) query, int32 accumulate -> approximate q . dequant(c)
-    "hamming"  bits packed in uint64 words, popcount(q ^ c)        -> -Hamming distance
+    "hamming"  bits packed in uint16 words, popcount(q ^ c)        -> -Hamming distance
 
 A corpus too large for the device stays in host memory and is streamed through the same scan a
 piece at a time (``streamed_top_k``); on the CPU backend an aligned host array is used in place.
@@ -25,25 +25,39 @@ from jaxst.pooling import normalize
 from jaxst.similarity import as_matrix, cos_sim, dot_score
 
 BLOCK = 64  # rows per block in the two-stage top-k
+HAMMING_BLOCK = 16  # integer distances tie a lot: small blocks keep the candidate sort short
 
 
-def top_k(scores, k: int):
+def top_k(scores, k: int, block: int = BLOCK):
     """Exact ``jax.lax.top_k`` over the last axis, cheaper on long rows.
 
     The k best values lie in the k blocks with the largest block maxima, so only those
-    blocks are sorted."""
+    blocks are sorted. Ties go to the lower index, as in ``jax.lax.top_k``: the chosen blocks
+    are taken in index order."""
     q, n = scores.shape
-    if n % BLOCK or k * BLOCK >= n:
+    if n % block or k * block >= n:
         return jax.lax.top_k(scores, k)
-    blocks = scores.reshape(q, n // BLOCK, BLOCK)
-    _, best_blocks = jax.lax.top_k(blocks.max(axis=-1), k)  # (Q, k)
-    candidates = jnp.take_along_axis(blocks, best_blocks[:, :, None], axis=1).reshape(q, k * BLOCK)
+    blocks = scores.reshape(q, n // block, block)
+    best_blocks = jnp.sort(jax.lax.top_k(blocks.max(axis=-1), k)[1], axis=1)  # (Q, k)
+    candidates = jnp.take_along_axis(blocks, best_blocks[:, :, None], axis=1).reshape(q, k * block)
     values, pos = jax.lax.top_k(candidates, k)
-    ids = jnp.take_along_axis(best_blocks, pos // BLOCK, axis=1) * BLOCK + pos % BLOCK
+    ids = jnp.take_along_axis(best_blocks, pos // block, axis=1) * block + pos % block
     return values, ids
 
 
-SCAN_CHUNK = 32768  # rows scored per scan step: the (Q, chunk) score block stays cache-sized
+# Rows scored per scan step, by scorer: measured best on a 1M x 384 corpus, 100 queries (2 cores,
+# benchmarks/search_speed.py). Float GEMMs like small blocks; int8 and popcount scans longer ones.
+SCAN_CHUNKS = {"dot": 8192, "cosine": 8192, "int8": 32768, "hamming": 65536}
+SCAN_CHUNK = 32768  # any other score function
+
+
+def scan_chunk(kind) -> int:
+    return SCAN_CHUNKS.get(kind, SCAN_CHUNK) if isinstance(kind, str) else SCAN_CHUNK
+
+
+# LLVM's default 256-bit vectors leave AVX-512's popcount (VPOPCNTW) unused: the Hamming scan runs
+# ~1.5x faster with 512-bit vectors where the CPU has them (a no-op elsewhere, and off the CPU).
+SCAN_COMPILER_OPTIONS = {"xla_cpu_prefer_vector_width": 512}
 HOST_ALIGN = 64  # the CPU client aliases (does not copy) host arrays aligned to this many bytes
 
 
@@ -57,16 +71,16 @@ def _chunk_scores(queries, chunk, kind):
     if kind == "int8":
         dims = (((1,), (1,)), ((), ()))
         return jax.lax.dot_general(queries, chunk, dims, preferred_element_type=jnp.int32).astype(jnp.float32)
-    if kind == "hamming":  # chunk is (words, rows) uint64: each word is one contiguous row
-        dist = jnp.zeros((queries.shape[0], chunk.shape[1]), jnp.int32)
+    if kind == "hamming":  # chunk is (words, rows) uint16: each word is one contiguous row
+        acc = jnp.int16 if queries.shape[1] * 16 < 2**15 else jnp.int32  # 16-bit sums: twice the lanes
+        dist = jnp.zeros((queries.shape[0], chunk.shape[1]), acc)
         for w in range(queries.shape[1]):  # unrolled over the words: one fused pass over the chunk
-            dist = dist + jax.lax.population_count(queries[:, w][:, None] ^ chunk[w][None, :]).astype(jnp.int32)
+            dist = dist + jax.lax.population_count(queries[:, w][:, None] ^ chunk[w][None, :]).astype(acc)
         return -dist.astype(jnp.float32)
     return jnp.asarray(kind(queries, chunk), jnp.float32)  # any jittable score function
 
 
-@functools.partial(jax.jit, static_argnames=("k", "kind", "chunk"))
-def chunked_top_k(queries, corpus, n_valid, first=0, offset=0, *, k: int, kind, chunk: int):
+def _chunked_top_k(queries, corpus, n_valid, first=0, offset=0, *, k: int, kind, chunk: int):
     """Best ``k`` (scores, ids) per query over rows ``first <= row < n_valid`` of ``corpus``.
 
     ``corpus`` (N, W) is read in ``ceil(N / chunk)`` chunks by one ``lax.scan``; the last chunk is
@@ -88,7 +102,7 @@ def chunked_top_k(queries, corpus, n_valid, first=0, offset=0, *, k: int, kind, 
         rows = start + jnp.arange(chunk)
         scores = _chunk_scores(queries, block, kind)
         scores = jnp.where((rows >= jnp.maximum(i * chunk, first)) & (rows < n_valid), scores, -jnp.inf)
-        values, pos = top_k(scores, kk)
+        values, pos = top_k(scores, kk, HAMMING_BLOCK if kind == "hamming" else BLOCK)
         return values, rows[pos]
 
     if n_chunks == 1:  # the whole corpus is one chunk: no slicing, no scan
@@ -102,6 +116,12 @@ def chunked_top_k(queries, corpus, n_valid, first=0, offset=0, *, k: int, kind, 
     return values, (jnp.take_along_axis(rows, pos, axis=1) + offset).astype(jnp.int32)
 
 
+# Compiled on its own with the scan's compiler options; inside another jit (sharded_top_k) the raw
+# function is traced instead, since only a top-level jit takes compiler options.
+chunked_top_k = jax.jit(_chunked_top_k, static_argnames=("k", "kind", "chunk"),
+                        compiler_options=SCAN_COMPILER_OPTIONS)
+
+
 @functools.partial(jax.jit, static_argnames=("k",))
 def merge_top_k(values, ids, more_values, more_ids, *, k: int):
     """The best ``k`` of two (scores, ids) candidate sets, per query."""
@@ -112,26 +132,31 @@ def merge_top_k(values, ids, more_values, more_ids, *, k: int):
 
 
 def hamming_words(packed: np.ndarray) -> np.ndarray:
-    """Packed bits (n, bytes) as uint64 words (n, ceil(bytes / 8)), zero-padded: popcount works a
-    whole word at a time, so 64-bit words take half the passes of 32-bit ones."""
+    """Packed bits (n, bytes) as uint64 words (n, ceil(bytes / 8)), zero-padded: the index's host
+    storage (8-byte aligned rows)."""
     pad = (-packed.shape[1]) % 8
     if pad:
         packed = np.pad(packed, ((0, 0), (0, pad)))
     return np.ascontiguousarray(packed).view(np.uint64)
 
 
+def scan_words(words: np.ndarray) -> np.ndarray:
+    """uint64 words (n, W) -> the uint16 words (n, 4W) the popcount scan reads: 16-bit lanes
+    vectorize best (AVX-512 BITALG counts 32 of them at once; AVX2 code is no slower than 64-bit),
+    and no 64-bit types (JAX's x64 mode) are needed."""
+    return np.ascontiguousarray(words).view(np.uint16)
+
+
 def hamming_corpus(words: np.ndarray, device=None) -> jax.Array:
-    """uint64 words (n, W) -> the (W, n) device array the Hamming scan reads (64-bit needs x64 on)."""
-    with jax.enable_x64(True):
-        return jax.device_put(np.ascontiguousarray(words.T), device)
+    """uint64 words (n, W) -> the (4W, n) uint16 device array the Hamming scan reads."""
+    return jax.device_put(np.ascontiguousarray(scan_words(words).T), device)
 
 
 def hamming_top_k(packed_queries: np.ndarray, corpus: jax.Array, n_valid: int, *, k: int, chunk: int,
                   first: int = 0, offset: int = 0):
     """Best ``k`` of ``-Hamming distance`` between packed query bits and a ``hamming_corpus``."""
-    with jax.enable_x64(True):
-        queries = jax.device_put(hamming_words(packed_queries), corpus.sharding)
-        return chunked_top_k(queries, corpus, n_valid, first, offset, k=k, kind="hamming", chunk=chunk)
+    queries = jax.device_put(scan_words(hamming_words(packed_queries)), corpus.sharding)
+    return chunked_top_k(queries, corpus, n_valid, first, offset, k=k, kind="hamming", chunk=chunk)
 
 
 def aligned_empty(shape, dtype) -> np.ndarray:
@@ -204,7 +229,8 @@ def row_sharding(corpus: jax.Array):
     return (sharding.mesh, axis) if axis is not None else None
 
 
-@functools.partial(jax.jit, static_argnames=("k", "kind", "chunk", "mesh", "axis", "words_major"))
+@functools.partial(jax.jit, static_argnames=("k", "kind", "chunk", "mesh", "axis", "words_major"),
+                   compiler_options=SCAN_COMPILER_OPTIONS)
 def sharded_top_k(queries, corpus, n_valid, *, k: int, kind, chunk: int, mesh, axis: str,
                   words_major: bool = False):
     """``chunked_top_k`` over a corpus split by rows across the devices of ``mesh`` along ``axis``:
@@ -218,7 +244,7 @@ def sharded_top_k(queries, corpus, n_valid, *, k: int, kind, chunk: int, mesh, a
         rows = shard.shape[1 if words_major else 0]
         offset = jax.lax.axis_index(axis) * rows
         mine = jnp.clip(n_valid - offset, 0, rows)
-        values, ids = chunked_top_k(q, shard, mine, 0, offset, k=min(k, rows), kind=kind, chunk=chunk)
+        values, ids = _chunked_top_k(q, shard, mine, 0, offset, k=min(k, rows), kind=kind, chunk=chunk)
         values = jax.lax.all_gather(values, axis, axis=1, tiled=True)  # (Q, devices * k)
         ids = jax.lax.all_gather(ids, axis, axis=1, tiled=True)
         values, pos = jax.lax.top_k(values, k)
@@ -278,7 +304,7 @@ def semantic_search(
         return [[] for _ in range(queries.shape[0])]
     kind = {cos_sim: "cosine", dot_score: "dot"}.get(score_function, score_function)
     k = min(top_k, n)
-    chunk = min(corpus_chunk_size, SCAN_CHUNK)
+    chunk = min(corpus_chunk_size, scan_chunk(kind))
     sharded = row_sharding(corpus) if host is None else None
     results: list[list[dict]] = []
     for q0 in range(0, queries.shape[0], query_chunk_size):
