@@ -67,9 +67,22 @@ class SentenceEncoder(nnx.Module):
         self.heads = nnx.List(heads or [])
 
     def __call__(self, batch: dict, dropout_rng=None) -> dict:
-        """``dropout_rng``: a PRNG key to run the encoder with training dropout; None for inference."""
-        mask = batch["attention_mask"]
-        tokens = self.encoder(batch["input_ids"], mask, batch.get("token_type_ids"), dropout_rng=dropout_rng)  # (B,T,H)
+        """``dropout_rng``: a PRNG key to run the encoder with training dropout; None for inference.
+
+        A packed batch (``jaxst.training.pack``) holds several texts per row; its token states are
+        gathered back into one right-padded row per text before pooling, so every pooling mode
+        and head sees what it would for the unpacked batch."""
+        if "unpack_index" in batch:
+            segments = batch["segment_ids"]  # (rows, R): the text each token belongs to, -1 for padding
+            same_text = (segments[:, :, None] == segments[:, None, :]) & (segments[:, None, :] >= 0)
+            packed = self.encoder(batch["input_ids"], same_text, batch.get("token_type_ids"),
+                                  dropout_rng=dropout_rng, positions=batch["positions"])  # (rows, R, H)
+            index = batch["unpack_index"]  # (columns, B, R) -> flat token slots
+            mask = batch["attention_mask"].reshape(-1, index.shape[-1])  # (columns * B, R)
+            tokens = packed.reshape(-1, packed.shape[-1])[index.reshape(mask.shape)]  # (columns * B, R, H)
+        else:
+            mask = batch["attention_mask"]
+            tokens = self.encoder(batch["input_ids"], mask, batch.get("token_type_ids"), dropout_rng=dropout_rng)
         tokens = tokens.astype(jnp.float32)  # pooling and heads in float32, whatever the encoder computed in
         prompt_length = None if self.include_prompt else batch.get("prompt_length")
         x = pool(tokens, mask, self.pooling_modes, prompt_length)  # (B, H * len(modes))

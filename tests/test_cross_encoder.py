@@ -239,9 +239,10 @@ def test_functional_contract(models):
     assert isinstance(logits, jax.Array) and logits.shape == (len(PAIRS), 1)
     expected = st.predict(PAIRS, activation_fn=torch.nn.Identity())
     assert max_abs(logits[:, 0], expected) < TOL
-    # Padding the batch further changes nothing.
+    # Padding the batch further changes nothing beyond float32 rounding: a longer row changes the
+    # matmul blocking, which on AVX-512 CPUs moves the logits by ~1e-6; the fp32 tolerance applies.
     padded = {k: np.pad(v, ((0, 0), (0, 16))) for k, v in batch.items()}
-    assert max_abs(jx.apply(jx.params, padded), logits) < 1e-6
+    assert max_abs(jx.apply(jx.params, padded), logits) < TOL
     assert all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(jx.params))
     assert set(jx.params) == {"encoder", "pooler", "classifier"}
 

@@ -184,9 +184,11 @@ def torch_features(st, examples, n_texts):
         return [st.tokenize([e[i] for e in examples]) for i in range(n_texts)]
 
 
+@pytest.mark.parametrize("pack", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize("case", list(STEP_LOSSES))
-def test_one_train_step_equals_pytorch_adamw(tiny_folder, case):
-    """Dropout off (torch in eval mode), the same batch, AdamW with the same settings: same params."""
+def test_one_train_step_equals_pytorch_adamw(tiny_folder, case, pack):
+    """Dropout off (torch in eval mode), the same batch, AdamW with the same settings: same params,
+    whether the batch is padded per column or packed (fit's default)."""
     from sentence_transformers.sentence_transformer import losses as st_losses
 
     n_texts, scored, make_jx, make_st = STEP_LOSSES[case]
@@ -207,13 +209,82 @@ def test_one_train_step_equals_pytorch_adamw(tiny_folder, case):
     jx = jaxst.SentenceTransformer(tiny_folder)
     optimizer = optax.adamw(lr, b1=betas[0], b2=betas[1], eps=eps, weight_decay=weight_decay)
     step_fn = training.make_train_step(jx, make_jx(jx), optimizer, dropout=False)
-    state, metrics = step_fn(training.TrainState.create(jx.params, optimizer), training.collate(jx, examples))
+    batch = training.collate(jx, examples, pack=pack)
+    assert ("unpack_index" in batch["features"]) == pack
+    state, metrics = step_fn(training.TrainState.create(jx.params, optimizer), batch)
     assert abs(float(metrics["loss"]) - float(value.detach())) < TOL
     assert int(state.step) == 1
     moved = assert_params_match_torch(state.params, st[0].auto_model.state_dict(), {"encoder": ""})
     assert max_abs(state.params["encoder"]["embeddings"]["LayerNorm"]["scale"],
                    jx.params["encoder"]["embeddings"]["LayerNorm"]["scale"]) > 5e-4  # the step did move
     assert moved < TOL
+
+
+PACK_CASES = {  # encoder, pooling, include_prompt
+    "bert-mean": ("tiny_bert_base", "mean", True),
+    "bert-all-poolings": ("tiny_bert_base", ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean",
+                                             "lasttoken"), True),
+    "xlmr-cls": ("tiny_xlmr_base", "cls", True),
+    "mpnet-mean-no-prompt": ("tiny_mpnet_base", "mean", False),
+}
+
+
+@pytest.mark.parametrize("case", list(PACK_CASES))
+def test_packed_batch_gives_the_padded_loss_and_gradients(request, make_tiny_st, case):
+    """Packing texts end to end (attention within each text, positions from 0 per text, token states
+    gathered back per text) changes nothing a loss sees: the same value and gradients as the padded
+    batch, for every pooling mode and each encoder family; with a prompt excluded from pooling too."""
+    base, pooling, include_prompt = PACK_CASES[case]
+    folder = make_tiny_st(pooling_mode=pooling, include_prompt=include_prompt, base=request.getfixturevalue(base),
+                          prompts={"query": "query: "} if not include_prompt else None)
+    jx = jaxst.SentenceTransformer(folder)
+    examples = triplets(8, offset=40)
+    loss_fn = jax.jit(jax.value_and_grad(training.make_loss_fn(jx, jl.MultipleNegativesRankingLoss(), dropout=False)))
+    padded = training.collate(jx, examples)
+    packed = training.collate(jx, examples, pack=True)
+    if not include_prompt:  # the prompt's tokens are in the text but left out of the pooling
+        columns = [jx.tokenize([e[i] for e in examples], prompt="query: ") for i in range(3)]
+        assert int(columns[0]["prompt_length"]) > 1
+        padded = {"features": columns, "labels": None}
+        packed = {"features": training.pack_columns(columns, jx.tokenizer.pad_id), "labels": None}
+    feats = packed["features"]
+    if include_prompt:  # fewer token slots than collate's padded columns: less to compute
+        assert feats["input_ids"].size < sum(f["input_ids"].size for f in padded["features"])
+    assert feats["unpack_index"].shape[:2] == (3, 8)
+    value, grads = loss_fn(jx.params, padded)
+    packed_value, packed_grads = loss_fn(jx.params, packed)
+    assert abs(float(value) - float(packed_value)) < TOL
+    worst = max(max_abs(a, b) for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(packed_grads)))
+    assert worst < TOL
+    assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads)) > 1e-3  # gradients are not all ~0
+
+    # rows narrower than the longest text widen to a multiple of the row; texts never straddle rows
+    narrow = training.pack_columns(training.collate(jx, examples)["features"], jx.tokenizer.pad_id, row=8)
+    assert narrow["input_ids"].shape[1] % 8 == 0 and narrow["input_ids"].shape[1] >= 16
+    narrow_value, narrow_grads = loss_fn(jx.params, {"features": narrow, "labels": None})
+    if include_prompt:
+        assert abs(float(value) - float(narrow_value)) < TOL
+
+
+def test_pack_columns_layout():
+    cols = [{"input_ids": np.array([[5, 6, 7, 0], [8, 9, 0, 0]]),
+             "attention_mask": np.array([[1, 1, 1, 0], [1, 1, 0, 0]])},
+            {"input_ids": np.array([[1, 2, 3, 4], [3, 0, 0, 0]]),
+             "attention_mask": np.array([[1, 1, 1, 1], [1, 0, 0, 0]])}]
+    p = training.pack_columns(cols, pad_id=0, row=5)
+    assert p["input_ids"].shape == (2, 5)  # 3+2+4+1 = 10 tokens in two rows of five, nothing split
+    flat = p["input_ids"].reshape(-1)
+    for c, col in enumerate(cols):
+        for b in range(2):
+            n = col["attention_mask"][b].sum()
+            np.testing.assert_array_equal(flat[p["unpack_index"][c, b, :n]], col["input_ids"][b, :n])
+            np.testing.assert_array_equal(p["attention_mask"][c, b], (np.arange(5) < n).astype(np.int32))
+            seg = p["segment_ids"].reshape(-1)[p["unpack_index"][c, b, :n]]
+            assert (seg == 2 * c + b).all()
+            np.testing.assert_array_equal(p["positions"].reshape(-1)[p["unpack_index"][c, b, :n]], np.arange(n))
+    assert (p["segment_ids"] >= 0).sum() == 10
+    with pytest.raises(ValueError, match="batch size"):
+        training.pack_columns([cols[0], {k: v[:1] for k, v in cols[1].items()}], pad_id=0)
 
 
 def test_default_recipe_equals_sentence_transformers_fit_recipe(tiny_folder):

@@ -66,7 +66,8 @@ def multi_head_attention(x, query, key, value, num_heads: int, mask, dropout_rat
     ``query``/``key``/``value`` are the three ``nnx.Linear`` projections, applied as one fused (H, 3H)
     matmul; heads are laid out (B, N, T, D) so both score matmuls are plain batched matmuls, which
     XLA's CPU backend runs about 1.5x faster than (B, T, N, D) einsums. ``mask`` (B, T) marks the real
-    keys; ``position_bias`` (1 or B, N, T, T) is added to the scaled scores (MPNet). With
+    keys, or (B, T, T) says which key each query may see (packed batches: only its own text's);
+    ``position_bias`` (1 or B, N, T, T) is added to the scaled scores (MPNet). With
     ``first_only`` only position 0 queries (Tq = 1): what a classification head reads. Scores and
     softmax are float32 whatever the compute dtype (bf16/fp16 after ``model.half()``)."""
     b, t, h = x.shape
@@ -80,7 +81,11 @@ def multi_head_attention(x, query, key, value, num_heads: int, mask, dropout_rat
     scores = jnp.matmul(q, k.swapaxes(-1, -2), preferred_element_type=jnp.float32) / math.sqrt(d)  # (B, N, Tq, T)
     if position_bias is not None:
         scores = scores + (position_bias[:, :, :1] if first_only else position_bias)
-    scores = jnp.where(mask[:, None, None, :], scores, jnp.finfo(scores.dtype).min)
+    if mask.ndim == 3:  # (B, Tq, T): per-query key masks
+        mask = mask[:, None, :1, :] if first_only else mask[:, None, :, :]
+    else:
+        mask = mask[:, None, None, :]
+    scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
     probs = dropout(jax.nn.softmax(scores, axis=-1), dropout_rate, dropout_rng)
     return jnp.matmul(probs.astype(v.dtype), v).transpose(0, 2, 1, 3).reshape(b, -1, h)
 
@@ -127,9 +132,11 @@ class BertEmbeddings(nnx.Module):
         self.token_type_embeddings = nnx.Embed(max(cfg.type_vocab_size, 1), cfg.hidden_size, rngs=rngs)
         self.LayerNorm = nnx.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps, rngs=rngs)
 
-    def __call__(self, input_ids, attention_mask, token_type_ids, dropout_rng=None):
+    def __call__(self, input_ids, attention_mask, token_type_ids, dropout_rng=None, positions=None):
         cfg = self.cfg
-        if cfg.position_offset:
+        if positions is not None:  # each token's index within its own text (packed batches)
+            position_ids = positions + (cfg.pad_token_id + 1 if cfg.position_offset else 0)
+        elif cfg.position_offset:
             # RoBERTa: real tokens count up from pad_token_id + 1, padding keeps pad_token_id.
             not_pad = (input_ids != cfg.pad_token_id).astype(jnp.int32)
             position_ids = jnp.cumsum(not_pad, axis=1) * not_pad + cfg.pad_token_id
@@ -219,10 +226,13 @@ class BertModel(nnx.Module):
         self.embeddings = BertEmbeddings(cfg, rngs=rngs)
         self.encoder = BertEncoder(cfg, rngs=rngs)
 
-    def __call__(self, input_ids, attention_mask, token_type_ids=None, dropout_rng=None):
-        """``dropout_rng``: a PRNG key to train with dropout; None (the default) for inference."""
+    def __call__(self, input_ids, attention_mask, token_type_ids=None, dropout_rng=None, positions=None):
+        """``dropout_rng``: a PRNG key to train with dropout; None (the default) for inference.
+        ``attention_mask`` (B, T), or (B, T, T) with ``positions`` (B, T) for packed batches: several
+        texts per row, each token seeing only its own text and numbered from 0 within it."""
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
-        mask = attention_mask.astype(bool)  # (B, T)
+        mask = attention_mask.astype(bool)  # (B, T) or (B, T, T)
         emb_rng, enc_rng = split_rng(dropout_rng, 2)
-        return self.encoder(self.embeddings(input_ids, attention_mask, token_type_ids, emb_rng), mask, enc_rng)
+        x = self.embeddings(input_ids, attention_mask, token_type_ids, emb_rng, positions)
+        return self.encoder(x, mask, enc_rng)

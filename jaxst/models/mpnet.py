@@ -91,9 +91,12 @@ class MPNetEmbeddings(nnx.Module):
         self.LayerNorm = nnx.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps, rngs=rngs)
         self.dropout_rate = cfg.hidden_dropout_prob
 
-    def __call__(self, input_ids, dropout_rng=None):
-        not_pad = (input_ids != PADDING_IDX).astype(jnp.int32)
-        position_ids = jnp.cumsum(not_pad, axis=1) * not_pad + PADDING_IDX  # (B, T)
+    def __call__(self, input_ids, dropout_rng=None, positions=None):
+        if positions is not None:  # each token's index within its own text (packed batches)
+            position_ids = positions + PADDING_IDX + 1
+        else:
+            not_pad = (input_ids != PADDING_IDX).astype(jnp.int32)
+            position_ids = jnp.cumsum(not_pad, axis=1) * not_pad + PADDING_IDX  # (B, T)
         x = self.LayerNorm(self.word_embeddings(input_ids) + self.position_embeddings(position_ids))
         return dropout(x, self.dropout_rate, dropout_rng)
 
@@ -166,8 +169,11 @@ class MPNetModel(nnx.Module):
         self.embeddings = MPNetEmbeddings(cfg, rngs=rngs)
         self.encoder = MPNetEncoder(cfg, rngs=rngs)
 
-    def __call__(self, input_ids, attention_mask, token_type_ids=None, dropout_rng=None):
-        """``dropout_rng``: a PRNG key to train with dropout; None (the default) for inference."""
+    def __call__(self, input_ids, attention_mask, token_type_ids=None, dropout_rng=None, positions=None):
+        """``dropout_rng``: a PRNG key to train with dropout; None (the default) for inference.
+        Packed batches: ``attention_mask`` (B, T, T) and ``positions`` as for ``BertModel``. The
+        relative position bias needs nothing more: within a text, key-minus-query distances are the
+        same packed or not, and across texts attention is masked."""
         del token_type_ids  # accepted for a uniform signature; MPNet has none
         emb_rng, enc_rng = split_rng(dropout_rng, 2)
-        return self.encoder(self.embeddings(input_ids, emb_rng), attention_mask.astype(bool), enc_rng)
+        return self.encoder(self.embeddings(input_ids, emb_rng, positions), attention_mask.astype(bool), enc_rng)
