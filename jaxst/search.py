@@ -56,8 +56,31 @@ def scan_chunk(kind) -> int:
 
 
 # LLVM's default 256-bit vectors leave AVX-512's popcount (VPOPCNTW) unused: the Hamming scan runs
-# ~1.5x faster with 512-bit vectors where the CPU has them (a no-op elsewhere, and off the CPU).
+# ~1.5x faster with 512-bit vectors where the CPU has them (a no-op on CPUs without AVX-512). Passed
+# only when the arrays live on CPU devices: other backends' compilers need not know the option.
 SCAN_COMPILER_OPTIONS = {"xla_cpu_prefer_vector_width": 512}
+
+
+def _on_cpu(*arrays) -> bool:
+    for x in arrays:
+        devices = getattr(x, "devices", None)
+        if callable(devices):
+            return all(d.platform == "cpu" for d in devices())
+    return jax.default_backend() == "cpu"
+
+
+def _per_platform(fn, static_argnames):
+    """``fn`` jitted twice, with the scan's CPU compiler options and without; calls pick by where the
+    arguments live."""
+    on_cpu = jax.jit(fn, static_argnames=static_argnames, compiler_options=SCAN_COMPILER_OPTIONS)
+    elsewhere = jax.jit(fn, static_argnames=static_argnames)
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        return (on_cpu if _on_cpu(*args[:2]) else elsewhere)(*args, **kwargs)
+
+    call.clear_cache = lambda: (on_cpu.clear_cache(), elsewhere.clear_cache())
+    return call
 HOST_ALIGN = 64  # the CPU client aliases (does not copy) host arrays aligned to this many bytes
 
 
@@ -118,8 +141,7 @@ def _chunked_top_k(queries, corpus, n_valid, first=0, offset=0, *, k: int, kind,
 
 # Compiled on its own with the scan's compiler options; inside another jit (sharded_top_k) the raw
 # function is traced instead, since only a top-level jit takes compiler options.
-chunked_top_k = jax.jit(_chunked_top_k, static_argnames=("k", "kind", "chunk"),
-                        compiler_options=SCAN_COMPILER_OPTIONS)
+chunked_top_k = _per_platform(_chunked_top_k, ("k", "kind", "chunk"))
 
 
 @functools.partial(jax.jit, static_argnames=("k",))
@@ -229,9 +251,7 @@ def row_sharding(corpus: jax.Array):
     return (sharding.mesh, axis) if axis is not None else None
 
 
-@functools.partial(jax.jit, static_argnames=("k", "kind", "chunk", "mesh", "axis", "words_major"),
-                   compiler_options=SCAN_COMPILER_OPTIONS)
-def sharded_top_k(queries, corpus, n_valid, *, k: int, kind, chunk: int, mesh, axis: str,
+def _sharded_top_k(queries, corpus, n_valid, *, k: int, kind, chunk: int, mesh, axis: str,
                   words_major: bool = False):
     """``chunked_top_k`` over a corpus split by rows across the devices of ``mesh`` along ``axis``:
     each device scans its own shard and keeps its top ``k``, the winners are all-gathered and one
@@ -252,6 +272,9 @@ def sharded_top_k(queries, corpus, n_valid, *, k: int, kind, chunk: int, mesh, a
 
     return jax.shard_map(local, mesh=mesh, in_specs=(P(), rows_spec, P()), out_specs=(P(), P()),
                          check_vma=False)(queries, corpus, n_valid)
+
+
+sharded_top_k = _per_platform(_sharded_top_k, ("k", "kind", "chunk", "mesh", "axis", "words_major"))
 
 
 def hits(scores, ids, n_valid: int | None = None) -> list[list[dict]]:

@@ -401,3 +401,20 @@ def test_loads_version_1_binary_index(tmp_path):
     q = emb[:5] + 0.1
     assert [[h["corpus_id"] for h in r] for r in loaded.search(q, top_k=5)] == \
         [[h["corpus_id"] for h in r] for r in index.search(q, top_k=5)]
+
+
+def test_scan_compiler_options_only_for_cpu_arrays():
+    """The CPU-only compiler option (512-bit vectors for the popcount scan) is chosen by where the
+    arrays live; numpy arguments go by the default backend."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxst import search
+
+    assert search._on_cpu(jnp.zeros(3), jnp.zeros(3)) == (jax.devices()[0].platform == "cpu")
+    assert search._on_cpu(np.zeros(3)) == (jax.default_backend() == "cpu")
+    words = np.random.default_rng(0).integers(0, 2**63, (300, 6), dtype=np.uint64)
+    corpus = search.hamming_corpus(words)
+    queries = jnp.asarray(search.scan_words(words[:4]))
+    scores, ids = search.chunked_top_k(queries, corpus, 300, k=3, kind="hamming", chunk=128)
+    assert np.asarray(ids)[:, 0].tolist() == [0, 1, 2, 3] and (np.asarray(scores)[:, 0] == 0).all()
