@@ -99,6 +99,21 @@ def seq_bucket(longest: int, max_length: int) -> int:
     return min(max(step, -(-longest // step) * step), max_length)
 
 
+# On CPU a batch holds at most this many padded token slots (and at most batch_size texts): measured on
+# 2 cores, ~220-token paragraphs encode ~1.45x faster 8 at a time than 32 at a time (the (B, N, T, T)
+# attention scores fall out of cache), while short sentences keep their full batches.
+CPU_BATCH_TOKENS = 2048
+
+
+def batch_rows(padded_length: int, batch_size: int, max_tokens: int | None) -> int:
+    """Texts per batch when the longest is padded to ``padded_length`` tokens: ``batch_size``, or fewer
+    to stay within ``max_tokens`` token slots (a power of two, so few batch shapes compile)."""
+    if max_tokens is None:
+        return batch_size
+    fit = max(1, max_tokens // max(padded_length, 1))
+    return batch_size if fit >= batch_size else 1 << (fit.bit_length() - 1)
+
+
 def batch_bucket(n: int, batch_size: int, multiple: int = 1) -> int:
     """Rows to pad a batch of ``n`` to: ``batch_size`` for full batches, else the next power of two; then
     rounded up to a ``multiple`` (the device count, so every device gets the same number of rows)."""
@@ -403,6 +418,7 @@ class SentenceTransformer(Saving):
         chunk_size: int | None = None,
         *,
         output_path: str | os.PathLike | None = None,
+        max_batch_tokens: int | None | str = "auto",
         **kwargs,
     ):
         """Embed a string, a list of strings or any iterable of strings; see sentence-transformers' ``encode``.
@@ -415,6 +431,10 @@ class SentenceTransformer(Saving):
 
         ``pool`` (from ``start_multi_process_pool``) or a list of devices as ``device`` splits every
         batch over those devices; with several local devices and no device chosen, all of them are used.
+
+        ``max_batch_tokens`` caps the padded token slots of a batch (per device): long texts then run
+        in smaller batches than ``batch_size``. ``"auto"``: 2,048 on CPU, where it is faster, no cap on
+        accelerators; None: no cap.
         """
         if "sentences" in kwargs:
             if inputs is not None:
@@ -425,6 +445,8 @@ class SentenceTransformer(Saving):
         if kwargs:
             raise ValueError(f"encode() got keyword arguments it does not use: {sorted(kwargs)}")
         _positive_int("batch_size", batch_size)
+        if max_batch_tokens is not None and max_batch_tokens != "auto":
+            _positive_int("max_batch_tokens", max_batch_tokens)
         chunk_size = DEFAULT_CHUNK_SIZE if chunk_size is None else _positive_int("chunk_size", chunk_size)
         if output_value not in OUTPUT_VALUES:
             raise ValueError(f"output_value must be one of {OUTPUT_VALUES}, got {output_value!r}")
@@ -444,6 +466,9 @@ class SentenceTransformer(Saving):
         texts, single, total = _text_stream(inputs)
         prompt = self._resolve_prompt(prompt, prompt_name)
         params, mesh = self._placement(device, pool)
+        if max_batch_tokens == "auto":
+            on_cpu = all(d.platform == "cpu" for d in jax.tree.leaves(params)[0].devices())
+            max_batch_tokens = CPU_BATCH_TOKENS if on_cpu else None
         keep_tokens = output_value != "sentence_embedding"
         if keep_tokens:
             convert_to_numpy = convert_to_tensor = False
@@ -451,7 +476,7 @@ class SentenceTransformer(Saving):
         bar = tqdm(total=None if total is None else _n_batches(total, chunk_size, batch_size), desc="Batches",
                    disable=not show_progress_bar)
         with bar:
-            chunks = (self._run(chunk, prompt, batch_size, bar, params, mesh, keep_tokens)
+            chunks = (self._run(chunk, prompt, batch_size, bar, params, mesh, keep_tokens, max_batch_tokens)
                       for chunk in _chunks(texts, chunk_size))
             if keep_tokens:
                 outputs = [o for chunk in chunks for o in chunk]
@@ -517,7 +542,8 @@ class SentenceTransformer(Saving):
         self._mesh_params = (mesh, leaves, params)
         return params
 
-    def _run(self, texts: list[str], prompt, batch_size: int, bar, params, mesh: Mesh | None, keep_tokens: bool):
+    def _run(self, texts: list[str], prompt, batch_size: int, bar, params, mesh: Mesh | None, keep_tokens: bool,
+             max_batch_tokens: int | None = None):
         """One chunk of texts: length-sorted, bucketed batches through the jitted forward; input order out.
 
         Returns the (N, D) float32 sentence embeddings (numpy), or with ``keep_tokens`` one dict per text
@@ -535,15 +561,25 @@ class SentenceTransformer(Saving):
         place = None
         if mesh is None and (params is not self.params or self.device is not None):
             place = jax.tree.leaves(params)[0].sharding
+        devices = 1 if mesh is None else mesh.size
+        budget = None if max_batch_tokens is None else max_batch_tokens * devices
+        plan, start = [], 0  # (first, rows): longest texts first, so each batch's first text sets its length
+        while start < len(texts):
+            length = seq_bucket(len(all_encodings[order[start]].ids), self.max_seq_length)
+            rows = batch_rows(length, batch_size, budget)
+            plan.append((start, rows, length))
+            start += rows
+        if bar.total is not None and len(plan) != -(-len(texts) // batch_size):
+            bar.total += len(plan) - -(-len(texts) // batch_size)  # the estimate counted full batch_size batches
+            bar.refresh()
         pieces, per_text = [], []
-        for start in range(0, len(texts), batch_size):
-            idx = order[start : start + batch_size]
+        for start, rows, length in plan:
+            idx = order[start : start + rows]
             encodings = [all_encodings[i] for i in idx]
-            longest = max(len(e.ids) for e in encodings)
             batch = self.tokenizer.pad(
                 encodings,
-                seq_bucket(longest, self.max_seq_length),
-                batch_bucket(len(idx), batch_size, 1 if mesh is None else mesh.size),
+                length,
+                batch_bucket(len(idx), rows, devices),
                 types=self._uses_token_types,
             )
             if prompt_length is not None:

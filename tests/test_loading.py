@@ -119,3 +119,36 @@ def test_tokenize_matches_the_original(make_tiny_st):
     ours, ref = jaxst.SentenceTransformer(folder).tokenize(TEXTS), reference(folder).tokenize(TEXTS)
     for key in ("input_ids", "attention_mask", "token_type_ids"):
         np.testing.assert_array_equal(ours[key], ref[key].numpy())
+
+
+def test_token_budget_splits_long_texts_into_smaller_batches(make_tiny_st, capsys, monkeypatch):
+    """``max_batch_tokens`` caps padded token slots per batch: long texts run fewer to a batch (a power
+    of two), short ones keep ``batch_size``; the embeddings are those of unbudgeted batches and of
+    sentence-transformers; the progress bar counts the batches actually run."""
+    from jaxst import sentence_transformer
+
+    assert sentence_transformer.batch_rows(72, 32, 2048) == 16  # 2048 // 72 = 28 -> 16
+    assert sentence_transformer.batch_rows(16, 32, 2048) == 32
+    assert sentence_transformer.batch_rows(4096, 32, 2048) == 1
+    assert sentence_transformer.batch_rows(300, 32, None) == 32
+    folder = make_tiny_st()
+    model = jaxst.SentenceTransformer(folder)
+    long = [" ".join(["word"] * 40 + [str(i)]) for i in range(6)]  # ~45 tokens: bucket 48
+    texts = long + list(TEXTS)
+    rows = []
+    real_forward = sentence_transformer.forward
+    monkeypatch.setattr(sentence_transformer, "forward",
+                        lambda g, p, b: rows.append(b["input_ids"].shape) or real_forward(g, p, b))
+    budgeted = model.encode(texts, batch_size=8, max_batch_tokens=100, show_progress_bar=True)
+    err = capsys.readouterr().err
+    assert all(r[0] * r[1] <= 100 or r[0] == 1 for r in rows), rows
+    assert (2, 44) in rows and rows[-1][0] == 8, rows  # long texts two at a time, short ones a full batch
+    assert f"{len(rows)}/{len(rows)}" in err
+    rows.clear()
+    whole = model.encode(texts, batch_size=8, max_batch_tokens=None)
+    assert rows[0][0] == 8
+    assert max_abs(budgeted, whole) < 1e-5
+    assert max_abs(budgeted, reference(folder).encode(texts)) < 1e-5
+    for bad in (0, -5, 1.5, "many"):
+        with pytest.raises(ValueError, match="max_batch_tokens"):
+            model.encode(texts, max_batch_tokens=bad)
