@@ -69,7 +69,7 @@ class SentenceEncoder(nnx.Module):
     def __call__(self, batch: dict, dropout_rng=None) -> dict:
         """``dropout_rng``: a PRNG key to run the encoder with training dropout; None for inference.
 
-        A packed batch (``jaxst.training.pack``) holds several texts per row; its token states are
+        A packed batch (``jaxst.training.pack_columns``) holds several texts per row; its token states are
         gathered back into one right-padded row per text before pooling, so every pooling mode
         and head sees what it would for the unpacked batch."""
         if "unpack_index" in batch:

@@ -81,6 +81,8 @@ def _per_platform(fn, static_argnames):
 
     call.clear_cache = lambda: (on_cpu.clear_cache(), elsewhere.clear_cache())
     return call
+
+
 HOST_ALIGN = 64  # the CPU client aliases (does not copy) host arrays aligned to this many bytes
 
 

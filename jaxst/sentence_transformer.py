@@ -563,14 +563,15 @@ class SentenceTransformer(Saving):
             place = jax.tree.leaves(params)[0].sharding
         devices = 1 if mesh is None else mesh.size
         budget = None if max_batch_tokens is None else max_batch_tokens * devices
-        plan, start = [], 0  # (first, rows): longest texts first, so each batch's first text sets its length
+        plan, start = [], 0  # (first, rows, padded length); longest first, so a batch's first text sets its length
         while start < len(texts):
             length = seq_bucket(len(all_encodings[order[start]].ids), self.max_seq_length)
             rows = batch_rows(length, batch_size, budget)
             plan.append((start, rows, length))
             start += rows
-        if bar.total is not None and len(plan) != -(-len(texts) // batch_size):
-            bar.total += len(plan) - -(-len(texts) // batch_size)  # the estimate counted full batch_size batches
+        estimated = -(-len(texts) // batch_size)  # what the bar's total counted for this chunk
+        if bar.total is not None and len(plan) != estimated:
+            bar.total += len(plan) - estimated
             bar.refresh()
         pieces, per_text = [], []
         for start, rows, length in plan:
