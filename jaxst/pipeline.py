@@ -56,6 +56,11 @@ class Normalize(nnx.Module):
         return normalize(x)
 
 
+def is_packed(batch) -> bool:
+    """A packed batch (``jaxst.training.pack_columns``): several texts per row, gathered back per text."""
+    return isinstance(batch, dict) and "unpack_index" in batch
+
+
 class SentenceEncoder(nnx.Module):
     """encoder + pooling + the modules after it (Dense, Normalize), in modules.json order."""
 
@@ -72,7 +77,7 @@ class SentenceEncoder(nnx.Module):
         A packed batch (``jaxst.training.pack_columns``) holds several texts per row; its token states are
         gathered back into one right-padded row per text before pooling, so every pooling mode
         and head sees what it would for the unpacked batch."""
-        if "unpack_index" in batch:
+        if is_packed(batch):
             segments = batch["segment_ids"]  # (rows, R): the text each token belongs to, -1 for padding
             same_text = (segments[:, :, None] == segments[:, None, :]) & (segments[:, None, :] >= 0)
             packed = self.encoder(batch["input_ids"], same_text, batch.get("token_type_ids"),

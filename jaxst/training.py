@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from jaxst.losses import Loss
 from jaxst.models.bert import split_rng
+from jaxst.pipeline import is_packed
 from jaxst.similarity import similarity_functions
 
 SEQ_MULTIPLE = 8  # columns are padded to a multiple of this many tokens: little padding, few shapes to compile
@@ -126,7 +127,7 @@ def train_forward(graphdef: nnx.GraphDef, params, features, dropout_rng=None):
     a list of (B, D) sentence embeddings; for a CrossEncoder, one tokenized pair batch -> its raw
     logits (B, num_labels). ``dropout_rng``: a PRNG key for dropout, None for none."""
     module = nnx.merge(graphdef, params)
-    if _is_packed(features):  # all columns in one packed forward; the embeddings come back per column
+    if is_packed(features):  # all columns in one packed forward; the embeddings come back per column
         embeddings = module(dict(features), dropout_rng=dropout_rng)["sentence_embedding"]
         return list(embeddings.reshape(features["unpack_index"].shape[0], -1, embeddings.shape[-1]))
     if not isinstance(features, (list, tuple)):
@@ -139,10 +140,6 @@ def train_forward(graphdef: nnx.GraphDef, params, features, dropout_rng=None):
         return jnp.split(embeddings, np.cumsum(rows)[:-1])
     keys = split_rng(dropout_rng, len(features))
     return [module(dict(f), dropout_rng=k)["sentence_embedding"] for f, k in zip(features, keys)]
-
-
-def _is_packed(features) -> bool:
-    return isinstance(features, dict) and "unpack_index" in features
 
 
 def _stackable(features) -> bool:
@@ -199,7 +196,7 @@ def make_loss_fn(model, loss: Loss, *, dropout: bool = True, mesh: Mesh | None =
 
     def loss_fn(params, batch, rng=None):
         features, labels = batch["features"], batch.get("labels")
-        if _is_packed(features):
+        if is_packed(features):
             raise ValueError("a packed batch cannot be split over devices; build it with collate(..., pack=False)")
         rows = jax.tree.leaves(features)[0].shape[0]
         if rows % n_devices:
@@ -332,7 +329,7 @@ def collate(model, examples: Sequence, seq_multiple: int = SEQ_MULTIPLE, pack: b
     Labels are float32, or None when no example has one. All columns are padded to one length, a
     multiple of ``seq_multiple`` tokens (at most the model's ``max_seq_length``), so that few shapes
     compile and the columns run as one forward. ``pack=True`` (SentenceTransformer only) packs all
-    texts end to end instead (see ``pack``): the same loss and gradients with no padding to compute."""
+    texts end to end instead (see ``pack_columns``): the same loss and gradients with no padding to compute."""
     if not examples:
         raise ValueError("collate() needs at least one example")
     parts = [_example_parts(e) for e in examples]

@@ -24,6 +24,11 @@ PROBE = "import json, sys\nprint(json.dumps({'executable': sys.executable, 'pref
 
 def test_notebooks_exist():
     assert NOTEBOOKS, f"no notebooks found in {NOTEBOOK_DIR}"
+    for path in NOTEBOOKS:  # each opens with a Colab badge, then a cell that installs jaxst on Colab
+        cells = nbformat.read(path, as_version=4).cells
+        assert cells[0].cell_type == "markdown" and "colab.research.google.com" in cells[0].source, path.name
+        assert cells[1].cell_type == "code" and "pip" in cells[1].source and "install -q jaxst" in cells[1].source, \
+            path.name
 
 
 @pytest.fixture

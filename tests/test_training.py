@@ -259,11 +259,11 @@ def test_packed_batch_gives_the_padded_loss_and_gradients(request, make_tiny_st,
     assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads)) > 1e-3  # gradients are not all ~0
 
     # rows narrower than the longest text widen to a multiple of the row; texts never straddle rows
-    narrow = training.pack_columns(training.collate(jx, examples)["features"], jx.tokenizer.pad_id, row=8)
+    narrow = training.pack_columns(padded["features"], jx.tokenizer.pad_id, row=8)
     assert narrow["input_ids"].shape[1] % 8 == 0 and narrow["input_ids"].shape[1] >= 16
     narrow_value, narrow_grads = loss_fn(jx.params, {"features": narrow, "labels": None})
-    if include_prompt:
-        assert abs(float(value) - float(narrow_value)) < TOL
+    assert abs(float(value) - float(narrow_value)) < TOL
+    assert max(max_abs(a, b) for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(narrow_grads))) < TOL
 
 
 def test_pack_columns_layout():
