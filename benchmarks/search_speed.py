@@ -10,6 +10,7 @@ search. Memory: the bytes each corpus representation holds, and the process's pe
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import time
 
@@ -45,7 +46,7 @@ def main() -> None:
     import torch
     from sentence_transformers import util as st_util
 
-    from jaxst import util
+    from jaxst import native, util
     from jaxst.index import EmbeddingIndex
 
     rng = np.random.default_rng(0)
@@ -100,6 +101,14 @@ def main() -> None:
     run("jaxst EmbeddingIndex int8, rescore x2",
         lambda: indexes["int8"].search(queries, top_k=k, rescore_multiplier=2), nbytes["int8"],
         "jaxst EmbeddingIndex float32 (cosine)")
+    if native.int8_kernel() is not None:  # the same search on XLA's int8 dot, for comparison
+        os.environ[native.ENV] = "0"
+        native.int8_kernel.cache_clear()
+        run("jaxst EmbeddingIndex int8, rescore x2, XLA dot",
+            lambda: indexes["int8"].search(queries, top_k=k, rescore_multiplier=2), nbytes["int8"],
+            "jaxst EmbeddingIndex float32 (cosine)")
+        del os.environ[native.ENV]
+        native.int8_kernel.cache_clear()
     run("jaxst EmbeddingIndex ubinary, rescore x4",
         lambda: indexes["ubinary"].search(queries, top_k=k, rescore_multiplier=4), nbytes["ubinary"],
         "FAISS IndexBinaryFlat (no rescore)")
@@ -110,7 +119,8 @@ def main() -> None:
     times = {name: ms for name, ms, *_ in rows}
     print(f"corpus {args.corpus} x {args.dim} float32 (normalized), {args.queries} queries, top-{k}, "
           f"best of {args.repeats}; jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads), faiss {faiss.__version__}")
+          f"({torch.get_num_threads()} threads), faiss {faiss.__version__}; native int8 kernel: "
+          f"{native.int8_kernel() or 'not available'}")
     print(f"{'method':48} {'ms':>9} {'recall@k':>9} {'corpus MiB':>11}  speed-up")
     for name, ms, rec, mib, reference in rows:
         ratio = f"{times[reference] / ms:5.2f}x vs {reference}" if reference else ""

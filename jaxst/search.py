@@ -10,6 +10,8 @@ never exists whole. Three scorers share the scan:
 
 A corpus too large for the device stays in host memory and is streamed through the same scan a
 piece at a time (``streamed_top_k``); on the CPU backend an aligned host array is used in place.
+An int8 scan of CPU arrays runs as one native AVX-512 VNNI pass where the CPU has it
+(``jaxst.native``), with the same hits.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxst import native
 from jaxst.pooling import normalize
 from jaxst.similarity import as_matrix, cos_sim, dot_score
 
@@ -143,7 +146,20 @@ def _chunked_top_k(queries, corpus, n_valid, first=0, offset=0, *, k: int, kind,
 
 # Compiled on its own with the scan's compiler options; inside another jit (sharded_top_k) the raw
 # function is traced instead, since only a top-level jit takes compiler options.
-chunked_top_k = _per_platform(_chunked_top_k, ("k", "kind", "chunk"))
+_xla_chunked_top_k = _per_platform(_chunked_top_k, ("k", "kind", "chunk"))
+
+
+def chunked_top_k(queries, corpus, n_valid, first=0, offset=0, *, k: int, kind, chunk: int):
+    """``_chunked_top_k``, compiled. An int8 scan of CPU arrays runs as one native AVX-512 VNNI pass
+    where the CPU has it (``jaxst.native``: the same hits, about twice as fast as XLA's int8 dot)."""
+    if kind == "int8" and native.usable(queries, corpus, n_valid, first, k) and _on_cpu(queries, corpus):
+        target = native.int8_kernel()
+        if target is not None:
+            return native.int8_top_k(queries, corpus, n_valid, first, offset, k=k, target=target)
+    return _xla_chunked_top_k(queries, corpus, n_valid, first, offset, k=k, kind=kind, chunk=chunk)
+
+
+chunked_top_k.clear_cache = _xla_chunked_top_k.clear_cache
 
 
 @functools.partial(jax.jit, static_argnames=("k",))

@@ -1,0 +1,162 @@
+"""Native CPU kernels, built on first use with the system C++ compiler and cached.
+
+XLA's CPU backend does not lower an int8 x int8 -> int32 ``dot_general`` to AVX-512 VNNI, so the
+int8 index scans at about float32 speed. ``int8_top_k.cc`` is an XLA FFI custom call that does the
+whole int8 top-k (VNNI dot products, per-query heaps, XLA's intra-op thread pool) in one pass over
+the corpus as stored; ``jaxst.search`` uses it for int8 scans of CPU arrays when the CPU has AVX-512
+VNNI, and XLA's own dot everywhere else. Results are identical either way (tested).
+
+The library is compiled once per source, jaxlib and compiler into ``$XDG_CACHE_HOME/jaxst/native``
+(else ``~/.cache/jaxst/native``; ``JAXST_NATIVE_CACHE`` moves it) with the headers jaxlib ships
+(``jax.ffi.include_dir()``). ``JAXST_NATIVE=0`` turns it off. Without a compiler, or when the build
+fails, jaxst warns once and keeps to XLA.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ENV = "JAXST_NATIVE"
+CACHE_ENV = "JAXST_NATIVE_CACHE"
+SOURCE = Path(__file__).with_name("int8_top_k.cc")
+TARGET = "jaxst_int8_top_k"
+VNNI_FLAGS = ("avx512f", "avx512bw", "avx512_vnni")  # as /proc/cpuinfo spells them
+VNNI_OPTIONS = ("-mavx512f", "-mavx512bw", "-mavx512vnni")
+MAX_DIM = 1024  # int8 sums stay exact in float32 (127 * 128 * 1024 < 2**24)
+
+
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def has_vnni() -> bool:
+    return platform.machine() in ("x86_64", "AMD64") and set(VNNI_FLAGS) <= cpu_flags()
+
+
+def enabled() -> bool:
+    return os.environ.get(ENV, "1").strip().lower() not in ("0", "off", "false", "no")
+
+
+def cache_dir() -> Path:
+    setting = os.environ.get(CACHE_ENV)
+    if setting:
+        return Path(setting).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "jaxst" / "native"
+
+
+def compiler() -> str | None:
+    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def build(vnni: bool, directory: Path | None = None) -> Path:
+    """The compiled library (built now unless the cache has it), AVX-512 VNNI or portable inner loop.
+
+    Written to a temporary name and renamed into place, so a killed build never leaves a library
+    that half loads. Raises RuntimeError with the compiler's message when the build fails."""
+    cxx = compiler()
+    if cxx is None:
+        raise RuntimeError("no C++ compiler found (set CXX, or install g++)")
+    command = [cxx, "-O3", "-std=c++17", "-shared", "-fPIC", *(VNNI_OPTIONS if vnni else ()),
+               f"-I{jax.ffi.include_dir()}"]
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), jax.__version__, *command, *version]).encode())
+    directory = Path(directory) if directory is not None else cache_dir()
+    target = directory / f"int8_top_k-{'vnni' if vnni else 'portable'}-{key.hexdigest()[:16]}.so"
+    if target.exists():
+        return target
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".build-", suffix=".so")
+    os.close(fd)
+    try:
+        done = subprocess.run([*command, str(SOURCE), "-o", tmp], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"building {SOURCE.name} failed:\n{done.stderr.strip()}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+_registered: dict[str, ctypes.CDLL] = {}
+
+
+def register(vnni: bool) -> str:
+    """Build (or find) and register the kernel; returns its FFI target name."""
+    name = TARGET if vnni else TARGET + "_portable"
+    if name not in _registered:
+        lib = ctypes.CDLL(str(build(vnni)))
+        if bool(lib.JaxstInt8TopKVnni()) != vnni:
+            raise RuntimeError(f"{name}: the library was built for the other inner loop")
+        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(lib.JaxstInt8TopK), platform="cpu")
+        _registered[name] = lib
+    return name
+
+
+@functools.cache
+def int8_kernel() -> str | None:
+    """The FFI target jaxst's int8 search uses on this machine, or None (no AVX-512 VNNI, turned off
+    with ``JAXST_NATIVE=0``, or the build failed: warned once)."""
+    if not (enabled() and has_vnni()):
+        return None
+    try:
+        return register(vnni=True)
+    except Exception as e:  # the XLA scan still answers, only slower
+        warnings.warn(f"jaxst: the native int8 search kernel is unavailable, using XLA's dot ({e})", stacklevel=2)
+        return None
+
+
+@functools.partial(jax.jit, static_argnames=("k", "target"))
+def _call(queries, corpus, bounds, *, k: int, target: str):
+    shapes = (jax.ShapeDtypeStruct((queries.shape[0], k), jnp.float32),
+              jax.ShapeDtypeStruct((queries.shape[0], k), jnp.int32))
+    return jax.ffi.ffi_call(target, shapes)(queries, corpus, bounds)
+
+
+def usable(queries, corpus, n_valid, first, k: int) -> bool:
+    """Whether ``int8_top_k`` can answer this scan (concrete bounds, int8 2-D arrays, a dimension
+    that is a multiple of 4 up to ``MAX_DIM``, at least ``k`` rows)."""
+    concrete = all(isinstance(x, (int, np.integer)) for x in (n_valid, first))
+    return (concrete and getattr(queries, "dtype", None) == np.int8 and getattr(corpus, "dtype", None) == np.int8
+            and queries.ndim == 2 and corpus.ndim == 2 and queries.shape[1] == corpus.shape[1]
+            and queries.shape[1] % 4 == 0 and queries.shape[1] <= MAX_DIM
+            and 1 <= k <= min(n_valid, corpus.shape[0]) - first)
+
+
+def int8_top_k(queries, corpus, n_valid: int, first: int = 0, offset: int = 0, *, k: int, target: str | None = None):
+    """The ``k`` best (scores, ids) per query by int8 dot product over rows ``first <= row < n_valid``,
+    ties to the lower row, ids ``offset + row``: ``jaxst.search``'s int8 scan, in one native pass.
+    ``target`` picks a registered kernel (default: this machine's, see ``int8_kernel``)."""
+    target = target or int8_kernel()
+    if target is None:
+        raise RuntimeError("the native int8 kernel is not available on this machine")
+    if not usable(queries, corpus, n_valid, first, k):
+        raise ValueError(f"int8_top_k needs int8 (Q, D) queries and (N, D) corpus with D % 4 == 0 and "
+                         f"D <= {MAX_DIM}, and k <= rows to scan; got {getattr(queries, 'shape', None)}, "
+                         f"{getattr(corpus, 'shape', None)}, k={k}, rows [{first}, {n_valid})")
+    bounds = np.asarray([n_valid, first, offset], np.int32)
+    return _call(queries, corpus, bounds, k=k, target=target)

@@ -1,0 +1,144 @@
+"""The native int8 top-k kernel (jaxst.native) against XLA's int8 scan: the same scores and ids, ties included."""
+
+import os
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxst import native, search
+from jaxst.index import EmbeddingIndex
+
+# (queries, rows, dim, k, value range, n_valid, first, offset): tiles of every shape, partial blocks,
+# ragged bounds, heavy ties (tiny value ranges), dims with and without whole 64-byte transposes.
+CASES = [
+    (100, 5000, 384, 10, 127, 5000, 0, 0),
+    (7, 1001, 8, 13, 2, 997, 5, 40),
+    (25, 333, 4, 50, 1, 333, 0, 0),
+    (1, 70000, 384, 40, 127, 69999, 17, 3),
+    (49, 4096, 768, 100, 3, 4000, 100, 0),
+    (24, 2000, 1024, 5, 127, 1990, 0, 7),
+    (3, 40, 68, 40, 1, 40, 0, 0),  # k = every row
+]
+
+
+def _targets():
+    """The portable build runs everywhere; the AVX-512 VNNI build wherever the CPU has it."""
+    found = [native.register(vnni=False)]
+    if native.has_vnni():
+        found.append(native.register(vnni=True))
+    return found
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"q{c[0]}-n{c[1]}-d{c[2]}-k{c[3]}")
+def test_kernel_equals_xla_scan(case):
+    q_n, n, d, k, spread, n_valid, first, offset = case
+    rng = np.random.default_rng(n + d)
+    queries = jnp.asarray(rng.integers(-127, 128, (q_n, d), dtype=np.int8))
+    corpus = jnp.asarray(rng.integers(-spread, spread + 1, (n, d), dtype=np.int8))
+    want = search._xla_chunked_top_k(queries, corpus, n_valid, first, offset, k=k, kind="int8", chunk=1024)
+    if spread <= 3:  # the case really has ties at the k-th place
+        assert len(np.unique(np.asarray(want[0]))) < want[0].size
+    for target in _targets():
+        values, ids = native.int8_top_k(queries, corpus, n_valid, first, offset, k=k, target=target)
+        assert values.dtype == jnp.float32 and ids.dtype == jnp.int32
+        np.testing.assert_array_equal(np.asarray(values), np.asarray(want[0]), err_msg=target)
+        np.testing.assert_array_equal(np.asarray(ids), np.asarray(want[1]), err_msg=target)
+
+
+def test_extreme_values_are_exact():
+    """-128 corpus levels against -127/127 queries: the largest sums the kernel can meet, exact in float32."""
+    d = 1024
+    corpus = np.full((64, d), -128, np.int8)
+    corpus[5] = 127
+    queries = np.stack([np.full(d, -127, np.int8), np.full(d, 127, np.int8)])
+    want = search._xla_chunked_top_k(jnp.asarray(queries), jnp.asarray(corpus), 64, k=3, kind="int8", chunk=64)
+    for target in _targets():
+        values, ids = native.int8_top_k(jnp.asarray(queries), jnp.asarray(corpus), 64, k=3, target=target)
+        np.testing.assert_array_equal(np.asarray(values), np.asarray(want[0]))
+        np.testing.assert_array_equal(np.asarray(ids), np.asarray(want[1]))
+    assert float(values[0, 0]) == 127 * 128 * d
+
+
+def test_search_uses_the_kernel_where_the_cpu_has_vnni(monkeypatch):
+    """chunked_top_k (the index's scan) takes the native pass on AVX-512 VNNI CPUs, XLA's dot elsewhere,
+    and an int8 EmbeddingIndex answers the same either way."""
+    rng = np.random.default_rng(3)
+    emb = rng.standard_normal((3000, 64)).astype(np.float32)
+    queries = rng.standard_normal((9, 64)).astype(np.float32)
+    index = EmbeddingIndex(64, precision="int8", ranges=np.stack([emb.min(0), emb.max(0)]))
+    index.add(emb)
+    calls = []
+    real = native.int8_top_k
+    monkeypatch.setattr(native, "int8_top_k", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    fast = index.search(queries, top_k=10, rescore_multiplier=None)
+    assert bool(calls) == (native.has_vnni() and native.enabled())
+    monkeypatch.setenv(native.ENV, "0")
+    native.int8_kernel.cache_clear()
+    try:
+        assert native.int8_kernel() is None
+        calls.clear()
+        plain = index.search(queries, top_k=10, rescore_multiplier=None)
+        assert not calls
+    finally:
+        native.int8_kernel.cache_clear()
+    assert [[h["corpus_id"] for h in row] for row in fast] == [[h["corpus_id"] for h in row] for row in plain]
+    np.testing.assert_array_equal([[h["score"] for h in row] for row in fast],
+                                  [[h["score"] for h in row] for row in plain])
+
+
+def test_bad_shapes_raise():
+    target = native.register(vnni=False)
+    q = jnp.zeros((2, 6), jnp.int8)
+    with pytest.raises(ValueError, match="D % 4"):
+        native.int8_top_k(q, jnp.zeros((10, 6), jnp.int8), 10, k=2, target=target)
+    with pytest.raises(ValueError, match="k <= rows"):
+        native.int8_top_k(jnp.zeros((2, 8), jnp.int8), jnp.zeros((10, 8), jnp.int8), 10, 5, k=6, target=target)
+    with pytest.raises(ValueError, match="int8"):
+        native.int8_top_k(jnp.zeros((2, 8), jnp.float32), jnp.zeros((10, 8), jnp.int8), 10, k=2, target=target)
+
+
+def test_build_is_cached_and_atomic(tmp_path):
+    first = native.build(vnni=False, directory=tmp_path)
+    stamp = first.stat().st_mtime_ns
+    again = native.build(vnni=False, directory=tmp_path)
+    assert again == first and again.stat().st_mtime_ns == stamp  # not rebuilt
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary left behind
+
+
+def test_failed_build_warns_and_falls_back(tmp_path, monkeypatch):
+    monkeypatch.setenv("CXX", "false")  # a "compiler" that always fails
+    monkeypatch.setenv(native.CACHE_ENV, str(tmp_path))
+    with pytest.raises(RuntimeError, match="failed"):
+        native.build(vnni=False)
+    assert not list(tmp_path.iterdir())  # the failed build left nothing
+    if not native.has_vnni():  # int8_kernel never builds on such a CPU
+        assert native.int8_kernel() is None
+        return
+    native.int8_kernel.cache_clear()
+    native._registered.pop(native.TARGET, None)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert native.int8_kernel() is None
+        assert any("native int8 search kernel is unavailable" in str(w.message) for w in caught)
+    finally:
+        monkeypatch.delenv("CXX")
+        monkeypatch.delenv(native.CACHE_ENV)
+        native.int8_kernel.cache_clear()
+        assert native.int8_kernel() == native.TARGET  # registered again from the real cache
+    assert os.path.isdir(native.cache_dir())
+
+
+def test_kernel_inside_jit_and_streamed_search():
+    """The host-streamed scan (pieces with first/offset) gives the device-resident scan's hits."""
+    rng = np.random.default_rng(5)
+    corpus = rng.integers(-4, 5, (5000, 32), dtype=np.int8)
+    queries = jnp.asarray(rng.integers(-127, 128, (6, 32), dtype=np.int8))
+    want = search._xla_chunked_top_k(queries, jnp.asarray(corpus), 5000, k=7, kind="int8", chunk=512)
+    got = search.streamed_top_k(queries, corpus, 5000, k=7, kind="int8", chunk=512, piece=1500)
+    np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(want[0]))
+    np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(want[1]))
+    assert jax.devices()[0].platform == "cpu"
