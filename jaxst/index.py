@@ -171,8 +171,9 @@ class EmbeddingIndex:
 
     def _corpus_on_device(self):
         """The rows up to the next multiple of ``DEVICE_ROWS`` on device (binary rows transposed to
-        words-major for the popcount scan): a growing index gives the compiled search a new shape
-        only every ``DEVICE_ROWS`` rows. On the CPU backend float and int8 rows are the host storage
+        words-major for the popcount scan), capped at the storage capacity: a growing index gives the
+        compiled search a new shape only when its storage doubles or it passes a multiple of
+        ``DEVICE_ROWS``, never per size. On the CPU backend float and int8 rows are the host storage
         itself (aligned, not copied)."""
         if self._device is None:
             quantum = max(DEVICE_ROWS, self.chunk_size or 0)

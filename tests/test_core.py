@@ -40,6 +40,28 @@ def test_pairwise_scores(name):
         getattr(util, name)(A, B)
 
 
+@pytest.mark.parametrize("half", [jnp.bfloat16, jnp.float16, np.float16])
+def test_half_precision_inputs_score_in_float32(half):
+    """bf16/fp16 embeddings (jax or numpy) give float32 scores: those of the same values in float32."""
+    a16, b16 = jnp.asarray(A).astype(half), jnp.asarray(B).astype(half)
+    if half is np.float16:
+        a16, b16 = np.asarray(A, np.float16), np.asarray(B, np.float16)
+    a32, b32 = (torch.from_numpy(np.asarray(x, np.float32)) for x in (a16, b16))
+    for name in ("cos_sim", "dot_score", "euclidean_sim", "manhattan_sim"):
+        ours = getattr(util, name)(a16, b16)
+        assert ours.dtype == jnp.float32, name
+        assert max_abs(ours, getattr(st_util, name)(a32, b32).numpy()) < 1e-5, name
+    for name in ("pairwise_cos_sim", "pairwise_dot_score", "pairwise_euclidean_sim", "pairwise_manhattan_sim",
+                 "pairwise_angle_sim"):
+        ours = getattr(util, name)(a16, b16[:7])
+        assert ours.dtype == jnp.float32, name
+        assert max_abs(ours, getattr(st_util, name)(a32, b32[:7]).numpy()) < 1e-5, name
+    hits = util.semantic_search(a16, b16, top_k=3)
+    ref = st_util.semantic_search(a32, b32, top_k=3)
+    assert [[h["corpus_id"] for h in r] for r in hits] == [[h["corpus_id"] for h in r] for r in ref]
+    assert all(isinstance(h["score"], float) for r in hits for h in r)
+
+
 def test_normalize_and_truncate():
     ref = st_util.normalize_embeddings(torch.from_numpy(A)).numpy()
     assert max_abs(util.normalize_embeddings(A), ref) < 1e-6

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import zipfile
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -202,6 +203,25 @@ def test_save_load_round_trip(tmp_path, precision):
     assert loaded.search(q, top_k=7) == index.search(q, top_k=7)
     loaded.add(emb[:10], ids=[f"new-{i}" for i in range(10)], texts=["n"] * 10)  # still growable
     assert len(loaded) == 310 and loaded.search(emb[3], top_k=1)[0][0]["id"] in ("doc-3", "new-3")
+
+
+@pytest.mark.parametrize("precision", ["float32", "int8", "ubinary"])
+def test_growing_index_does_not_recompile_per_size(precision, caplog):
+    """25 adds of 37 rows, a search after each: the scan compiles once (one storage capacity), not per size."""
+    import logging
+
+    rng = np.random.default_rng(11)
+    index = EmbeddingIndex(32, precision=precision, ranges=np.array([[-4.0] * 32, [4.0] * 32], np.float32))
+    query = rng.standard_normal((3, 32)).astype(np.float32)
+    index.add(rng.standard_normal((37, 32)).astype(np.float32))
+    index.search(query, top_k=5)  # the first search compiles
+    with jax.log_compiles(), caplog.at_level(logging.WARNING):
+        for _ in range(24):
+            index.add(rng.standard_normal((37, 32)).astype(np.float32))
+            hits = index.search(query, top_k=5)
+    assert len(index) == 925 and len(hits[0]) == 5
+    compiled = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Compiling")]
+    assert not [m for m in compiled if "top_k" in m or "_call" in m], compiled
 
 
 def test_growing_keeps_results_and_finds_new_rows():
