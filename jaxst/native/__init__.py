@@ -27,6 +27,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import jaxlib
 import numpy as np
 
 ENV = "JAXST_NATIVE"
@@ -83,7 +84,8 @@ def build(vnni: bool, directory: Path | None = None) -> Path:
     command = [cxx, "-O3", "-std=c++17", "-shared", "-fPIC", *(VNNI_OPTIONS if vnni else ()),
                f"-I{jax.ffi.include_dir()}"]
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), jax.__version__, *command, *version]).encode())
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), jax.__version__, jaxlib.__version__, *command,
+                                    *version]).encode())
     directory = Path(directory) if directory is not None else cache_dir()
     target = directory / f"int8_top_k-{'vnni' if vnni else 'portable'}-{key.hexdigest()[:16]}.so"
     if target.exists():
