@@ -1,9 +1,7 @@
 """The native int8 top-k kernel (jaxst.native) against XLA's int8 scan: the same scores and ids, ties included."""
 
-import os
 import warnings
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -129,11 +127,11 @@ def test_failed_build_warns_and_falls_back(tmp_path, monkeypatch):
         monkeypatch.delenv(native.CACHE_ENV)
         native.int8_kernel.cache_clear()
         assert native.int8_kernel() == native.TARGET  # registered again from the real cache
-    assert os.path.isdir(native.cache_dir())
 
 
-def test_kernel_inside_jit_and_streamed_search():
-    """The host-streamed scan (pieces with first/offset) gives the device-resident scan's hits."""
+def test_streamed_search_with_the_kernel():
+    """The host-streamed scan (pieces with first/offset, through the kernel on VNNI CPUs) gives the
+    device-resident XLA scan's hits."""
     rng = np.random.default_rng(5)
     corpus = rng.integers(-4, 5, (5000, 32), dtype=np.int8)
     queries = jnp.asarray(rng.integers(-127, 128, (6, 32), dtype=np.int8))
@@ -141,4 +139,3 @@ def test_kernel_inside_jit_and_streamed_search():
     got = search.streamed_top_k(queries, corpus, 5000, k=7, kind="int8", chunk=512, piece=1500)
     np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(want[0]))
     np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(want[1]))
-    assert jax.devices()[0].platform == "cpu"
