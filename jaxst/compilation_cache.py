@@ -31,9 +31,14 @@ MIN_COMPILE_TIME_SECS = 0.0
 MAX_SIZE_BYTES = 2 << 30  # least recently used entries are evicted past this
 
 
-def default_cache_dir() -> Path:
+def jaxst_cache_home() -> Path:
+    """``$XDG_CACHE_HOME/jaxst`` (else ``~/.cache/jaxst``): where jaxst keeps what it builds."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "jaxst" / "xla"
+    return Path(base) / "jaxst"
+
+
+def default_cache_dir() -> Path:
+    return jaxst_cache_home() / "xla"
 
 
 def enable_compilation_cache() -> str | None:

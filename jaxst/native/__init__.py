@@ -30,6 +30,8 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
+from jaxst.compilation_cache import jaxst_cache_home
+
 ENV = "JAXST_NATIVE"
 CACHE_ENV = "JAXST_NATIVE_CACHE"
 SOURCE = Path(__file__).with_name("int8_top_k.cc")
@@ -62,15 +64,12 @@ def cache_dir() -> Path:
     setting = os.environ.get(CACHE_ENV)
     if setting:
         return Path(setting).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "jaxst" / "native"
+    return jaxst_cache_home() / "native"
 
 
 def compiler() -> str | None:
-    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
-        if name and shutil.which(name):
-            return shutil.which(name)
-    return None
+    found = (shutil.which(name) for name in (os.environ.get("CXX"), "c++", "g++", "clang++") if name)
+    return next((path for path in found if path), None)
 
 
 def build(vnni: bool, directory: Path | None = None) -> Path:
