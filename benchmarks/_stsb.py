@@ -1,11 +1,11 @@
-"""The STS benchmark beside the checkout (``../shared/data/stsb``), as the benchmark scripts read it."""
+"""The STS benchmark carried in the repository (``data/stsb``), as the benchmark scripts read it."""
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
 
-STSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb"
+STSB = Path(__file__).resolve().parents[1] / "data" / "stsb"
 
 
 def read_stsb(name: str) -> list[tuple[str, str, float]]:

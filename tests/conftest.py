@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-STSB = ROOT.parent / "shared" / "data" / "stsb"
+STSB = ROOT / "data" / "stsb"  # carried in the repository (CC-BY-SA, see its README)
 
 # Texts that exercise tokenization: mixed lengths, punctuation, casing, unicode, an empty string, and
 # one longer than the tiny models' max_seq_length (64).
