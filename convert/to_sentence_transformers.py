@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None):
     if (Path(args.src) / ORBAX_MANIFEST).is_file():
         return orbax_to_folder(args.src, args.out, overwrite=args.overwrite)
     model = load_model(args.src, args.kind, args.revision, args.cache_folder)
-    return save_model(model, args.out, overwrite=args.overwrite)
+    return save_model(model.folder_plan(), model.params, args.out, overwrite=args.overwrite)
 
 
 if __name__ == "__main__":

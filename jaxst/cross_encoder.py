@@ -26,13 +26,11 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from jaxst.compilation_cache import enable_compilation_cache
-from jaxst.io.export import Saving
+from jaxst.base import BaseModel, positive_int
+from jaxst.io.export import cross_encoder_plan, torch_activation_path
 from jaxst.io.folder import read_json, read_modules
-from jaxst.io.hub import resolve_model_folder
-from jaxst.io.tokenizer import Tokenizer
 from jaxst.io.weights import params_from_state_dict, read_state_dict
-from jaxst.models import encoder_from_hf_config, model_type
+from jaxst.models import model_type
 from jaxst.models.classification import (
     BASE_MODEL_PREFIXES,
     SequenceClassifier,
@@ -40,21 +38,11 @@ from jaxst.models.classification import (
     head_kind,
     num_labels_from_hf,
 )
-from jaxst.pipeline import DENSE_ACTIVATIONS, dense_activation_name
-from jaxst.sentence_transformer import batch_bucket, resolve_device, seq_bucket
+from jaxst.pipeline import DENSE_ACTIVATIONS, activation_name, dense_activation_name, identity
 
 # Pairs tokenized at a time: each chunk is sorted by token count, so every batch is padded only to
 # its own longest pair, and memory stays bounded for very long inputs.
 TOKENIZE_CHUNK_BATCHES = 32
-
-
-def pair_bucket(longest: int, max_length: int) -> int:
-    """The padded length for a batch whose longest pair has ``longest`` tokens (encode's fine grid)."""
-    return seq_bucket(longest, max_length)
-
-
-def identity(x):
-    return x
 
 
 def activation_from_path(path: str) -> Callable | None:
@@ -111,13 +99,10 @@ def _as_pairs(inputs, where: str = "predict()") -> tuple[list[tuple[str, str]], 
     return pairs, single
 
 
-def _check_positive_int(value, name: str) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
-class CrossEncoder(Saving):
+class CrossEncoder(BaseModel):
     """Load a sentence-transformers cross-encoder (Hub name or folder) and score text pairs with JAX."""
+
+    EXAMPLE_MODEL = "cross-encoder/ms-marco-MiniLM-L6-v2"
 
     def __init__(
         self,
@@ -134,64 +119,36 @@ class CrossEncoder(Saving):
         revision: str | None = None,
         local_files_only: bool = False,
         token: bool | str | None = None,
+        dtype=None,
     ):
-        enable_compilation_cache()  # a second process reranks without recompiling; see jaxst.compilation_cache
-        if model_name_or_path is None:
-            raise ValueError(
-                "jaxst needs a model: pass a Hub name (e.g. 'cross-encoder/ms-marco-MiniLM-L6-v2') or a folder"
-            )
+        """``dtype``: cast the weights for inference, as ``SentenceTransformer(dtype=)``; None keeps float32."""
         if activation_fn is not None:
             _check_callable(activation_fn)
         if num_labels is not None:
-            _check_positive_int(num_labels, "num_labels")
+            positive_int("num_labels", num_labels)
         if max_length is not None:
-            _check_positive_int(max_length, "max_length")
-        if trust_remote_code:
-            warnings.warn("jaxst runs no remote code; trust_remote_code=True has no effect", stacklevel=2)
-        self.device = resolve_device(device)
-        folder = resolve_model_folder(
-            model_name_or_path, cache_folder=cache_folder, revision=revision, token=token,
-            local_files_only=local_files_only,
+            positive_int("max_length", max_length)
+        super().__init__(
+            model_name_or_path, device=device, prompts=prompts, default_prompt_name=default_prompt_name,
+            cache_folder=cache_folder, trust_remote_code=trust_remote_code, revision=revision,
+            local_files_only=local_files_only, token=token,
         )
-        self.model_folder = folder
-        path, transformer_config = self._transformer_module(folder)
+        path, transformer_config = self._transformer_module(self.model_folder)
         self._transformer_path, self._transformer_config = path, transformer_config  # what save() rewrites
-        hf_config = read_json(path / "config.json")
-        self.hf_config = hf_config
-        if "auto_map" in hf_config:
-            raise ValueError(
-                f"{model_name_or_path!r} needs remote code (auto_map in its config); jaxst runs no remote code"
-            )
-        archs = [str(a) for a in hf_config.get("architectures") or []]
+        archs = [str(a) for a in read_json(path / "config.json").get("architectures") or []]
         if not any(a.endswith("ForSequenceClassification") for a in archs):
             raise ValueError(
-                f"{folder} is not a sequence-classification model (architectures: {', '.join(archs) or 'none'}); "
-                "a CrossEncoder needs a *ForSequenceClassification checkpoint with its classifier weights"
+                f"{self.model_folder} is not a sequence-classification model (architectures: "
+                f"{', '.join(archs) or 'none'}); a CrossEncoder needs a *ForSequenceClassification checkpoint "
+                "with its classifier weights"
             )
-        encoder_cfg, encoder_cls = encoder_from_hf_config(hf_config)
-        kind = head_kind(model_type(hf_config))
-        saved_labels = num_labels_from_hf(hf_config)
+        encoder_cfg, encoder_cls = self.load_transformer(path, transformer_config, max_length)
+        self.max_seq_length = self.max_seq_length  # an explicit or saved length must fit the position table
+        kind = head_kind(model_type(self.hf_config))
+        saved_labels = num_labels_from_hf(self.hf_config)
         if num_labels is not None and num_labels != saved_labels:
             raise ValueError(f"num_labels={num_labels} does not match the checkpoint's {saved_labels} labels")
         self._num_labels = saved_labels
-
-        # Length: max_length, else the module's max_seq_length, else the tokenizer's model_max_length capped
-        # at the position table, as sentence-transformers' Transformer module reads it.
-        positions = encoder_cfg.max_position_embeddings
-        if getattr(encoder_cfg, "position_offset", False) or model_type(hf_config) == "mpnet":
-            positions -= int(getattr(encoder_cfg, "pad_token_id", 1)) + 1  # ids start after the padding index
-        self._max_positions = positions
-        if max_length is None:
-            max_length = transformer_config.get("max_seq_length")
-        if max_length is None:
-            tok_cfg = read_json(path / "tokenizer_config.json", required=False)
-            max_length = min(int(tok_cfg.get("model_max_length") or 1e9), encoder_cfg.max_position_embeddings)
-            max_length = min(max_length, positions)
-        self._check_max_length(int(max_length))
-        self.tokenizer = Tokenizer.from_folder(
-            path, int(max_length), bool(transformer_config.get("do_lower_case", False))
-        )
-        self._uses_token_types = encoder_cls.uses_token_types
 
         module = nnx.eval_shape(
             lambda: SequenceClassifier(
@@ -201,21 +158,14 @@ class CrossEncoder(Saving):
         )
         self.graphdef, _ = nnx.split(module, nnx.Param)
         state_dict = read_state_dict(path)
-        prefix = BASE_MODEL_PREFIXES[model_type(hf_config)]
+        prefix = BASE_MODEL_PREFIXES[model_type(self.hf_config)]
         params = {"encoder": params_from_state_dict(module.encoder, state_dict, (f"{prefix}.",))}
         if kind == "pooler":
             params["pooler"] = params_from_state_dict(module.pooler, state_dict, (f"{prefix}.pooler.",))
         params["classifier"] = params_from_state_dict(module.classifier, state_dict, ("classifier.",))
-        self.params = jax.device_put(params, self.device) if self.device else jax.device_put(params)
-
-        st_config = read_json(folder / "config_sentence_transformers.json", required=False)
-        self.prompts = {k: v for k, v in (st_config.get("prompts") or {}).items() if v is not None}
-        self.prompts.update(prompts or {})
-        self.default_prompt_name = default_prompt_name or st_config.get("default_prompt_name")
-        if self.default_prompt_name is not None and self.default_prompt_name not in self.prompts:
-            raise ValueError(f"default prompt name {self.default_prompt_name!r} not in prompts {list(self.prompts)!r}")
+        self.params = self.place(params, dtype)
         self.activation_fn = (
-            activation_fn if activation_fn is not None else self._saved_activation(st_config, hf_config)
+            activation_fn if activation_fn is not None else self._saved_activation(self.st_config, self.hf_config)
         )
 
     @staticmethod
@@ -259,20 +209,12 @@ class CrossEncoder(Saving):
         return self._num_labels
 
     @property
-    def max_seq_length(self) -> int:
-        return self.tokenizer.max_length
+    def max_length(self) -> int:
+        return self.max_seq_length
 
-    @max_seq_length.setter
-    def max_seq_length(self, value: int) -> None:
-        self._check_max_length(value)
-        self.tokenizer.max_length = value
-
-    def _check_max_length(self, value) -> None:
-        _check_positive_int(value, "max_length")
-        if value > self._max_positions:
-            raise ValueError(f"max_length {value} exceeds the model's {self._max_positions} positions")
-
-    max_length = max_seq_length
+    @max_length.setter
+    def max_length(self, value: int) -> None:
+        self.max_seq_length = value
 
     @property
     def activation_fn(self) -> Callable:
@@ -299,45 +241,18 @@ class CrossEncoder(Saving):
             pairs = [(prompt + q, d) for q, d in pairs]
         return self.tokenizer.encode_ids([q for q, _ in pairs], [d for _, d in pairs])
 
-    def _resolve_prompt(self, prompt: str | None, prompt_name: str | None) -> str | None:
-        if prompt is not None:
-            if not isinstance(prompt, str):
-                raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
-            if prompt_name is not None:
-                warnings.warn("both prompt and prompt_name given; using prompt", stacklevel=3)
-            return prompt
-        if prompt_name is not None:
-            if prompt_name not in self.prompts:
-                raise ValueError(f"prompt name {prompt_name!r} not found in prompts {list(self.prompts)!r}")
-            return self.prompts[prompt_name]
-        if self.default_prompt_name is not None:
-            return self.prompts.get(self.default_prompt_name)
-        return None
-
     def _logits(self, pairs: list[tuple[str, str]], prompt: str | None, batch_size: int, progress: bool) -> jax.Array:
-        """Raw logits (N, num_labels) in input order; batches of pairs sorted by token count, shapes bucketed."""
-        n = len(pairs)
+        """Raw logits (N, num_labels) in input order, through ``run_batches`` (sorted by token count, shapes
+        bucketed, split over the local devices when there are several), tokenized a chunk at a time."""
+        params, mesh = self.placement()
         pieces, positions = [], []
         chunk = batch_size * TOKENIZE_CHUNK_BATCHES
-        bar = tqdm(total=math.ceil(n / batch_size), desc="Batches", disable=not progress)
-        for c0 in range(0, n, chunk):
-            encodings = self._encode(pairs[c0 : c0 + chunk], prompt)
-            order = np.argsort([-len(e.ids) for e in encodings], kind="stable")
-            for b0 in range(0, len(order), batch_size):
-                idx = order[b0 : b0 + batch_size]
-                batch_enc = [encodings[i] for i in idx]
-                batch = self.tokenizer.pad(
-                    batch_enc,
-                    pair_bucket(len(batch_enc[0].ids), self.max_seq_length),
-                    batch_bucket(len(idx), batch_size),
-                    types=self._uses_token_types,
-                )
-                if self.device is not None:
-                    batch = jax.device_put(batch, self.device)
-                pieces.append(forward(self.graphdef, self.params, batch)[: len(idx)])
-                positions.append(idx + c0)
-                bar.update(1)
-        bar.close()
+        with tqdm(total=math.ceil(len(pairs) / batch_size), desc="Batches", disable=not progress) as bar:
+            for c0 in range(0, len(pairs), chunk):
+                encodings = self._encode(pairs[c0 : c0 + chunk], prompt)
+                for idx, _, logits in self.run_batches(encodings, forward, params, mesh, batch_size, bar=bar):
+                    pieces.append(logits[: len(idx)])
+                    positions.append(idx + c0)
         if not pieces:
             return jnp.zeros((0, self.num_labels), jnp.float32)
         inverse = np.argsort(np.concatenate(positions), kind="stable")
@@ -365,7 +280,7 @@ class CrossEncoder(Saving):
         ``apply_softmax`` then normalizes multi-label scores per pair. ``convert_to_tensor`` returns a
         ``jax.Array``, ``convert_to_numpy=False`` a list of per-pair arrays."""
         pairs, single = _as_pairs(inputs)
-        _check_positive_int(batch_size, "batch_size")
+        positive_int("batch_size", batch_size)
         fn = self.activation_fn if activation_fn is None else _check_callable(activation_fn)
         prompt = self._resolve_prompt(prompt, prompt_name)
         if not pairs:
@@ -428,6 +343,23 @@ class CrossEncoder(Saving):
         return sorted(results, key=lambda r: r["score"], reverse=True)[:top_k]
 
     # ------------------------------------------------------------------ save
+
+    def folder_plan(self):
+        name = activation_name(self.activation_fn)
+        if name is None:
+            known = "jax.nn.sigmoid, jnp.tanh, jax.nn.relu, jax.nn.silu, jax.nn.softplus, jaxst.cross_encoder.identity"
+            raise ValueError(
+                f"cannot save activation_fn {self.activation_fn!r}: sentence-transformers stores the activation as "
+                f"a torch class, and jaxst knows the torch equivalent only of {known}; set model.activation_fn to "
+                "one of them before saving"
+            )
+        return cross_encoder_plan(
+            hf_config=self.hf_config, transformer_path=self._transformer_path,
+            transformer_config=self._transformer_config, max_seq_length=self.max_seq_length,
+            activation_fn=torch_activation_path(name), prompts=self.prompts,
+            default_prompt_name=self.default_prompt_name,
+            base_model_prefix=BASE_MODEL_PREFIXES[model_type(self.hf_config)], has_pooler="pooler" in self.params,
+        )
 
     def __repr__(self) -> str:
         return (

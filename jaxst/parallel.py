@@ -21,6 +21,26 @@ from jax.sharding import PartitionSpec as P
 BATCH_AXIS = "batch"  # the one mesh axis: rows of a batch
 
 
+def resolve_device(device) -> jax.Device | None:
+    """``"cpu"``, ``"cuda"``/``"gpu"``, ``"tpu"`` (optionally ``":N"``) or a ``jax.Device``; None stays None."""
+    if device is None or isinstance(device, jax.Device):
+        return device
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a string or a jax.Device, got {type(device).__name__}")
+    name, _, index = device.partition(":")
+    backend = {"cuda": "gpu", "gpu": "gpu", "cpu": "cpu", "tpu": "tpu"}.get(name.lower())
+    if backend is None:
+        raise ValueError(f"unknown device {device!r}; expected 'cpu', 'cuda', 'gpu', 'tpu' or a jax.Device")
+    try:
+        devices = jax.local_devices(backend=backend)  # under jax.distributed, only this process's devices
+    except RuntimeError as e:
+        raise ValueError(f"device {device!r} is not available: {e}") from None
+    i = int(index) if index else 0
+    if i >= len(devices):
+        raise ValueError(f"device {device!r} is not available: {backend} has {len(devices)} device(s)")
+    return devices[i]
+
+
 def resolve_devices(devices) -> list[jax.Device]:
     """Device names or ``jax.Device`` objects -> distinct devices, in order.
 
@@ -28,8 +48,6 @@ def resolve_devices(devices) -> list[jax.Device]:
     ``"cpu:3"``) is that device; a bare name (``"cpu"``, ``"cuda"``, ``"tpu"``) is the next device of
     that kind not yet taken, so sentence-transformers' ``["cpu"] * 4`` gives four CPU devices where
     there are four (and as many as there are, where fewer)."""
-    from jaxst.sentence_transformer import resolve_device  # one device-name parser for the package
-
     if devices is None:
         return list(jax.local_devices())
     if isinstance(devices, (str, jax.Device)):
@@ -120,6 +138,7 @@ __all__ = [
     "gather_rows",
     "process_shard",
     "replicated",
+    "resolve_device",
     "resolve_devices",
     "row_sharded",
     "shard_batch",

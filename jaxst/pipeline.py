@@ -11,11 +11,16 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxst.pooling import normalize, pool
+from jaxst.pooling import normalize, pool, pooling_modes_from_config
+
+
+def identity(x):
+    return x
+
 
 # Dense activations by the PyTorch class name sentence-transformers saves (last component, lower case).
 DENSE_ACTIVATIONS = {
-    "identity": lambda x: x,
+    "identity": identity,
     "tanh": jnp.tanh,
     "relu": jax.nn.relu,
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
@@ -31,6 +36,11 @@ def dense_activation_name(saved: str | None) -> str:
     if name not in DENSE_ACTIVATIONS:
         raise ValueError(f"unsupported Dense activation_function {saved!r}; supported: {sorted(DENSE_ACTIVATIONS)}")
     return name
+
+
+def activation_name(fn) -> str | None:
+    """The name in ``DENSE_ACTIVATIONS`` of the function ``fn`` is, or None."""
+    return next((name for name, candidate in DENSE_ACTIVATIONS.items() if fn is candidate), None)
 
 
 class Dense(nnx.Module):
@@ -94,6 +104,35 @@ class SentenceEncoder(nnx.Module):
         for head in self.heads:
             x = head(x)
         return {"sentence_embedding": x, "token_embeddings": tokens}
+
+
+def sentence_encoder(encoder: nnx.Module, hidden_size: int, modules: list, where) -> tuple[SentenceEncoder, int]:
+    """The abstract ``SentenceEncoder`` over ``encoder`` for the modules after the Transformer, and its
+    output dimension. ``modules``: ``(kind, config, path)`` in modules.json order ("pooling", "dense",
+    "normalize", "dropout"); exactly one Pooling, before any Dense or Normalize. ``where`` names the
+    model folder in errors."""
+    pooling, modes, heads, dim = None, (), [], hidden_size
+    for kind, config, path in modules:
+        if kind == "pooling":
+            if pooling is not None:
+                raise ValueError(f"{where} has more than one Pooling module")
+            pooling, modes = config, pooling_modes_from_config(config)
+            dim *= len(modes)
+        elif pooling is None and kind != "dropout":
+            raise ValueError(f"{where}: a {kind} module before Pooling is not supported")
+        elif kind == "dense":
+            if config.get("in_features") != dim:
+                raise ValueError(f"{path}: Dense in_features {config.get('in_features')} != input dim {dim}")
+            activation = dense_activation_name(config.get("activation_function", "torch.nn.modules.activation.Tanh"))
+            heads.append(nnx.eval_shape(lambda c=config, a=activation: Dense(
+                c["in_features"], c["out_features"], c.get("bias", True), a, c.get("use_residual", False),
+                rngs=nnx.Rngs(0))))
+            dim = config["out_features"]
+        elif kind == "normalize":
+            heads.append(Normalize())
+    if pooling is None:
+        raise ValueError(f"{where} has no Pooling module; jaxst needs one to make sentence embeddings")
+    return SentenceEncoder(encoder, modes, bool(pooling.get("include_prompt", True)), heads), dim
 
 
 @functools.partial(jax.jit, static_argnums=0)

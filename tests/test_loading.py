@@ -126,11 +126,12 @@ def test_token_budget_splits_long_texts_into_smaller_batches(make_tiny_st, capsy
     of two), short ones keep ``batch_size``; the embeddings are those of unbudgeted batches and of
     sentence-transformers; the progress bar counts the batches actually run."""
     from jaxst import sentence_transformer
+    from jaxst.base import batch_rows
 
-    assert sentence_transformer.batch_rows(72, 32, 2048) == 16  # 2048 // 72 = 28 -> 16
-    assert sentence_transformer.batch_rows(16, 32, 2048) == 32
-    assert sentence_transformer.batch_rows(4096, 32, 2048) == 1
-    assert sentence_transformer.batch_rows(300, 32, None) == 32
+    assert batch_rows(72, 32, 2048) == 16  # 2048 // 72 = 28 -> 16
+    assert batch_rows(16, 32, 2048) == 32
+    assert batch_rows(4096, 32, 2048) == 1
+    assert batch_rows(300, 32, None) == 32
     folder = make_tiny_st()
     model = jaxst.SentenceTransformer(folder)
     long = [" ".join(["word"] * 40 + [str(i)]) for i in range(6)]  # ~45 tokens: bucket 48

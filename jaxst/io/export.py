@@ -1,14 +1,15 @@
 """Write a loaded model back out: a sentence-transformers folder that PyTorch users load unchanged, or an
 orbax params checkpoint beside the folder's config files, and that checkpoint back to a folder.
 
-    model ──plan (from what the model remembered at load time)──▶ FolderPlan
+    model.folder_plan() (plain data: what the model remembered at load time)──▶ FolderPlan
           ──the CURRENT model.params, renamed and transposed (jaxst.io.weights)──▶ safetensors tensors
           ──every file into a temp folder beside the target──▶ renamed into place
 
 A ``FolderPlan`` is plain data: the JSON files to write, the files to copy (tokenizer files from the
 folder the model was loaded from), and which subtree of ``params`` goes into which safetensors file under
-which name prefix. ``SentenceTransformer.save``, ``CrossEncoder.save`` and the orbax conversion all go
-through the one writer, ``write_model_folder``.
+which name prefix. Each model family builds its plan with ``sentence_transformer_plan`` /
+``cross_encoder_plan`` (this module knows the folder format, not the model classes); ``save`` (in
+``jaxst.base``) and the orbax conversion all go through the one writer, ``write_model_folder``.
 
 Saving is atomic at the folder level: nothing is written into ``path`` itself. Files go into a temp folder
 next to it, which replaces ``path`` by rename once complete; an exception (or a crash) midway leaves
@@ -26,7 +27,7 @@ import os
 import secrets
 import shutil
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -143,26 +144,30 @@ def _transformer_config(config: dict, max_seq_length: int, do_lower_case: bool) 
     return {**config, "max_seq_length": int(max_seq_length), "do_lower_case": bool(do_lower_case)}
 
 
-def sentence_transformer_plan(model) -> FolderPlan:
-    """The folder ``SentenceTransformer.save`` writes: sentence-transformers' layout, module by module."""
-    specs = model._module_specs
-    transformer = specs[0]
+def sentence_transformer_plan(*, hf_config: dict, module_specs: list, max_seq_length: int, prompts: dict,
+                              default_prompt_name: str | None, similarity_fn_name: str, truncate_dim: int | None,
+                              unmapped: dict[str, np.ndarray]) -> FolderPlan:
+    """The folder ``SentenceTransformer.save`` writes: sentence-transformers' layout, module by module.
+
+    ``module_specs`` are the ``jaxst.io.folder.ModuleSpec`` the model was loaded from (Transformer first);
+    the Transformer's params go to ``params["encoder"]``, Dense modules' to ``params["heads"][i]``."""
+    transformer = module_specs[0]
     modules = [{"idx": 0, "name": "0", "path": "", "type": MODULE_TYPES["transformer"]}]
     json_files: dict[str, object] = {
-        "config.json": _hf_config(model.hf_config),
+        "config.json": _hf_config(hf_config),
         "sentence_bert_config.json": _transformer_config(
-            transformer.config, model.max_seq_length, transformer.config.get("do_lower_case", False)
+            transformer.config, max_seq_length, transformer.config.get("do_lower_case", False)
         ),
     }
     weights = [WeightsEntry("model.safetensors", ("encoder",))]
-    unmapped = {"model.safetensors": dict(model._unmapped_tensors)} if model._unmapped_tensors else {}
+    unmapped_files = {"model.safetensors": dict(unmapped)} if unmapped else {}
     head = 0  # index into params["heads"]: Dense and Normalize modules, in order
-    for idx, spec in enumerate(specs[1:], start=1):
+    for idx, spec in enumerate(module_specs[1:], start=1):
         folder = f"{idx}_{MODULE_CLASS_NAMES[spec.kind]}"
         modules.append({"idx": idx, "name": str(idx), "path": folder, "type": MODULE_TYPES[spec.kind]})
         config = dict(spec.config)
         if spec.kind == "pooling" and "word_embedding_dimension" not in config and "embedding_dimension" not in config:
-            config["word_embedding_dimension"] = int(model.hf_config["hidden_size"])  # a synthesized mean pooling
+            config["word_embedding_dimension"] = int(hf_config["hidden_size"])  # a synthesized mean pooling
         json_files[f"{folder}/config.json"] = config
         if spec.kind == "dense":
             weights.append(WeightsEntry(f"{folder}/model.safetensors", ("heads", head)))
@@ -172,64 +177,50 @@ def sentence_transformer_plan(model) -> FolderPlan:
     config_st = {
         "__version__": {"jaxst": _jaxst_version()},
         "model_type": "SentenceTransformer",
-        "prompts": dict(model.prompts),
-        "default_prompt_name": model.default_prompt_name,
-        "similarity_fn_name": model.similarity_fn_name,
+        "prompts": dict(prompts),
+        "default_prompt_name": default_prompt_name,
+        "similarity_fn_name": similarity_fn_name,
     }
-    if model.truncate_dim is not None:
-        config_st["truncate_dim"] = int(model.truncate_dim)
+    if truncate_dim is not None:
+        config_st["truncate_dim"] = int(truncate_dim)
     json_files["config_sentence_transformers.json"] = config_st
-    return FolderPlan("SentenceTransformer", json_files, _tokenizer_copies(transformer.path), weights, unmapped)
+    return FolderPlan("SentenceTransformer", json_files, _tokenizer_copies(transformer.path), weights, unmapped_files)
 
 
-def activation_path(fn: Callable) -> str:
-    """The torch class path sentence-transformers saves for a cross-encoder activation given as a jax callable."""
-    from jaxst.cross_encoder import identity
-    from jaxst.pipeline import DENSE_ACTIVATIONS
-
-    if fn is identity:
-        return TORCH_ACTIVATIONS["identity"]
-    for name, candidate in DENSE_ACTIVATIONS.items():
-        if fn is candidate:
-            return TORCH_ACTIVATIONS[name]
-    known = "jax.nn.sigmoid, jnp.tanh, jax.nn.relu, jax.nn.silu, jax.nn.softplus, jaxst.cross_encoder.identity"
-    raise ValueError(
-        f"cannot save activation_fn {fn!r}: sentence-transformers stores the activation as a torch class, and "
-        f"jaxst knows the torch equivalent only of {known}; set model.activation_fn to one of them before saving"
-    )
+def torch_activation_path(name: str) -> str:
+    """A jaxst activation name (``jaxst.pipeline.DENSE_ACTIVATIONS``) -> the torch class sentence-transformers saves."""
+    return TORCH_ACTIVATIONS[name]
 
 
-def cross_encoder_plan(model) -> FolderPlan:
+def cross_encoder_plan(*, hf_config: dict, transformer_path: Path, transformer_config: dict, max_seq_length: int,
+                       activation_fn: str, prompts: dict, default_prompt_name: str | None, base_model_prefix: str,
+                       has_pooler: bool) -> FolderPlan:
     """The folder ``CrossEncoder.save`` writes, as sentence-transformers 6 saves a CrossEncoder: one
-    sequence-classification Transformer module, the activation in config_sentence_transformers.json."""
-    from jaxst.models import model_type
-    from jaxst.models.classification import BASE_MODEL_PREFIXES
-
-    activation = activation_path(model.activation_fn)
-    hf_config = _hf_config(model.hf_config)
+    sequence-classification Transformer module, the activation (a torch class path) in
+    config_sentence_transformers.json. Params: ``encoder``, ``pooler`` (BERT) and ``classifier``."""
+    hf_config = _hf_config(hf_config)
     if isinstance(hf_config.get("sentence_transformers"), dict):  # the pre-v4 place: keep it consistent
-        hf_config["sentence_transformers"] = {**hf_config["sentence_transformers"], "activation_fn": activation}
-    transformer_config = {"transformer_task": "sequence-classification", **model._transformer_config}
+        hf_config["sentence_transformers"] = {**hf_config["sentence_transformers"], "activation_fn": activation_fn}
+    transformer_config = {"transformer_task": "sequence-classification", **transformer_config}
     json_files: dict[str, object] = {
         "config.json": hf_config,
         "sentence_bert_config.json": _transformer_config(
-            transformer_config, model.max_seq_length, transformer_config.get("do_lower_case", False)
+            transformer_config, max_seq_length, transformer_config.get("do_lower_case", False)
         ),
         "modules.json": [{"idx": 0, "name": "0", "path": "", "type": MODULE_TYPES["transformer"]}],
         "config_sentence_transformers.json": {
             "__version__": {"jaxst": _jaxst_version()},
             "model_type": "CrossEncoder",
-            "activation_fn": activation,
-            "prompts": dict(model.prompts),
-            "default_prompt_name": model.default_prompt_name,
+            "activation_fn": activation_fn,
+            "prompts": dict(prompts),
+            "default_prompt_name": default_prompt_name,
         },
     }
-    prefix = BASE_MODEL_PREFIXES[model_type(model.hf_config)]
-    weights = [WeightsEntry("model.safetensors", ("encoder",), f"{prefix}.")]
-    if "pooler" in model.params:
-        weights.append(WeightsEntry("model.safetensors", ("pooler",), f"{prefix}.pooler."))
+    weights = [WeightsEntry("model.safetensors", ("encoder",), f"{base_model_prefix}.")]
+    if has_pooler:
+        weights.append(WeightsEntry("model.safetensors", ("pooler",), f"{base_model_prefix}.pooler."))
     weights.append(WeightsEntry("model.safetensors", ("classifier",), "classifier."))
-    return FolderPlan("CrossEncoder", json_files, _tokenizer_copies(model._transformer_path), weights, {})
+    return FolderPlan("CrossEncoder", json_files, _tokenizer_copies(transformer_path), weights, {})
 
 
 def unmapped_tensors(state_dict: dict, prefixes: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
@@ -247,14 +238,12 @@ def unmapped_tensors(state_dict: dict, prefixes: tuple[str, ...] = ()) -> dict[s
 
 
 def plan_for(model) -> FolderPlan:
-    from jaxst.cross_encoder import CrossEncoder
-    from jaxst.sentence_transformer import SentenceTransformer
-
-    if isinstance(model, SentenceTransformer):
-        return sentence_transformer_plan(model)
-    if isinstance(model, CrossEncoder):
-        return cross_encoder_plan(model)
-    raise TypeError(f"can only save a jaxst SentenceTransformer or CrossEncoder, got {type(model).__name__}")
+    """``model.folder_plan()``: every jaxst model (``jaxst.base.BaseModel``) describes the folder it saves as."""
+    plan = getattr(model, "folder_plan", None)
+    if plan is None:
+        raise TypeError(f"can only save a jaxst model (SentenceTransformer, CrossEncoder, ...), "
+                        f"got {type(model).__name__}")
+    return plan()
 
 
 # ---------------------------------------------------------------------------------------- tensors
@@ -438,37 +427,12 @@ def write_model_folder(path: str | os.PathLike, plan: FolderPlan, params, overwr
     return Path(os.path.realpath(os.path.expanduser(os.fspath(path))))
 
 
-def save_model(model, path: str | os.PathLike, *, safe_serialization: bool = True, overwrite: bool = False) -> Path:
-    """``model.save(path)``: the model's current params and settings as a sentence-transformers folder."""
+def save_model(plan: FolderPlan, params, path: str | os.PathLike, *, safe_serialization: bool = True,
+               overwrite: bool = False) -> Path:
+    """A model's ``folder_plan()`` and current params as a sentence-transformers folder at ``path``, atomically."""
     if not safe_serialization:
         raise ValueError("jaxst writes safetensors only (safe_serialization=False would mean a pickled .bin file)")
-    return write_model_folder(path, plan_for(model), model.params, overwrite=overwrite)
-
-
-class Saving:
-    """``save`` / ``save_pretrained`` with sentence-transformers' signature, for both model classes.
-
-    ``save(path)`` writes the CURRENT ``self.params`` (after fine-tuning, say) with PyTorch names and
-    layouts, and the configs, tokenizer files and module folders that describe the model as it is now,
-    as sentence-transformers saves this kind of model: its library and transformers load the folder
-    unchanged; a CrossEncoder's ``activation_fn`` is saved as its torch class (sigmoid, identity, tanh,
-    relu, gelu, silu, softplus; another callable is a ValueError). Atomic: the folder is written beside
-    ``path`` and renamed into place, so an interrupted save leaves ``path`` as it was. Saving into an
-    existing model folder replaces the model and keeps unrelated files; a non-empty folder that holds no
-    model needs ``overwrite=True``. ``model_name``, ``create_model_card`` and ``train_datasets`` are
-    accepted for compatibility; jaxst writes no model card."""
-
-    def save(self, path: str | os.PathLike, model_name: str | None = None, create_model_card: bool = True,
-             train_datasets: list[str] | None = None, safe_serialization: bool = True, *,
-             overwrite: bool = False) -> None:
-        """Write the model as a sentence-transformers folder (see ``jaxst.io.export.Saving``)."""
-        save_model(self, path, safe_serialization=safe_serialization, overwrite=overwrite)
-
-    def save_pretrained(self, path: str | os.PathLike, model_name: str | None = None, create_model_card: bool = True,
-                        train_datasets: list[str] | None = None, safe_serialization: bool = True, *,
-                        overwrite: bool = False) -> None:
-        """The same as ``save``."""
-        self.save(path, model_name, create_model_card, train_datasets, safe_serialization, overwrite=overwrite)
+    return write_model_folder(path, plan, params, overwrite=overwrite)
 
 
 # ---------------------------------------------------------------------------------------- orbax
@@ -571,6 +535,7 @@ __all__ = [
     "save_model",
     "save_orbax",
     "sentence_transformer_plan",
+    "torch_activation_path",
     "unmapped_tensors",
     "write_model_folder",
 ]

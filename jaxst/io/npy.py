@@ -17,8 +17,11 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+from collections.abc import Iterator
 
 import numpy as np
+
+from jaxst.quantization import quantization_ranges, quantize_embeddings
 
 
 def _header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
@@ -109,3 +112,38 @@ class NpyStreamWriter:
 
     def __exit__(self, *exc) -> None:
         self.abort()  # a no-op after commit()
+
+
+def write_embeddings_npy(embeddings: Iterator[np.ndarray], path, precision: str, dim: int, chunk_size: int) -> None:
+    """Stream float32 embedding chunks into the ``.npy`` at ``path`` in ``precision``, atomically.
+
+    binary/ubinary quantize row by row, chunk by chunk. int8/uint8 need the ranges of the whole set
+    (as ``quantize_embeddings`` computes them), so the float32 rows go to a scratch file beside the
+    target first, with a running per-dimension min and max, and are quantized from it in a second pass."""
+    width = dim if not precision.endswith("binary") else (dim + 7) // 8
+    dtype = {"float32": np.float32, "int8": np.int8, "uint8": np.uint8, "binary": np.int8, "ubinary": np.uint8}
+    two_pass = precision in ("int8", "uint8")
+    with NpyStreamWriter(path, np.float32 if two_pass else dtype[precision], (dim if two_pass else width,)) as w:
+        lo = hi = None
+        for emb in embeddings:
+            if two_pass:
+                if len(emb):
+                    lo = emb.min(axis=0) if lo is None else np.minimum(lo, emb.min(axis=0))
+                    hi = emb.max(axis=0) if hi is None else np.maximum(hi, emb.max(axis=0))
+                w.append(emb)
+            else:
+                w.append(emb if precision == "float32" else quantize_embeddings(emb, precision))
+        if not two_pass:
+            w.commit()
+            return
+        rows = w.written()
+        if w.rows == 1:
+            quantization_ranges(np.asarray(rows))  # raises the in-memory path's error for a single embedding
+        with NpyStreamWriter(path, dtype[precision], (width,)) as q:
+            ranges = None if lo is None else np.stack([lo, hi])
+            for start in range(0, w.rows, chunk_size):
+                q.append(quantize_embeddings(np.asarray(rows[start : start + chunk_size]), precision, ranges=ranges))
+            q.commit()
+
+
+__all__ = ["NpyStreamWriter", "write_embeddings_npy"]
