@@ -16,6 +16,7 @@ import nbformat
 import pytest
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+ROOT_README = NOTEBOOK_DIR.parent / "README.md"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 
 # Appended to the in-memory copy of each notebook: reports which interpreter the kernel runs.
@@ -24,11 +25,15 @@ PROBE = "import json, sys\nprint(json.dumps({'executable': sys.executable, 'pref
 
 def test_notebooks_exist():
     assert NOTEBOOKS, f"no notebooks found in {NOTEBOOK_DIR}"
-    for path in NOTEBOOKS:  # each opens with a Colab badge, then a cell that installs jaxst on Colab
+    install = (ROOT_README.read_text(encoding="utf-8").split("pip install --no-deps ", 1)[1].split()[0])
+    for path in NOTEBOOKS:  # each opens with a Colab badge, then a cell that installs what is missing
         cells = nbformat.read(path, as_version=4).cells
         assert cells[0].cell_type == "markdown" and "colab.research.google.com" in cells[0].source, path.name
-        assert cells[1].cell_type == "code" and "pip" in cells[1].source and "install -q jaxst" in cells[1].source, \
-            path.name
+        setup = cells[1].source
+        assert cells[1].cell_type == "code" and '[notebooks]"' in setup and "git\", \"clone\"" in setup, path.name
+        assert f"install -q --no-deps {install}" in setup, (path.name, install)  # the README's pinned default model
+        assert 'DATA = REPO / "data" / "stsb"' in setup and "shared" not in nbformat.writes(
+            nbformat.read(path, as_version=4)), path.name
 
 
 @pytest.fixture
