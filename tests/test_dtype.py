@@ -1,8 +1,8 @@
 """Casting for inference: ``dtype=``, ``half()``, ``bfloat16()``, ``float()``.
 
-bf16/fp16 embeddings of the real all-MiniLM-L6-v2 must stay within cosine 0.999 of sentence-transformers'
-fp32 embeddings on STSb sentences; the encoders of every architecture compute in the cast dtype and
-return float32.
+bf16/fp16 embeddings of the real all-MiniLM-L6-v2 must stay within cosine 0.9999 (bf16) and 0.99999 (fp16)
+of sentence-transformers' fp32 embeddings on STSb sentences; the encoders of every architecture compute in
+the cast dtype and return float32, as close to sentence-transformers' fp32 embeddings of the same folder.
 """
 
 from __future__ import annotations
@@ -13,7 +13,12 @@ import pytest
 import torch
 from conftest import NON_LATIN_TEXTS, TEXTS, read_stsb, unique_sentences
 
-COSINE_BOUND = 0.999
+# Floors just under the lowest cosines measured against sentence-transformers' fp32 embeddings (MiniLM on
+# 400 STSb sentences: 0.999969 in bf16, 0.9999995 in fp16; the tiny models: 0.999967 and 0.9999994; bf16
+# weights cast back to fp32: 0.99996), leaving other CPUs' rounding room of about 3x (bf16) and 20x (fp16)
+# the measured 1 - cosine. A cast that loses more falls below them: one more bf16-sized error on the weights
+# (+-0.4%) gives 0.99975, fp16 weights rounded through bf16 give 0.99997.
+COSINE_BOUND = {"bfloat16": 0.9999, "float16": 0.99999}
 
 
 def cosines(a, b) -> np.ndarray:
@@ -47,7 +52,7 @@ def test_minilm_half_precision_within_cosine_bound(how, stsb_sentences, oracle):
     assert emb.dtype == np.float32 and emb.shape == oracle.shape
     cos = cosines(emb, oracle)
     print(how, "min cosine", cos.min(), "mean", cos.mean())
-    assert cos.min() >= COSINE_BOUND
+    assert cos.min() >= COSINE_BOUND[jnp.dtype(want).name]
     assert np.abs(emb - oracle).max() > 1e-6  # it really ran in half precision
 
 
@@ -57,7 +62,7 @@ def jax_leaves(tree):
     return jax.tree.leaves(tree)
 
 
-def test_float_after_half_and_apply_dtype(minilm_folder, jx_minilm):
+def test_float_after_half_and_apply_dtype(minilm_folder, st_minilm):
     from jaxst import SentenceTransformer
 
     model = SentenceTransformer(str(minilm_folder)).bfloat16()
@@ -68,8 +73,10 @@ def test_float_after_half_and_apply_dtype(minilm_folder, jx_minilm):
     assert tokens[0].dtype == jnp.float32
     assert model.float() is model and model.dtype == jnp.float32
     # back in float32, the weights keep their bf16 rounding: close to, not equal to, the original
-    cos = cosines(model.encode(TEXTS), jx_minilm.encode(TEXTS))
-    assert cos.min() >= COSINE_BOUND
+    cos = cosines(model.encode(TEXTS), st_minilm.encode(TEXTS))
+    print("bfloat16 weights in float32: min cosine", cos.min())
+    assert cos.min() >= COSINE_BOUND["bfloat16"]
+    assert cos.min() < 1 - 1e-7  # the bf16 rounding really stayed in the weights
 
 
 @pytest.mark.parametrize("dtype, name", [(torch.bfloat16, "bfloat16"), (np.float16, "float16"), ("fp16", "float16"),
@@ -93,15 +100,22 @@ def test_bad_dtype(minilm_folder, jx_minilm, bad):
 
 @pytest.mark.parametrize("base", ["tiny_mpnet_base", "tiny_xlmr_base", "tiny_roberta_base"])
 def test_other_architectures_in_bfloat16(base, request, make_tiny_st):
+    import warnings
+
+    from sentence_transformers import SentenceTransformer as Reference
+
     from jaxst import SentenceTransformer
 
     folder = make_tiny_st(base=request.getfixturevalue(base), max_seq_length=128)
     texts = TEXTS + NON_LATIN_TEXTS
-    full = SentenceTransformer(str(folder)).encode(texts)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        full = Reference(str(folder), device="cpu").encode(texts)
     for dtype in ("bfloat16", "float16"):
         model = SentenceTransformer(str(folder), dtype=dtype)
         emb = model.encode(texts)
         assert emb.dtype == np.float32
         cos = cosines(emb, full)
         print(base, dtype, "min cosine", cos.min())
-        assert cos.min() >= COSINE_BOUND
+        assert cos.min() >= COSINE_BOUND[dtype]
+        assert np.abs(emb - full).max() > 1e-6  # it really ran in half precision

@@ -60,31 +60,71 @@ def test_extreme_values_are_exact():
     assert float(values[0, 0]) == 127 * 128 * d
 
 
-def test_search_uses_the_kernel_where_the_cpu_has_vnni(monkeypatch):
-    """chunked_top_k (the index's scan) takes the native pass on AVX-512 VNNI CPUs, XLA's dot elsewhere,
-    and an int8 EmbeddingIndex answers the same either way."""
+def spy_kernel(monkeypatch, target: str | None) -> list:
+    """Route jaxst.search's int8 scans to ``target`` (None: XLA's scan, as without a usable kernel) and record
+    the target of every ``native.int8_top_k`` call."""
+    calls = []
+    real = native.int8_top_k
+    monkeypatch.setattr(native, "int8_kernel", lambda: target)
+    monkeypatch.setattr(native, "int8_top_k", lambda *a, **kw: calls.append(kw["target"]) or real(*a, **kw))
+    return calls
+
+
+def test_index_search_through_each_kernel_equals_xla(monkeypatch):
+    """An int8 EmbeddingIndex searched through the kernel (the portable build on every CPU, the VNNI build
+    where the CPU has it) gives XLA's scan's hits and scores exactly."""
     rng = np.random.default_rng(3)
     emb = rng.standard_normal((3000, 64)).astype(np.float32)
     queries = rng.standard_normal((9, 64)).astype(np.float32)
     index = EmbeddingIndex(64, precision="int8", ranges=np.stack([emb.min(0), emb.max(0)]))
     index.add(emb)
-    calls = []
-    real = native.int8_top_k
-    monkeypatch.setattr(native, "int8_top_k", lambda *a, **kw: calls.append(1) or real(*a, **kw))
-    fast = index.search(queries, top_k=10, rescore_multiplier=None)
-    assert bool(calls) == (native.has_vnni() and native.enabled())
-    monkeypatch.setenv(native.ENV, "0")
-    native.int8_kernel.cache_clear()
-    try:
-        assert native.int8_kernel() is None
-        calls.clear()
+    with monkeypatch.context() as m:
+        calls = spy_kernel(m, None)
         plain = index.search(queries, top_k=10, rescore_multiplier=None)
         assert not calls
+    for target in _targets():
+        with monkeypatch.context() as m:
+            calls = spy_kernel(m, target)
+            fast = index.search(queries, top_k=10, rescore_multiplier=None)
+        assert calls == [target]
+        assert [[h["corpus_id"] for h in row] for row in fast] == [[h["corpus_id"] for h in row] for row in plain]
+        np.testing.assert_array_equal([[h["score"] for h in row] for row in fast],
+                                      [[h["score"] for h in row] for row in plain])
+
+
+def test_the_vnni_build_is_chosen_only_where_the_cpu_has_it(monkeypatch):
+    """int8_kernel(): the VNNI build on AVX-512 VNNI CPUs, else None (the search then takes XLA's dot);
+    ``JAXST_NATIVE=0`` turns it off everywhere."""
+    calls = []
+    real = native.int8_top_k
+    monkeypatch.setattr(native, "int8_top_k", lambda *a, **kw: calls.append(kw["target"]) or real(*a, **kw))
+    rng = np.random.default_rng(4)
+    queries = jnp.asarray(rng.integers(-127, 128, (3, 16), dtype=np.int8))
+    corpus = jnp.asarray(rng.integers(-127, 128, (500, 16), dtype=np.int8))
+    want = search._xla_chunked_top_k(queries, corpus, 500, k=4, kind="int8", chunk=128)
+    native.int8_kernel.cache_clear()
+    try:
+        expected = native.TARGET if native.has_vnni() else None
+        assert native.int8_kernel() == expected
+        got = search.chunked_top_k(queries, corpus, 500, k=4, kind="int8", chunk=128)
+        assert calls == ([expected] if expected else [])
+        np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(want[0]))
+        np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(want[1]))
+        # AVX-512 without VNNI (e.g. Skylake-SP): no kernel, whatever this CPU has.
+        monkeypatch.setattr(native, "cpu_flags", lambda: set(native.VNNI_FLAGS) - {"avx512_vnni"})
+        native.int8_kernel.cache_clear()
+        assert not native.has_vnni() and native.int8_kernel() is None
+        calls.clear()
+        got = search.chunked_top_k(queries, corpus, 500, k=4, kind="int8", chunk=128)
+        assert not calls
+        np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(want[0]))
+        np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(want[1]))
+        monkeypatch.undo()
+        monkeypatch.setenv(native.ENV, "0")
+        native.int8_kernel.cache_clear()
+        assert native.int8_kernel() is None
     finally:
         native.int8_kernel.cache_clear()
-    assert [[h["corpus_id"] for h in row] for row in fast] == [[h["corpus_id"] for h in row] for row in plain]
-    np.testing.assert_array_equal([[h["score"] for h in row] for row in fast],
-                                  [[h["score"] for h in row] for row in plain])
 
 
 def test_bad_shapes_raise():
@@ -107,35 +147,52 @@ def test_build_is_cached_and_atomic(tmp_path):
 
 
 def test_failed_build_warns_and_falls_back(tmp_path, monkeypatch):
+    """A failed build warns once and leaves the search on XLA's scan. The VNNI build is only attempted on
+    VNNI CPUs, so the probe is made to say so: with the compiler failing, no VNNI code ever runs."""
     monkeypatch.setenv("CXX", "false")  # a "compiler" that always fails
     monkeypatch.setenv(native.CACHE_ENV, str(tmp_path))
     with pytest.raises(RuntimeError, match="failed"):
         native.build(vnni=False)
     assert not list(tmp_path.iterdir())  # the failed build left nothing
-    if not native.has_vnni():  # int8_kernel never builds on such a CPU
-        assert native.int8_kernel() is None
-        return
+    monkeypatch.setattr(native, "has_vnni", lambda: True)
     native.int8_kernel.cache_clear()
-    native._registered.pop(native.TARGET, None)
+    registered = native._registered.pop(native.TARGET, None)
+    calls = []
+    real = native.int8_top_k
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             assert native.int8_kernel() is None
         assert any("native int8 search kernel is unavailable" in str(w.message) for w in caught)
+        assert not list(tmp_path.iterdir())
+        monkeypatch.setattr(native, "int8_top_k", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+        queries = jnp.asarray(np.random.default_rng(6).integers(-127, 128, (2, 8), dtype=np.int8))
+        corpus = jnp.asarray(np.random.default_rng(7).integers(-127, 128, (300, 8), dtype=np.int8))
+        got = search.chunked_top_k(queries, corpus, 300, k=5, kind="int8", chunk=64)
+        want = search._xla_chunked_top_k(queries, corpus, 300, k=5, kind="int8", chunk=64)
+        assert not calls
+        np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(want[0]))
+        np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(want[1]))
     finally:
-        monkeypatch.delenv("CXX")
-        monkeypatch.delenv(native.CACHE_ENV)
+        monkeypatch.undo()
         native.int8_kernel.cache_clear()
-        assert native.int8_kernel() == native.TARGET  # registered again from the real cache
+        if registered is not None:
+            native._registered[native.TARGET] = registered
+    assert native.int8_kernel() == (native.TARGET if native.has_vnni() else None)  # from the real cache again
 
 
-def test_streamed_search_with_the_kernel():
-    """The host-streamed scan (pieces with first/offset, through the kernel on VNNI CPUs) gives the
-    device-resident XLA scan's hits."""
+def test_streamed_search_through_each_kernel(monkeypatch):
+    """The host-streamed scan (pieces with first/offset) through the kernel, portable build on every CPU and
+    VNNI build where the CPU has it, gives the device-resident XLA scan's hits."""
     rng = np.random.default_rng(5)
     corpus = rng.integers(-4, 5, (5000, 32), dtype=np.int8)
     queries = jnp.asarray(rng.integers(-127, 128, (6, 32), dtype=np.int8))
     want = search._xla_chunked_top_k(queries, jnp.asarray(corpus), 5000, k=7, kind="int8", chunk=512)
-    got = search.streamed_top_k(queries, corpus, 5000, k=7, kind="int8", chunk=512, piece=1500)
-    np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(want[0]))
-    np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(want[1]))
+    assert len(np.unique(np.asarray(want[0]))) < want[0].size  # tied scores, resolved to the lower row
+    for target in _targets():
+        with monkeypatch.context() as m:
+            calls = spy_kernel(m, target)
+            got = search.streamed_top_k(queries, corpus, 5000, k=7, kind="int8", chunk=512, piece=1500)
+        assert len(calls) >= 4 and set(calls) == {target}  # every piece of 5000 rows, 1500 at a time
+        np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(want[0]), err_msg=target)
+        np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(want[1]), err_msg=target)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import zipfile
 
 import jax
+import ml_dtypes
 import numpy as np
 import pytest
 import torch
@@ -220,8 +221,23 @@ def test_growing_index_does_not_recompile_per_size(precision, caplog):
             index.add(rng.standard_normal((37, 32)).astype(np.float32))
             hits = index.search(query, top_k=5)
     assert len(index) == 925 and len(hits[0]) == 5
-    compiled = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Compiling")]
-    assert not [m for m in compiled if "top_k" in m or "_call" in m], compiled
+    assert not scan_compiles(caplog), scan_compiles(caplog)
+    # Positive control, the same counting: past its 1024-row capacity the storage doubles, the device copy
+    # takes the new shape (2048 rows) and the scan must compile again, which the log shows.
+    caplog.clear()
+    with jax.log_compiles(), caplog.at_level(logging.WARNING):
+        index.add(rng.standard_normal((100, 32)).astype(np.float32))
+        grown = index.search(query, top_k=5)
+    assert len(index) == 1025 and index._corpus_on_device().shape[1 if precision == "ubinary" else 0] == 2048
+    assert scan_compiles(caplog), [r.getMessage() for r in caplog.records]
+    assert len(grown[0]) == 5
+
+
+def scan_compiles(caplog) -> list[str]:
+    """The scan's compilations among ``jax.log_compiles`` records: XLA's ``_chunked_top_k`` or the native
+    kernel's ``_call``."""
+    messages = [r.getMessage() for r in caplog.records]
+    return [m for m in messages if m.startswith("Compiling") and ("top_k" in m or "_call" in m)]
 
 
 def test_growing_keeps_results_and_finds_new_rows():
@@ -361,9 +377,23 @@ def test_aligned_host_corpus_is_used_in_place():
 
     a = aligned_empty((1000, 16), np.float32)
     a[...] = rng.standard_normal((1000, 16))
-    if jax.default_backend() == "cpu":
-        assert shares_host_memory(a) and not shares_host_memory(_unaligned(a))
+    b = _unaligned(a)
+    on_cpu = jax.default_backend() == "cpu"
+    # On every backend: an aligned, contiguous array of the asked shape and dtype; device_put keeps its values.
+    assert a.shape == (1000, 16) and a.dtype == np.float32 and a.flags.c_contiguous and a.ctypes.data % 64 == 0
+    assert b.ctypes.data % 64 != 0
+    for shape, dtype in (((7, 3), np.int8), ((5, 3), np.uint64), ((33,), ml_dtypes.bfloat16)):
+        c = aligned_empty(shape, dtype)
+        assert c.shape == shape and c.dtype == dtype and c.flags.c_contiguous and c.ctypes.data % 64 == 0
+    np.testing.assert_array_equal(np.asarray(jax.device_put(a)), a)
+    np.testing.assert_array_equal(np.asarray(jax.device_put(b)), a)
+    # Aliasing is a CPU-backend property: only there do aligned arrays share memory, never unaligned ones.
+    assert shares_host_memory(a) == on_cpu
+    assert not shares_host_memory(b)
+    assert not shares_host_memory(np.asfortranarray(aligned_empty((64, 16), np.float32)))  # not C-contiguous
+    if on_cpu:  # the device buffer is the host array itself, and the unaligned copy's is not (control)
         assert jax.device_put(a).unsafe_buffer_pointer() == a.ctypes.data
+        assert jax.device_put(b).unsafe_buffer_pointer() != b.ctypes.data
 
 
 @pytest.mark.parametrize("precision", ["float32", "bfloat16", "int8", "uint8", "binary", "ubinary"])
