@@ -94,9 +94,12 @@ def pool(h, mask, modes: Sequence[str] = ("mean",), prompt_length=None):
 
 
 def normalize(x, eps: float = 1e-12):
-    """L2-normalize the last axis: x / max(||x||, eps), as ``torch.nn.functional.normalize``."""
+    """L2-normalize the last axis: x / max(||x||, eps), as ``torch.nn.functional.normalize``.
+
+    Written as sqrt(max(||x||^2, eps^2)) so the gradient at a zero vector (a text with no tokens) is
+    finite, as torch's is, instead of the NaN that the derivative of ||x|| at 0 gives."""
     x = jnp.asarray(x)
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+    return x / jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
 
 
 def truncate(x, dim: int | None):

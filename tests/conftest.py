@@ -401,3 +401,55 @@ def mpnet_folder() -> Path:
     from mpnet_weights import mpnet_folder as assemble
 
     return assemble()
+
+
+# ------------------------------------------------------------------------------------ decoder models
+
+
+def byte_level_bpe_tokenizer(folder: Path, eos: str = "<|endoftext|>", padding_side: str = "left") -> int:
+    """A byte-level BPE tokenizer trained on STSb lines (English and German), with Qwen's special tokens,
+    appending ``eos`` to every text as Qwen3-Embedding's tokenizer does, saved with ``padding_side``;
+    returns its vocabulary size. Byte-level: CJK, emoji and anything else still tokenize."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    lines = [s for name in ("stsb-en-train.csv", "stsb-de-test.csv") for a, b, _ in read_stsb(name)[:300]
+             for s in (a, b)]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = [eos, "<|im_start|>", "<|im_end|>"]
+    tok.train_from_iterator(lines, trainers.BpeTrainer(vocab_size=600, special_tokens=specials,
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.post_processor = processors.TemplateProcessing(single=f"$A {eos}", special_tokens=[(eos, tok.token_to_id(eos))])
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, pad_token=eos, padding_side=padding_side,
+                            model_max_length=512).save_pretrained(folder)
+    return tok.get_vocab_size()
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_base(tmp_path_factory) -> Path:
+    """A seeded random 3-layer Qwen3 with what Qwen3-Embedding switches on: grouped-query attention (4 query
+    heads on 2 key/value heads), q/k RMSNorm, head_dim 24 (not hidden / heads), tied embeddings, RoPE, a
+    left-padding tokenizer that appends EOS; and a sliding window of 6 tokens on the last layer, shorter
+    than the test texts."""
+    import torch
+    from transformers import Qwen3Config, Qwen3Model
+
+    folder = tmp_path_factory.mktemp("tiny-qwen3-base")
+    vocab = byte_level_bpe_tokenizer(folder)
+    torch.manual_seed(0)
+    config = Qwen3Config(
+        vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=24, max_position_embeddings=512, tie_word_embeddings=True,
+        use_sliding_window=True, sliding_window=6, max_window_layers=2, initializer_range=0.2,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, pad_token_id=0, eos_token_id=0,
+    )
+    model = Qwen3Model(config).eval()
+    with torch.no_grad():  # RMSNorm gains start at 1: make them differ, so a mis-mapped gain shows
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.add_(0.2 * torch.randn_like(param))
+        model.embed_tokens.weight[0].normal_(0.0, 0.2)  # EOS (= pad) starts as a zero row; trained models' is not
+    model.save_pretrained(folder)
+    return folder

@@ -6,6 +6,7 @@ import re
 
 from jaxst.models.bert import BertConfig, BertModel
 from jaxst.models.mpnet import MPNetConfig, MPNetModel
+from jaxst.models.qwen3 import Qwen3Config, Qwen3Model
 from jaxst.models.xlm_roberta import ROBERTA_OVERRIDES, XLMRobertaModel
 
 # model_type -> (config class, encoder class, extra config fields)
@@ -14,11 +15,13 @@ ARCHITECTURES = {
     "mpnet": (MPNetConfig, MPNetModel, {}),
     "roberta": (BertConfig, XLMRobertaModel, ROBERTA_OVERRIDES),
     "xlm-roberta": (BertConfig, XLMRobertaModel, ROBERTA_OVERRIDES),
+    "qwen3": (Qwen3Config, Qwen3Model, {}),
 }
 
 # Old config.json files without a model_type name only the PyTorch class: BertModel, XLMRobertaForMaskedLM, ...
-_CLASS_NAME = re.compile(r"(Bert|MPNet|Roberta|XLMRoberta)(Model|For[A-Za-z]+|LMHeadModel)")
-_CLASS_PREFIX_TYPES = {"Bert": "bert", "MPNet": "mpnet", "Roberta": "roberta", "XLMRoberta": "xlm-roberta"}
+_CLASS_NAME = re.compile(r"(Bert|MPNet|Roberta|XLMRoberta|Qwen3)(Model|For[A-Za-z]+|LMHeadModel)")
+_CLASS_PREFIX_TYPES = {"Bert": "bert", "MPNet": "mpnet", "Roberta": "roberta", "XLMRoberta": "xlm-roberta",
+                       "Qwen3": "qwen3"}
 
 
 def model_type(hf_config: dict) -> str | None:
@@ -51,6 +54,8 @@ __all__ = [
     "BertModel",
     "MPNetConfig",
     "MPNetModel",
+    "Qwen3Config",
+    "Qwen3Model",
     "XLMRobertaModel",
     "encoder_from_hf_config",
     "model_type",

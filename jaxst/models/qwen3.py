@@ -1,0 +1,160 @@
+"""Qwen3 (Qwen3-Embedding's backbone) in Flax NNX: a causal decoder with grouped-query attention,
+per-head q/k RMSNorm, rotary positions and a SwiGLU MLP, configured from a Hugging Face ``config.json``.
+
+    ids ─▶ embed_tokens ─▶ [RMSNorm ─▶ attention (q/k norm, RoPE, causal[, sliding window]) ─▶ +
+                             RMSNorm ─▶ down(silu(gate(x)) * up(x)) ─▶ +] x L ─▶ norm ─▶ (B, T, H)
+
+Attribute names mirror transformers' ``Qwen3Model`` (``layers.0.self_attn.q_proj``, ...), so the suffix
+rules of ``jaxst.io.weights`` map the checkpoint (``model.`` prefixed keys of ``Qwen3ForCausalLM`` too).
+
+Padding: positions count real tokens only (``positions_from_mask``), so a text's states do not depend on
+how much padding its batch has or on which side it is; the causal mask keeps real tokens from seeing
+right padding. transformers numbers left-padded positions from the first pad instead; rotary attention
+depends only on position differences, so the two agree to float rounding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+from flax import nnx
+
+from jaxst.models.bert import split_rng
+from jaxst.models.layers import (
+    RMSNorm,
+    apply_rope,
+    attention_mask,
+    grouped_query_attention,
+    positions_from_mask,
+    rope_tables,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Qwen3Config:
+    vocab_size: int = 151669
+    hidden_size: int = 1024  # Qwen3-Embedding-0.6B
+    intermediate_size: int = 3072
+    num_hidden_layers: int = 28
+    num_attention_heads: int = 16
+    num_key_value_heads: int = 8  # grouped-query attention: query heads share key/value heads
+    head_dim: int = 128  # not hidden_size / heads in Qwen3
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 1_000_000.0
+    attention_bias: bool = False
+    max_position_embeddings: int = 32768
+    sliding_window: int | None = None  # set only when the config enables it (use_sliding_window)
+    layer_types: tuple[str, ...] = ()  # "full_attention" or "sliding_attention" per layer
+    attention_dropout: float = 0.0  # training only
+
+    @property
+    def max_tokens(self) -> int:
+        return self.max_position_embeddings
+
+    @classmethod
+    def from_hf(cls, hf: dict) -> Qwen3Config:
+        if hf.get("hidden_act", "silu") not in ("silu", "swish"):
+            raise ValueError(f"Qwen3 with hidden_act {hf['hidden_act']!r} is not supported (only 'silu')")
+        rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type != "default":
+            raise ValueError(f"Qwen3 with rope_type {rope_type!r} is not supported (only 'default')")
+        theta = rope.get("rope_theta", hf.get("rope_theta", cls.rope_theta))
+        heads = hf["num_attention_heads"]
+        window = hf.get("sliding_window") if hf.get("use_sliding_window") else None
+        layers = hf["num_hidden_layers"]
+        layer_types = hf.get("layer_types") or [
+            "sliding_attention" if window is not None and i >= hf.get("max_window_layers", layers) else "full_attention"
+            for i in range(layers)
+        ]
+        return cls(
+            vocab_size=hf["vocab_size"],
+            hidden_size=hf["hidden_size"],
+            intermediate_size=hf["intermediate_size"],
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=hf.get("num_key_value_heads") or heads,
+            head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
+            rms_norm_eps=hf.get("rms_norm_eps", cls.rms_norm_eps),
+            rope_theta=float(theta),
+            attention_bias=bool(hf.get("attention_bias", False)),
+            max_position_embeddings=hf.get("max_position_embeddings", cls.max_position_embeddings),
+            sliding_window=window,
+            layer_types=tuple(layer_types),
+            attention_dropout=float(hf.get("attention_dropout") or 0.0),
+        )
+
+
+class Qwen3Attention(nnx.Module):
+    def __init__(self, cfg: Qwen3Config, sliding: bool, *, rngs: nnx.Rngs):
+        h, d = cfg.hidden_size, cfg.head_dim
+        self.cfg = cfg
+        self.window = cfg.sliding_window if sliding else None
+        self.q_proj = nnx.Linear(h, cfg.num_attention_heads * d, use_bias=cfg.attention_bias, rngs=rngs)
+        self.k_proj = nnx.Linear(h, cfg.num_key_value_heads * d, use_bias=cfg.attention_bias, rngs=rngs)
+        self.v_proj = nnx.Linear(h, cfg.num_key_value_heads * d, use_bias=cfg.attention_bias, rngs=rngs)
+        self.o_proj = nnx.Linear(cfg.num_attention_heads * d, h, use_bias=cfg.attention_bias, rngs=rngs)
+        self.q_norm = RMSNorm(d, cfg.rms_norm_eps, rngs=rngs)  # per head, before RoPE
+        self.k_norm = RMSNorm(d, cfg.rms_norm_eps, rngs=rngs)
+
+    def __call__(self, x, padding_mask, cos, sin, dropout_rng=None):
+        cfg = self.cfg
+        b, t, _ = x.shape
+        q = self.q_norm(self.q_proj(x).reshape(b, t, cfg.num_attention_heads, cfg.head_dim)).transpose(0, 2, 1, 3)
+        k = self.k_norm(self.k_proj(x).reshape(b, t, cfg.num_key_value_heads, cfg.head_dim)).transpose(0, 2, 1, 3)
+        v = self.v_proj(x).reshape(b, t, cfg.num_key_value_heads, cfg.head_dim).transpose(0, 2, 1, 3)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # (B, N or KV, T, D)
+        mask = attention_mask(padding_mask, causal=True, window=self.window)
+        out = grouped_query_attention(q, k, v, mask, cfg.head_dim**-0.5, cfg.attention_dropout, dropout_rng)
+        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(b, t, -1))
+
+
+class Qwen3MLP(nnx.Module):
+    def __init__(self, cfg: Qwen3Config, *, rngs: nnx.Rngs):
+        self.gate_proj = nnx.Linear(cfg.hidden_size, cfg.intermediate_size, use_bias=False, rngs=rngs)
+        self.up_proj = nnx.Linear(cfg.hidden_size, cfg.intermediate_size, use_bias=False, rngs=rngs)
+        self.down_proj = nnx.Linear(cfg.intermediate_size, cfg.hidden_size, use_bias=False, rngs=rngs)
+
+    def __call__(self, x):
+        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Qwen3DecoderLayer(nnx.Module):
+    def __init__(self, cfg: Qwen3Config, sliding: bool, *, rngs: nnx.Rngs):
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, rngs=rngs)
+        self.self_attn = Qwen3Attention(cfg, sliding, rngs=rngs)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, rngs=rngs)
+        self.mlp = Qwen3MLP(cfg, rngs=rngs)
+
+    def __call__(self, x, padding_mask, cos, sin, dropout_rng=None):
+        x = x + self.self_attn(self.input_layernorm(x), padding_mask, cos, sin, dropout_rng)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Qwen3Model(nnx.Module):
+    """Token states (B, T, H) from input ids and an attention mask (padding on either side)."""
+
+    uses_token_types = False
+    base_model_prefix = "model"  # Qwen3ForCausalLM and friends prefix the decoder's keys with it
+
+    def __init__(self, cfg: Qwen3Config, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embed_tokens = nnx.Embed(cfg.vocab_size, cfg.hidden_size, rngs=rngs)
+        sliding = [kind == "sliding_attention" for kind in cfg.layer_types] or [False] * cfg.num_hidden_layers
+        self.layers = nnx.List([Qwen3DecoderLayer(cfg, s, rngs=rngs) for s in sliding])
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, rngs=rngs)
+
+    def __call__(self, input_ids, attention_mask, token_type_ids=None, dropout_rng=None, positions=None):
+        """``attention_mask`` (B, T), or (B, T, T) with ``positions`` (B, T) for packed batches (several texts
+        per row, each token seeing only its own text, numbered from 0 within it)."""
+        if positions is None:
+            positions = positions_from_mask(attention_mask)
+        cos, sin = rope_tables(positions, self.cfg.head_dim, self.cfg.rope_theta)
+        x = self.embed_tokens(input_ids)  # (B, T, H)
+        for layer, rng in zip(self.layers, split_rng(dropout_rng, len(self.layers))):
+            x = layer(x, attention_mask, cos, sin, rng)
+        return self.norm(x)
+
+
+__all__ = ["Qwen3Config", "Qwen3Model"]

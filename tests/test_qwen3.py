@@ -1,0 +1,124 @@
+"""Qwen3 (Qwen3-Embedding's architecture) against sentence-transformers on a tiny random model with the
+features the real one uses: causal grouped-query attention, q/k RMSNorm, RoPE, a left-padding tokenizer
+that appends EOS, last-token pooling, Normalize, instruction prompts; plus a sliding-window layer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import TEXTS, max_abs
+
+import jaxst
+
+TOL = 1e-5
+MORE = ["日本語の文章です。", "今天天气很好", "🙂🚀 emoji only 🎉", "Ünïcödé Straße, München! ¿Qué tal?"]
+PROMPTS = {"query": "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:",
+           "document": ""}
+
+
+@pytest.fixture(scope="module")
+def qwen3(make_tiny_st, tiny_qwen3_base):
+    from sentence_transformers import SentenceTransformer
+
+    folder = make_tiny_st(base=tiny_qwen3_base, pooling_mode="lasttoken", normalize=True, prompts=PROMPTS,
+                          max_seq_length=48)
+    return folder, SentenceTransformer(str(folder), device="cpu"), jaxst.SentenceTransformer(folder)
+
+
+def test_tokens_are_those_of_sentence_transformers(qwen3):
+    """Same ids per text (EOS appended, over-length texts truncated with it kept), whatever the padding side."""
+    _, st, jx = qwen3
+    texts = TEXTS + MORE
+    ref = st.tokenize(texts)
+    assert st.tokenizer.padding_side == "left" and (ref["attention_mask"][:, 0] == 0).any()  # left padded
+    ours = jx.tokenize(texts)
+    for i in range(len(texts)):
+        want = ref["input_ids"][i][ref["attention_mask"][i].bool()].tolist()
+        got = ours["input_ids"][i][ours["attention_mask"][i].astype(bool)].tolist()
+        assert got == want, texts[i]
+        assert got[-1] == st.tokenizer.eos_token_id
+    assert max(int(m.sum()) for m in ref["attention_mask"]) == 48  # one text was truncated to the limit
+
+
+def test_embeddings_match(qwen3):
+    _, st, jx = qwen3
+    texts = TEXTS + MORE
+    ours, ref = jx.encode(texts), st.encode(texts)
+    assert ours.shape == ref.shape == (len(texts), 64)
+    assert max_abs(ours, ref) < TOL
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-6)  # Normalize ran
+
+
+def test_query_and_document_prompts(qwen3):
+    _, st, jx = qwen3
+    assert jx.prompts["query"] == PROMPTS["query"]
+    assert max_abs(jx.encode_query(TEXTS), st.encode_query(TEXTS)) < TOL
+    assert max_abs(jx.encode_document(TEXTS), st.encode_document(TEXTS)) < TOL
+    assert max_abs(jx.encode_query(TEXTS), jx.encode_document(TEXTS)) > 1e-2  # the prompt changes the embedding
+
+
+def test_batch_and_padding_invariance(qwen3):
+    """A left-padded last-token model is where padding leaks in: each text alone, in batches of every size
+    and mixed with texts of other lengths gives the same embedding."""
+    _, st, jx = qwen3
+    texts = TEXTS + MORE
+    together = jx.encode(texts, batch_size=64)
+    for batch_size in (1, 3, 5):
+        assert max_abs(jx.encode(texts, batch_size=batch_size), together) < TOL
+    alone = np.stack([st.encode([t])[0] for t in texts])  # sentence-transformers with no padding at all
+    assert max_abs(together, alone) < TOL
+    batch = jx.tokenize(texts)  # the pure function on one padded batch
+    assert max_abs(np.asarray(jx.apply(jx.params, batch)), alone) < TOL
+
+
+def test_left_padded_batches_give_the_same_states(qwen3):
+    """apply() takes left-padded batches too (what a Hugging Face tokenizer hands over)."""
+    _, st, jx = qwen3
+    ref = st.tokenize(TEXTS)
+    batch = {"input_ids": ref["input_ids"].numpy().astype(np.int32),
+             "attention_mask": ref["attention_mask"].numpy().astype(np.int32)}
+    assert max_abs(np.asarray(jx.apply(jx.params, batch)), st.encode(TEXTS)) < TOL
+
+
+def test_bfloat16_stays_close(qwen3):
+    folder, _, jx = qwen3
+    low = jaxst.SentenceTransformer(folder, dtype="bfloat16").encode(TEXTS + MORE)
+    cos = np.sum(low * jx.encode(TEXTS + MORE), axis=1)
+    assert cos.min() >= 0.999, cos.min()
+
+
+def test_saved_folder_loads_in_sentence_transformers(qwen3, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    _, _, jx = qwen3
+    jx.save(tmp_path / "qwen3")
+    again = SentenceTransformer(str(tmp_path / "qwen3"), device="cpu")
+    assert max_abs(again.encode(TEXTS), jx.encode(TEXTS)) < TOL
+    assert max_abs(jaxst.SentenceTransformer(tmp_path / "qwen3").encode(TEXTS), jx.encode(TEXTS)) < 1e-6
+
+
+def test_gradients_flow_through_the_decoder(qwen3):
+    """Every weight gets a finite, non-zero gradient (the empty text, just EOS, included)."""
+    import jax
+
+    _, _, jx = qwen3
+    batch = jx.tokenize(TEXTS[:3])
+    grads = jax.grad(lambda p: jx.apply(p, batch)[0] @ jx.apply(p, batch)[1])(jx.params)
+    norms = {"/".join(map(str, path)): float(np.abs(np.asarray(g)).max())
+             for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]}
+    assert all(np.isfinite(v) and v > 0 for v in norms.values()), norms
+
+
+def test_the_sliding_window_is_exercised(qwen3, tmp_path):
+    """Control: the same weights without the sliding window give other embeddings for texts longer than the
+    window, so the match above checks the window."""
+    import json
+    import shutil
+
+    folder, st, _ = qwen3
+    copy = shutil.copytree(folder, tmp_path / "no-window")
+    config = json.loads((copy / "config.json").read_text())
+    assert config["sliding_window"] == 6 and config["layer_types"][-1] == "sliding_attention"
+    config["use_sliding_window"], config["layer_types"] = False, ["full_attention"] * 3
+    (copy / "config.json").write_text(json.dumps(config))
+    assert max_abs(jaxst.SentenceTransformer(copy).encode(TEXTS), st.encode(TEXTS)) > 1e-3
