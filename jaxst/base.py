@@ -22,13 +22,15 @@ from collections.abc import Callable, Iterable, Iterator, Sized
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxst.compilation_cache import enable_compilation_cache
 from jaxst.io.export import FolderPlan, save_model
 from jaxst.io.folder import read_json
 from jaxst.io.hub import resolve_model_folder
 from jaxst.io.tokenizer import Tokenizer
+from jaxst.io.weights import params_from_state_dict
 from jaxst.models import encoder_from_hf_config
 from jaxst.parallel import data_mesh, replicated, resolve_device, resolve_devices, shard_batch
 
@@ -66,6 +68,20 @@ def resolve_dtype(dtype):
 def cast_floats(params, dtype):
     """Floating leaves of a params pytree cast to ``dtype``; integer leaves untouched."""
     return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
+
+
+def weight_sharding(shape: tuple[int, ...], mesh: Mesh) -> NamedSharding:
+    """How a weight of ``shape`` lies on ``mesh``: a matrix (or larger) is split along its largest dimension
+    that the mesh's ``"model"`` axis (else its last axis) divides evenly, so each device holds 1/n of it
+    (projections by columns or rows, embeddings by vocabulary rows: FSDP-style); vectors (norms, biases)
+    and matrices no dimension of which divides are replicated. XLA inserts the collectives under jit."""
+    axis = "model" if "model" in mesh.axis_names else mesh.axis_names[-1]
+    n = mesh.shape[axis]
+    dims = [d for d in range(len(shape)) if len(shape) >= 2 and shape[d] % n == 0 and n > 1]
+    spec = [None] * len(shape)
+    if dims:
+        spec[max(dims, key=lambda d: (shape[d], -d))] = axis
+    return NamedSharding(mesh, P(*spec))
 
 
 # ------------------------------------------------------------------------------------------ batch shapes
@@ -163,15 +179,22 @@ class BaseModel:
         revision: str | None = None,
         local_files_only: bool = False,
         token: bool | str | None = None,
+        mesh: Mesh | None = None,
         base_prompts: dict[str, str] | None = None,
     ):
         """Resolve the model folder and read its prompts. ``base_prompts`` are the family's defaults, which
-        the folder's saved prompts, then ``prompts``, override."""
+        the folder's saved prompts, then ``prompts``, override. ``mesh``: split the weights over its
+        devices (``weight_sharding``) instead of putting them on one device."""
         enable_compilation_cache()  # before anything compiles; see jaxst.compilation_cache
         if model_name_or_path is None:
             raise ValueError(f"jaxst needs a model: pass a Hub name (e.g. {self.EXAMPLE_MODEL!r}) or a folder")
         if trust_remote_code:
             warnings.warn("jaxst runs no remote code; trust_remote_code=True has no effect", stacklevel=3)
+        if mesh is not None and not isinstance(mesh, Mesh):
+            raise TypeError(f"mesh must be a jax.sharding.Mesh, got {type(mesh).__name__}")
+        if mesh is not None and device is not None:
+            raise ValueError("give either device= or mesh= (a model sharded over a mesh runs on its devices)")
+        self.mesh = mesh
         self.device = resolve_device(device)
         self.model_folder = resolve_model_folder(
             model_name_or_path, cache_folder=cache_folder, revision=revision, token=token,
@@ -205,11 +228,20 @@ class BaseModel:
         self.tokenizer = Tokenizer.from_folder(path, int(max_length), bool(module_config.get("do_lower_case", False)))
         return encoder_cfg, encoder_cls
 
-    def place(self, params, dtype=None):
-        """Loaded params, cast to ``dtype`` (None keeps float32) and put on the model's device."""
-        if dtype is not None:
-            params = cast_floats(params, resolve_dtype(dtype))
-        return jax.device_put(params, self.device) if self.device else jax.device_put(params)
+    def load_params(self, module, state_dict, prefixes: tuple[str, ...] = (), dtype=None) -> dict:
+        """The params of ``module`` from a (lazily read) state dict, each tensor cast to ``dtype`` (None keeps
+        float32) and put where it runs as soon as it is read: on the model's device, or split over its
+        ``mesh``. So a large checkpoint is never in host memory twice."""
+        target = None if dtype is None else resolve_dtype(dtype)
+
+        def place(path, array):
+            if target is not None:
+                array = array.astype(target)
+            if self.mesh is not None:
+                return jax.device_put(array, weight_sharding(array.shape, self.mesh))
+            return jax.device_put(array, self.device)
+
+        return params_from_state_dict(module, state_dict, prefixes, place)
 
     # ------------------------------------------------------------------ prompts
 
@@ -251,7 +283,12 @@ class BaseModel:
         """The params to run with and the data-parallel mesh (or None) for one call.
 
         ``pool`` (from ``start_multi_process_pool``) or a list of devices splits every batch by rows over
-        those devices; with several local devices and no device chosen, all of them are used."""
+        those devices; with several local devices and no device chosen, all of them are used. A model whose
+        weights are split over a ``mesh`` runs there: each batch is replicated on it."""
+        if self.mesh is not None:
+            if device is not None or pool is not None:
+                raise ValueError("this model's weights are split over a mesh; it runs there (no device= or pool=)")
+            return self.params, None
         if pool is not None:
             if not isinstance(pool, dict) or "mesh" not in pool:
                 raise TypeError("pool must be the dict start_multi_process_pool() returned")
@@ -317,7 +354,9 @@ class BaseModel:
             bar.total += len(plan) - estimated
             bar.refresh()
         place = None
-        if mesh is None and (params is not self.params or self.device is not None):
+        if self.mesh is not None:
+            place = NamedSharding(self.mesh, P())  # the weights are split over the mesh; each batch replicated
+        elif mesh is None and (params is not self.params or self.device is not None):
             place = jax.tree.leaves(params)[0].sharding
         for start, rows, length in plan:
             idx = order[start : start + rows]
@@ -397,4 +436,5 @@ __all__ = [
     "seq_bucket",
     "text_list",
     "text_stream",
+    "weight_sharding",
 ]

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from jaxst.base import BaseModel, positive_int
 from jaxst.io.export import cross_encoder_plan, torch_activation_path
 from jaxst.io.folder import read_json, read_modules
-from jaxst.io.weights import params_from_state_dict, read_state_dict
+from jaxst.io.weights import open_state_dict
 from jaxst.models import model_type
 from jaxst.models.classification import (
     BASE_MODEL_PREFIXES,
@@ -120,8 +120,10 @@ class CrossEncoder(BaseModel):
         local_files_only: bool = False,
         token: bool | str | None = None,
         dtype=None,
+        mesh=None,
     ):
-        """``dtype``: cast the weights for inference, as ``SentenceTransformer(dtype=)``; None keeps float32."""
+        """``dtype``: cast the weights for inference, as ``SentenceTransformer(dtype=)``; None keeps float32.
+        ``mesh``: split the weights over its devices, as ``SentenceTransformer(mesh=)``."""
         if activation_fn is not None:
             _check_callable(activation_fn)
         if num_labels is not None:
@@ -131,7 +133,7 @@ class CrossEncoder(BaseModel):
         super().__init__(
             model_name_or_path, device=device, prompts=prompts, default_prompt_name=default_prompt_name,
             cache_folder=cache_folder, trust_remote_code=trust_remote_code, revision=revision,
-            local_files_only=local_files_only, token=token,
+            local_files_only=local_files_only, token=token, mesh=mesh,
         )
         path, transformer_config = self._transformer_module(self.model_folder)
         self._transformer_path, self._transformer_config = path, transformer_config  # what save() rewrites
@@ -157,13 +159,13 @@ class CrossEncoder(BaseModel):
             )
         )
         self.graphdef, _ = nnx.split(module, nnx.Param)
-        state_dict = read_state_dict(path)
+        state_dict = open_state_dict(path)
         prefix = BASE_MODEL_PREFIXES[model_type(self.hf_config)]
-        params = {"encoder": params_from_state_dict(module.encoder, state_dict, (f"{prefix}.",))}
+        params = {"encoder": self.load_params(module.encoder, state_dict, (f"{prefix}.",), dtype)}
         if kind == "pooler":
-            params["pooler"] = params_from_state_dict(module.pooler, state_dict, (f"{prefix}.pooler.",))
-        params["classifier"] = params_from_state_dict(module.classifier, state_dict, ("classifier.",))
-        self.params = self.place(params, dtype)
+            params["pooler"] = self.load_params(module.pooler, state_dict, (f"{prefix}.pooler.",), dtype)
+        params["classifier"] = self.load_params(module.classifier, state_dict, ("classifier.",), dtype)
+        self.params = params
         self.activation_fn = (
             activation_fn if activation_fn is not None else self._saved_activation(self.st_config, self.hf_config)
         )

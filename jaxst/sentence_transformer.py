@@ -31,7 +31,7 @@ from jaxst.base import (
 from jaxst.io.export import sentence_transformer_plan, unmapped_tensors
 from jaxst.io.folder import read_modules
 from jaxst.io.npy import write_embeddings_npy
-from jaxst.io.weights import params_from_state_dict, read_state_dict
+from jaxst.io.weights import open_state_dict
 from jaxst.models import model_type
 from jaxst.pipeline import forward, sentence_encoder
 from jaxst.pooling import truncate
@@ -66,13 +66,16 @@ class SentenceTransformer(BaseModel):
         token: bool | str | None = None,
         truncate_dim: int | None = None,
         dtype=None,
+        mesh=None,
     ):
         """``dtype``: cast the weights for inference ("bfloat16", "float16", "float32", or a jnp/numpy/torch
-        dtype), as ``model.bfloat16()`` / ``model.half()`` do after loading; None keeps float32."""
+        dtype), as ``model.bfloat16()`` / ``model.half()`` do after loading; None keeps float32.
+        ``mesh``: a ``jax.sharding.Mesh`` to split the weights over (``jaxst.base.weight_sharding``), for
+        models larger than one device; each tensor goes to its devices as it is read."""
         super().__init__(
             model_name_or_path, device=device, prompts=prompts, default_prompt_name=default_prompt_name,
             cache_folder=cache_folder, trust_remote_code=trust_remote_code, revision=revision,
-            local_files_only=local_files_only, token=token, base_prompts={"query": "", "document": ""},
+            local_files_only=local_files_only, token=token, mesh=mesh, base_prompts={"query": "", "document": ""},
         )
         specs = read_modules(self.model_folder)
         if any("auto_map" in s.config for s in specs):
@@ -87,14 +90,14 @@ class SentenceTransformer(BaseModel):
         self.graphdef, _ = nnx.split(module, nnx.Param)
         self._include_prompt = module.include_prompt
 
-        encoder_sd = read_state_dict(transformer.path)
+        encoder_sd = open_state_dict(transformer.path)
         prefixes = (f"{encoder_cls.base_model_prefix}.",)  # keys of task checkpoints: "roberta.embeddings..."
-        params = {"encoder": params_from_state_dict(module.encoder, encoder_sd, prefixes)}
+        params = {"encoder": self.load_params(module.encoder, encoder_sd, prefixes, dtype)}
         heads = [s for s in specs[1:] if s.kind in ("dense", "normalize")]  # params["heads"][i], in order
         for i, (head, spec) in enumerate(zip(module.heads, heads)):
             if spec.kind == "dense":
-                params.setdefault("heads", {})[i] = params_from_state_dict(head, read_state_dict(spec.path))
-        self.params = self.place(params, dtype)
+                params.setdefault("heads", {})[i] = self.load_params(head, open_state_dict(spec.path), (), dtype)
+        self.params = params
         # What save() needs besides params: the module specs as loaded, and the checkpoint tensors jaxst
         # does not model but transformers' AutoModel has (BERT's pooler), so a saved folder loads with none missing.
         self._module_specs = specs

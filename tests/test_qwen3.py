@@ -122,3 +122,78 @@ def test_the_sliding_window_is_exercised(qwen3, tmp_path):
     config["use_sliding_window"], config["layer_types"] = False, ["full_attention"] * 3
     (copy / "config.json").write_text(json.dumps(config))
     assert max_abs(jaxst.SentenceTransformer(copy).encode(TEXTS), st.encode(TEXTS)) > 1e-3
+
+
+SHARDED = """
+import json, sys
+import jax
+import numpy as np
+from jax.sharding import Mesh
+from jaxst import SentenceTransformer
+
+folder, texts = sys.argv[1], json.loads(sys.argv[2])
+mesh = Mesh(np.array(jax.devices()), ("model",))
+model = SentenceTransformer(folder, mesh=mesh)
+split, copied = [], []
+for path, array in jax.tree_util.tree_flatten_with_path(model.params)[0]:
+    if array.ndim >= 2:
+        shard = array.sharding.shard_shape(array.shape)
+        pieces = {tuple((s.start or 0, s.stop) for s in shard.index) for shard in array.addressable_shards}
+        whole = int(np.prod(shard)) * 8 == array.size and len(pieces) == 8
+        (split if whole else copied).append(jax.tree_util.keystr(path))
+one = SentenceTransformer(folder, device="cpu:0").encode(texts)
+print(json.dumps({"devices": len(jax.devices()), "split": split, "copied": copied,
+                  "embeddings": model.encode(texts).tolist(), "one_device": one.tolist()}))
+"""
+
+
+def test_weights_sharded_over_eight_devices(qwen3):
+    """8 forced CPU devices: every matrix is split in eight distinct pieces (not copied), and the embeddings
+    equal one device's and sentence-transformers'."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    folder, st, _ = qwen3
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", SHARDED, str(folder), json.dumps(TEXTS + MORE)], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["devices"] == 8
+    assert not report["copied"] and len(report["split"]) == 1 + 3 * 7, report  # embed + 7 matrices per layer
+    assert max_abs(report["embeddings"], report["one_device"]) < TOL
+    assert max_abs(report["embeddings"], st.encode(TEXTS + MORE)) < TOL
+
+
+def test_checkpoint_in_several_safetensors_shards(qwen3, tmp_path):
+    """A checkpoint saved as model-0000N-of-0000M.safetensors + index (bfloat16-free here) loads the same."""
+    import shutil
+
+    from transformers import Qwen3Model
+
+    folder, st, jx = qwen3
+    copy = shutil.copytree(folder, tmp_path / "sharded")
+    (copy / "model.safetensors").unlink()
+    Qwen3Model.from_pretrained(folder).save_pretrained(copy, max_shard_size="100KB")
+    shards = sorted(p.name for p in copy.glob("model-*.safetensors"))
+    assert len(shards) >= 3 and (copy / "model.safetensors.index.json").is_file(), shards
+    assert max_abs(jaxst.SentenceTransformer(copy).encode(TEXTS), st.encode(TEXTS)) < TOL
+
+
+def test_bfloat16_checkpoint_loads(qwen3, tmp_path):
+    """Qwen3-Embedding ships bfloat16 safetensors: they load (as float32 unless dtype= says otherwise) and
+    match sentence-transformers on the same bfloat16 weights."""
+    import shutil
+
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from transformers import Qwen3Model
+
+    folder, _, _ = qwen3
+    copy = shutil.copytree(folder, tmp_path / "bf16")
+    Qwen3Model.from_pretrained(folder, dtype=torch.bfloat16).save_pretrained(copy)
+    ref = SentenceTransformer(str(copy), device="cpu", model_kwargs={"dtype": torch.float32}).encode(TEXTS)
+    ours = jaxst.SentenceTransformer(copy)
+    assert ours.dtype == np.float32 and max_abs(ours.encode(TEXTS), ref) < TOL

@@ -11,8 +11,11 @@ Our modules use the PyTorch attribute names, so one short table maps every archi
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 from flax import nnx
 
@@ -33,8 +36,71 @@ def torch_key(path: tuple) -> tuple[str, bool]:
     raise ValueError(f"no weight-mapping rule for param {'.'.join(map(str, path))}")
 
 
-def read_state_dict(folder: str | Path, stem: str = "model") -> dict[str, np.ndarray]:
-    """Read ``model.safetensors`` (single or sharded) from a folder; ``pytorch_model.bin`` only with torch.
+# safetensors dtype names -> numpy dtypes (bfloat16 and float8 from ml_dtypes, which numpy lacks).
+SAFETENSORS_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+    "F8_E4M3": ml_dtypes.float8_e4m3fn, "F8_E5M2": ml_dtypes.float8_e5m2,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+}
+
+
+class SafetensorsFile:
+    """The tensors of one ``.safetensors`` file, memory-mapped: ``file[name]`` is a read-only numpy view
+    into the file, so nothing is read until it is used. Reads every dtype of the format, bfloat16
+    included (safetensors' own numpy reader refuses it); a truncated or damaged file is an OSError
+    naming it."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        try:
+            data = np.memmap(self.path, dtype=np.uint8, mode="r")
+            n = int(np.frombuffer(data[:8].tobytes(), "<u8")[0]) if data.size >= 8 else -1
+            if not 0 < n <= data.size - 8:
+                raise ValueError(f"header length {n} does not fit a file of {data.size} bytes")
+            header = json.loads(data[8 : 8 + n].tobytes())
+            self._data = data[8 + n :]
+            self._entries = {k: v for k, v in header.items() if k != "__metadata__"}
+            for name, entry in self._entries.items():
+                start, end = entry["data_offsets"]
+                size = np.dtype(SAFETENSORS_DTYPES[entry["dtype"]]).itemsize * math.prod(entry["shape"])
+                if not 0 <= start <= end <= self._data.size or end - start != size:
+                    raise ValueError(f"tensor {name!r} lies outside the file or has the wrong size")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
+            raise OSError(f"corrupt or truncated weights file {self.path}: {e}") from e
+
+    def keys(self):
+        return self._entries.keys()
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        entry = self._entries[name]
+        start, end = entry["data_offsets"]
+        return self._data[start:end].view(SAFETENSORS_DTYPES[entry["dtype"]]).reshape(entry["shape"])
+
+
+class LazyStateDict(Mapping):
+    """A checkpoint's tensors by name, each read from its (memory-mapped) file only when asked for; a
+    sharded checkpoint's ``*.safetensors.index.json`` says which file holds which tensor. A model then
+    loads tensor by tensor, never holding the whole checkpoint in memory beside its params."""
+
+    def __init__(self, files: list[Path]):
+        self._where: dict[str, SafetensorsFile] = {}
+        for path in files:
+            opened = SafetensorsFile(path)
+            self._where.update(dict.fromkeys(opened.keys(), opened))
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self._where[name][name]
+
+    def __iter__(self):
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+
+def open_state_dict(folder: str | Path, stem: str = "model") -> Mapping[str, np.ndarray]:
+    """The weights of a folder as a mapping: ``model.safetensors`` or its shards (lazily, see
+    ``LazyStateDict``); ``pytorch_model.bin`` only when torch is installed (read whole).
 
     A ``.bin`` file is a pickle: it is read with ``torch.load(weights_only=True)`` and only when torch
     is importable; jaxst never unpickles anything itself.
@@ -43,14 +109,17 @@ def read_state_dict(folder: str | Path, stem: str = "model") -> dict[str, np.nda
     single = folder / f"{stem}.safetensors"
     index = folder / f"{stem}.safetensors.index.json"
     if single.is_file():
-        return _read_safetensors(single)
+        return LazyStateDict([single])
     if index.is_file():
-        with open(index, encoding="utf-8") as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
-        out: dict[str, np.ndarray] = {}
-        for shard in shards:
-            out.update(_read_safetensors(folder / shard))
-        return out
+        try:
+            with open(index, encoding="utf-8") as f:
+                shards = sorted(set(json.load(f)["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise OSError(f"corrupt checkpoint index {index}: {e}") from e
+        missing = [s for s in shards if not (folder / s).is_file()]
+        if missing:
+            raise OSError(f"checkpoint shards listed in {index} are missing: {missing}")
+        return LazyStateDict([folder / s for s in shards])
     legacy = folder / ("pytorch_model.bin" if stem == "model" else f"{stem}.bin")
     if legacy.is_file():
         try:
@@ -68,31 +137,27 @@ def read_state_dict(folder: str | Path, stem: str = "model") -> dict[str, np.nda
     raise OSError(f"no weights in {folder}: expected {single.name} (or {legacy.name})")
 
 
-def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError, TypeError) as e:
-        raise OSError(f"corrupt or truncated weights file {path}: {e}") from e
-    except Exception as e:  # the Rust reader can raise other error types on garbage headers
-        raise OSError(f"corrupt or truncated weights file {path}: {e}") from e
+def read_state_dict(folder: str | Path, stem: str = "model") -> dict[str, np.ndarray]:
+    """Every tensor of ``open_state_dict(folder, stem)`` in a plain dict (copied out of the files)."""
+    return {k: np.array(v) for k, v in open_state_dict(folder, stem).items()}
 
 
-def _find(state_dict: dict, key: str, prefixes: tuple[str, ...]):
+def _find(state_dict: Mapping, key: str, prefixes: tuple[str, ...]):
     for prefix in ("", *prefixes):
         if prefix + key in state_dict:
             return state_dict[prefix + key]
     return None
 
 
-def params_from_state_dict(module: nnx.Module, state_dict: dict, prefixes: tuple[str, ...] = ()) -> dict:
+def params_from_state_dict(module: nnx.Module, state_dict: Mapping, prefixes: tuple[str, ...] = (),
+                           place: Callable | None = None) -> dict:
     """Fill the params of an (abstract) module from a PyTorch state dict; returns a pure nested dict.
 
     ``prefixes`` are tried before each key (``"bert."`` for checkpoints saved from a task model).
     Tensors the module does not use (pooler, position_ids, LM heads) are ignored; a missing or
-    mis-shaped tensor is an error that names it.
+    mis-shaped tensor is an error that names it. ``place(path, array)`` turns each float32 numpy
+    array into what the params hold (a cast, a device array with its sharding) as soon as it is read,
+    so a lazily read checkpoint is never in memory whole beside the params; by default they stay numpy.
     """
     _, abstract = nnx.split(module, nnx.Param)
     params: dict = {}
@@ -104,16 +169,17 @@ def params_from_state_dict(module: nnx.Module, state_dict: dict, prefixes: tuple
         if array is None:
             missing.append(key)
             continue
-        array = np.asarray(array, dtype=np.float32)
-        if transpose:
-            array = array.T
-        if array.shape != shape:
-            bad_shape.append(f"{key}: checkpoint {array.shape[::-1] if transpose else array.shape}, model {shape}")
+        if tuple(array.shape[::-1] if transpose else array.shape) != shape:
+            bad_shape.append(f"{key}: checkpoint {tuple(array.shape)}, model {shape[::-1] if transpose else shape}")
             continue
+        if missing or bad_shape:
+            continue  # the load fails below: read no more tensors
+        array = np.asarray(array, dtype=np.float32)
+        array = np.ascontiguousarray(array.T if transpose else array)
         node = params
         for p in path[:-1]:
             node = node.setdefault(p, {})
-        node[path[-1]] = np.ascontiguousarray(array)
+        node[path[-1]] = array if place is None else place(path, array)
     if missing or bad_shape:
         raise ValueError(
             "checkpoint does not fit the model: "
