@@ -31,7 +31,7 @@ from jaxst.io.folder import read_json
 from jaxst.io.hub import resolve_model_folder
 from jaxst.io.tokenizer import Tokenizer
 from jaxst.io.weights import params_from_state_dict
-from jaxst.models import encoder_from_hf_config
+from jaxst.models import ARCHITECTURES, encoder_from_hf_config, model_type
 from jaxst.parallel import data_mesh, replicated, resolve_device, resolve_devices, shard_batch
 
 
@@ -190,6 +190,7 @@ class BaseModel:
             raise ValueError(f"jaxst needs a model: pass a Hub name (e.g. {self.EXAMPLE_MODEL!r}) or a folder")
         if trust_remote_code:
             warnings.warn("jaxst runs no remote code; trust_remote_code=True has no effect", stacklevel=3)
+        self.trust_remote_code = bool(trust_remote_code)
         if mesh is not None and not isinstance(mesh, Mesh):
             raise TypeError(f"mesh must be a jax.sharding.Mesh, got {type(mesh).__name__}")
         if mesh is not None and device is not None:
@@ -213,9 +214,14 @@ class BaseModel:
         (config, class). Length: ``max_length``, else the module's ``max_seq_length``, else the tokenizer's
         ``model_max_length`` capped at the position table, as sentence-transformers reads it."""
         hf_config = read_json(path / "config.json")
-        if "auto_map" in hf_config:
-            raise ValueError(f"{self.model_folder} needs remote code (auto_map in its config); "
-                             "jaxst runs no remote code")
+        if "auto_map" in hf_config:  # custom code on the Hub: jaxst runs none
+            native = model_type(hf_config) in ARCHITECTURES
+            if not native or self.trust_remote_code:
+                raise ValueError(
+                    f"{self.model_folder} needs remote code (auto_map in its config) and jaxst runs no remote code"
+                    + (f"; pass trust_remote_code=False to load jaxst's own {model_type(hf_config)!r} "
+                       "implementation, as transformers does without remote code" if native else "")
+                )
         encoder_cfg, encoder_cls = encoder_from_hf_config(hf_config)
         self.hf_config = hf_config
         self._max_tokens = encoder_cfg.max_tokens

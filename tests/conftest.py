@@ -406,10 +406,12 @@ def mpnet_folder() -> Path:
 # ------------------------------------------------------------------------------------ decoder models
 
 
-def byte_level_bpe_tokenizer(folder: Path, eos: str = "<|endoftext|>", padding_side: str = "left") -> int:
+def byte_level_bpe_tokenizer(folder: Path, eos: str = "<|endoftext|>", padding_side: str = "left",
+                             bos: str | None = None) -> int:
     """A byte-level BPE tokenizer trained on STSb lines (English and German), with Qwen's special tokens,
-    appending ``eos`` to every text as Qwen3-Embedding's tokenizer does, saved with ``padding_side``;
-    returns its vocabulary size. Byte-level: CJK, emoji and anything else still tokenize."""
+    appending ``eos`` to every text as Qwen3-Embedding's tokenizer does (and, given ``bos``, prepending it as
+    Gemma's does), saved with ``padding_side``; returns its vocabulary size. Byte-level: CJK, emoji and
+    anything else still tokenize."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -418,12 +420,14 @@ def byte_level_bpe_tokenizer(folder: Path, eos: str = "<|endoftext|>", padding_s
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    specials = [eos, "<|im_start|>", "<|im_end|>"]
+    specials = [eos, "<|im_start|>", "<|im_end|>", *([bos] if bos else [])]
     tok.train_from_iterator(lines, trainers.BpeTrainer(vocab_size=600, special_tokens=specials,
                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok.post_processor = processors.TemplateProcessing(single=f"$A {eos}", special_tokens=[(eos, tok.token_to_id(eos))])
+    template = f"{bos} $A {eos}" if bos else f"$A {eos}"
+    tok.post_processor = processors.TemplateProcessing(
+        single=template, special_tokens=[(t, tok.token_to_id(t)) for t in (bos, eos) if t])
     PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, pad_token=eos, padding_side=padding_side,
-                            model_max_length=512).save_pretrained(folder)
+                            model_max_length=512, **({"bos_token": bos} if bos else {})).save_pretrained(folder)
     return tok.get_vocab_size()
 
 

@@ -152,10 +152,22 @@ def test_custom_module_needs_remote_code(tiny, tmp_path):
         jaxst.SentenceTransformer(folder)
 
 
-def test_auto_map_model_is_refused(tiny, tmp_path):
+def test_auto_map_model_loads_natively_without_remote_code_and_is_refused_with_it(tiny, tmp_path):
+    """A config with auto_map (custom code on the Hub) for an architecture jaxst implements: without
+    trust_remote_code it loads jaxst's own implementation, as sentence-transformers / transformers load their
+    native class (same numbers); with trust_remote_code=True, which asks for that code, it is refused; an
+    architecture jaxst does not implement is refused either way."""
+    from sentence_transformers import SentenceTransformer
+
     folder = copy_folder(tiny[0], tmp_path / "m")
     config = json.loads((folder / "config.json").read_text())
     config["auto_map"] = {"AutoModel": "modeling_custom.CustomModel"}
+    (folder / "config.json").write_text(json.dumps(config))
+    reference = SentenceTransformer(str(folder), device="cpu", trust_remote_code=False)
+    assert max_abs(jaxst.SentenceTransformer(folder).encode(TEXTS), reference.encode(TEXTS)) < 1e-5
+    with pytest.raises(ValueError, match="remote code.*trust_remote_code=False"):
+        jaxst.SentenceTransformer(folder, trust_remote_code=True)
+    config["model_type"], config["architectures"] = "custom-bert", ["CustomModel"]
     (folder / "config.json").write_text(json.dumps(config))
     for trust in (False, True):
         with pytest.raises(ValueError, match="remote code"):

@@ -5,7 +5,11 @@ from __future__ import annotations
 import re
 
 from jaxst.models.bert import BertConfig, BertModel
+from jaxst.models.gemma3 import Gemma3Config, Gemma3Model
+from jaxst.models.gte import GteConfig, GteModel
+from jaxst.models.modernbert import ModernBertConfig, ModernBertModel
 from jaxst.models.mpnet import MPNetConfig, MPNetModel
+from jaxst.models.nomic_bert import NomicBertConfig, NomicBertModel
 from jaxst.models.qwen3 import Qwen3Config, Qwen3Model
 from jaxst.models.xlm_roberta import ROBERTA_OVERRIDES, XLMRobertaModel
 
@@ -16,12 +20,19 @@ ARCHITECTURES = {
     "roberta": (BertConfig, XLMRobertaModel, ROBERTA_OVERRIDES),
     "xlm-roberta": (BertConfig, XLMRobertaModel, ROBERTA_OVERRIDES),
     "qwen3": (Qwen3Config, Qwen3Model, {}),
+    "gemma3_text": (Gemma3Config, Gemma3Model, {}),
+    "modernbert": (ModernBertConfig, ModernBertModel, {}),
+    "nomic_bert": (NomicBertConfig, NomicBertModel, {}),
+    "gte": (GteConfig, GteModel, {}),
 }
 
 # Old config.json files without a model_type name only the PyTorch class: BertModel, XLMRobertaForMaskedLM, ...
-_CLASS_NAME = re.compile(r"(Bert|MPNet|Roberta|XLMRoberta|Qwen3)(Model|For[A-Za-z]+|LMHeadModel)")
+_CLASS_NAME = re.compile(
+    r"(Bert|MPNet|Roberta|XLMRoberta|Qwen3|Gemma3Text|ModernBert|NomicBert|Gte)(Model|For[A-Za-z]+|LMHeadModel)"
+)
 _CLASS_PREFIX_TYPES = {"Bert": "bert", "MPNet": "mpnet", "Roberta": "roberta", "XLMRoberta": "xlm-roberta",
-                       "Qwen3": "qwen3"}
+                       "Qwen3": "qwen3", "Gemma3Text": "gemma3_text", "ModernBert": "modernbert",
+                       "NomicBert": "nomic_bert", "Gte": "gte"}
 
 
 def model_type(hf_config: dict) -> str | None:
@@ -52,8 +63,16 @@ __all__ = [
     "ARCHITECTURES",
     "BertConfig",
     "BertModel",
+    "Gemma3Config",
+    "Gemma3Model",
+    "GteConfig",
+    "GteModel",
     "MPNetConfig",
     "MPNetModel",
+    "ModernBertConfig",
+    "ModernBertModel",
+    "NomicBertConfig",
+    "NomicBertModel",
     "Qwen3Config",
     "Qwen3Model",
     "XLMRobertaModel",

@@ -1,5 +1,5 @@
 """Building blocks of the decoder-style models: RMSNorm, rotary position embeddings, attention masks
-(padding, causal, sliding window) and grouped-query attention.
+(padding, causal, sliding window), grouped-query attention and the gated MLP.
 
 Numerics follow transformers' eager implementations: RMSNorm statistics in float32, RoPE angles and
 tables in float32 ("rotate half" layout: the two halves of each head are the pairs), attention scores
@@ -17,22 +17,30 @@ from jaxst.models.bert import dropout
 
 class RMSNorm(nnx.Module):
     """``weight * x / sqrt(mean(x^2) + eps)`` over the last axis, as Qwen3's (and Llama's) RMSNorm: the
-    statistics in float32, the result cast back to the input dtype before the gain."""
+    statistics in float32, the result cast back to the input dtype before the gain.
 
-    def __init__(self, dim: int, eps: float, *, rngs: nnx.Rngs):
-        self.scale = nnx.Param(jnp.ones((dim,), jnp.float32))  # <-> torch "weight"
+    ``zero_centered``: Gemma's variant, gain ``1 + weight`` (weights stored around 0), applied in float32
+    before the cast back."""
+
+    def __init__(self, dim: int, eps: float, *, rngs: nnx.Rngs, zero_centered: bool = False):
+        self.scale = nnx.Param(jnp.full((dim,), 0.0 if zero_centered else 1.0, jnp.float32))  # <-> torch "weight"
         self.eps = eps
+        self.zero_centered = zero_centered
 
     def __call__(self, x):
         h = x.astype(jnp.float32)
         h = h * jax.lax.rsqrt(jnp.mean(h * h, axis=-1, keepdims=True) + self.eps)
+        if self.zero_centered:
+            return (h * (1.0 + self.scale[...].astype(jnp.float32))).astype(x.dtype)
         return self.scale[...] * h.astype(x.dtype)
 
 
-def rope_tables(positions, head_dim: int, theta: float):
+def rope_tables(positions, head_dim: int, theta: float, factor: float = 1.0):
     """(cos, sin), each (B, T, head_dim) float32, for integer ``positions`` (B, T): angle ``p * theta^(-2i/d)``,
-    the frequencies repeated for both halves of a head."""
+    the frequencies repeated for both halves of a head. ``factor``: transformers' "linear" RoPE scaling, the
+    frequencies divided by it."""
     inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))  # (D/2,)
+    inv_freq = inv_freq / factor
     angles = positions.astype(jnp.float32)[..., None] * inv_freq  # (B, T, D/2)
     angles = jnp.concatenate([angles, angles], axis=-1)
     return jnp.cos(angles), jnp.sin(angles)
@@ -80,7 +88,54 @@ def grouped_query_attention(q, k, v, mask, scale: float, dropout_rate: float = 0
     return jnp.einsum("bkgqs,bksd->bkgqd", probs, v).reshape(b, n, t, d)
 
 
+class QKNormAttention(nnx.Module):
+    """Self-attention with per-head q/k RMSNorm before RoPE and grouped-query heads, as Qwen3 and Gemma 3
+    have it: ``q_proj`` / ``k_proj`` / ``v_proj`` / ``o_proj`` and ``q_norm`` / ``k_norm`` (transformers' names).
+
+    ``scale``: the score scale (Qwen3 head_dim^-0.5, Gemma query_pre_attn_scalar^-0.5); ``causal`` and
+    ``window`` as ``attention_mask`` takes them; ``zero_centered``: Gemma's (1 + weight) norms."""
+
+    def __init__(self, hidden: int, heads: int, kv_heads: int, head_dim: int, *, bias: bool, eps: float,
+                 scale: float, causal: bool, window: int | None, dropout_rate: float = 0.0,
+                 zero_centered: bool = False, rngs: nnx.Rngs):
+        self.q_proj = nnx.Linear(hidden, heads * head_dim, use_bias=bias, rngs=rngs)
+        self.k_proj = nnx.Linear(hidden, kv_heads * head_dim, use_bias=bias, rngs=rngs)
+        self.v_proj = nnx.Linear(hidden, kv_heads * head_dim, use_bias=bias, rngs=rngs)
+        self.o_proj = nnx.Linear(heads * head_dim, hidden, use_bias=bias, rngs=rngs)
+        self.q_norm = RMSNorm(head_dim, eps, rngs=rngs, zero_centered=zero_centered)
+        self.k_norm = RMSNorm(head_dim, eps, rngs=rngs, zero_centered=zero_centered)
+        self.shape = (heads, kv_heads, head_dim)
+        self.scale, self.causal, self.window, self.dropout_rate = scale, causal, window, dropout_rate
+
+    def __call__(self, x, padding_mask, cos, sin, dropout_rng=None):
+        heads, kv_heads, d = self.shape
+        b, t, _ = x.shape
+        q = self.q_norm(self.q_proj(x).reshape(b, t, heads, d)).transpose(0, 2, 1, 3)  # (B, N, T, D)
+        k = self.k_norm(self.k_proj(x).reshape(b, t, kv_heads, d)).transpose(0, 2, 1, 3)  # (B, KV, T, D)
+        v = self.v_proj(x).reshape(b, t, kv_heads, d).transpose(0, 2, 1, 3)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        mask = attention_mask(padding_mask, causal=self.causal, window=self.window)
+        out = grouped_query_attention(q, k, v, mask, self.scale, self.dropout_rate, dropout_rng)
+        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(b, t, -1))
+
+
+class GatedMLP(nnx.Module):
+    """``down(act(gate(x)) * up(x))`` with the Llama-family names (``gate_proj``, ``up_proj``, ``down_proj``):
+    SwiGLU with silu, GeGLU with tanh-approximated gelu (Gemma)."""
+
+    def __init__(self, dim: int, hidden: int, activation, *, rngs: nnx.Rngs):
+        self.gate_proj = nnx.Linear(dim, hidden, use_bias=False, rngs=rngs)
+        self.up_proj = nnx.Linear(dim, hidden, use_bias=False, rngs=rngs)
+        self.down_proj = nnx.Linear(hidden, dim, use_bias=False, rngs=rngs)
+        self.activation = activation
+
+    def __call__(self, x):
+        return self.down_proj(self.activation(self.gate_proj(x)) * self.up_proj(x))
+
+
 __all__ = [
+    "GatedMLP",
+    "QKNormAttention",
     "RMSNorm",
     "apply_rope",
     "attention_mask",

@@ -22,10 +22,9 @@ from flax import nnx
 
 from jaxst.models.bert import split_rng
 from jaxst.models.layers import (
+    GatedMLP,
+    QKNormAttention,
     RMSNorm,
-    apply_rope,
-    attention_mask,
-    grouped_query_attention,
     positions_from_mask,
     rope_tables,
 )
@@ -86,46 +85,15 @@ class Qwen3Config:
         )
 
 
-class Qwen3Attention(nnx.Module):
-    def __init__(self, cfg: Qwen3Config, sliding: bool, *, rngs: nnx.Rngs):
-        h, d = cfg.hidden_size, cfg.head_dim
-        self.cfg = cfg
-        self.window = cfg.sliding_window if sliding else None
-        self.q_proj = nnx.Linear(h, cfg.num_attention_heads * d, use_bias=cfg.attention_bias, rngs=rngs)
-        self.k_proj = nnx.Linear(h, cfg.num_key_value_heads * d, use_bias=cfg.attention_bias, rngs=rngs)
-        self.v_proj = nnx.Linear(h, cfg.num_key_value_heads * d, use_bias=cfg.attention_bias, rngs=rngs)
-        self.o_proj = nnx.Linear(cfg.num_attention_heads * d, h, use_bias=cfg.attention_bias, rngs=rngs)
-        self.q_norm = RMSNorm(d, cfg.rms_norm_eps, rngs=rngs)  # per head, before RoPE
-        self.k_norm = RMSNorm(d, cfg.rms_norm_eps, rngs=rngs)
-
-    def __call__(self, x, padding_mask, cos, sin, dropout_rng=None):
-        cfg = self.cfg
-        b, t, _ = x.shape
-        q = self.q_norm(self.q_proj(x).reshape(b, t, cfg.num_attention_heads, cfg.head_dim)).transpose(0, 2, 1, 3)
-        k = self.k_norm(self.k_proj(x).reshape(b, t, cfg.num_key_value_heads, cfg.head_dim)).transpose(0, 2, 1, 3)
-        v = self.v_proj(x).reshape(b, t, cfg.num_key_value_heads, cfg.head_dim).transpose(0, 2, 1, 3)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # (B, N or KV, T, D)
-        mask = attention_mask(padding_mask, causal=True, window=self.window)
-        out = grouped_query_attention(q, k, v, mask, cfg.head_dim**-0.5, cfg.attention_dropout, dropout_rng)
-        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(b, t, -1))
-
-
-class Qwen3MLP(nnx.Module):
-    def __init__(self, cfg: Qwen3Config, *, rngs: nnx.Rngs):
-        self.gate_proj = nnx.Linear(cfg.hidden_size, cfg.intermediate_size, use_bias=False, rngs=rngs)
-        self.up_proj = nnx.Linear(cfg.hidden_size, cfg.intermediate_size, use_bias=False, rngs=rngs)
-        self.down_proj = nnx.Linear(cfg.intermediate_size, cfg.hidden_size, use_bias=False, rngs=rngs)
-
-    def __call__(self, x):
-        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
-
-
 class Qwen3DecoderLayer(nnx.Module):
     def __init__(self, cfg: Qwen3Config, sliding: bool, *, rngs: nnx.Rngs):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, rngs=rngs)
-        self.self_attn = Qwen3Attention(cfg, sliding, rngs=rngs)
+        self.self_attn = QKNormAttention(
+            cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, bias=cfg.attention_bias,
+            eps=cfg.rms_norm_eps, scale=cfg.head_dim**-0.5, causal=True, window=cfg.sliding_window if sliding else None,
+            dropout_rate=cfg.attention_dropout, rngs=rngs)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, rngs=rngs)
-        self.mlp = Qwen3MLP(cfg, rngs=rngs)
+        self.mlp = GatedMLP(cfg.hidden_size, cfg.intermediate_size, jax.nn.silu, rngs=rngs)  # SwiGLU
 
     def __call__(self, x, padding_mask, cos, sin, dropout_rng=None):
         x = x + self.self_attn(self.input_layernorm(x), padding_mask, cos, sin, dropout_rng)
