@@ -45,25 +45,26 @@ SAFETENSORS_DTYPES = {
 
 
 class SafetensorsFile:
-    """The tensors of one ``.safetensors`` file, memory-mapped: ``file[name]`` is a read-only numpy view
-    into the file, so nothing is read until it is used. Reads every dtype of the format, bfloat16
-    included (safetensors' own numpy reader refuses it); a truncated or damaged file is an OSError
-    naming it."""
+    """The tensors of one ``.safetensors`` file, read one at a time: ``file[name]`` reads just that tensor
+    (into memory of its own, so a loaded model does not keep the file's pages resident beside its params).
+    Reads every dtype of the format, bfloat16 included (safetensors' own numpy reader refuses it); a
+    truncated or damaged file is an OSError naming it."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         try:
-            data = np.memmap(self.path, dtype=np.uint8, mode="r")
-            n = int(np.frombuffer(data[:8].tobytes(), "<u8")[0]) if data.size >= 8 else -1
-            if not 0 < n <= data.size - 8:
-                raise ValueError(f"header length {n} does not fit a file of {data.size} bytes")
-            header = json.loads(data[8 : 8 + n].tobytes())
-            self._data = data[8 + n :]
+            size = self.path.stat().st_size
+            with open(self.path, "rb") as f:
+                n = int.from_bytes(f.read(8), "little") if size >= 8 else -1
+                if not 0 < n <= size - 8:
+                    raise ValueError(f"header length {n} does not fit a file of {size} bytes")
+                header = json.loads(f.read(n))
+            self._start = 8 + n
             self._entries = {k: v for k, v in header.items() if k != "__metadata__"}
             for name, entry in self._entries.items():
                 start, end = entry["data_offsets"]
-                size = np.dtype(SAFETENSORS_DTYPES[entry["dtype"]]).itemsize * math.prod(entry["shape"])
-                if not 0 <= start <= end <= self._data.size or end - start != size:
+                nbytes = np.dtype(SAFETENSORS_DTYPES[entry["dtype"]]).itemsize * math.prod(entry["shape"])
+                if not 0 <= start <= end <= size - self._start or end - start != nbytes:
                     raise ValueError(f"tensor {name!r} lies outside the file or has the wrong size")
         except (OSError, ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
             raise OSError(f"corrupt or truncated weights file {self.path}: {e}") from e
@@ -73,12 +74,14 @@ class SafetensorsFile:
 
     def __getitem__(self, name: str) -> np.ndarray:
         entry = self._entries[name]
-        start, end = entry["data_offsets"]
-        return self._data[start:end].view(SAFETENSORS_DTYPES[entry["dtype"]]).reshape(entry["shape"])
+        dtype = np.dtype(SAFETENSORS_DTYPES[entry["dtype"]])
+        count = math.prod(entry["shape"])
+        offset = self._start + entry["data_offsets"][0]
+        return np.fromfile(self.path, dtype=dtype, count=count, offset=offset).reshape(entry["shape"])
 
 
 class LazyStateDict(Mapping):
-    """A checkpoint's tensors by name, each read from its (memory-mapped) file only when asked for; a
+    """A checkpoint's tensors by name, each read from its file only when asked for; a
     sharded checkpoint's ``*.safetensors.index.json`` says which file holds which tensor. A model then
     loads tensor by tensor, never holding the whole checkpoint in memory beside its params."""
 
@@ -138,8 +141,8 @@ def open_state_dict(folder: str | Path, stem: str = "model") -> Mapping[str, np.
 
 
 def read_state_dict(folder: str | Path, stem: str = "model") -> dict[str, np.ndarray]:
-    """Every tensor of ``open_state_dict(folder, stem)`` in a plain dict (copied out of the files)."""
-    return {k: np.array(v) for k, v in open_state_dict(folder, stem).items()}
+    """Every tensor of ``open_state_dict(folder, stem)``, read now, in a plain dict."""
+    return dict(open_state_dict(folder, stem))
 
 
 def _find(state_dict: Mapping, key: str, prefixes: tuple[str, ...]):
