@@ -197,3 +197,27 @@ def test_bfloat16_checkpoint_loads(qwen3, tmp_path):
     ref = SentenceTransformer(str(copy), device="cpu", model_kwargs={"dtype": torch.float32}).encode(TEXTS)
     ours = jaxst.SentenceTransformer(copy)
     assert ours.dtype == np.float32 and max_abs(ours.encode(TEXTS), ref) < TOL
+
+
+def test_cli_encodes_with_the_model(qwen3, tmp_path):
+    """``jaxst encode --model FOLDER`` with a decoder model gives sentence-transformers' embeddings."""
+    from jaxst import cli
+
+    folder, st, _ = qwen3
+    texts = [t for t in TEXTS + MORE if t and "\n" not in t]  # one text per line
+    src = tmp_path / "texts.txt"
+    src.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    assert cli.main(["encode", str(src), "-o", str(tmp_path / "emb.npy"), "--model", str(folder)]) == 0
+    assert max_abs(np.load(tmp_path / "emb.npy"), st.encode(texts)) < TOL
+
+
+def test_packed_training_rows_give_the_padded_embeddings(qwen3):
+    """Training's packed rows (several texts end to end, each causal within itself, positions from 0 in
+    each, the sliding window inside each text) give every text's own embedding."""
+    from jaxst import training
+
+    _, _, jx = qwen3
+    texts = TEXTS + MORE
+    packed = training.pack_columns([jx.tokenize(texts)], jx.tokenizer.pad_id, row=64)
+    assert packed["input_ids"].shape[0] < len(texts)  # rows hold several texts
+    assert max_abs(jx.forward(jx.params, packed)["sentence_embedding"], jx.encode(texts)) < TOL
