@@ -11,6 +11,11 @@ Transformer whose ``transformer_task`` is ``sequence-classification``, the activ
 ``config_sentence_transformers.json``) and as older versions and plain transformers save one
 (``config.json`` alone, the activation under its ``sentence_transformers`` key or
 ``sbert_ce_default_activation_function``).
+
+Causal-LM rerankers (Qwen3-Reranker style) load as sentence-transformers 6.2 runs them: a ``*ForCausalLM``
+folder, or one saved with a text-generation Transformer and a ``LogitScore`` module; pairs become prompts
+through the tokenizer's chat template and the score is ``logit(yes) - logit(no)`` at the last token
+(``jaxst.io.causal_reranker``, ``jaxst.models.causal_lm``).
 """
 
 from __future__ import annotations
@@ -27,10 +32,21 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from jaxst.base import BaseModel, positive_int
+from jaxst.io.causal_reranker import (
+    PairPrompts,
+    default_logit_score,
+    default_transformer_config,
+    is_causal_lm,
+    logit_score_tokens,
+    message_format,
+)
+from jaxst.io.chat_template import ChatTemplate, read_chat_template, special_tokens_map
 from jaxst.io.export import cross_encoder_plan, torch_activation_path
 from jaxst.io.folder import read_json, read_modules
 from jaxst.io.weights import open_state_dict
 from jaxst.models import model_type
+from jaxst.models.causal_lm import DECODER_PREFIXES, TIED_BY_DEFAULT, LogitScorer
+from jaxst.models.causal_lm import forward as causal_lm_forward
 from jaxst.models.classification import (
     BASE_MODEL_PREFIXES,
     SequenceClassifier,
@@ -135,14 +151,21 @@ class CrossEncoder(BaseModel):
             cache_folder=cache_folder, trust_remote_code=trust_remote_code, revision=revision,
             local_files_only=local_files_only, token=token, mesh=mesh,
         )
-        path, transformer_config = self._transformer_module(self.model_folder)
+        path, transformer_config, logit_score = self._transformer_module(self.model_folder)
         self._transformer_path, self._transformer_config = path, transformer_config  # what save() rewrites
-        archs = [str(a) for a in read_json(path / "config.json").get("architectures") or []]
+        self._logit_score, self._pair_prompts, self._forward = None, None, forward
+        hf_config = read_json(path / "config.json")
+        if logit_score is not None or (not (self.model_folder / "modules.json").is_file() and is_causal_lm(hf_config)):
+            self._load_causal_lm(path, transformer_config, logit_score, num_labels, max_length, dtype)
+            self.activation_fn = activation_fn if activation_fn is not None else self._saved_activation(
+                self.st_config, self.hf_config)
+            return
+        archs = [str(a) for a in hf_config.get("architectures") or []]
         if not any(a.endswith("ForSequenceClassification") for a in archs):
             raise ValueError(
                 f"{self.model_folder} is not a sequence-classification model (architectures: "
                 f"{', '.join(archs) or 'none'}); a CrossEncoder needs a *ForSequenceClassification checkpoint "
-                "with its classifier weights"
+                "with its classifier weights (or a *ForCausalLM reranker)"
             )
         encoder_cfg, encoder_cls = self.load_transformer(path, transformer_config, max_length)
         self.max_seq_length = self.max_seq_length  # an explicit or saved length must fit the position table
@@ -172,12 +195,18 @@ class CrossEncoder(BaseModel):
 
     @staticmethod
     def _transformer_module(folder) -> tuple:
-        """The folder holding the sequence-classification model and its sentence_bert_config.json."""
+        """The folder holding the model, its sentence_bert_config.json, and the LogitScore module's config of a
+        saved causal-LM reranker (else None)."""
         if not (folder / "modules.json").is_file():
             if not (folder / "config.json").is_file():
                 raise OSError(f"{folder} is not a model folder: it has neither modules.json nor config.json")
-            return folder, read_json(folder / "sentence_bert_config.json", required=False)
+            return folder, read_json(folder / "sentence_bert_config.json", required=False), None
         specs = read_modules(folder)
+        if [s.kind for s in specs] == ["transformer", "logit_score"]:
+            task = specs[0].config.get("transformer_task", "feature-extraction")
+            if task != "text-generation":
+                raise ValueError(f"{folder}: a LogitScore module needs a 'text-generation' Transformer, not {task!r}")
+            return specs[0].path, specs[0].config, specs[1].config
         if len(specs) != 1:
             kinds = ", ".join(s.kind for s in specs)
             raise ValueError(
@@ -187,8 +216,51 @@ class CrossEncoder(BaseModel):
         task = specs[0].config.get("transformer_task", "sequence-classification")
         if task != "sequence-classification":
             raise ValueError(f"{folder}: transformer_task {task!r} is not supported; a CrossEncoder needs "
-                             "'sequence-classification'")
-        return specs[0].path, specs[0].config
+                             "'sequence-classification' (or 'text-generation' with a LogitScore module)")
+        return specs[0].path, specs[0].config, None
+
+    def _load_causal_lm(self, path, transformer_config: dict, logit_score: dict | None, num_labels, max_length,
+                        dtype) -> None:
+        """A causal-LM reranker: the decoder and the LM-head rows its LogitScore reads (one label). A plain
+        ``*ForCausalLM`` folder gets what sentence-transformers builds for it: the Transformer's modalities
+        from the tokenizer (a chat template adds "message") and ``LogitScore(id("yes"), id("no"))``."""
+        if num_labels not in (None, 1):
+            raise ValueError(f"num_labels={num_labels}: a causal-LM reranker has one score (LogitScore)")
+        kind = model_type(read_json(path / "config.json"))
+        if kind not in DECODER_PREFIXES:
+            raise ValueError(f"{self.model_folder}: causal-LM rerankers of model_type {kind!r} are not supported; "
+                             f"jaxst runs those of {sorted(DECODER_PREFIXES)}")
+        template = read_chat_template(path)
+        if logit_score is None:  # a plain folder
+            transformer_config = {**default_transformer_config(kind, template), **transformer_config}
+            self._transformer_config = transformer_config
+        encoder_cfg, encoder_cls = self.load_transformer(path, transformer_config, max_length)
+        self.max_seq_length = self.max_seq_length  # an explicit or saved length must fit the position table
+        self._logit_score = logit_score or default_logit_score(self.tokenizer, self.model_folder)
+        self._num_labels = 1
+        modalities = transformer_config.get("modality_config") or {"text": {}}
+        if "message" in modalities:
+            if template is None:
+                raise ValueError(f"{self.model_folder}: the Transformer takes chat messages but the tokenizer has no "
+                                 "chat template")
+            fmt = modalities["message"].get("format", "auto")
+            fmt = message_format(kind, template) if fmt == "auto" else fmt
+            self._pair_prompts = PairPrompts(self.tokenizer, ChatTemplate(template, special_tokens_map(path)), fmt,
+                                             transformer_config.get("processing_kwargs"), self.model_folder)
+        elif "text" not in modalities:
+            raise ValueError(f"{self.model_folder}: the Transformer takes neither text nor messages "
+                             f"({sorted(modalities)})")
+        true_id, false_id = logit_score_tokens(self._logit_score, self.model_folder)
+        tied = bool(self.hf_config.get("tie_word_embeddings", TIED_BY_DEFAULT[kind]))
+        module = nnx.eval_shape(lambda: LogitScorer(
+            encoder_cls(encoder_cfg, rngs=nnx.Rngs(0)), true_id, false_id, tied=tied, rngs=nnx.Rngs(0)))
+        self.graphdef, _ = nnx.split(module, nnx.Param)
+        state_dict = open_state_dict(path)
+        params = {"encoder": self.load_params(module.encoder, state_dict, (f"{DECODER_PREFIXES[kind]}.",), dtype)}
+        if not tied:
+            params["lm_head"] = self.load_params(module.lm_head, state_dict, ("lm_head.",), dtype)
+        self.params = params
+        self._forward = causal_lm_forward
 
     def _saved_activation(self, st_config: dict, hf_config: dict) -> Callable:
         """config_sentence_transformers.json, then config.json's sentence_transformers key, then the
@@ -235,13 +307,22 @@ class CrossEncoder(BaseModel):
         return self.tokenizer.pad(self._encode(pairs, prompt), types=self._uses_token_types)
 
     def apply(self, params, batch: dict) -> jax.Array:
-        """Pure: (params, tokenized pair batch) -> raw logits (B, num_labels), before any activation."""
-        return forward(self.graphdef, params, dict(batch))
+        """Pure: (params, tokenized pair batch) -> raw logits (B, num_labels), before any activation (a causal-LM
+        reranker's: its LogitScore, (B, 1)). Batches may be padded on either side."""
+        return self._forward(self.graphdef, params, dict(batch))
 
     def _encode(self, pairs: list[tuple[str, str]], prompt: str | None):
+        if self._pair_prompts is not None:  # a causal-LM reranker with a chat template
+            return self._pair_prompts.encode(pairs, prompt)
         if prompt:
             pairs = [(prompt + q, d) for q, d in pairs]
-        return self.tokenizer.encode_ids([q for q, _ in pairs], [d for _, d in pairs])
+        encodings = self.tokenizer.encode_ids([q for q, _ in pairs], [d for _, d in pairs])
+        if self._logit_score is not None:
+            for pair, encoding in zip(pairs, encodings):
+                if not encoding.ids:  # sentence-transformers refuses it too (a row of padding only)
+                    raise ValueError(f"the pair {pair!r:.80} has no tokens; a causal-LM reranker reads its score at "
+                                     "the last token")
+        return encodings
 
     def _logits(self, pairs: list[tuple[str, str]], prompt: str | None, batch_size: int, progress: bool) -> jax.Array:
         """Raw logits (N, num_labels) in input order, through ``run_batches`` (sorted by token count, shapes
@@ -252,7 +333,7 @@ class CrossEncoder(BaseModel):
         with tqdm(total=math.ceil(len(pairs) / batch_size), desc="Batches", disable=not progress) as bar:
             for c0 in range(0, len(pairs), chunk):
                 encodings = self._encode(pairs[c0 : c0 + chunk], prompt)
-                for idx, _, logits in self.run_batches(encodings, forward, params, mesh, batch_size, bar=bar):
+                for idx, _, logits in self.run_batches(encodings, self._forward, params, mesh, batch_size, bar=bar):
                     pieces.append(logits[: len(idx)])
                     positions.append(idx + c0)
         if not pieces:
@@ -355,12 +436,14 @@ class CrossEncoder(BaseModel):
                 f"a torch class, and jaxst knows the torch equivalent only of {known}; set model.activation_fn to "
                 "one of them before saving"
             )
+        prefixes = BASE_MODEL_PREFIXES if self._logit_score is None else DECODER_PREFIXES
         return cross_encoder_plan(
             hf_config=self.hf_config, transformer_path=self._transformer_path,
             transformer_config=self._transformer_config, max_seq_length=self.max_seq_length,
             activation_fn=torch_activation_path(name), prompts=self.prompts,
             default_prompt_name=self.default_prompt_name,
-            base_model_prefix=BASE_MODEL_PREFIXES[model_type(self.hf_config)], has_pooler="pooler" in self.params,
+            base_model_prefix=prefixes[model_type(self.hf_config)], has_pooler="pooler" in self.params,
+            logit_score=self._logit_score, lm_head="lm_head" in self.params,
         )
 
     def __repr__(self) -> str:

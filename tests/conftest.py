@@ -407,16 +407,18 @@ def mpnet_folder() -> Path:
 
 
 def byte_level_bpe_tokenizer(folder: Path, eos: str = "<|endoftext|>", padding_side: str = "left",
-                             bos: str | None = None) -> int:
+                             bos: str | None = None, extra_lines: tuple[str, ...] = (),
+                             chat_template: str | None = None) -> int:
     """A byte-level BPE tokenizer trained on STSb lines (English and German), with Qwen's special tokens,
     appending ``eos`` to every text as Qwen3-Embedding's tokenizer does (and, given ``bos``, prepending it as
     Gemma's does), saved with ``padding_side``; returns its vocabulary size. Byte-level: CJK, emoji and
-    anything else still tokenize."""
+    anything else still tokenize. ``extra_lines`` join the training text (words repeated there become single
+    tokens, as "yes" and "no" are in Qwen's vocabulary); ``chat_template`` is saved with the tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     lines = [s for name in ("stsb-en-train.csv", "stsb-de-test.csv") for a, b, _ in read_stsb(name)[:300]
-             for s in (a, b)]
+             for s in (a, b)] + list(extra_lines)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -427,7 +429,8 @@ def byte_level_bpe_tokenizer(folder: Path, eos: str = "<|endoftext|>", padding_s
     tok.post_processor = processors.TemplateProcessing(
         single=template, special_tokens=[(t, tok.token_to_id(t)) for t in (bos, eos) if t])
     PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, pad_token=eos, padding_side=padding_side,
-                            model_max_length=512, **({"bos_token": bos} if bos else {})).save_pretrained(folder)
+                            model_max_length=512, chat_template=chat_template,
+                            **({"bos_token": bos} if bos else {})).save_pretrained(folder)
     return tok.get_vocab_size()
 
 

@@ -48,6 +48,7 @@ TOKENIZER_FILES = (
     "sentencepiece.bpe.model",
     "spiece.model",
     "tokenizer.model",
+    "chat_template.jinja",
 )
 
 # modules.json "type" per module kind: the long-standing names every sentence-transformers version since
@@ -58,6 +59,7 @@ MODULE_TYPES = {
     "dense": "sentence_transformers.models.Dense",
     "normalize": "sentence_transformers.models.Normalize",
     "dropout": "sentence_transformers.models.Dropout",
+    "logit_score": "sentence_transformers.cross_encoder.modules.logit_score.LogitScore",  # new in 6.x: no old name
 }
 MODULE_CLASS_NAMES = {"pooling": "Pooling", "dense": "Dense", "normalize": "Normalize", "dropout": "Dropout"}
 
@@ -194,20 +196,28 @@ def torch_activation_path(name: str) -> str:
 
 def cross_encoder_plan(*, hf_config: dict, transformer_path: Path, transformer_config: dict, max_seq_length: int,
                        activation_fn: str, prompts: dict, default_prompt_name: str | None, base_model_prefix: str,
-                       has_pooler: bool) -> FolderPlan:
+                       has_pooler: bool = False, logit_score: dict | None = None, lm_head: bool = False) -> FolderPlan:
     """The folder ``CrossEncoder.save`` writes, as sentence-transformers 6 saves a CrossEncoder: one
     sequence-classification Transformer module, the activation (a torch class path) in
-    config_sentence_transformers.json. Params: ``encoder``, ``pooler`` (BERT) and ``classifier``."""
+    config_sentence_transformers.json. Params: ``encoder``, ``pooler`` (BERT) and ``classifier``.
+
+    With ``logit_score`` (a ``LogitScore`` module config): a causal-LM reranker, a text-generation Transformer
+    followed by ``1_LogitScore``. Params: ``encoder`` (the decoder, under ``base_model_prefix``) and, when
+    the LM head is not tied to the embeddings (``lm_head``), ``lm_head``."""
     hf_config = _hf_config(hf_config)
     if isinstance(hf_config.get("sentence_transformers"), dict):  # the pre-v4 place: keep it consistent
         hf_config["sentence_transformers"] = {**hf_config["sentence_transformers"], "activation_fn": activation_fn}
-    transformer_config = {"transformer_task": "sequence-classification", **transformer_config}
+    task = "sequence-classification" if logit_score is None else "text-generation"
+    transformer_config = {"transformer_task": task, **transformer_config}
+    modules = [{"idx": 0, "name": "0", "path": "", "type": MODULE_TYPES["transformer"]}]
+    if logit_score is not None:
+        modules.append({"idx": 1, "name": "1", "path": "1_LogitScore", "type": MODULE_TYPES["logit_score"]})
     json_files: dict[str, object] = {
         "config.json": hf_config,
         "sentence_bert_config.json": _transformer_config(
             transformer_config, max_seq_length, transformer_config.get("do_lower_case", False)
         ),
-        "modules.json": [{"idx": 0, "name": "0", "path": "", "type": MODULE_TYPES["transformer"]}],
+        "modules.json": modules,
         "config_sentence_transformers.json": {
             "__version__": {"jaxst": _jaxst_version()},
             "model_type": "CrossEncoder",
@@ -217,6 +227,11 @@ def cross_encoder_plan(*, hf_config: dict, transformer_path: Path, transformer_c
         },
     }
     weights = [WeightsEntry("model.safetensors", ("encoder",), f"{base_model_prefix}.")]
+    if logit_score is not None:
+        json_files["1_LogitScore/config.json"] = dict(logit_score)
+        if lm_head:
+            weights.append(WeightsEntry("model.safetensors", ("lm_head",), "lm_head."))
+        return FolderPlan("CrossEncoder", json_files, _tokenizer_copies(transformer_path), weights, {})
     if has_pooler:
         weights.append(WeightsEntry("model.safetensors", ("pooler",), f"{base_model_prefix}.pooler."))
     weights.append(WeightsEntry("model.safetensors", ("classifier",), "classifier."))

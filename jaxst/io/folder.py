@@ -14,6 +14,7 @@ MODULE_KINDS = {
     "Dense": "dense",
     "Normalize": "normalize",
     "Dropout": "dropout",  # a no-op at inference
+    "LogitScore": "logit_score",  # a causal-LM reranker's score (CrossEncoder)
 }
 
 
@@ -71,7 +72,8 @@ def read_modules(folder: Path) -> list[ModuleSpec]:
             )
         path = folder / entry.get("path", "")
         config_name = "sentence_bert_config.json" if kind == "transformer" else "config.json"
-        specs.append(ModuleSpec(kind, path, read_json(path / config_name, required=kind in ("pooling", "dense"))))
+        required = kind in ("pooling", "dense", "logit_score")
+        specs.append(ModuleSpec(kind, path, read_json(path / config_name, required=required)))
     if not specs or specs[0].kind != "transformer":
         raise ValueError(f"{modules_file} must start with a Transformer module")
     return specs
