@@ -221,3 +221,34 @@ def test_packed_training_rows_give_the_padded_embeddings(qwen3):
     packed = training.pack_columns([jx.tokenize(texts)], jx.tokenizer.pad_id, row=64)
     assert packed["input_ids"].shape[0] < len(texts)  # rows hold several texts
     assert max_abs(jx.forward(jx.params, packed)["sentence_embedding"], jx.encode(texts)) < TOL
+
+
+@pytest.mark.parametrize("pack", [False, True], ids=["padded", "packed"])
+def test_one_train_step_equals_pytorch_adamw(qwen3, pack):
+    """jaxst.training on the decoder: MultipleNegativesRankingLoss, one AdamW step from the same params, the
+    same loss and the same updated weights as sentence-transformers' loss + torch.optim.AdamW."""
+    import optax
+    import torch
+    from conftest import read_stsb
+    from sentence_transformers.sentence_transformer import losses as st_losses
+    from test_training import assert_params_match_torch, load_st
+
+    from jaxst import losses as jl
+    from jaxst import training
+
+    folder, _, jx = qwen3
+    examples = [(a, b) for a, b, _ in read_stsb("stsb-en-dev.csv")[:8]]
+    lr, betas, eps, weight_decay = 1e-3, (0.9, 0.98), 1e-4, 0.01
+    st = load_st(folder).eval()
+    opt = torch.optim.AdamW(st.parameters(), lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    value = st_losses.MultipleNegativesRankingLoss(st)([st.tokenize([e[i] for e in examples]) for i in (0, 1)], None)
+    value.backward()
+    opt.step()
+
+    optimizer = optax.adamw(lr, b1=betas[0], b2=betas[1], eps=eps, weight_decay=weight_decay)
+    step_fn = training.make_train_step(jx, jl.MultipleNegativesRankingLoss(), optimizer, dropout=False)
+    state, metrics = step_fn(training.TrainState.create(jx.params, optimizer),
+                             training.collate(jx, examples, pack=pack))
+    assert abs(float(metrics["loss"]) - float(value.detach())) < TOL
+    assert assert_params_match_torch(state.params, st[0].auto_model.state_dict(), {"encoder": ""}) < TOL
+    assert max_abs(state.params["encoder"]["norm"]["scale"], jx.params["encoder"]["norm"]["scale"]) > 5e-4

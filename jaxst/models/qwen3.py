@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from jaxst.models.bert import split_rng
@@ -46,6 +47,7 @@ class Qwen3Config:
     sliding_window: int | None = None  # set only when the config enables it (use_sliding_window)
     layer_types: tuple[str, ...] = ()  # "full_attention" or "sliding_attention" per layer
     attention_dropout: float = 0.0  # training only
+    pad_token_id: int | None = None  # torch's padding_idx: that embedding row gets no gradient in training
 
     @property
     def max_tokens(self) -> int:
@@ -82,6 +84,7 @@ class Qwen3Config:
             sliding_window=window,
             layer_types=tuple(layer_types),
             attention_dropout=float(hf.get("attention_dropout") or 0.0),
+            pad_token_id=hf.get("pad_token_id"),
         )
 
 
@@ -120,6 +123,9 @@ class Qwen3Model(nnx.Module):
             positions = positions_from_mask(attention_mask)
         cos, sin = rope_tables(positions, self.cfg.head_dim, self.cfg.rope_theta)
         x = self.embed_tokens(input_ids)  # (B, T, H)
+        if self.cfg.pad_token_id is not None:  # nn.Embedding(padding_idx=...): no gradient into that row, as in
+            frozen = (input_ids == self.cfg.pad_token_id)[..., None]  # torch, where EOS (a real token) is the pad
+            x = jnp.where(frozen, jax.lax.stop_gradient(x), x)
         for layer, rng in zip(self.layers, split_rng(dropout_rng, len(self.layers))):
             x = layer(x, attention_mask, cos, sin, rng)
         return self.norm(x)
