@@ -74,18 +74,45 @@ def attention_mask(mask, *, causal: bool, window: int | None = None):
     return allowed[:, None]
 
 
+# Longer inputs attend a block of queries at a time: the (heads, queries, keys) float32 scores of an
+# 8,192-token text would take 3.2 GB per 12 heads at once, a 1,024-query block an eighth of that.
+QUERY_BLOCK = 1024
+
+
 def grouped_query_attention(q, k, v, mask, scale: float, dropout_rate: float = 0.0, dropout_rng=None):
     """softmax(q k^T * scale) v with ``N`` query heads sharing ``KV`` key/value heads (N a multiple of KV).
 
-    q (B, N, T, D), k and v (B, KV, T, D), mask (B, 1, T, T) booleans -> (B, N, T, D). Scores and softmax
-    in float32; dropout on the probabilities in training (a ``dropout_rng``)."""
+    q (B, N, T, D), k and v (B, KV, T, D), mask (B, 1, T or 1, T) booleans -> (B, N, T, D). Scores and
+    softmax in float32; dropout on the probabilities in training (a ``dropout_rng``). Past 2 x QUERY_BLOCK
+    tokens (at inference) the queries go through in blocks: each query row's softmax is its own, so the
+    result is the same, in a fraction of the memory."""
+    t = q.shape[2]
+    if t <= 2 * QUERY_BLOCK or dropout_rng is not None:
+        return _attend(q, k, v, mask, scale, dropout_rate, dropout_rng)
+    b, n, _, d = q.shape
+    blocks = -(-t // QUERY_BLOCK)
+    pad = blocks * QUERY_BLOCK - t
+    q_blocks = jnp.pad(q, ((0, 0), (0, 0), (0, pad), (0, 0))).reshape(b, n, blocks, QUERY_BLOCK, d)
+    if mask.shape[2] == 1:  # one key mask for every query
+        out = jax.lax.map(lambda qb: _attend(qb, k, v, mask, scale), q_blocks.transpose(2, 0, 1, 3, 4))
+    else:
+        m = jnp.pad(mask, ((0, 0), (0, 0), (0, pad), (0, 0))).reshape(b, mask.shape[1], blocks, QUERY_BLOCK, t)
+        out = jax.lax.map(lambda xs: _attend(xs[0], k, v, xs[1], scale),
+                          (q_blocks.transpose(2, 0, 1, 3, 4), m.transpose(2, 0, 1, 3, 4)))
+    return out.transpose(1, 2, 0, 3, 4).reshape(b, n, blocks * QUERY_BLOCK, d)[:, :, :t]
+
+
+def _attend(q, k, v, mask, scale: float, dropout_rate: float = 0.0, dropout_rng=None):
     b, n, t, d = q.shape
-    kv = k.shape[1]
-    q = q.reshape(b, kv, n // kv, t, d)  # query heads grouped by the key/value head they read
-    scores = jnp.einsum("bkgqd,bksd->bkgqs", q, k, preferred_element_type=jnp.float32) * scale
+    kv, s = k.shape[1], k.shape[2]
+    g = n // kv  # query head h reads key/value head h // g, as transformers' repeat_kv lays them out
+    # The group's queries stacked as rows of one (G * T, D) matrix per key/value head: both products are
+    # plain batched matmuls, which XLA's CPU backend runs faster than the equivalent 5-D einsums.
+    scores = jnp.matmul(q.reshape(b, kv, g * t, d), k.swapaxes(-1, -2), preferred_element_type=jnp.float32)
+    scores = scores.reshape(b, kv, g, t, s) * scale
     scores = jnp.where(mask[:, :, None], scores, jnp.finfo(jnp.float32).min)
     probs = dropout(jax.nn.softmax(scores, axis=-1), dropout_rate, dropout_rng).astype(v.dtype)
-    return jnp.einsum("bkgqs,bksd->bkgqd", probs, v).reshape(b, n, t, d)
+    return jnp.matmul(probs.reshape(b, kv, g * t, s), v).reshape(b, n, t, d)
 
 
 class QKNormAttention(nnx.Module):
