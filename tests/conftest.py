@@ -13,6 +13,10 @@ import warnings
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # tests never touch the network
+# The persistent XLA cache is tested in processes of its own (test_compilation_cache.py, which sets this
+# variable itself); in the suite's process it would only write thousands of one-off shapes to disk, and a
+# run once died with a segfault inside JAX's cache writer doing that.
+os.environ.setdefault("JAXST_COMPILATION_CACHE", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
