@@ -464,3 +464,14 @@ def tiny_qwen3_base(tmp_path_factory) -> Path:
         model.embed_tokens.weight[0].normal_(0.0, 0.2)  # EOS (= pad) starts as a zero row; trained models' is not
     model.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop every compiled XLA program when a test module ends. The suite compiles thousands of shapes in one
+    process; each executable holds memory maps of its own, and a process may have at most
+    vm.max_map_count (65,530) of them: kept all, the suite's compiler segfaulted near the end of the run."""
+    yield
+    import jax
+
+    jax.clear_caches()
