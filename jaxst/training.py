@@ -34,7 +34,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from jaxst.losses import Loss
-from jaxst.models.bert import split_rng
+from jaxst.models.layers import split_rng
 from jaxst.pipeline import is_packed
 from jaxst.similarity import similarity_functions
 

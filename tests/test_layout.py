@@ -15,9 +15,9 @@ PACKAGE = ROOT / "jaxst"
 
 # In order: a module may import from its own layer and the ones above it in this list.
 LAYERS = [
-    ("support", {"jaxst", "compilation_cache"}),  # the package root (for __version__) and the XLA cache setting
+    ("support", {"jaxst", "compilation_cache", "native"}),  # the package root, the XLA cache setting, native kernels
     ("models", {"models"}),
-    ("core", {"pooling", "similarity", "quantization", "search", "native", "losses", "pipeline"}),
+    ("core", {"pooling", "similarity", "quantization", "search", "losses", "pipeline"}),
     ("io", {"io"}),
     ("base and facades", {"parallel", "base", "sentence_transformer", "cross_encoder", "index", "util", "training",
                           "cli", "__main__"}),

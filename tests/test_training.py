@@ -67,7 +67,7 @@ def assert_params_match_torch(params: dict, torch_state: dict, prefixes: dict[st
 
 
 def test_dropout_function_drops_at_rate_and_rescales():
-    from jaxst.models.bert import dropout
+    from jaxst.models.layers import dropout
 
     x = jnp.ones((200, 500))
     y = np.asarray(dropout(x, 0.1, jax.random.key(0)))

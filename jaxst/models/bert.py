@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxst.models.layers import attention, dropout, split_rng
+
 ACTIVATIONS = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # BERT's "gelu" is the exact erf form
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
@@ -30,26 +32,6 @@ ACTIVATIONS = {
     "swish": jax.nn.silu,
     "tanh": jnp.tanh,
 }
-
-
-def dropout(x, rate: float, rng):
-    """Inverted dropout as torch applies it in training: zero each entry with probability ``rate``, scale
-    the rest by 1 / (1 - rate). The identity when ``rng`` is None (inference) or ``rate`` is 0."""
-    if rng is None or rate == 0.0:
-        return x
-    if rate >= 1.0:  # everything dropped (torch returns zeros too); avoids 0 * inf in the gradient
-        return jnp.zeros_like(x)
-    # The mask comes from XLA's own counter-based generator seeded by four words drawn from ``rng``:
-    # about 5x faster on CPU than jax.random.bernoulli's threefry, and as deterministic per key.
-    state = jax.random.bits(rng, (4,), jnp.uint32)
-    _, bits = jax.lax.rng_bit_generator(state, x.shape, jnp.uint32, algorithm=jax.lax.RandomAlgorithm.RNG_THREE_FRY)
-    keep = bits < jnp.uint32(min(round((1.0 - rate) * 2.0**32), 2**32 - 1))
-    return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
-
-
-def split_rng(rng, n: int) -> tuple:
-    """``n`` independent keys from ``rng``, or ``n`` Nones when there is no key (no dropout)."""
-    return (None,) * n if rng is None else tuple(jax.random.split(rng, n))
 
 
 def activation(name: str):
@@ -78,16 +60,11 @@ def multi_head_attention(x, query, key, value, num_heads: int, mask, dropout_rat
     q, k, v = qkv[0], qkv[1], qkv[2]
     if first_only:
         q = q[:, :, :1]
-    scores = jnp.matmul(q, k.swapaxes(-1, -2), preferred_element_type=jnp.float32) / math.sqrt(d)  # (B, N, Tq, T)
-    if position_bias is not None:
-        scores = scores + (position_bias[:, :, :1] if first_only else position_bias)
-    if mask.ndim == 3:  # (B, Tq, T): per-query key masks
-        mask = mask[:, None, :1, :] if first_only else mask[:, None, :, :]
-    else:
-        mask = mask[:, None, None, :]
-    scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
-    probs = dropout(jax.nn.softmax(scores, axis=-1), dropout_rate, dropout_rng)
-    return jnp.matmul(probs.astype(v.dtype), v).transpose(0, 2, 1, 3).reshape(b, -1, h)
+        mask = mask[:, :1] if mask.ndim == 3 else mask
+        position_bias = None if position_bias is None else position_bias[:, :, :1]
+    out = attention(q, k, v, mask, scale=1 / math.sqrt(d), bias=position_bias, dropout_rate=dropout_rate,
+                    dropout_rng=dropout_rng)
+    return out.transpose(0, 2, 1, 3).reshape(b, -1, h)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,13 +29,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxst.models.bert import split_rng
 from jaxst.models.layers import (
     GatedMLP,
     QKNormAttention,
     RMSNorm,
     positions_from_mask,
     rope_tables,
+    split_rng,
 )
 
 

@@ -30,8 +30,8 @@ import dataclasses
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxst.models.bert import activation, dropout, split_rng
-from jaxst.models.layers import apply_rope, attention_mask, grouped_query_attention, positions_from_mask, rope_tables
+from jaxst.models.bert import activation
+from jaxst.models.layers import apply_rope, attention, dropout, positions_from_mask, rope_tables, split_rng
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,8 +132,8 @@ class ModernBertAttention(nnx.Module):
         probs_rng, out_rng = split_rng(dropout_rng, 2)
         qkv = self.Wqkv(x).reshape(b, t, 3, cfg.num_attention_heads, cfg.head_dim).transpose(2, 0, 3, 1, 4)
         q, k, v = apply_rope(qkv[0], cos, sin), apply_rope(qkv[1], cos, sin), qkv[2]  # (B, N, T, D)
-        mask = attention_mask(padding_mask, causal=False, window=self.window)
-        out = grouped_query_attention(q, k, v, mask, cfg.head_dim**-0.5, cfg.attention_dropout, probs_rng)
+        out = attention(q, k, v, padding_mask, scale=cfg.head_dim**-0.5, window=self.window,
+                        dropout_rate=cfg.attention_dropout, dropout_rng=probs_rng)
         out = self.Wo(out.transpose(0, 2, 1, 3).reshape(b, t, -1))
         return dropout(out, cfg.attention_dropout, out_rng)
 

@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxst.models.bert import BertIntermediate, BertSelfOutput, activation, dropout, multi_head_attention, split_rng
+from jaxst.models.bert import BertIntermediate, BertSelfOutput, activation, multi_head_attention
+from jaxst.models.layers import dropout, split_rng
 
 PADDING_IDX = 1  # PyTorch's MPNetEmbeddings uses 1 whatever config.pad_token_id says
 NUM_BUCKETS = 32  # PyTorch's compute_position_bias always buckets into 32, whatever the table holds

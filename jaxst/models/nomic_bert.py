@@ -23,14 +23,8 @@ import dataclasses
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxst.models.bert import activation, dropout, split_rng
-from jaxst.models.layers import (
-    apply_rope,
-    attention_mask,
-    grouped_query_attention,
-    positions_from_mask,
-    rope_tables,
-)
+from jaxst.models.bert import activation
+from jaxst.models.layers import apply_rope, attention, dropout, positions_from_mask, rope_tables, split_rng
 
 
 def rope_from_hf(hf: dict, default_theta: float, model: str) -> tuple[float, float]:
@@ -87,8 +81,7 @@ def rotary_self_attention(qkv, mask, cos, sin, num_heads: int, dropout_rate: flo
     b, t, _ = qkv.shape
     q, k, v = qkv.reshape(b, t, 3, num_heads, -1).transpose(2, 0, 3, 1, 4)  # each (B, N, T, D)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    out = grouped_query_attention(q, k, v, attention_mask(mask, causal=False), q.shape[-1] ** -0.5, dropout_rate,
-                                  dropout_rng)
+    out = attention(q, k, v, mask, scale=q.shape[-1] ** -0.5, dropout_rate=dropout_rate, dropout_rng=dropout_rng)
     return out.transpose(0, 2, 1, 3).reshape(b, t, -1)
 
 

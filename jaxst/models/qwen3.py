@@ -21,13 +21,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxst.models.bert import split_rng
 from jaxst.models.layers import (
     GatedMLP,
     QKNormAttention,
     RMSNorm,
     positions_from_mask,
     rope_tables,
+    split_rng,
 )
 
 

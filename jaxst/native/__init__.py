@@ -1,10 +1,16 @@
 """Native CPU kernels, built on first use with the system C++ compiler and cached.
 
-XLA's CPU backend does not lower an int8 x int8 -> int32 ``dot_general`` to AVX-512 VNNI, so the
-int8 index scans at about float32 speed. ``int8_top_k.cc`` is an XLA FFI custom call that does the
-whole int8 top-k (VNNI dot products, per-query heaps, XLA's intra-op thread pool) in one pass over
-the corpus as stored; ``jaxst.search`` uses it for int8 scans of CPU arrays when the CPU has AVX-512
-VNNI, and XLA's own dot everywhere else. Results are identical either way (tested).
+- ``int8_top_k.cc``: XLA's CPU backend does not lower an int8 x int8 -> int32 ``dot_general`` to
+  AVX-512 VNNI, so the int8 index scans at about float32 speed. This XLA FFI custom call does the whole
+  int8 top-k (VNNI dot products, per-query heaps, XLA's intra-op thread pool) in one pass over the
+  corpus as stored; ``jaxst.search`` uses it for int8 scans of CPU arrays when the CPU has AVX-512
+  VNNI, and XLA's own dot everywhere else. Results are identical either way (tested).
+- ``attention.cc``: fused float32 attention (scores, mask, softmax and the value product per tile of
+  query rows, in cache). XLA runs attention's small batched matmuls at a fifth of its dense-layer speed
+  and writes every score matrix to memory; ``jaxst.models.layers.attention`` calls this kernel on a
+  single CPU device at inference and XLA's ops elsewhere (accelerators, meshes, bfloat16, dropout),
+  with gradients through XLA's ops. Built for the widest vectors the CPU has (AVX-512, AVX2 + FMA, or
+  the compiler's default), the same results within float32 rounding (tested against XLA).
 
 The library is compiled once per source, jaxlib and compiler into ``$XDG_CACHE_HOME/jaxst/native``
 (else ``~/.cache/jaxst/native``; ``JAXST_NATIVE_CACHE`` moves it) with the headers jaxlib ships
@@ -73,29 +79,33 @@ def compiler() -> str | None:
 
 
 def build(vnni: bool, directory: Path | None = None) -> Path:
-    """The compiled library (built now unless the cache has it), AVX-512 VNNI or portable inner loop.
+    """The int8 top-k library (built now unless the cache has it), AVX-512 VNNI or portable inner loop."""
+    return compile_source(SOURCE, VNNI_OPTIONS if vnni else (), "vnni" if vnni else "portable", directory)
+
+
+def compile_source(source: Path, options: tuple[str, ...], variant: str, directory: Path | None = None) -> Path:
+    """``source`` compiled with ``options`` into the cache, keyed by source, jax, jaxlib, command and compiler.
 
     Written to a temporary name and renamed into place, so a killed build never leaves a library
     that half loads. Raises RuntimeError with the compiler's message when the build fails."""
     cxx = compiler()
     if cxx is None:
         raise RuntimeError("no C++ compiler found (set CXX, or install g++)")
-    command = [cxx, "-O3", "-std=c++17", "-shared", "-fPIC", *(VNNI_OPTIONS if vnni else ()),
-               f"-I{jax.ffi.include_dir()}"]
+    command = [cxx, "-O3", "-std=c++17", "-shared", "-fPIC", *options, f"-I{jax.ffi.include_dir()}"]
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), jax.__version__, jaxlib.__version__, *command,
+    key = hashlib.sha256("\0".join([source.read_text(), jax.__version__, jaxlib.__version__, *command,
                                     *version]).encode())
     directory = Path(directory) if directory is not None else cache_dir()
-    target = directory / f"int8_top_k-{'vnni' if vnni else 'portable'}-{key.hexdigest()[:16]}.so"
+    target = directory / f"{source.stem}-{variant}-{key.hexdigest()[:16]}.so"
     if target.exists():
         return target
     directory.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".build-", suffix=".so")
     os.close(fd)
     try:
-        done = subprocess.run([*command, str(SOURCE), "-o", tmp], capture_output=True, text=True)
+        done = subprocess.run([*command, str(source), "-o", tmp], capture_output=True, text=True)
         if done.returncode != 0:
-            raise RuntimeError(f"building {SOURCE.name} failed:\n{done.stderr.strip()}")
+            raise RuntimeError(f"building {source.name} failed:\n{done.stderr.strip()}")
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
@@ -161,3 +171,72 @@ def int8_top_k(queries, corpus, n_valid: int, first: int = 0, offset: int = 0, *
                          f"{getattr(corpus, 'shape', None)}, k={k}, rows [{first}, {n_valid})")
     bounds = np.asarray([n_valid, first, offset], np.int32)
     return _call(queries, corpus, bounds, k=k, target=target)
+
+
+# ---------------------------------------------------------------------------------------------- attention
+
+ATTENTION_SOURCE = Path(__file__).with_name("attention.cc")
+ATTENTION_TARGET = "jaxst_attention"
+# FMA contraction is off by default in ISO C++ mode; the kernel's multiply-adds are meant as FMAs.
+ATTENTION_OPTIONS = {
+    "avx512": ("-mavx512f", "-mavx2", "-mfma", "-ffp-contract=fast"),
+    "avx2": ("-mavx2", "-mfma", "-ffp-contract=fast"),
+    "generic": ("-ffp-contract=fast",),
+}
+
+
+def vector_isa() -> str:
+    """The widest vector instruction set the attention kernel is built for on this CPU."""
+    if platform.machine() in ("x86_64", "AMD64"):
+        flags = cpu_flags()
+        if {"avx512f", "avx2", "fma"} <= flags:
+            return "avx512"
+        if {"avx2", "fma"} <= flags:
+            return "avx2"
+    return "generic"
+
+
+def register_attention(isa: str) -> str:
+    """Build (or find) and register the attention kernel for ``isa``; returns its FFI target name."""
+    name = f"{ATTENTION_TARGET}_{isa}"
+    if name not in _registered:
+        lib = ctypes.CDLL(str(compile_source(ATTENTION_SOURCE, ATTENTION_OPTIONS[isa], isa)))
+        bits = int(lib.JaxstAttentionVectorBits())
+        if bits != {"avx512": 512, "avx2": 256}.get(isa, bits):
+            raise RuntimeError(f"{name}: the library was built for {bits}-bit vectors")
+        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(lib.JaxstAttention), platform="cpu")
+        _registered[name] = lib
+    return name
+
+
+@functools.cache
+def attention_kernel() -> str | None:
+    """The FFI target of the fused attention kernel on this machine, or None (``JAXST_NATIVE=0``, or the
+    build failed: warned once)."""
+    if not enabled():
+        return None
+    try:
+        return register_attention(vector_isa())
+    except Exception as e:  # XLA's attention still answers, only slower
+        warnings.warn(f"jaxst: the native attention kernel is unavailable, using XLA's ops ({e})", stacklevel=2)
+        return None
+
+
+def attention(q, k, v, mask, bias=None, *, scale: float, causal: bool = False, window: int | None = None,
+              target: str | None = None):
+    """Fused ``softmax(where(allowed, scale * q k^T + bias, -inf)) v`` on the CPU (float32).
+
+    q (B, N, T, D); k, v (B, KV, S, D) with N a multiple of KV; ``mask`` (B, 1 or T, S) booleans (the keys
+    each query may see); ``bias`` (1 or B, 1 or N, 1 or T, S) or None; ``causal``: keys j <= i;
+    ``window``: keys with |i - j| < window. A query that may see no key gets the mean of the values."""
+    target = target or attention_kernel()
+    if target is None:
+        raise RuntimeError("the native attention kernel is not available on this machine")
+    has_bias = bias is not None
+    if bias is None:
+        bias = jnp.zeros((1, 1, 1, k.shape[2]), jnp.float32)
+    call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(q.shape, jnp.float32), vmap_method="sequential")
+    return call(q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32), mask.astype(bool),
+                bias.astype(jnp.float32), scale=np.float32(scale), causal=bool(causal),
+                window=np.int64(window or 0), has_bias=has_bias)
+
