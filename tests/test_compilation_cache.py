@@ -40,10 +40,23 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+# The native kernels (jaxst.native: fused attention on every CPU encode) are built once into their own cache,
+# $XDG_CACHE_HOME/jaxst/native unless JAXST_NATIVE_CACHE says where. These tests are about the XLA
+# compilation cache, so the kernels go to a folder of their own (built once for the module).
+NATIVE_CACHE: dict[str, str] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _native_cache(tmp_path_factory):
+    NATIVE_CACHE["path"] = str(tmp_path_factory.mktemp("native-kernels"))
+    yield
+    NATIVE_CACHE.clear()
+
+
 def run(folder, *args, **env) -> dict:
     environ = {k: v for k, v in os.environ.items()
                if k not in ("JAXST_COMPILATION_CACHE", "JAX_COMPILATION_CACHE_DIR", "XDG_CACHE_HOME")}
-    environ.update(HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu", **env)
+    environ.update(HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu", JAXST_NATIVE_CACHE=NATIVE_CACHE["path"], **env)
     result = subprocess.run([sys.executable, "-c", SCRIPT, str(folder), *args], capture_output=True, text=True,
                             timeout=300, env=environ)
     assert result.returncode == 0, result.stderr
@@ -88,6 +101,9 @@ def test_folder_from_the_environment(folder, tmp_path):
     out = run(folder, JAXST_COMPILATION_CACHE=str(chosen), XDG_CACHE_HOME=str(tmp_path / "xdg"))
     assert out["cache_dir"] == str(chosen) and entries(chosen)
     assert not (tmp_path / "xdg").exists()
+    # the kernels went to their own cache, not beside the XLA programs
+    assert any(f.startswith("attention-") for f in os.listdir(NATIVE_CACHE["path"])) and not entries(
+        NATIVE_CACHE["path"])
 
 
 @pytest.mark.parametrize("off", ["0", "off", "false"])
