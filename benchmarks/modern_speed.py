@@ -18,12 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from _machine import cpu_description
 from _stsb import read_stsb, unique_sentences  # benchmarks/ is on sys.path when a script here runs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,13 +127,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--long-text", action="store_true", help="one 8,192-token text through ModernBERT-base")
     args = parser.parse_args()
+    print(f"cpu: {cpu_description()}", flush=True)
 
     import numpy as np
     import torch
 
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
-    print(f"cpu: {cpu}, {os.cpu_count()} cores; torch {torch.__version__}", flush=True)
+    print(f"torch {torch.__version__}", flush=True)
     sentences = [s for a, b, _ in read_stsb("stsb-en-test.csv") for s in (a, b)][: args.sentences]
     pool = unique_sentences("stsb-en-test.csv")
     for name in args.models:

@@ -22,6 +22,7 @@ import time
 import warnings
 from pathlib import Path
 
+from _machine import cpu_description
 from _stsb import unique_sentences  # benchmarks/ is on sys.path when a script here runs
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -83,6 +84,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    print(f"cpu: {cpu_description()}", flush=True)
 
     import jax
     import numpy as np

@@ -15,6 +15,7 @@ import resource
 import time
 
 import numpy as np
+from _machine import cpu_description  # benchmarks/ is on sys.path when a script here runs
 
 
 def best_ms(fn, repeats: int) -> float:
@@ -40,6 +41,7 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    print(f"cpu: {cpu_description()}", flush=True)
 
     import faiss
     import jax

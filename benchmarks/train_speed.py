@@ -26,6 +26,7 @@ import tempfile
 import time
 import warnings
 
+from _machine import cpu_description
 from _stsb import read_stsb  # benchmarks/ is on sys.path when a script here runs
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -100,6 +101,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="train on the first N pairs only (a quick check)")
     parser.add_argument("--torch-seeds", type=int, nargs="*", default=[0], help="seeds to run PyTorch for")
     args = parser.parse_args()
+    print(f"cpu: {cpu_description()}", flush=True)
 
     from jaxst.io.hub import packaged_model_folder
 

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Sized
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -32,6 +33,7 @@ from jaxst.io.hub import resolve_model_folder
 from jaxst.io.tokenizer import Tokenizer
 from jaxst.io.weights import params_from_state_dict
 from jaxst.models import ARCHITECTURES, encoder_from_hf_config, model_type
+from jaxst.models.int8 import CALIBRATION_TEXTS, calibrate, quantize_module
 from jaxst.parallel import data_mesh, replicated, resolve_device, resolve_devices, shard_batch
 
 
@@ -48,6 +50,16 @@ INFERENCE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16":
 _DTYPE_ALIASES = {"float": "float32", "fp32": "float32", "half": "float16", "fp16": "float16", "bf16": "bfloat16"}
 
 
+def is_int8(dtype) -> bool:
+    """Whether ``dtype`` asks for the int8 inference mode (``"int8"``, ``np.int8``, ``jnp.int8``)."""
+    if isinstance(dtype, str):
+        return dtype.lower() in ("int8", "qint8")
+    try:
+        return dtype is not None and np.dtype(dtype) == np.int8
+    except TypeError:
+        return False
+
+
 def resolve_dtype(dtype):
     """``"bfloat16"``/``"bf16"``, ``"float16"``/``"half"``/``"fp16"``, ``"float32"``, or such a jnp, numpy or
     torch dtype -> the jnp dtype."""
@@ -61,7 +73,8 @@ def resolve_dtype(dtype):
     name = name.lower().removeprefix("torch.")
     name = _DTYPE_ALIASES.get(name, name)
     if name not in INFERENCE_DTYPES:
-        raise ValueError(f"unsupported dtype {dtype!r}; expected one of {sorted(INFERENCE_DTYPES)}")
+        raise ValueError(f"unsupported dtype {dtype!r}; expected one of {sorted(INFERENCE_DTYPES)}, or 'int8' "
+                         "when loading (int8 inference)")
     return INFERENCE_DTYPES[name]
 
 
@@ -197,6 +210,7 @@ class BaseModel:
             raise ValueError("give either device= or mesh= (a model sharded over a mesh runs on its devices)")
         self.mesh = mesh
         self.device = resolve_device(device)
+        self.int8 = False  # dtype="int8": the encoder's dense layers run as int8 products (quantize_encoder)
         self.model_folder = resolve_model_folder(
             model_name_or_path, cache_folder=cache_folder, revision=revision, token=token,
             local_files_only=local_files_only,
@@ -248,6 +262,21 @@ class BaseModel:
             return jax.device_put(array, self.device)
 
         return params_from_state_dict(module, state_dict, prefixes, place)
+
+    def quantize_encoder(self, module, params: dict, forward: Callable) -> dict:
+        """``dtype="int8"``: the encoder's dense layers become ``Int8Linear`` (``jaxst.models.int8``: weights
+        int8 per output column, activations int8 per token, exact int32 products, input channels smoothed
+        by one calibration pass of ``forward(graphdef, params, batch)`` over ``CALIBRATION_TEXTS``), in
+        ``module`` and in the returned params; ``self.graphdef`` is taken from the changed module. Heads
+        stay float32."""
+        if self.mesh is not None:
+            raise ValueError("dtype='int8' runs on one device; it cannot be combined with mesh=")
+        batch = self.tokenizer(CALIBRATION_TEXTS, types=self._uses_token_types)
+        stats = calibrate(module.encoder, lambda _: forward(nnx.split(module, nnx.Param)[0], params, dict(batch)))
+        encoder = quantize_module(module.encoder, jax.device_get(params["encoder"]), stats)
+        self.graphdef, _ = nnx.split(module, nnx.Param)
+        self.int8 = True
+        return {**params, "encoder": jax.device_put(encoder, self.device)}
 
     # ------------------------------------------------------------------ prompts
 
@@ -381,7 +410,10 @@ class BaseModel:
 
     @property
     def dtype(self) -> np.dtype:
-        """The dtype the weights are stored and the encoder computes in (float32 unless cast)."""
+        """The dtype the weights are stored and the encoder computes in (float32 unless cast; int8 for
+        ``dtype="int8"``, whose dense layers compute in int8 and everything else in float32)."""
+        if self.int8:
+            return np.dtype(np.int8)
         return next(x.dtype for x in jax.tree.leaves(self.params) if jnp.issubdtype(x.dtype, jnp.floating))
 
     def to_dtype(self, dtype):
@@ -390,6 +422,9 @@ class BaseModel:
         The encoder then computes in that dtype, with attention scores and softmax, LayerNorm statistics,
         pooling and the heads in float32; outputs are float32. Casting down loses precision for good:
         ``float()`` after ``half()`` does not restore the original weights."""
+        if self.int8:
+            raise ValueError("an int8 model stays int8 (its float weights are gone); load the model again "
+                             f"with dtype={str(np.dtype(resolve_dtype(dtype)))!r} instead")
         self.params = cast_floats(self.params, resolve_dtype(dtype))
         return self
 
@@ -422,6 +457,9 @@ class BaseModel:
         ``path`` as it was. Saving into an existing model folder replaces the model and keeps unrelated files;
         a non-empty folder that holds no model needs ``overwrite=True``. ``model_name``, ``create_model_card``
         and ``train_datasets`` are accepted for compatibility; jaxst writes no model card."""
+        if self.int8:
+            raise ValueError("this model runs in int8 (dtype='int8'), an inference mode: sentence-transformers "
+                             "folders hold float weights; load the model without dtype='int8' to save it")
         save_model(self.folder_plan(), self.params, path, safe_serialization=safe_serialization, overwrite=overwrite)
 
     def save_pretrained(self, path: str | os.PathLike, model_name: str | None = None, create_model_card: bool = True,
@@ -437,6 +475,7 @@ __all__ = [
     "batch_bucket",
     "batch_rows",
     "cast_floats",
+    "is_int8",
     "positive_int",
     "resolve_dtype",
     "seq_bucket",

@@ -31,7 +31,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from jaxst.base import BaseModel, positive_int
+from jaxst.base import BaseModel, is_int8, positive_int
 from jaxst.io.causal_reranker import (
     PairPrompts,
     default_logit_score,
@@ -167,6 +167,8 @@ class CrossEncoder(BaseModel):
                 f"{', '.join(archs) or 'none'}); a CrossEncoder needs a *ForSequenceClassification checkpoint "
                 "with its classifier weights (or a *ForCausalLM reranker)"
             )
+        int8 = is_int8(dtype)
+        dtype = None if int8 else dtype
         encoder_cfg, encoder_cls = self.load_transformer(path, transformer_config, max_length)
         self.max_seq_length = self.max_seq_length  # an explicit or saved length must fit the position table
         kind = head_kind(model_type(self.hf_config))
@@ -188,7 +190,7 @@ class CrossEncoder(BaseModel):
         if kind == "pooler":
             params["pooler"] = self.load_params(module.pooler, state_dict, (f"{prefix}.pooler.",), dtype)
         params["classifier"] = self.load_params(module.classifier, state_dict, ("classifier.",), dtype)
-        self.params = params
+        self.params = self.quantize_encoder(module, params, forward) if int8 else params
         self.activation_fn = (
             activation_fn if activation_fn is not None else self._saved_activation(self.st_config, self.hf_config)
         )
@@ -255,11 +257,13 @@ class CrossEncoder(BaseModel):
         module = nnx.eval_shape(lambda: LogitScorer(
             encoder_cls(encoder_cfg, rngs=nnx.Rngs(0)), true_id, false_id, tied=tied, rngs=nnx.Rngs(0)))
         self.graphdef, _ = nnx.split(module, nnx.Param)
+        int8 = is_int8(dtype)
+        dtype = None if int8 else dtype
         state_dict = open_state_dict(path)
         params = {"encoder": self.load_params(module.encoder, state_dict, (f"{DECODER_PREFIXES[kind]}.",), dtype)}
         if not tied:
             params["lm_head"] = self.load_params(module.lm_head, state_dict, ("lm_head.",), dtype)
-        self.params = params
+        self.params = self.quantize_encoder(module, params, causal_lm_forward) if int8 else params
         self._forward = causal_lm_forward
 
     def _saved_activation(self, st_config: dict, hf_config: dict) -> Callable:

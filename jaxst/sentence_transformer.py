@@ -23,6 +23,7 @@ from jaxst.base import (
     CPU_BATCH_TOKENS,
     BaseModel,
     chunks,
+    is_int8,
     n_batches,
     positive_int,
     text_list,
@@ -77,6 +78,8 @@ class SentenceTransformer(BaseModel):
             cache_folder=cache_folder, trust_remote_code=trust_remote_code, revision=revision,
             local_files_only=local_files_only, token=token, mesh=mesh, base_prompts={"query": "", "document": ""},
         )
+        int8 = is_int8(dtype)
+        dtype = None if int8 else dtype
         specs = read_modules(self.model_folder)
         if any("auto_map" in s.config for s in specs):
             raise ValueError(f"{model_name_or_path!r} needs remote code (auto_map in a module config); "
@@ -97,7 +100,7 @@ class SentenceTransformer(BaseModel):
         for i, (head, spec) in enumerate(zip(module.heads, heads)):
             if spec.kind == "dense":
                 params.setdefault("heads", {})[i] = self.load_params(head, open_state_dict(spec.path), (), dtype)
-        self.params = params
+        self.params = self.quantize_encoder(module, params, forward) if int8 else params
         # What save() needs besides params: the module specs as loaded, and the checkpoint tensors jaxst
         # does not model but transformers' AutoModel has (BERT's pooler), so a saved folder loads with none missing.
         self._module_specs = specs

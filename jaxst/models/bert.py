@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxst.models.int8 import Int8Linear, fused_int8, observe
 from jaxst.models.layers import attention, dropout, split_rng
 
 ACTIVATIONS = {
@@ -54,9 +55,14 @@ def multi_head_attention(x, query, key, value, num_heads: int, mask, dropout_rat
     softmax are float32 whatever the compute dtype (bf16/fp16 after ``model.half()``)."""
     b, t, h = x.shape
     d = h // num_heads
-    kernel = jnp.concatenate([query.kernel[...], key.kernel[...], value.kernel[...]], axis=1)  # (H, 3H)
-    bias = jnp.concatenate([query.bias[...], key.bias[...], value.bias[...]])
-    qkv = (x @ kernel + bias).reshape(b, t, 3, num_heads, d).transpose(2, 0, 3, 1, 4)  # (3, B, N, T, D)
+    if isinstance(query, Int8Linear):  # dtype="int8": one int8 product for the three
+        qkv = fused_int8(x, (query, key, value))
+    else:
+        for linear in (query, key, value):
+            observe(linear, x)  # int8 calibration only (a no-op otherwise)
+        kernel = jnp.concatenate([query.kernel[...], key.kernel[...], value.kernel[...]], axis=1)  # (H, 3H)
+        qkv = x @ kernel + jnp.concatenate([query.bias[...], key.bias[...], value.bias[...]])
+    qkv = qkv.reshape(b, t, 3, num_heads, d).transpose(2, 0, 3, 1, 4)  # (3, B, N, T, D)
     q, k, v = qkv[0], qkv[1], qkv[2]
     if first_only:
         q = q[:, :, :1]

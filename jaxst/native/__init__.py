@@ -240,3 +240,66 @@ def attention(q, k, v, mask, bias=None, *, scale: float, causal: bool = False, w
                 bias.astype(jnp.float32), scale=np.float32(scale), causal=bool(causal),
                 window=np.int64(window or 0), has_bias=has_bias)
 
+
+# ------------------------------------------------------------------------------------------ int8 matmul
+
+INT8_MATMUL_SOURCE = Path(__file__).with_name("int8_matmul.cc")
+INT8_MATMUL_TARGET = "jaxst_int8_matmul"
+INT8_PANEL = 32  # columns per packed panel (two vectors of 16 int32 sums)
+INT8_MAX_K = 1 << 16  # 255 * 127 * 65,536 < 2**31: the kernel's int32 sums cannot overflow
+
+
+def int8_panels(k: int, n: int) -> tuple[int, int]:
+    """(panels, groups of 4 rows) of a packed (K, N) int8 kernel."""
+    return -(-n // INT8_PANEL), -(-k // 4)
+
+
+def pack_int8_weights(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(K, N) int8 -> the VNNI panels (P, G, 128) int8 (panel p, group g: w[4g .. 4g + 3, 32p + c] for the
+    32 columns c, 4 bytes each, zero past K and N) and the (P * 32,) int32 ``128 * column sums``."""
+    w = np.asarray(w)
+    if w.dtype != np.int8 or w.ndim != 2:
+        raise ValueError(f"expected a (K, N) int8 matrix, got {w.dtype} {w.shape}")
+    k, n = w.shape
+    panels, groups = int8_panels(k, n)
+    padded = np.zeros((groups * 4, panels * INT8_PANEL), np.int8)
+    padded[:k, :n] = w
+    packed = padded.reshape(groups, 4, panels, INT8_PANEL).transpose(2, 0, 3, 1).reshape(panels, groups, -1)
+    correction = 128 * padded.astype(np.int32).sum(axis=0)
+    return np.ascontiguousarray(packed), correction.astype(np.int32)
+
+
+def unpack_int8_weights(packed, k: int, n: int):
+    """The (K, N) int8 matrix back from its panels (jnp: XLA's int8 dot reads it this way)."""
+    panels, groups, _ = packed.shape
+    w = packed.reshape(panels, groups, INT8_PANEL, 4).transpose(1, 3, 0, 2)
+    return w.reshape(groups * 4, panels * INT8_PANEL)[:k, :n]
+
+
+@functools.cache
+def int8_matmul_kernel() -> str | None:
+    """The FFI target of the VNNI int8 matmul on this machine, or None (no AVX-512 VNNI, ``JAXST_NATIVE=0``,
+    or the build failed: warned once)."""
+    if not (enabled() and has_vnni()):
+        return None
+    try:
+        name = INT8_MATMUL_TARGET
+        if name not in _registered:
+            lib = ctypes.CDLL(str(compile_source(INT8_MATMUL_SOURCE, VNNI_OPTIONS, "vnni")))
+            jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(lib.JaxstInt8Matmul), platform="cpu")
+            _registered[name] = lib
+        return name
+    except Exception as e:  # XLA's int8 dot still answers, with the same numbers
+        warnings.warn(f"jaxst: the native int8 matmul is unavailable, using XLA's int8 dot ({e})", stacklevel=2)
+        return None
+
+
+def int8_matmul(x, packed, correction, n: int, *, target: str | None = None):
+    """The exact int32 (M, N) product of int8 rows ``x`` (M, K) and a packed int8 (K, N) kernel."""
+    target = target or int8_matmul_kernel()
+    if target is None:
+        raise RuntimeError("the native int8 matmul is not available on this machine")
+    if x.shape[-1] > INT8_MAX_K:
+        raise ValueError(f"int8_matmul: K = {x.shape[-1]} above {INT8_MAX_K} could overflow int32 sums")
+    call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct((x.shape[0], n), jnp.int32), vmap_method="sequential")
+    return call(x, packed, correction)

@@ -1,0 +1,27 @@
+"""What every benchmark prints first: the CPU model and the vector extensions that decide its speed."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+# The /proc/cpuinfo flags that matter for these kernels, in the order printed.
+VECTOR_FLAGS = ["avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16",
+                "avx_vnni", "amx_tile", "amx_int8", "amx_bf16"]
+
+
+def cpu_description() -> str:
+    """``"AMD EPYC (2 cores): avx2 fma avx512f ... avx512_vnni"``, from /proc/cpuinfo where it exists."""
+    model, flags = None, set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and model is None:
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and not flags:
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    model = model or platform.processor() or platform.machine()
+    found = " ".join(f for f in VECTOR_FLAGS if f in flags) or "no AVX2/AVX-512"
+    return f"{model} ({os.cpu_count()} cores): {found}"
