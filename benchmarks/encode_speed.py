@@ -195,6 +195,8 @@ def main() -> None:
         # Other sides, timed against the same torch float32 reference: sentence-transformers' ONNX backend
         # (float32 and its dynamic int8 export) where it installs.
         others = onnx_models(folder) if args.onnx and device == "cpu" and args.dtype != "bfloat16" else {}
+        if args.dtype == "int8":  # jaxst's own float32 beside its int8, in the same run
+            others = {"jaxst float32": jaxst.SentenceTransformer(folder), **others}
         count = lambda text, m=ours: len(m.tokenizer.encode_ids([text])[0].ids)
         sets = {"stsb": sentences, "long": paragraphs(unique_sentences("stsb-en-test.csv"), count)}
         if args.dtype == "int8" or others:
