@@ -87,7 +87,7 @@ def test_dtype_spellings(minilm_folder, dtype, name):
     assert SentenceTransformer(str(minilm_folder), dtype=dtype).dtype.name == name
 
 
-@pytest.mark.parametrize("bad", ["int8", "float64", torch.int32, 3])
+@pytest.mark.parametrize("bad", ["int4", "float64", torch.int32, 3])
 def test_bad_dtype(minilm_folder, jx_minilm, bad):
     from jaxst import SentenceTransformer
 
@@ -96,6 +96,13 @@ def test_bad_dtype(minilm_folder, jx_minilm, bad):
     with pytest.raises(ValueError, match="unsupported dtype"):
         jx_minilm.to_dtype(bad)
     assert jx_minilm.dtype == jnp.float32  # a refused cast leaves the model as it was
+
+
+def test_int8_is_chosen_at_load_not_cast(jx_minilm):
+    """int8 quantizes at load (``dtype="int8"``, tests/test_int8.py); a loaded float model is not cast to it."""
+    with pytest.raises(ValueError, match="unsupported dtype.*'int8' when loading"):
+        jx_minilm.to_dtype("int8")
+    assert jx_minilm.dtype == jnp.float32
 
 
 @pytest.mark.parametrize("base", ["tiny_mpnet_base", "tiny_xlmr_base", "tiny_roberta_base"])
