@@ -49,16 +49,22 @@ def test_stsb_spearman_within_0_2_of_sentence_transformers(int8_minilm, st_minil
 
 
 @pytest.mark.parametrize("m, k, n", [(1, 4, 1), (13, 37, 33), (96, 384, 1152), (200, 1536, 384), (97, 768, 70)])
-def test_native_product_is_exact(m, k, n):
-    if native.int8_matmul_kernel() is None:
-        pytest.skip("this CPU has no AVX-512 VNNI (the portable path is XLA's int8 dot, tested below)")
+def test_products_are_exact(m, k, n):
+    """Both paths of ``int8_product`` equal exact integer arithmetic: XLA's int8 dot (every CPU) and, where
+    the CPU has AVX-512 VNNI, the native kernel, on ragged shapes (K not a multiple of 4, N of 32)."""
     rng = np.random.default_rng(m * k + n)
-    x = rng.integers(-127, 128, (m, k), dtype=np.int8)
+    x = rng.integers(-128, 128, (m, k), dtype=np.int8)
     w = rng.integers(-127, 128, (k, n), dtype=np.int8)
+    exact = x.astype(np.int64) @ w.astype(np.int64)
     packed, correction = native.pack_int8_weights(w)
     np.testing.assert_array_equal(np.asarray(native.unpack_int8_weights(jnp.asarray(packed), k, n)), w)
-    got = np.asarray(native.int8_matmul(jnp.asarray(x), jnp.asarray(packed), jnp.asarray(correction), n))
-    np.testing.assert_array_equal(got, x.astype(np.int64) @ w.astype(np.int64))
+    portable = jax.lax.dot(jnp.asarray(x), native.unpack_int8_weights(jnp.asarray(packed), k, n),
+                           preferred_element_type=jnp.int32)
+    np.testing.assert_array_equal(np.asarray(portable), exact)
+    if native.int8_matmul_kernel() is not None:
+        got = native.int8_matmul(jnp.asarray(x), jnp.asarray(packed), jnp.asarray(correction), n)
+        np.testing.assert_array_equal(np.asarray(got), exact)
+    assert (native.int8_matmul_kernel() is not None) == native.has_vnni()  # built wherever VNNI is there
 
 
 def test_portable_path_gives_identical_embeddings(int8_minilm, monkeypatch, stsb_rows):

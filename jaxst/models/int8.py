@@ -152,9 +152,7 @@ def int8_product(xq, packed, correction, k: int, n: int):
 
 
 def _native_target() -> str | None:
-    if jax.default_backend() != "cpu" or len(jax.devices("cpu")) != 1:
-        return None
-    return native.int8_matmul_kernel()
+    return native.int8_matmul_kernel() if native.single_cpu() else None
 
 
 class Int8Linear(nnx.Module):

@@ -125,8 +125,7 @@ def _native_ok(q, k, v, bias) -> bool:
     floats = [x for x in (q, k, v, bias) if x is not None]
     # On a machine whose default backend is an accelerator the kernel is not even built; where a CPU
     # computation still lands there, platform_dependent below keeps the accelerators on XLA's ops.
-    return (all(x.dtype == jnp.float32 for x in floats) and jax.default_backend() == "cpu"
-            and len(jax.devices("cpu")) == 1 and native.attention_kernel() is not None)
+    return all(x.dtype == jnp.float32 for x in floats) and native.single_cpu() and native.attention_kernel() is not None
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))

@@ -29,6 +29,7 @@ import shutil
 import subprocess
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -116,16 +117,41 @@ def compile_source(source: Path, options: tuple[str, ...], variant: str, directo
 _registered: dict[str, ctypes.CDLL] = {}
 
 
-def register(vnni: bool) -> str:
-    """Build (or find) and register the kernel; returns its FFI target name."""
-    name = TARGET if vnni else TARGET + "_portable"
+def _register(name: str, library: Callable[[], Path], handler: str, check: Callable | None = None) -> str:
+    """Load the library ``library()`` builds (or finds) and register its FFI ``handler`` as the CPU target
+    ``name``, once per process; ``check(lib)`` raises when the build is not the one asked for."""
     if name not in _registered:
-        lib = ctypes.CDLL(str(build(vnni)))
-        if bool(lib.JaxstInt8TopKVnni()) != vnni:
-            raise RuntimeError(f"{name}: the library was built for the other inner loop")
-        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(lib.JaxstInt8TopK), platform="cpu")
+        lib = ctypes.CDLL(str(library()))
+        if check is not None:
+            check(lib)
+        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, handler)), platform="cpu")
         _registered[name] = lib
     return name
+
+
+def _available(make: Callable[[], str], what: str, fallback: str) -> str | None:
+    """``make()``'s FFI target, or None with one warning when the build fails (XLA answers instead)."""
+    try:
+        return make()
+    except Exception as e:
+        warnings.warn(f"jaxst: the native {what} is unavailable, using {fallback} ({e})", stacklevel=3)
+        return None
+
+
+def single_cpu() -> bool:
+    """Whether jax computes on one CPU device by default: where jaxst's native kernels run inside models.
+    (Several CPU devices shard the batch, which a custom call does not partition; accelerators have XLA.)"""
+    return jax.default_backend() == "cpu" and len(jax.devices("cpu")) == 1
+
+
+def register(vnni: bool) -> str:
+    """Build (or find) and register the kernel; returns its FFI target name."""
+
+    def check(lib):
+        if bool(lib.JaxstInt8TopKVnni()) != vnni:
+            raise RuntimeError(f"{TARGET}: the library was built for the other inner loop")
+
+    return _register(TARGET if vnni else TARGET + "_portable", lambda: build(vnni), "JaxstInt8TopK", check)
 
 
 @functools.cache
@@ -134,11 +160,7 @@ def int8_kernel() -> str | None:
     with ``JAXST_NATIVE=0``, or the build failed: warned once)."""
     if not (enabled() and has_vnni()):
         return None
-    try:
-        return register(vnni=True)
-    except Exception as e:  # the XLA scan still answers, only slower
-        warnings.warn(f"jaxst: the native int8 search kernel is unavailable, using XLA's dot ({e})", stacklevel=2)
-        return None
+    return _available(lambda: register(vnni=True), "int8 search kernel", "XLA's dot")
 
 
 @functools.partial(jax.jit, static_argnames=("k", "target"))
@@ -198,15 +220,14 @@ def vector_isa() -> str:
 
 def register_attention(isa: str) -> str:
     """Build (or find) and register the attention kernel for ``isa``; returns its FFI target name."""
-    name = f"{ATTENTION_TARGET}_{isa}"
-    if name not in _registered:
-        lib = ctypes.CDLL(str(compile_source(ATTENTION_SOURCE, ATTENTION_OPTIONS[isa], isa)))
+
+    def check(lib):
         bits = int(lib.JaxstAttentionVectorBits())
         if bits != {"avx512": 512, "avx2": 256}.get(isa, bits):
-            raise RuntimeError(f"{name}: the library was built for {bits}-bit vectors")
-        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(lib.JaxstAttention), platform="cpu")
-        _registered[name] = lib
-    return name
+            raise RuntimeError(f"{ATTENTION_TARGET}_{isa}: the library was built for {bits}-bit vectors")
+
+    return _register(f"{ATTENTION_TARGET}_{isa}",
+                     lambda: compile_source(ATTENTION_SOURCE, ATTENTION_OPTIONS[isa], isa), "JaxstAttention", check)
 
 
 @functools.cache
@@ -215,11 +236,7 @@ def attention_kernel() -> str | None:
     build failed: warned once)."""
     if not enabled():
         return None
-    try:
-        return register_attention(vector_isa())
-    except Exception as e:  # XLA's attention still answers, only slower
-        warnings.warn(f"jaxst: the native attention kernel is unavailable, using XLA's ops ({e})", stacklevel=2)
-        return None
+    return _available(lambda: register_attention(vector_isa()), "attention kernel", "XLA's ops")
 
 
 def attention(q, k, v, mask, bias=None, *, scale: float, causal: bool = False, window: int | None = None,
@@ -282,16 +299,13 @@ def int8_matmul_kernel() -> str | None:
     or the build failed: warned once)."""
     if not (enabled() and has_vnni()):
         return None
-    try:
-        name = INT8_MATMUL_TARGET
-        if name not in _registered:
-            lib = ctypes.CDLL(str(compile_source(INT8_MATMUL_SOURCE, VNNI_OPTIONS, "vnni")))
-            jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(lib.JaxstInt8Matmul), platform="cpu")
-            _registered[name] = lib
-        return name
-    except Exception as e:  # XLA's int8 dot still answers, with the same numbers
-        warnings.warn(f"jaxst: the native int8 matmul is unavailable, using XLA's int8 dot ({e})", stacklevel=2)
-        return None
+    return _available(register_int8_matmul, "int8 matmul", "XLA's int8 dot")
+
+
+def register_int8_matmul() -> str:
+    """Build (or find) and register the VNNI int8 matmul; returns its FFI target name."""
+    return _register(INT8_MATMUL_TARGET, lambda: compile_source(INT8_MATMUL_SOURCE, VNNI_OPTIONS, "vnni"),
+                     "JaxstInt8Matmul")
 
 
 def int8_matmul(x, packed, correction, n: int, *, target: str | None = None):
