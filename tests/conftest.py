@@ -475,3 +475,14 @@ def _release_compiled_programs():
     import jax
 
     jax.clear_caches()
+
+
+def assert_cli_encodes_like(folder, st, tmp_path) -> None:
+    """``jaxst encode FILE -o OUT --model FOLDER`` writes sentence-transformers' embeddings of TEXTS (one per line)."""
+    from jaxst import cli
+
+    texts = [t for t in TEXTS if t and "\n" not in t]
+    src = tmp_path / "texts.txt"
+    src.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    assert cli.main(["encode", str(src), "-o", str(tmp_path / "emb.npy"), "--model", str(folder)]) == 0
+    assert max_abs(np.load(tmp_path / "emb.npy"), st.encode(texts)) < 1e-5

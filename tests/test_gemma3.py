@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TEXTS, byte_level_bpe_tokenizer, max_abs
+from conftest import TEXTS, assert_cli_encodes_like, byte_level_bpe_tokenizer, max_abs
 
 import jaxst
 from jaxst.models.gemma3 import Gemma3Config
@@ -252,3 +252,8 @@ def test_the_published_embeddinggemma_config_reads_as_transformers_reads_it():
     assert ours.max_tokens == 2048
     assert encoder_from_hf_config(published) == (ours, Gemma3Model)
     assert model_type({k: v for k, v in published.items() if k != "model_type"}) == "gemma3_text"
+
+
+def test_cli_encodes_with_the_model(gemma, tmp_path):
+    folder, st, _ = gemma
+    assert_cli_encodes_like(folder, st, tmp_path)

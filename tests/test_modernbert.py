@@ -11,7 +11,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import TEXTS, max_abs
+from conftest import TEXTS, assert_cli_encodes_like, max_abs
 
 import jaxst
 
@@ -279,3 +279,8 @@ def test_dropout_sits_where_transformers_puts_it(tiny_modernbert_base, tmp_path,
     real = tokens["attention_mask"].numpy().astype(bool)
     assert max_abs(got[real], expected[real]) < TOL
     assert max_abs(np.asarray(encoder(ids, mask))[real], expected[real]) > 1e-2  # the dropout made a difference
+
+
+def test_cli_encodes_with_the_model(modernbert, tmp_path):
+    folder, st, _ = modernbert
+    assert_cli_encodes_like(folder, st, tmp_path)

@@ -11,7 +11,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import TEXTS, max_abs
+from conftest import TEXTS, assert_cli_encodes_like, max_abs
 
 import jaxst
 
@@ -306,3 +306,8 @@ def test_configs_read_as_transformers_reads_them():
             hf.hidden_act, hf.max_position_embeddings, hf.layer_norm_eps)
         assert (cfg.rope_theta, cfg.rope_factor) == (hf.rope_parameters["rope_theta"], 1.0)
         assert cfg.head_dim == hf.hidden_size // hf.num_attention_heads
+
+
+def test_cli_encodes_with_the_model(model, tmp_path):
+    _, folder, st, _ = model
+    assert_cli_encodes_like(folder, st, tmp_path)
