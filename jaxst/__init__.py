@@ -10,7 +10,9 @@ __version__ = "0.1.0"
 _LAZY = {
     "CrossEncoder": ("jaxst.cross_encoder", "CrossEncoder"),
     "SentenceTransformer": ("jaxst.sentence_transformer", "SentenceTransformer"),
+    "SparseEncoder": ("jaxst.sparse_encoder", "SparseEncoder"),
     "EmbeddingIndex": ("jaxst.index", "EmbeddingIndex"),
+    "SparseEmbeddingIndex": ("jaxst.index", "SparseEmbeddingIndex"),
     "quantize_embeddings": ("jaxst.quantization", "quantize_embeddings"),
     "util": ("jaxst.util", None),
 }
@@ -24,4 +26,5 @@ def __getattr__(name: str):
     return value if attr is None else getattr(value, attr)
 
 
-__all__ = ["CrossEncoder", "EmbeddingIndex", "SentenceTransformer", "quantize_embeddings", "util", "__version__"]
+__all__ = ["CrossEncoder", "EmbeddingIndex", "SentenceTransformer", "SparseEmbeddingIndex", "SparseEncoder",
+           "quantize_embeddings", "util", "__version__"]

@@ -4,6 +4,8 @@
     cat texts.txt | jaxst encode -o embeddings.npy
     jaxst search "A man is eating pasta." --corpus corpus.txt [--top-k 5] [--json]
     jaxst search "A man is eating pasta." --corpus corpus.txt --rerank cross-encoder/ms-marco-MiniLM-L6-v2
+    jaxst encode texts.txt -o sparse.npz --sparse --model naver/splade-v3     (SparseEncoder: a CSR .npz)
+    jaxst search "pasta" --corpus corpus.txt --sparse --model naver/splade-v3
 
 Input files hold one text per line (UTF-8). Errors print one ``jaxst: error: ...`` line on stderr and
 exit with status 2. The heavy imports (jax, the model) happen inside the commands, not at import time.
@@ -53,7 +55,25 @@ def load_model(name: str):
     try:
         return SentenceTransformer(name)
     except Exception as e:  # missing folder, offline, malformed config, unsupported architecture...
-        raise CliError(f"cannot load model {name!r}: {_one_line(e)}") from e
+        hint = " (pass --sparse for a sparse model)" if "jaxst.SparseEncoder" in str(e) else ""
+        raise CliError(f"cannot load model {name!r}: {_one_line(e)}{hint}") from e
+
+
+@functools.lru_cache(maxsize=4)
+def load_sparse_model(name: str):
+    """Load (once per process) a ``jaxst.SparseEncoder`` by Hub name or folder."""
+    from jaxst.sparse_encoder import SparseEncoder
+
+    try:
+        return SparseEncoder(name)
+    except Exception as e:
+        raise CliError(f"cannot load sparse model {name!r}: {_one_line(e)}") from e
+
+
+def _load(args):
+    if getattr(args, "sparse", False):
+        return load_sparse_model(args.model)
+    return load_model(args.model)
 
 
 @functools.lru_cache(maxsize=4)
@@ -191,6 +211,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
         if empty:
             raise CliError(f"no texts to encode in {source}")
         _check_output_path(args.output)
+        if args.sparse:
+            return _encode_sparse(args, texts, source, progress)
         model = load_model(args.model)
         try:
             embeddings = model.encode(
@@ -218,6 +240,48 @@ def cmd_encode(args: argparse.Namespace) -> int:
     return 0
 
 
+SPARSE_CHUNK = 16384  # texts per encode call when writing sparse embeddings
+
+
+def _encode_sparse(args: argparse.Namespace, texts, source: str, progress: bool) -> int:
+    """Sparse embeddings into a scipy ``.npz`` (CSR: ``scipy.sparse.load_npz`` reads it), chunk by chunk;
+    written beside the target and renamed into place once complete."""
+    import scipy.sparse
+
+    from jaxst.sparse import to_scipy
+
+    if args.normalize or args.precision != "float32":
+        raise CliError("--normalize and --precision apply to dense embeddings, not with --sparse")
+    if not args.output.endswith(".npz"):
+        raise CliError(f"--sparse writes a scipy .npz file; name the output OUT.npz, not {args.output!r}")
+    model = load_sparse_model(args.model)
+    pieces, chunk = [], []
+    try:
+        for text in itertools.chain(texts, [None]):
+            if text is not None:
+                chunk.append(text)
+            if chunk and (text is None or len(chunk) == SPARSE_CHUNK):
+                pieces.append(to_scipy(model.encode(chunk, batch_size=args.batch_size, prompt_name=args.prompt_name,
+                                                    show_progress_bar=progress)))
+                chunk = []
+    except ValueError as e:
+        raise CliError(_one_line(e)) from e
+    matrix = scipy.sparse.vstack(pieces, format="csr")
+    tmp = f"{args.output}.tmp-{os.getpid()}.npz"
+    try:
+        scipy.sparse.save_npz(tmp, matrix)
+        os.replace(tmp, args.output)
+    except OSError as e:
+        raise CliError(f"cannot write {args.output!r}: {e.strerror or _one_line(e)}") from e
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    n = matrix.shape[0]
+    print(f"jaxst: encoded {n} text{'s' if n != 1 else ''} from {source} -> {args.output} "
+          f"(sparse CSR {matrix.shape}, {matrix.nnz / max(n, 1):.1f} active dimensions per text)", file=sys.stderr)
+    return 0
+
+
 def _score_function(name: str):
     from jaxst import util
 
@@ -236,7 +300,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if not corpus:
         where = "stdin" if args.corpus == "-" else repr(args.corpus)
         raise CliError(f"the corpus {where} has no non-empty lines")
-    model = load_model(args.model)
+    model = _load(args)
     reranker = load_cross_encoder(args.rerank) if args.rerank is not None else None
     from jaxst.util import semantic_search
 
@@ -304,6 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"Hub name or local folder of a sentence-transformers model (default: {DEFAULT_MODEL})",
         )
         p.add_argument("--batch-size", type=_positive_int, default=32, help="texts per batch (default: 32)")
+        p.add_argument("--sparse", action="store_true",
+                       help="the model is a SparseEncoder (SPLADE, inference-free): sparse embeddings")
 
     enc = sub.add_parser(
         "encode", help="embed texts (one per line) into a .npy file",
@@ -312,7 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     enc.add_argument("input", nargs="?", default="-", metavar="INPUT",
                      help="text file, one text per line (default or '-': stdin)")
-    enc.add_argument("-o", "--output", required=True, metavar="OUT.npy", help="where to write the embeddings")
+    enc.add_argument("-o", "--output", required=True, metavar="OUT.npy",
+                     help="where to write the embeddings (with --sparse: a scipy CSR OUT.npz)")
     add_model(enc)
     enc.add_argument("--normalize", action="store_true", help="L2-normalize the embeddings")
     enc.add_argument("--precision", choices=PRECISIONS, default="float32",

@@ -39,8 +39,10 @@ from jaxst.search import (
     scan_chunk,
     scan_words,
     sharded_top_k,
+    sparse_top_k,
     streamed_top_k,
 )
+from jaxst.sparse import as_rows, row_width, to_bcoo
 
 FORMAT = "jaxst-embedding-index"
 VERSION = 2  # 2: binary rows saved as packed bytes (1 saved uint32 words; still read)
@@ -50,7 +52,49 @@ MIN_CAPACITY = 1024
 DEVICE_ROWS = 131072  # the device copy is padded to a multiple of this many rows
 
 
-class EmbeddingIndex:
+class _Labelled:
+    """What both indexes keep beside their rows: optional ids and texts, one per row."""
+
+    _n: int
+    ids: list | None
+    texts: list[str] | None
+
+    def _check_labels(self, n: int, ids, texts) -> None:
+        for name, values, current in (("ids", ids, self.ids), ("texts", texts, self.texts)):
+            if values is not None and len(values) != n:
+                raise ValueError(f"{name} has {len(values)} entries for {n} embeddings")
+            if self._n and (values is None) != (current is None):
+                raise ValueError(f"this index {'has' if current is not None else 'has no'} {name}; "
+                                 f"add() must {'pass' if current is not None else 'not pass'} them too")
+        if texts is not None and not all(isinstance(t, str) for t in texts):
+            raise TypeError("texts must be strings")
+        if ids is not None and not all(isinstance(i, (int, str)) and not isinstance(i, bool) for i in ids):
+            raise TypeError("ids must be ints or strings")
+
+    def _append_labels(self, ids, texts) -> None:
+        if ids is not None:
+            self.ids = (self.ids or []) + list(ids)
+        if texts is not None:
+            self.texts = (self.texts or []) + list(texts)
+
+    def _hits(self, scores, ids) -> list[list[dict]]:
+        out = []
+        for row_s, row_i in zip(scores, ids):
+            row = []
+            for s, c in zip(row_s, row_i):
+                if c < 0 or not np.isfinite(s):
+                    continue
+                hit = {"corpus_id": int(c), "score": float(s)}
+                if self.ids is not None:
+                    hit["id"] = self.ids[c]
+                if self.texts is not None:
+                    hit["text"] = self.texts[c]
+                row.append(hit)
+            out.append(row)
+        return out
+
+
+class EmbeddingIndex(_Labelled):
     """Corpus embeddings (and optionally their ids and texts) to search with top-k."""
 
     def __init__(self, dim: int, precision: str = "float32", similarity: str = "cosine", ranges=None,
@@ -133,16 +177,7 @@ class EmbeddingIndex:
         if embeddings.ndim != 2 or embeddings.shape[1] != self.dim:
             raise ValueError(f"expected embeddings of shape (n, {self.dim}), got {embeddings.shape}")
         n = embeddings.shape[0]
-        for name, values, current in (("ids", ids, self.ids), ("texts", texts, self.texts)):
-            if values is not None and len(values) != n:
-                raise ValueError(f"{name} has {len(values)} entries for {n} embeddings")
-            if self._n and (values is None) != (current is None):
-                raise ValueError(f"this index {'has' if current is not None else 'has no'} {name}; "
-                                 f"add() must {'pass' if current is not None else 'not pass'} them too")
-        if texts is not None and not all(isinstance(t, str) for t in texts):
-            raise TypeError("texts must be strings")
-        if ids is not None and not all(isinstance(i, (int, str)) and not isinstance(i, bool) for i in ids):
-            raise TypeError("ids must be ints or strings")
+        self._check_labels(n, ids, texts)
         if n == 0:
             return
         rows = self._encode_rows(embeddings)
@@ -155,10 +190,7 @@ class EmbeddingIndex:
             self._data = grown
         self._data[self._n : self._n + n] = rows
         self._n += n
-        if ids is not None:
-            self.ids = (self.ids or []) + list(ids)
-        if texts is not None:
-            self.texts = (self.texts or []) + list(texts)
+        self._append_labels(ids, texts)
         self._device = None
 
     # ---------------------------------------------------------------- search
@@ -294,22 +326,6 @@ class EmbeddingIndex:
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
 
-    def _hits(self, scores, ids) -> list[list[dict]]:
-        out = []
-        for row_s, row_i in zip(scores, ids):
-            row = []
-            for s, c in zip(row_s, row_i):
-                if c < 0 or not np.isfinite(s):
-                    continue
-                hit = {"corpus_id": int(c), "score": float(s)}
-                if self.ids is not None:
-                    hit["id"] = self.ids[c]
-                if self.texts is not None:
-                    hit["text"] = self.texts[c]
-                row.append(hit)
-            out.append(row)
-        return out
-
     # ---------------------------------------------------------------- persistence
 
     def save(self, path: str | os.PathLike) -> None:
@@ -325,25 +341,10 @@ class EmbeddingIndex:
             rows = rows.view(np.uint16)
         if self._binary:  # packed bytes: independent of the word size the scan uses
             rows = rows.view(np.uint8)[:, : -(-self.dim // 8)]
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as z:
-                    z.writestr("header.json", json.dumps(header))
-                    z.writestr("embeddings.npy", _npy_bytes(rows))
-                    if self.ranges is not None:
-                        z.writestr("ranges.npy", _npy_bytes(self.ranges))
-                    if self.ids is not None:
-                        z.writestr("ids.json", json.dumps(self.ids))
-                    if self.texts is not None:
-                        z.writestr("texts.json", json.dumps(self.texts, ensure_ascii=False))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        fsync_path(path.parent)
+        members = {"header.json": json.dumps(header), "embeddings.npy": _npy_bytes(rows)}
+        if self.ranges is not None:
+            members["ranges.npy"] = _npy_bytes(self.ranges)
+        _write_zip(path, members, self.ids, self.texts)
 
     @classmethod
     def load(cls, path: str | os.PathLike, mesh=None) -> EmbeddingIndex:
@@ -391,6 +392,161 @@ class EmbeddingIndex:
         index._data[...] = rows
         index._n, index.ids, index.texts = n, ids, texts
         return index
+
+
+SPARSE_FORMAT = "jaxst-sparse-index"
+SPARSE_VERSION = 1
+
+
+class SparseEmbeddingIndex(_Labelled):
+    """Sparse embeddings (``SparseEncoder.encode``'s BCOO, scipy sparse or dense rows) to search exactly
+    by dot or cosine score, growable and saved to one file like ``EmbeddingIndex``.
+
+    Storage is host numpy fixed-width rows (values float32, indices int32; unused slots point past the
+    vocabulary), grown by doubling; the width grows to the widest row added. The device copy is padded
+    to a multiple of ``DEVICE_ROWS`` rows, so a growing index recompiles its search rarely."""
+
+    def __init__(self, dim: int, similarity: str = "dot"):
+        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
+            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+        if similarity not in SIMILARITIES:
+            raise ValueError(f"similarity {similarity!r} is not supported; expected one of {SIMILARITIES}")
+        self.dim, self.similarity = dim, similarity
+        self._values = np.zeros((0, 16), np.float32)
+        self._indices = np.full((0, 16), dim, np.int32)
+        self._n = 0
+        self.ids: list | None = None
+        self.texts: list[str] | None = None
+        self._device = None
+
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def embeddings(self):
+        """The stored rows as a BCOO (n, dim)."""
+        return to_bcoo(self._values[: self._n], self._indices[: self._n], self.dim)
+
+    def add(self, embeddings, ids=None, texts=None) -> None:
+        """Append sparse embeddings (n, dim), with optional ids and texts of the same length."""
+        values, indices, dim = as_rows(embeddings)
+        if dim != self.dim:
+            raise ValueError(f"expected embeddings of dimension {self.dim}, got {dim}")
+        values, indices = np.asarray(values, np.float32), np.asarray(indices, np.int32)
+        n = values.shape[0]
+        self._check_labels(n, ids, texts)
+        if n == 0:
+            return
+        used = int((values != 0).sum(axis=1).max(initial=0))
+        order = np.argsort(values == 0, axis=1, kind="stable")[:, :used]  # active entries first
+        values, indices = np.take_along_axis(values, order, 1), np.take_along_axis(indices, order, 1)
+        indices[values == 0] = self.dim
+        width = max(self._values.shape[1], row_width(used))
+        capacity = self._values.shape[0]
+        if self._n + n > capacity or width > self._values.shape[1]:
+            capacity = max(MIN_CAPACITY, capacity)
+            while capacity < self._n + n:
+                capacity *= 2
+            grown_v = np.zeros((capacity, width), np.float32)
+            grown_i = np.full((capacity, width), self.dim, np.int32)
+            grown_v[: self._n, : self._values.shape[1]] = self._values[: self._n]
+            grown_i[: self._n, : self._indices.shape[1]] = self._indices[: self._n]
+            self._values, self._indices = grown_v, grown_i
+        self._values[self._n : self._n + n, :used] = values
+        self._indices[self._n : self._n + n, :used] = indices
+        self._n += n
+        self._append_labels(ids, texts)
+        self._device = None
+
+    def _corpus_on_device(self):
+        if self._device is None:
+            rows = min(-(-self._n // DEVICE_ROWS) * DEVICE_ROWS, self._values.shape[0])
+            self._device = (jax.device_put(self._values[:rows]), jax.device_put(self._indices[:rows]))
+        return self._device
+
+    def search(self, queries, top_k: int = 10, model=None) -> list[list[dict]]:
+        """Top ``top_k`` hits per query, best first: ``{"corpus_id", "score"[, "id"][, "text"]}``.
+        ``queries``: sparse embeddings, or text(s) embedded with ``model.encode_query``."""
+        if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+            raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+        if isinstance(queries, str) or (isinstance(queries, (list, tuple)) and queries and
+                                        all(isinstance(q, str) for q in queries)):
+            if model is None:
+                raise TypeError("text queries need a model: index.search(texts, model=model)")
+            queries = model.encode_query([queries] if isinstance(queries, str) else list(queries))
+        q_values, q_indices, dim = as_rows(queries)
+        if dim != self.dim:
+            raise ValueError(f"expected queries of dimension {self.dim}, got {dim}")
+        if self._n == 0:
+            return [[] for _ in range(q_values.shape[0])]
+        scores, ids = sparse_top_k(q_values, q_indices, self._corpus_on_device(), self._n, k=min(top_k, self._n),
+                                   cosine=self.similarity == "cosine", dim=self.dim)
+        return self._hits(np.asarray(scores), np.asarray(ids))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the index to one file, atomically."""
+        header = {"format": SPARSE_FORMAT, "version": SPARSE_VERSION, "dim": self.dim, "similarity": self.similarity,
+                  "count": self._n, "has_ids": self.ids is not None, "has_texts": self.texts is not None}
+        members = {"header.json": json.dumps(header), "values.npy": _npy_bytes(self._values[: self._n]),
+                   "indices.npy": _npy_bytes(self._indices[: self._n])}
+        _write_zip(Path(path), members, self.ids, self.texts)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> SparseEmbeddingIndex:
+        """Read a file written by ``save``; a damaged or foreign file is a ValueError saying what is wrong."""
+        path = Path(path)
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = set(z.namelist())
+                header = json.loads(z.read("header.json")) if "header.json" in names else {}
+                if header.get("format") != SPARSE_FORMAT:
+                    raise ValueError(f"{path} is not a jaxst sparse index (format {header.get('format')!r})")
+                if header.get("version") != SPARSE_VERSION:
+                    raise ValueError(f"{path} has sparse index format version {header.get('version')}; "
+                                     f"this jaxst reads version {SPARSE_VERSION}")
+                index = cls(header["dim"], header["similarity"])
+                values = np.load(io.BytesIO(z.read("values.npy")), allow_pickle=False)
+                indices = np.load(io.BytesIO(z.read("indices.npy")), allow_pickle=False)
+                ids = json.loads(z.read("ids.json")) if header["has_ids"] else None
+                texts = json.loads(z.read("texts.json")) if header["has_texts"] else None
+        except (zipfile.BadZipFile, KeyError, EOFError, json.JSONDecodeError, OSError) as e:
+            if isinstance(e, FileNotFoundError):
+                raise
+            raise ValueError(f"{path} is damaged or not a jaxst sparse index: {e}") from e
+        n = header["count"]
+        if values.shape != indices.shape or values.shape[0] != n or values.dtype != np.float32 \
+                or indices.dtype != np.int32:
+            raise ValueError(f"{path}: rows have shapes {values.shape} / {indices.shape} and dtypes {values.dtype} / "
+                             f"{indices.dtype}, expected ({n}, W) float32 / int32")
+        if n and (indices.min() < 0 or indices.max() > index.dim):
+            raise ValueError(f"{path}: indices outside [0, {index.dim}]")
+        for name, labels in (("ids", ids), ("texts", texts)):
+            if labels is not None and len(labels) != n:
+                raise ValueError(f"{path}: {len(labels)} {name} for {n} embeddings")
+        index.add(to_bcoo(values, indices, index.dim), ids, texts)
+        return index
+
+
+def _write_zip(path: Path, members: dict, ids, texts) -> None:
+    """One uncompressed zip of ``members`` (name -> bytes or str) plus ids.json / texts.json, written beside
+    ``path`` and renamed over it: a crash or a full disk leaves any previous file intact."""
+    if ids is not None:
+        members["ids.json"] = json.dumps(ids)
+    if texts is not None:
+        members["texts.json"] = json.dumps(texts, ensure_ascii=False)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as z:
+                for name, data in members.items():
+                    z.writestr(name, data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_path(path.parent)
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxst.pooling import normalize
-from jaxst.similarity import cos_sim, pairwise_angle_sim, pairwise_cos_sim
+from jaxst.similarity import cos_sim, dot_score, pairwise_angle_sim, pairwise_cos_sim
 
 MNRL_DIRECTIONS = ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")
 HARDNESS_MODES = (None, "in_batch_negatives", "hard_negatives", "all_negatives")
@@ -374,6 +374,77 @@ class BinaryCrossEntropyLoss(Loss):
         return self(embeddings, labels, rng) / jax.lax.axis_size(axis_name)  # mean of equal-sized shards
 
 
+# ----------------------------------------------------------------------------------- sparse (SPLADE) losses
+
+
+class SparseMultipleNegativesRankingLoss(MultipleNegativesRankingLoss):
+    """MultipleNegativesRankingLoss for sparse embeddings: dot score, scale 1 (SPLADE's values are not
+    normalized), as sentence-transformers' SparseMultipleNegativesRankingLoss."""
+
+    def __init__(self, model=None, scale: float = 1.0, similarity_fct: Callable = dot_score, **kwargs):
+        super().__init__(model, scale=scale, similarity_fct=similarity_fct, **kwargs)
+
+
+class FlopsLoss(Loss):
+    """SPLADE's FLOPS regularizer: the squared L2 norm of the batch's mean embedding, sum_j (mean_i x_ij)^2.
+    With ``threshold``, rows with at most that many non-zero entries are zeroed first (FLOPS with l0
+    masking). A regularizer inside ``SpladeLoss``; ``loss.regularize(embeddings)`` computes it on one (B, V)."""
+
+    def __init__(self, model=None, threshold: float | None = None):
+        del model
+        self.threshold = threshold
+
+    def regularize(self, embeddings) -> jax.Array:
+        embeddings = jnp.asarray(embeddings)
+        if self.threshold is not None:
+            active = jnp.sum(embeddings != 0, axis=1)
+            embeddings = embeddings * (active > self.threshold).astype(embeddings.dtype)[:, None]
+        return jnp.sum(jnp.mean(embeddings, axis=0) ** 2)
+
+    def __call__(self, embeddings, labels=None, rng=None) -> jax.Array:
+        raise NotImplementedError("FlopsLoss is a regularizer: use it inside SpladeLoss")
+
+
+class SpladeLoss(Loss):
+    """``loss`` on [queries, documents, ...] plus FLOPS regularization of the documents (every column after
+    the first) weighted by ``document_regularizer_weight`` and of the queries by ``query_regularizer_weight``
+    (None: no query term, as for inference-free models). ``use_document_regularizer_only``: every column is a
+    document. Same value and gradient as sentence-transformers' SpladeLoss, whose components are summed;
+    ``components(embeddings, labels)`` returns them by name."""
+
+    def __init__(self, model=None, loss: Loss | None = None, document_regularizer_weight: float = 0.0,
+                 query_regularizer_weight: float | None = None, document_regularizer: FlopsLoss | None = None,
+                 query_regularizer: FlopsLoss | None = None, document_regularizer_threshold: int | None = None,
+                 query_regularizer_threshold: int | None = None, use_document_regularizer_only: bool = False):
+        del model
+        if not isinstance(loss, Loss):
+            raise TypeError(f"SpladeLoss wraps a jaxst loss, got {type(loss).__name__}")
+        if isinstance(loss, (SpladeLoss, FlopsLoss)):
+            raise ValueError(f"SpladeLoss cannot wrap {type(loss).__name__}")
+        self.loss = loss
+        self.document_regularizer_weight = float(document_regularizer_weight)
+        self.use_document_regularizer_only = bool(use_document_regularizer_only)
+        self.query_regularizer_weight = None if use_document_regularizer_only or query_regularizer_weight is None \
+            else float(query_regularizer_weight)
+        self.document_regularizer = document_regularizer or FlopsLoss(threshold=document_regularizer_threshold)
+        self.query_regularizer = query_regularizer or FlopsLoss(threshold=query_regularizer_threshold)
+
+    def components(self, embeddings, labels=None, rng=None) -> dict[str, jax.Array]:
+        columns = _columns(embeddings, 1, type(self).__name__)
+        out = {"base_loss": self.loss(columns, labels, rng)}
+        documents = columns if self.use_document_regularizer_only else columns[1:]
+        if documents:
+            out["document_regularizer_loss"] = (self.document_regularizer.regularize(jnp.concatenate(documents))
+                                                * self.document_regularizer_weight)
+        if self.query_regularizer_weight is not None:
+            query = self.query_regularizer.regularize(columns[0])
+            out["query_regularizer_loss"] = query * self.query_regularizer_weight
+        return out
+
+    def __call__(self, embeddings, labels=None, rng=None) -> jax.Array:
+        return sum(self.components(embeddings, labels, rng).values())
+
+
 __all__ = [
     "AnglELoss",
     "BinaryCrossEntropyLoss",
@@ -383,5 +454,8 @@ __all__ = [
     "MatryoshkaLoss",
     "MultipleNegativesRankingLoss",
     "MultipleNegativesSymmetricRankingLoss",
+    "FlopsLoss",
+    "SparseMultipleNegativesRankingLoss",
+    "SpladeLoss",
     "shrink",
 ]

@@ -26,6 +26,7 @@ import numpy as np
 from jaxst import native
 from jaxst.pooling import normalize
 from jaxst.similarity import as_matrix, cos_sim, dot_score
+from jaxst.sparse import as_rows, chunk_scores, is_sparse, normalize_rows, rows_to_dense
 
 BLOCK = 64  # rows per block in the two-stage top-k
 HAMMING_BLOCK = 16  # integer distances tie a lot: small blocks keep the candidate sort short
@@ -99,6 +100,9 @@ def _chunk_scores(queries, chunk, kind):
     if kind == "int8":
         dims = (((1,), (1,)), ((), ()))
         return jax.lax.dot_general(queries, chunk, dims, preferred_element_type=jnp.int32).astype(jnp.float32)
+    if kind in ("sparse", "sparse_cosine"):  # chunk is fixed-width rows (values, indices); queries dense (Q, V)
+        values, indices = chunk
+        return chunk_scores(queries, normalize_rows(values) if kind == "sparse_cosine" else values, indices)
     if kind == "hamming":  # chunk is (words, rows) uint16: each word is one contiguous row
         acc = jnp.int16 if queries.shape[1] * 16 < 2**15 else jnp.int32  # 16-bit sums: twice the lanes
         dist = jnp.zeros((queries.shape[0], chunk.shape[1]), acc)
@@ -117,16 +121,16 @@ def _chunked_top_k(queries, corpus, n_valid, first=0, offset=0, *, k: int, kind,
     Returned ids are ``offset + row``. For ``kind="hamming"`` the corpus is words-major, (W, N).
     ``n_valid``, ``first`` and ``offset`` are traced: a growing corpus does not recompile."""
     axis = 1 if kind == "hamming" else 0
-    n = corpus.shape[axis]
+    n = jax.tree.leaves(corpus)[0].shape[axis]  # a sparse corpus is a (values, indices) pair of (N, W) arrays
     chunk = min(chunk, n)
     n_chunks = -(-n // chunk)
     kk = min(k, chunk)
-    if kind == "cosine":
+    if kind in ("cosine", "sparse_cosine"):
         queries = normalize(queries)
 
     def step(i):
         start = jnp.minimum(i * chunk, n - chunk)
-        block = jax.lax.dynamic_slice_in_dim(corpus, start, chunk, axis=axis)
+        block = jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, start, chunk, axis=axis), corpus)
         rows = start + jnp.arange(chunk)
         scores = _chunk_scores(queries, block, kind)
         scores = jnp.where((rows >= jnp.maximum(i * chunk, first)) & (rows < n_valid), scores, -jnp.inf)
@@ -332,6 +336,8 @@ def semantic_search(
     for name, value in (("query_chunk_size", query_chunk_size), ("corpus_chunk_size", corpus_chunk_size)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if is_sparse(query_embeddings) or is_sparse(corpus_embeddings):
+        return sparse_semantic_search(query_embeddings, corpus_embeddings, query_chunk_size, top_k, score_function)
     queries = as_matrix(query_embeddings)
     host = _host_matrix(corpus_embeddings)
     if host is not None and shares_host_memory(host):
@@ -358,6 +364,50 @@ def semantic_search(
             scores, ids = chunked_top_k(q, corpus, n, k=k, kind=kind, chunk=chunk)
         results.extend(hits(scores, ids))
     return results
+
+
+SPARSE_CHUNK_BYTES = 1 << 26  # per scan step of a sparse search: the gathered (rows, W, Q) or dense (rows, V) block
+
+
+def sparse_chunk(queries: int, width: int, dim: int) -> int:
+    """Corpus rows per scan step of a sparse search, a power of two between 256 and 65,536."""
+    per_row = 4 * max(width * queries, dim)
+    rows = max(256, min(65536, SPARSE_CHUNK_BYTES // per_row))
+    return 1 << (rows.bit_length() - 1)
+
+
+def sparse_semantic_search(query_embeddings, corpus_embeddings, query_chunk_size: int = 100, top_k: int = 10,
+                           score_function=dot_score) -> list[list[dict]]:
+    """``semantic_search`` over sparse embeddings (a BCOO as ``SparseEncoder.encode`` returns, a scipy
+    sparse matrix, or dense rows): exact dot (or cosine) scores, one compiled scan over the corpus' fixed-width
+    rows per query chunk, each step scoring a block of rows against the dense queries."""
+    kinds = {dot_score: "sparse", cos_sim: "sparse_cosine", "dot": "sparse", "cosine": "sparse_cosine"}
+    if score_function not in kinds:
+        raise ValueError("sparse semantic_search scores with dot_score or cos_sim")
+    kind = kinds[score_function]
+    q_values, q_indices, dim = as_rows(query_embeddings)
+    values, indices, corpus_dim = as_rows(corpus_embeddings)
+    if dim != corpus_dim:
+        raise ValueError(f"query dim {dim} != corpus dim {corpus_dim}")
+    n = values.shape[0]
+    if n == 0:
+        return [[] for _ in range(q_values.shape[0])]
+    k = min(top_k, n)
+    results: list[list[dict]] = []
+    for q0 in range(0, q_values.shape[0], query_chunk_size):
+        scores, ids = sparse_top_k(q_values[q0 : q0 + query_chunk_size], q_indices[q0 : q0 + query_chunk_size],
+                                   (values, indices), n, k=k, cosine=kind == "sparse_cosine", dim=dim)
+        results.extend(hits(scores, ids))
+    return results
+
+
+def sparse_top_k(q_values, q_indices, corpus: tuple, n_valid: int, *, k: int, dim: int, cosine: bool = False):
+    """Best ``k`` (scores, ids) of sparse queries (fixed-width rows) over a corpus of fixed-width rows
+    ``(values, indices)`` over ``dim`` dimensions whose first ``n_valid`` rows count, by dot (or cosine) score."""
+    values = corpus[0]
+    q = rows_to_dense(jnp.asarray(q_values), jnp.asarray(q_indices), dim)
+    chunk = sparse_chunk(q.shape[0], values.shape[1], dim)
+    return _xla_chunked_top_k(q, corpus, n_valid, k=k, kind="sparse_cosine" if cosine else "sparse", chunk=chunk)
 
 
 def paraphrase_mining_embeddings(

@@ -30,7 +30,7 @@ from jaxst.base import (
     text_stream,
 )
 from jaxst.io.export import sentence_transformer_plan, unmapped_tensors
-from jaxst.io.folder import read_modules
+from jaxst.io.folder import SPARSE_KINDS, read_module_list, read_modules
 from jaxst.io.npy import write_embeddings_npy
 from jaxst.io.weights import open_state_dict
 from jaxst.models import model_type
@@ -81,6 +81,10 @@ class SentenceTransformer(BaseModel):
         )
         int8 = is_int8(dtype)
         dtype = None if int8 else dtype
+        specs = read_module_list(self.model_folder)
+        if any(s.kind in SPARSE_KINDS for s in specs):
+            raise ValueError(f"{model_name_or_path!r} is a sparse model ({', '.join(s.kind for s in specs)}); "
+                             "load it with jaxst.SparseEncoder")
         specs = read_modules(self.model_folder)
         if any("auto_map" in s.config for s in specs):
             raise ValueError(f"{model_name_or_path!r} needs remote code (auto_map in a module config); "

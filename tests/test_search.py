@@ -9,7 +9,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 import torch
-from conftest import read_stsb
+from conftest import assert_same_hits, read_stsb
 from sentence_transformers import util as st_util
 
 import jaxst
@@ -17,23 +17,6 @@ from jaxst import util
 from jaxst.index import EmbeddingIndex
 
 rng = np.random.default_rng(42)
-
-
-def assert_same_hits(ours, ref, tie=1e-5):
-    """Same ids in the same order, except where the reference's neighbouring scores tie (within ``tie``).
-
-    Scores agree to 1e-5 relative to their size: unnormalized dot products of 384-d Gaussians reach ~80,
-    where float32 itself resolves only ~1e-5."""
-    assert len(ours) == len(ref)
-    for row_ours, row_ref in zip(ours, ref):
-        assert len(row_ours) == len(row_ref)
-        ref_scores = [h["score"] for h in row_ref]
-        for pos, (a, b) in enumerate(zip(row_ours, row_ref)):
-            scale = max(1.0, abs(b["score"]))
-            assert abs(a["score"] - b["score"]) < 1e-5 * scale
-            if a["corpus_id"] != b["corpus_id"]:
-                near = [s for i, s in enumerate(ref_scores) if i != pos and abs(s - b["score"]) < tie * scale]
-                assert near, (pos, a, b)
 
 
 def test_pairwise_angle_sim():

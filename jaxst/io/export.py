@@ -169,7 +169,8 @@ def sentence_transformer_plan(*, hf_config: dict, module_specs: list, max_seq_le
         modules.append({"idx": idx, "name": str(idx), "path": folder, "type": MODULE_TYPES[spec.kind]})
         config = dict(spec.config)
         if spec.kind == "pooling" and "word_embedding_dimension" not in config and "embedding_dimension" not in config:
-            config["word_embedding_dimension"] = int(hf_config["hidden_size"])  # a synthesized mean pooling
+            # a synthesized mean pooling (DistilBERT calls the width "dim")
+            config["word_embedding_dimension"] = int(hf_config.get("hidden_size", hf_config.get("dim")))
         json_files[f"{folder}/config.json"] = config
         if spec.kind == "dense":
             weights.append(WeightsEntry(f"{folder}/model.safetensors", ("heads", head)))
@@ -236,6 +237,77 @@ def cross_encoder_plan(*, hf_config: dict, transformer_path: Path, transformer_c
         weights.append(WeightsEntry("model.safetensors", ("pooler",), f"{base_model_prefix}.pooler."))
     weights.append(WeightsEntry("model.safetensors", ("classifier",), "classifier."))
     return FolderPlan("CrossEncoder", json_files, _tokenizer_copies(transformer_path), weights, {})
+
+
+SPARSE_MODULE_TYPES = {  # sentence-transformers 6's class paths, as its SparseEncoder saves them
+    "transformer": "sentence_transformers.base.modules.transformer.Transformer",
+    "splade_pooling": "sentence_transformers.sparse_encoder.modules.splade_pooling.SpladePooling",
+    "static_embedding": "sentence_transformers.sparse_encoder.modules.sparse_static_embedding.SparseStaticEmbedding",
+    "router": "sentence_transformers.base.modules.router.Router",
+}
+
+
+def sparse_encoder_plan(*, routes: dict, router: dict | None, splade: dict | None, prompts: dict,
+                        default_prompt_name: str | None, similarity_fn_name: str,
+                        max_active_dims: int | None) -> FolderPlan:
+    """The folder ``SparseEncoder.save`` writes, as sentence-transformers 6 saves one: a fill-mask Transformer
+    at the root and ``1_SpladePooling``; or a ``Router`` (router_config.json) with one sub-folder per module,
+    named as loaded. Params: ``encoder`` and ``head`` (the masked-LM head, under its own prefix) for SPLADE,
+    ``static`` for a SparseStaticEmbedding."""
+    json_files: dict[str, object] = {}
+    copies: dict[str, Path] = {}
+    weights: list[WeightsEntry] = []
+
+    def write_module(spec, folder: str) -> None:
+        sub = f"{folder}/" if folder else ""
+        if spec.kind == "transformer":
+            json_files[f"{sub}config.json"] = _hf_config(splade["hf_config"])
+            json_files[f"{sub}sentence_bert_config.json"] = _transformer_config(
+                spec.config, splade["max_seq_length"], spec.config.get("do_lower_case", False))
+            copies.update({f"{sub}{name}": src for name, src in _tokenizer_copies(spec.path).items()})
+            weights.append(WeightsEntry(f"{sub}model.safetensors", ("encoder",), f"{splade['base_model_prefix']}."))
+            weights.append(WeightsEntry(f"{sub}model.safetensors", ("head",), splade["head_prefix"]))
+        elif spec.kind == "splade_pooling":
+            config = {"pooling_strategy": "max", "activation_function": "relu", "embedding_dimension": None,
+                      **{k: v for k, v in spec.config.items() if k != "word_embedding_dimension"}}
+            if splade.get("chunk_size") is not None:
+                config["chunk_size"] = splade["chunk_size"]
+            json_files[f"{sub}config.json"] = config
+        elif spec.kind == "static_embedding":
+            json_files[f"{sub}config.json"] = dict(spec.config)
+            copies.update({f"{sub}{name}": src for name, src in _tokenizer_copies(spec.path).items()})
+            weights.append(WeightsEntry(f"{sub}model.safetensors", ("static",)))
+        else:
+            raise ValueError(f"cannot save a {spec.kind} module")
+
+    if router is None:
+        specs = routes[None]
+        modules = []
+        for idx, spec in enumerate(specs):
+            folder = "" if idx == 0 else f"{idx}_SpladePooling"  # Transformer at the root, as saved by ST
+            modules.append({"idx": idx, "name": str(idx), "path": folder, "type": SPARSE_MODULE_TYPES[spec.kind]})
+            write_module(spec, folder)
+    else:
+        modules = [{"idx": 0, "name": "0", "path": "", "type": SPARSE_MODULE_TYPES["router"]}]
+        types, structure = {}, {}
+        for name, specs in routes.items():
+            structure[name] = [spec.path.name for spec in specs]
+            for spec in specs:
+                types[spec.path.name] = SPARSE_MODULE_TYPES[spec.kind]
+                write_module(spec, spec.path.name)
+        json_files["router_config.json"] = {"types": types, "structure": structure, "parameters": dict(router)}
+    json_files["modules.json"] = modules
+    config_st = {
+        "__version__": {"jaxst": _jaxst_version()},
+        "model_type": "SparseEncoder",
+        "prompts": dict(prompts),
+        "default_prompt_name": default_prompt_name,
+        "similarity_fn_name": similarity_fn_name,
+    }
+    if max_active_dims is not None:
+        config_st["max_active_dims"] = int(max_active_dims)
+    json_files["config_sentence_transformers.json"] = config_st
+    return FolderPlan("SparseEncoder", json_files, copies, weights, {})
 
 
 def unmapped_tensors(state_dict: dict, prefixes: tuple[str, ...] = ()) -> dict[str, np.ndarray]:

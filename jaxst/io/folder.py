@@ -15,7 +15,17 @@ MODULE_KINDS = {
     "Normalize": "normalize",
     "Dropout": "dropout",  # a no-op at inference
     "LogitScore": "logit_score",  # a causal-LM reranker's score (CrossEncoder)
+    # SparseEncoder's modules
+    "MLMTransformer": "transformer",  # the pre-v5 name of a fill-mask Transformer
+    "SpladePooling": "splade_pooling",
+    "SparseStaticEmbedding": "static_embedding",
+    "SparseAutoEncoder": "sparse_autoencoder",
+    "Router": "router",
 }
+SPARSE_KINDS = ("splade_pooling", "static_embedding", "sparse_autoencoder", "router")
+# The file each kind keeps its settings in (a Router's structure is in router_config.json).
+CONFIG_FILES = {"transformer": "sentence_bert_config.json", "router": "router_config.json"}
+REQUIRED_CONFIGS = ("pooling", "dense", "logit_score", "splade_pooling", "router")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +54,54 @@ def read_modules(folder: Path) -> list[ModuleSpec]:
     A plain Hugging Face folder (``config.json`` but no ``modules.json``) becomes Transformer + mean
     pooling, as in sentence-transformers.
     """
+    specs = read_module_list(folder)
+    if not specs or specs[0].kind != "transformer":
+        raise ValueError(f"{Path(folder) / 'modules.json'} must start with a Transformer module")
+    return specs
+
+
+def module_spec(kind: str, path: Path) -> ModuleSpec:
+    config_name = CONFIG_FILES.get(kind, "config.json")
+    config = read_json(path / config_name, required=kind in REQUIRED_CONFIGS and kind != "router")
+    if kind == "router" and not config:  # sentence-transformers' legacy name for the Router's file
+        config = read_json(path / "config.json")
+    return ModuleSpec(kind, path, config)
+
+
+def module_kind(type_name: str, where) -> str:
+    """Our kind for a modules.json / router_config.json class path; a clear error for anything else."""
+    kind = MODULE_KINDS.get(type_name.rsplit(".", 1)[-1])
+    if not type_name.startswith("sentence_transformers."):
+        raise ValueError(
+            f"module {type_name!r} in {where} is custom code; jaxst runs no remote code "
+            f"and supports only {sorted(MODULE_KINDS)}"
+        )
+    if kind is None:
+        raise ValueError(f"unsupported module {type_name!r} in {where}; jaxst supports {sorted(MODULE_KINDS)}")
+    return kind
+
+
+def read_router(spec: ModuleSpec) -> tuple[dict[str, list[ModuleSpec]], dict]:
+    """A Router's routes (name -> its modules, in order) and its parameters (default_route, ...)."""
+    config = spec.config
+    where = spec.path / "router_config.json"
+    types, structure = config.get("types"), config.get("structure")
+    if not isinstance(types, dict) or not isinstance(structure, dict) or not structure:
+        raise ValueError(f"{where} must hold the Router's 'types' and 'structure'")
+    routes = {}
+    for route, ids in structure.items():
+        specs = []
+        for module_id in ids:
+            if module_id not in types or "/" in module_id or "\\" in module_id or module_id.startswith("."):
+                raise ValueError(f"{where}: route {route!r} names an unknown module {module_id!r}")
+            specs.append(module_spec(module_kind(str(types[module_id]), where), spec.path / module_id))
+        routes[route] = specs
+    return routes, dict(config.get("parameters") or {})
+
+
+def read_module_list(folder: Path) -> list[ModuleSpec]:
+    """The modules of a folder in modules.json order, whatever they are (``read_modules`` checks the
+    first is a Transformer)."""
     folder = Path(folder)
     modules_file = folder / "modules.json"
     if not modules_file.is_file():
@@ -57,23 +115,5 @@ def read_modules(folder: Path) -> list[ModuleSpec]:
     entries = read_json(modules_file)
     if not isinstance(entries, list):
         raise ValueError(f"{modules_file} must hold a list of modules")
-    specs = []
-    for entry in sorted(entries, key=lambda e: e.get("idx", 0)):
-        type_name = str(entry.get("type", ""))
-        kind = MODULE_KINDS.get(type_name.rsplit(".", 1)[-1])
-        if not type_name.startswith("sentence_transformers."):
-            raise ValueError(
-                f"module {type_name!r} in {modules_file} is custom code; jaxst runs no remote code "
-                f"and supports only {sorted(MODULE_KINDS)}"
-            )
-        if kind is None:
-            raise ValueError(
-                f"unsupported module {type_name!r} in {modules_file}; jaxst supports {sorted(MODULE_KINDS)}"
-            )
-        path = folder / entry.get("path", "")
-        config_name = "sentence_bert_config.json" if kind == "transformer" else "config.json"
-        required = kind in ("pooling", "dense", "logit_score")
-        specs.append(ModuleSpec(kind, path, read_json(path / config_name, required=required)))
-    if not specs or specs[0].kind != "transformer":
-        raise ValueError(f"{modules_file} must start with a Transformer module")
-    return specs
+    return [module_spec(module_kind(str(entry.get("type", "")), modules_file), folder / entry.get("path", ""))
+            for entry in sorted(entries, key=lambda e: e.get("idx", 0))]

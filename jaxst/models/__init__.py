@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from jaxst.models.bert import BertConfig, BertModel
+from jaxst.models.distilbert import DistilBertConfig, DistilBertModel
 from jaxst.models.gemma3 import Gemma3Config, Gemma3Model
 from jaxst.models.gte import GteConfig, GteModel
 from jaxst.models.modernbert import ModernBertConfig, ModernBertModel
@@ -16,6 +17,7 @@ from jaxst.models.xlm_roberta import ROBERTA_OVERRIDES, XLMRobertaModel
 # model_type -> (config class, encoder class, extra config fields)
 ARCHITECTURES = {
     "bert": (BertConfig, BertModel, {}),
+    "distilbert": (DistilBertConfig, DistilBertModel, {}),
     "mpnet": (MPNetConfig, MPNetModel, {}),
     "roberta": (BertConfig, XLMRobertaModel, ROBERTA_OVERRIDES),
     "xlm-roberta": (BertConfig, XLMRobertaModel, ROBERTA_OVERRIDES),
@@ -28,9 +30,11 @@ ARCHITECTURES = {
 
 # Old config.json files without a model_type name only the PyTorch class: BertModel, XLMRobertaForMaskedLM, ...
 _CLASS_NAME = re.compile(
-    r"(Bert|MPNet|Roberta|XLMRoberta|Qwen3|Gemma3Text|ModernBert|NomicBert|Gte)(Model|For[A-Za-z]+|LMHeadModel)"
+    r"(Bert|DistilBert|MPNet|Roberta|XLMRoberta|Qwen3|Gemma3Text|ModernBert|NomicBert|Gte)"
+    r"(Model|For[A-Za-z]+|LMHeadModel)"
 )
-_CLASS_PREFIX_TYPES = {"Bert": "bert", "MPNet": "mpnet", "Roberta": "roberta", "XLMRoberta": "xlm-roberta",
+_CLASS_PREFIX_TYPES = {"Bert": "bert", "DistilBert": "distilbert", "MPNet": "mpnet", "Roberta": "roberta",
+                       "XLMRoberta": "xlm-roberta",
                        "Qwen3": "qwen3", "Gemma3Text": "gemma3_text", "ModernBert": "modernbert",
                        "NomicBert": "nomic_bert", "Gte": "gte"}
 
@@ -63,6 +67,8 @@ __all__ = [
     "ARCHITECTURES",
     "BertConfig",
     "BertModel",
+    "DistilBertConfig",
+    "DistilBertModel",
     "Gemma3Config",
     "Gemma3Model",
     "GteConfig",

@@ -1,0 +1,243 @@
+"""Sparse (lexical) embeddings on device: SPLADE pooling, a fixed-width sparse layout, scores.
+
+A batch of sparse embeddings over a vocabulary of V dimensions is held as fixed-width rows: ``values``
+(n, W) float32 and ``indices`` (n, W) int32, at most W active dimensions per row; unused slots hold
+index V (out of range) and value 0. That is exactly a ``jax.experimental.sparse.BCOO`` with one batch
+dimension (``data`` (n, W), ``indices`` (n, W, 1)), whose operations treat out-of-range indices as
+padding, so the same arrays are a BCOO to users and plain arrays to jitted code (``as_rows``/``to_bcoo``).
+
+SPLADE pooling (``splade_pool``) runs the masked-LM decoder a chunk of tokens at a time inside one
+``lax.scan``: the (B, T, V) logits are never materialized, only (B, chunk, V) at a time.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import sparse as jsparse
+
+SPLADE_STRATEGIES = ("max", "sum")
+SPLADE_ACTIVATIONS = ("relu", "log1p_relu")
+# Bytes of (B, chunk, V) float32 logits one scan step of ``splade_pool`` may hold (when the model's
+# SpladePooling sets no chunk_size): 64 MiB, a 32 x 16 x 30,522 slab.
+SPLADE_CHUNK_BYTES = 1 << 26
+# A sparse chunk is scored by gathering the queries' weights at its indices when its rows are narrow,
+# by scattering it into dense rows and one matmul when they are wide: a gathered product costs about
+# this many matmul products.
+GATHER_COST = 8
+
+
+def splade_chunk(batch: int, tokens: int, vocab: int, chunk_size: int | None = None) -> int:
+    """Tokens per scan step: the model's ``chunk_size`` if it sets one, else what fits ``SPLADE_CHUNK_BYTES``."""
+    if chunk_size is not None and chunk_size > 0:
+        return max(1, min(chunk_size, tokens))
+    return max(1, min(tokens, SPLADE_CHUNK_BYTES // max(1, batch * vocab * 4)))
+
+
+def splade_activate(logits, activation: str):
+    """log(1 + relu(x)), applied twice for ``log1p_relu`` (OpenSearch's models), as SpladePooling does."""
+    x = jnp.log1p(jax.nn.relu(logits))
+    return jnp.log1p(x) if activation == "log1p_relu" else x
+
+
+def splade_pool(states, mask, table, bias, strategy: str = "max", activation: str = "relu", chunk: int | None = None):
+    """SPLADE's sparse embedding (B, V) from the masked-LM head's transformed token states ``states``
+    (B, T, H), the decoder weight ``table`` (V, H) and ``bias`` (V,): per vocabulary entry, the max (or
+    sum) over real tokens of ``activate(logit * mask)``. Tokens go through the decoder ``chunk`` at a time."""
+    if strategy not in SPLADE_STRATEGIES:
+        raise ValueError(f"pooling_strategy must be one of {SPLADE_STRATEGIES}, got {strategy!r}")
+    if activation not in SPLADE_ACTIVATIONS:
+        raise ValueError(f"activation_function must be one of {SPLADE_ACTIVATIONS}, got {activation!r}")
+    b, t, h = states.shape
+    v = table.shape[0]
+    chunk = splade_chunk(b, t, v, chunk)
+    steps = -(-t // chunk)
+    pad = steps * chunk - t
+    mask = mask.astype(jnp.float32)
+    if pad:  # padded token slots carry a zero mask: they add nothing to a max of non-negatives or to a sum
+        states = jnp.pad(states, ((0, 0), (0, pad), (0, 0)))
+        mask = jnp.pad(mask, ((0, 0), (0, pad)))
+    states = states.reshape(b, steps, chunk, h).transpose(1, 0, 2, 3)  # (steps, B, chunk, H)
+    mask = mask.reshape(b, steps, chunk).transpose(1, 0, 2)
+    table = table.astype(states.dtype)
+
+    def step(acc, xs):
+        x, m = xs
+        logits = (x @ table.T + bias).astype(jnp.float32)  # (B, chunk, V)
+        act = splade_activate(logits * m[:, :, None], activation)
+        return (jnp.maximum(acc, act.max(axis=1)) if strategy == "max" else acc + act.sum(axis=1)), None
+
+    pooled, _ = jax.lax.scan(step, jnp.zeros((b, v), jnp.float32), (states, mask))
+    return pooled
+
+
+def static_embedding(input_ids, attention_mask, weight):
+    """SparseStaticEmbedding: ``weight[token]`` for every token present in the text (once, however often it
+    occurs), 0 elsewhere: (B, V)."""
+    b = input_ids.shape[0]
+    presence = jnp.zeros((b, weight.shape[0]), jnp.float32)
+    presence = presence.at[jnp.arange(b)[:, None], input_ids].max(attention_mask.astype(jnp.float32))
+    return presence * weight[None, :]
+
+
+def select_max_active_dims(embeddings, max_active_dims: int | None):
+    """Dense rows with only the ``max_active_dims`` largest values (by magnitude) kept, the rest zero, as
+    sentence-transformers' function of that name (``None`` keeps everything)."""
+    if max_active_dims is None:
+        return embeddings
+    if isinstance(max_active_dims, bool) or not isinstance(max_active_dims, int) or max_active_dims < 1:
+        raise ValueError(f"max_active_dims must be a positive integer, got {max_active_dims!r}")
+    x = jnp.asarray(embeddings)
+    k = min(max_active_dims, x.shape[-1])
+    _, idx = jax.lax.top_k(jnp.abs(x), k)
+    kept = jnp.take_along_axis(x, idx, axis=-1)
+    return jnp.zeros_like(x).at[..., idx].set(kept) if x.ndim == 1 else \
+        jnp.zeros_like(x).at[jnp.arange(x.shape[0])[:, None], idx].set(kept)
+
+
+@functools.partial(jax.jit, static_argnames=("width",))
+def dense_to_rows(dense, *, width: int):
+    """(B, V) dense -> fixed-width rows ``(values, indices)`` (B, width): the ``width`` largest magnitudes
+    of each row, largest first; zero entries become padding (index V)."""
+    v = dense.shape[1]
+    _, idx = jax.lax.top_k(jnp.abs(dense), min(width, v))
+    values = jnp.take_along_axis(dense, idx, axis=1)
+    idx = jnp.where(values != 0, idx, v).astype(jnp.int32)
+    if width > v:
+        values = jnp.pad(values, ((0, 0), (0, width - v)))
+        idx = jnp.pad(idx, ((0, 0), (0, width - v)), constant_values=v)
+    return values, idx
+
+
+@jax.jit
+def active_counts(dense):
+    """Non-zero entries per row of (B, V)."""
+    return jnp.count_nonzero(dense, axis=1)
+
+
+def row_width(active: int) -> int:
+    """The fixed row width that holds ``active`` entries: the next multiple of 16 (fewer compiled shapes)."""
+    return max(16, -(-int(active) // 16) * 16)
+
+
+def to_bcoo(values, indices, dim: int) -> jsparse.BCOO:
+    """Fixed-width rows -> a BCOO (n, dim) with one batch dimension (padding slots stay padding)."""
+    return jsparse.BCOO((jnp.asarray(values), jnp.asarray(indices)[..., None]), shape=(values.shape[0], dim))
+
+
+def is_sparse(x) -> bool:
+    return isinstance(x, jsparse.BCOO) or _is_scipy_sparse(x)
+
+
+def _is_scipy_sparse(x) -> bool:
+    return type(x).__module__.startswith("scipy.sparse")
+
+
+def as_rows(x) -> tuple[jax.Array, jax.Array, int]:
+    """``(values (n, W), indices (n, W), dim)`` from a BCOO (batched rows, or an unbatched 1-D/2-D COO), a
+    scipy sparse matrix, or a dense array (1-D: one row)."""
+    if isinstance(x, jsparse.BCOO):
+        if x.ndim == 1:
+            x = jsparse.BCOO((x.data[None], x.indices[None]), shape=(1, x.shape[0]))
+        if x.ndim != 2:
+            raise ValueError(f"sparse embeddings must be 1-D or 2-D, got shape {x.shape}")
+        if x.n_batch == 1 and x.n_sparse == 1 and x.n_dense == 0:
+            return x.data, x.indices[..., 0], x.shape[1]
+        x = x.todense()
+    elif _is_scipy_sparse(x):
+        csr = x.tocsr()
+        csr.sum_duplicates()
+        n, dim = csr.shape
+        width = row_width(max(np.diff(csr.indptr).max(initial=0), 1))
+        values = np.zeros((n, width), np.float32)
+        indices = np.full((n, width), dim, np.int32)
+        for r in range(n):
+            lo, hi = csr.indptr[r], csr.indptr[r + 1]
+            values[r, : hi - lo] = csr.data[lo:hi]
+            indices[r, : hi - lo] = csr.indices[lo:hi]
+        return jnp.asarray(values), jnp.asarray(indices), dim
+    dense = jnp.asarray(x, jnp.float32)
+    if dense.ndim == 1:
+        dense = dense[None]
+    if dense.ndim != 2:
+        raise ValueError(f"sparse embeddings must be 1-D or 2-D, got shape {dense.shape}")
+    width = row_width(max(int(active_counts(dense).max(initial=0)), 1)) if dense.shape[0] else 16
+    values, indices = dense_to_rows(dense, width=width)
+    return values, indices, dense.shape[1]
+
+
+def rows_to_dense(values, indices, dim: int):
+    """Fixed-width rows -> dense (n, dim); padding slots (index dim) are dropped."""
+    n = values.shape[0]
+    return jnp.zeros((n, dim), values.dtype).at[jnp.arange(n)[:, None], indices].add(values, mode="drop")
+
+
+def to_dense(x):
+    """Dense (n, dim) jax.Array of any sparse form ``as_rows`` reads."""
+    values, indices, dim = as_rows(x)
+    return rows_to_dense(values, indices, dim)
+
+
+def to_scipy(x):
+    """A ``scipy.sparse.csr_matrix`` of a BCOO, fixed-width rows or dense array."""
+    import scipy.sparse
+
+    values, indices, dim = (np.asarray(a) if i < 2 else a for i, a in enumerate(as_rows(x)))
+    keep = indices < dim
+    rows = np.broadcast_to(np.arange(values.shape[0])[:, None], values.shape)
+    return scipy.sparse.csr_matrix((values[keep], (rows[keep], indices[keep])), shape=(values.shape[0], dim))
+
+
+def from_scipy(matrix) -> jsparse.BCOO:
+    """A scipy sparse matrix as a row-batched BCOO (the layout ``SparseEncoder.encode`` returns)."""
+    values, indices, dim = as_rows(matrix)
+    return to_bcoo(values, indices, dim)
+
+
+def row_norms(values):
+    return jnp.sqrt(jnp.sum(values * values, axis=-1))
+
+
+def normalize_rows(values):
+    """Values scaled to unit L2 norm per row (``torch.nn.functional.normalize``'s 1e-12 floor)."""
+    return values / jnp.maximum(row_norms(values), 1e-12)[..., None]
+
+
+def gather_scores(queries, values, indices):
+    """(Q, V) dense queries against fixed-width rows (n, W): (Q, n), by gathering each query's weight at
+    every row's indices (padding slots read a zero)."""
+    q_t = jnp.concatenate([queries.T, jnp.zeros((1, queries.shape[0]), queries.dtype)])  # (V + 1, Q)
+    return jnp.einsum("nwq,nw->qn", q_t[jnp.minimum(indices, queries.shape[1])], values)
+
+
+def chunk_scores(queries, values, indices):
+    """(Q, V) dense queries against fixed-width rows (n, W): gathered for narrow rows, a scatter into dense
+    rows and one matmul for wide ones (``GATHER_COST``)."""
+    if indices.shape[1] * GATHER_COST < queries.shape[1]:
+        return gather_scores(queries, values, indices)
+    return queries @ rows_to_dense(values, indices, queries.shape[1]).T
+
+
+@functools.partial(jax.jit, static_argnames=("dim", "cosine"))
+def sparse_similarity(a_values, a_indices, b_values, b_indices, *, dim: int, cosine: bool = False):
+    """(n, m) dot (or cosine) scores between two sets of fixed-width rows over ``dim`` dimensions."""
+    if cosine:
+        a_values, b_values = normalize_rows(a_values), normalize_rows(b_values)
+    return chunk_scores(rows_to_dense(a_values, a_indices, dim), b_values, b_indices)
+
+
+__all__ = [
+    "as_rows",
+    "dense_to_rows",
+    "from_scipy",
+    "is_sparse",
+    "select_max_active_dims",
+    "splade_pool",
+    "static_embedding",
+    "to_bcoo",
+    "to_dense",
+    "to_scipy",
+]

@@ -1,0 +1,537 @@
+"""``SparseEncoder``: sentence-transformers' sparse (SPLADE, inference-free) models as jitted JAX.
+
+    model = SparseEncoder("naver/splade-v3")
+    emb = model.encode(texts)              # BCOO (n, vocab): fixed-width rows, stays on device
+    model.similarity(q, emb)               # (Q, n) dot scores
+    model.decode(emb[0] ...)               # (token, weight) pairs
+    model.apply(model.params, batch)       # pure: (B, vocab) dense, jittable, differentiable
+
+Folders: a fill-mask Transformer + ``SpladePooling``; or a ``Router`` whose "query" route is a
+``SparseStaticEmbedding`` (a weight per vocabulary entry: queries cost a tokenizer and a lookup) and
+whose "document" route is SPLADE, as the inference-free OpenSearch models are saved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
+
+from jaxst.base import BaseModel, positive_int, text_list
+from jaxst.io.export import sparse_encoder_plan
+from jaxst.io.folder import ModuleSpec, read_json, read_module_list, read_router
+from jaxst.io.tokenizer import Tokenizer
+from jaxst.io.weights import open_state_dict
+from jaxst.models import model_type
+from jaxst.models.mlm_head import mlm_head_class
+from jaxst.pipeline import forward
+from jaxst.similarity import similarity_functions
+from jaxst.sparse import (
+    active_counts,
+    as_rows,
+    dense_to_rows,
+    row_width,
+    rows_to_dense,
+    sparse_similarity,
+    splade_pool,
+    static_embedding,
+    to_bcoo,
+)
+
+SIMILARITY_FN_NAMES = ("dot", "cosine", "euclidean", "manhattan")
+
+
+class SpladeEncoder(nnx.Module):
+    """Masked-LM encoder + head + SPLADE pooling: a tokenized batch -> (B, V) sparse-by-value embeddings."""
+
+    def __init__(self, encoder: nnx.Module, head: nnx.Module, pooling_strategy: str = "max",
+                 activation_function: str = "relu", chunk_size: int | None = None):
+        self.encoder = encoder
+        self.head = head
+        self.pooling_strategy = pooling_strategy
+        self.activation_function = activation_function
+        self.chunk_size = chunk_size
+
+    def __call__(self, batch: dict, dropout_rng=None) -> dict:
+        mask = batch["attention_mask"]
+        states = self.encoder(batch["input_ids"], mask, batch.get("token_type_ids"), dropout_rng=dropout_rng)
+        states = self.head(states.astype(jnp.float32))
+        pooled = splade_pool(states, mask, self.head.table(self.encoder), self.head.bias[...],
+                             self.pooling_strategy, self.activation_function, self.chunk_size)
+        return {"sentence_embedding": pooled}
+
+
+@jax.jit
+def _static_forward(weight, input_ids, attention_mask):
+    return static_embedding(input_ids, attention_mask, weight)
+
+
+@dataclasses.dataclass
+class _Route:
+    """One path texts take: "splade" (the model's graphdef and params["encoder"/"head"]) or "static"
+    (params["static"]["embedding"]: one weight per vocabulary entry, PyTorch's ``weight``; and its own tokenizer)."""
+
+    kind: str
+    specs: list[ModuleSpec]
+    tokenizer: Tokenizer | None = None  # the static route's
+
+
+def _splade_pooling_config(spec: ModuleSpec) -> dict:
+    config = dict(spec.config)
+    if "word_embedding_dimension" in config and "embedding_dimension" not in config:  # the pre-v5 key
+        config["embedding_dimension"] = config.pop("word_embedding_dimension")
+    return config
+
+
+class SparseEncoder(BaseModel):
+    """Load a sentence-transformers SparseEncoder (Hub name or folder) and make sparse embeddings with JAX."""
+
+    EXAMPLE_MODEL = "naver/splade-v3"
+
+    def __init__(
+        self,
+        model_name_or_path: str | os.PathLike | None = None,
+        device: str | jax.Device | None = None,
+        prompts: dict[str, str] | None = None,
+        default_prompt_name: str | None = None,
+        cache_folder: str | None = None,
+        trust_remote_code: bool = False,
+        revision: str | None = None,
+        local_files_only: bool = False,
+        token: bool | str | None = None,
+        similarity_fn_name: str | None = None,
+        max_active_dims: int | None = None,
+        mesh=None,
+    ):
+        super().__init__(
+            model_name_or_path, device=device, prompts=prompts, default_prompt_name=default_prompt_name,
+            cache_folder=cache_folder, trust_remote_code=trust_remote_code, revision=revision,
+            local_files_only=local_files_only, token=token, mesh=mesh, base_prompts={"query": "", "document": ""},
+        )
+        self._modules_json = (self.model_folder / "modules.json").is_file()
+        specs = self._top_modules()
+        self.router = None  # Router parameters, for a routed model
+        if specs[0].kind == "router":
+            if len(specs) != 1:
+                raise ValueError(f"{self.model_folder}: modules after a Router are not supported")
+            self._router_spec = specs[0]
+            route_specs, self.router = read_router(specs[0])
+        else:
+            route_specs = {None: specs}
+        self.routes = {name: self._route(name, s) for name, s in route_specs.items()}
+        self.params = self._load_params()
+        self._vocab = self._output_dims()
+
+        config_name = self.st_config.get("similarity_fn_name")
+        self.similarity_fn_name = similarity_fn_name or (config_name if config_name in SIMILARITY_FN_NAMES else "dot")
+        if max_active_dims is None:
+            max_active_dims = self.st_config.get("max_active_dims")
+        if max_active_dims is not None:
+            positive_int("max_active_dims", max_active_dims)
+        self.max_active_dims = max_active_dims
+
+    # ------------------------------------------------------------------ loading
+
+    def _top_modules(self) -> list[ModuleSpec]:
+        if self._modules_json:
+            specs = read_module_list(self.model_folder)
+        else:  # a plain Hugging Face masked-LM folder: SPLADE with max pooling, as sentence-transformers builds
+            hf = read_json(self.model_folder / "config.json")
+            if not any(str(a).endswith("ForMaskedLM") for a in hf.get("architectures") or []):
+                raise ValueError(
+                    f"{self.model_folder} has no modules.json and is not a masked-LM checkpoint "
+                    f"(architectures: {hf.get('architectures')}); sentence-transformers would put an untrained "
+                    "SparseAutoEncoder on it, which jaxst does not build: load a saved SparseEncoder")
+            specs = [ModuleSpec("transformer", self.model_folder, {"transformer_task": "fill-mask"}),
+                     ModuleSpec("splade_pooling", self.model_folder, {"pooling_strategy": "max"})]
+        if not specs:
+            raise ValueError(f"{self.model_folder}/modules.json lists no modules")
+        return specs
+
+    def _route(self, name, specs: list[ModuleSpec]) -> _Route:
+        kinds = [s.kind for s in specs]
+        where = f"{self.model_folder}" + (f" (route {name!r})" if name else "")
+        if kinds == ["transformer", "splade_pooling"]:
+            if getattr(self, "graphdef", None) is not None:
+                raise ValueError(f"{where}: more than one SPLADE route; jaxst supports one Transformer per model")
+            self._load_splade(specs)
+            return _Route("splade", specs)
+        if kinds == ["static_embedding"]:
+            spec = specs[0]
+            tok_cfg = read_json(spec.path / "tokenizer_config.json", required=False)
+            max_length = int(tok_cfg.get("model_max_length") or 512)
+            max_length = max_length if max_length < 10**8 else 512
+            return _Route("static", specs, Tokenizer.from_folder(spec.path, max_length,
+                                                                 bool(tok_cfg.get("do_lower_case", False))))
+        if "sparse_autoencoder" in kinds:
+            raise ValueError(f"{where}: SparseAutoEncoder (CSR) models are not supported by jaxst yet")
+        raise ValueError(f"{where}: unsupported SparseEncoder modules {kinds}; jaxst loads fill-mask Transformer + "
+                         "SpladePooling, SparseStaticEmbedding, and a Router over those")
+
+    def _load_splade(self, specs: list[ModuleSpec]) -> None:
+        transformer, pooling = specs
+        task = transformer.config.get("transformer_task", "fill-mask")
+        if task != "fill-mask":
+            raise ValueError(f"{transformer.path}: SPLADE needs a fill-mask Transformer, got transformer_task {task!r}")
+        config = _splade_pooling_config(pooling)
+        encoder_cfg, encoder_cls = self.load_transformer(transformer.path, transformer.config)
+        head_cls = mlm_head_class(model_type(self.hf_config), self.hf_config)
+        module = nnx.eval_shape(lambda: SpladeEncoder(
+            encoder_cls(encoder_cfg, rngs=nnx.Rngs(0)), head_cls(self.hf_config, rngs=nnx.Rngs(0)),
+            config.get("pooling_strategy", "max"), config.get("activation_function", "relu"),
+            config.get("chunk_size")))
+        splade_pool(jnp.zeros((1, 1, 1)), jnp.ones((1, 1)), jnp.zeros((1, 1)), jnp.zeros((1,)),
+                    module.pooling_strategy, module.activation_function)  # fail early on a bad setting
+        self.graphdef, _ = nnx.split(module, nnx.Param)
+        self._splade_module = module
+        self._splade_specs = specs
+        self._encoder_cls = encoder_cls
+
+    def _load_params(self) -> dict:
+        params = {}
+        for route in self.routes.values():
+            if route.kind == "splade":
+                module = self._splade_module
+                sd = _AliasedBias(open_state_dict(route.specs[0].path), module.head.prefix)
+                prefixes = (f"{self._encoder_cls.base_model_prefix}.",)
+                params["encoder"] = self.load_params(module.encoder, sd, prefixes)
+                params["head"] = self.load_params(module.head, sd, (module.head.prefix,))
+            else:
+                sd = open_state_dict(route.specs[0].path)
+                if "weight" not in sd:
+                    raise ValueError(f"{route.specs[0].path}: SparseStaticEmbedding weights have no 'weight' tensor")
+                weight = np.asarray(sd["weight"], np.float32)
+                if weight.ndim != 1:
+                    raise ValueError(f"{route.specs[0].path}: SparseStaticEmbedding weight must be 1-D, "
+                                     f"got shape {weight.shape}")
+                params["static"] = {"embedding": jax.device_put(weight, self.device)}  # saved as "weight"
+        return params
+
+    def _output_dims(self) -> int:
+        dims = set()
+        for route in self.routes.values():
+            if route.kind == "splade":
+                dims.add(int(self.hf_config["vocab_size"]))
+            else:
+                dims.add(int(self.params["static"]["embedding"].shape[0]))
+                if getattr(self, "tokenizer", None) is None:  # decode() reads tokens with this one
+                    self.tokenizer = route.tokenizer
+                    self._uses_token_types = False
+        if len(dims) != 1:
+            raise ValueError(f"{self.model_folder}: the routes' output dimensions differ ({sorted(dims)})")
+        return dims.pop()
+
+    # ------------------------------------------------------------------ functional core
+
+    def _resolve_route(self, task: str | None):
+        if self.router is None:
+            return self.routes[None]
+        mappings = self.router.get("route_mappings") or {}
+        for key in ((task, "text"), (task, None), (None, "text"), (None, None)):
+            name = mappings.get(str(key))
+            if name is not None:
+                return self.routes[name]
+        if task is not None and task in self.routes:
+            return self.routes[task]
+        if task is not None:
+            raise ValueError(f"no route for task {task!r}; this model's routes: {sorted(self.routes)}")
+        default = self.router.get("default_route")
+        if default is None and self.router.get("allow_empty_key", True):
+            default = next(iter(self.routes))
+        if default is None:
+            raise ValueError(f"this model's Router has no default route; pass task= (one of {sorted(self.routes)})")
+        return self.routes[default]
+
+    def tokenize(self, texts: list[str] | str, prompt: str | None = None, task: str | None = None) -> dict:
+        """Texts -> numpy int32 arrays for ``apply``, tokenized as the route ``task`` selects."""
+        texts, _ = text_list(texts)
+        if prompt:
+            texts = [prompt + t for t in texts]
+        route = self._resolve_route(task)
+        if route.kind == "static":
+            return route.tokenizer.pad(route.tokenizer.encode_ids(texts, add_special_tokens=False), types=False)
+        return self.tokenizer(texts, types=self._uses_token_types)
+
+    def apply(self, params, batch: dict, task: str | None = None) -> jax.Array:
+        """Pure: (params, tokenized batch) -> (B, V) dense embeddings (zeros where inactive), before
+        ``max_active_dims``."""
+        if self._resolve_route(task).kind == "static":
+            return _static_forward(params["static"]["embedding"], batch["input_ids"], batch["attention_mask"])
+        return forward(self.graphdef, {"encoder": params["encoder"], "head": params["head"]},
+                       dict(batch))["sentence_embedding"]
+
+    # ------------------------------------------------------------------ properties
+
+    def get_embedding_dimension(self) -> int:
+        """The output dimension: the vocabulary size."""
+        return self._vocab
+
+    get_sentence_embedding_dimension = get_embedding_dimension
+
+    @property
+    def similarity_fn_name(self) -> str:
+        return self._similarity_fn_name
+
+    @similarity_fn_name.setter
+    def similarity_fn_name(self, value) -> None:
+        value = getattr(value, "value", value)
+        value = "dot" if value == "dot_product" else value
+        if value not in SIMILARITY_FN_NAMES:
+            raise ValueError(f"SparseEncoder supports similarity_fn_name in {SIMILARITY_FN_NAMES}, got {value!r}")
+        self._similarity_fn_name = value
+
+    @property
+    def splade_pooling_chunk_size(self) -> int | None:
+        """Tokens per step of the SPLADE pooling scan (None: jaxst picks it from the batch's size)."""
+        return None if getattr(self, "graphdef", None) is None else self._splade_module.chunk_size
+
+    @splade_pooling_chunk_size.setter
+    def splade_pooling_chunk_size(self, value: int | None) -> None:
+        if getattr(self, "graphdef", None) is None:
+            raise ValueError("this model has no SpladePooling module")
+        if value is not None:
+            positive_int("splade_pooling_chunk_size", value)
+        self._splade_module.chunk_size = value
+        self.graphdef, _ = nnx.split(self._splade_module, nnx.Param)
+
+    # ------------------------------------------------------------------ encode
+
+    def encode(
+        self,
+        inputs=None,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        batch_size: int = 32,
+        show_progress_bar: bool | None = None,
+        convert_to_tensor: bool = True,
+        convert_to_sparse_tensor: bool = True,
+        save_to_cpu: bool = False,
+        device: str | jax.Device | list | None = None,
+        max_active_dims: int | None = None,
+        pool: dict | None = None,
+        chunk_size: int | None = None,
+        task: str | None = None,
+        max_batch_tokens: int | None | str = "auto",
+        **kwargs,
+    ):
+        """Sparse embeddings of a string or a list of strings; see sentence-transformers' ``SparseEncoder.encode``.
+
+        Returns a ``jax.experimental.sparse.BCOO`` (n, vocab) by default: fixed-width rows (``data`` (n, W),
+        ``indices`` (n, W, 1); unused slots point past the vocabulary and are ignored by every BCOO
+        operation). ``convert_to_sparse_tensor=False``: a dense (n, vocab) jax.Array. ``convert_to_tensor=False``:
+        a list of per-text (vocab,) embeddings. ``task`` ("query" / "document") picks a Router's route."""
+        if "sentences" in kwargs:
+            if inputs is not None:
+                raise TypeError("encode() got both `inputs` and the deprecated `sentences`")
+            warnings.warn("`sentences` is deprecated; use `inputs`", DeprecationWarning, stacklevel=2)
+            inputs = kwargs.pop("sentences")
+        if kwargs:
+            raise ValueError(f"encode() got keyword arguments it does not use: {sorted(kwargs)}")
+        positive_int("batch_size", batch_size)
+        if max_active_dims is None:
+            max_active_dims = self.max_active_dims
+        if max_active_dims is not None:
+            positive_int("max_active_dims", max_active_dims)
+        del chunk_size  # multi-process chunking: jaxst splits batches over devices instead
+        texts, single = text_list(inputs)
+        prompt = self._resolve_prompt(prompt, prompt_name)
+        if prompt:
+            texts = [prompt + t for t in texts]
+        route = self._resolve_route(task)
+        bar = tqdm(total=-(-len(texts) // batch_size), desc="Batches", disable=not show_progress_bar)
+        with bar:
+            if route.kind == "static":
+                pieces = self._static_batches(route, texts, batch_size, bar)
+            else:
+                pieces = self._splade_batches(texts, batch_size, bar, device, pool, max_batch_tokens)
+            values, indices = self._gather_rows(pieces, len(texts), max_active_dims)
+        if save_to_cpu:
+            values, indices = jax.device_put((values, indices), jax.devices("cpu")[0])
+        return self._output(values, indices, single, convert_to_tensor, convert_to_sparse_tensor)
+
+    def encode_query(self, inputs=None, prompt_name: str | None = None, prompt: str | None = None, **kwargs):
+        """``encode`` with the "query" prompt (when the model has one) and the "query" route."""
+        if prompt_name is None and prompt is None and self.prompts.get("query"):
+            prompt_name = "query"
+        kwargs.setdefault("task", "query")
+        return self.encode(inputs, prompt_name=prompt_name, prompt=prompt, **kwargs)
+
+    def encode_document(self, inputs=None, prompt_name: str | None = None, prompt: str | None = None, **kwargs):
+        """``encode`` with the "document" (or "passage"/"corpus") prompt and the "document" route."""
+        if prompt_name is None and prompt is None:
+            prompt_name = next((n for n in ("document", "passage", "corpus") if self.prompts.get(n)), None)
+        kwargs.setdefault("task", "document")
+        return self.encode(inputs, prompt_name=prompt_name, prompt=prompt, **kwargs)
+
+    def _splade_batches(self, texts, batch_size, bar, device, pool, max_batch_tokens):
+        params, mesh = self.placement(device, pool)
+        params = {"encoder": params["encoder"], "head": params["head"]}
+        if max_batch_tokens == "auto":
+            max_batch_tokens = None
+        encodings = self.tokenizer.encode_ids(texts) if texts else []
+        for idx, _, out in self.run_batches(encodings, forward, params, mesh, batch_size, max_batch_tokens):
+            yield idx, out["sentence_embedding"]  # padded rows (beyond len(idx)) are all zero
+            bar.update(1)
+
+    def _static_batches(self, route: _Route, texts, batch_size, bar):
+        weight = self.params["static"]["embedding"]
+        for start in range(0, len(texts), batch_size):
+            chunk = texts[start : start + batch_size]
+            encodings = route.tokenizer.encode_ids(chunk, add_special_tokens=False)
+            longest = max((len(e.ids) for e in encodings), default=0)
+            # padded to a multiple of 16 tokens and to batch_size rows: few shapes to compile
+            batch = route.tokenizer.pad(encodings, max(16, -(-longest // 16) * 16), batch_size, types=False)
+            yield np.arange(start, start + len(chunk)), _static_forward(weight, batch["input_ids"],
+                                                                        batch["attention_mask"])
+            bar.update(1)
+
+    def _gather_rows(self, pieces, n: int, max_active_dims: int | None):
+        """Dense (B, V) batch outputs -> one set of fixed-width rows in input order, on device."""
+        rows = []
+        for idx, dense in pieces:  # dense: (rows >= len(idx), V); rows past len(idx) are padding
+            width = row_width(int(active_counts(dense).max(initial=0)))
+            if max_active_dims is not None and width > max_active_dims:
+                width = max_active_dims  # exactly the top max_active_dims by magnitude, as sentence-transformers
+            values, indices = dense_to_rows(dense, width=width)
+            rows.append((np.asarray(idx), values[: len(idx)], indices[: len(idx)]))
+        width = max((v.shape[1] for _, v, _ in rows), default=16)
+        values = jnp.zeros((n, width), jnp.float32)
+        indices = jnp.full((n, width), self._vocab, jnp.int32)
+        for idx, v, i in rows:
+            values = values.at[idx, : v.shape[1]].set(v)
+            indices = indices.at[idx, : i.shape[1]].set(i)
+        return values, indices
+
+    def _output(self, values, indices, single: bool, convert_to_tensor: bool, convert_to_sparse_tensor: bool):
+        dim = self._vocab
+        if convert_to_sparse_tensor:
+            out = to_bcoo(values, indices, dim)
+            if single or not convert_to_tensor:
+                rows = [to_bcoo(values[i : i + 1], indices[i : i + 1], dim) for i in range(values.shape[0])]
+                rows = [jax.experimental.sparse.BCOO((r.data[0], r.indices[0]), shape=(dim,)) for r in rows]
+                return rows[0] if single else rows
+            return out
+        dense = rows_to_dense(values, indices, dim)
+        if single:
+            return dense[0]
+        return dense if convert_to_tensor else list(dense)
+
+    # ------------------------------------------------------------------ scores and inspection
+
+    def similarity(self, embeddings1, embeddings2) -> jax.Array:
+        """(N, M) scores with the model's ``similarity_fn_name`` ("dot" unless the model says otherwise)."""
+        name = self.similarity_fn_name
+        if name in ("dot", "cosine"):
+            a_values, a_indices, dim = as_rows(embeddings1)
+            b_values, b_indices, dim_b = as_rows(embeddings2)
+            if dim != dim_b:
+                raise ValueError(f"embedding dimensions differ: {dim} and {dim_b}")
+            return sparse_similarity(a_values, a_indices, b_values, b_indices, dim=dim, cosine=name == "cosine")
+        return similarity_functions(name)[0](_dense(embeddings1), _dense(embeddings2))
+
+    def similarity_pairwise(self, embeddings1, embeddings2) -> jax.Array:
+        """(N,) scores of row i with row i."""
+        a, b = _dense(embeddings1), _dense(embeddings2)
+        if a.shape != b.shape:
+            raise ValueError(f"pairwise similarity needs equal shapes, got {a.shape} and {b.shape}")
+        return similarity_functions(self.similarity_fn_name)[1](a, b)
+
+    @staticmethod
+    def sparsity(embeddings) -> dict[str, float]:
+        """``{"active_dims": mean non-zero entries per row, "sparsity_ratio": 1 - that / dim}``."""
+        values, _, dim = as_rows(embeddings)
+        if values.shape[0] == 0 or dim == 0:
+            return {"active_dims": 0.0, "sparsity_ratio": 1.0}
+        active = float(jnp.mean(jnp.count_nonzero(values, axis=1).astype(jnp.float32)))
+        return {"active_dims": active, "sparsity_ratio": 1.0 - active / dim}
+
+    def decode(self, embeddings, top_k: int | None = None):
+        """(token, weight) pairs per embedding, largest weight first; a list of lists for 2-D input."""
+        if top_k is not None:
+            positive_int("top_k", top_k)
+        one = getattr(embeddings, "ndim", 2) == 1
+        values, indices, _ = (np.asarray(a) if i < 2 else a for i, a in enumerate(as_rows(embeddings)))
+        out = []
+        for row_v, row_i in zip(values, indices):
+            keep = row_v != 0
+            row_v, row_i = row_v[keep], row_i[keep]
+            order = np.argsort(-row_v, kind="stable")[:top_k]
+            out.append([(self.tokenizer.backend.id_to_token(int(i)), float(v)) for v, i in zip(row_v[order],
+                                                                                             row_i[order])])
+        return out[0] if one else out
+
+    @staticmethod
+    def intersection(embeddings_1, embeddings_2):
+        """Per dimension, the product of the two embeddings where both are active (positive), as a BCOO of
+        ``embeddings_2``'s shape; ``embeddings_1`` is one (vocab,) embedding."""
+        if getattr(embeddings_1, "ndim", 1) != 1:
+            raise ValueError(f"embeddings_1 must be one 1-D embedding, got shape {embeddings_1.shape}")
+        a = _dense(embeddings_1)[0]
+        b = _dense(embeddings_2)
+        if a.shape[0] != b.shape[1]:
+            raise ValueError(f"vocabulary dimensions differ: {a.shape[0]} and {b.shape[1]}")
+        product = a[None, :] * b
+        product = jnp.where(product > 0, product, 0)
+        values, indices = dense_to_rows(product, width=row_width(int(active_counts(product).max(initial=0))))
+        out = to_bcoo(values, indices, a.shape[0])
+        if getattr(embeddings_2, "ndim", 2) == 1:
+            return jax.experimental.sparse.BCOO((out.data[0], out.indices[0]), shape=(a.shape[0],))
+        return out
+
+    # ------------------------------------------------------------------ save
+
+    def folder_plan(self):
+        splade = None
+        if getattr(self, "graphdef", None) is not None:
+            splade = {"hf_config": self.hf_config, "specs": self._splade_specs, "max_seq_length": self.max_seq_length,
+                      "base_model_prefix": self._encoder_cls.base_model_prefix,
+                      "head_prefix": self._splade_module.head.prefix, "chunk_size": self._splade_module.chunk_size}
+        return sparse_encoder_plan(
+            routes={name: route.specs for name, route in self.routes.items()}, router=self.router, splade=splade,
+            prompts=self.prompts, default_prompt_name=self.default_prompt_name,
+            similarity_fn_name=self.similarity_fn_name, max_active_dims=self.max_active_dims,
+        )
+
+    def __repr__(self) -> str:
+        routes = {name or "": route.kind for name, route in self.routes.items()}
+        return f"SparseEncoder({str(self.model_folder)!r}, routes={routes}, dim={self._vocab})"
+
+
+def _dense(x):
+    values, indices, dim = as_rows(x)
+    return rows_to_dense(values, indices, dim)
+
+
+class _AliasedBias:
+    """A state dict in which the decoder bias is found under either of the names transformers saves it as
+    (``cls.predictions.bias`` or ``cls.predictions.decoder.bias``; ``lm_head.bias`` or ``lm_head.decoder.bias``)."""
+
+    def __init__(self, state_dict, head_prefix: str):
+        self.sd = state_dict
+        self.aliases = {f"{head_prefix}bias": f"{head_prefix}decoder.bias"}
+
+    def __contains__(self, key):
+        return key in self.sd or (key in self.aliases and self.aliases[key] in self.sd)
+
+    def __getitem__(self, key):
+        if key not in self.sd and key in self.aliases:
+            return self.sd[self.aliases[key]]
+        return self.sd[key]
+
+    def get(self, key, default=None):
+        return self[key] if key in self else default
+
+    def keys(self):
+        return self.sd.keys()
+
+    def items(self):
+        return self.sd.items()
+
+
+__all__ = ["SparseEncoder"]
