@@ -102,7 +102,7 @@ def build_splade(folder: Path) -> Path:
     torch.manual_seed(0)
     model = BertForMaskedLM(BertConfig(vocab_size=VOCAB)).eval()  # bert-base: 768 wide, 12 layers
     with torch.no_grad():
-        model.cls.predictions.bias.fill_(-4.0)  # few positive logits: a trained SPLADE model's sparsity
+        model.cls.predictions.bias.fill_(-2.0)  # few positive logits: about a trained SPLADE model's sparsity
     model.save_pretrained(base)
     tokenizer = packaged_model_folder("sentence-transformers/all-MiniLM-L6-v2")
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
