@@ -1,7 +1,7 @@
 """Sparse retrieval: jaxst vs sentence-transformers' SparseEncoder, same process.
 
     python benchmarks/sparse_speed.py [--corpus 100000] [--queries 100] [--top-k 10] [--repeats 3]
-                                      [--encode-texts 1000] [--no-encode]
+                                      [--encode-texts 1000] [--no-search] [--no-encode]
 
 Search: a synthetic SPLADE-like corpus, every document ~150 active dimensions and every query ~30 of a
 30,522-entry vocabulary, drawn with a Zipf-like preference for frequent tokens (as learned sparse
@@ -153,13 +153,15 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--encode-texts", type=int, default=1000)
+    parser.add_argument("--search", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--encode", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args()
     print(f"cpu: {cpu_description()}", flush=True)
     import jax
 
     print(f"machine: {platform.machine()}, jax {jax.__version__} ({jax.default_backend()})", flush=True)
-    search_benchmark(args)
+    if args.search:
+        search_benchmark(args)
     if args.encode:
         encode_benchmark(args)
 

@@ -46,7 +46,9 @@ def splade_activate(logits, activation: str):
 def splade_pool(states, mask, table, bias, strategy: str = "max", activation: str = "relu", chunk: int | None = None):
     """SPLADE's sparse embedding (B, V) from the masked-LM head's transformed token states ``states``
     (B, T, H), the decoder weight ``table`` (V, H) and ``bias`` (V,): per vocabulary entry, the max (or
-    sum) over real tokens of ``activate(logit * mask)``. Tokens go through the decoder ``chunk`` at a time."""
+    sum) over real tokens of ``activate(logit * mask)``. Tokens go through the decoder ``chunk`` at a time.
+    For max pooling the (monotone) activation is applied to the max, which is the max of the activations:
+    one log1p per vocabulary entry instead of one per token."""
     if strategy not in SPLADE_STRATEGIES:
         raise ValueError(f"pooling_strategy must be one of {SPLADE_STRATEGIES}, got {strategy!r}")
     if activation not in SPLADE_ACTIVATIONS:
@@ -66,12 +68,30 @@ def splade_pool(states, mask, table, bias, strategy: str = "max", activation: st
 
     def step(acc, xs):
         x, m = xs
-        logits = (x @ table.T + bias).astype(jnp.float32)  # (B, chunk, V)
-        act = splade_activate(logits * m[:, :, None], activation)
-        return (jnp.maximum(acc, act.max(axis=1)) if strategy == "max" else acc + act.sum(axis=1)), None
+        logits = (x @ table.T + bias).astype(jnp.float32) * m[:, :, None]  # (B, chunk, V), padding -> 0
+        if strategy == "max":  # the activation is monotone: max first, activate once per (B, V), not per token
+            return jnp.maximum(acc, logits.max(axis=1)), None
+        return acc + splade_activate(logits, activation).sum(axis=1), None
 
     pooled, _ = jax.lax.scan(step, jnp.zeros((b, v), jnp.float32), (states, mask))
-    return pooled
+    return splade_activate(pooled, activation) if strategy == "max" else pooled
+
+
+def sae_top_k(latents, k: int):
+    """SparseAutoEncoder's sparse code: the ``k`` largest pre-activation latents kept (others zero), then
+    relu, as sentence-transformers' ``SparseAutoEncoder.top_k``."""
+    values, idx = jax.lax.top_k(latents, min(k, latents.shape[-1]))
+    rows = jnp.arange(latents.shape[0])[:, None]
+    return jax.nn.relu(jnp.zeros_like(latents).at[rows, idx].set(values))
+
+
+def sae_normalize(x, eps: float = 1e-5):
+    """SparseAutoEncoder's input LayerNorm (``normalize=True``): (x - mean) / (unbiased std + eps), with the
+    mean and std to undo it."""
+    mu = x.mean(axis=-1, keepdims=True)
+    x = x - mu
+    std = jnp.std(x, axis=-1, keepdims=True, ddof=1)
+    return x / (std + eps), mu, std
 
 
 def static_embedding(input_ids, attention_mask, weight):

@@ -14,6 +14,7 @@ whose "document" route is SPLADE, as the inference-free OpenSearch models are sa
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import warnings
 
@@ -23,14 +24,14 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from jaxst.base import BaseModel, positive_int, text_list
-from jaxst.io.export import sparse_encoder_plan
+from jaxst.base import CPU_BATCH_TOKENS, BaseModel, positive_int, text_list
+from jaxst.io.export import csr_plan, sparse_encoder_plan, unmapped_tensors
 from jaxst.io.folder import ModuleSpec, read_json, read_module_list, read_router
 from jaxst.io.tokenizer import Tokenizer
 from jaxst.io.weights import open_state_dict
 from jaxst.models import model_type
 from jaxst.models.mlm_head import mlm_head_class
-from jaxst.pipeline import forward
+from jaxst.pipeline import SentenceEncoder, forward, sentence_encoder
 from jaxst.similarity import similarity_functions
 from jaxst.sparse import (
     active_counts,
@@ -38,6 +39,8 @@ from jaxst.sparse import (
     dense_to_rows,
     row_width,
     rows_to_dense,
+    sae_normalize,
+    sae_top_k,
     sparse_similarity,
     splade_pool,
     static_embedding,
@@ -65,6 +68,43 @@ class SpladeEncoder(nnx.Module):
         pooled = splade_pool(states, mask, self.head.table(self.encoder), self.head.bias[...],
                              self.pooling_strategy, self.activation_function, self.chunk_size)
         return {"sentence_embedding": pooled}
+
+
+class SparseAutoEncoder(nnx.Module):
+    """sentence-transformers' SparseAutoEncoder (CSR, "Beyond Matryoshka"): a dense embedding (B, D) ->
+    ``hidden_dim`` latents, of which the ``k`` largest are kept (then relu). PyTorch names: ``pre_bias``,
+    ``encoder.weight`` (the decoder is its transpose), ``latent_bias``."""
+
+    def __init__(self, input_dim: int, hidden_dim: int = 512, k: int = 8, k_aux: int = 512, normalize: bool = False,
+                 *, rngs: nnx.Rngs):
+        self.pre_bias = nnx.Param(jnp.zeros((input_dim,), jnp.float32))
+        self.encoder = nnx.Linear(input_dim, hidden_dim, use_bias=False, rngs=rngs)
+        self.latent_bias = nnx.Param(jnp.zeros((hidden_dim,), jnp.float32))
+        self.k, self.k_aux, self.normalize = k, k_aux, normalize
+
+    def latents(self, x):
+        """Pre-activation latents (B, hidden_dim)."""
+        if self.normalize:
+            x, _, _ = sae_normalize(x)
+        return (x - self.pre_bias[...]) @ self.encoder.kernel[...] + self.latent_bias[...]
+
+
+class CSREncoder(SentenceEncoder):
+    """A dense sentence encoder (Transformer, Pooling, Dense/Normalize) followed by a SparseAutoEncoder."""
+
+    def __init__(self, sentence: SentenceEncoder, sae: SparseAutoEncoder):
+        super().__init__(sentence.encoder, sentence.pooling_modes, sentence.include_prompt, list(sentence.heads))
+        self.sae = sae
+
+    def __call__(self, batch: dict, dropout_rng=None) -> dict:
+        dense = super().__call__(batch, dropout_rng)["sentence_embedding"]
+        latents = self.sae.latents(dense)
+        return {"sentence_embedding": sae_top_k(latents, self.sae.k), "latents": latents, "dense_embedding": dense}
+
+
+@functools.partial(jax.jit, static_argnames=("k",))
+def _sae_top_k(latents, *, k: int):
+    return sae_top_k(latents, k)
 
 
 @jax.jit
@@ -132,6 +172,8 @@ class SparseEncoder(BaseModel):
         self.similarity_fn_name = similarity_fn_name or (config_name if config_name in SIMILARITY_FN_NAMES else "dot")
         if max_active_dims is None:
             max_active_dims = self.st_config.get("max_active_dims")
+        if max_active_dims is None and any(r.kind == "csr" for r in self.routes.values()):
+            max_active_dims = self._csr_module.sae.k  # as sentence-transformers: a CSR model keeps its k
         if max_active_dims is not None:
             positive_int("max_active_dims", max_active_dims)
         self.max_active_dims = max_active_dims
@@ -169,8 +211,12 @@ class SparseEncoder(BaseModel):
             max_length = max_length if max_length < 10**8 else 512
             return _Route("static", specs, Tokenizer.from_folder(spec.path, max_length,
                                                                  bool(tok_cfg.get("do_lower_case", False))))
-        if "sparse_autoencoder" in kinds:
-            raise ValueError(f"{where}: SparseAutoEncoder (CSR) models are not supported by jaxst yet")
+        if kinds and kinds[0] == "transformer" and kinds[-1] == "sparse_autoencoder" and \
+                set(kinds[1:-1]) <= {"pooling", "dense", "normalize", "dropout"}:
+            if getattr(self, "graphdef", None) is not None:
+                raise ValueError(f"{where}: more than one Transformer route; jaxst supports one per model")
+            self._load_csr(specs)
+            return _Route("csr", specs)
         raise ValueError(f"{where}: unsupported SparseEncoder modules {kinds}; jaxst loads fill-mask Transformer + "
                          "SpladePooling, SparseStaticEmbedding, and a Router over those")
 
@@ -193,15 +239,47 @@ class SparseEncoder(BaseModel):
         self._splade_specs = specs
         self._encoder_cls = encoder_cls
 
+    def _load_csr(self, specs: list[ModuleSpec]) -> None:
+        transformer, sae_spec = specs[0], specs[-1]
+        encoder_cfg, encoder_cls = self.load_transformer(transformer.path, transformer.config)
+        sentence, dim = sentence_encoder(nnx.eval_shape(lambda: encoder_cls(encoder_cfg, rngs=nnx.Rngs(0))),
+                                         encoder_cfg.hidden_size, [(s.kind, s.config, s.path) for s in specs[1:-1]],
+                                         self.model_folder)
+        config = sae_spec.config
+        if int(config.get("input_dim", -1)) != dim:
+            raise ValueError(f"{sae_spec.path}: SparseAutoEncoder input_dim {config.get('input_dim')} != the "
+                             f"dense embedding's {dim}")
+        sae = nnx.eval_shape(lambda: SparseAutoEncoder(
+            dim, int(config.get("hidden_dim", 512)), int(config.get("k", 8)), int(config.get("k_aux", 512)),
+            bool(config.get("normalize", False)), rngs=nnx.Rngs(0)))
+        module = CSREncoder(sentence, sae)
+        self.graphdef, _ = nnx.split(module, nnx.Param)
+        self._csr_module, self._csr_specs, self._encoder_cls = module, specs, encoder_cls
+        self._include_prompt = module.include_prompt
+
     def _load_params(self) -> dict:
         params = {}
         for route in self.routes.values():
             if route.kind == "splade":
                 module = self._splade_module
-                sd = _AliasedBias(open_state_dict(route.specs[0].path), module.head.prefix)
+                prefix = module.head.prefix
+                sd = _Aliased(open_state_dict(route.specs[0].path), {f"{prefix}bias": f"{prefix}decoder.bias"})
                 prefixes = (f"{self._encoder_cls.base_model_prefix}.",)
                 params["encoder"] = self.load_params(module.encoder, sd, prefixes)
                 params["head"] = self.load_params(module.head, sd, (module.head.prefix,))
+            elif route.kind == "csr":
+                module, specs = self._csr_module, route.specs
+                prefixes = (f"{self._encoder_cls.base_model_prefix}.",)
+                encoder_sd = open_state_dict(specs[0].path)
+                params["encoder"] = self.load_params(module.encoder, encoder_sd, prefixes)
+                heads = [s for s in specs[1:-1] if s.kind in ("dense", "normalize")]
+                for i, (head, spec) in enumerate(zip(module.heads, heads)):
+                    if spec.kind == "dense":
+                        params.setdefault("heads", {})[i] = self.load_params(head, open_state_dict(spec.path))
+                sae_sd = _Aliased(open_state_dict(specs[-1].path), {"encoder.weight": "decoder.linear.weight"})
+                params["sae"] = self.load_params(module.sae, sae_sd)
+                self._sae_buffers = {k: np.asarray(sae_sd[k]) for k in sae_sd.keys() if k == "stats_last_nonzero"}
+                self._unmapped_tensors = unmapped_tensors(encoder_sd, prefixes)
             else:
                 sd = open_state_dict(route.specs[0].path)
                 if "weight" not in sd:
@@ -218,6 +296,8 @@ class SparseEncoder(BaseModel):
         for route in self.routes.values():
             if route.kind == "splade":
                 dims.add(int(self.hf_config["vocab_size"]))
+            elif route.kind == "csr":
+                dims.add(int(self._csr_module.sae.latent_bias.shape[0]))
             else:
                 dims.add(int(self.params["static"]["embedding"].shape[0]))
                 if getattr(self, "tokenizer", None) is None:  # decode() reads tokens with this one
@@ -261,10 +341,10 @@ class SparseEncoder(BaseModel):
     def apply(self, params, batch: dict, task: str | None = None) -> jax.Array:
         """Pure: (params, tokenized batch) -> (B, V) dense embeddings (zeros where inactive), before
         ``max_active_dims``."""
-        if self._resolve_route(task).kind == "static":
+        route = self._resolve_route(task)
+        if route.kind == "static":
             return _static_forward(params["static"]["embedding"], batch["input_ids"], batch["attention_mask"])
-        return forward(self.graphdef, {"encoder": params["encoder"], "head": params["head"]},
-                       dict(batch))["sentence_embedding"]
+        return forward(self.graphdef, _model_params(params), dict(batch))["sentence_embedding"]
 
     # ------------------------------------------------------------------ properties
 
@@ -349,7 +429,8 @@ class SparseEncoder(BaseModel):
             if route.kind == "static":
                 pieces = self._static_batches(route, texts, batch_size, bar)
             else:
-                pieces = self._splade_batches(texts, batch_size, bar, device, pool, max_batch_tokens)
+                pieces = self._model_batches(route, texts, prompt, batch_size, bar, device, pool, max_batch_tokens,
+                                             max_active_dims)
             values, indices = self._gather_rows(pieces, len(texts), max_active_dims)
         if save_to_cpu:
             values, indices = jax.device_put((values, indices), jax.devices("cpu")[0])
@@ -369,14 +450,26 @@ class SparseEncoder(BaseModel):
         kwargs.setdefault("task", "document")
         return self.encode(inputs, prompt_name=prompt_name, prompt=prompt, **kwargs)
 
-    def _splade_batches(self, texts, batch_size, bar, device, pool, max_batch_tokens):
+    def _model_batches(self, route: _Route, texts, prompt, batch_size, bar, device, pool, max_batch_tokens,
+                       max_active_dims):
+        """The Transformer route (SPLADE or CSR) over ``texts`` (prompt already prepended) in run_batches'
+        length-bucketed batches: (indices, dense (rows, V)) per batch."""
         params, mesh = self.placement(device, pool)
-        params = {"encoder": params["encoder"], "head": params["head"]}
+        params = _model_params(params)
         if max_batch_tokens == "auto":
-            max_batch_tokens = None
+            on_cpu = all(d.platform == "cpu" for d in jax.tree.leaves(params)[0].devices())
+            max_batch_tokens = CPU_BATCH_TOKENS if on_cpu else None
+        elif max_batch_tokens is not None:
+            positive_int("max_batch_tokens", max_batch_tokens)
+        extra = {}
+        if route.kind == "csr" and prompt and not self._include_prompt:
+            extra["prompt_length"] = np.int32(self.tokenizer.prompt_length(prompt))
+        k = None if route.kind != "csr" or max_active_dims in (None, self._csr_module.sae.k) else max_active_dims
         encodings = self.tokenizer.encode_ids(texts) if texts else []
-        for idx, _, out in self.run_batches(encodings, forward, params, mesh, batch_size, max_batch_tokens):
-            yield idx, out["sentence_embedding"]  # padded rows (beyond len(idx)) are all zero
+        for idx, _, out in self.run_batches(encodings, forward, params, mesh, batch_size, max_batch_tokens,
+                                            extra=extra):
+            # padding rows (beyond len(idx)) are dropped by _gather_rows
+            yield idx, out["sentence_embedding"] if k is None else _sae_top_k(out["latents"], k=k)
             bar.update(1)
 
     def _static_batches(self, route: _Route, texts, batch_size, bar):
@@ -487,6 +580,15 @@ class SparseEncoder(BaseModel):
     # ------------------------------------------------------------------ save
 
     def folder_plan(self):
+        if any(r.kind == "csr" for r in self.routes.values()):
+            if self.router is not None:
+                raise ValueError("saving a Router with a SparseAutoEncoder route is not supported")
+            return csr_plan(
+                hf_config=self.hf_config, module_specs=self._csr_specs, max_seq_length=self.max_seq_length,
+                prompts=self.prompts, default_prompt_name=self.default_prompt_name,
+                similarity_fn_name=self.similarity_fn_name, max_active_dims=self.max_active_dims,
+                unmapped=self._unmapped_tensors, sae_buffers=self._sae_buffers,
+            )
         splade = None
         if getattr(self, "graphdef", None) is not None:
             splade = {"hf_config": self.hf_config, "specs": self._splade_specs, "max_seq_length": self.max_seq_length,
@@ -503,18 +605,24 @@ class SparseEncoder(BaseModel):
         return f"SparseEncoder({str(self.model_folder)!r}, routes={routes}, dim={self._vocab})"
 
 
+def _model_params(params: dict) -> dict:
+    """The params the Transformer route's module takes (a Router model's also hold the static route's)."""
+    return {k: v for k, v in params.items() if k != "static"}
+
+
 def _dense(x):
     values, indices, dim = as_rows(x)
     return rows_to_dense(values, indices, dim)
 
 
-class _AliasedBias:
-    """A state dict in which the decoder bias is found under either of the names transformers saves it as
-    (``cls.predictions.bias`` or ``cls.predictions.decoder.bias``; ``lm_head.bias`` or ``lm_head.decoder.bias``)."""
+class _Aliased:
+    """A state dict in which a tensor saved under another of its tied names is found: ``aliases`` maps the
+    name jaxst reads to the other one (transformers saves a decoder bias as ``cls.predictions.bias`` or
+    ``cls.predictions.decoder.bias``; safetensors keeps one name of SparseAutoEncoder's tied encoder/decoder)."""
 
-    def __init__(self, state_dict, head_prefix: str):
+    def __init__(self, state_dict, aliases: dict[str, str]):
         self.sd = state_dict
-        self.aliases = {f"{head_prefix}bias": f"{head_prefix}decoder.bias"}
+        self.aliases = aliases
 
     def __contains__(self, key):
         return key in self.sd or (key in self.aliases and self.aliases[key] in self.sd)

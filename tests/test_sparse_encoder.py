@@ -575,3 +575,34 @@ def test_masked_lm_heads_of_other_architectures(arch, tmp_path_factory, xlmr_tok
     target = tmp_path_factory.mktemp(f"{arch}-saved")
     ours.save(str(target))
     assert_same_sparse(ours.encode(TEXTS), st_dense(STSparseEncoder(str(target), device="cpu").encode(TEXTS)))
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_csr_sparse_autoencoder(make_tiny_st, tmp_path_factory, normalize):
+    """CSR: a dense model (Transformer + mean Pooling) with a SparseAutoEncoder on top: the same top-k codes
+    as sentence-transformers, with the model's k, another max_active_dims, and after a save."""
+    from sentence_transformers import SentenceTransformer as STSentenceTransformer
+    from sentence_transformers import SparseEncoder as STSparseEncoder
+    from sentence_transformers.sparse_encoder.modules import SparseAutoEncoder
+
+    dense = STSentenceTransformer(str(make_tiny_st()), device="cpu")
+    torch.manual_seed(4)
+    sae = SparseAutoEncoder(input_dim=32, hidden_dim=128, k=8, k_aux=16, normalize=normalize)
+    with torch.no_grad():
+        sae.pre_bias.normal_(0.0, 0.3)
+        sae.latent_bias.normal_(0.0, 0.3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        st = STSparseEncoder(modules=[*dense, sae], device="cpu")
+        folder = _save(st, tmp_path_factory, f"csr-{normalize}")
+    model = SparseEncoder(str(folder))
+    assert model.max_active_dims == st.max_active_dims == 8 and model.get_embedding_dimension() == 128
+    assert_same_sparse(model.encode(TEXTS), st_dense(st.encode(TEXTS)))
+    for k in (4, 16):
+        assert_same_sparse(model.encode(TEXTS, max_active_dims=k), st_dense(st.encode(TEXTS, max_active_dims=k)))
+    assert relative_gap(model.similarity(model.encode(TEXTS[:6]), model.encode(TEXTS)),
+                        st.similarity(st.encode(TEXTS[:6]), st.encode(TEXTS)).numpy()) < TOL
+    target = tmp_path_factory.mktemp(f"csr-{normalize}-saved")
+    model.save(str(target))
+    reloaded = STSparseEncoder(str(target), device="cpu")
+    assert_same_sparse(model.encode(TEXTS), st_dense(reloaded.encode(TEXTS)))

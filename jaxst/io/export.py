@@ -310,6 +310,32 @@ def sparse_encoder_plan(*, routes: dict, router: dict | None, splade: dict | Non
     return FolderPlan("SparseEncoder", json_files, copies, weights, {})
 
 
+def csr_plan(*, hf_config: dict, module_specs: list, max_seq_length: int, prompts: dict,
+             default_prompt_name: str | None, similarity_fn_name: str, max_active_dims: int | None,
+             unmapped: dict[str, np.ndarray], sae_buffers: dict[str, np.ndarray]) -> FolderPlan:
+    """A CSR SparseEncoder's folder: the dense modules as ``sentence_transformer_plan`` writes them, then the
+    SparseAutoEncoder (``params["sae"]``, with its ``stats_last_nonzero`` buffer as loaded)."""
+    plan = sentence_transformer_plan(
+        hf_config=hf_config, module_specs=module_specs[:-1], max_seq_length=max_seq_length, prompts=prompts,
+        default_prompt_name=default_prompt_name, similarity_fn_name=similarity_fn_name, truncate_dim=None,
+        unmapped=unmapped)
+    idx = len(module_specs) - 1
+    folder = f"{idx}_SparseAutoEncoder"
+    plan.json_files["modules.json"].append(
+        {"idx": idx, "name": str(idx), "path": folder,
+         "type": "sentence_transformers.sparse_encoder.modules.sparse_auto_encoder.SparseAutoEncoder"})
+    plan.json_files[f"{folder}/config.json"] = dict(module_specs[-1].config)
+    plan.weights.append(WeightsEntry(f"{folder}/model.safetensors", ("sae",)))
+    if sae_buffers:
+        plan.unmapped[f"{folder}/model.safetensors"] = dict(sae_buffers)
+    config_st = plan.json_files["config_sentence_transformers.json"]
+    config_st["model_type"] = "SparseEncoder"
+    if max_active_dims is not None:
+        config_st["max_active_dims"] = int(max_active_dims)
+    plan.model_class = "SparseEncoder"
+    return plan
+
+
 def unmapped_tensors(state_dict: dict, prefixes: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     """Tensors of an encoder checkpoint that jaxst does not model but ``AutoModel`` has: BERT's pooler
     (``pooler.dense.*``). Kept at load time so that a saved folder loads in transformers with none missing."""

@@ -24,6 +24,8 @@ RULES = (  # (flax suffix, torch suffix, transpose)
     ("embedding", "weight", False),
     ("scale", "weight", False),
     ("bias", "bias", False),
+    ("pre_bias", "pre_bias", False),  # SparseAutoEncoder's own parameters, named as PyTorch names them
+    ("latent_bias", "latent_bias", False),
 )
 
 
