@@ -492,14 +492,15 @@ class SparseEncoder(BaseModel):
             if max_active_dims is not None and width > max_active_dims:
                 width = max_active_dims  # exactly the top max_active_dims by magnitude, as sentence-transformers
             values, indices = dense_to_rows(dense, width=width)
-            rows.append((np.asarray(idx), values[: len(idx)], indices[: len(idx)]))
+            rows.append((np.asarray(idx), np.asarray(values[: len(idx)]), np.asarray(indices[: len(idx)])))
         width = max((v.shape[1] for _, v, _ in rows), default=16)
-        values = jnp.zeros((n, width), jnp.float32)
-        indices = jnp.full((n, width), self._vocab, jnp.int32)
+        values = np.zeros((n, width), np.float32)  # assembled on the host, put on the device once
+        indices = np.full((n, width), self._vocab, np.int32)
         for idx, v, i in rows:
-            values = values.at[idx, : v.shape[1]].set(v)
-            indices = indices.at[idx, : i.shape[1]].set(i)
-        return values, indices
+            values[idx, : v.shape[1]] = v
+            indices[idx, : i.shape[1]] = i
+        target = self.device if self.device is not None else None
+        return jax.device_put(values, target), jax.device_put(indices, target)
 
     def _output(self, values, indices, single: bool, convert_to_tensor: bool, convert_to_sparse_tensor: bool):
         dim = self._vocab
