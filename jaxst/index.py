@@ -351,28 +351,14 @@ class EmbeddingIndex(_Labelled):
         """Read a file written by ``save``; a damaged or foreign file is a ValueError saying what is wrong.
         ``mesh``: shard the loaded index over the devices of this mesh."""
         path = Path(path)
+        header, arrays, ids, texts = _read_zip(path, FORMAT, (1, VERSION), "embedding index")
         try:
-            with zipfile.ZipFile(path) as z:
-                names = set(z.namelist())
-                if "header.json" not in names:
-                    raise ValueError(f"{path} is not a jaxst embedding index (no header)")
-                header = json.loads(z.read("header.json"))
-                if header.get("format") != FORMAT:
-                    raise ValueError(f"{path} is not a jaxst embedding index (format {header.get('format')!r})")
-                if header.get("version") not in (1, VERSION):
-                    raise ValueError(f"{path} has index format version {header.get('version')}; "
-                                     f"this jaxst reads version {VERSION}")
-                index = cls(header["dim"], header["precision"], header["similarity"],
-                            np.load(io.BytesIO(z.read("ranges.npy")), allow_pickle=False)
-                            if header["has_ranges"] else None, header.get("chunk_size"),
-                            None if mesh is not None else header.get("max_device_rows"), mesh)
-                rows = np.load(io.BytesIO(z.read("embeddings.npy")), allow_pickle=False)
-                ids = json.loads(z.read("ids.json")) if header["has_ids"] else None
-                texts = json.loads(z.read("texts.json")) if header["has_texts"] else None
-        except (zipfile.BadZipFile, KeyError, EOFError, json.JSONDecodeError, OSError) as e:
-            if isinstance(e, FileNotFoundError):
-                raise
-            raise ValueError(f"{path} is damaged or not a jaxst embedding index: {e}") from e
+            index = cls(header["dim"], header["precision"], header["similarity"],
+                        arrays["ranges"] if header["has_ranges"] else None, header.get("chunk_size"),
+                        None if mesh is not None else header.get("max_device_rows"), mesh)
+            rows = arrays["embeddings"]
+        except KeyError as e:
+            raise ValueError(f"{path} is damaged or not a jaxst embedding index: missing {e}") from e
         if index.precision == "bfloat16":
             rows = rows.view(ml_dtypes.bfloat16)
         n = header["count"]
@@ -495,24 +481,12 @@ class SparseEmbeddingIndex(_Labelled):
     def load(cls, path: str | os.PathLike) -> SparseEmbeddingIndex:
         """Read a file written by ``save``; a damaged or foreign file is a ValueError saying what is wrong."""
         path = Path(path)
+        header, arrays, ids, texts = _read_zip(path, SPARSE_FORMAT, (SPARSE_VERSION,), "sparse index")
         try:
-            with zipfile.ZipFile(path) as z:
-                names = set(z.namelist())
-                header = json.loads(z.read("header.json")) if "header.json" in names else {}
-                if header.get("format") != SPARSE_FORMAT:
-                    raise ValueError(f"{path} is not a jaxst sparse index (format {header.get('format')!r})")
-                if header.get("version") != SPARSE_VERSION:
-                    raise ValueError(f"{path} has sparse index format version {header.get('version')}; "
-                                     f"this jaxst reads version {SPARSE_VERSION}")
-                index = cls(header["dim"], header["similarity"])
-                values = np.load(io.BytesIO(z.read("values.npy")), allow_pickle=False)
-                indices = np.load(io.BytesIO(z.read("indices.npy")), allow_pickle=False)
-                ids = json.loads(z.read("ids.json")) if header["has_ids"] else None
-                texts = json.loads(z.read("texts.json")) if header["has_texts"] else None
-        except (zipfile.BadZipFile, KeyError, EOFError, json.JSONDecodeError, OSError) as e:
-            if isinstance(e, FileNotFoundError):
-                raise
-            raise ValueError(f"{path} is damaged or not a jaxst sparse index: {e}") from e
+            index = cls(header["dim"], header["similarity"])
+            values, indices = arrays["values"], arrays["indices"]
+        except KeyError as e:
+            raise ValueError(f"{path} is damaged or not a jaxst sparse index: missing {e}") from e
         n = header["count"]
         if values.shape != indices.shape or values.shape[0] != n or values.dtype != np.float32 \
                 or indices.dtype != np.int32:
@@ -525,6 +499,31 @@ class SparseEmbeddingIndex(_Labelled):
                 raise ValueError(f"{path}: {len(labels)} {name} for {n} embeddings")
         index.add(to_bcoo(values, indices, index.dim), ids, texts)
         return index
+
+
+def _read_zip(path: Path, fmt: str, versions: tuple, what: str) -> tuple[dict, dict, list | None, list | None]:
+    """(header, {name: array} of every .npy member, ids, texts) of a file ``_write_zip`` wrote; a damaged or
+    foreign file is a ValueError naming ``what`` it should have been."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = set(z.namelist())
+            if "header.json" not in names:
+                raise ValueError(f"{path} is not a jaxst {what} (no header)")
+            header = json.loads(z.read("header.json"))
+            if header.get("format") != fmt:
+                raise ValueError(f"{path} is not a jaxst {what} (format {header.get('format')!r})")
+            if header.get("version") not in versions:
+                raise ValueError(f"{path} has {what} format version {header.get('version')}; "
+                                 f"this jaxst reads version {versions[-1]}")
+            arrays = {name[:-4]: np.load(io.BytesIO(z.read(name)), allow_pickle=False)
+                      for name in names if name.endswith(".npy")}
+            ids = json.loads(z.read("ids.json")) if header.get("has_ids") else None
+            texts = json.loads(z.read("texts.json")) if header.get("has_texts") else None
+    except (zipfile.BadZipFile, KeyError, EOFError, json.JSONDecodeError, OSError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise ValueError(f"{path} is damaged or not a jaxst {what}: {e}") from e
+    return header, arrays, ids, texts
 
 
 def _write_zip(path: Path, members: dict, ids, texts) -> None:

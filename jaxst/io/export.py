@@ -141,6 +141,20 @@ def _hf_config(config: dict) -> dict:
     return config
 
 
+def _model_config(model_type: str, prompts: dict, default_prompt_name: str | None, similarity_fn_name: str,
+                  **optional) -> dict:
+    """config_sentence_transformers.json; ``optional`` entries (truncate_dim, max_active_dims) only when set."""
+    config = {
+        "__version__": {"jaxst": _jaxst_version()},
+        "model_type": model_type,
+        "prompts": dict(prompts),
+        "default_prompt_name": default_prompt_name,
+        "similarity_fn_name": similarity_fn_name,
+    }
+    config.update({key: int(value) for key, value in optional.items() if value is not None})
+    return config
+
+
 def _transformer_config(config: dict, max_seq_length: int, do_lower_case: bool) -> dict:
     """sentence_bert_config.json: the loaded one (its transformer_task, ...) with the current length and casing."""
     return {**config, "max_seq_length": int(max_seq_length), "do_lower_case": bool(do_lower_case)}
@@ -177,16 +191,8 @@ def sentence_transformer_plan(*, hf_config: dict, module_specs: list, max_seq_le
         if spec.kind in ("dense", "normalize"):
             head += 1
     json_files["modules.json"] = modules
-    config_st = {
-        "__version__": {"jaxst": _jaxst_version()},
-        "model_type": "SentenceTransformer",
-        "prompts": dict(prompts),
-        "default_prompt_name": default_prompt_name,
-        "similarity_fn_name": similarity_fn_name,
-    }
-    if truncate_dim is not None:
-        config_st["truncate_dim"] = int(truncate_dim)
-    json_files["config_sentence_transformers.json"] = config_st
+    json_files["config_sentence_transformers.json"] = _model_config(
+        "SentenceTransformer", prompts, default_prompt_name, similarity_fn_name, truncate_dim=truncate_dim)
     return FolderPlan("SentenceTransformer", json_files, _tokenizer_copies(transformer.path), weights, unmapped_files)
 
 
@@ -297,16 +303,8 @@ def sparse_encoder_plan(*, routes: dict, router: dict | None, splade: dict | Non
                 write_module(spec, spec.path.name)
         json_files["router_config.json"] = {"types": types, "structure": structure, "parameters": dict(router)}
     json_files["modules.json"] = modules
-    config_st = {
-        "__version__": {"jaxst": _jaxst_version()},
-        "model_type": "SparseEncoder",
-        "prompts": dict(prompts),
-        "default_prompt_name": default_prompt_name,
-        "similarity_fn_name": similarity_fn_name,
-    }
-    if max_active_dims is not None:
-        config_st["max_active_dims"] = int(max_active_dims)
-    json_files["config_sentence_transformers.json"] = config_st
+    json_files["config_sentence_transformers.json"] = _model_config(
+        "SparseEncoder", prompts, default_prompt_name, similarity_fn_name, max_active_dims=max_active_dims)
     return FolderPlan("SparseEncoder", json_files, copies, weights, {})
 
 
