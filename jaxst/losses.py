@@ -445,9 +445,56 @@ class SpladeLoss(Loss):
         return sum(self.components(embeddings, labels, rng).values())
 
 
+def normalized_mean_squared_error(reconstruction, original):
+    """MSE divided by the batch's variance around its mean (plain MSE for a constant batch), as
+    sentence-transformers' CSR reconstruction loss computes it."""
+    variance = jnp.mean((jnp.mean(original, axis=0, keepdims=True) - original) ** 2)
+    constant = (variance == 0) | jnp.all(original == original[:1])
+    return jnp.mean((reconstruction - original) ** 2) / jnp.where(constant, 1.0, variance)
+
+
+class CSRLoss(Loss):
+    """Contrastive Sparse Representation's loss: ``gamma`` x ``loss`` (SparseMultipleNegativesRankingLoss by
+    default) on the top-k codes, plus the SparseAutoEncoder's reconstruction terms (top-k MSE, top-4k MSE / 8,
+    ``beta`` x the auxiliary normalized MSE), each averaged over the columns. ``outputs``: one dict per
+    column of what a CSR model returns in training (``SparseEncoder``'s CSR module with ``sae_training``;
+    ``jaxst.training`` passes them, since ``needs_outputs`` is set). Same values and gradients as
+    sentence-transformers' CSRLoss; ``components`` names them as it does."""
+
+    needs_outputs = True
+
+    def __init__(self, model=None, loss: Loss | None = None, beta: float = 0.1, gamma: float = 1.0):
+        del model
+        if loss is not None and not isinstance(loss, Loss):
+            raise TypeError(f"CSRLoss wraps a jaxst loss, got {type(loss).__name__}")
+        self.loss = loss if loss is not None else SparseMultipleNegativesRankingLoss()
+        self.beta, self.gamma = float(beta), float(gamma)
+
+    def components(self, outputs, labels=None, rng=None) -> dict[str, jax.Array]:
+        if not isinstance(outputs, (list, tuple)) or not all(isinstance(o, dict) for o in outputs):
+            raise TypeError("CSRLoss reads one dict of model outputs per column (a CSR SparseEncoder in training)")
+        n = len(outputs)
+        l_k = l_4k = l_aux = 0.0
+        for out in outputs:
+            x = out["sentence_embedding_backbone"]
+            l_k = l_k + _mse(x, out["decoded_embedding_k"])
+            l_4k = l_4k + _mse(x, out["decoded_embedding_4k"])
+            if "decoded_embedding_aux" in out:
+                target = x - jax.lax.stop_gradient(out["decoded_embedding_k_pre_bias"])
+                l_aux = l_aux + normalized_mean_squared_error(out["decoded_embedding_aux"], target)
+        parts = {"reconstruction_loss_k": l_k / n, "reconstruction_loss_4k": l_4k / n / 8.0,
+                 "reconstruction_loss_aux": self.beta * l_aux / n}
+        parts["base_loss"] = self.gamma * self.loss([o["sentence_embedding"] for o in outputs], labels, rng)
+        return parts
+
+    def __call__(self, outputs, labels=None, rng=None) -> jax.Array:
+        return sum(self.components(outputs, labels, rng).values())
+
+
 __all__ = [
     "AnglELoss",
     "BinaryCrossEntropyLoss",
+    "CSRLoss",
     "CoSENTLoss",
     "CosineSimilarityLoss",
     "Loss",

@@ -88,6 +88,44 @@ class SparseAutoEncoder(nnx.Module):
             x, _, _ = sae_normalize(x)
         return (x - self.pre_bias[...]) @ self.encoder.kernel[...] + self.latent_bias[...]
 
+    def decode(self, latents, info=None):
+        """Reconstructed dense embeddings from latents (the tied decoder), un-normalized with ``info``."""
+        out = latents @ self.encoder.kernel[...].T + self.pre_bias[...]
+        if self.normalize:
+            mu, std = info
+            out = out * std + mu
+        return out
+
+    def training_outputs(self, x, dead_mask=None) -> dict:
+        """What CSRLoss reads, as sentence-transformers' SparseAutoEncoder returns it in training: the top-k
+        and top-4k reconstructions and the auxiliary reconstruction from the top ``k_aux`` latents of the
+        dead ones. ``dead_mask`` (hidden_dim,) bool marks latents not active for more than dead_threshold
+        steps (``csr_dead_latents``); None: none, as at the start of training."""
+        info = None
+        prepared = x
+        if self.normalize:
+            prepared, mu, std = sae_normalize(x)
+            info = (mu, std)
+        pre = (prepared - self.pre_bias[...]) @ self.encoder.kernel[...] + self.latent_bias[...]
+        latents_k = sae_top_k(pre, self.k)
+        recons_k = self.decode(latents_k, info)
+        # with normalize, the bias and the auxiliary reconstruction are scaled by the std (not shifted by the
+        # mean), as sentence-transformers does
+        scale = 1.0 if info is None else info[1]
+        out = {
+            "sentence_embedding": latents_k,
+            "sentence_embedding_backbone": x,
+            "sentence_embedding_encoded": pre,
+            "decoded_embedding_k": recons_k,
+            "decoded_embedding_4k": self.decode(sae_top_k(pre, 4 * self.k), info),
+            "decoded_embedding_k_pre_bias": recons_k - self.pre_bias[...] * scale,
+        }
+        if self.k_aux:
+            masked = pre * (jnp.zeros(pre.shape[-1], bool) if dead_mask is None else dead_mask)
+            aux = sae_top_k(masked, self.k_aux) @ self.encoder.kernel[...].T + self.pre_bias[...]
+            out["decoded_embedding_aux"] = aux * scale
+        return out
+
 
 class CSREncoder(SentenceEncoder):
     """A dense sentence encoder (Transformer, Pooling, Dense/Normalize) followed by a SparseAutoEncoder."""
@@ -97,7 +135,12 @@ class CSREncoder(SentenceEncoder):
         self.sae = sae
 
     def __call__(self, batch: dict, dropout_rng=None) -> dict:
+        """Inference: the top-k code, the latents and the dense embedding. With ``batch["sae_training"]`` (any
+        value; ``jaxst.training`` sets it for losses that need it) also the reconstructions CSRLoss reads,
+        the dead latents taken from ``batch.get("sae_dead_mask")``."""
         dense = super().__call__(batch, dropout_rng)["sentence_embedding"]
+        if "sae_training" in batch:
+            return self.sae.training_outputs(dense, batch.get("sae_dead_mask"))
         latents = self.sae.latents(dense)
         return {"sentence_embedding": sae_top_k(latents, self.sae.k), "latents": latents, "dense_embedding": dense}
 

@@ -120,13 +120,23 @@ def default_optimizer(learning_rate: float = 2e-5, total_steps: int = 0, warmup_
 # ------------------------------------------------------------------------------ forward and loss
 
 
-def train_forward(graphdef: nnx.GraphDef, params, features, dropout_rng=None):
+TRAINING_OUTPUTS = np.bool_(True)  # the "sae_training" flag: one object, so stacked columns stay stackable
+
+
+def train_forward(graphdef: nnx.GraphDef, params, features, dropout_rng=None, full_outputs: bool = False):
     """The model in training mode, as a pure function.
 
     ``features``: for a SentenceTransformer, a list of tokenized batches, one per input column ->
     a list of (B, D) sentence embeddings; for a CrossEncoder, one tokenized pair batch -> its raw
-    logits (B, num_labels). ``dropout_rng``: a PRNG key for dropout, None for none."""
+    logits (B, num_labels). ``dropout_rng``: a PRNG key for dropout, None for none. ``full_outputs``
+    (losses with ``needs_outputs``, e.g. CSRLoss): one dict of every model output per column instead."""
     module = nnx.merge(graphdef, params)
+    if full_outputs:
+        if not isinstance(features, (list, tuple)) or is_packed(features):
+            raise ValueError("this loss reads every model output per column: build unpacked column batches")
+        features = [{**f, "sae_training": TRAINING_OUTPUTS} for f in features]
+        keys = split_rng(dropout_rng, len(features))
+        return [module(dict(f), dropout_rng=k) for f, k in zip(features, keys)]
     if is_packed(features):  # all columns in one packed forward; the embeddings come back per column
         embeddings = module(dict(features), dropout_rng=dropout_rng)["sentence_embedding"]
         return list(embeddings.reshape(features["unpack_index"].shape[0], -1, embeddings.shape[-1]))
@@ -182,7 +192,8 @@ def make_loss_fn(model, loss: Loss, *, dropout: bool = True, mesh: Mesh | None =
         drop_rng, loss_rng = split_rng(rng, 2)
         if drop_rng is not None and device_index is not None:
             drop_rng = jax.random.fold_in(drop_rng, device_index)
-        return train_forward(graphdef, params, features, drop_rng if dropout else None), loss_rng
+        return train_forward(graphdef, params, features, drop_rng if dropout else None,
+                             full_outputs=getattr(loss, "needs_outputs", False)), loss_rng
 
     if mesh is None:
         def loss_fn(params, batch, rng=None):

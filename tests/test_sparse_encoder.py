@@ -606,3 +606,90 @@ def test_csr_sparse_autoencoder(make_tiny_st, tmp_path_factory, normalize):
     model.save(str(target))
     reloaded = STSparseEncoder(str(target), device="cpu")
     assert_same_sparse(model.encode(TEXTS), st_dense(reloaded.encode(TEXTS)))
+
+
+CSR_OUTPUT_KEYS = ("sentence_embedding", "sentence_embedding_backbone", "decoded_embedding_k", "decoded_embedding_4k",
+                   "decoded_embedding_aux", "decoded_embedding_k_pre_bias")
+
+
+def test_csr_loss_value_and_gradient_on_random_outputs():
+    """CSRLoss on random per-column outputs: value, every component and every gradient equal
+    sentence-transformers' CSRLoss (its model call returns the given outputs)."""
+    from sentence_transformers.sparse_encoder import losses as st_losses
+
+    from jaxst.losses import CSRLoss
+
+    rng = np.random.default_rng(0)
+    columns = []
+    for _ in range(2):
+        out = {key: rng.standard_normal((6, 16)).astype(np.float32) for key in CSR_OUTPUT_KEYS}
+        out["sentence_embedding"] = np.maximum(rng.standard_normal((6, 40)), 0).astype(np.float32)
+        columns.append(out)
+    t_columns = [{k: torch.tensor(v, requires_grad=True) for k, v in c.items()} for c in columns]
+
+    class Stub(torch.nn.Module):  # what sentence-transformers' CSRLoss calls per column
+        def forward(self, features):
+            return features
+
+    st_loss = st_losses.CSRLoss(Stub(), beta=0.3, gamma=0.7)
+    parts = st_loss(t_columns, None)
+    total = sum(parts.values())
+    total.backward()
+    ours = CSRLoss(beta=0.3, gamma=0.7)
+    value, grads = jax.value_and_grad(ours)([{k: jnp.asarray(v) for k, v in c.items()} for c in columns])
+    assert abs(float(value) - float(total.detach())) < TOL
+    got = ours.components([{k: jnp.asarray(v) for k, v in c.items()} for c in columns])
+    assert set(got) == set(parts)
+    for name in parts:
+        assert abs(float(got[name]) - float(parts[name].detach())) < TOL, name
+    for g, t in zip(grads, t_columns):
+        for key in CSR_OUTPUT_KEYS:
+            want = np.zeros_like(columns[0][key]) if t[key].grad is None else t[key].grad.numpy()
+            assert float(np.max(np.abs(np.asarray(g[key]) - want))) < TOL, key
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_csr_training_step_matches_sentence_transformers(make_tiny_st, normalize):
+    """CSRLoss through jaxst.training on a tiny CSR model: the loss and gradients of sentence-transformers'
+    CSRLoss on the same batch (no dropout; its SparseAutoEncoder in training mode)."""
+    from sentence_transformers import SentenceTransformer as STSentenceTransformer
+    from sentence_transformers import SparseEncoder as STSparseEncoder
+    from sentence_transformers.sparse_encoder import losses as st_losses
+    from sentence_transformers.sparse_encoder.modules import SparseAutoEncoder
+
+    from jaxst.losses import CSRLoss
+    from jaxst.training import collate, make_loss_fn
+
+    dense = STSentenceTransformer(str(make_tiny_st()), device="cpu")
+    torch.manual_seed(5)
+    sae = SparseAutoEncoder(input_dim=32, hidden_dim=128, k=8, k_aux=16, normalize=normalize)
+    with torch.no_grad():
+        sae.pre_bias.normal_(0.0, 0.3)
+        sae.latent_bias.normal_(0.0, 0.3)
+    import tempfile
+
+    with warnings.catch_warnings(), tempfile.TemporaryDirectory() as tmp:
+        warnings.simplefilter("ignore")
+        STSparseEncoder(modules=[*dense, sae], device="cpu").save(tmp)
+        st = STSparseEncoder(tmp, device="cpu")
+        model = SparseEncoder(tmp)
+    st.eval()
+    st[-1].training = True  # the SparseAutoEncoder returns its reconstructions only in training
+    pairs = [(a, b) for a, b, _ in read_stsb("stsb-en-train.csv")[:6]]
+    st_loss = st_losses.CSRLoss(st, beta=0.2, gamma=0.5)
+    ref = sum(st_loss([st.preprocess([p[i] for p in pairs]) for i in range(2)], None).values())
+    ref.backward()
+    loss_fn = make_loss_fn(model, CSRLoss(beta=0.2, gamma=0.5), dropout=False)
+    value, grads = jax.value_and_grad(loss_fn)(model.params, collate(model, pairs))
+    assert abs(float(value) - float(ref.detach())) < TOL * max(1.0, abs(float(ref.detach())))
+    named = dict(st.named_parameters())
+    for ours, theirs, transpose in ((grads["sae"]["encoder"]["kernel"], "encoder.weight", True),
+                                    (grads["sae"]["latent_bias"], "latent_bias", False),
+                                    (grads["sae"]["pre_bias"], "pre_bias", False),
+                                    (grads["encoder"]["embeddings"]["word_embeddings"]["embedding"],
+                                     "embeddings.word_embeddings.weight", False)):
+        (param,) = [p for name, p in named.items() if name.endswith(theirs)]
+        want = param.grad.numpy()
+        want = want.T if transpose else want
+        scale = max(1.0, float(np.abs(want).max()))  # see the SPLADE training test
+        assert float(np.abs(np.asarray(ours) - want).max()) < TOL * scale, theirs
