@@ -693,3 +693,25 @@ def test_csr_training_step_matches_sentence_transformers(make_tiny_st, normalize
         want = want.T if transpose else want
         scale = max(1.0, float(np.abs(want).max()))  # see the SPLADE training test
         assert float(np.abs(np.asarray(ours) - want).max()) < TOL * scale, theirs
+
+
+def test_legacy_mlm_transformer_folder(splade_models, tmp_path):
+    """A folder saved before sentence-transformers 5.4: MLMTransformer and SpladePooling under their old
+    ``sparse_encoder.models`` paths, no transformer_task. Both libraries load it as the same model."""
+    import json
+
+    from sentence_transformers import SparseEncoder as STSparseEncoder
+
+    folder = tmp_path / "legacy"
+    shutil.copytree(splade_models["max-relu"][0], folder)
+    modules = json.loads((folder / "modules.json").read_text())
+    modules[0]["type"] = "sentence_transformers.sparse_encoder.models.MLMTransformer"
+    modules[1]["type"] = "sentence_transformers.sparse_encoder.models.SpladePooling"
+    (folder / "modules.json").write_text(json.dumps(modules))
+    config = json.loads((folder / "sentence_bert_config.json").read_text())
+    config = {k: v for k, v in config.items() if k not in ("transformer_task", "modality_config", "module_output_name")}
+    (folder / "sentence_bert_config.json").write_text(json.dumps(config))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        st = STSparseEncoder(str(folder), device="cpu")
+    assert_same_sparse(SparseEncoder(str(folder)).encode(TEXTS), st_dense(st.encode(TEXTS)))
