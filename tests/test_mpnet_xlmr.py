@@ -337,6 +337,7 @@ def test_mpnet_token_states_match_pytorch(tiny_mpnet_base):
         (["MPNetForMaskedLM"], "mpnet", MPNetModel),
         (["RobertaModel"], "roberta", XLMRobertaModel),
         (["XLMRobertaForMaskedLM"], "xlm-roberta", XLMRobertaModel),
+        (["DistilBertForMaskedLM"], "distilbert", None),
     ],
 )
 def test_dispatch_by_architectures_when_model_type_is_missing(architectures, model_type, cls):
@@ -349,7 +350,7 @@ def test_dispatch_by_architectures_when_model_type_is_missing(architectures, mod
 
 
 @pytest.mark.parametrize("config", [
-    {"model_type": "distilbert", "architectures": ["DistilBertModel"]},
+    {"model_type": "deberta-v2", "architectures": ["DebertaV2Model"]},
     {"model_type": "t5", "architectures": ["T5EncoderModel"]},
     {"architectures": ["RobertaPreLayerNormModel"]},
     {},
