@@ -1,9 +1,10 @@
-"""What every benchmark prints first: the CPU model and the vector extensions that decide its speed."""
+"""What every benchmark shares: the CPU line it prints first (model and vector extensions), and timing."""
 
 from __future__ import annotations
 
 import os
 import platform
+import time
 
 # The /proc/cpuinfo flags that matter for these kernels, in the order printed.
 VECTOR_FLAGS = ["avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16",
@@ -25,3 +26,15 @@ def cpu_description() -> str:
     model = model or platform.processor() or platform.machine()
     found = " ".join(f for f in VECTOR_FLAGS if f in flags) or "no AVX2/AVX-512"
     return f"{model} ({os.cpu_count()} cores): {found}"
+
+
+def best_time(fn, repeats: int, warmup: bool = False) -> float:
+    """The fastest of ``repeats`` timed calls of ``fn``, in seconds (one untimed call first with ``warmup``)."""
+    if warmup:
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)

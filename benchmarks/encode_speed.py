@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _machine import cpu_description
+from _machine import best_time, cpu_description
 from _stsb import read_stsb, unique_sentences  # benchmarks/ is on sys.path when a script here runs
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -67,15 +67,6 @@ def model_folder(name: str) -> str:
     from jaxst.io.hub import resolve_model_folder
 
     return str(resolve_model_folder(name))
-
-
-def best_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 COLD_START = """

@@ -22,7 +22,7 @@ import time
 import warnings
 from pathlib import Path
 
-from _machine import cpu_description
+from _machine import best_time, cpu_description
 from _stsb import unique_sentences  # benchmarks/ is on sys.path when a script here runs
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -66,15 +66,6 @@ def build_reranker(folder: Path) -> Path:
         warnings.simplefilter("ignore")
         CrossEncoder(str(base), num_labels=1, max_length=512, device="cpu").save(str(folder / "reranker"))
     return folder / "reranker"
-
-
-def best_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:

@@ -12,20 +12,9 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import time
 
 import numpy as np
-from _machine import cpu_description  # benchmarks/ is on sys.path when a script here runs
-
-
-def best_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * min(times)
+from _machine import best_time, cpu_description  # benchmarks/ is on sys.path when a script here runs
 
 
 def recall(hits, exact) -> float:
@@ -65,7 +54,7 @@ def main() -> None:
     rows = []
 
     def run(name, fn, nbytes, reference=None):
-        ms = best_ms(fn, args.repeats)
+        ms = 1000 * best_time(fn, args.repeats, warmup=True)
         hits = fn()
         rows.append((name, ms, recall(hits, exact), nbytes / 2**20, reference))
 

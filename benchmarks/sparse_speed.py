@@ -27,21 +27,11 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from _machine import cpu_description
+from _machine import best_time, cpu_description
 from _stsb import unique_sentences  # benchmarks/ is on sys.path when a script here runs
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 VOCAB = 30522
-
-
-def best_s(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def synthetic_rows(rng, n: int, active: int) -> tuple[np.ndarray, np.ndarray]:
@@ -78,10 +68,10 @@ def search_benchmark(args) -> None:
     st_hits = st_util.semantic_search(t_queries, t_corpus, top_k=k, score_function=st_util.dot_score)
     ours = util.semantic_search(j_queries, j_corpus, top_k=k, score_function=util.dot_score)
     same = np.mean([[h["corpus_id"] for h in a] == [h["corpus_id"] for h in b] for a, b in zip(ours, st_hits)])
-    st_s = best_s(lambda: st_util.semantic_search(t_queries, t_corpus, top_k=k, score_function=st_util.dot_score),
-                  args.repeats)
-    jx_s = best_s(lambda: util.semantic_search(j_queries, j_corpus, top_k=k, score_function=util.dot_score),
-                  args.repeats)
+    st_s = best_time(lambda: st_util.semantic_search(t_queries, t_corpus, top_k=k, score_function=st_util.dot_score),
+                     args.repeats, warmup=True)
+    jx_s = best_time(lambda: util.semantic_search(j_queries, j_corpus, top_k=k, score_function=util.dot_score),
+                     args.repeats, warmup=True)
     print(f"search: {args.corpus} documents x 150 active, {args.queries} queries x 30 active, vocab {VOCAB}, "
           f"top-{k}, dot, best of {args.repeats}")
     print(f"  sentence-transformers util.semantic_search (sparse COO)  {1000 * st_s:9.1f} ms")
@@ -134,8 +124,8 @@ def encode_benchmark(args) -> None:
             start = time.perf_counter()
             ours.encode(texts, batch_size=32)
             first = time.perf_counter() - start
-            st_s = best_s(lambda texts=texts: st.encode(texts, batch_size=32), args.repeats)
-            jx_s = best_s(lambda texts=texts: ours.encode(texts, batch_size=32), args.repeats)
+            st_s = best_time(lambda texts=texts: st.encode(texts, batch_size=32), args.repeats, warmup=True)
+            jx_s = best_time(lambda texts=texts: ours.encode(texts, batch_size=32), args.repeats, warmup=True)
             emb = ours.encode(texts[:64], batch_size=32)
             ref = st.encode(texts[:64], batch_size=32).to_dense().numpy()
             gap = float(np.max(np.abs(np.asarray(emb.todense()) - ref)))

@@ -43,16 +43,20 @@ def splade_activate(logits, activation: str):
     return jnp.log1p(x) if activation == "log1p_relu" else x
 
 
+def check_splade_pooling(strategy: str, activation: str) -> None:
+    if strategy not in SPLADE_STRATEGIES:
+        raise ValueError(f"pooling_strategy must be one of {SPLADE_STRATEGIES}, got {strategy!r}")
+    if activation not in SPLADE_ACTIVATIONS:
+        raise ValueError(f"activation_function must be one of {SPLADE_ACTIVATIONS}, got {activation!r}")
+
+
 def splade_pool(states, mask, table, bias, strategy: str = "max", activation: str = "relu", chunk: int | None = None):
     """SPLADE's sparse embedding (B, V) from the masked-LM head's transformed token states ``states``
     (B, T, H), the decoder weight ``table`` (V, H) and ``bias`` (V,): per vocabulary entry, the max (or
     sum) over real tokens of ``activate(logit * mask)``. Tokens go through the decoder ``chunk`` at a time.
     For max pooling the (monotone) activation is applied to the max, which is the max of the activations:
     one log1p per vocabulary entry instead of one per token."""
-    if strategy not in SPLADE_STRATEGIES:
-        raise ValueError(f"pooling_strategy must be one of {SPLADE_STRATEGIES}, got {strategy!r}")
-    if activation not in SPLADE_ACTIVATIONS:
-        raise ValueError(f"activation_function must be one of {SPLADE_ACTIVATIONS}, got {activation!r}")
+    check_splade_pooling(strategy, activation)
     b, t, h = states.shape
     v = table.shape[0]
     chunk = splade_chunk(b, t, v, chunk)
@@ -101,21 +105,6 @@ def static_embedding(input_ids, attention_mask, weight):
     presence = jnp.zeros((b, weight.shape[0]), jnp.float32)
     presence = presence.at[jnp.arange(b)[:, None], input_ids].max(attention_mask.astype(jnp.float32))
     return presence * weight[None, :]
-
-
-def select_max_active_dims(embeddings, max_active_dims: int | None):
-    """Dense rows with only the ``max_active_dims`` largest values (by magnitude) kept, the rest zero, as
-    sentence-transformers' function of that name (``None`` keeps everything)."""
-    if max_active_dims is None:
-        return embeddings
-    if isinstance(max_active_dims, bool) or not isinstance(max_active_dims, int) or max_active_dims < 1:
-        raise ValueError(f"max_active_dims must be a positive integer, got {max_active_dims!r}")
-    x = jnp.asarray(embeddings)
-    k = min(max_active_dims, x.shape[-1])
-    _, idx = jax.lax.top_k(jnp.abs(x), k)
-    kept = jnp.take_along_axis(x, idx, axis=-1)
-    return jnp.zeros_like(x).at[..., idx].set(kept) if x.ndim == 1 else \
-        jnp.zeros_like(x).at[jnp.arange(x.shape[0])[:, None], idx].set(kept)
 
 
 @functools.partial(jax.jit, static_argnames=("width",))
@@ -171,13 +160,14 @@ def as_rows(x) -> tuple[jax.Array, jax.Array, int]:
         csr = x.tocsr()
         csr.sum_duplicates()
         n, dim = csr.shape
-        width = row_width(max(np.diff(csr.indptr).max(initial=0), 1))
+        counts = np.diff(csr.indptr)
+        width = row_width(max(counts.max(initial=0), 1))
         values = np.zeros((n, width), np.float32)
         indices = np.full((n, width), dim, np.int32)
-        for r in range(n):
-            lo, hi = csr.indptr[r], csr.indptr[r + 1]
-            values[r, : hi - lo] = csr.data[lo:hi]
-            indices[r, : hi - lo] = csr.indices[lo:hi]
+        rows = np.repeat(np.arange(n), counts)
+        slots = np.arange(csr.nnz) - np.repeat(csr.indptr[:-1], counts)  # each entry's place in its row
+        values[rows, slots] = csr.data
+        indices[rows, slots] = csr.indices
         return jnp.asarray(values), jnp.asarray(indices), dim
     dense = jnp.asarray(x, jnp.float32)
     if dense.ndim == 1:
@@ -254,7 +244,6 @@ __all__ = [
     "dense_to_rows",
     "from_scipy",
     "is_sparse",
-    "select_max_active_dims",
     "splade_pool",
     "static_embedding",
     "to_bcoo",

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental.sparse import BCOO
 from tqdm.auto import tqdm
 
 from jaxst.base import CPU_BATCH_TOKENS, BaseModel, positive_int, text_list
@@ -36,6 +37,7 @@ from jaxst.similarity import similarity_functions
 from jaxst.sparse import (
     active_counts,
     as_rows,
+    check_splade_pooling,
     dense_to_rows,
     row_width,
     rows_to_dense,
@@ -275,8 +277,7 @@ class SparseEncoder(BaseModel):
             encoder_cls(encoder_cfg, rngs=nnx.Rngs(0)), head_cls(self.hf_config, rngs=nnx.Rngs(0)),
             config.get("pooling_strategy", "max"), config.get("activation_function", "relu"),
             config.get("chunk_size")))
-        splade_pool(jnp.zeros((1, 1, 1)), jnp.ones((1, 1)), jnp.zeros((1, 1)), jnp.zeros((1,)),
-                    module.pooling_strategy, module.activation_function)  # fail early on a bad setting
+        check_splade_pooling(module.pooling_strategy, module.activation_function)  # fail at load, not at encode
         self.graphdef, _ = nnx.split(module, nnx.Param)
         self._splade_module = module
         self._splade_specs = specs
@@ -548,12 +549,10 @@ class SparseEncoder(BaseModel):
     def _output(self, values, indices, single: bool, convert_to_tensor: bool, convert_to_sparse_tensor: bool):
         dim = self._vocab
         if convert_to_sparse_tensor:
-            out = to_bcoo(values, indices, dim)
             if single or not convert_to_tensor:
-                rows = [to_bcoo(values[i : i + 1], indices[i : i + 1], dim) for i in range(values.shape[0])]
-                rows = [jax.experimental.sparse.BCOO((r.data[0], r.indices[0]), shape=(dim,)) for r in rows]
+                rows = [BCOO((values[i], indices[i, :, None]), shape=(dim,)) for i in range(values.shape[0])]
                 return rows[0] if single else rows
-            return out
+            return to_bcoo(values, indices, dim)
         dense = rows_to_dense(values, indices, dim)
         if single:
             return dense[0]
@@ -616,10 +615,9 @@ class SparseEncoder(BaseModel):
         product = a[None, :] * b
         product = jnp.where(product > 0, product, 0)
         values, indices = dense_to_rows(product, width=row_width(int(active_counts(product).max(initial=0))))
-        out = to_bcoo(values, indices, a.shape[0])
         if getattr(embeddings_2, "ndim", 2) == 1:
-            return jax.experimental.sparse.BCOO((out.data[0], out.indices[0]), shape=(a.shape[0],))
-        return out
+            return BCOO((values[0], indices[0, :, None]), shape=(a.shape[0],))
+        return to_bcoo(values, indices, a.shape[0])
 
     # ------------------------------------------------------------------ save
 

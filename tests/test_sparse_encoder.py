@@ -40,6 +40,20 @@ def relative_gap(ours, ref) -> float:
     return float(np.max(np.abs(ours - ref) / np.maximum(1.0, np.abs(ref))))
 
 
+def assert_same_gradients(st, pairs) -> None:
+    """(our gradient, the suffix of sentence-transformers' parameter name, transposed?) pairs agree within 1e-5
+    of each tensor's scale, entry-wise and in norm: a gradient entry sums up to ~10^5 products (tokens x
+    vocabulary), whose float32 rounding is relative to the largest terms, not to the (sometimes cancelling)
+    entry itself."""
+    named = dict(st.named_parameters())
+    for ours, theirs, transpose in pairs:
+        (param,) = [p for name, p in named.items() if name.endswith(theirs)]
+        want = param.grad.numpy().T if transpose else param.grad.numpy()
+        ours = np.asarray(ours)
+        assert float(np.abs(ours - want).max()) < TOL * max(1.0, float(np.abs(want).max())), theirs
+        assert float(np.linalg.norm(ours - want) / max(np.linalg.norm(want), 1e-30)) < TOL, theirs
+
+
 def assert_same_sparse(ours, ref: np.ndarray) -> None:
     """Values within TOL and the same non-zero support."""
     ours = np.asarray(to_dense(ours) if not isinstance(ours, np.ndarray) else ours)
@@ -398,24 +412,14 @@ def test_splade_training_step_matches_sentence_transformers(splade_models):
     loss_fn = make_loss_fn(model, SpladeLoss(loss=SparseMultipleNegativesRankingLoss(), **config), dropout=False)
     value, grads = jax.value_and_grad(loss_fn)(model.params, collate(model, pairs))
     assert abs(float(value) - float(ref.detach())) < TOL * max(1.0, abs(float(ref.detach())))
-    named = dict(st.named_parameters())
-    for ours, theirs, transpose in (
+    assert_same_gradients(st, [
         (grads["head"]["transform"]["dense"]["kernel"], "cls.predictions.transform.dense.weight", True),
         (grads["head"]["bias"], "cls.predictions.bias", False),
         (grads["encoder"]["embeddings"]["word_embeddings"]["embedding"], "bert.embeddings.word_embeddings.weight",
          False),
         (grads["encoder"]["encoder"]["layer"][0]["attention"]["self"]["query"]["kernel"],
          "bert.encoder.layer.0.attention.self.query.weight", True),
-    ):
-        (param,) = [p for name, p in named.items() if name.endswith(theirs)]
-        want = param.grad.numpy()
-        want = want.T if transpose else want
-        # within 1e-5 of the tensor's scale: each gradient entry sums ~10^5 products (tokens x vocabulary), whose
-        # float32 rounding is relative to the largest terms, not to the (sometimes cancelling) entry itself
-        ours = np.asarray(ours)
-        scale = max(1.0, float(np.abs(want).max()))
-        assert float(np.abs(ours - want).max()) < TOL * scale, theirs
-        assert float(np.linalg.norm(ours - want) / np.linalg.norm(want)) < TOL, theirs
+    ])
 
 
 def test_cli_sparse_encode_and_search(splade_models, inference_free, tmp_path, capsys):
@@ -682,17 +686,11 @@ def test_csr_training_step_matches_sentence_transformers(make_tiny_st, normalize
     loss_fn = make_loss_fn(model, CSRLoss(beta=0.2, gamma=0.5), dropout=False)
     value, grads = jax.value_and_grad(loss_fn)(model.params, collate(model, pairs))
     assert abs(float(value) - float(ref.detach())) < TOL * max(1.0, abs(float(ref.detach())))
-    named = dict(st.named_parameters())
-    for ours, theirs, transpose in ((grads["sae"]["encoder"]["kernel"], "encoder.weight", True),
-                                    (grads["sae"]["latent_bias"], "latent_bias", False),
-                                    (grads["sae"]["pre_bias"], "pre_bias", False),
-                                    (grads["encoder"]["embeddings"]["word_embeddings"]["embedding"],
-                                     "embeddings.word_embeddings.weight", False)):
-        (param,) = [p for name, p in named.items() if name.endswith(theirs)]
-        want = param.grad.numpy()
-        want = want.T if transpose else want
-        scale = max(1.0, float(np.abs(want).max()))  # see the SPLADE training test
-        assert float(np.abs(np.asarray(ours) - want).max()) < TOL * scale, theirs
+    assert_same_gradients(st, [(grads["sae"]["encoder"]["kernel"], "encoder.weight", True),
+                               (grads["sae"]["latent_bias"], "latent_bias", False),
+                               (grads["sae"]["pre_bias"], "pre_bias", False),
+                               (grads["encoder"]["embeddings"]["word_embeddings"]["embedding"],
+                                "embeddings.word_embeddings.weight", False)])
 
 
 def test_legacy_mlm_transformer_folder(splade_models, tmp_path):
