@@ -6,8 +6,10 @@ index V (out of range) and value 0. That is exactly a ``jax.experimental.sparse.
 dimension (``data`` (n, W), ``indices`` (n, W, 1)), whose operations treat out-of-range indices as
 padding, so the same arrays are a BCOO to users and plain arrays to jitted code (``as_rows``/``to_bcoo``).
 
-SPLADE pooling (``splade_pool``) runs the masked-LM decoder a chunk of tokens at a time inside one
-``lax.scan``: the (B, T, V) logits are never materialized, only (B, chunk, V) at a time.
+SPLADE pooling (``splade_pool``) runs the masked-LM decoder inside one ``lax.scan``, a block of
+vocabulary entries for all tokens at a time (or, when the model's SpladePooling sets a ``chunk_size``, a
+chunk of tokens over the whole vocabulary, as sentence-transformers does): the (B, T, V) logits are never
+materialized, only (B, T, block) or (B, chunk, V) at a time.
 """
 
 from __future__ import annotations
@@ -21,20 +23,24 @@ from jax.experimental import sparse as jsparse
 
 SPLADE_STRATEGIES = ("max", "sum")
 SPLADE_ACTIVATIONS = ("relu", "log1p_relu")
-# Bytes of (B, chunk, V) float32 logits one scan step of ``splade_pool`` may hold (when the model's
-# SpladePooling sets no chunk_size): 64 MiB, a 32 x 16 x 30,522 slab.
-SPLADE_CHUNK_BYTES = 1 << 26
+# Vocabulary entries per scan step of ``splade_pool`` (when the model's SpladePooling sets no chunk_size):
+# 1,024 decoder rows (3 MiB of a BERT table) and their (B, T, 1,024) logits stay in cache while the
+# batch's tokens stream through them. On 2 AMD EPYC cores this pooled a 32 x 16 batch in 128 ms against
+# 174 ms for 16-token chunks over the whole vocabulary (a 62 MB slab per step). The block shrinks (to 128
+# at least) so that a block's logits stay within SPLADE_BLOCK_BYTES for very large batches.
+SPLADE_VOCAB_BLOCK = 1024
+SPLADE_BLOCK_BYTES = 1 << 26
 # A sparse chunk is scored by gathering the queries' weights at its indices when its rows are narrow,
 # by scattering it into dense rows and one matmul when they are wide: a gathered product costs about
 # this many matmul products.
 GATHER_COST = 8
 
 
-def splade_chunk(batch: int, tokens: int, vocab: int, chunk_size: int | None = None) -> int:
-    """Tokens per scan step: the model's ``chunk_size`` if it sets one, else what fits ``SPLADE_CHUNK_BYTES``."""
-    if chunk_size is not None and chunk_size > 0:
-        return max(1, min(chunk_size, tokens))
-    return max(1, min(tokens, SPLADE_CHUNK_BYTES // max(1, batch * vocab * 4)))
+def splade_block(rows: int, vocab: int) -> int:
+    """Vocabulary entries per scan step for ``rows`` token rows: SPLADE_VOCAB_BLOCK, fewer (a multiple of
+    128, at least 128) when that block's float32 logits would pass SPLADE_BLOCK_BYTES."""
+    fit = SPLADE_BLOCK_BYTES // max(1, rows * 4)
+    return max(1, min(vocab, SPLADE_VOCAB_BLOCK, max(128, fit // 128 * 128)))
 
 
 def splade_activate(logits, activation: str):
@@ -53,32 +59,66 @@ def check_splade_pooling(strategy: str, activation: str) -> None:
 def splade_pool(states, mask, table, bias, strategy: str = "max", activation: str = "relu", chunk: int | None = None):
     """SPLADE's sparse embedding (B, V) from the masked-LM head's transformed token states ``states``
     (B, T, H), the decoder weight ``table`` (V, H) and ``bias`` (V,): per vocabulary entry, the max (or
-    sum) over real tokens of ``activate(logit * mask)``. Tokens go through the decoder ``chunk`` at a time.
-    For max pooling the (monotone) activation is applied to the max, which is the max of the activations:
-    one log1p per vocabulary entry instead of one per token."""
+    sum) over real tokens of ``activate(logit * mask)``.
+
+    ``chunk`` (SpladePooling's ``chunk_size``): the decoder runs ``chunk`` tokens at a time over the whole
+    vocabulary. None: it runs a block of vocabulary entries at a time over all tokens (``splade_block``),
+    which is faster on CPU. For max pooling the (monotone) activation is applied to the max, which is the
+    max of the activations: one log1p per vocabulary entry instead of one per token."""
     check_splade_pooling(strategy, activation)
+    mask = mask.astype(jnp.float32)
+    table = table.astype(states.dtype)
+    if chunk is not None and chunk > 0:
+        pooled = _pool_token_chunks(states, mask, table, bias, strategy, activation, min(chunk, states.shape[1]))
+    else:
+        pooled = _pool_vocab_blocks(states, mask, table, bias, strategy, activation)
+    return splade_activate(pooled, activation) if strategy == "max" else pooled
+
+
+def _pool_block(logits, mask, strategy: str, activation: str):
+    """(B, tokens, entries) logits -> (B, entries): the max of the masked logits (activated by the caller)
+    or the sum of their activations; padding tokens give 0, which adds nothing to either."""
+    logits = logits.astype(jnp.float32) * mask[:, :, None]
+    return logits.max(axis=1) if strategy == "max" else splade_activate(logits, activation).sum(axis=1)
+
+
+def _pool_token_chunks(states, mask, table, bias, strategy: str, activation: str, chunk: int):
     b, t, h = states.shape
-    v = table.shape[0]
-    chunk = splade_chunk(b, t, v, chunk)
     steps = -(-t // chunk)
     pad = steps * chunk - t
-    mask = mask.astype(jnp.float32)
-    if pad:  # padded token slots carry a zero mask: they add nothing to a max of non-negatives or to a sum
+    if pad:  # padded token slots carry a zero mask
         states = jnp.pad(states, ((0, 0), (0, pad), (0, 0)))
         mask = jnp.pad(mask, ((0, 0), (0, pad)))
     states = states.reshape(b, steps, chunk, h).transpose(1, 0, 2, 3)  # (steps, B, chunk, H)
     mask = mask.reshape(b, steps, chunk).transpose(1, 0, 2)
-    table = table.astype(states.dtype)
 
     def step(acc, xs):
         x, m = xs
-        logits = (x @ table.T + bias).astype(jnp.float32) * m[:, :, None]  # (B, chunk, V), padding -> 0
-        if strategy == "max":  # the activation is monotone: max first, activate once per (B, V), not per token
-            return jnp.maximum(acc, logits.max(axis=1)), None
-        return acc + splade_activate(logits, activation).sum(axis=1), None
+        pooled = _pool_block(x @ table.T + bias, m, strategy, activation)
+        return (jnp.maximum(acc, pooled) if strategy == "max" else acc + pooled), None
 
-    pooled, _ = jax.lax.scan(step, jnp.zeros((b, v), jnp.float32), (states, mask))
-    return splade_activate(pooled, activation) if strategy == "max" else pooled
+    pooled, _ = jax.lax.scan(step, jnp.zeros((b, table.shape[0]), jnp.float32), (states, mask))
+    return pooled
+
+
+def _pool_vocab_blocks(states, mask, table, bias, strategy: str, activation: str):
+    b, t, h = states.shape
+    v = table.shape[0]
+    block = splade_block(b * t, v)
+    steps = -(-v // block)
+    x = states.reshape(b * t, h)
+
+    def step(_, start):
+        # the last block starts at v - block (dynamic_slice clamps it) and repeats a few entries of the one
+        # before it; the assembly below keeps each entry once
+        rows = jax.lax.dynamic_slice_in_dim(table, start, block)
+        logits = (x @ rows.T + jax.lax.dynamic_slice_in_dim(bias, start, block)).reshape(b, t, block)
+        return None, _pool_block(logits, mask, strategy, activation)
+
+    _, pooled = jax.lax.scan(step, None, jnp.arange(steps, dtype=jnp.int32) * block)  # (steps, B, block)
+    full = pooled[: steps - 1].transpose(1, 0, 2).reshape(b, (steps - 1) * block)
+    tail = pooled[steps - 1][:, (steps * block - v) :]  # the last block's entries not in the blocks before
+    return jnp.concatenate([full, tail], axis=1)
 
 
 def sae_top_k(latents, k: int):

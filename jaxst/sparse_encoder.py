@@ -52,6 +52,34 @@ from jaxst.sparse import (
 SIMILARITY_FN_NAMES = ("dot", "cosine", "euclidean", "manhattan")
 
 
+STATIC_ROUTE = np.bool_(True)  # the "static_route" batch key's value: one object, so static columns stay stackable
+
+
+class StaticEmbedding(nnx.Module):
+    """SparseStaticEmbedding, the inference-free query side: one weight per vocabulary entry (PyTorch's
+    ``weight``) for each token present. ``frozen`` (saved in its config): no gradient reaches the weight,
+    and ``jaxst.training``'s step leaves it unchanged, as PyTorch leaves a parameter without requires_grad."""
+
+    def __init__(self, vocab: int, frozen: bool = False):
+        self.embedding = nnx.Param(jnp.zeros((vocab,), jnp.float32))
+        self.frozen = frozen
+
+    def __call__(self, input_ids, attention_mask):
+        weight = self.embedding[...]
+        return static_embedding(input_ids, attention_mask, jax.lax.stop_gradient(weight) if self.frozen else weight)
+
+
+def _static_route(module: nnx.Module, batch: dict) -> dict | None:
+    """A Router model's static-route batch (tokenized with its ``static_route`` key) through the
+    module's ``static`` part; None for a Transformer-route batch."""
+    if "static_route" not in batch:
+        return None
+    static = getattr(module, "static", None)
+    if static is None:
+        raise ValueError("this batch was tokenized for a static route, which this model does not have")
+    return {"sentence_embedding": static(batch["input_ids"], batch["attention_mask"])}
+
+
 class SpladeEncoder(nnx.Module):
     """Masked-LM encoder + head + SPLADE pooling: a tokenized batch -> (B, V) sparse-by-value embeddings."""
 
@@ -64,6 +92,8 @@ class SpladeEncoder(nnx.Module):
         self.chunk_size = chunk_size
 
     def __call__(self, batch: dict, dropout_rng=None) -> dict:
+        if (static := _static_route(self, batch)) is not None:
+            return static
         mask = batch["attention_mask"]
         states = self.encoder(batch["input_ids"], mask, batch.get("token_type_ids"), dropout_rng=dropout_rng)
         states = self.head(states.astype(jnp.float32))
@@ -78,11 +108,11 @@ class SparseAutoEncoder(nnx.Module):
     ``encoder.weight`` (the decoder is its transpose), ``latent_bias``."""
 
     def __init__(self, input_dim: int, hidden_dim: int = 512, k: int = 8, k_aux: int = 512, normalize: bool = False,
-                 *, rngs: nnx.Rngs):
+                 dead_threshold: int = 30, *, rngs: nnx.Rngs):
         self.pre_bias = nnx.Param(jnp.zeros((input_dim,), jnp.float32))
         self.encoder = nnx.Linear(input_dim, hidden_dim, use_bias=False, rngs=rngs)
         self.latent_bias = nnx.Param(jnp.zeros((hidden_dim,), jnp.float32))
-        self.k, self.k_aux, self.normalize = k, k_aux, normalize
+        self.k, self.k_aux, self.normalize, self.dead_threshold = k, k_aux, normalize, dead_threshold
 
     def latents(self, x):
         """Pre-activation latents (B, hidden_dim)."""
@@ -98,17 +128,22 @@ class SparseAutoEncoder(nnx.Module):
             out = out * std + mu
         return out
 
-    def training_outputs(self, x, dead_mask=None) -> dict:
+    def training_outputs(self, x, stats=None) -> dict:
         """What CSRLoss reads, as sentence-transformers' SparseAutoEncoder returns it in training: the top-k
         and top-4k reconstructions and the auxiliary reconstruction from the top ``k_aux`` latents of the
-        dead ones. ``dead_mask`` (hidden_dim,) bool marks latents not active for more than dead_threshold
-        steps (``csr_dead_latents``); None: none, as at the start of training."""
+        dead ones. ``stats`` (hidden_dim,) int32: PyTorch's ``stats_last_nonzero`` buffer, the forward
+        passes since each latent was last among a top-k with a value above 1e-5 (None: zeros, a fresh
+        model's); a latent is dead past ``dead_threshold``. The top-k, then the top-4k selection update it,
+        the auxiliary term reads it after the first, as PyTorch's forward does; the updated counts come
+        back as ``sae_stats``."""
         info = None
         prepared = x
         if self.normalize:
             prepared, mu, std = sae_normalize(x)
             info = (mu, std)
         pre = (prepared - self.pre_bias[...]) @ self.encoder.kernel[...] + self.latent_bias[...]
+        stats = jnp.zeros(pre.shape[-1], jnp.int32) if stats is None else jnp.asarray(stats, jnp.int32)
+        stats = _count_inactive(stats, pre, self.k)
         latents_k = sae_top_k(pre, self.k)
         recons_k = self.decode(latents_k, info)
         # with normalize, the bias and the auxiliary reconstruction are scaled by the std (not shifted by the
@@ -123,10 +158,19 @@ class SparseAutoEncoder(nnx.Module):
             "decoded_embedding_k_pre_bias": recons_k - self.pre_bias[...] * scale,
         }
         if self.k_aux:
-            masked = pre * (jnp.zeros(pre.shape[-1], bool) if dead_mask is None else dead_mask)
+            masked = pre * (stats > self.dead_threshold)
             aux = sae_top_k(masked, self.k_aux) @ self.encoder.kernel[...].T + self.pre_bias[...]
             out["decoded_embedding_aux"] = aux * scale
+        out["sae_stats"] = _count_inactive(stats, pre, 4 * self.k)
         return out
+
+
+def _count_inactive(stats, pre, k: int):
+    """One top-``k`` selection's update of ``stats_last_nonzero``: 0 for the latents selected with a value
+    above 1e-5 in any row, then every count + 1."""
+    values, indices = jax.lax.top_k(jax.lax.stop_gradient(pre), min(k, pre.shape[-1]))
+    hit = jnp.zeros_like(stats).at[indices.reshape(-1)].add((values > 1e-5).astype(stats.dtype).reshape(-1))
+    return stats * (1 - jnp.minimum(hit, 1)) + 1
 
 
 class CSREncoder(SentenceEncoder):
@@ -139,10 +183,12 @@ class CSREncoder(SentenceEncoder):
     def __call__(self, batch: dict, dropout_rng=None) -> dict:
         """Inference: the top-k code, the latents and the dense embedding. With ``batch["sae_training"]`` (any
         value; ``jaxst.training`` sets it for losses that need it) also the reconstructions CSRLoss reads,
-        the dead latents taken from ``batch.get("sae_dead_mask")``."""
+        the dead-latent counts taken from ``batch.get("sae_stats")`` and returned updated (``sae_stats``)."""
+        if (static := _static_route(self, batch)) is not None:
+            return static
         dense = super().__call__(batch, dropout_rng)["sentence_embedding"]
         if "sae_training" in batch:
-            return self.sae.training_outputs(dense, batch.get("sae_dead_mask"))
+            return self.sae.training_outputs(dense, batch.get("sae_stats"))
         latents = self.sae.latents(dense)
         return {"sentence_embedding": sae_top_k(latents, self.sae.k), "latents": latents, "dense_embedding": dense}
 
@@ -202,6 +248,9 @@ class SparseEncoder(BaseModel):
         self._modules_json = (self.model_folder / "modules.json").is_file()
         specs = self._top_modules()
         self.router = None  # Router parameters, for a routed model
+        # What training updates besides params, as PyTorch buffers (jaxst.training carries them in
+        # TrainState.model_state): a CSR model's {"sae_stats": stats_last_nonzero}
+        self.buffers: dict[str, jax.Array] = {}
         if specs[0].kind == "router":
             if len(specs) != 1:
                 raise ValueError(f"{self.model_folder}: modules after a Router are not supported")
@@ -211,6 +260,7 @@ class SparseEncoder(BaseModel):
             route_specs = {None: specs}
         self.routes = {name: self._route(name, s) for name, s in route_specs.items()}
         self.params = self._load_params()
+        self._attach_static_route()
         self._vocab = self._output_dims()
 
         config_name = self.st_config.get("similarity_fn_name")
@@ -295,11 +345,37 @@ class SparseEncoder(BaseModel):
                              f"dense embedding's {dim}")
         sae = nnx.eval_shape(lambda: SparseAutoEncoder(
             dim, int(config.get("hidden_dim", 512)), int(config.get("k", 8)), int(config.get("k_aux", 512)),
-            bool(config.get("normalize", False)), rngs=nnx.Rngs(0)))
+            bool(config.get("normalize", False)), int(config.get("dead_threshold", 30)), rngs=nnx.Rngs(0)))
         module = CSREncoder(sentence, sae)
         self.graphdef, _ = nnx.split(module, nnx.Param)
         self._csr_module, self._csr_specs, self._encoder_cls = module, specs, encoder_cls
         self._include_prompt = module.include_prompt
+
+    def _attach_static_route(self) -> None:
+        """A Router with a static route beside the Transformer route: the static weight becomes part of the
+        Transformer module (``params["static"]["embedding"]``), so one pure forward, and jaxst.training, run
+        either route (a batch from ``tokenize(..., task=...)`` says which)."""
+        static = [r for r in self.routes.values() if r.kind == "static"]
+        module = self._main_module
+        if not static or module is None:
+            return
+        if len(static) > 1:
+            raise ValueError(f"{self.model_folder}: more than one SparseStaticEmbedding route")
+        spec = static[0].specs[0]
+        vocab = int(self.params["static"]["embedding"].shape[0])
+        module.static = nnx.eval_shape(lambda: StaticEmbedding(vocab, bool(spec.config.get("frozen", False))))
+        self.graphdef, _ = nnx.split(module, nnx.Param)
+
+    @property
+    def frozen_params(self) -> list[tuple[str, ...]]:
+        """Paths into ``params`` that training leaves unchanged: a frozen SparseStaticEmbedding's weight."""
+        static = getattr(self._main_module, "static", None)
+        return [("static", "embedding")] if static is not None and static.frozen else []
+
+    @property
+    def _main_module(self) -> nnx.Module | None:
+        """The Transformer route's module (SPLADE or CSR), None for a model without one."""
+        return getattr(self, "_splade_module", None) or getattr(self, "_csr_module", None)
 
     def _load_params(self) -> dict:
         params = {}
@@ -322,7 +398,9 @@ class SparseEncoder(BaseModel):
                         params.setdefault("heads", {})[i] = self.load_params(head, open_state_dict(spec.path))
                 sae_sd = _Aliased(open_state_dict(specs[-1].path), {"encoder.weight": "decoder.linear.weight"})
                 params["sae"] = self.load_params(module.sae, sae_sd)
-                self._sae_buffers = {k: np.asarray(sae_sd[k]) for k in sae_sd.keys() if k == "stats_last_nonzero"}
+                hidden = module.sae.latent_bias.shape[0]
+                stats = np.asarray(sae_sd["stats_last_nonzero"]) if "stats_last_nonzero" in sae_sd else np.zeros(hidden)
+                self.buffers = {"sae_stats": jnp.asarray(stats, jnp.int32)}
                 self._unmapped_tensors = unmapped_tensors(encoder_sd, prefixes)
             else:
                 sd = open_state_dict(route.specs[0].path)
@@ -379,7 +457,8 @@ class SparseEncoder(BaseModel):
             texts = [prompt + t for t in texts]
         route = self._resolve_route(task)
         if route.kind == "static":
-            return route.tokenizer.pad(route.tokenizer.encode_ids(texts, add_special_tokens=False), types=False)
+            batch = route.tokenizer.pad(route.tokenizer.encode_ids(texts, add_special_tokens=False), types=False)
+            return {**batch, "static_route": STATIC_ROUTE}
         return self.tokenizer(texts, types=self._uses_token_types)
 
     def apply(self, params, batch: dict, task: str | None = None) -> jax.Array:
@@ -388,7 +467,7 @@ class SparseEncoder(BaseModel):
         route = self._resolve_route(task)
         if route.kind == "static":
             return _static_forward(params["static"]["embedding"], batch["input_ids"], batch["attention_mask"])
-        return forward(self.graphdef, _model_params(params), dict(batch))["sentence_embedding"]
+        return forward(self.graphdef, params, dict(batch))["sentence_embedding"]
 
     # ------------------------------------------------------------------ properties
 
@@ -499,7 +578,6 @@ class SparseEncoder(BaseModel):
         """The Transformer route (SPLADE or CSR) over ``texts`` (prompt already prepended) in run_batches'
         length-bucketed batches: (indices, dense (rows, V)) per batch."""
         params, mesh = self.placement(device, pool)
-        params = _model_params(params)
         if max_batch_tokens == "auto":
             on_cpu = all(d.platform == "cpu" for d in jax.tree.leaves(params)[0].devices())
             max_batch_tokens = CPU_BATCH_TOKENS if on_cpu else None
@@ -629,7 +707,8 @@ class SparseEncoder(BaseModel):
                 hf_config=self.hf_config, module_specs=self._csr_specs, max_seq_length=self.max_seq_length,
                 prompts=self.prompts, default_prompt_name=self.default_prompt_name,
                 similarity_fn_name=self.similarity_fn_name, max_active_dims=self.max_active_dims,
-                unmapped=self._unmapped_tensors, sae_buffers=self._sae_buffers,
+                unmapped=self._unmapped_tensors,
+                sae_buffers={"stats_last_nonzero": np.asarray(self.buffers["sae_stats"], np.int64)},
             )
         splade = None
         if getattr(self, "graphdef", None) is not None:
@@ -645,11 +724,6 @@ class SparseEncoder(BaseModel):
     def __repr__(self) -> str:
         routes = {name or "": route.kind for name, route in self.routes.items()}
         return f"SparseEncoder({str(self.model_folder)!r}, routes={routes}, dim={self._vocab})"
-
-
-def _model_params(params: dict) -> dict:
-    """The params the Transformer route's module takes (a Router model's also hold the static route's)."""
-    return {k: v for k, v in params.items() if k != "static"}
 
 
 def _dense(x):

@@ -64,12 +64,18 @@ class TrainState(NamedTuple):
     params: Any
     opt_state: Any
     step: jax.Array  # int32 scalar: optimizer steps taken
+    # What the forward updates besides params (a model's ``buffers``: a CSR model's dead-latent counts);
+    # None for models without any. make_train_step fills it from the model on the first step.
+    model_state: Any = None
 
     @classmethod
-    def create(cls, params, optimizer) -> TrainState:
-        """A fresh state: a copy of ``params`` (a model's own params stay untouched) and ``optimizer.init``."""
+    def create(cls, params, optimizer, model_state=None) -> TrainState:
+        """A fresh state: a copy of ``params`` (a model's own params stay untouched) and ``optimizer.init``;
+        ``model_state``: e.g. ``model.buffers`` (None: make_train_step takes the model's on its first step)."""
         params = jax.tree.map(jnp.array, params)
-        return cls(params, optimizer.init(params), jnp.zeros((), jnp.int32))
+        if model_state is not None:
+            model_state = jax.tree.map(jnp.array, model_state)
+        return cls(params, optimizer.init(params), jnp.zeros((), jnp.int32), model_state)
 
 
 # ------------------------------------------------------------------------------------- optimizer
@@ -100,6 +106,19 @@ def weight_decay_mask(params) -> Any:
     return jax.tree_util.tree_map_with_path(decays, params)
 
 
+def constant_schedule_with_warmup(learning_rate: float, warmup_steps: int) -> Callable:
+    """transformers' ``get_constant_schedule_with_warmup``: 0 -> ``learning_rate`` over ``warmup_steps``,
+    then constant; the full rate from the first step when ``warmup_steps`` is 0."""
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+
+    def schedule(step):
+        step = jnp.asarray(step, jnp.float32)
+        return learning_rate * jnp.where(step < warmup_steps, step / max(1, warmup_steps), 1.0)
+
+    return schedule
+
+
 def default_optimizer(learning_rate: float = 2e-5, total_steps: int = 0, warmup_steps: int = 0,
                       weight_decay: float = 0.01, max_grad_norm: float | None = 1.0, b1: float = 0.9,
                       b2: float = 0.999, eps: float = 1e-8):
@@ -110,7 +129,7 @@ def default_optimizer(learning_rate: float = 2e-5, total_steps: int = 0, warmup_
     if total_steps:
         lr = linear_schedule_with_warmup(learning_rate, warmup_steps, total_steps)
     else:
-        lr = lambda step: learning_rate * jnp.minimum(1.0, jnp.asarray(step, jnp.float32) / max(1, warmup_steps))
+        lr = constant_schedule_with_warmup(learning_rate, warmup_steps)
     adamw = optax.adamw(lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=weight_decay_mask)
     if max_grad_norm is None:
         return adamw
@@ -123,20 +142,29 @@ def default_optimizer(learning_rate: float = 2e-5, total_steps: int = 0, warmup_
 TRAINING_OUTPUTS = np.bool_(True)  # the "sae_training" flag: one object, so stacked columns stay stackable
 
 
-def train_forward(graphdef: nnx.GraphDef, params, features, dropout_rng=None, full_outputs: bool = False):
+def train_forward(graphdef: nnx.GraphDef, params, features, dropout_rng=None, full_outputs: bool = False,
+                  model_state: dict | None = None):
     """The model in training mode, as a pure function.
 
     ``features``: for a SentenceTransformer, a list of tokenized batches, one per input column ->
     a list of (B, D) sentence embeddings; for a CrossEncoder, one tokenized pair batch -> its raw
     logits (B, num_labels). ``dropout_rng``: a PRNG key for dropout, None for none. ``full_outputs``
-    (losses with ``needs_outputs``, e.g. CSRLoss): one dict of every model output per column instead."""
+    (losses with ``needs_outputs``, e.g. CSRLoss): one dict of every model output per column instead.
+    ``model_state`` (with ``full_outputs``; a model's ``buffers``): each entry goes into the first column's
+    batch, the module returns it updated under the same key, and that feeds the next column, as PyTorch
+    updates a buffer column by column; returns ``(outputs, model_state)`` then."""
     module = nnx.merge(graphdef, params)
     if full_outputs:
         if not isinstance(features, (list, tuple)) or is_packed(features):
             raise ValueError("this loss reads every model output per column: build unpacked column batches")
-        features = [{**f, "sae_training": TRAINING_OUTPUTS} for f in features]
         keys = split_rng(dropout_rng, len(features))
-        return [module(dict(f), dropout_rng=k) for f, k in zip(features, keys)]
+        outputs, state = [], model_state
+        for f, k in zip(features, keys):
+            out = module({**f, "sae_training": TRAINING_OUTPUTS, **(state or {})}, dropout_rng=k)
+            if state is not None:
+                state = {name: out.pop(name) for name in state}
+            outputs.append(out)
+        return outputs if model_state is None else (outputs, state)
     if is_packed(features):  # all columns in one packed forward; the embeddings come back per column
         embeddings = module(dict(features), dropout_rng=dropout_rng)["sentence_embedding"]
         return list(embeddings.reshape(features["unpack_index"].shape[0], -1, embeddings.shape[-1]))
@@ -177,8 +205,12 @@ def _batch_spec(x, axis: str) -> P:
 
 
 def make_loss_fn(model, loss: Loss, *, dropout: bool = True, mesh: Mesh | None = None,
-                 axis_name: str | None = None) -> Callable:
+                 axis_name: str | None = None, model_state: bool = False) -> Callable:
     """``loss_fn(params, batch, rng=None) -> scalar``: pure and differentiable.
+
+    ``model_state=True`` (losses that read every output, on a model with ``buffers``; one device):
+    ``loss_fn(params, batch, rng) -> (scalar, new model state)``, the state read from
+    ``batch["model_state"]`` and updated by the forward (``jax.value_and_grad(..., has_aux=True)``).
 
     With a ``mesh``, the batch is split along its first axis over the mesh axis ``axis_name`` (the
     mesh's first by default) inside ``shard_map``: each device embeds its rows, and the loss gathers
@@ -188,12 +220,24 @@ def make_loss_fn(model, loss: Loss, *, dropout: bool = True, mesh: Mesh | None =
         raise TypeError(f"loss must be a jaxst.losses loss, got {type(loss).__name__}")
     graphdef = model.graphdef
 
-    def outputs(params, features, rng, device_index=None):
+    def outputs(params, features, rng, device_index=None, state=None):
         drop_rng, loss_rng = split_rng(rng, 2)
         if drop_rng is not None and device_index is not None:
             drop_rng = jax.random.fold_in(drop_rng, device_index)
         return train_forward(graphdef, params, features, drop_rng if dropout else None,
-                             full_outputs=getattr(loss, "needs_outputs", False)), loss_rng
+                             full_outputs=getattr(loss, "needs_outputs", False), model_state=state), loss_rng
+
+    if model_state:
+        if mesh is not None:
+            raise ValueError("model_state is tracked on one device only; build the loss without a mesh")
+        if not getattr(loss, "needs_outputs", False):
+            raise ValueError(f"{type(loss).__name__} reads embeddings only: its forward updates no model state")
+
+        def loss_fn(params, batch, rng=None):
+            (out, state), loss_rng = outputs(params, batch["features"], rng, state=batch["model_state"])
+            return loss(out, batch.get("labels"), loss_rng), state
+
+        return loss_fn
 
     if mesh is None:
         def loss_fn(params, batch, rng=None):
@@ -224,6 +268,18 @@ def make_loss_fn(model, loss: Loss, *, dropout: bool = True, mesh: Mesh | None =
     return loss_fn
 
 
+def _keep(new: dict, old: dict, paths) -> dict:
+    """``new`` with the entries at ``paths`` (tuples of keys) taken from ``old``."""
+    out = dict(new)
+    for path in paths:
+        node, source = out, old
+        for key in path[:-1]:
+            node[key] = dict(node[key])
+            node, source = node[key], source[key]
+        node[path[-1]] = source[path[-1]]
+    return out
+
+
 def make_train_step(model, loss: Loss, optimizer, *, dropout: bool = True, mesh: Mesh | None = None,
                     axis_name: str | None = None, donate: bool = False) -> Callable:
     """``step_fn(state, batch, rng=None) -> (state, metrics)``: one optimizer step, compiled.
@@ -232,20 +288,32 @@ def make_train_step(model, loss: Loss, optimizer, *, dropout: bool = True, mesh:
     ``rng`` is required when ``dropout`` is on (the default, as the original trains) and by losses that
     draw (Matryoshka with ``n_dims_per_step``); derive one per step, e.g. ``jax.random.fold_in(key,
     step)``, so a resumed run draws what an uninterrupted one would. ``metrics``: ``loss`` and
-    ``grad_norm`` (before clipping). ``donate=True`` lets XLA reuse the old state's memory."""
+    ``grad_norm`` (before clipping). ``donate=True`` lets XLA reuse the old state's memory. Params the
+    model lists in ``frozen_params`` (a frozen SparseStaticEmbedding) keep their values."""
     optax = _optax()
 
-    loss_fn = make_loss_fn(model, loss, dropout=dropout, mesh=mesh, axis_name=axis_name)
+    # A model's buffers (a CSR model's dead-latent counts) are carried in state.model_state and updated by
+    # each step's forward, on one device with a loss that reads the model's outputs (CSRLoss)
+    track = mesh is None and getattr(loss, "needs_outputs", False) and bool(getattr(model, "buffers", None))
+    loss_fn = make_loss_fn(model, loss, dropout=dropout, mesh=mesh, axis_name=axis_name, model_state=track)
 
     # Two compiled programs: the gradient, compiled once per batch shape, and the optimizer update,
     # compiled once for all shapes (it only sees params-shaped arrays). One fused program per shape
     # would recompile the whole AdamW update with every new sequence length.
-    grad_fn = jax.jit(jax.value_and_grad(loss_fn))
+    grad_fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=track))
 
     def update(state: TrainState, grads):
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        return TrainState(params, opt_state, state.step + 1), optax.tree.norm(grads)
+        return state._replace(params=params, opt_state=opt_state, step=state.step + 1), optax.tree.norm(grads)
+
+    frozen = tuple(getattr(model, "frozen_params", ()))
+    if frozen:
+        optimizer_update = update
+
+        def update(state: TrainState, grads):  # frozen weights keep their values, whatever the optimizer does
+            new, grad_norm = optimizer_update(state, grads)
+            return new._replace(params=_keep(new.params, state.params, frozen)), grad_norm
 
     update_fn = jax.jit(update, donate_argnums=(0,) if donate else ())
 
@@ -254,7 +322,12 @@ def make_train_step(model, loss: Loss, optimizer, *, dropout: bool = True, mesh:
         if rng is None and dropout:
             raise ValueError("dropout needs a PRNG key: call step_fn(state, batch, rng), or build the step "
                              "with make_train_step(..., dropout=False)")
-        value, grads = grad_fn(state.params, batch, rng)
+        if track:
+            model_state = state.model_state if state.model_state is not None else model.buffers
+            (value, model_state), grads = grad_fn(state.params, {**batch, "model_state": model_state}, rng)
+            state = state._replace(model_state=model_state)
+        else:
+            value, grads = grad_fn(state.params, batch, rng)
         state, grad_norm = update_fn(state, grads)
         return state, {"loss": value, "grad_norm": grad_norm}
 
@@ -332,7 +405,31 @@ def _pad_to(batch: dict, target: int, pad_id: int) -> dict:
     return out
 
 
-def collate(model, examples: Sequence, seq_multiple: int = SEQ_MULTIPLE, pack: bool = False) -> dict:
+def _column_tasks(model, router_mapping, n_columns: int) -> list[str | None]:
+    """The Router task ("query" / "document") each column is tokenized and embedded for, from
+    ``router_mapping``: a sequence of tasks, one per column, or a dict {column index: task}; columns not
+    in it take the Router's default route, as sentence-transformers' ``router_mapping`` leaves them."""
+    if router_mapping is None:
+        return [None] * n_columns
+    if getattr(model, "router", None) is None:
+        raise ValueError("router_mapping needs a model with a Router (e.g. an inference-free SparseEncoder)")
+    if isinstance(router_mapping, dict):
+        bad = [k for k in router_mapping if not isinstance(k, int) or not 0 <= k < n_columns]
+        if bad:
+            raise ValueError(f"router_mapping keys are column indices 0..{n_columns - 1}, got {bad}")
+        tasks = [router_mapping.get(i) for i in range(n_columns)]
+    else:
+        tasks = list(router_mapping)
+        if len(tasks) != n_columns:
+            raise ValueError(f"router_mapping names {len(tasks)} tasks for {n_columns} columns")
+    for task in tasks:
+        if task is not None:
+            model.tokenize([], task=task)  # an unknown task fails here, naming the model's routes
+    return tasks
+
+
+def collate(model, examples: Sequence, seq_multiple: int = SEQ_MULTIPLE, pack: bool = False,
+            router_mapping: Sequence[str | None] | dict[int, str] | None = None) -> dict:
     """Tokenize a list of examples into a training batch ``{"features", "labels"}``.
 
     SentenceTransformer: one tokenized batch per column (all examples need the same number of texts).
@@ -340,7 +437,10 @@ def collate(model, examples: Sequence, seq_multiple: int = SEQ_MULTIPLE, pack: b
     Labels are float32, or None when no example has one. All columns are padded to one length, a
     multiple of ``seq_multiple`` tokens (at most the model's ``max_seq_length``), so that few shapes
     compile and the columns run as one forward. ``pack=True`` (SentenceTransformer only) packs all
-    texts end to end instead (see ``pack_columns``): the same loss and gradients with no padding to compute."""
+    texts end to end instead (see ``pack_columns``): the same loss and gradients with no padding to compute.
+    ``router_mapping`` (a model with a Router, e.g. an inference-free SparseEncoder): the task each column
+    takes, ``["query", "document", "document"]`` or ``{0: "query"}``; each column is tokenized for its
+    route and runs through it in the forward (unmapped columns: the Router's default route)."""
     if not examples:
         raise ValueError("collate() needs at least one example")
     parts = [_example_parts(e) for e in examples]
@@ -355,6 +455,11 @@ def collate(model, examples: Sequence, seq_multiple: int = SEQ_MULTIPLE, pack: b
         if n_texts != {2}:
             raise ValueError("a cross-encoder example is (query, document, label)")
         batches = [model.tokenize([tuple(t) for t, _ in parts])]
+    elif router_mapping is not None:
+        tasks = _column_tasks(model, router_mapping, n_texts.pop())
+        if pack:
+            raise ValueError("a routed batch cannot be packed (its columns take different routes): pack=False")
+        batches = [model.tokenize(list(c), task=task) for c, task in zip(zip(*(t for t, _ in parts)), tasks)]
     else:
         batches = [model.tokenize(list(c)) for c in zip(*(t for t, _ in parts))]
     if pack and not _is_cross_encoder(model):

@@ -20,6 +20,7 @@ import torch
 from conftest import assert_same_hits, read_stsb, unique_sentences
 from jax.experimental import sparse as jsparse
 
+import jaxst.sparse
 from jaxst import SentenceTransformer, SparseEncoder
 from jaxst.sparse import from_scipy, splade_pool, to_dense, to_scipy
 
@@ -55,10 +56,11 @@ def assert_same_gradients(st, pairs) -> None:
 
 
 def assert_same_sparse(ours, ref: np.ndarray) -> None:
-    """Values within TOL and the same non-zero support."""
+    """Values within TOL (relative to max(1, |value|): sum pooling adds up to a few hundred, where one
+    float32 ulp is 1.5e-5) and the same non-zero support."""
     ours = np.asarray(to_dense(ours) if not isinstance(ours, np.ndarray) else ours)
     assert ours.shape == ref.shape
-    assert float(np.max(np.abs(ours - ref))) < TOL
+    assert float(np.max(np.abs(ours - ref) / np.maximum(1.0, np.abs(ref)))) < TOL
     np.testing.assert_array_equal(ours != 0, ref != 0)
 
 
@@ -176,6 +178,13 @@ def test_splade_embeddings_match_sentence_transformers(splade_models, name):
     stats, st_stats = model.sparsity(ours), st.sparsity(st.encode(TEXTS, batch_size=8))
     assert stats["active_dims"] == pytest.approx(st_stats["active_dims"], abs=1e-9)
     assert stats["sparsity_ratio"] == pytest.approx(st_stats["sparsity_ratio"], abs=1e-9)
+    # SpladePooling's chunk_size (a runtime setting, not saved): token chunks instead of vocabulary blocks
+    model.splade_pooling_chunk_size = st.splade_pooling_chunk_size = 3
+    try:
+        assert model.splade_pooling_chunk_size == 3
+        assert_same_sparse(model.encode(TEXTS, batch_size=8), st_dense(st.encode(TEXTS, batch_size=8)))
+    finally:
+        st.splade_pooling_chunk_size = None
 
 
 def test_sparse_rows_are_narrow_for_a_sparse_model(splade_models):
@@ -262,29 +271,36 @@ def test_scipy_and_dense_conversions(splade_models):
         np.testing.assert_allclose(np.asarray(model.similarity(a, emb)), ref, rtol=1e-6)
 
 
-def test_splade_pool_chunks_tokens():
-    """Chunked pooling equals the one-step pooling, and the chunked program holds no (B, T, V) logits."""
+def _intermediate_shapes(fn, *args) -> set:
+    jaxpr = jax.make_jaxpr(fn)(*args)
+    shapes = {tuple(var.aval.shape) for eqn in jaxpr.jaxpr.eqns for var in eqn.outvars}
+    return shapes | {tuple(var.aval.shape) for eqn in jaxpr.jaxpr.eqns for sub in eqn.params.values()
+                     if hasattr(sub, "jaxpr") for e in sub.jaxpr.eqns for var in e.outvars}
+
+
+def test_splade_pool_chunks(monkeypatch):
+    """Token chunks (SpladePooling's chunk_size) and vocabulary blocks (the default; the last block overlaps
+    the one before it) equal the pooling of the whole (B, T, V) logits, and neither program holds them."""
     rng = np.random.default_rng(0)
     b, t, h, v = 3, 13, 8, 50
     states = jnp.asarray(rng.standard_normal((b, t, h)), jnp.float32)
     mask = jnp.asarray(rng.random((b, t)) < 0.8).at[:, 0].set(True)
     table, bias = jnp.asarray(rng.standard_normal((v, h)), jnp.float32), jnp.asarray(rng.standard_normal(v) - 1,
                                                                                   jnp.float32)
+    monkeypatch.setattr(jaxst.sparse, "SPLADE_VOCAB_BLOCK", 16)  # 50 entries: blocks at 0, 16, 32 and 34
     for strategy in ("max", "sum"):
         for act in ("relu", "log1p_relu"):
-            whole = splade_pool(states, mask, table, bias, strategy, act, chunk=t)
             logits = jnp.einsum("bth,vh->btv", states, table) + bias
             x = jnp.log1p(jax.nn.relu(logits * mask[:, :, None]))
             x = jnp.log1p(x) if act == "log1p_relu" else x
-            expected = x.max(1) if strategy == "max" else x.sum(1)
-            np.testing.assert_allclose(np.asarray(whole), np.asarray(expected), atol=1e-5)
-            np.testing.assert_allclose(np.asarray(splade_pool(states, mask, table, bias, strategy, act, chunk=4)),
-                                       np.asarray(whole), atol=1e-5)
-    jaxpr = jax.make_jaxpr(lambda s: splade_pool(s, mask, table, bias, "max", "relu", chunk=4))(states)
-    shapes = {tuple(var.aval.shape) for eqn in jaxpr.jaxpr.eqns for var in eqn.outvars}
-    shapes |= {tuple(var.aval.shape) for eqn in jaxpr.jaxpr.eqns for sub in eqn.params.values()
-               if hasattr(sub, "jaxpr") for e in sub.jaxpr.eqns for var in e.outvars}
+            expected = np.asarray(x.max(1) if strategy == "max" else x.sum(1))
+            for chunk in (t, 4, None):
+                np.testing.assert_allclose(np.asarray(splade_pool(states, mask, table, bias, strategy, act, chunk)),
+                                           expected, atol=1e-5, err_msg=f"{strategy} {act} chunk={chunk}")
+    shapes = _intermediate_shapes(lambda s: splade_pool(s, mask, table, bias, "max", "relu", chunk=4), states)
     assert (b, 4, v) in shapes and not any(len(s) == 3 and s[0] == b and s[2] == v and s[1] > 4 for s in shapes)
+    shapes = _intermediate_shapes(lambda s: splade_pool(s, mask, table, bias, "max", "relu"), states)
+    assert (b, t, 16) in shapes and not any(len(s) == 3 and s[-1] == v for s in shapes)
 
 
 def test_bad_input(splade_models, make_tiny_st):
@@ -420,6 +436,80 @@ def test_splade_training_step_matches_sentence_transformers(splade_models):
         (grads["encoder"]["encoder"]["layer"][0]["attention"]["self"]["query"]["kernel"],
          "bert.encoder.layer.0.attention.self.query.weight", True),
     ])
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_inference_free_training_matches_sentence_transformers(tiny_mlm, tmp_path, frozen):
+    """An inference-free model (Router: SparseStaticEmbedding for queries, SPLADE for documents) through
+    jaxst.training with a router_mapping: sentence-transformers' SpladeLoss value and gradients on the same
+    (query, positive, negative) batch, the static weight's included; a frozen static weight gets no gradient
+    and keeps its values over a step; the trained model saves to a folder sentence-transformers reads."""
+    from sentence_transformers import SparseEncoder as STSparseEncoder
+    from sentence_transformers.base.modules import Router, Transformer
+    from sentence_transformers.sparse_encoder import losses as st_losses
+    from sentence_transformers.sparse_encoder.modules import SparseStaticEmbedding, SpladePooling
+
+    from jaxst.losses import SparseMultipleNegativesRankingLoss, SpladeLoss
+    from jaxst.training import TrainState, collate, default_optimizer, make_loss_fn, make_train_step
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        doc = Transformer(str(tiny_mlm["sparse"]), transformer_task="fill-mask", max_seq_length=48)
+        torch.manual_seed(3)
+        query = SparseStaticEmbedding(tokenizer=doc.tokenizer, weight=torch.rand(30522) * 3, frozen=frozen)
+        router = Router.for_query_document(query_modules=[query],
+                                           document_modules=[doc, SpladePooling("max", "log1p_relu")])
+        st = STSparseEncoder(modules=[router], device="cpu", similarity_fn_name="dot")
+        st.save(str(tmp_path / "model"))
+    st.eval()  # no dropout; SpladePooling in training mode, whose ops backprop
+    router.sub_modules["document"][1].training = True
+    rows = read_stsb("stsb-en-train.csv")[:6]
+    triplets = [(a, b, rows[(i + 1) % len(rows)][1]) for i, (a, b, _) in enumerate(rows)]
+    config = dict(document_regularizer_weight=0.03, use_document_regularizer_only=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        st_loss = st_losses.SpladeLoss(st, st_losses.SparseMultipleNegativesRankingLoss(st), **config)
+    tasks = ["query", "document", "document"]
+    features = [st.preprocess([t[i] for t in triplets], task=task) for i, task in enumerate(tasks)]
+    ref = sum(st_loss(features, None).values())
+    ref.backward()
+
+    model = SparseEncoder(str(tmp_path / "model"))
+    assert model.frozen_params == ([("static", "embedding")] if frozen else [])
+    loss = SpladeLoss(loss=SparseMultipleNegativesRankingLoss(), **config)
+    batch = collate(model, triplets, router_mapping=tasks)
+    assert [("static_route" in f) for f in batch["features"]] == [True, False, False]
+    value, grads = jax.value_and_grad(make_loss_fn(model, loss, dropout=False))(model.params, batch)
+    assert abs(float(value) - float(ref.detach())) < TOL * max(1.0, abs(float(ref.detach())))
+    pairs = [(grads["head"]["bias"], "cls.predictions.bias", False),
+             (grads["encoder"]["encoder"]["layer"][1]["output"]["dense"]["kernel"],
+              "bert.encoder.layer.1.output.dense.weight", True)]
+    if frozen:
+        assert query.weight.grad is None and not np.any(np.asarray(grads["static"]["embedding"]))
+    else:
+        assert np.any(np.asarray(grads["static"]["embedding"]))
+        pairs.append((grads["static"]["embedding"], "query.0.weight", False))
+    assert_same_gradients(st, pairs)
+
+    step = make_train_step(model, loss, default_optimizer(1e-2), dropout=False)
+    state, _ = step(TrainState.create(model.params, default_optimizer(1e-2)), batch)
+    moved = not np.array_equal(np.asarray(state.params["static"]["embedding"]),
+                               np.asarray(model.params["static"]["embedding"]))
+    assert moved != frozen
+    assert not np.array_equal(np.asarray(state.params["head"]["bias"]), np.asarray(model.params["head"]["bias"]))
+    model.params = state.params
+    model.save(str(tmp_path / "trained"))
+    reloaded = STSparseEncoder(str(tmp_path / "trained"), device="cpu")
+    queries = [t[0] for t in triplets]
+    assert_same_sparse(model.encode_query(queries), st_dense(reloaded.encode_query(queries)))
+    assert_same_sparse(model.encode_document(queries), st_dense(reloaded.encode_document(queries)))
+
+    with pytest.raises(ValueError, match="no route for task 'passage'"):
+        collate(model, triplets, router_mapping=["query", "passage", "document"])
+    with pytest.raises(ValueError, match="2 tasks for 3 columns"):
+        collate(model, triplets, router_mapping=["query", "document"])
+    with pytest.raises(ValueError, match="cannot be packed"):
+        collate(model, triplets, router_mapping={0: "query"}, pack=True)
 
 
 def test_cli_sparse_encode_and_search(splade_models, inference_free, tmp_path, capsys):
@@ -691,6 +781,54 @@ def test_csr_training_step_matches_sentence_transformers(make_tiny_st, normalize
                                (grads["sae"]["pre_bias"], "pre_bias", False),
                                (grads["encoder"]["embeddings"]["word_embeddings"]["embedding"],
                                 "embeddings.word_embeddings.weight", False)])
+
+
+def test_csr_dead_latents_tracked_over_steps(make_tiny_st, tmp_path):
+    """The SparseAutoEncoder's stats_last_nonzero buffer: jaxst.training carries it in TrainState.model_state
+    and updates it in each step's forward as PyTorch does, so once latents pass dead_threshold (2 here) the
+    auxiliary loss reads the same dead latents. Four SGD steps: the same losses and the same counts after
+    each; the trained model saves them where sentence-transformers reads them."""
+    import optax
+    from sentence_transformers import SentenceTransformer as STSentenceTransformer
+    from sentence_transformers import SparseEncoder as STSparseEncoder
+    from sentence_transformers.sparse_encoder import losses as st_losses
+    from sentence_transformers.sparse_encoder.modules import SparseAutoEncoder
+
+    from jaxst.losses import CSRLoss
+    from jaxst.training import TrainState, collate, make_train_step
+
+    dense = STSentenceTransformer(str(make_tiny_st()), device="cpu")
+    torch.manual_seed(6)
+    sae = SparseAutoEncoder(input_dim=32, hidden_dim=128, k=4, k_aux=8, dead_threshold=2)
+    with torch.no_grad():
+        sae.latent_bias.normal_(0.0, 0.3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        STSparseEncoder(modules=[*dense, sae], device="cpu").save(str(tmp_path / "csr"))
+        st = STSparseEncoder(str(tmp_path / "csr"), device="cpu")
+    model = SparseEncoder(str(tmp_path / "csr"))
+    st.eval()
+    st[-1].training = True
+    pairs = [(a, b) for a, b, _ in read_stsb("stsb-en-train.csv")[:6]]
+    st_loss = st_losses.CSRLoss(st, beta=0.5)
+    optimizer = torch.optim.SGD(st.parameters(), lr=0.05)
+    step = make_train_step(model, CSRLoss(beta=0.5), optax.sgd(0.05), dropout=False)
+    state = TrainState.create(model.params, optax.sgd(0.05))
+    batch = collate(model, pairs)
+    for i in range(4):
+        optimizer.zero_grad()
+        ref = sum(st_loss([st.preprocess([p[c] for p in pairs]) for c in range(2)], None).values())
+        ref.backward()
+        optimizer.step()
+        state, metrics = step(state, batch)
+        assert abs(float(metrics["loss"]) - float(ref.detach())) < TOL * max(1.0, abs(float(ref.detach()))), i
+        np.testing.assert_array_equal(np.asarray(state.model_state["sae_stats"]), st[-1].stats_last_nonzero.numpy())
+    assert int((st[-1].stats_last_nonzero > 2).sum()) > 0  # some latents are dead: the auxiliary term is live
+    model.params, model.buffers = state.params, state.model_state
+    model.save(str(tmp_path / "trained"))
+    reloaded = STSparseEncoder(str(tmp_path / "trained"), device="cpu")
+    np.testing.assert_array_equal(reloaded[-1].stats_last_nonzero.numpy(), st[-1].stats_last_nonzero.numpy())
+    assert reloaded[-1].dead_threshold == 2
 
 
 def test_legacy_mlm_transformer_folder(splade_models, tmp_path):

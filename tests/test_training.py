@@ -338,6 +338,23 @@ def test_schedule_equals_transformers():
     np.testing.assert_allclose([float(schedule(s)) for s in range(12)], expected, atol=1e-7)
 
 
+@pytest.mark.parametrize("warmup", [0, 3])
+def test_constant_schedule_equals_transformers(warmup):
+    """default_optimizer without total_steps: transformers' constant schedule (full rate at step 0 without
+    warmup; it once started at 0, so a one-step run did not move)."""
+    from transformers import get_constant_schedule_with_warmup
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
+    scheduler = get_constant_schedule_with_warmup(opt, num_warmup_steps=warmup)
+    expected = []
+    for _ in range(6):
+        expected.append(opt.param_groups[0]["lr"])
+        opt.step()
+        scheduler.step()
+    schedule = training.constant_schedule_with_warmup(0.5, warmup)
+    np.testing.assert_allclose([float(schedule(s)) for s in range(6)], expected, atol=1e-7)
+
+
 def test_cross_encoder_train_step_equals_pytorch(make_tiny_cross_encoder):
     from sentence_transformers import CrossEncoder
     from sentence_transformers.cross_encoder import losses as ce_losses
