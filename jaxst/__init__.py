@@ -11,6 +11,7 @@ _LAZY = {
     "CrossEncoder": ("jaxst.cross_encoder", "CrossEncoder"),
     "SentenceTransformer": ("jaxst.sentence_transformer", "SentenceTransformer"),
     "SparseEncoder": ("jaxst.sparse_encoder", "SparseEncoder"),
+    "MultiVectorEncoder": ("jaxst.multi_vector_encoder", "MultiVectorEncoder"),
     "EmbeddingIndex": ("jaxst.index", "EmbeddingIndex"),
     "SparseEmbeddingIndex": ("jaxst.index", "SparseEmbeddingIndex"),
     "quantize_embeddings": ("jaxst.quantization", "quantize_embeddings"),
@@ -26,5 +27,5 @@ def __getattr__(name: str):
     return value if attr is None else getattr(value, attr)
 
 
-__all__ = ["CrossEncoder", "EmbeddingIndex", "SentenceTransformer", "SparseEmbeddingIndex", "SparseEncoder",
-           "quantize_embeddings", "util", "__version__"]
+__all__ = ["CrossEncoder", "EmbeddingIndex", "MultiVectorEncoder", "SentenceTransformer", "SparseEmbeddingIndex",
+           "SparseEncoder", "quantize_embeddings", "util", "__version__"]

@@ -30,7 +30,7 @@ from jaxst.base import (
     text_stream,
 )
 from jaxst.io.export import sentence_transformer_plan, unmapped_tensors
-from jaxst.io.folder import SPARSE_KINDS, read_module_list, read_modules
+from jaxst.io.folder import MULTI_VECTOR_KINDS, SPARSE_KINDS, read_module_list, read_modules
 from jaxst.io.npy import write_embeddings_npy
 from jaxst.io.weights import open_state_dict
 from jaxst.models import model_type
@@ -85,6 +85,9 @@ class SentenceTransformer(BaseModel):
         if any(s.kind in SPARSE_KINDS for s in specs):
             raise ValueError(f"{model_name_or_path!r} is a sparse model ({', '.join(s.kind for s in specs)}); "
                              "load it with jaxst.SparseEncoder")
+        if any(s.kind in MULTI_VECTOR_KINDS for s in specs):
+            raise ValueError(f"{model_name_or_path!r} is a multi-vector model ({', '.join(s.kind for s in specs)}); "
+                             "load it with jaxst.MultiVectorEncoder")
         specs = read_modules(self.model_folder)
         if any("auto_map" in s.config for s in specs):
             raise ValueError(f"{model_name_or_path!r} needs remote code (auto_map in a module config); "

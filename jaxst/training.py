@@ -406,18 +406,22 @@ def _pad_to(batch: dict, target: int, pad_id: int) -> dict:
 
 
 def _column_tasks(model, router_mapping, n_columns: int) -> list[str | None]:
-    """The Router task ("query" / "document") each column is tokenized and embedded for, from
-    ``router_mapping``: a sequence of tasks, one per column, or a dict {column index: task}; columns not
-    in it take the Router's default route, as sentence-transformers' ``router_mapping`` leaves them."""
+    """The task ("query" / "document") each column is tokenized and embedded for, from ``router_mapping``:
+    a sequence of tasks, one per column, or a dict {column index: task}. Columns it leaves out take the
+    model's default: a Router model's default route (as sentence-transformers' ``router_mapping`` leaves
+    them), a MultiVectorEncoder's "query" for the first column and "document" for the others (as its data
+    collator assigns them)."""
+    defaults = model.column_tasks(n_columns) if hasattr(model, "column_tasks") else [None] * n_columns
     if router_mapping is None:
-        return [None] * n_columns
-    if getattr(model, "router", None) is None:
-        raise ValueError("router_mapping needs a model with a Router (e.g. an inference-free SparseEncoder)")
+        return defaults
+    if getattr(model, "router", None) is None and not hasattr(model, "column_tasks"):
+        raise ValueError("router_mapping needs a model with a Router (e.g. an inference-free SparseEncoder) "
+                         "or a MultiVectorEncoder")
     if isinstance(router_mapping, dict):
         bad = [k for k in router_mapping if not isinstance(k, int) or not 0 <= k < n_columns]
         if bad:
             raise ValueError(f"router_mapping keys are column indices 0..{n_columns - 1}, got {bad}")
-        tasks = [router_mapping.get(i) for i in range(n_columns)]
+        tasks = [router_mapping.get(i, defaults[i]) for i in range(n_columns)]
     else:
         tasks = list(router_mapping)
         if len(tasks) != n_columns:
@@ -455,7 +459,7 @@ def collate(model, examples: Sequence, seq_multiple: int = SEQ_MULTIPLE, pack: b
         if n_texts != {2}:
             raise ValueError("a cross-encoder example is (query, document, label)")
         batches = [model.tokenize([tuple(t) for t, _ in parts])]
-    elif router_mapping is not None:
+    elif router_mapping is not None or hasattr(model, "column_tasks"):
         tasks = _column_tasks(model, router_mapping, n_texts.pop())
         if pack:
             raise ValueError("a routed batch cannot be packed (its columns take different routes): pack=False")

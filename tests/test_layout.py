@@ -17,12 +17,13 @@ PACKAGE = ROOT / "jaxst"
 LAYERS = [
     ("support", {"jaxst", "compilation_cache", "native"}),  # the package root, the XLA cache setting, native kernels
     ("models", {"models"}),
-    ("core", {"pooling", "similarity", "quantization", "sparse", "search", "losses", "pipeline"}),
+    ("core", {"pooling", "similarity", "quantization", "sparse", "search", "maxsim", "losses", "pipeline"}),
     ("io", {"io"}),
-    ("base and facades", {"parallel", "base", "sentence_transformer", "cross_encoder", "sparse_encoder", "index",
-                          "util", "training", "cli", "__main__"}),
+    ("base and facades", {"parallel", "base", "sentence_transformer", "cross_encoder", "sparse_encoder",
+                          "multi_vector_encoder", "index", "util", "training", "cli", "__main__"}),
 ]
-FAMILIES = {"sentence_transformer", "cross_encoder", "sparse_encoder"}  # the facades: thin files over jaxst.base
+# the facades: thin files over jaxst.base
+FAMILIES = {"sentence_transformer", "cross_encoder", "sparse_encoder", "multi_vector_encoder"}
 BELOW_FACADES = {"parallel", "base"}
 
 

@@ -60,8 +60,10 @@ MODULE_TYPES = {
     "normalize": "sentence_transformers.models.Normalize",
     "dropout": "sentence_transformers.models.Dropout",
     "logit_score": "sentence_transformers.cross_encoder.modules.logit_score.LogitScore",  # new in 6.x: no old name
+    "multi_vector_mask": "sentence_transformers.multi_vector_encoder.modules.multi_vector_mask.MultiVectorMask",
 }
-MODULE_CLASS_NAMES = {"pooling": "Pooling", "dense": "Dense", "normalize": "Normalize", "dropout": "Dropout"}
+MODULE_CLASS_NAMES = {"pooling": "Pooling", "dense": "Dense", "normalize": "Normalize", "dropout": "Dropout",
+                      "multi_vector_mask": "MultiVectorMask"}
 
 # A jaxst activation name -> the torch class sentence-transformers saves and re-imports.
 TORCH_ACTIVATIONS = {
@@ -331,6 +333,21 @@ def csr_plan(*, hf_config: dict, module_specs: list, max_seq_length: int, prompt
     if max_active_dims is not None:
         config_st["max_active_dims"] = int(max_active_dims)
     plan.model_class = "SparseEncoder"
+    return plan
+
+
+def multi_vector_plan(*, hf_config: dict, module_specs: list, max_seq_length: int, prompts: dict,
+                      default_prompt_name: str | None, similarity_fn_name: str,
+                      unmapped: dict[str, np.ndarray]) -> FolderPlan:
+    """A MultiVectorEncoder's folder: Transformer (with its query/document lengths and query expansion),
+    token-level Dense and Normalize, MultiVectorMask, laid out as ``sentence_transformer_plan`` lays out
+    a dense model's modules."""
+    plan = sentence_transformer_plan(
+        hf_config=hf_config, module_specs=module_specs, max_seq_length=max_seq_length, prompts=prompts,
+        default_prompt_name=default_prompt_name, similarity_fn_name=similarity_fn_name, truncate_dim=None,
+        unmapped=unmapped)
+    plan.json_files["config_sentence_transformers.json"]["model_type"] = "MultiVectorEncoder"
+    plan.model_class = "MultiVectorEncoder"
     return plan
 
 

@@ -21,8 +21,13 @@ MODULE_KINDS = {
     "SparseStaticEmbedding": "static_embedding",
     "SparseAutoEncoder": "sparse_autoencoder",
     "Router": "router",
+    # MultiVectorEncoder's
+    "MultiVectorMask": "multi_vector_mask",
+    "HierarchicalTokenPooling": "token_pooling",
+    "LambdaTokenPooling": "token_pooling",
 }
 SPARSE_KINDS = ("splade_pooling", "static_embedding", "sparse_autoencoder", "router")
+MULTI_VECTOR_KINDS = ("multi_vector_mask", "token_pooling")
 # The file each kind keeps its settings in (a Router's structure is in router_config.json).
 CONFIG_FILES = {"transformer": "sentence_bert_config.json", "router": "router_config.json"}
 REQUIRED_CONFIGS = ("pooling", "dense", "logit_score", "splade_pooling", "router")

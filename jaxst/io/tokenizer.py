@@ -85,12 +85,19 @@ class Tokenizer:
         self._max_length = value
         self.backend.enable_truncation(value)
 
-    def encode_ids(self, texts: list, pair: list | None = None, add_special_tokens: bool = True) -> list:
-        """Token ids (and type ids) per text, truncated, unpadded; ``add_special_tokens=False`` skips the
-        post-processor's special tokens (a rendered chat template has its own)."""
-        if pair is None:
-            return self.backend.encode_batch(texts, add_special_tokens=add_special_tokens)
-        return self.backend.encode_batch(list(zip(texts, pair)), add_special_tokens=add_special_tokens)
+    def encode_ids(self, texts: list, pair: list | None = None, add_special_tokens: bool = True,
+                   max_length: int | None = None) -> list:
+        """Token ids (and type ids) per text, truncated (to ``max_length`` when given, else the tokenizer's),
+        unpadded; ``add_special_tokens=False`` skips the post-processor's special tokens (a rendered chat
+        template has its own)."""
+        inputs = texts if pair is None else list(zip(texts, pair))
+        if max_length is None or max_length == self._max_length:
+            return self.backend.encode_batch(inputs, add_special_tokens=add_special_tokens)
+        self.backend.enable_truncation(max_length)
+        try:
+            return self.backend.encode_batch(inputs, add_special_tokens=add_special_tokens)
+        finally:
+            self.backend.enable_truncation(self._max_length)
 
     def pad(self, encodings, length: int | None = None, rows: int | None = None, types: bool = True) -> dict:
         """Right-pad encodings into (rows, length) int32 arrays; padding rows carry an all-zero mask."""

@@ -1,0 +1,542 @@
+"""MultiVectorEncoder: late-interaction (ColBERT-style) embeddings as jitted JAX.
+
+    text ─▶ tokens (query: prefix, [MASK] expansion to query_length; document: prefix, document_length)
+         ─▶ encoder ─▶ token states (B, T, H) ─▶ [Dense]* per token ─▶ [Normalize] per token
+         ─▶ kept by the scoring mask (real tokens, query expansion slots, minus the skiplist)
+
+sentence-transformers' ``MultiVectorEncoder`` folders load as saved (Transformer with its
+``query_length`` / ``document_length`` / ``query_expansion``, a token-level Dense projection,
+``MultiVectorMask``, a token-level Normalize), and so do Stanford-NLP ColBERT checkpoints (``HF_ColBERT``:
+the projection inline as ``linear.weight``, settings in ``artifact.metadata``, ``[unused0]`` / ``[unused1]``
+markers as prompts). The scoring mask is computed on the host with the tokens (it depends on token ids
+and lengths only); the forward is one pure jitted function, ``apply(params, batch)``. Scores go through
+``jaxst.maxsim``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import string
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tokenizers import AddedToken
+from tqdm.auto import tqdm
+
+from jaxst.base import CPU_BATCH_TOKENS, BaseModel, batch_bucket, batch_rows, positive_int, seq_bucket, text_list
+from jaxst.io.export import multi_vector_plan, unmapped_tensors
+from jaxst.io.folder import ModuleSpec, read_json, read_module_list
+from jaxst.io.weights import open_state_dict
+from jaxst.parallel import shard_batch
+from jaxst.pipeline import Dense, Normalize, dense_activation_name
+
+SIMILARITY_FN_NAMES = ("maxsim", "meanmaxsim")
+QUERY_EXPANSION_STRATEGIES = ("fixed", "min")
+
+
+class MultiVectorModule(nnx.Module):
+    """encoder + the token-level modules after it (Dense, Normalize), in modules.json order."""
+
+    def __init__(self, encoder: nnx.Module, heads: list[nnx.Module]):
+        self.encoder = encoder
+        self.heads = nnx.List(heads)
+
+    def __call__(self, batch: dict, dropout_rng=None) -> dict:
+        """``{"token_embeddings": (B, T, D), "attention_mask": (B, T)}``: the mask is the batch's
+        ``scoring_mask`` (what MaxSim reads), not the encoder's attention mask."""
+        tokens = self.encoder(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
+                              dropout_rng=dropout_rng).astype(jnp.float32)
+        for head in self.heads:
+            tokens = head(tokens)
+        return {"token_embeddings": tokens, "attention_mask": batch["scoring_mask"]}
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def forward(graphdef: nnx.GraphDef, params, batch: dict) -> dict:
+    return nnx.merge(graphdef, params)(batch)
+
+
+@jax.jit
+def _compact(tokens, order):
+    """Each row's kept tokens first, in order: ``order`` (B, W) indexes the row's token slots."""
+    return jnp.take_along_axis(tokens, order[:, :, None], axis=1)
+
+
+def _query_expansion(config) -> dict | None:
+    """sentence-transformers' ``query_expansion`` dict, checked, with its defaults filled in."""
+    if config is None:
+        return None
+    if not isinstance(config, dict):
+        raise ValueError(f"query_expansion must be a dict or None, got {config!r}")
+    unknown = set(config) - {"strategy", "attend", "token", "length"}
+    if unknown:
+        raise ValueError(f"query_expansion has unknown keys {sorted(unknown)}")
+    strategy = config.get("strategy")
+    if strategy not in QUERY_EXPANSION_STRATEGIES:
+        raise ValueError(f"query_expansion['strategy'] must be one of {QUERY_EXPANSION_STRATEGIES}, got {strategy!r}")
+    length = config.get("length")
+    if not isinstance(length, int) or isinstance(length, bool) or length < 1:
+        raise ValueError(f"query_expansion['length'] must be a positive int, got {length!r}")
+    return {"strategy": strategy, "attend": bool(config.get("attend", False)), "token": config.get("token"),
+            "length": length}
+
+
+class MultiVectorEncoder(BaseModel):
+    """Load a sentence-transformers MultiVectorEncoder (or a Stanford-NLP ColBERT checkpoint) and make
+    per-token embeddings with JAX."""
+
+    EXAMPLE_MODEL = "lightonai/GTE-ModernColBERT-v1"
+
+    def __init__(
+        self,
+        model_name_or_path: str | os.PathLike | None = None,
+        device: str | jax.Device | None = None,
+        prompts: dict[str, str] | None = None,
+        default_prompt_name: str | None = None,
+        cache_folder: str | None = None,
+        trust_remote_code: bool = False,
+        revision: str | None = None,
+        local_files_only: bool = False,
+        token: bool | str | None = None,
+        similarity_fn_name: str | None = None,
+        mesh=None,
+    ):
+        super().__init__(
+            model_name_or_path, device=device, prompts=prompts, default_prompt_name=default_prompt_name,
+            cache_folder=cache_folder, trust_remote_code=trust_remote_code, revision=revision,
+            local_files_only=local_files_only, token=token, mesh=mesh, base_prompts={"query": "", "document": ""},
+        )
+        hf = read_json(self.model_folder / "config.json", required=False)
+        self._stanford = "HF_ColBERT" in (hf.get("architectures") or [])
+        if (self.model_folder / "modules.json").is_file():
+            specs = read_module_list(self.model_folder)
+        elif self._stanford:
+            specs = self._stanford_specs(prompts or {})
+        else:
+            raise ValueError(f"{self.model_folder} has no modules.json and is not a Stanford-NLP ColBERT checkpoint "
+                             "(architectures HF_ColBERT); sentence-transformers would add an untrained projection, "
+                             "which jaxst does not build: load a saved MultiVectorEncoder")
+        self._load(specs)
+        config_name = self.st_config.get("similarity_fn_name")
+        self.similarity_fn_name = similarity_fn_name or (config_name if config_name in SIMILARITY_FN_NAMES
+                                                         else "maxsim")
+
+    # ------------------------------------------------------------------ loading
+
+    def _stanford_specs(self, user_prompts: dict) -> list[ModuleSpec]:
+        """The modules sentence-transformers builds for a Stanford-NLP ColBERT folder: Transformer (lengths and
+        [MASK] expansion from artifact.metadata), the inline projection, MultiVectorMask (punctuation unless
+        mask_punctuation is false), Normalize; the query/document markers become prompts."""
+        folder = self.model_folder
+        metadata = read_json(folder / "artifact.metadata", required=False)
+        if not metadata:
+            warnings.warn(f"{folder} has no artifact.metadata: using Stanford ColBERT's defaults", stacklevel=3)
+        self._legacy_prefixes = {"query": (metadata.get("query_token_id") or "[unused0]") + " ",
+                                 "document": (metadata.get("doc_token_id") or "[unused1]") + " "}
+        for role, marker in self._legacy_prefixes.items():
+            if role not in user_prompts:
+                self.prompts[role] = marker
+        transformer = {"query_expansion": {"strategy": "fixed", "attend": bool(metadata.get("attend_to_mask_tokens")),
+                                           "length": metadata.get("query_maxlen") or 32}}
+        if metadata.get("doc_maxlen") is not None:
+            transformer["document_length"] = metadata["doc_maxlen"]
+        skiplist = list(string.punctuation) if metadata.get("mask_punctuation", True) else []
+        return [ModuleSpec("transformer", folder, transformer),
+                ModuleSpec("stanford_projection", folder, {}),
+                ModuleSpec("multi_vector_mask", folder, {"skiplist_words": skiplist}),
+                ModuleSpec("normalize", folder, {})]
+
+    def _load(self, specs: list[ModuleSpec]) -> None:
+        kinds = [s.kind for s in specs]
+        if not specs or kinds[0] != "transformer":
+            raise ValueError(f"{self.model_folder}: a MultiVectorEncoder starts with a Transformer, got {kinds}")
+        if "pooling" in kinds or any(k in ("splade_pooling", "static_embedding", "sparse_autoencoder", "router")
+                                     for k in kinds):
+            raise ValueError(f"{self.model_folder} is not a multi-vector model (modules {kinds}); load it with "
+                             "jaxst.SentenceTransformer or jaxst.SparseEncoder")
+        unsupported = [k for k in kinds[1:] if k not in ("dense", "normalize", "multi_vector_mask", "dropout",
+                                                         "stanford_projection")]
+        if unsupported:
+            raise ValueError(f"{self.model_folder}: unsupported MultiVectorEncoder modules {unsupported}; jaxst loads "
+                             "Transformer, Dense, MultiVectorMask, Normalize")
+        transformer = specs[0]
+        config = transformer.config
+        task = config.get("transformer_task", "feature-extraction")
+        if task != "feature-extraction":
+            raise ValueError(f"{transformer.path}: transformer_task {task!r} is not supported for multi-vector models")
+        encoder_cfg, encoder_cls = self.load_transformer(transformer.path, config)
+        self._registered_prefixes = []
+        if getattr(self, "_legacy_prefixes", None):
+            self._register_prefix_tokens(self._legacy_prefixes)
+        self.query_length = config.get("query_length")
+        self.document_length = config.get("document_length")
+        self.query_expansion = _query_expansion(config.get("query_expansion"))
+
+        heads, dim, head_specs = [], encoder_cfg.hidden_size, []
+        self.skiplist_words, self.skiplist_tasks, self.keep_only_token_ids = [], ["document"], None
+        for spec in specs[1:]:
+            if spec.kind in ("dense", "stanford_projection"):
+                if spec.kind == "stanford_projection":
+                    weight = open_state_dict(spec.path)["linear.weight"]
+                    c = {"in_features": int(weight.shape[1]), "out_features": int(weight.shape[0]), "bias": False,
+                         "activation_function": "torch.nn.modules.linear.Identity"}
+                else:
+                    c = spec.config
+                    if c.get("module_input_name", "token_embeddings") != "token_embeddings":
+                        raise ValueError(f"{spec.path}: a Dense on {c.get('module_input_name')!r}; a multi-vector "
+                                         "model projects token_embeddings")
+                if c.get("in_features") != dim:
+                    raise ValueError(f"{spec.path}: Dense in_features {c.get('in_features')} != input dim {dim}")
+                activation = dense_activation_name(c.get("activation_function", "torch.nn.modules.activation.Tanh"))
+                heads.append(nnx.eval_shape(lambda c=c, a=activation: Dense(
+                    c["in_features"], c["out_features"], c.get("bias", True), a, c.get("use_residual", False),
+                    rngs=nnx.Rngs(0))))
+                head_specs.append(spec)
+                dim = c["out_features"]
+            elif spec.kind == "normalize":
+                heads.append(Normalize())
+                head_specs.append(spec)
+            elif spec.kind == "multi_vector_mask":
+                c = spec.config
+                self.skiplist_words = list(c.get("skiplist_words") or [])
+                tasks = c.get("skiplist_tasks")
+                self.skiplist_tasks = [tasks] if isinstance(tasks, str) else list(tasks or ["document"])
+                keep = c.get("keep_only_token_ids")
+                self.keep_only_token_ids = None if keep is None else [int(i) for i in keep]
+        self._skiplist_ids = self._resolve_skiplist()
+        self._embedding_dim = dim
+        module = nnx.eval_shape(lambda: MultiVectorModule(encoder_cls(encoder_cfg, rngs=nnx.Rngs(0)), heads))
+        self.graphdef, _ = nnx.split(module, nnx.Param)
+        encoder_sd = open_state_dict(transformer.path)
+        prefixes = (f"{encoder_cls.base_model_prefix}.",)
+        params = {"encoder": self.load_params(module.encoder, encoder_sd, prefixes)}
+        for i, (head, spec) in enumerate(zip(module.heads, head_specs)):
+            if spec.kind == "dense":
+                params.setdefault("heads", {})[i] = self.load_params(head, open_state_dict(spec.path))
+            elif spec.kind == "stanford_projection":  # "linear.weight" beside the encoder's tensors
+                params.setdefault("heads", {})[i] = self.load_params(head, encoder_sd)
+        self.params = params
+        self._module_specs = specs
+        self._unmapped_tensors = {k: v for k, v in unmapped_tensors(encoder_sd, prefixes).items()
+                                  if not k.startswith("linear.")}
+
+    def _register_prefix_tokens(self, prefixes: dict[str, str]) -> None:
+        """A Stanford checkpoint's marker (``[unused0]``) tokenizes as one piece, as when ColBERT inserted it as a
+        token id: registered as a special token when the vocabulary has it but the tokenizer splits it."""
+        backend = self.tokenizer.backend
+        self._registered_prefixes = []
+        for value in prefixes.values():
+            if not value or not value.split():
+                continue
+            for prefix in (value, value.split(None, 1)[0]):
+                if backend.token_to_id(prefix) is None:
+                    continue
+                if backend.encode(prefix, add_special_tokens=False).tokens != [prefix]:
+                    backend.add_special_tokens([AddedToken(prefix, normalized=False, special=True)])
+                    self.tokenizer.all_special_ids.add(backend.token_to_id(prefix))
+                    self._registered_prefixes.append(prefix)
+                break
+
+    def _resolve_skiplist(self) -> np.ndarray:
+        """Skiplist words -> token ids; words that are not one vocabulary token are dropped (with a warning), as
+        sentence-transformers does, so they do not mask every [UNK]."""
+        backend = self.tokenizer.backend
+        ids, missing = [], []
+        for word in self.skiplist_words:
+            token_id = backend.token_to_id(word)
+            (missing if token_id is None else ids).append(word if token_id is None else token_id)
+        if missing:
+            warnings.warn(f"skiplist words {missing} are not single vocabulary tokens; dropped from the skiplist",
+                          stacklevel=4)
+        return np.asarray(sorted(set(ids)), np.int32)
+
+    # ------------------------------------------------------------------ tokens
+
+    def _expansion_token_id(self) -> int:
+        token = self.query_expansion.get("token") or _mask_token(self.model_folder)
+        token_id = None if token is None else self.tokenizer.backend.token_to_id(token)
+        if token_id is None:
+            raise ValueError(f"query_expansion token {token!r} is not in this tokenizer's vocabulary; set "
+                             "query_expansion['token']")
+        return token_id
+
+    def _max_length(self, task: str | None) -> int:
+        limit = {"query": self.query_length, "document": self.document_length}.get(task)
+        expansion = self.query_expansion if task == "query" else None
+        if expansion is not None:
+            if expansion["strategy"] == "fixed":
+                return expansion["length"]
+            return max(limit, expansion["length"]) if limit is not None else self.max_seq_length
+        return limit if limit is not None else self.max_seq_length
+
+    def tokenize(self, texts: list[str] | str, prompt: str | None = None, task: str | None = None) -> dict:
+        """Texts -> numpy int32 arrays for ``apply``: ``input_ids``, ``attention_mask`` (what the encoder
+        attends to), ``token_type_ids`` where the model has them, and ``scoring_mask`` (the tokens MaxSim
+        reads: real ones and, for queries with expansion, the [MASK] slots; minus skiplisted ids), each row
+        right-padded to the longest."""
+        texts, _ = text_list(texts)
+        rows = self._token_rows(texts, prompt, task)
+        return self._pad_rows(rows, max((len(r[0]) for r in rows), default=0), len(rows))
+
+    def _token_rows(self, texts: list[str], prompt: str | None, task: str | None) -> list[tuple]:
+        """Per text (ids, types, attention, scoring), unpadded numpy int32 / bool arrays."""
+        _check_task(task)
+        if prompt:
+            texts = [prompt + t for t in texts]
+        encodings = self.tokenizer.encode_ids(texts, max_length=self._max_length(task)) if texts else []
+        expansion = self.query_expansion if task == "query" else None
+        fill = self._expansion_token_id() if expansion is not None else None
+        skip = (task or "document") in self.skiplist_tasks and len(self._skiplist_ids) > 0
+        keep = None if task == "query" or not self.keep_only_token_ids else np.asarray(self.keep_only_token_ids)
+        rows = []
+        for e in encodings:
+            ids = np.asarray(e.ids, np.int32)
+            types = np.asarray(e.type_ids, np.int32)
+            attention = np.ones(len(ids), bool)
+            scoring = np.ones(len(ids), bool)
+            if expansion is not None and len(ids) < expansion["length"]:
+                extra = expansion["length"] - len(ids)
+                ids = np.concatenate([ids, np.full(extra, fill, np.int32)])
+                types = np.concatenate([types, np.zeros(extra, np.int32)])
+                attention = np.concatenate([attention, np.full(extra, expansion["attend"])])
+                scoring = np.concatenate([scoring, np.ones(extra, bool)])
+            if skip:
+                scoring &= ~np.isin(ids, self._skiplist_ids)
+            if keep is not None:
+                scoring &= np.isin(ids, keep)
+            rows.append((ids, types, attention, scoring))
+        return rows
+
+    def _pad_rows(self, rows: list[tuple], length: int, n_rows: int) -> dict:
+        ids = np.full((n_rows, length), self.tokenizer.pad_id, np.int32)
+        types = np.zeros((n_rows, length), np.int32)
+        attention = np.zeros((n_rows, length), np.int32)
+        scoring = np.zeros((n_rows, length), bool)
+        for r, (i, t, a, s) in enumerate(rows):
+            ids[r, : len(i)], types[r, : len(i)], attention[r, : len(i)], scoring[r, : len(i)] = i, t, a, s
+        batch = {"input_ids": ids, "attention_mask": attention, "scoring_mask": scoring}
+        if self._uses_token_types:
+            batch["token_type_ids"] = types
+        return batch
+
+    @staticmethod
+    def column_tasks(n_columns: int) -> list[str]:
+        """The task of each training column (``jaxst.training.collate``): the first is the query, the others
+        documents, as sentence-transformers' MultiVectorEncoder data collator assigns them."""
+        return ["query"] + ["document"] * (n_columns - 1)
+
+    def apply(self, params, batch: dict) -> dict:
+        """Pure: (params, tokenized batch) -> ``{"token_embeddings": (B, T, D), "attention_mask": (B, T)}``
+        (the scoring mask), as ``encode`` computes them before dropping unscored tokens."""
+        return forward(self.graphdef, params, dict(batch))
+
+    # ------------------------------------------------------------------ encode
+
+    def encode(
+        self,
+        inputs=None,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        batch_size: int = 32,
+        show_progress_bar: bool | None = None,
+        output_value: str | None = "token_embeddings",
+        convert_to_numpy: bool = False,
+        device: str | jax.Device | list | None = None,
+        normalize_embeddings: bool = False,
+        pool: dict | None = None,
+        chunk_size: int | None = None,
+        token_pooling=None,
+        task: str | None = None,
+        return_padded: bool = False,
+        max_batch_tokens: int | None | str = "auto",
+        **kwargs,
+    ):
+        """Per-token embeddings of a string or a list of strings; see sentence-transformers'
+        ``MultiVectorEncoder.encode``.
+
+        Returns one (tokens_i, dim) array per text (jax arrays; numpy with ``convert_to_numpy``): the tokens
+        the scoring mask keeps, in order. ``return_padded=True`` (jaxst): ``(embeddings (n, T, dim), mask
+        (n, T))`` instead, each row's kept tokens first, what ``jaxst.maxsim`` and the search take directly.
+        ``task``: "query" (prefix, query length, [MASK] expansion) or "document"."""
+        if "convert_to_tensor" in kwargs:
+            raise ValueError("MultiVectorEncoder.encode() has no `convert_to_tensor`: multi-vector embeddings are "
+                             "ragged; it returns a list of arrays (or return_padded=True for a padded array)")
+        if kwargs:
+            raise ValueError(f"encode() got keyword arguments it does not use: {sorted(kwargs)}")
+        if output_value != "token_embeddings":
+            raise ValueError(f"jaxst's MultiVectorEncoder.encode supports output_value='token_embeddings', "
+                             f"got {output_value!r}")
+        if token_pooling is not None:
+            raise ValueError("per-call token_pooling is not supported by jaxst yet")
+        _check_task(task)
+        positive_int("batch_size", batch_size)
+        del chunk_size  # multi-process chunking: jaxst splits batches over devices instead
+        texts, single = text_list(inputs)
+        prompt = self._resolve_prompt(prompt, prompt_name)
+        rows = self._token_rows(texts, prompt, task)
+        params, mesh = self.placement(device, pool)
+        if max_batch_tokens == "auto":
+            on_cpu = all(d.platform == "cpu" for d in jax.tree.leaves(params)[0].devices())
+            max_batch_tokens = CPU_BATCH_TOKENS if on_cpu else None
+        elif max_batch_tokens is not None:
+            positive_int("max_batch_tokens", max_batch_tokens)
+        kept = np.asarray([int(r[3].sum()) for r in rows], np.int64)
+        width = int(kept.max(initial=0))
+        out = np.zeros((len(rows), width, self._embedding_dim), np.float32)
+        bar = tqdm(total=-(-len(rows) // batch_size), desc="Batches", disable=not show_progress_bar)
+        with bar:
+            for idx, emb in self._batches(rows, params, mesh, batch_size, max_batch_tokens, bar):
+                for j, r in enumerate(idx):
+                    out[r, : kept[r]] = emb[j, : kept[r]]
+        if normalize_embeddings:
+            norms = np.sqrt(np.maximum(np.sum(out * out, axis=-1, keepdims=True), 1e-24))
+            out = out / norms
+        mask = np.arange(width)[None, :] < kept[:, None]
+        if return_padded:
+            if single:
+                return (out[0], mask[0]) if convert_to_numpy else (jnp.asarray(out[0]), jnp.asarray(mask[0]))
+            return (out, mask) if convert_to_numpy else (jax.device_put(out, self.device),
+                                                        jax.device_put(mask, self.device))
+        result = [out[i, : kept[i]] for i in range(len(rows))]
+        if not convert_to_numpy:
+            result = [jax.device_put(r, self.device) for r in result]
+        return result[0] if single else result
+
+    def _batches(self, rows, params, mesh, batch_size: int, max_batch_tokens, bar):
+        """Longest first, each batch padded on the ``seq_bucket`` grid; yields (row indices, host (B, W, D)
+        embeddings with each row's scored tokens first)."""
+        order = np.argsort([-len(r[0]) for r in rows], kind="stable")
+        devices = 1 if mesh is None else mesh.size
+        budget = None if max_batch_tokens is None else max_batch_tokens * devices
+        start = 0
+        pending = None
+        while start < len(order):
+            length = seq_bucket(len(rows[order[start]][0]), self._max_tokens)
+            n = batch_rows(length, batch_size, budget)
+            idx = order[start : start + n]
+            start += n
+            batch = self._pad_rows([rows[i] for i in idx], length, batch_bucket(len(idx), n, devices))
+            scoring = batch["scoring_mask"]
+            # each row's scored token slots first (a stable sort of "not scored"), so one gather compacts them
+            gather = np.argsort(~scoring, axis=1, kind="stable").astype(np.int32)
+            width = int(scoring.sum(axis=1).max(initial=0))
+            device_batch = shard_batch(batch, mesh) if mesh is not None else batch
+            tokens = forward(self.graphdef, params, device_batch)["token_embeddings"]
+            result = _compact(tokens, gather[:, : max(width, 1)])
+            if pending is not None:  # read the previous batch back while this one runs
+                yield pending[0], np.asarray(pending[1])
+            pending = (idx, result)
+            bar.update(1)
+        if pending is not None:
+            yield pending[0], np.asarray(pending[1])
+
+    def encode_query(self, inputs=None, prompt_name: str | None = None, prompt: str | None = None, **kwargs):
+        """``encode`` with the "query" prompt (when the model has one) and task "query"."""
+        if prompt_name is None and prompt is None and "query" in self.prompts:
+            prompt_name = "query"
+        kwargs["task"] = "query"
+        return self.encode(inputs, prompt_name=prompt_name, prompt=prompt, **kwargs)
+
+    def encode_document(self, inputs=None, prompt_name: str | None = None, prompt: str | None = None, **kwargs):
+        """``encode`` with the "document" prompt (when the model has one) and task "document"."""
+        if prompt_name is None and prompt is None and "document" in self.prompts:
+            prompt_name = "document"
+        kwargs["task"] = "document"
+        return self.encode(inputs, prompt_name=prompt_name, prompt=prompt, **kwargs)
+
+    # ------------------------------------------------------------------ scores
+
+    @property
+    def similarity_fn_name(self) -> str:
+        return self._similarity_fn_name
+
+    @similarity_fn_name.setter
+    def similarity_fn_name(self, value) -> None:
+        value = getattr(value, "value", value)
+        if value not in SIMILARITY_FN_NAMES:
+            raise ValueError(f"MultiVectorEncoder supports similarity_fn_name in {SIMILARITY_FN_NAMES}, got {value!r}")
+        self._similarity_fn_name = value
+
+    def similarity(self, embeddings1, embeddings2, **kwargs) -> jax.Array:
+        """(N, M) MaxSim (or MeanMaxSim) scores between two collections of per-token embeddings (lists of
+        (tokens, dim) arrays, or padded (n, T, dim) arrays; ``a_mask`` / ``b_mask`` for padded input)."""
+        from jaxst.maxsim import maxsim
+
+        kwargs.setdefault("length_normalize", self.similarity_fn_name == "meanmaxsim")
+        return maxsim(embeddings1, embeddings2, **kwargs)
+
+    def similarity_pairwise(self, embeddings1, embeddings2, **kwargs) -> jax.Array:
+        """(N,) scores of matched pairs."""
+        from jaxst.maxsim import maxsim_pairwise
+
+        kwargs.setdefault("length_normalize", self.similarity_fn_name == "meanmaxsim")
+        return maxsim_pairwise(embeddings1, embeddings2, **kwargs)
+
+    def get_embedding_dimension(self) -> int:
+        """The per-token embedding width."""
+        return self._embedding_dim
+
+    # ------------------------------------------------------------------ saving
+
+    def folder_plan(self):
+        specs = list(self._module_specs)
+        transformer = specs[0]
+        config = {k: v for k, v in transformer.config.items()}
+        config.update({"query_length": self.query_length, "document_length": self.document_length,
+                       "query_expansion": self.query_expansion, "module_output_name": "token_embeddings"})
+        specs[0] = ModuleSpec("transformer", transformer.path, config)
+        head = 0  # index into params["heads"]: the Dense and Normalize modules, in order
+        for i, spec in enumerate(specs):
+            if spec.kind == "stanford_projection":
+                w = self.params["heads"][head]["linear"]["kernel"]
+                specs[i] = ModuleSpec("dense", spec.path, {
+                    "in_features": int(w.shape[0]), "out_features": int(w.shape[1]), "bias": False,
+                    "activation_function": "torch.nn.modules.linear.Identity",
+                    "module_input_name": "token_embeddings", "module_output_name": "token_embeddings"})
+            elif spec.kind == "multi_vector_mask":
+                specs[i] = ModuleSpec(spec.kind, spec.path, {
+                    "skiplist_words": list(self.skiplist_words), "skiplist_tasks": list(self.skiplist_tasks),
+                    "keep_only_token_ids": self.keep_only_token_ids})
+            elif spec.kind == "normalize" and self._stanford:
+                specs[i] = ModuleSpec(spec.kind, spec.path, {"module_input_name": "token_embeddings",
+                                                             "module_output_name": "token_embeddings"})
+            head += spec.kind in ("dense", "stanford_projection", "normalize")
+        plan = multi_vector_plan(
+            hf_config=self.hf_config, module_specs=specs, max_seq_length=self.max_seq_length, prompts=self.prompts,
+            default_prompt_name=self.default_prompt_name, similarity_fn_name=self.similarity_fn_name,
+            unmapped=self._unmapped_tensors)
+        if self._registered_prefixes:  # the saved tokenizer keeps the markers as single special tokens
+            source = transformer.path / "tokenizer.json"
+            data = json.loads(source.read_text(encoding="utf-8")) if source.is_file() else {}
+            current = json.loads(self.tokenizer.backend.to_str())
+            data = {**current, **data, "added_tokens": current["added_tokens"]}
+            plan.copies.pop("tokenizer.json", None)
+            plan.json_files["tokenizer.json"] = data
+        return plan
+
+    def __repr__(self) -> str:
+        return (f"MultiVectorEncoder({str(self.model_folder)!r}, dim={self._embedding_dim}, "
+                f"query_expansion={self.query_expansion}, document_length={self.document_length})")
+
+
+def _check_task(task) -> None:
+    if task not in (None, "query", "document"):
+        raise ValueError(f"task must be 'query', 'document' or None, got {task!r}")
+
+
+def _mask_token(folder) -> str | None:
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        token = read_json(folder / name, required=False).get("mask_token")
+        if isinstance(token, dict):
+            token = token.get("content")
+        if isinstance(token, str):
+            return token
+    return None
+
+
+__all__ = ["MultiVectorEncoder", "MultiVectorModule"]

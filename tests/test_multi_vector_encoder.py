@@ -1,0 +1,337 @@
+"""jaxst.MultiVectorEncoder against sentence-transformers' MultiVectorEncoder on tiny random late-interaction
+models built and saved in the test session (BERT backbone + token-level Dense projection + MultiVectorMask
++ token-level Normalize), and on a Stanford-NLP ColBERT (HF_ColBERT) checkpoint written the way that
+library writes it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import string
+import warnings
+
+import jax
+import numpy as np
+import pytest
+import torch
+from conftest import read_stsb, unique_sentences
+
+from jaxst import MultiVectorEncoder, SentenceTransformer
+
+TOL = 1e-5
+QUERIES = ["What is the capital of France?", "hi", "Who plays the violin in the orchestra tonight, and why?",
+           "a query long enough to be truncated at the query length because it goes on and on and on and on"]
+DOCUMENTS = ["Paris is the capital, of France.", "Berlin!", "A woman is playing violin. " * 12,
+             "The girl is carrying a baby; the man rides a horse."]
+
+
+def assert_same_tokens(ours, ref) -> None:
+    """One (tokens, dim) matrix per text: the same shapes, values within TOL."""
+    assert len(ours) == len(ref)
+    for o, r in zip(ours, ref):
+        r = r.detach().numpy() if isinstance(r, torch.Tensor) else np.asarray(r)
+        o = np.asarray(o)
+        assert o.shape == r.shape
+        assert float(np.max(np.abs(o - r), initial=0.0)) < TOL
+
+
+@pytest.fixture(scope="module")
+def tiny_backbone(tmp_path_factory, minilm_folder):
+    """A seeded random 2-layer BertModel with the MiniLM tokenizer (whose vocabulary has [unused0])."""
+    from transformers import BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("mv-backbone")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=128, initializer_range=0.2)
+    model = BertModel(config, add_pooling_layer=False).eval()
+    with torch.no_grad():
+        for key, p in model.named_parameters():
+            if key.endswith(".bias"):
+                p.normal_(0.0, 0.2)
+    model.save_pretrained(folder)
+    for file in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(minilm_folder / file, folder / file)
+    return folder
+
+
+def build_late_interaction(backbone, folder, *, expansion=None, query_length=None, document_length=48,
+                           skiplist=None, skiplist_tasks=None, prompts=None, similarity_fn_name=None):
+    from sentence_transformers import MultiVectorEncoder as STMultiVectorEncoder
+    from sentence_transformers.base.modules import Dense, Normalize, Transformer
+    from sentence_transformers.multi_vector_encoder.modules import MultiVectorMask
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        transformer = Transformer(str(backbone), max_seq_length=64, query_length=query_length,
+                                  document_length=document_length, query_expansion=expansion)
+        torch.manual_seed(1)
+        dense = Dense(32, 8, bias=False, activation_function=torch.nn.Identity(),
+                      module_input_name="token_embeddings", module_output_name="token_embeddings")
+        mask = MultiVectorMask(skiplist_words=skiplist, skiplist_tasks=skiplist_tasks)
+        st = STMultiVectorEncoder(modules=[transformer, dense, mask, Normalize(module_input_name="token_embeddings")],
+                                  device="cpu", prompts=prompts, similarity_fn_name=similarity_fn_name)
+        st.save(str(folder))
+        return STMultiVectorEncoder(str(folder), device="cpu")
+
+
+VARIANTS = {
+    # classic ColBERT: [MASK]-expanded to 16 query tokens, not attended; punctuation skipped in documents
+    "colbert": dict(expansion={"strategy": "fixed", "length": 16}, skiplist=list(string.punctuation),
+                    prompts={"query": "[Q] ", "document": "[D] "}),
+    # expansion tokens attended; "min" keeps long queries whole up to query_length; skiplist on both sides
+    "attend-min": dict(expansion={"strategy": "min", "attend": True, "length": 12}, query_length=24,
+                       skiplist=list(string.punctuation), skiplist_tasks=["query", "document"],
+                       similarity_fn_name="meanmaxsim"),
+    # no expansion, no skiplist: lengths only
+    "plain": dict(query_length=10, document_length=20),
+}
+
+
+@pytest.fixture(scope="module")
+def late_models(tiny_backbone, tmp_path_factory):
+    return {name: (folder, build_late_interaction(tiny_backbone, folder, **kwargs))
+            for name, kwargs in VARIANTS.items()
+            for folder in [tmp_path_factory.mktemp(f"mv-{name}")]}
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_token_embeddings_match_sentence_transformers(late_models, name):
+    folder, st = late_models[name]
+    model = MultiVectorEncoder(str(folder))
+    assert model.get_embedding_dimension() == 8 == st.get_embedding_dimension()
+    assert model.similarity_fn_name == st.similarity_fn_name
+    assert_same_tokens(model.encode_query(QUERIES, batch_size=3), st.encode_query(QUERIES, batch_size=3))
+    assert_same_tokens(model.encode_document(DOCUMENTS, batch_size=3), st.encode_document(DOCUMENTS, batch_size=3))
+    assert_same_tokens(model.encode(DOCUMENTS), st.encode(DOCUMENTS))  # no task: the document-side skiplist
+    # one text, numpy output, the padded form
+    one = model.encode_query(QUERIES[0], convert_to_numpy=True)
+    assert isinstance(one, np.ndarray)
+    assert_same_tokens([one], [st.encode_query(QUERIES[0])])
+    padded, mask = model.encode_document(DOCUMENTS, return_padded=True)
+    lists = model.encode_document(DOCUMENTS)
+    assert padded.shape == (len(DOCUMENTS), max(len(x) for x in lists), 8) and mask.shape == padded.shape[:2]
+    for row, m, x in zip(np.asarray(padded), np.asarray(mask), lists):
+        assert m.sum() == len(x) and not m[len(x):].any()
+        np.testing.assert_array_equal(row[: len(x)], np.asarray(x))
+
+
+def test_stsb_similarity_and_top5(late_models):
+    """500 STSb sentences as documents, 40 as queries: the maxsim and meanmaxsim matrices and the pairwise
+    scores within 1e-5 of sentence-transformers', and the same top-5 documents per query."""
+    from jaxst.maxsim import maxsim_search
+
+    folder, st = late_models["colbert"]
+    model = MultiVectorEncoder(str(folder))
+    docs = unique_sentences(read_stsb("stsb-en-test.csv"))[:500]
+    queries = [a for a, _, _ in read_stsb("stsb-en-dev.csv")[:40]]
+    q_ours, d_ours = model.encode_query(queries), model.encode_document(docs)
+    q_ref, d_ref = st.encode_query(queries), st.encode_document(docs)
+    assert_same_tokens(q_ours, q_ref)
+    assert_same_tokens(d_ours, d_ref)
+    for name in ("maxsim", "meanmaxsim"):
+        model.similarity_fn_name = st.similarity_fn_name = name
+        ours = np.asarray(model.similarity(q_ours, d_ours))
+        ref = st.similarity(q_ref, d_ref).numpy()
+        assert float(np.max(np.abs(ours - ref) / np.maximum(1.0, np.abs(ref)))) < TOL, name
+        pair_ours = np.asarray(model.similarity_pairwise(q_ours, d_ours[:40]))
+        pair_ref = st.similarity_pairwise(q_ref, d_ref[:40]).numpy()
+        assert float(np.max(np.abs(pair_ours - pair_ref) / np.maximum(1.0, np.abs(pair_ref)))) < TOL, name
+    model.similarity_fn_name = st.similarity_fn_name = "maxsim"
+    ref = st.similarity(q_ref, d_ref)
+    expected = torch.topk(ref, 5, dim=1)
+    q_pad, q_mask = model.encode_query(queries, return_padded=True)
+    d_pad, d_mask = model.encode_document(docs, return_padded=True)
+    hits = maxsim_search(q_pad, d_pad, query_mask=q_mask, corpus_mask=d_mask, top_k=5)
+    for h, ids, values in zip(hits, expected.indices.numpy(), expected.values.numpy()):
+        got = [x["corpus_id"] for x in h]
+        if got != list(ids):  # ties aside: the same scores in the same order
+            np.testing.assert_allclose([x["score"] for x in h], values, rtol=1e-6)
+        else:
+            np.testing.assert_allclose([x["score"] for x in h], values, rtol=1e-5)
+
+
+def test_save_round_trip(late_models, tmp_path):
+    folder, st = late_models["attend-min"]
+    model = MultiVectorEncoder(str(folder))
+    model.save(str(tmp_path / "saved"))
+    from sentence_transformers import MultiVectorEncoder as STMultiVectorEncoder
+
+    reloaded = STMultiVectorEncoder(str(tmp_path / "saved"), device="cpu")
+    assert reloaded.similarity_fn_name == "meanmaxsim"
+    assert reloaded[0].query_expansion == st[0].query_expansion
+    assert_same_tokens(model.encode_query(QUERIES), reloaded.encode_query(QUERIES))
+    assert_same_tokens(model.encode_document(DOCUMENTS), reloaded.encode_document(DOCUMENTS))
+    again = MultiVectorEncoder(str(tmp_path / "saved"))
+    assert_same_tokens(again.encode_query(QUERIES), st.encode_query(QUERIES))
+
+
+@pytest.fixture(scope="module")
+def stanford_colbert(tiny_backbone, tmp_path_factory):
+    """A Stanford-NLP ColBERT checkpoint as that library saves it: HF_ColBERT's config.json, the encoder
+    under "bert." and the projection as "linear.weight" in one file, settings in artifact.metadata."""
+    from safetensors.torch import save_file
+    from transformers import BertModel
+
+    folder = tmp_path_factory.mktemp("stanford-colbert")
+    bert = BertModel.from_pretrained(str(tiny_backbone), add_pooling_layer=False)
+    torch.manual_seed(4)
+    tensors = {f"bert.{k}": v.contiguous() for k, v in bert.state_dict().items()}
+    tensors["linear.weight"] = torch.randn(8, 32) * 0.3
+    save_file(tensors, str(folder / "model.safetensors"))
+    config = json.loads((tiny_backbone / "config.json").read_text())
+    config["architectures"] = ["HF_ColBERT"]
+    (folder / "config.json").write_text(json.dumps(config))
+    for file in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(tiny_backbone / file, folder / file)
+    metadata = {"query_maxlen": 12, "doc_maxlen": 40, "mask_punctuation": True, "attend_to_mask_tokens": False,
+                "query_token_id": "[unused0]", "doc_token_id": "[unused1]", "dim": 8, "similarity": "cosine"}
+    (folder / "artifact.metadata").write_text(json.dumps(metadata))
+    return folder
+
+
+def test_stanford_colbert_checkpoint(stanford_colbert, tmp_path):
+    from sentence_transformers import MultiVectorEncoder as STMultiVectorEncoder
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        st = STMultiVectorEncoder(str(stanford_colbert), device="cpu")
+    model = MultiVectorEncoder(str(stanford_colbert))
+    assert model.prompts == {"query": "[unused0] ", "document": "[unused1] "}
+    assert model.prompts == {k: st.prompts[k] for k in model.prompts}
+    ids = model.tokenize(["what?"], prompt=model.prompts["query"], task="query")["input_ids"][0]
+    ref_ids = st.preprocess(["what?"], prompt=st.prompts["query"], task="query")["input_ids"][0].numpy()
+    np.testing.assert_array_equal(ids, ref_ids)  # [CLS] [unused0] what ? [SEP] [MASK] x 7: the marker is one token
+    q_ours, d_ours = model.encode_query(QUERIES), model.encode_document(DOCUMENTS)
+    q_ref, d_ref = st.encode_query(QUERIES), st.encode_document(DOCUMENTS)
+    assert_same_tokens(q_ours, q_ref)
+    assert_same_tokens(d_ours, d_ref)
+    ours, ref = np.asarray(model.similarity(q_ours, d_ours)), st.similarity(q_ref, d_ref).numpy()
+    assert float(np.max(np.abs(ours - ref) / np.maximum(1.0, np.abs(ref)))) < TOL
+    # saved in sentence-transformers' own format, it loads there with the same results
+    model.save(str(tmp_path / "converted"))
+    reloaded = STMultiVectorEncoder(str(tmp_path / "converted"), device="cpu")
+    assert_same_tokens(model.encode_query(QUERIES), reloaded.encode_query(QUERIES))
+    assert_same_tokens(model.encode_document(DOCUMENTS), reloaded.encode_document(DOCUMENTS))
+
+
+def test_bad_input(late_models, make_tiny_st):
+    folder, _ = late_models["colbert"]
+    with pytest.raises(ValueError, match="load it with jaxst.MultiVectorEncoder"):
+        SentenceTransformer(str(folder))
+    with pytest.raises(ValueError, match="not a multi-vector model"):
+        MultiVectorEncoder(str(make_tiny_st()))
+    model = MultiVectorEncoder(str(folder))
+    with pytest.raises(ValueError, match="convert_to_tensor"):
+        model.encode(["a"], convert_to_tensor=True)
+    with pytest.raises(ValueError, match="task must be"):
+        model.encode(["a"], task="passage")
+    with pytest.raises(ValueError, match="similarity_fn_name"):
+        model.similarity_fn_name = "cosine"
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match="batch_size"):
+            model.encode(["a"], batch_size=bad)
+    assert jax.numpy.asarray(model.encode_query("a")).shape == (16, 8)
+
+
+def _st_loss_and_grads(folder, triplets, loss_kwargs):
+    from sentence_transformers import MultiVectorEncoder as STMultiVectorEncoder
+    from sentence_transformers.multi_vector_encoder.losses import MultiVectorMultipleNegativesRankingLoss as STLoss
+
+    st = STMultiVectorEncoder(str(folder), device="cpu")
+    st.eval()  # no dropout on either side
+    features = []
+    for i, task in enumerate(["query"] + ["document"] * (len(triplets[0]) - 1)):
+        f = st.preprocess([t[i] for t in triplets], task=task)
+        f["task"] = task
+        features.append(f)
+    ref = STLoss(st, **loss_kwargs)(features, None)
+    ref.backward()
+    return st, float(ref.detach())
+
+
+def _triplets(n: int) -> list[tuple[str, str, str]]:
+    rows = read_stsb("stsb-en-train.csv")[:n]
+    return [(a, b, rows[(i + 1) % n][1]) for i, (a, b, _) in enumerate(rows)]
+
+
+@pytest.mark.parametrize("name", ["colbert", "attend-min"])
+def test_contrastive_loss_matches_sentence_transformers(late_models, name):
+    """MultiVectorMultipleNegativesRankingLoss through jaxst.training (column 0 the queries, the others
+    documents, as sentence-transformers' collator assigns them): its loss and autograd gradients on the same
+    (query, positive, negative) batch; MeanMaxSim with a scale for the attend-min model."""
+    from jaxst.losses import MultiVectorMultipleNegativesRankingLoss
+    from jaxst.training import collate, make_loss_fn
+
+    folder, _ = late_models[name]
+    triplets = _triplets(6)
+    mean = name == "attend-min"
+    if mean:
+        from sentence_transformers.multi_vector_encoder.scoring import mean_colbert_scores
+
+        st, ref = _st_loss_and_grads(folder, triplets, {"scale": 8.0, "similarity_fct": mean_colbert_scores})
+    else:
+        st, ref = _st_loss_and_grads(folder, triplets, {})
+    model = MultiVectorEncoder(str(folder))
+    loss = MultiVectorMultipleNegativesRankingLoss(scale=8.0 if mean else 1.0, length_normalize=mean)
+    value, grads = jax.value_and_grad(make_loss_fn(model, loss, dropout=False))(model.params, collate(model, triplets))
+    assert abs(float(value) - ref) < TOL * max(1.0, abs(ref))
+    named = dict(st.named_parameters())
+    for ours, suffix, transpose in [
+        (grads["heads"][0]["linear"]["kernel"], "1.linear.weight", True),
+        (grads["encoder"]["encoder"]["layer"][1]["output"]["dense"]["kernel"],
+         "encoder.layer.1.output.dense.weight", True),
+        (grads["encoder"]["embeddings"]["word_embeddings"]["embedding"], "embeddings.word_embeddings.weight", False),
+    ]:
+        (param,) = [p for k, p in named.items() if k.endswith(suffix)]
+        want = param.grad.numpy().T if transpose else param.grad.numpy()
+        ours = np.asarray(ours)
+        assert float(np.abs(ours - want).max()) < TOL * max(1.0, float(np.abs(want).max())), suffix
+
+
+SHARDED_SCRIPT = """
+    import json, sys
+    import jax
+    import numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from jaxst import MultiVectorEncoder
+    from jaxst.losses import MultiVectorMultipleNegativesRankingLoss
+    from jaxst.training import collate, make_loss_fn
+
+    folder, triplets = sys.argv[1], json.loads(sys.argv[2])
+    model = MultiVectorEncoder(folder, device="cpu:0")
+    batch = collate(model, [tuple(t) for t in triplets])
+    loss = MultiVectorMultipleNegativesRankingLoss()
+    one = jax.value_and_grad(make_loss_fn(model, loss, dropout=False))(model.params, batch)
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    params = jax.device_put(model.params, NamedSharding(mesh, P()))  # replicated on the 8 devices
+    eight = jax.jit(jax.value_and_grad(make_loss_fn(model, loss, dropout=False, mesh=mesh)))(params, batch)
+    local = MultiVectorMultipleNegativesRankingLoss(gather_across_devices=False)
+    own = float(make_loss_fn(model, local, dropout=False, mesh=mesh)(params, batch))
+    grad_gap = max(float(np.abs(np.asarray(a) - np.asarray(b)).max() / max(1.0, float(np.abs(np.asarray(a)).max())))
+                   for a, b in zip(jax.tree.leaves(one[1]), jax.tree.leaves(eight[1])))
+    print(json.dumps({"devices": jax.device_count(), "one": float(one[0]), "eight": float(eight[0]),
+                      "grad_gap": grad_gap, "own_devices_only": own}))
+"""
+
+
+def test_contrastive_loss_gathers_across_eight_devices(late_models):
+    """On a mesh of 8 forced CPU devices, each device embeds its rows and scores its queries against the
+    documents gathered from all devices: the one-device loss and gradients; without gathering, the loss
+    changes (each query sees only its own device's documents)."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    folder, _ = late_models["colbert"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "JAX_PLATFORMS": "cpu", "JAXST_COMPILATION_CACHE": "0",
+           "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()}
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(SHARDED_SCRIPT), str(folder),
+                             json.dumps(_triplets(16))], capture_output=True, text=True, timeout=480, env=env)
+    assert result.returncode == 0, result.stderr
+    r = json.loads(result.stdout.strip().splitlines()[-1])
+    assert r["devices"] == 8
+    assert abs(r["one"] - r["eight"]) < TOL * max(1.0, abs(r["one"]))
+    assert r["grad_gap"] < TOL
+    assert abs(r["own_devices_only"] - r["one"]) > 1e-3
