@@ -34,6 +34,7 @@ from jax.sharding import PartitionSpec as P
 from jaxst.pooling import normalize
 from jaxst.search import (
     _chunked_top_k,
+    _on_cpu,
     _per_platform,
     chunked_top_k,
     hits,
@@ -65,6 +66,10 @@ EMPTY_DOCUMENT_SCORE = -1e9
 # Elements of the (queries, documents, query tokens, document tokens) token-score block one step holds
 # (128 MiB in float32); the stage-two rerank also counts its gathered (tokens, dim) documents.
 MAXSIM_CHUNK_ELEMENTS = 1 << 25
+# maxsim_search's scan on the CPU backend: a step's (queries, query tokens, documents, document tokens)
+# scores stay in cache. 100 x 32-token queries over 5,000 48-token documents (2 AMD EPYC cores): 2^25
+# elements 2,179 ms, 2^23 2,005 ms, 2^21 1,849 ms, 2^19 2,020 ms (sentence-transformers: 4,392 ms).
+CPU_SCAN_ELEMENTS = 1 << 21
 # A numpy corpus larger than this is streamed to the device in pieces of about this size.
 HOST_PIECE_BYTES = 1 << 30
 
@@ -596,9 +601,11 @@ def maxsim_search(
     query_chunk_size = _positive("query_chunk_size", query_chunk_size)
     corpus_chunk_size = _positive("corpus_chunk_size", corpus_chunk_size, optional=True)
     candidates = _positive("candidates", candidates, optional=True)
-    budget = _budget(chunk_elements)
     queries, query_mask = _canonical(query_embeddings, query_mask, "query_mask")
     embeddings, corpus_mask = _canonical(corpus_embeddings, corpus_mask, "corpus_mask")
+    if chunk_elements is None and _on_cpu(embeddings, queries):
+        chunk_elements = CPU_SCAN_ELEMENTS
+    budget = _budget(chunk_elements)
     _check_dims(queries, embeddings, "corpus")
     n = embeddings.shape[0]
     if n == 0 or len(queries) == 0:

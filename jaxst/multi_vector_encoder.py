@@ -33,7 +33,7 @@ from jaxst.io.export import multi_vector_plan, unmapped_tensors
 from jaxst.io.folder import ModuleSpec, read_json, read_module_list
 from jaxst.io.weights import open_state_dict
 from jaxst.parallel import shard_batch
-from jaxst.pipeline import Dense, Normalize, dense_activation_name
+from jaxst.pipeline import Normalize, dense_head
 
 SIMILARITY_FN_NAMES = ("maxsim", "meanmaxsim")
 QUERY_EXPANSION_STRATEGIES = ("fixed", "min")
@@ -114,7 +114,7 @@ class MultiVectorEncoder(BaseModel):
         hf = read_json(self.model_folder / "config.json", required=False)
         self._stanford = "HF_ColBERT" in (hf.get("architectures") or [])
         if (self.model_folder / "modules.json").is_file():
-            specs = read_module_list(self.model_folder)
+            specs = self._pylate_specs(read_module_list(self.model_folder), prompts or {})
         elif self._stanford:
             specs = self._stanford_specs(prompts or {})
         else:
@@ -127,6 +127,47 @@ class MultiVectorEncoder(BaseModel):
                                                          else "maxsim")
 
     # ------------------------------------------------------------------ loading
+
+    def _pylate_specs(self, specs: list[ModuleSpec], user_prompts: dict) -> list[ModuleSpec]:
+        """A PyLate save, read as sentence-transformers reads it: the top-level ``query_prefix`` /
+        ``document_prefix`` become (the start of) the prompts and are kept as single tokens; ``query_length``,
+        ``document_length``, ``do_query_expansion`` and ``attend_to_expansion_tokens`` become the Transformer's
+        settings unless its own config has them; a PyLate 3 folder (``model_type`` "ColBERT": Transformer and
+        Dense only) gets the MultiVectorMask (``skiplist_words``, punctuation by default) and the token-level
+        Normalize that PyLate applied inline. Other folders pass through."""
+        config = self.st_config
+        markers = ("query_length", "document_length", "query_expansion", "do_query_expansion",
+                   "attend_to_expansion_tokens", "attend_to_mask_tokens", "query_prefix", "document_prefix",
+                   "skiplist_words")
+        if not any(key in config for key in markers):
+            return specs
+        prefixes = {}
+        for key, role in (("query_prefix", "query"), ("document_prefix", "document")):
+            if key in config:
+                prefix = config[key] or ""
+                prefixes[role] = prefix
+                if role not in user_prompts:
+                    saved = (config.get("prompts") or {}).get(role) or ""
+                    self.prompts[role] = prefix + saved.removeprefix(prefix)
+        self._legacy_prefixes = prefixes
+        knobs = {k: config[k] for k in ("query_length", "document_length", "query_expansion")
+                 if k in config and (config[k] is not None or k == "query_expansion")}
+        if "query_expansion" not in knobs:
+            if config.get("do_query_expansion") is False:
+                knobs["query_expansion"] = None
+            else:
+                attend = config.get("attend_to_expansion_tokens", config.get("attend_to_mask_tokens"))
+                length = knobs.pop("query_length", None) or config.get("query_length") or 32
+                knobs["query_expansion"] = {"strategy": "fixed", "attend": bool(attend), "length": length}
+        transformer = specs[0]
+        specs = [ModuleSpec(transformer.kind, transformer.path, {**knobs, **transformer.config}), *specs[1:]]
+        if config.get("model_type") == "ColBERT":  # PyLate 3 listed only [Transformer, Dense]
+            skiplist = config.get("skiplist_words")
+            specs += [ModuleSpec("multi_vector_mask", self.model_folder,
+                                 {"skiplist_words": list(string.punctuation) if skiplist is None else skiplist}),
+                      ModuleSpec("normalize", self.model_folder, {"module_input_name": "token_embeddings",
+                                                                  "module_output_name": "token_embeddings"})]
+        return specs
 
     def _stanford_specs(self, user_prompts: dict) -> list[ModuleSpec]:
         """The modules sentence-transformers builds for a Stanford-NLP ColBERT folder: Transformer (lengths and
@@ -160,7 +201,7 @@ class MultiVectorEncoder(BaseModel):
             raise ValueError(f"{self.model_folder} is not a multi-vector model (modules {kinds}); load it with "
                              "jaxst.SentenceTransformer or jaxst.SparseEncoder")
         unsupported = [k for k in kinds[1:] if k not in ("dense", "normalize", "multi_vector_mask", "dropout",
-                                                         "stanford_projection")]
+                                                         "stanford_projection", "token_pooling")]
         if unsupported:
             raise ValueError(f"{self.model_folder}: unsupported MultiVectorEncoder modules {unsupported}; jaxst loads "
                              "Transformer, Dense, MultiVectorMask, Normalize")
@@ -179,6 +220,7 @@ class MultiVectorEncoder(BaseModel):
 
         heads, dim, head_specs = [], encoder_cfg.hidden_size, []
         self.skiplist_words, self.skiplist_tasks, self.keep_only_token_ids = [], ["document"], None
+        self.token_pooling = None  # a HierarchicalTokenPooling module at the end of the folder's pipeline
         for spec in specs[1:]:
             if spec.kind in ("dense", "stanford_projection"):
                 if spec.kind == "stanford_projection":
@@ -190,17 +232,21 @@ class MultiVectorEncoder(BaseModel):
                     if c.get("module_input_name", "token_embeddings") != "token_embeddings":
                         raise ValueError(f"{spec.path}: a Dense on {c.get('module_input_name')!r}; a multi-vector "
                                          "model projects token_embeddings")
-                if c.get("in_features") != dim:
-                    raise ValueError(f"{spec.path}: Dense in_features {c.get('in_features')} != input dim {dim}")
-                activation = dense_activation_name(c.get("activation_function", "torch.nn.modules.activation.Tanh"))
-                heads.append(nnx.eval_shape(lambda c=c, a=activation: Dense(
-                    c["in_features"], c["out_features"], c.get("bias", True), a, c.get("use_residual", False),
-                    rngs=nnx.Rngs(0))))
+                head, dim = dense_head(c, dim, spec.path)
+                heads.append(head)
                 head_specs.append(spec)
-                dim = c["out_features"]
             elif spec.kind == "normalize":
                 heads.append(Normalize())
                 head_specs.append(spec)
+            elif spec.kind == "token_pooling":
+                if spec is not specs[-1] or not (spec.path / "config.json").is_file() or \
+                        "pool_factor" not in spec.config:
+                    raise ValueError(f"{spec.path}: jaxst runs a HierarchicalTokenPooling as the last module "
+                                     "(LambdaTokenPooling holds code, which jaxst does not run)")
+                c = spec.config
+                self.token_pooling = HierarchicalTokenPooling(
+                    c["pool_factor"], num_protected_tokens=c.get("num_protected_tokens", 1),
+                    normalize_embeddings=c.get("normalize_embeddings", False), tasks=c.get("tasks"))
             elif spec.kind == "multi_vector_mask":
                 c = spec.config
                 self.skiplist_words = list(c.get("skiplist_words") or [])
@@ -324,10 +370,12 @@ class MultiVectorEncoder(BaseModel):
             batch["token_type_ids"] = types
         return batch
 
-    @staticmethod
-    def column_tasks(n_columns: int) -> list[str]:
+    def column_tasks(self, n_columns: int) -> list[str]:
         """The task of each training column (``jaxst.training.collate``): the first is the query, the others
         documents, as sentence-transformers' MultiVectorEncoder data collator assigns them."""
+        if self.token_pooling is not None:
+            raise ValueError("this model pools document tokens with HierarchicalTokenPooling (host-side clustering, "
+                             "outside the jitted forward): jaxst trains it without; remove the module to train")
         return ["query"] + ["document"] * (n_columns - 1)
 
     def apply(self, params, batch: dict) -> dict:
@@ -371,8 +419,9 @@ class MultiVectorEncoder(BaseModel):
         if output_value != "token_embeddings":
             raise ValueError(f"jaxst's MultiVectorEncoder.encode supports output_value='token_embeddings', "
                              f"got {output_value!r}")
-        if token_pooling is not None:
-            raise ValueError("per-call token_pooling is not supported by jaxst yet")
+        if token_pooling is not None and not isinstance(token_pooling, HierarchicalTokenPooling):
+            raise TypeError("token_pooling must be a jaxst.multi_vector_encoder.HierarchicalTokenPooling, got "
+                            f"{type(token_pooling).__name__}")
         _check_task(task)
         positive_int("batch_size", batch_size)
         del chunk_size  # multi-process chunking: jaxst splits batches over devices instead
@@ -393,9 +442,15 @@ class MultiVectorEncoder(BaseModel):
             for idx, emb in self._batches(rows, params, mesh, batch_size, max_batch_tokens, bar):
                 for j, r in enumerate(idx):
                     out[r, : kept[r]] = emb[j, : kept[r]]
+        if self.token_pooling is not None and self.token_pooling.applies_to(task):  # the folder's own pooling
+            out, kept = _padded(self.token_pooling.pool([out[i, : kept[i]] for i in range(len(rows))], task=task),
+                                self._embedding_dim)
         if normalize_embeddings:
-            norms = np.sqrt(np.maximum(np.sum(out * out, axis=-1, keepdims=True), 1e-24))
-            out = out / norms
+            out = _l2_normalize(out)
+        if token_pooling is not None and token_pooling.applies_to(task):
+            out, kept = _padded(token_pooling.pool([out[i, : kept[i]] for i in range(len(rows))], task=task),
+                                self._embedding_dim)
+        width = out.shape[1]
         mask = np.arange(width)[None, :] < kept[:, None]
         if return_padded:
             if single:
@@ -502,6 +557,11 @@ class MultiVectorEncoder(BaseModel):
                 specs[i] = ModuleSpec(spec.kind, spec.path, {
                     "skiplist_words": list(self.skiplist_words), "skiplist_tasks": list(self.skiplist_tasks),
                     "keep_only_token_ids": self.keep_only_token_ids})
+            elif spec.kind == "dense":  # PyLate's configs predate the module IO names
+                specs[i] = ModuleSpec(spec.kind, spec.path, {"module_input_name": "token_embeddings",
+                                                             "module_output_name": "token_embeddings", **spec.config})
+            elif spec.kind == "token_pooling":
+                specs[i] = ModuleSpec(spec.kind, spec.path, self.token_pooling.get_config_dict())
             elif spec.kind == "normalize" and self._stanford:
                 specs[i] = ModuleSpec(spec.kind, spec.path, {"module_input_name": "token_embeddings",
                                                              "module_output_name": "token_embeddings"})
@@ -524,6 +584,77 @@ class MultiVectorEncoder(BaseModel):
                 f"query_expansion={self.query_expansion}, document_length={self.document_length})")
 
 
+class HierarchicalTokenPooling:
+    """sentence-transformers' HierarchicalTokenPooling: fewer vectors per document for a smaller index. The
+    first ``num_protected_tokens`` tokens stay; the others are clustered by Ward linkage on their cosine
+    distances (scipy, on the host) into ``tokens // pool_factor`` clusters, each replaced by its mean; all
+    output tokens are L2-normalized with ``normalize_embeddings``. ``tasks``: the tasks it applies to
+    ("document" by default; no task counts as "document"). Pass it as ``encode(..., token_pooling=...)``,
+    or call ``pool`` on embeddings already encoded."""
+
+    def __init__(self, pool_factor: float = 1.0, *, num_protected_tokens: int = 1, normalize_embeddings: bool = True,
+                 tasks: str | list[str] | None = None):
+        if not pool_factor >= 1:
+            raise ValueError(f"pool_factor must be >= 1, got {pool_factor}.")
+        if not isinstance(num_protected_tokens, int) or num_protected_tokens < 0:
+            raise ValueError(f"num_protected_tokens must be >= 0, got {num_protected_tokens}.")
+        self.pool_factor = pool_factor
+        self.num_protected_tokens = num_protected_tokens
+        self.normalize_embeddings = bool(normalize_embeddings)
+        self.tasks = [tasks] if isinstance(tasks, str) else list(tasks if tasks is not None else ["document"])
+
+    def applies_to(self, task: str | None) -> bool:
+        return (task or "document") in self.tasks
+
+    def get_config_dict(self) -> dict:
+        return {"pool_factor": self.pool_factor, "num_protected_tokens": self.num_protected_tokens,
+                "normalize_embeddings": self.normalize_embeddings, "tasks": list(self.tasks)}
+
+    def pool(self, embeddings: list, *, task: str | None = None) -> list[np.ndarray]:
+        """One (tokens_i, dim) array per text -> its pooled (clusters_i, dim) float32 array (unchanged, as
+        arrays, when the pooling does not apply to ``task``)."""
+        embeddings = [np.asarray(e, np.float32) for e in embeddings]
+        if not self.applies_to(task):
+            return embeddings
+        if self.pool_factor <= 1:
+            return [_l2_normalize(e) for e in embeddings] if self.normalize_embeddings else embeddings
+        return [self._pool_one(e) for e in embeddings]
+
+    def _pool_one(self, embedding: np.ndarray) -> np.ndarray:
+        from scipy.cluster import hierarchy
+        from scipy.spatial.distance import squareform
+
+        protected, to_pool = embedding[: self.num_protected_tokens], embedding[self.num_protected_tokens:]
+        clusters = max(int(len(to_pool) // self.pool_factor), 1)
+        if clusters < len(to_pool):
+            distance = np.clip(1.0 - to_pool @ to_pool.T, 0.0, 2.0)
+            linkage = hierarchy.linkage(squareform(distance, checks=False), method="ward")
+            labels = hierarchy.fcluster(linkage, t=clusters, criterion="maxclust")
+            _, inverse = np.unique(labels, return_inverse=True)  # dense cluster ids, in label order
+            sums = np.zeros((int(inverse.max()) + 1, to_pool.shape[1]), np.float32)
+            np.add.at(sums, inverse, to_pool)
+            counts = np.bincount(inverse).astype(np.float32)
+            embedding = np.concatenate([protected, sums / counts[:, None]])
+        return _l2_normalize(embedding) if self.normalize_embeddings else embedding
+
+    def __repr__(self) -> str:
+        return f"HierarchicalTokenPooling({self.get_config_dict()})"
+
+
+def _l2_normalize(x: np.ndarray) -> np.ndarray:
+    """x / max(||x||, 1e-12) over the last axis, as torch.nn.functional.normalize."""
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def _padded(items: list[np.ndarray], dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-text (tokens_i, dim) arrays -> (n, T, dim) right-padded with zeros, and the lengths."""
+    kept = np.asarray([len(x) for x in items], np.int64)
+    out = np.zeros((len(items), int(kept.max(initial=0)), dim), np.float32)
+    for i, x in enumerate(items):
+        out[i, : len(x)] = x
+    return out, kept
+
+
 def _check_task(task) -> None:
     if task not in (None, "query", "document"):
         raise ValueError(f"task must be 'query', 'document' or None, got {task!r}")
@@ -539,4 +670,4 @@ def _mask_token(folder) -> str | None:
     return None
 
 
-__all__ = ["MultiVectorEncoder", "MultiVectorModule"]
+__all__ = ["HierarchicalTokenPooling", "MultiVectorEncoder", "MultiVectorModule"]

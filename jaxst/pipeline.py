@@ -106,6 +106,17 @@ class SentenceEncoder(nnx.Module):
         return {"sentence_embedding": x, "token_embeddings": tokens}
 
 
+def dense_head(config: dict, dim: int, path) -> tuple[Dense, int]:
+    """The abstract Dense module a saved Dense config describes, after a ``dim``-wide input, and its
+    output width."""
+    if config.get("in_features") != dim:
+        raise ValueError(f"{path}: Dense in_features {config.get('in_features')} != input dim {dim}")
+    activation = dense_activation_name(config.get("activation_function", "torch.nn.modules.activation.Tanh"))
+    head = nnx.eval_shape(lambda: Dense(config["in_features"], config["out_features"], config.get("bias", True),
+                                        activation, config.get("use_residual", False), rngs=nnx.Rngs(0)))
+    return head, config["out_features"]
+
+
 def sentence_encoder(encoder: nnx.Module, hidden_size: int, modules: list, where) -> tuple[SentenceEncoder, int]:
     """The abstract ``SentenceEncoder`` over ``encoder`` for the modules after the Transformer, and its
     output dimension. ``modules``: ``(kind, config, path)`` in modules.json order ("pooling", "dense",
@@ -121,13 +132,8 @@ def sentence_encoder(encoder: nnx.Module, hidden_size: int, modules: list, where
         elif pooling is None and kind != "dropout":
             raise ValueError(f"{where}: a {kind} module before Pooling is not supported")
         elif kind == "dense":
-            if config.get("in_features") != dim:
-                raise ValueError(f"{path}: Dense in_features {config.get('in_features')} != input dim {dim}")
-            activation = dense_activation_name(config.get("activation_function", "torch.nn.modules.activation.Tanh"))
-            heads.append(nnx.eval_shape(lambda c=config, a=activation: Dense(
-                c["in_features"], c["out_features"], c.get("bias", True), a, c.get("use_residual", False),
-                rngs=nnx.Rngs(0))))
-            dim = config["out_features"]
+            head, dim = dense_head(config, dim, path)
+            heads.append(head)
         elif kind == "normalize":
             heads.append(Normalize())
     if pooling is None:

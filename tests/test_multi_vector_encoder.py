@@ -215,6 +215,80 @@ def test_stanford_colbert_checkpoint(stanford_colbert, tmp_path):
     assert_same_tokens(model.encode_document(DOCUMENTS), reloaded.encode_document(DOCUMENTS))
 
 
+def test_pylate_folder(late_models, tmp_path):
+    """A PyLate 3 save (modules.json lists the Transformer and PyLate's Dense only; the prefixes, lengths,
+    expansion and skiplist are top-level settings in config_sentence_transformers.json, model_type "ColBERT"):
+    the same model as sentence-transformers builds from it, and saved in that library's own format."""
+    from sentence_transformers import MultiVectorEncoder as STMultiVectorEncoder
+
+    source, _ = late_models["plain"]
+    folder = tmp_path / "pylate"
+    shutil.copytree(source, folder, ignore=shutil.ignore_patterns("2_MultiVectorMask", "3_Normalize"))
+    (folder / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Dense", "type": "pylate.models.Dense.Dense"}]))
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64, "do_lower_case": False}))
+    dense = json.loads((folder / "1_Dense" / "config.json").read_text())
+    (folder / "1_Dense" / "config.json").write_text(json.dumps(
+        {k: v for k, v in dense.items() if k not in ("module_input_name", "module_output_name")}))
+    (folder / "config_sentence_transformers.json").write_text(json.dumps({
+        "model_type": "ColBERT", "prompts": {"query": "", "document": ""}, "default_prompt_name": None,
+        "similarity_fn_name": "MaxSim", "query_prefix": "[unused0]", "document_prefix": "[unused1]",
+        "query_length": 12, "document_length": 40, "attend_to_expansion_tokens": False,
+        "skiplist_words": list(string.punctuation)}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        st = STMultiVectorEncoder(str(folder), device="cpu")
+    model = MultiVectorEncoder(str(folder))
+    assert model.prompts == {k: st.prompts[k] for k in model.prompts} and model.prompts["query"] == "[unused0]"
+    assert model.query_expansion == st[0].query_expansion and model.document_length == 40
+    assert_same_tokens(model.encode_query(QUERIES), st.encode_query(QUERIES))
+    assert_same_tokens(model.encode_document(DOCUMENTS), st.encode_document(DOCUMENTS))
+    model.save(str(tmp_path / "native"))
+    reloaded = STMultiVectorEncoder(str(tmp_path / "native"), device="cpu")
+    assert_same_tokens(model.encode_query(QUERIES), reloaded.encode_query(QUERIES))
+    assert_same_tokens(model.encode_document(DOCUMENTS), reloaded.encode_document(DOCUMENTS))
+
+
+def test_hierarchical_token_pooling(late_models, tmp_path):
+    """HierarchicalTokenPooling per call and as the folder's last module: sentence-transformers' pooled
+    documents (Ward clusters on cosine distance, cluster means, protected leading tokens, normalized), queries
+    untouched; the module survives a jaxst save."""
+    from sentence_transformers import MultiVectorEncoder as STMultiVectorEncoder
+    from sentence_transformers.multi_vector_encoder.modules import HierarchicalTokenPooling as STPooling
+
+    from jaxst.multi_vector_encoder import HierarchicalTokenPooling
+
+    folder, st = late_models["colbert"]
+    model = MultiVectorEncoder(str(folder))
+    docs = DOCUMENTS + unique_sentences(read_stsb("stsb-en-test.csv"))[:20]
+    for factor, protected, normalize in ((2, 1, True), (3.0, 0, False), (1.5, 2, True)):
+        kwargs = dict(num_protected_tokens=protected, normalize_embeddings=normalize)
+        ours = model.encode_document(docs, token_pooling=HierarchicalTokenPooling(factor, **kwargs))
+        ref = st.encode_document(docs, token_pooling=STPooling(factor, **kwargs))
+        assert_same_tokens(ours, ref)
+        assert sum(len(x) for x in ours) < sum(len(x) for x in model.encode_document(docs))
+    pooling = HierarchicalTokenPooling(2)
+    assert_same_tokens(model.encode_query(QUERIES, token_pooling=pooling), model.encode_query(QUERIES))
+    assert_same_tokens(pooling.pool(model.encode_document(docs)), st.encode_document(docs, token_pooling=STPooling(2)))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        STMultiVectorEncoder(modules=[*st, STPooling(2.0, num_protected_tokens=1)], device="cpu").save(
+            str(tmp_path / "pooled"))
+        st_pooled = STMultiVectorEncoder(str(tmp_path / "pooled"), device="cpu")
+    pooled = MultiVectorEncoder(str(tmp_path / "pooled"))
+    assert_same_tokens(pooled.encode_document(docs), st_pooled.encode_document(docs))
+    assert_same_tokens(pooled.encode_query(QUERIES), st_pooled.encode_query(QUERIES))
+    pooled.save(str(tmp_path / "pooled-again"))
+    again = STMultiVectorEncoder(str(tmp_path / "pooled-again"), device="cpu")
+    assert_same_tokens(pooled.encode_document(docs), again.encode_document(docs))
+    with pytest.raises(ValueError, match="HierarchicalTokenPooling"):
+        from jaxst.training import collate
+
+        collate(pooled, [("a", "b")])
+
+
 def test_bad_input(late_models, make_tiny_st):
     folder, _ = late_models["colbert"]
     with pytest.raises(ValueError, match="load it with jaxst.MultiVectorEncoder"):

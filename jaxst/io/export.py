@@ -61,9 +61,10 @@ MODULE_TYPES = {
     "dropout": "sentence_transformers.models.Dropout",
     "logit_score": "sentence_transformers.cross_encoder.modules.logit_score.LogitScore",  # new in 6.x: no old name
     "multi_vector_mask": "sentence_transformers.multi_vector_encoder.modules.multi_vector_mask.MultiVectorMask",
+    "token_pooling": "sentence_transformers.multi_vector_encoder.modules.token_pooling.HierarchicalTokenPooling",
 }
 MODULE_CLASS_NAMES = {"pooling": "Pooling", "dense": "Dense", "normalize": "Normalize", "dropout": "Dropout",
-                      "multi_vector_mask": "MultiVectorMask"}
+                      "multi_vector_mask": "MultiVectorMask", "token_pooling": "HierarchicalTokenPooling"}
 
 # A jaxst activation name -> the torch class sentence-transformers saves and re-imports.
 TORCH_ACTIVATIONS = {

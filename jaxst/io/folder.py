@@ -73,8 +73,13 @@ def module_spec(kind: str, path: Path) -> ModuleSpec:
     return ModuleSpec(kind, path, config)
 
 
+# Class paths of other libraries whose modules are sentence-transformers' own (as sentence-transformers maps them)
+CLASS_ALIASES = {"pylate.models.Dense.Dense": "sentence_transformers.base.modules.dense.Dense"}
+
+
 def module_kind(type_name: str, where) -> str:
     """Our kind for a modules.json / router_config.json class path; a clear error for anything else."""
+    type_name = CLASS_ALIASES.get(type_name, type_name)
     kind = MODULE_KINDS.get(type_name.rsplit(".", 1)[-1])
     if not type_name.startswith("sentence_transformers."):
         raise ValueError(
