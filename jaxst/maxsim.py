@@ -68,8 +68,9 @@ EMPTY_DOCUMENT_SCORE = -1e9
 MAXSIM_CHUNK_ELEMENTS = 1 << 25
 # maxsim_search's scan on the CPU backend: a step's (queries, query tokens, documents, document tokens)
 # scores stay in cache. 100 x 32-token queries over 5,000 48-token documents (2 AMD EPYC cores): 2^25
-# elements 2,179 ms, 2^23 2,005 ms, 2^21 1,849 ms, 2^19 2,020 ms (sentence-transformers: 4,392 ms).
-CPU_SCAN_ELEMENTS = 1 << 21
+# elements 2,179 ms, 2^23 2,005 ms, 2^21 1,849 ms, 2^19 2,020 ms (sentence-transformers: 4,392 ms); over
+# 50,000 documents: 2^22 21.6 s, 2^21 22.1 s, 2^20 17.4 s, 2^19 19.9 s (sentence-transformers: 44.8 s).
+CPU_SCAN_ELEMENTS = 1 << 20
 # A numpy corpus larger than this is streamed to the device in pieces of about this size.
 HOST_PIECE_BYTES = 1 << 30
 
