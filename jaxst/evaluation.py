@@ -1,0 +1,334 @@
+"""Evaluators with sentence-transformers' names, arguments and metric keys, scoring through jaxst's jitted
+similarity functions and ``jax.lax.top_k``.
+
+Each evaluator is called as ``evaluator(model, output_path=None, epoch=-1, steps=-1)`` and returns a dict
+of metrics (prefixed with ``name_`` when it has a name), and names the one ``fit`` tracks in
+``primary_metric`` after its first call, as sentence-transformers' evaluators do; ``output_path`` writes
+the same CSV rows. They work from ``jaxst.training.fit`` and from a user's own loop.
+
+    InformationRetrievalEvaluator  accuracy@k, precision@k, recall@k, MRR@k, NDCG@k, MAP@k per score function
+    EmbeddingSimilarityEvaluator   Pearson / Spearman of similarity against gold scores (jaxst.training's)
+    TripletEvaluator               how often the anchor is closer to the positive than to the negative
+    SequentialEvaluator            several evaluators, one score
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Callable, Iterable, Sequence
+
+import jax
+import numpy as np
+
+from jaxst.similarity import similarity_functions
+from jaxst.training import EmbeddingSimilarityEvaluator
+
+SIMILARITY_NAMES = ("cosine", "dot", "euclidean", "manhattan")
+
+
+class SentenceEvaluator:
+    """What every evaluator shares: the metric-name prefix and ``primary_metric``."""
+
+    greater_is_better = True
+    primary_metric: str | None = None
+
+    def prefix_name_to_metrics(self, metrics: dict[str, float], name: str) -> dict[str, float]:
+        """``{name}_{key}`` for every metric (and the primary one), values as floats."""
+        metrics = {key: float(value) for key, value in metrics.items()}
+        if not name:
+            return metrics
+        if self.primary_metric is not None and not self.primary_metric.startswith(name + "_"):
+            self.primary_metric = name + "_" + self.primary_metric
+        return {f"{name}_{key}": value for key, value in metrics.items()}
+
+    @staticmethod
+    def _write_csv(output_path: str | None, file: str, headers: list[str], row: list) -> None:
+        if output_path is None:
+            return
+        os.makedirs(output_path, exist_ok=True)
+        path = os.path.join(output_path, file)
+        new = not os.path.isfile(path)
+        with open(path, "a", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            if new:
+                writer.writerow(headers)
+            writer.writerow(row)
+
+
+def _encode(model, texts, side: str | None, **kwargs):
+    fn = {"query": getattr(model, "encode_query", None), "document": getattr(model, "encode_document", None)}.get(
+        side) or model.encode
+    return fn(list(texts), **kwargs)
+
+
+class InformationRetrievalEvaluator(SentenceEvaluator):
+    """Retrieval metrics of a model on ``queries`` (qid -> text), ``corpus`` (cid -> text) and
+    ``relevant_docs`` (qid -> set of cids), as sentence-transformers' evaluator of the same name computes
+    them: for each score function (the model's similarity by default, or ``score_functions`` {name:
+    fn(queries, documents) -> scores}), the top hits of every query over the corpus, embedded and scored
+    ``corpus_chunk_size`` documents at a time (ties ordered by corpus id), then accuracy@k, precision@k,
+    recall@k, MRR@k, NDCG@k and MAP@k. Metric keys: ``{score function}_{metric}@{k}``, e.g.
+    ``cosine_ndcg@10`` (the primary metric, the best score function's NDCG at the largest k)."""
+
+    def __init__(
+        self,
+        queries: dict[str, str],
+        corpus: dict[str, str],
+        relevant_docs: dict[str, set[str]],
+        corpus_chunk_size: int = 50000,
+        mrr_at_k: list[int] = (10,),
+        ndcg_at_k: list[int] = (10,),
+        accuracy_at_k: list[int] = (1, 3, 5, 10),
+        precision_recall_at_k: list[int] = (1, 3, 5, 10),
+        map_at_k: list[int] = (100,),
+        show_progress_bar: bool = False,
+        batch_size: int = 32,
+        name: str = "",
+        write_csv: bool = True,
+        truncate_dim: int | None = None,
+        score_functions: dict[str, Callable] | None = None,
+        main_score_function: str | None = None,
+        query_prompt: str | None = None,
+        query_prompt_name: str | None = None,
+        corpus_prompt: str | None = None,
+        corpus_prompt_name: str | None = None,
+        write_predictions: bool = False,
+    ):
+        self.queries_ids = [qid for qid in queries if qid in relevant_docs and len(relevant_docs[qid]) > 0]
+        self.queries = [queries[qid] for qid in self.queries_ids]
+        self.corpus_ids = list(corpus.keys())
+        self.corpus = [corpus[cid] for cid in self.corpus_ids]
+        if not self.queries:
+            raise ValueError("InformationRetrievalEvaluator: no query has a relevant document")
+        if not self.corpus:
+            raise ValueError("InformationRetrievalEvaluator: the corpus is empty")
+        self.relevant_docs = relevant_docs
+        if not isinstance(corpus_chunk_size, int) or corpus_chunk_size < 1:
+            raise ValueError(f"corpus_chunk_size must be a positive int, got {corpus_chunk_size!r}")
+        self.corpus_chunk_size = corpus_chunk_size
+        self.mrr_at_k, self.ndcg_at_k = list(mrr_at_k), list(ndcg_at_k)
+        self.accuracy_at_k, self.precision_recall_at_k, self.map_at_k = (list(accuracy_at_k),
+                                                                         list(precision_recall_at_k), list(map_at_k))
+        for k in self.mrr_at_k + self.ndcg_at_k + self.accuracy_at_k + self.precision_recall_at_k + self.map_at_k:
+            if not isinstance(k, int) or k < 1:
+                raise ValueError(f"every @k must be a positive int, got {k!r}")
+        self.show_progress_bar, self.batch_size, self.name = show_progress_bar, batch_size, name
+        self.write_csv, self.truncate_dim = write_csv, truncate_dim
+        self.score_functions = dict(score_functions) if score_functions else None
+        self.main_score_function = getattr(main_score_function, "value", main_score_function)
+        self.query_prompt, self.query_prompt_name = query_prompt, query_prompt_name
+        self.corpus_prompt, self.corpus_prompt_name = corpus_prompt, corpus_prompt_name
+        self.write_predictions = write_predictions
+        suffix = "_" + name if name else ""
+        self.csv_file = f"Information-Retrieval_evaluation{suffix}_results.csv"
+        self.predictions_file = f"Information-Retrieval_evaluation{suffix}_predictions.jsonl"
+
+    def _functions(self, model) -> dict[str, Callable]:
+        if self.score_functions is not None:
+            return self.score_functions
+        return {model.similarity_fn_name: similarity_functions(model.similarity_fn_name)[0]}
+
+    def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
+        functions = self._functions(model)
+        scores = self.compute_metrics_for(model, functions, output_path)
+        names = sorted(functions)
+        if output_path is not None and self.write_csv:
+            headers, row = ["epoch", "steps"], [epoch, steps]
+            for fn in names:
+                for metric, ks in (("Accuracy", self.accuracy_at_k), ("Precision-Recall", self.precision_recall_at_k),
+                                   ("MRR", self.mrr_at_k), ("NDCG", self.ndcg_at_k), ("MAP", self.map_at_k)):
+                    for k in ks:
+                        if metric == "Precision-Recall":
+                            headers += [f"{fn}-Precision@{k}", f"{fn}-Recall@{k}"]
+                            row += [scores[fn]["precision@k"][k], scores[fn]["recall@k"][k]]
+                        else:
+                            headers.append(f"{fn}-{metric}@{k}")
+                            row.append(scores[fn][f"{metric.lower()}@k"][k])
+            self._write_csv(output_path, self.csv_file, headers, row)
+        top = max(self.ndcg_at_k)
+        main = self.main_score_function or max(names, key=lambda fn: scores[fn]["ndcg@k"][top])
+        self.primary_metric = f"{main}_ndcg@{top}"
+        metrics = {f"{fn}_{metric.replace('@k', f'@{k}')}": value
+                   for fn, values in scores.items() for metric, per_k in values.items() for k, value in per_k.items()}
+        return self.prefix_name_to_metrics(metrics, self.name)
+
+    def compute_metrics_for(self, model, functions: dict[str, Callable], output_path: str | None = None) -> dict:
+        """{score function: {"accuracy@k": {k: value}, ...}} for ``model``."""
+        max_k = max(self.mrr_at_k + self.ndcg_at_k + self.accuracy_at_k + self.precision_recall_at_k + self.map_at_k)
+        kw = dict(batch_size=self.batch_size, show_progress_bar=self.show_progress_bar, convert_to_tensor=True)
+        if self.truncate_dim is not None:
+            kw["truncate_dim"] = self.truncate_dim
+        queries = _encode(model, self.queries, "query", prompt=self.query_prompt, prompt_name=self.query_prompt_name,
+                          **kw)
+        hits = {fn: [[] for _ in self.queries] for fn in functions}
+        for start in range(0, len(self.corpus), self.corpus_chunk_size):
+            chunk = self.corpus[start : start + self.corpus_chunk_size]
+            docs = _encode(model, chunk, "document", prompt=self.corpus_prompt, prompt_name=self.corpus_prompt_name,
+                           **kw)
+            for fn, score in functions.items():
+                k = min(max_k, len(chunk))
+                values, idx = jax.lax.top_k(score(queries, docs), k)
+                values, idx = np.asarray(values).tolist(), np.asarray(idx).tolist()
+                for q, (vals, ids) in enumerate(zip(values, idx)):
+                    found = hits[fn][q]
+                    found.extend((v, self.corpus_ids[start + i]) for v, i in zip(vals, ids))
+                    found.sort(key=lambda x: (-x[0], x[1]))  # ties by corpus id, as sentence-transformers
+                    del found[max_k:]
+        if self.write_predictions and output_path is not None:
+            import json
+
+            os.makedirs(output_path, exist_ok=True)
+            for fn in hits:
+                path = os.path.join(output_path, self.predictions_file.replace(".jsonl", f"_{fn}.jsonl"))
+                with open(path, "w", encoding="utf-8") as f:
+                    for qid, text, found in zip(self.queries_ids, self.queries, hits[fn]):
+                        results = [{"corpus_id": c, "score": s} for s, c in found]
+                        f.write(json.dumps({"query_id": qid, "query": text, "results": results}) + "\n")
+        return {fn: self.compute_metrics([[{"corpus_id": c, "score": s} for s, c in found] for found in hits[fn]])
+                for fn in functions}
+
+    def compute_metrics(self, queries_result_list: list[list[dict]]) -> dict:
+        """The metrics of per-query hit lists ({"corpus_id", "score"}), as sentence-transformers defines them."""
+        hits_at = {k: 0 for k in self.accuracy_at_k}
+        precision = {k: [] for k in self.precision_recall_at_k}
+        recall = {k: [] for k in self.precision_recall_at_k}
+        mrr = {k: 0.0 for k in self.mrr_at_k}
+        ndcg = {k: [] for k in self.ndcg_at_k}
+        average_precision = {k: [] for k in self.map_at_k}
+        for qid, found in zip(self.queries_ids, queries_result_list):
+            ranked = [h["corpus_id"] for h in sorted(found, key=lambda h: (-h["score"], h["corpus_id"]))]
+            relevant = self.relevant_docs[qid]
+            hit = [cid in relevant for cid in ranked]
+            for k in self.accuracy_at_k:
+                hits_at[k] += any(hit[:k])
+            for k in self.precision_recall_at_k:
+                correct = sum(hit[:k])
+                precision[k].append(correct / k)
+                recall[k].append(correct / len(relevant))
+            for k in self.mrr_at_k:
+                first = next((rank for rank, h in enumerate(hit[:k]) if h), None)
+                mrr[k] += 0.0 if first is None else 1.0 / (first + 1)
+            for k in self.ndcg_at_k:
+                ndcg[k].append(_dcg(hit, k) / _dcg([True] * len(relevant), k))
+            for k in self.map_at_k:
+                correct, total = 0, 0.0
+                for rank, h in enumerate(hit[:k]):
+                    if h:
+                        correct += 1
+                        total += correct / (rank + 1)
+                average_precision[k].append(total / min(k, len(relevant)))
+        n = len(self.queries)
+        return {
+            "accuracy@k": {k: v / n for k, v in hits_at.items()},
+            "precision@k": {k: float(np.mean(v)) for k, v in precision.items()},
+            "recall@k": {k: float(np.mean(v)) for k, v in recall.items()},
+            "ndcg@k": {k: float(np.mean(v)) for k, v in ndcg.items()},
+            "mrr@k": {k: v / n for k, v in mrr.items()},
+            "map@k": {k: float(np.mean(v)) for k, v in average_precision.items()},
+        }
+
+
+def _dcg(relevances: Sequence[bool], k: int) -> float:
+    return sum(float(r) / np.log2(i + 2) for i, r in enumerate(relevances[:k]))
+
+
+class TripletEvaluator(SentenceEvaluator):
+    """How often each anchor scores its positive higher than its negative (by more than ``margin``), for each
+    of ``similarity_fn_names`` (the model's by default), as sentence-transformers' TripletEvaluator: keys
+    ``{fn}_accuracy`` (and ``max_accuracy`` for several)."""
+
+    def __init__(self, anchors: Sequence[str], positives: Sequence[str], negatives: Sequence[str],
+                 main_similarity_function: str | None = None, margin: float | dict[str, float] | None = None,
+                 name: str = "", batch_size: int = 16, show_progress_bar: bool = False, write_csv: bool = True,
+                 truncate_dim: int | None = None, similarity_fn_names: list[str] | None = None):
+        if not (len(anchors) == len(positives) == len(negatives)):
+            raise ValueError(f"anchors, positives and negatives differ in length: {len(anchors)}, {len(positives)}, "
+                             f"{len(negatives)}")
+        self.anchors, self.positives, self.negatives = list(anchors), list(positives), list(negatives)
+        self.main_similarity_function = getattr(main_similarity_function, "value", main_similarity_function)
+        self.similarity_fn_names = list(similarity_fn_names or ([self.main_similarity_function]
+                                                                 if self.main_similarity_function else []))
+        unknown = sorted(set(self.similarity_fn_names) - set(SIMILARITY_NAMES))
+        if unknown:
+            raise ValueError(f"`similarity_fn_names` got unexpected names {unknown}, expected names in "
+                             f"{list(SIMILARITY_NAMES)}.")
+        if margin is None:
+            margin = 0.0
+        if isinstance(margin, (int, float)):
+            self.margin = {k: float(margin) for k in SIMILARITY_NAMES}
+        elif isinstance(margin, dict):
+            unknown = sorted(set(margin) - set(SIMILARITY_NAMES))
+            if unknown:
+                raise ValueError(f"`margin` got unexpected keys {unknown}, expected keys in {list(SIMILARITY_NAMES)}.")
+            self.margin = {**{k: 0.0 for k in SIMILARITY_NAMES}, **margin}
+        else:
+            raise ValueError(f"`margin` should be a float or a dictionary with keys in {list(SIMILARITY_NAMES)}.")
+        self.name, self.batch_size, self.show_progress_bar = name, batch_size, show_progress_bar
+        self.write_csv, self.truncate_dim = write_csv, truncate_dim
+        self.csv_file = "triplet_evaluation" + ("_" + name if name else "") + "_results.csv"
+
+    @classmethod
+    def from_input_examples(cls, examples, **kwargs) -> TripletEvaluator:
+        return cls([e.texts[0] for e in examples], [e.texts[1] for e in examples], [e.texts[2] for e in examples],
+                   **kwargs)
+
+    def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
+        kw = dict(batch_size=self.batch_size, show_progress_bar=self.show_progress_bar)
+        if self.truncate_dim is not None:
+            kw["truncate_dim"] = self.truncate_dim
+        anchors = _encode(model, self.anchors, "query", **kw)
+        positives = _encode(model, self.positives, "document", **kw)
+        negatives = _encode(model, self.negatives, "document", **kw)
+        names = self.similarity_fn_names or [model.similarity_fn_name]
+        metrics = {}
+        for fn in names:
+            pairwise = similarity_functions(fn)[1]
+            pos, neg = np.asarray(pairwise(anchors, positives)), np.asarray(pairwise(anchors, negatives))
+            metrics[f"{fn}_accuracy"] = float(np.mean(pos > neg + self.margin[fn]))
+        if output_path is not None and self.write_csv:
+            self._write_csv(output_path, self.csv_file, ["epoch", "steps"] + [f"accuracy_{fn}" for fn in names],
+                            [epoch, steps] + list(metrics.values()))
+        if len(names) > 1:
+            metrics["max_accuracy"] = max(metrics.values())
+        if self.main_similarity_function:
+            self.primary_metric = f"{self.main_similarity_function}_accuracy"
+        else:
+            self.primary_metric = "max_accuracy" if len(names) > 1 else f"{names[0]}_accuracy"
+        return self.prefix_name_to_metrics(metrics, self.name)
+
+
+class SequentialEvaluator(SentenceEvaluator):
+    """Runs ``evaluators`` in order; returns all their metrics and ``sequential_score``, ``main_score_function``
+    of their primary scores (the last one's by default)."""
+
+    def __init__(self, evaluators: Iterable, main_score_function: Callable = lambda scores: scores[-1]):
+        self.evaluators = list(evaluators)
+        self.main_score_function = main_score_function
+
+    def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
+        results, scores = {}, []
+        for i, evaluator in enumerate(self.evaluators):
+            evaluation = _call_evaluator(evaluator, model, output_path, epoch, steps)
+            if not isinstance(evaluation, dict):
+                scores.append(evaluation)
+                evaluation = {f"evaluator_{i}": evaluation}
+            else:
+                primary = getattr(evaluator, "primary_metric", None)
+                scores.append(evaluation[primary] if primary is not None else next(iter(evaluation.values())))
+            results.update(evaluation)
+        self.primary_metric = "sequential_score"
+        results["sequential_score"] = float(self.main_score_function(scores)) if scores else 0.0
+        return results
+
+
+def _call_evaluator(evaluator, model, output_path, epoch, steps):
+    """jaxst's EmbeddingSimilarityEvaluator takes (model, epoch, steps); the others sentence-transformers'
+    (model, output_path, epoch, steps)."""
+    if isinstance(evaluator, EmbeddingSimilarityEvaluator):
+        return evaluator(model, epoch=epoch, steps=steps)
+    return evaluator(model, output_path, epoch, steps)
+
+
+__all__ = ["EmbeddingSimilarityEvaluator", "InformationRetrievalEvaluator", "SentenceEvaluator",
+           "SequentialEvaluator", "TripletEvaluator"]

@@ -1,0 +1,92 @@
+"""jaxst.evaluation against sentence-transformers' evaluators: the same metric keys, values within 1e-4,
+for all-MiniLM-L6-v2 on STSb-derived tasks (both libraries run in this test)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import read_stsb
+
+from jaxst.evaluation import InformationRetrievalEvaluator, SequentialEvaluator, TripletEvaluator
+
+TOL = 1e-4
+
+
+def retrieval_task():
+    """STSb test pairs scoring at least 4.0: the first sentence a query, the second its relevant document;
+    every unique second sentence of the test set is the corpus."""
+    rows = read_stsb("stsb-en-test.csv")
+    corpus_texts = list(dict.fromkeys(b for _, b, _ in rows))
+    cid = {text: f"c{i}" for i, text in enumerate(corpus_texts)}
+    queries, relevant = {}, {}
+    for i, (a, b, score) in enumerate(rows):
+        if score >= 4.0:
+            queries[f"q{i}"] = a
+            relevant[f"q{i}"] = {cid[b]}
+    return queries, {c: t for t, c in cid.items()}, relevant
+
+
+def assert_same_metrics(ours: dict, ref: dict) -> None:
+    assert set(ours) == set(ref)
+    for key, value in ref.items():
+        assert abs(ours[key] - float(value)) < TOL, (key, ours[key], value)
+
+
+def test_information_retrieval_evaluator(jx_minilm, st_minilm, tmp_path):
+    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator as STEvaluator
+
+    queries, corpus, relevant = retrieval_task()
+    assert len(queries) > 300 and len(corpus) > 1000
+    kwargs = dict(corpus_chunk_size=500, accuracy_at_k=[1, 3, 10], map_at_k=[10, 100], name="stsb")
+    ours = InformationRetrievalEvaluator(queries, corpus, relevant, **kwargs)
+    ref = STEvaluator(queries, corpus, relevant, **kwargs)
+    ours_metrics = ours(jx_minilm, output_path=str(tmp_path))
+    assert_same_metrics(ours_metrics, ref(st_minilm))
+    assert ours.primary_metric == ref.primary_metric == "stsb_cosine_ndcg@10"
+    assert 0.5 < ours_metrics["stsb_cosine_ndcg@10"] < 1.0
+    assert (tmp_path / "Information-Retrieval_evaluation_stsb_results.csv").is_file()
+    # several score functions, truncated embeddings
+    from sentence_transformers import util as st_util
+
+    from jaxst import util
+
+    ours = InformationRetrievalEvaluator(queries, corpus, relevant, truncate_dim=128,
+                                         score_functions={"cos": util.cos_sim, "dot": util.dot_score})
+    ref = STEvaluator(queries, corpus, relevant, truncate_dim=128,
+                      score_functions={"cos": st_util.cos_sim, "dot": st_util.dot_score})
+    assert_same_metrics(ours(jx_minilm), ref(st_minilm))
+    assert ours.primary_metric == ref.primary_metric
+
+
+def test_triplet_and_sequential_evaluators(jx_minilm, st_minilm):
+    from sentence_transformers.sentence_transformer.evaluation import SequentialEvaluator as STSequential
+    from sentence_transformers.sentence_transformer.evaluation import TripletEvaluator as STTriplet
+
+    rows = [r for r in read_stsb("stsb-en-test.csv") if r[2] >= 3.0][:300]
+    anchors, positives = [a for a, _, _ in rows], [b for _, b, _ in rows]
+    negatives = positives[7:] + positives[:7]
+    for kwargs in ({}, {"similarity_fn_names": ["cosine", "dot", "euclidean", "manhattan"], "margin": 0.05}):
+        ours, ref = TripletEvaluator(anchors, positives, negatives, **kwargs), STTriplet(anchors, positives,
+                                                                                          negatives, **kwargs)
+        assert_same_metrics(ours(jx_minilm), ref(st_minilm))
+        assert ours.primary_metric == ref.primary_metric
+    queries, corpus, relevant = retrieval_task()
+    ours = SequentialEvaluator([TripletEvaluator(anchors, positives, negatives, name="triplet"),
+                                InformationRetrievalEvaluator(queries, corpus, relevant, name="ir")],
+                               main_score_function=np.mean)
+    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator as STEvaluator
+
+    ref = STSequential([STTriplet(anchors, positives, negatives, name="triplet"),
+                        STEvaluator(queries, corpus, relevant, name="ir")], main_score_function=np.mean)
+    assert_same_metrics(ours(jx_minilm), ref(st_minilm))
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="differ in length"):
+        TripletEvaluator(["a"], ["b"], [])
+    with pytest.raises(ValueError, match="similarity_fn_names"):
+        TripletEvaluator(["a"], ["b"], ["c"], similarity_fn_names=["cosine", "jaccard"])
+    with pytest.raises(ValueError, match="no query has a relevant document"):
+        InformationRetrievalEvaluator({"q": "a"}, {"c": "b"}, {})
+    with pytest.raises(ValueError, match="positive int"):
+        InformationRetrievalEvaluator({"q": "a"}, {"c": "b"}, {"q": {"c"}}, ndcg_at_k=[0])
