@@ -24,7 +24,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxst.pooling import normalize
-from jaxst.similarity import cos_sim, dot_score, pairwise_angle_sim, pairwise_cos_sim
+from jaxst.similarity import (
+    cos_sim,
+    dot_score,
+    pairwise_angle_sim,
+    pairwise_cos_sim,
+    pairwise_dot_score,
+    pairwise_euclidean_sim,
+    pairwise_manhattan_sim,
+)
 
 MNRL_DIRECTIONS = ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")
 HARDNESS_MODES = (None, "in_batch_negatives", "hard_negatives", "all_negatives")
@@ -374,6 +382,116 @@ class BinaryCrossEntropyLoss(Loss):
         return self(embeddings, labels, rng) / jax.lax.axis_size(axis_name)  # mean of equal-sized shards
 
 
+# ------------------------------------------------------------------------- triplet and distillation losses
+
+
+class TripletDistanceMetric:
+    """sentence-transformers' triplet distances: 1 - cosine, euclidean, manhattan (pairwise)."""
+
+    COSINE = staticmethod(lambda x, y: 1.0 - pairwise_cos_sim(x, y))
+    EUCLIDEAN = staticmethod(lambda x, y: -pairwise_euclidean_sim(x, y))
+    MANHATTAN = staticmethod(lambda x, y: -pairwise_manhattan_sim(x, y))
+
+
+class TripletLoss(Loss):
+    """max(d(anchor, positive) - d(anchor, negative) + ``triplet_margin``, 0), averaged; ``embeddings``:
+    [anchors, positives, negatives], each (B, D). Euclidean distance and margin 5 by default, as
+    sentence-transformers' TripletLoss."""
+
+    def __init__(self, model=None, distance_metric: Callable = TripletDistanceMetric.EUCLIDEAN,
+                 triplet_margin: float = 5.0):
+        del model
+        if not callable(distance_metric):
+            raise TypeError(f"distance_metric must be callable, got {type(distance_metric).__name__}")
+        self.distance_metric = distance_metric
+        self.triplet_margin = float(triplet_margin)
+
+    def __call__(self, embeddings, labels=None, rng=None) -> jax.Array:
+        columns = _columns(embeddings, 3, type(self).__name__)
+        if len(columns) != 3:
+            raise ValueError(f"TripletLoss expects (anchor, positive, negative) columns, got {len(columns)}")
+        anchor, positive, negative = columns
+        return jnp.mean(jax.nn.relu(self.distance_metric(anchor, positive) - self.distance_metric(anchor, negative)
+                                    + self.triplet_margin))
+
+    def sharded(self, embeddings, labels, axis_name: str, rng=None) -> jax.Array:
+        return self(embeddings, labels, rng) / jax.lax.axis_size(axis_name)  # a mean of equal-sized shards
+
+
+def _teacher_scores(labels, batch: int, n_candidates: int, name: str) -> jax.Array:
+    if labels is None:
+        raise ValueError(f"{name} needs labels: the teacher's scores")
+    labels = jax.lax.stop_gradient(jnp.asarray(labels, jnp.float32))
+    if labels.shape != (batch, n_candidates):
+        raise ValueError(f"{name} expects teacher scores of shape (batch_size, N) = ({batch}, {n_candidates}) "
+                         f"for N candidate columns, but got {tuple(labels.shape)}.")
+    return labels
+
+
+class MarginMSELoss(Loss):
+    """MSE between the student's margins sim(query, positive) - sim(query, negative_i) and the gold margins
+    (sentence-transformers' MarginMSELoss). ``embeddings``: [queries, positives, negatives...]; ``labels``:
+    the margins, (B,) or (B, n_negatives), or the teacher's scores (B, n_negatives + 1) whose margins are
+    taken. ``similarity_fct``: a pairwise score, dot product by default."""
+
+    def __init__(self, model=None, similarity_fct: Callable = pairwise_dot_score):
+        del model
+        if not callable(similarity_fct):
+            raise TypeError(f"similarity_fct must be callable, got {type(similarity_fct).__name__}")
+        self.similarity_fct = similarity_fct
+
+    def __call__(self, embeddings, labels=None, rng=None) -> jax.Array:
+        columns = _columns(embeddings, 3, type(self).__name__)
+        queries, positives, negatives = columns[0], columns[1], columns[2:]
+        b, n = queries.shape[0], len(negatives)
+        if labels is None:
+            raise ValueError("MarginMSELoss needs labels: gold margins or the teacher's scores")
+        labels = jax.lax.stop_gradient(jnp.asarray(labels, jnp.float32))
+        if labels.shape == (b, n + 1):
+            labels = labels[:, :1] - labels[:, 1:]
+        if labels.shape == (b,):
+            labels = labels[:, None]
+        if labels.shape != (b, n):
+            raise ValueError(f"Labels shape {tuple(labels.shape)} does not match expected shape {(b, n)}: margins "
+                             "(length num_negatives) or positive and negative scores (length num_negatives + 1)")
+        positive = self.similarity_fct(queries, positives)
+        margins = jnp.stack([positive - self.similarity_fct(queries, neg) for neg in negatives], axis=1)
+        return jnp.mean((margins - labels) ** 2)
+
+    def sharded(self, embeddings, labels, axis_name: str, rng=None) -> jax.Array:
+        return self(embeddings, labels, rng) / jax.lax.axis_size(axis_name)
+
+
+class DistillKLDivLoss(Loss):
+    """KL divergence from the teacher's softmax over the candidates (``labels`` (B, N): its scores for the
+    positive and each negative) to the student's log-softmax over sim(query, candidate), batch mean, times
+    the student temperature squared (sentence-transformers' DistillKLDivLoss; ``temperature`` for both
+    sides unless ``student_temperature`` / ``teacher_temperature`` override it)."""
+
+    def __init__(self, model=None, similarity_fct: Callable = pairwise_dot_score, temperature: float = 1.0,
+                 student_temperature: float | None = None, teacher_temperature: float | None = None):
+        del model
+        self.similarity_fct = similarity_fct
+        self.student_temperature = float(student_temperature if student_temperature is not None else temperature)
+        self.teacher_temperature = float(teacher_temperature if teacher_temperature is not None else temperature)
+        if not (self.student_temperature > 0 and self.teacher_temperature > 0):
+            raise ValueError("temperatures must be positive")
+
+    def __call__(self, embeddings, labels=None, rng=None) -> jax.Array:
+        columns = _columns(embeddings, 3, type(self).__name__)
+        queries = columns[0]
+        teacher = _teacher_scores(labels, queries.shape[0], len(columns) - 1, type(self).__name__)
+        student = jnp.stack([self.similarity_fct(queries, c) for c in columns[1:]], axis=1)
+        log_p = jax.nn.log_softmax(student / self.student_temperature, axis=1)
+        target = jax.nn.softmax(teacher / self.teacher_temperature, axis=1)
+        # torch's KLDivLoss: target * (log target - input), 0 where the target is 0; "batchmean"
+        kl = jnp.where(target > 0, target * (jnp.log(jnp.where(target > 0, target, 1.0)) - log_p), 0.0)
+        return jnp.sum(kl) / queries.shape[0] * self.student_temperature ** 2
+
+    def sharded(self, embeddings, labels, axis_name: str, rng=None) -> jax.Array:
+        return self(embeddings, labels, rng) / jax.lax.axis_size(axis_name)
+
+
 # ----------------------------------------------------------------------------------- sparse (SPLADE) losses
 
 
@@ -551,8 +669,10 @@ __all__ = [
     "BinaryCrossEntropyLoss",
     "CSRLoss",
     "CoSENTLoss",
+    "DistillKLDivLoss",
     "CosineSimilarityLoss",
     "Loss",
+    "MarginMSELoss",
     "MatryoshkaLoss",
     "MultipleNegativesRankingLoss",
     "MultipleNegativesSymmetricRankingLoss",
@@ -560,5 +680,7 @@ __all__ = [
     "FlopsLoss",
     "SparseMultipleNegativesRankingLoss",
     "SpladeLoss",
+    "TripletDistanceMetric",
+    "TripletLoss",
     "shrink",
 ]

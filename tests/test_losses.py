@@ -315,3 +315,51 @@ def test_bad_input_is_a_clear_error():
         jl.MatryoshkaLoss(None, "CoSENTLoss", (8,))
     with pytest.raises(ValueError, match="same length"):
         jl.MatryoshkaLoss(None, jl.CoSENTLoss(), (16, 8), matryoshka_weights=(1.0,))
+
+
+# ------------------------------------------------------------------ triplet and distillation losses
+
+
+@pytest.mark.parametrize("metric", ["COSINE", "EUCLIDEAN", "MANHATTAN"])
+@pytest.mark.parametrize("margin", [5.0, 0.3])
+def test_triplet_loss(metric, margin):
+    losses = st_losses()
+    columns = random_columns(3, seed=11)
+    ours = jl.TripletLoss(distance_metric=getattr(jl.TripletDistanceMetric, metric), triplet_margin=margin)
+    ref = losses.TripletLoss(StubModel(D), distance_metric=getattr(losses.TripletDistanceMetric, metric),
+                             triplet_margin=margin)
+    assert_same(jax_value_and_grads(ours, columns), torch_value_and_grads(ref.compute_loss_from_embeddings, columns))
+
+
+@pytest.mark.parametrize("n_negatives, label_form", [(1, "margin"), (1, "scores"), (3, "margins"), (3, "scores")])
+@pytest.mark.parametrize("similarity", ["dot", "cos"])
+def test_margin_mse_loss(n_negatives, label_form, similarity):
+    from sentence_transformers import util as st_util
+
+    losses = st_losses()
+    columns = random_columns(2 + n_negatives, seed=12)
+    rng = np.random.default_rng(13)
+    shape = {"margin": (B,), "margins": (B, n_negatives), "scores": (B, n_negatives + 1)}[label_form]
+    labels = rng.normal(size=shape).astype(np.float32) * 3
+    ours = jl.MarginMSELoss(similarity_fct=ju.pairwise_dot_score if similarity == "dot" else ju.pairwise_cos_sim)
+    ref = losses.MarginMSELoss(StubModel(D), similarity_fct=st_util.pairwise_dot_score if similarity == "dot"
+                               else st_util.pairwise_cos_sim)
+    assert_same(jax_value_and_grads(ours, columns, labels),
+                torch_value_and_grads(ref.compute_loss_from_embeddings, columns, labels))
+    with pytest.raises(ValueError, match="does not match expected shape"):
+        ours(columns, np.zeros((B, n_negatives + 2), np.float32))
+
+
+@pytest.mark.parametrize("temperatures", [{}, {"temperature": 2.0}, {"student_temperature": 0.5,
+                                                                       "teacher_temperature": 3.0}])
+@pytest.mark.parametrize("n_columns", [3, 5])
+def test_distill_kl_div_loss(temperatures, n_columns):
+    losses = st_losses()
+    columns = random_columns(n_columns, seed=14)
+    labels = np.random.default_rng(15).normal(size=(B, n_columns - 1)).astype(np.float32) * 4
+    ours = jl.DistillKLDivLoss(**temperatures)
+    ref = losses.DistillKLDivLoss(StubModel(D), **temperatures)
+    assert_same(jax_value_and_grads(ours, columns, labels),
+                torch_value_and_grads(ref.compute_loss_from_embeddings, columns, labels))
+    with pytest.raises(ValueError, match="teacher scores of shape"):
+        ours(columns, labels[:, :1])
