@@ -382,6 +382,23 @@ class BinaryCrossEntropyLoss(Loss):
         return self(embeddings, labels, rng) / jax.lax.axis_size(axis_name)  # mean of equal-sized shards
 
 
+class CachedMultipleNegativesRankingLoss(MultipleNegativesRankingLoss):
+    """MultipleNegativesRankingLoss with GradCache (sentence-transformers' CachedMultipleNegativesRankingLoss):
+    the same loss and gradients, for batches far larger than fit in memory at once. ``jaxst.training``
+    embeds the columns ``mini_batch_size`` rows at a time without keeping activations, and the backward
+    re-runs each mini-batch with its slice of the loss's embedding gradient (``training.cached_embeddings``),
+    so memory is bounded by the mini-batch. On embeddings given directly, the plain MNRL value."""
+
+    def __init__(self, model=None, scale: float = 20.0, similarity_fct: Callable = cos_sim, mini_batch_size: int = 32,
+                 gather_across_devices: bool = True, show_progress_bar: bool = False, **kwargs):
+        super().__init__(model, scale=scale, similarity_fct=similarity_fct,
+                         gather_across_devices=gather_across_devices, **kwargs)
+        if not isinstance(mini_batch_size, int) or isinstance(mini_batch_size, bool) or mini_batch_size < 1:
+            raise ValueError(f"mini_batch_size must be a positive int, got {mini_batch_size!r}")
+        self.mini_batch_size = mini_batch_size
+        del show_progress_bar  # the mini-batches run inside one compiled program
+
+
 # ------------------------------------------------------------------------- triplet and distillation losses
 
 
@@ -668,6 +685,7 @@ __all__ = [
     "AnglELoss",
     "BinaryCrossEntropyLoss",
     "CSRLoss",
+    "CachedMultipleNegativesRankingLoss",
     "CoSENTLoss",
     "DistillKLDivLoss",
     "CosineSimilarityLoss",

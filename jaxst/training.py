@@ -142,8 +142,55 @@ def default_optimizer(learning_rate: float = 2e-5, total_steps: int = 0, warmup_
 TRAINING_OUTPUTS = np.bool_(True)  # the "sae_training" flag: one object, so stacked columns stay stackable
 
 
+def cached_embeddings(graphdef: nnx.GraphDef, params, batch: dict, mini_batch_size: int, dropout_rng=None):
+    """(rows, D) sentence embeddings of a tokenized batch, computed ``mini_batch_size`` rows at a time, with
+    GradCache's memory bound under differentiation: the forward keeps no activations (``lax.map`` over the
+    mini-batches), and the backward gets the loss's gradient for every embedding, then re-runs each
+    mini-batch under ``jax.vjp`` with its slice of it and adds up the parameter gradients. The result and
+    its gradients are those of the one big forward; memory grows with the mini-batch, not the batch. Each
+    mini-batch draws its dropout from ``fold_in(dropout_rng, index)``, in both passes."""
+    rows = batch["input_ids"].shape[0]
+    steps = -(-rows // mini_batch_size)
+    pad = steps * mini_batch_size - rows
+    arrays = {k: v for k, v in batch.items() if np.ndim(v) >= 1}
+    scalars = {k: v for k, v in batch.items() if np.ndim(v) == 0}
+
+    def chunked(x):  # padding rows repeat the first row (real tokens: no fully masked attention row)
+        x = jnp.concatenate([x, jnp.repeat(x[:1], pad, axis=0)]) if pad else x
+        return x.reshape(steps, mini_batch_size, *x.shape[1:])
+
+    chunks = {k: chunked(v) for k, v in arrays.items()}
+    index = jnp.arange(steps)
+
+    def apply(p, chunk, i):
+        key = None if dropout_rng is None else jax.random.fold_in(dropout_rng, i)
+        return nnx.merge(graphdef, p)({**chunk, **scalars}, dropout_rng=key)["sentence_embedding"]
+
+    @jax.custom_vjp
+    def embed(p, chunks):
+        return jax.lax.map(lambda xs: apply(p, *xs), (chunks, index))
+
+    def embed_fwd(p, chunks):
+        return embed(p, chunks), (p, chunks)
+
+    def embed_bwd(residual, cotangent):
+        p, chunks = residual
+
+        def step(total, xs):
+            chunk, i, g = xs
+            _, vjp = jax.vjp(lambda q: apply(q, chunk, i), p)
+            return jax.tree.map(jnp.add, total, vjp(g)[0]), None
+
+        grads, _ = jax.lax.scan(step, jax.tree.map(jnp.zeros_like, p), (chunks, index, cotangent))
+        return grads, jax.tree.map(lambda x: np.zeros(x.shape, jax.dtypes.float0), chunks)
+
+    embed.defvjp(embed_fwd, embed_bwd)
+    out = embed(params, chunks)
+    return out.reshape(steps * mini_batch_size, -1)[:rows]
+
+
 def train_forward(graphdef: nnx.GraphDef, params, features, dropout_rng=None, full_outputs: bool = False,
-                  model_state: dict | None = None):
+                  model_state: dict | None = None, mini_batch_size: int | None = None):
     """The model in training mode, as a pure function.
 
     ``features``: for a SentenceTransformer, a list of tokenized batches, one per input column ->
@@ -152,7 +199,17 @@ def train_forward(graphdef: nnx.GraphDef, params, features, dropout_rng=None, fu
     (losses with ``needs_outputs``, e.g. CSRLoss): one dict of every model output per column instead.
     ``model_state`` (with ``full_outputs``; a model's ``buffers``): each entry goes into the first column's
     batch, the module returns it updated under the same key, and that feeds the next column, as PyTorch
-    updates a buffer column by column; returns ``(outputs, model_state)`` then."""
+    updates a buffer column by column; returns ``(outputs, model_state)`` then. ``mini_batch_size``
+    (cached losses): the columns' embeddings through ``cached_embeddings``."""
+    if mini_batch_size is not None:
+        if full_outputs or not isinstance(features, (list, tuple)) or is_packed(features) or not _stackable(features):
+            raise ValueError("a cached loss embeds unpacked columns of one padded length: build the batch with "
+                             "collate(model, examples) (pack=False)")
+        rows = [f["input_ids"].shape[0] for f in features]
+        merged = {k: jnp.concatenate([f[k] for f in features]) if np.ndim(v) >= 1 else v
+                  for k, v in features[0].items()}
+        embeddings = cached_embeddings(graphdef, params, merged, mini_batch_size, dropout_rng)
+        return jnp.split(embeddings, np.cumsum(rows)[:-1])
     module = nnx.merge(graphdef, params)
     if full_outputs:
         if not isinstance(features, (list, tuple)) or is_packed(features):
@@ -225,7 +282,8 @@ def make_loss_fn(model, loss: Loss, *, dropout: bool = True, mesh: Mesh | None =
         if drop_rng is not None and device_index is not None:
             drop_rng = jax.random.fold_in(drop_rng, device_index)
         return train_forward(graphdef, params, features, drop_rng if dropout else None,
-                             full_outputs=getattr(loss, "needs_outputs", False), model_state=state), loss_rng
+                             full_outputs=getattr(loss, "needs_outputs", False), model_state=state,
+                             mini_batch_size=getattr(loss, "mini_batch_size", None)), loss_rng
 
     if model_state:
         if mesh is not None:
