@@ -9,6 +9,8 @@ the same CSV rows. They work from ``jaxst.training.fit`` and from a user's own l
     InformationRetrievalEvaluator  accuracy@k, precision@k, recall@k, MRR@k, NDCG@k, MAP@k per score function
     EmbeddingSimilarityEvaluator   Pearson / Spearman of similarity against gold scores (jaxst.training's)
     TripletEvaluator               how often the anchor is closer to the positive than to the negative
+    MSEEvaluator                   distance to a teacher's embeddings (multilingual distillation)
+    TranslationEvaluator           how often a sentence's nearest neighbour is its translation
     SequentialEvaluator            several evaluators, one score
 """
 
@@ -298,6 +300,80 @@ class TripletEvaluator(SentenceEvaluator):
         return self.prefix_name_to_metrics(metrics, self.name)
 
 
+class MSEEvaluator(SentenceEvaluator):
+    """Mean squared error (x 100) between a teacher's embeddings of ``source_sentences`` (computed once, at
+    construction) and the model's of ``target_sentences``, reported as ``negative_mse`` (higher is better),
+    as sentence-transformers' MSEEvaluator for multilingual distillation."""
+
+    def __init__(self, source_sentences: list[str], target_sentences: list[str], teacher_model=None,
+                 show_progress_bar: bool = False, batch_size: int = 32, name: str = "", write_csv: bool = True,
+                 truncate_dim: int | None = None):
+        if len(source_sentences) != len(target_sentences):
+            raise ValueError(f"source_sentences ({len(source_sentences)}) and target_sentences "
+                             f"({len(target_sentences)}) must have the same length.")
+        if teacher_model is None:
+            raise ValueError("MSEEvaluator needs a teacher_model to embed the source sentences")
+        self.target_sentences = list(target_sentences)
+        self.show_progress_bar, self.batch_size, self.name = show_progress_bar, batch_size, name
+        self.write_csv, self.truncate_dim = write_csv, truncate_dim
+        self.csv_file = "mse_evaluation_" + name + "_results.csv"
+        self.primary_metric = "negative_mse"
+        self.source_embeddings = self._embed(teacher_model, source_sentences)
+
+    def _embed(self, model, sentences) -> np.ndarray:
+        kw = dict(batch_size=self.batch_size, show_progress_bar=self.show_progress_bar)
+        if self.truncate_dim is not None:
+            kw["truncate_dim"] = self.truncate_dim
+        return np.asarray(model.encode(list(sentences), **kw), np.float32)
+
+    def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
+        target = self._embed(model, self.target_sentences)
+        mse = float(np.mean((self.source_embeddings - target) ** 2) * 100)
+        if output_path is not None and self.write_csv:
+            self._write_csv(output_path, self.csv_file, ["epoch", "steps", "MSE"], [epoch, steps, mse])
+        self.primary_metric = "negative_mse"
+        return self.prefix_name_to_metrics({"negative_mse": -mse}, self.name)
+
+
+class TranslationEvaluator(SentenceEvaluator):
+    """How often a source sentence's most similar target (cosine) is its own translation, and the reverse:
+    ``src2trg_accuracy``, ``trg2src_accuracy``, ``mean_accuracy`` (sentence-transformers' TranslationEvaluator;
+    a duplicate of the right sentence counts as right)."""
+
+    def __init__(self, source_sentences: list[str], target_sentences: list[str], show_progress_bar: bool = False,
+                 batch_size: int = 16, name: str = "", print_wrong_matches: bool = False, write_csv: bool = True,
+                 truncate_dim: int | None = None):
+        if len(source_sentences) != len(target_sentences):
+            raise ValueError(f"source_sentences ({len(source_sentences)}) and target_sentences "
+                             f"({len(target_sentences)}) must have the same length.")
+        self.source_sentences, self.target_sentences = list(source_sentences), list(target_sentences)
+        self.show_progress_bar, self.batch_size, self.name = show_progress_bar, batch_size, name
+        self.print_wrong_matches, self.write_csv, self.truncate_dim = print_wrong_matches, write_csv, truncate_dim
+        self.csv_file = "translation_evaluation" + ("_" + name if name else "") + "_results.csv"
+        self.primary_metric = "mean_accuracy"
+
+    def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
+        kw = dict(batch_size=self.batch_size, show_progress_bar=self.show_progress_bar)
+        if self.truncate_dim is not None:
+            kw["truncate_dim"] = self.truncate_dim
+        scores = np.asarray(similarity_functions("cosine")[0](model.encode(self.source_sentences, **kw),
+                                                              model.encode(self.target_sentences, **kw)))
+        src2trg = [self.target_sentences[i] == self.target_sentences[j] for i, j in enumerate(scores.argmax(1))]
+        trg2src = [self.source_sentences[i] == self.source_sentences[j] for i, j in enumerate(scores.argmax(0))]
+        if self.print_wrong_matches:
+            for i, (ok, j) in enumerate(zip(src2trg, scores.argmax(1))):
+                if not ok:
+                    print(f"Source {i} is most similar to target {j} instead of target {i}: "
+                          f"{self.source_sentences[i]!r} -> {self.target_sentences[j]!r}")
+        metrics = {"src2trg_accuracy": float(np.mean(src2trg)), "trg2src_accuracy": float(np.mean(trg2src))}
+        metrics["mean_accuracy"] = (metrics["src2trg_accuracy"] + metrics["trg2src_accuracy"]) / 2
+        if output_path is not None and self.write_csv:
+            self._write_csv(output_path, self.csv_file, ["epoch", "steps", "src2trg", "trg2src"],
+                            [epoch, steps, metrics["src2trg_accuracy"], metrics["trg2src_accuracy"]])
+        self.primary_metric = "mean_accuracy"
+        return self.prefix_name_to_metrics(metrics, self.name)
+
+
 class SequentialEvaluator(SentenceEvaluator):
     """Runs ``evaluators`` in order; returns all their metrics and ``sequential_score``, ``main_score_function``
     of their primary scores (the last one's by default)."""
@@ -330,5 +406,5 @@ def _call_evaluator(evaluator, model, output_path, epoch, steps):
     return evaluator(model, output_path, epoch, steps)
 
 
-__all__ = ["EmbeddingSimilarityEvaluator", "InformationRetrievalEvaluator", "SentenceEvaluator",
-           "SequentialEvaluator", "TripletEvaluator"]
+__all__ = ["EmbeddingSimilarityEvaluator", "InformationRetrievalEvaluator", "MSEEvaluator", "SentenceEvaluator",
+           "SequentialEvaluator", "TranslationEvaluator", "TripletEvaluator"]

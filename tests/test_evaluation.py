@@ -81,6 +81,32 @@ def test_triplet_and_sequential_evaluators(jx_minilm, st_minilm):
     assert_same_metrics(ours(jx_minilm), ref(st_minilm))
 
 
+def test_mse_and_translation_evaluators(jx_minilm, st_minilm, make_tiny_st):
+    """Distillation-style: the tiny model's embeddings against MiniLM as the teacher (same width: the tiny
+    model with a 384-wide Dense head); translation: STSb pairs as "translations" (duplicates count)."""
+    from sentence_transformers import SentenceTransformer as STSentenceTransformer
+    from sentence_transformers.sentence_transformer.evaluation import MSEEvaluator as STMSE
+    from sentence_transformers.sentence_transformer.evaluation import TranslationEvaluator as STTranslation
+
+    from jaxst import SentenceTransformer
+    from jaxst.evaluation import MSEEvaluator, TranslationEvaluator
+
+    rows = read_stsb("stsb-en-dev.csv")[:200]
+    source, target = [a for a, _, _ in rows], [b for _, b, _ in rows]
+    import torch
+
+    folder = make_tiny_st(dense=((384, torch.nn.Tanh(), True),))  # the one tests/test_streaming.py builds
+    student, st_student = SentenceTransformer(str(folder)), STSentenceTransformer(str(folder), device="cpu")
+    ours = MSEEvaluator(source, target, teacher_model=jx_minilm, name="distill")
+    ref = STMSE(source, target, teacher_model=st_minilm, name="distill")
+    assert_same_metrics(ours(student), ref(st_student))
+    assert ours.primary_metric == ref.primary_metric == "distill_negative_mse"
+    for model, st_model in ((jx_minilm, st_minilm), (student, st_student)):
+        ours, ref = TranslationEvaluator(source, target, name="tr"), STTranslation(source, target, name="tr")
+        assert_same_metrics(ours(model), ref(st_model))
+        assert ours.primary_metric == ref.primary_metric
+
+
 def test_bad_input():
     with pytest.raises(ValueError, match="differ in length"):
         TripletEvaluator(["a"], ["b"], [])
