@@ -9,6 +9,7 @@ the same CSV rows. They work from ``jaxst.training.fit`` and from a user's own l
     InformationRetrievalEvaluator  accuracy@k, precision@k, recall@k, MRR@k, NDCG@k, MAP@k per score function
     EmbeddingSimilarityEvaluator   Pearson / Spearman of similarity against gold scores (jaxst.training's)
     TripletEvaluator               how often the anchor is closer to the positive than to the negative
+    BinaryClassificationEvaluator  pair classification by a similarity threshold: accuracy, F1, AP, MCC
     MSEEvaluator                   distance to a teacher's embeddings (multilingual distillation)
     TranslationEvaluator           how often a sentence's nearest neighbour is its translation
     SequentialEvaluator            several evaluators, one score
@@ -300,6 +301,152 @@ class TripletEvaluator(SentenceEvaluator):
         return self.prefix_name_to_metrics(metrics, self.name)
 
 
+# score function per name: (pairwise score, whether a higher score means "more similar")
+_PAIR_SCORES = {
+    "cosine": (lambda a, b: similarity_functions("cosine")[1](a, b), True),
+    "dot": (lambda a, b: similarity_functions("dot")[1](a, b), True),
+    "manhattan": (lambda a, b: -similarity_functions("manhattan")[1](a, b), False),
+    "euclidean": (lambda a, b: -similarity_functions("euclidean")[1](a, b), False),
+}
+
+
+class BinaryClassificationEvaluator(SentenceEvaluator):
+    """Pair classification (duplicate / not) by thresholding a similarity, as sentence-transformers'
+    BinaryClassificationEvaluator: for each of ``similarity_fn_names`` (the model's by default), the best
+    accuracy and its threshold, the best F1 with its precision, recall and threshold, average precision and
+    Matthews correlation at the F1 threshold; keys ``{fn}_{metric}`` (and ``max_{metric}`` for several)."""
+
+    METRICS = ("accuracy", "accuracy_threshold", "f1", "f1_threshold", "precision", "recall", "ap", "mcc")
+
+    def __init__(self, sentences1: list[str], sentences2: list[str], labels: list[int], name: str = "",
+                 batch_size: int = 32, show_progress_bar: bool = False, truncate_dim: int | None = None,
+                 similarity_fn_names: list[str] | None = None, write_csv: bool = True):
+        if not (len(sentences1) == len(sentences2) == len(labels)):
+            raise ValueError(f"sentences1, sentences2 and labels differ in length: {len(sentences1)}, "
+                             f"{len(sentences2)}, {len(labels)}")
+        if any(label not in (0, 1) for label in labels):
+            raise ValueError("BinaryClassificationEvaluator labels must be 0 or 1")
+        unknown = sorted(set(similarity_fn_names or []) - set(_PAIR_SCORES))
+        if unknown:
+            raise ValueError(f"similarity_fn_names got unexpected names {unknown}, expected {list(_PAIR_SCORES)}")
+        self.sentences1, self.sentences2 = list(sentences1), list(sentences2)
+        self.labels = np.asarray(labels, np.int64)
+        self.name, self.batch_size, self.show_progress_bar = name, batch_size, show_progress_bar
+        self.truncate_dim, self.write_csv = truncate_dim, write_csv
+        self.similarity_fn_names = list(similarity_fn_names or [])
+        self.csv_file = "binary_classification_evaluation" + ("_" + name if name else "") + "_results.csv"
+
+    @classmethod
+    def from_input_examples(cls, examples, **kwargs) -> BinaryClassificationEvaluator:
+        return cls([e.texts[0] for e in examples], [e.texts[1] for e in examples], [e.label for e in examples],
+                   **kwargs)
+
+    def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
+        names = self.similarity_fn_names or [model.similarity_fn_name]
+        kw = dict(batch_size=self.batch_size, show_progress_bar=self.show_progress_bar)
+        if self.truncate_dim is not None:
+            kw["truncate_dim"] = self.truncate_dim
+        unique = list(dict.fromkeys(self.sentences1 + self.sentences2))  # each sentence embedded once
+        embeddings = np.asarray(model.encode(unique, **kw))
+        row = {text: i for i, text in enumerate(unique)}
+        e1 = embeddings[[row[t] for t in self.sentences1]]
+        e2 = embeddings[[row[t] for t in self.sentences2]]
+        scores = {}
+        for fn in names:
+            score_fn, higher = _PAIR_SCORES[fn]
+            values = np.asarray(score_fn(e1, e2))
+            acc, acc_threshold = self.find_best_acc_and_threshold(values, self.labels, higher)
+            f1, precision, recall, f1_threshold = self.find_best_f1_and_threshold(values, self.labels, higher)
+            predicted = values >= f1_threshold if higher else values <= f1_threshold
+            scores[fn] = {"accuracy": acc, "accuracy_threshold": float(acc_threshold), "f1": f1,
+                          "f1_threshold": float(f1_threshold), "precision": precision, "recall": recall,
+                          "ap": _average_precision(self.labels, values if higher else -values),
+                          "mcc": _matthews(self.labels, predicted)}
+        metrics = {f"{fn}_{m}": v for fn, values in scores.items() for m, v in values.items()}
+        if output_path is not None and self.write_csv:
+            self._write_csv(output_path, self.csv_file,
+                            ["epoch", "steps"] + [f"{fn}_{m}" for fn in names for m in self.METRICS],
+                            [epoch, steps] + [scores[fn][m] for fn in names for m in self.METRICS])
+        if len(names) > 1:
+            metrics.update({f"max_{m}": max(scores[fn][m] for fn in scores) for m in next(iter(scores.values()))})
+            self.primary_metric = "max_ap"
+        else:
+            self.primary_metric = f"{names[0]}_ap"
+        return self.prefix_name_to_metrics(metrics, self.name)
+
+    @staticmethod
+    def find_best_acc_and_threshold(scores, labels, high_score_more_similar: bool):
+        """The best accuracy of "similar iff score passes the threshold" and a threshold midway between the
+        scores where it is reached (sentence-transformers' rule, ties kept together)."""
+        scores, labels = np.asarray(scores), np.asarray(labels)
+        order = np.argsort(-scores if high_score_more_similar else scores, kind="stable")
+        s, y = scores[order], labels[order]
+        best = float(np.sum(labels == 0)) / len(labels) if len(labels) else 0.0
+        threshold = np.nextafter(s[0], np.inf if high_score_more_similar else -np.inf,
+                                 dtype=np.result_type(s.dtype, np.float16)) if len(s) else -1
+        positives, negatives = 0, int(np.sum(labels == 0))
+        for i in range(len(s)):
+            positives += int(y[i] == 1)
+            negatives -= int(y[i] != 1)
+            last = i == len(s) - 1
+            if not last and s[i] == s[i + 1]:
+                continue
+            acc = (positives + negatives) / len(labels)
+            if acc > best:
+                best = acc
+                threshold = s[i] if last else (s[i] + s[i + 1]) / 2
+                if not last and threshold == s[i + 1]:
+                    threshold = s[i]
+        return best, threshold
+
+    @staticmethod
+    def find_best_f1_and_threshold(scores, labels, high_score_more_similar: bool):
+        """The best F1 (with its precision and recall) over thresholds, as sentence-transformers finds it."""
+        scores, labels = np.asarray(scores), np.asarray(labels)
+        order = np.argsort(-scores if high_score_more_similar else scores, kind="stable")
+        s, y = scores[order], labels[order]
+        best = (0.0, 0.0, 0.0, 0)
+        extracted = correct = 0
+        total = int(np.sum(labels))
+        for i in range(len(s)):
+            extracted += 1
+            correct += int(y[i] == 1)
+            last = i == len(s) - 1
+            if not last and s[i] == s[i + 1]:
+                continue
+            if correct > 0:
+                precision, recall = correct / extracted, correct / total
+                f1 = 2 * precision * recall / (precision + recall)
+                if f1 > best[0]:
+                    threshold = s[i] if last else (s[i] + s[i + 1]) / 2
+                    if not last and threshold == s[i + 1]:
+                        threshold = s[i]
+                    best = (f1, precision, recall, threshold)
+        return best
+
+
+def _average_precision(labels, scores) -> float:
+    """sum over distinct score thresholds (highest first) of (recall gain) x precision, as scikit-learn's
+    ``average_precision_score``."""
+    order = np.argsort(-scores, kind="stable")
+    s, y = scores[order], labels[order]
+    ends = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]  # the last index of each distinct score
+    tp = np.cumsum(y)[ends]
+    fp = (ends + 1) - tp
+    recall = tp / max(int(labels.sum()), 1)
+    precision = tp / (tp + fp)
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def _matthews(labels, predicted) -> float:
+    """Matthews correlation of binary labels and predictions (0 when a margin is empty, as scikit-learn)."""
+    y, p = np.asarray(labels).astype(bool), np.asarray(predicted).astype(bool)
+    tp, tn = float(np.sum(y & p)), float(np.sum(~y & ~p))
+    fp, fn = float(np.sum(~y & p)), float(np.sum(y & ~p))
+    denominator = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    return 0.0 if denominator == 0 else float((tp * tn - fp * fn) / denominator)
+
+
 class MSEEvaluator(SentenceEvaluator):
     """Mean squared error (x 100) between a teacher's embeddings of ``source_sentences`` (computed once, at
     construction) and the model's of ``target_sentences``, reported as ``negative_mse`` (higher is better),
@@ -406,5 +553,13 @@ def _call_evaluator(evaluator, model, output_path, epoch, steps):
     return evaluator(model, output_path, epoch, steps)
 
 
-__all__ = ["EmbeddingSimilarityEvaluator", "InformationRetrievalEvaluator", "MSEEvaluator", "SentenceEvaluator",
-           "SequentialEvaluator", "TranslationEvaluator", "TripletEvaluator"]
+__all__ = [
+    "BinaryClassificationEvaluator",
+    "EmbeddingSimilarityEvaluator",
+    "InformationRetrievalEvaluator",
+    "MSEEvaluator",
+    "SentenceEvaluator",
+    "SequentialEvaluator",
+    "TranslationEvaluator",
+    "TripletEvaluator",
+]

@@ -107,6 +107,29 @@ def test_mse_and_translation_evaluators(jx_minilm, st_minilm, make_tiny_st):
         assert ours.primary_metric == ref.primary_metric
 
 
+def test_binary_classification_evaluator(jx_minilm, st_minilm):
+    """STSb pairs labelled duplicate when their score is at least 3.5."""
+    from sentence_transformers.sentence_transformer.evaluation import BinaryClassificationEvaluator as STBinary
+
+    from jaxst.evaluation import BinaryClassificationEvaluator
+
+    rows = read_stsb("stsb-en-dev.csv")[:400]
+    s1, s2, labels = [a for a, _, _ in rows], [b for _, b, _ in rows], [int(x >= 3.5) for _, _, x in rows]
+    for kwargs in ({}, {"similarity_fn_names": ["cosine", "dot", "euclidean", "manhattan"], "name": "dup"}):
+        ours, ref = BinaryClassificationEvaluator(s1, s2, labels, **kwargs), STBinary(s1, s2, labels, **kwargs)
+        assert_same_metrics(ours(jx_minilm), ref(st_minilm))
+        assert ours.primary_metric == ref.primary_metric
+    # the threshold searches and the AP / MCC definitions on exact scores, ties included
+    rng = np.random.default_rng(0)
+    scores = np.round(rng.normal(size=300), 1).astype(np.float32)  # many ties
+    y = (scores + rng.normal(size=300) > 0).astype(int)
+    for higher in (True, False):
+        assert BinaryClassificationEvaluator.find_best_acc_and_threshold(scores, y, higher) == \
+            STBinary.find_best_acc_and_threshold(scores, y, higher)
+        assert BinaryClassificationEvaluator.find_best_f1_and_threshold(scores, y, higher) == \
+            STBinary.find_best_f1_and_threshold(scores, y, higher)
+
+
 def test_bad_input():
     with pytest.raises(ValueError, match="differ in length"):
         TripletEvaluator(["a"], ["b"], [])
