@@ -678,14 +678,19 @@ def fit(model, train_examples: Sequence, loss: Loss, epochs: int = 1, batch_size
         evaluation_steps: int = 0, show_progress_bar: bool = True, optimizer=None, dropout: bool = True,
         mesh: Mesh | None = None, checkpoint_path: str | Path | None = None, checkpoint_save_steps: int = 500,
         checkpoint_save_total_limit: int | None = None, resume_from_checkpoint: bool = False,
-        callback: Callable[[dict], None] | None = None) -> dict:
+        callback: Callable[[dict], None] | None = None, metric_for_best_model: str | None = None,
+        greater_is_better: bool = True, load_best_model_at_end: bool = False) -> dict:
     """Fine-tune ``model`` in place on (anchor, positive[, negative...]) or (text1, text2, score) examples.
 
     Batches are drawn in a seeded order (``batch_order``) and dropout keys from ``seed`` and the step,
     so the same call gives the same model. ``optimizer`` defaults to ``default_optimizer`` with the
     given ``learning_rate``, ``warmup_steps``, ``weight_decay`` and ``max_grad_norm`` over all steps.
-    ``evaluator(model, epoch=, steps=)`` (e.g. ``EmbeddingSimilarityEvaluator``) runs every
-    ``evaluation_steps`` steps (0: never mid-epoch) and after each epoch, on the current params.
+    ``evaluator(model, epoch=, steps=)`` (e.g. ``EmbeddingSimilarityEvaluator``; or a list of evaluators,
+    ``jaxst.evaluation``'s or your own, whose metrics are merged) runs every ``evaluation_steps`` steps (0:
+    never mid-epoch) and after each epoch, on the current params; the progress bar shows the latest
+    ``metric_for_best_model`` (or each evaluator's primary metric). ``load_best_model_at_end``: the model
+    ends with the params of the evaluation that scored best on ``metric_for_best_model`` (higher is better
+    unless ``greater_is_better=False``) instead of the last ones.
     ``checkpoint_path`` saves orbax checkpoints every ``checkpoint_save_steps`` steps and at the end;
     ``resume_from_checkpoint`` continues from the latest one there. ``model.params`` is replaced by
     the trained params at the end. Returns ``{"loss": [per-step losses], "evaluations": [...]}``."""
@@ -697,6 +702,9 @@ def fit(model, train_examples: Sequence, loss: Loss, epochs: int = 1, batch_size
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    evaluators = [] if evaluator is None else list(evaluator) if isinstance(evaluator, (list, tuple)) else [evaluator]
+    if load_best_model_at_end and (metric_for_best_model is None or not evaluators):
+        raise ValueError("load_best_model_at_end needs an evaluator and the metric_for_best_model it reports")
     steps_per_epoch = math.ceil(len(examples) / batch_size)
     total_steps = steps_per_epoch * epochs
     if optimizer is None:
@@ -714,14 +722,33 @@ def fit(model, train_examples: Sequence, loss: Loss, epochs: int = 1, batch_size
     history: dict = {"loss": [], "evaluations": []}
     original_params = model.params
 
+    best: dict = {}  # "value", "params": the best evaluation so far by metric_for_best_model
+
     def evaluate(epoch: int, step: int):
         model.params = state.params
-        result = evaluator(model, epoch=epoch, steps=step)
-        entry = {"epoch": epoch, "step": step, **(result if isinstance(result, dict) else {"score": result})}
+        entry = {"epoch": epoch, "step": step}
+        for i, each in enumerate(evaluators):
+            result = each(model, epoch=epoch, steps=step)
+            entry.update(result if isinstance(result, dict) else {f"evaluator_{i}": result})
         history["evaluations"].append(entry)
+        shown = [metric_for_best_model] if metric_for_best_model else [getattr(e, "primary_metric", None)
+                                                                       for e in evaluators]
+        bar.set_postfix({k: f"{entry[k]:.4f}" for k in shown if k in entry}, refresh=False)
+        if metric_for_best_model is not None:
+            if metric_for_best_model not in entry:
+                raise ValueError(f"metric_for_best_model {metric_for_best_model!r} is not among the evaluators' "
+                                 f"metrics: {sorted(k for k in entry if k not in ('epoch', 'step'))}")
+            value = float(entry[metric_for_best_model])
+            if not best or (value > best["value"] if greater_is_better else value < best["value"]):
+                best.update(value=value, params=state.params, step=step)
+            history["best"] = {"step": best["step"], metric_for_best_model: best["value"]}
         if callback is not None:
             callback(entry)
 
+    # packing (texts end to end) feeds losses that read embeddings; not cached losses, full-output losses
+    # (CSR, multi-vector) or columns tokenized per task
+    pack = mesh is None and not getattr(loss, "needs_outputs", False) and getattr(loss, "mini_batch_size", None) \
+        is None and not hasattr(model, "column_tasks")
     start = int(state.step)
     bar = tqdm(total=total_steps, initial=start, desc="Training", disable=not show_progress_bar)
     try:
@@ -730,7 +757,7 @@ def fit(model, train_examples: Sequence, loss: Loss, epochs: int = 1, batch_size
                 step = epoch * steps_per_epoch + i
                 if step < start:
                     continue  # resumed: this batch was trained on before the checkpoint
-                batch = collate(model, [examples[j] for j in idx], pack=mesh is None)
+                batch = collate(model, [examples[j] for j in idx], pack=pack)
                 state, metrics = step_fn(state, batch, jax.random.fold_in(key, step))
                 value = float(metrics["loss"])
                 history["loss"].append(value)
@@ -739,15 +766,15 @@ def fit(model, train_examples: Sequence, loss: Loss, epochs: int = 1, batch_size
                 done = step + 1
                 if manager is not None and done % checkpoint_save_steps == 0:
                     save_checkpoint(manager, state)
-                if evaluator is not None and evaluation_steps > 0 and done % evaluation_steps == 0:
+                if evaluators and evaluation_steps > 0 and done % evaluation_steps == 0:
                     evaluate(epoch, done)
             epoch_end = (epoch + 1) * steps_per_epoch
-            if evaluator is not None and epoch_end > start and not (evaluation_steps > 0
+            if evaluators and epoch_end > start and not (evaluation_steps > 0
                                                                     and epoch_end % evaluation_steps == 0):
                 evaluate(epoch, epoch_end)
         if manager is not None and int(state.step) not in manager.all_steps():
             save_checkpoint(manager, state)
-        original_params = state.params
+        original_params = best["params"] if load_best_model_at_end and best else state.params
     finally:
         bar.close()
         model.params = original_params  # trained params on success; the model's own on an error

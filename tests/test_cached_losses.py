@@ -98,6 +98,16 @@ def test_cached_matches_sentence_transformers(make_tiny_st, pairs):
     assert isinstance(ref, torch.Tensor)
 
 
+def test_fit_with_a_cached_loss(make_tiny_st, pairs):
+    """fit feeds a cached loss unpacked columns (packing would mix the columns' rows)."""
+    from jaxst.training import fit
+
+    model = SentenceTransformer(str(make_tiny_st()))
+    history = fit(model, pairs[:32], CachedMultipleNegativesRankingLoss(mini_batch_size=8), batch_size=16,
+                  show_progress_bar=False)
+    assert len(history["loss"]) == 2 and all(np.isfinite(history["loss"]))
+
+
 def test_bad_mini_batch_size():
     for bad in (0, -1, 2.5, True):
         with pytest.raises(ValueError, match="mini_batch_size"):

@@ -463,6 +463,31 @@ def test_fit_runs_is_reproducible_and_the_loss_goes_down(tiny_folder):
     assert other["loss"] != losses
 
 
+def test_fit_with_several_evaluators_keeps_the_best(tiny_folder):
+    """Several evaluators (metrics merged per evaluation), and load_best_model_at_end: the model ends with the
+    params of the best evaluation by metric_for_best_model, for either direction."""
+    from jaxst.evaluation import TripletEvaluator
+
+    rows = read_stsb("stsb-en-dev.csv")[40:100]
+    triplets = TripletEvaluator([a for a, _, _ in rows], [b for _, b, _ in rows],
+                                [b for _, b, _ in rows[5:] + rows[:5]], name="tri")
+    for metric, greater in (("sts_spearman_cosine", True), ("tri_cosine_accuracy", False)):
+        sts = training.EmbeddingSimilarityEvaluator.from_input_examples(read_stsb("stsb-en-dev.csv")[:40], name="sts")
+        model, history = _fit(tiny_folder, seed=0, evaluator=[sts, triplets], evaluation_steps=2,
+                              metric_for_best_model=metric, greater_is_better=greater, load_best_model_at_end=True)
+        entries = history["evaluations"]
+        assert all("sts_spearman_cosine" in e and "tri_cosine_accuracy" in e for e in entries)
+        values = [e[metric] for e in entries]
+        best = max(values) if greater else min(values)
+        assert history["best"][metric] == best and history["best"]["step"] == entries[values.index(best)]["step"]
+        again = sts(model) if metric.startswith("sts") else triplets(model)
+        assert abs(again[metric] - best) < 1e-6  # the model holds the best evaluation's params
+    with pytest.raises(ValueError, match="metric_for_best_model"):
+        _fit(tiny_folder, seed=0, metric_for_best_model="nope")
+    with pytest.raises(ValueError, match="load_best_model_at_end"):
+        _fit(tiny_folder, seed=0, load_best_model_at_end=True)
+
+
 def test_fit_resumes_from_its_checkpoint(tiny_folder, tmp_path, monkeypatch):
     reference, _ = _fit(tiny_folder, seed=0, evaluator=None)
     saves = []
