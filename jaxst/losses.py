@@ -399,6 +399,34 @@ class CachedMultipleNegativesRankingLoss(MultipleNegativesRankingLoss):
         del show_progress_bar  # the mini-batches run inside one compiled program
 
 
+class MegaBatchMarginLoss(Loss):
+    """sentence-transformers' MegaBatchMarginLoss over (anchor, positive) pairs: for each anchor, the most
+    similar positive of another pair (cosine) is its hard negative; the loss is relu(``positive_margin`` -
+    cos(anchor, positive)) + relu(cos(anchor, negative) - ``negative_margin``), averaged. With
+    ``use_mini_batched_version`` (the default) ``jaxst.training`` embeds the batch ``mini_batch_size`` rows
+    at a time with GradCache (as sentence-transformers' cached version), so very large batches fit; the loss
+    and gradients are those of the whole batch either way."""
+
+    def __init__(self, model=None, positive_margin: float = 0.8, negative_margin: float = 0.3,
+                 use_mini_batched_version: bool = True, mini_batch_size: int = 50, show_progress_bar: bool = False):
+        del model, show_progress_bar
+        if not isinstance(mini_batch_size, int) or isinstance(mini_batch_size, bool) or mini_batch_size < 1:
+            raise ValueError(f"mini_batch_size must be a positive int, got {mini_batch_size!r}")
+        self.positive_margin, self.negative_margin = float(positive_margin), float(negative_margin)
+        self.use_mini_batched_version = bool(use_mini_batched_version)
+        self.mini_batch_size = mini_batch_size if use_mini_batched_version else None
+
+    def __call__(self, embeddings, labels=None, rng=None) -> jax.Array:
+        columns = _columns(embeddings, 2, type(self).__name__)
+        if len(columns) != 2:
+            raise ValueError(f"MegaBatchMarginLoss expects (anchor, positive) columns, got {len(columns)}")
+        scores = cos_sim(columns[0], columns[1])
+        own = jnp.eye(scores.shape[0], dtype=bool)
+        positive = jnp.diagonal(scores)
+        negative = jnp.max(jnp.where(own, -jnp.inf, scores), axis=1)
+        return jnp.mean(jax.nn.relu(self.positive_margin - positive) + jax.nn.relu(negative - self.negative_margin))
+
+
 # ------------------------------------------------------------------------- triplet and distillation losses
 
 
@@ -692,6 +720,7 @@ __all__ = [
     "Loss",
     "MarginMSELoss",
     "MatryoshkaLoss",
+    "MegaBatchMarginLoss",
     "MultipleNegativesRankingLoss",
     "MultipleNegativesSymmetricRankingLoss",
     "MultiVectorMultipleNegativesRankingLoss",

@@ -55,6 +55,19 @@ def test_cached_equals_uncached_on_64_rows(make_tiny_st, pairs):
     assert np.isfinite(float(metrics["loss"])) and int(state.step) == 1
 
 
+def test_mega_batch_margin_mini_batched_equals_whole(make_tiny_st, pairs):
+    from jaxst.losses import MegaBatchMarginLoss
+
+    model = SentenceTransformer(str(make_tiny_st()))
+    batch = collate(model, pairs)
+    whole = jax.value_and_grad(make_loss_fn(model, MegaBatchMarginLoss(use_mini_batched_version=False),
+                                            dropout=False))(model.params, batch)
+    mini = jax.value_and_grad(make_loss_fn(model, MegaBatchMarginLoss(mini_batch_size=8), dropout=False))(
+        model.params, batch)
+    assert abs(float(whole[0]) - float(mini[0])) < TOL * max(1.0, abs(float(whole[0])))
+    assert_same_tree(mini[1], whole[1])
+
+
 def test_cached_memory_is_bounded_by_the_mini_batch(make_tiny_st, pairs):
     """XLA's own accounting of the compiled gradient: the cached program's temporary buffers are a fraction
     of the uncached one's for the same 64-row batch."""

@@ -363,3 +363,14 @@ def test_distill_kl_div_loss(temperatures, n_columns):
                 torch_value_and_grads(ref.compute_loss_from_embeddings, columns, labels))
     with pytest.raises(ValueError, match="teacher scores of shape"):
         ours(columns, labels[:, :1])
+
+
+@pytest.mark.parametrize("margins", [{}, {"positive_margin": 0.5, "negative_margin": -0.2}])
+def test_mega_batch_margin_loss(margins):
+    losses = st_losses()
+    columns = random_columns(2, seed=16)
+    ours = jl.MegaBatchMarginLoss(**margins)
+    ref = losses.MegaBatchMarginLoss(StubModel(D), use_mini_batched_version=False, **margins)  # the same loss
+    assert_same(jax_value_and_grads(ours, columns),
+                torch_value_and_grads(lambda cols, labels: ref.calculate_loss([[cols[0]], [cols[1]]]), columns))
+    assert ours.mini_batch_size == 50 and jl.MegaBatchMarginLoss(use_mini_batched_version=False).mini_batch_size is None
