@@ -1,5 +1,6 @@
 """``jaxst.util``: the helpers of ``sentence_transformers.util``, on JAX arrays."""
 
+from jaxst.hard_negatives import mine_hard_negatives
 from jaxst.pooling import normalize as normalize_embeddings
 from jaxst.pooling import truncate as truncate_embeddings
 from jaxst.quantization import quantize_embeddings
@@ -23,6 +24,7 @@ __all__ = [
     "dot_score",
     "euclidean_sim",
     "manhattan_sim",
+    "mine_hard_negatives",
     "normalize_embeddings",
     "pairwise_angle_sim",
     "paraphrase_mining",

@@ -20,7 +20,8 @@ LAYERS = [
     ("core", {"pooling", "similarity", "quantization", "sparse", "search", "maxsim", "losses", "pipeline"}),
     ("io", {"io"}),
     ("base and facades", {"parallel", "base", "sentence_transformer", "cross_encoder", "sparse_encoder",
-                          "multi_vector_encoder", "index", "util", "training", "evaluation", "cli", "__main__"}),
+                          "multi_vector_encoder", "index", "hard_negatives", "util", "training", "evaluation", "cli",
+                          "__main__"}),
 ]
 # the facades: thin files over jaxst.base
 FAMILIES = {"sentence_transformer", "cross_encoder", "sparse_encoder", "multi_vector_encoder"}
