@@ -11,6 +11,8 @@ the same CSV rows. They work from ``jaxst.training.fit`` and from a user's own l
     TripletEvaluator               how often the anchor is closer to the positive than to the negative
     BinaryClassificationEvaluator  pair classification by a similarity threshold: accuracy, F1, AP, MCC
     MSEEvaluator                   distance to a teacher's embeddings (multilingual distillation)
+    RerankingEvaluator             MAP / MRR@k / NDCG@k of a bi-encoder ranking each query's candidates
+    CrossEncoderRerankingEvaluator the same for a CrossEncoder, with the first stage's base_* metrics
     TranslationEvaluator           how often a sentence's nearest neighbour is its translation
     SequentialEvaluator            several evaluators, one score
 """
@@ -447,6 +449,146 @@ def _matthews(labels, predicted) -> float:
     return 0.0 if denominator == 0 else float((tp * tn - fp * fn) / denominator)
 
 
+def _ndcg(relevant: Sequence[int], scores: Sequence[float], k: int) -> float:
+    """NDCG@k of binary relevances ranked by ``scores``, tied scores sharing their positions' discounts (the
+    average gain of a tie group), as scikit-learn's ``ndcg_score``."""
+    relevant, scores = np.asarray(relevant, np.float64), np.asarray(scores, np.float64)
+    discount = 1.0 / np.log2(np.arange(len(scores)) + 2)
+    discount[k:] = 0.0
+    order = np.argsort(-scores, kind="stable")
+    gains, ranked = relevant[order], scores[order]
+    dcg, start = 0.0, 0
+    for end in list(np.nonzero(np.diff(ranked))[0] + 1) + [len(ranked)]:  # groups of equal scores
+        dcg += gains[start:end].mean() * discount[start:end].sum()
+        start = end
+    ideal = float(np.sum(np.sort(relevant)[::-1] * discount))
+    return 0.0 if ideal == 0 else dcg / ideal
+
+
+def _rank_metrics(relevant: list[int], scores, k: int) -> tuple[float, float, float]:
+    """(MRR@k, NDCG@k, average precision) of one query's candidates."""
+    scores = np.asarray(scores, np.float64)
+    order = np.argsort(-scores, kind="stable")
+    mrr = next((1.0 / (rank + 1) for rank, i in enumerate(order[:k]) if relevant[i]), 0.0)
+    return mrr, _ndcg(relevant, scores, k), _average_precision(np.asarray(relevant), scores)
+
+
+class RerankingEvaluator(SentenceEvaluator):
+    """How well a bi-encoder ranks each sample's positives above its negatives (``samples``: dicts with
+    "query", "positive" and "negative", each a text or a list), as sentence-transformers' RerankingEvaluator:
+    ``map``, ``mrr@{at_k}``, ``ndcg@{at_k}`` (the primary metric). Samples without a positive or a negative
+    are skipped."""
+
+    def __init__(self, samples, at_k: int = 10, name: str = "", similarity_fct: Callable | None = None,
+                 batch_size: int = 64, show_progress_bar: bool = False, use_batched_encoding: bool = True,
+                 truncate_dim: int | None = None, mrr_at_k: int | None = None, write_csv: bool = True):
+        samples = list(samples.values()) if isinstance(samples, dict) else list(samples)
+        self.samples = []
+        for sample in samples:
+            positive = [sample["positive"]] if isinstance(sample["positive"], str) else list(sample["positive"])
+            negative = [sample["negative"]] if isinstance(sample["negative"], str) else list(sample["negative"])
+            if positive and negative:
+                self.samples.append({**sample, "positive": positive, "negative": negative})
+        self.at_k = mrr_at_k if mrr_at_k is not None else at_k
+        self.name, self.batch_size, self.show_progress_bar = name, batch_size, show_progress_bar
+        self.similarity_fct = similarity_fct or similarity_functions("cosine")[0]
+        self.truncate_dim, self.write_csv = truncate_dim, write_csv
+        del use_batched_encoding  # always batched: one encode for the queries, one for the documents
+        self.csv_file = "RerankingEvaluator" + ("_" + name if name else "") + f"_results_@{self.at_k}.csv"
+        self.primary_metric = f"ndcg@{self.at_k}"
+
+    def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
+        kw = dict(batch_size=self.batch_size, show_progress_bar=self.show_progress_bar)
+        if self.truncate_dim is not None:
+            kw["truncate_dim"] = self.truncate_dim
+        queries = _encode(model, [s["query"] for s in self.samples], "query", **kw)
+        docs = _encode(model, [d for s in self.samples for d in s["positive"] + s["negative"]], "document", **kw)
+        results, offset = [], 0
+        for i, sample in enumerate(self.samples):
+            n = len(sample["positive"]) + len(sample["negative"])
+            scores = np.asarray(self.similarity_fct(queries[i : i + 1], docs[offset : offset + n]))[0]
+            offset += n
+            results.append(_rank_metrics([1] * len(sample["positive"]) + [0] * len(sample["negative"]), scores,
+                                         self.at_k))
+        mrr, ndcg, ap = (float(np.mean(x)) for x in zip(*results)) if results else (0.0, 0.0, 0.0)
+        if output_path is not None and self.write_csv:
+            self._write_csv(output_path, self.csv_file, ["epoch", "steps", "MAP", f"MRR@{self.at_k}",
+                                                         f"NDCG@{self.at_k}"], [epoch, steps, ap, mrr, ndcg])
+        self.primary_metric = f"ndcg@{self.at_k}"
+        return self.prefix_name_to_metrics({"map": ap, f"mrr@{self.at_k}": mrr, f"ndcg@{self.at_k}": ndcg},
+                                           self.name)
+
+
+class CrossEncoderRerankingEvaluator(SentenceEvaluator):
+    """A CrossEncoder's reranking quality, as sentence-transformers' CrossEncoderRerankingEvaluator:
+    ``samples`` are dicts with "query", "positive" and either "negative" (rank positives + negatives) or
+    "documents" (a first-stage ranking to rerank: its own metrics come back as ``base_*``;
+    ``always_rerank_positives`` adds the positives it missed). Metrics ``map``, ``mrr@{at_k}``,
+    ``ndcg@{at_k}`` (primary)."""
+
+    def __init__(self, samples, at_k: int = 10, always_rerank_positives: bool = True, name: str = "",
+                 prompt_name: str | None = None, batch_size: int = 64, show_progress_bar: bool = False,
+                 write_csv: bool = True, mrr_at_k: int | None = None):
+        self.samples = list(samples)
+        self.at_k = mrr_at_k if mrr_at_k is not None else at_k
+        self.always_rerank_positives = always_rerank_positives
+        self.name, self.prompt_name, self.batch_size = name, prompt_name, batch_size
+        self.show_progress_bar, self.write_csv = show_progress_bar, write_csv
+        self.csv_file = "CrossEncoderRerankingEvaluator" + ("_" + name if name else "") + f"_results_@{self.at_k}.csv"
+        self.primary_metric = f"ndcg@{self.at_k}"
+
+    def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
+        base, pairs, meta = [], [], []
+        for sample in self.samples:
+            if "query" not in sample or "positive" not in sample:
+                raise ValueError("CrossEncoderRerankingEvaluator requires 'query' and 'positive' keys in each sample.")
+            if ("negative" in sample) == ("documents" in sample):
+                raise ValueError("CrossEncoderRerankingEvaluator requires exactly one of 'negative' and "
+                                 "'documents' in each sample.")
+            positive = [sample["positive"]] if isinstance(sample["positive"], str) else list(sample["positive"])
+            documents = sample.get("documents")
+            if documents:
+                found = [int(d in positive) for d in documents]
+                if sum(found) == 0:
+                    base.append((0.0, 0.0, 0.0))
+                else:
+                    found += [1] * (len(positive) - sum(found))  # the positives it missed, ranked last
+                    base.append(_rank_metrics(found, np.arange(len(found), 0, -1), self.at_k))
+                if self.always_rerank_positives:
+                    docs = positive + [d for d in documents if d not in positive]
+                    relevant = [1] * len(positive) + [0] * (len(docs) - len(positive))
+                else:
+                    docs, relevant = list(documents), [int(d in positive) for d in documents]
+            else:
+                docs = positive + list(sample["negative"])
+                relevant = [1] * len(positive) + [0] * len(sample["negative"])
+            if sum(relevant) == 0:
+                meta.append(None)
+                continue
+            meta.append((relevant, len(docs)))
+            pairs.extend([sample["query"], d] for d in docs)
+        scores = np.asarray(model.predict(pairs, prompt_name=self.prompt_name, batch_size=self.batch_size,
+                                          show_progress_bar=self.show_progress_bar)) if pairs else np.zeros(0)
+        results, offset = [], 0
+        for entry in meta:
+            if entry is None:
+                results.append((0.0, 0.0, 0.0))
+                continue
+            relevant, n = entry
+            results.append(_rank_metrics(relevant, scores[offset : offset + n], self.at_k))
+            offset += n
+        mrr, ndcg, ap = (float(np.mean(x)) for x in zip(*results)) if results else (0.0, 0.0, 0.0)
+        metrics = {"map": ap, f"mrr@{self.at_k}": mrr, f"ndcg@{self.at_k}": ndcg}
+        if base:
+            b_mrr, b_ndcg, b_ap = (float(np.mean(x)) for x in zip(*base))
+            metrics.update({"base_map": b_ap, f"base_mrr@{self.at_k}": b_mrr, f"base_ndcg@{self.at_k}": b_ndcg})
+        if output_path is not None and self.write_csv:
+            self._write_csv(output_path, self.csv_file, ["epoch", "steps", "MAP", f"MRR@{self.at_k}",
+                                                         f"NDCG@{self.at_k}"], [epoch, steps, ap, mrr, ndcg])
+        self.primary_metric = f"ndcg@{self.at_k}"
+        return self.prefix_name_to_metrics(metrics, self.name)
+
+
 class MSEEvaluator(SentenceEvaluator):
     """Mean squared error (x 100) between a teacher's embeddings of ``source_sentences`` (computed once, at
     construction) and the model's of ``target_sentences``, reported as ``negative_mse`` (higher is better),
@@ -555,9 +697,11 @@ def _call_evaluator(evaluator, model, output_path, epoch, steps):
 
 __all__ = [
     "BinaryClassificationEvaluator",
+    "CrossEncoderRerankingEvaluator",
     "EmbeddingSimilarityEvaluator",
     "InformationRetrievalEvaluator",
     "MSEEvaluator",
+    "RerankingEvaluator",
     "SentenceEvaluator",
     "SequentialEvaluator",
     "TranslationEvaluator",

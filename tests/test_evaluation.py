@@ -130,6 +130,56 @@ def test_binary_classification_evaluator(jx_minilm, st_minilm):
             STBinary.find_best_f1_and_threshold(scores, y, higher)
 
 
+def _rerank_samples(n: int = 60):
+    rows = [r for r in read_stsb("stsb-en-test.csv") if r[2] >= 4.0][:n]
+    others = [b for _, b, _ in read_stsb("stsb-en-dev.csv")]
+    return [{"query": a, "positive": [b], "negative": others[7 * i : 7 * i + 5 + i % 3]}
+            for i, (a, b, _) in enumerate(rows)]
+
+
+def test_reranking_evaluators(jx_minilm, st_minilm, make_tiny_cross_encoder):
+    from sentence_transformers import CrossEncoder as STCrossEncoder
+    from sentence_transformers.cross_encoder.evaluation import CrossEncoderRerankingEvaluator as STCERerank
+    from sentence_transformers.sentence_transformer.evaluation import RerankingEvaluator as STRerank
+
+    from jaxst import CrossEncoder
+    from jaxst.evaluation import CrossEncoderRerankingEvaluator, RerankingEvaluator
+
+    samples = _rerank_samples()
+    for kwargs in ({}, {"at_k": 3, "name": "rr"}):
+        ours, ref = RerankingEvaluator(samples, **kwargs), STRerank(samples, **kwargs)
+        assert_same_metrics(ours(jx_minilm), ref(st_minilm))
+        assert ours.primary_metric == ref.primary_metric
+    folder = make_tiny_cross_encoder()
+    model, st_model = CrossEncoder(str(folder)), STCrossEncoder(str(folder), device="cpu")
+    # first-stage rankings: some miss the positive, one has none of it
+    documents = [{"query": s["query"], "positive": s["positive"],
+                  "documents": (s["negative"][:2] + s["positive"] + s["negative"][2:]) if i % 3 else s["negative"]}
+                 for i, s in enumerate(samples[:30])]
+    for data, kwargs in ((samples[:30], {}), (documents, {"at_k": 5}), (documents, {"always_rerank_positives": False,
+                                                                                   "name": "ce"})):
+        ours, ref = CrossEncoderRerankingEvaluator(data, **kwargs), STCERerank(data, **kwargs)
+        assert_same_metrics(ours(model), ref(st_model))
+        assert ours.primary_metric == ref.primary_metric
+
+
+def test_ndcg_and_average_precision_with_ties():
+    """The tie handling of scikit-learn's ndcg_score and average_precision_score, which the evaluators use."""
+    from sklearn.metrics import average_precision_score, ndcg_score
+
+    from jaxst.evaluation import _average_precision, _ndcg
+
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        n = int(rng.integers(2, 30))
+        relevant = rng.integers(0, 2, n)
+        relevant[0] = 1
+        scores = np.round(rng.normal(size=n), 1)  # ties
+        for k in (1, 3, 10):
+            assert abs(_ndcg(relevant, scores, k) - ndcg_score([relevant], [scores], k=k)) < 1e-12
+        assert abs(_average_precision(relevant, scores) - average_precision_score(relevant, scores)) < 1e-12
+
+
 def test_bad_input():
     with pytest.raises(ValueError, match="differ in length"):
         TripletEvaluator(["a"], ["b"], [])
