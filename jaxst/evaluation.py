@@ -11,6 +11,7 @@ the same CSV rows. They work from ``jaxst.training.fit`` and from a user's own l
     TripletEvaluator               how often the anchor is closer to the positive than to the negative
     BinaryClassificationEvaluator  pair classification by a similarity threshold: accuracy, F1, AP, MCC
     MSEEvaluator                   distance to a teacher's embeddings (multilingual distillation)
+    ParaphraseMiningEvaluator      average precision and best F1 of mined duplicate pairs
     RerankingEvaluator             MAP / MRR@k / NDCG@k of a bi-encoder ranking each query's candidates
     CrossEncoderRerankingEvaluator the same for a CrossEncoder, with the first stage's base_* metrics
     TranslationEvaluator           how often a sentence's nearest neighbour is its translation
@@ -589,6 +590,88 @@ class CrossEncoderRerankingEvaluator(SentenceEvaluator):
         return self.prefix_name_to_metrics(metrics, self.name)
 
 
+class ParaphraseMiningEvaluator(SentenceEvaluator):
+    """Paraphrase mining quality, as sentence-transformers' ParaphraseMiningEvaluator: the model's mined pairs
+    of ``sentences_map`` (id -> text), best first (``util.paraphrase_mining``), against the known duplicate
+    pairs (``duplicates_list`` of id pairs or ``duplicates_dict``; ``add_transitive_closure`` links the
+    duplicates of duplicates): ``average_precision`` (primary), and the best ``f1`` with its ``precision``,
+    ``recall`` and score ``threshold``."""
+
+    def __init__(self, sentences_map: dict[str, str], duplicates_list: list[tuple[str, str]] | None = None,
+                 duplicates_dict: dict[str, dict[str, bool]] | None = None, add_transitive_closure: bool = False,
+                 query_chunk_size: int = 5000, corpus_chunk_size: int = 100000, max_pairs: int = 500000,
+                 top_k: int = 100, show_progress_bar: bool = False, batch_size: int = 16, name: str = "",
+                 truncate_dim: int | None = None, write_csv: bool = True):
+        self.ids, self.sentences = list(sentences_map), list(sentences_map.values())
+        self.name, self.show_progress_bar, self.batch_size = name, show_progress_bar, batch_size
+        self.query_chunk_size, self.corpus_chunk_size = query_chunk_size, corpus_chunk_size
+        self.max_pairs, self.top_k, self.truncate_dim, self.write_csv = max_pairs, top_k, truncate_dim, write_csv
+        pairs = set()
+        for a, others in (duplicates_dict or {}).items():
+            pairs |= {frozenset((a, b)) for b, duplicate in others.items() if duplicate and a != b}
+        pairs |= {frozenset(pair) for pair in (duplicates_list or []) if len(set(pair)) == 2}
+        pairs = {pair for pair in pairs if all(i in sentences_map for i in pair)}
+        if add_transitive_closure:
+            pairs = _transitive_closure(pairs)
+        self.duplicates = pairs
+        self.csv_file = "paraphrase_mining_evaluation" + ("_" + name if name else "") + "_results.csv"
+        self.primary_metric = "average_precision"
+
+    def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
+        from jaxst.search import paraphrase_mining
+
+        mined = paraphrase_mining(model, self.sentences, show_progress_bar=self.show_progress_bar,
+                                  batch_size=self.batch_size, query_chunk_size=self.query_chunk_size,
+                                  corpus_chunk_size=self.corpus_chunk_size, max_pairs=self.max_pairs,
+                                  top_k=self.top_k, truncate_dim=self.truncate_dim)
+        total = len(self.duplicates)
+        extracted = correct = previous = 0
+        best = {"f1": 0.0, "precision": 0.0, "recall": 0.0, "threshold": 0.0}
+        average_precision = 0.0
+        for idx, (score, i, j) in enumerate(mined):
+            extracted += 1
+            correct += frozenset((self.ids[i], self.ids[j])) in self.duplicates
+            if idx + 1 < len(mined) and mined[idx + 1][0] == score:
+                continue  # tied scores: one threshold
+            if correct > previous:
+                precision, recall = correct / extracted, (correct / total if total else 0.0)
+                f1 = 2 * precision * recall / (precision + recall)
+                average_precision += precision * (correct - previous)
+                if f1 > best["f1"]:
+                    threshold = (mined[idx][0] + mined[min(idx + 1, len(mined) - 1)][0]) / 2
+                    best = {"f1": f1, "precision": precision, "recall": recall, "threshold": float(threshold)}
+            previous = correct
+        metrics = {"average_precision": average_precision / total if total else 0.0, **best}
+        if output_path is not None and self.write_csv:
+            self._write_csv(output_path, self.csv_file, ["epoch", "steps", "precision", "recall", "f1", "threshold",
+                                                         "average_precision"],
+                            [epoch, steps, best["precision"], best["recall"], best["f1"], best["threshold"],
+                             metrics["average_precision"]])
+        self.primary_metric = "average_precision"
+        return self.prefix_name_to_metrics(metrics, self.name)
+
+
+def _transitive_closure(pairs: set) -> set:
+    """Every pair within each connected group of duplicates."""
+    neighbours: dict = {}
+    for a, b in (tuple(p) for p in pairs):
+        neighbours.setdefault(a, set()).add(b)
+        neighbours.setdefault(b, set()).add(a)
+    closed, seen = set(), set()
+    for start in neighbours:
+        if start in seen:
+            continue
+        group, queue = {start}, [start]
+        while queue:
+            for other in neighbours[queue.pop()]:
+                if other not in group:
+                    group.add(other)
+                    queue.append(other)
+        seen |= group
+        closed |= {frozenset((a, b)) for a in group for b in group if a != b}
+    return closed
+
+
 class MSEEvaluator(SentenceEvaluator):
     """Mean squared error (x 100) between a teacher's embeddings of ``source_sentences`` (computed once, at
     construction) and the model's of ``target_sentences``, reported as ``negative_mse`` (higher is better),
@@ -701,6 +784,7 @@ __all__ = [
     "EmbeddingSimilarityEvaluator",
     "InformationRetrievalEvaluator",
     "MSEEvaluator",
+    "ParaphraseMiningEvaluator",
     "RerankingEvaluator",
     "SentenceEvaluator",
     "SequentialEvaluator",

@@ -180,6 +180,35 @@ def test_ndcg_and_average_precision_with_ties():
         assert abs(_average_precision(relevant, scores) - average_precision_score(relevant, scores)) < 1e-12
 
 
+def test_paraphrase_mining_evaluator(jx_minilm, st_minilm):
+    """STSb sentences by id; pairs scoring at least 4.0 are the duplicates (with and without their transitive
+    closure, from a list and from a dict)."""
+    from sentence_transformers.sentence_transformer.evaluation import ParaphraseMiningEvaluator as STMining
+
+    from jaxst.evaluation import ParaphraseMiningEvaluator
+
+    rows = read_stsb("stsb-en-dev.csv")[:300]
+    ids = {text: f"s{i}" for i, text in enumerate(dict.fromkeys(t for a, b, _ in rows for t in (a, b)))}
+    sentences = {i: t for t, i in ids.items()}
+    duplicates = [(ids[a], ids[b]) for a, b, score in rows if score >= 4.0]
+    as_dict = {}
+    for a, b in duplicates[::2]:
+        as_dict.setdefault(a, {})[b] = True
+    for kwargs in ({"duplicates_list": duplicates}, {"duplicates_list": duplicates, "add_transitive_closure": True,
+                                                    "top_k": 5, "name": "pm"}, {"duplicates_dict": as_dict}):
+        ours = ParaphraseMiningEvaluator(sentences, **kwargs)
+        if "duplicates_dict" in kwargs:  # sentence-transformers indexes it for every mined pair: a defaultdict
+            from collections import defaultdict
+
+            nested = defaultdict(lambda: defaultdict(bool))
+            for a, others in kwargs["duplicates_dict"].items():
+                nested[a].update(others)
+            kwargs = {**kwargs, "duplicates_dict": nested}
+        ref = STMining(sentences, **kwargs)
+        assert_same_metrics(ours(jx_minilm), ref(st_minilm))
+        assert ours.primary_metric == ref.primary_metric
+
+
 def test_bad_input():
     with pytest.raises(ValueError, match="differ in length"):
         TripletEvaluator(["a"], ["b"], [])
