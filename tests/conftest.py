@@ -171,6 +171,20 @@ def assert_same_hits(ours, ref, tie=1e-5):
                 assert near, (pos, a, b)
 
 
+def assert_same_gradients(st, pairs) -> None:
+    """(our gradient, the suffix of sentence-transformers' parameter name, transposed?) pairs agree within 1e-5
+    of each tensor's scale, entry-wise and in norm: a gradient entry sums up to ~10^5 products (tokens x
+    vocabulary), whose float32 rounding is relative to the largest terms, not to the (sometimes cancelling)
+    entry itself."""
+    named = dict(st.named_parameters())
+    for ours, theirs, transpose in pairs:
+        (param,) = [p for name, p in named.items() if name.endswith(theirs)]
+        want = param.grad.numpy().T if transpose else param.grad.numpy()
+        ours = np.asarray(ours)
+        assert float(np.abs(ours - want).max()) < 1e-5 * max(1.0, float(np.abs(want).max())), theirs
+        assert float(np.linalg.norm(ours - want) / max(np.linalg.norm(want), 1e-30)) < 1e-5, theirs
+
+
 def max_abs(a, b) -> float:
     return float(np.max(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))))
 

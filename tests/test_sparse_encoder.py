@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from conftest import assert_same_hits, read_stsb, unique_sentences
+from conftest import assert_same_gradients, assert_same_hits, read_stsb, unique_sentences
 from jax.experimental import sparse as jsparse
 
 import jaxst.sparse
@@ -39,20 +39,6 @@ def relative_gap(ours, ref) -> float:
     where float32 itself resolves only ~1e-4 absolute."""
     ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
     return float(np.max(np.abs(ours - ref) / np.maximum(1.0, np.abs(ref))))
-
-
-def assert_same_gradients(st, pairs) -> None:
-    """(our gradient, the suffix of sentence-transformers' parameter name, transposed?) pairs agree within 1e-5
-    of each tensor's scale, entry-wise and in norm: a gradient entry sums up to ~10^5 products (tokens x
-    vocabulary), whose float32 rounding is relative to the largest terms, not to the (sometimes cancelling)
-    entry itself."""
-    named = dict(st.named_parameters())
-    for ours, theirs, transpose in pairs:
-        (param,) = [p for name, p in named.items() if name.endswith(theirs)]
-        want = param.grad.numpy().T if transpose else param.grad.numpy()
-        ours = np.asarray(ours)
-        assert float(np.abs(ours - want).max()) < TOL * max(1.0, float(np.abs(want).max())), theirs
-        assert float(np.linalg.norm(ours - want) / max(np.linalg.norm(want), 1e-30)) < TOL, theirs
 
 
 def assert_same_sparse(ours, ref: np.ndarray) -> None:
