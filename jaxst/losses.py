@@ -399,6 +399,75 @@ class CachedMultipleNegativesRankingLoss(MultipleNegativesRankingLoss):
         del show_progress_bar  # the mini-batches run inside one compiled program
 
 
+class GISTEmbedLoss(Loss):
+    """sentence-transformers' GISTEmbedLoss: InfoNCE over anchor-positive (and anchor-anchor, positive-positive,
+    anchor-negative) cosine similarities / ``temperature``, where a guide model's similarities drop the
+    in-batch candidates it scores above the pair's own (``margin_strategy`` "absolute": above its
+    similarity minus ``margin``; "relative": minus that fraction of its magnitude): likely false negatives.
+    ``embeddings``: [anchors, positives[, negatives]]; ``guide_embeddings``: the guide's, same columns
+    (``jaxst.training`` computes them when the batch is collated with ``guide=loss.guide``)."""
+
+    needs_guide = True
+
+    def __init__(self, model=None, guide=None, temperature: float = 0.01, margin_strategy: str = "absolute",
+                 margin: float = 0.0, contrast_anchors: bool = True, contrast_positives: bool = True,
+                 gather_across_devices: bool = False):
+        del model
+        if margin_strategy not in ("absolute", "relative"):
+            raise ValueError("margin_strategy must be 'absolute' or 'relative'.")
+        if gather_across_devices:
+            raise ValueError("jaxst's GISTEmbedLoss runs on one device (gather_across_devices=False)")
+        self.guide = guide
+        self.temperature, self.margin_strategy, self.margin = float(temperature), margin_strategy, float(margin)
+        self.contrast_anchors, self.contrast_positives = bool(contrast_anchors), bool(contrast_positives)
+
+    def __call__(self, embeddings, labels=None, rng=None, guide_embeddings=None) -> jax.Array:
+        columns = _columns(embeddings, 2, type(self).__name__)
+        if len(columns) not in (2, 3):
+            raise ValueError(f"Expected 2 or 3 embeddings, got {len(columns)}")
+        if guide_embeddings is None or len(guide_embeddings) != len(columns):
+            raise ValueError("GISTEmbedLoss needs the guide's embeddings of the same columns (guide_embeddings)")
+        guided = [jnp.asarray(g) for g in guide_embeddings]
+        anchor, positive = columns[0], columns[1]
+        guided_pair = jnp.diagonal(cos_sim(guided[0], guided[1]))[:, None]  # (B, 1): each pair's own
+        threshold = guided_pair - (self.margin if self.margin_strategy == "absolute"
+                                   else jnp.abs(guided_pair) * self.margin)
+
+        def masked(a, b, ga, gb, keep_diagonal: bool = False):
+            scores = cos_sim(a, b)
+            drop = cos_sim(ga, gb) > threshold
+            if keep_diagonal:
+                drop = drop & ~jnp.eye(scores.shape[0], scores.shape[1], dtype=bool)
+            return jnp.where(drop, -jnp.inf, scores)
+
+        scores = [masked(anchor, positive, guided[0], guided[1], keep_diagonal=True)]
+        if self.contrast_anchors:
+            scores.append(masked(anchor, anchor, guided[0], guided[0]))
+        if self.contrast_positives:
+            scores.append(masked(positive, positive, guided[1], guided[1]))
+        if len(columns) == 3:
+            scores.append(masked(anchor, columns[2], guided[0], guided[2]))
+        logits = jnp.concatenate(scores, axis=1) / self.temperature
+        own = jnp.arange(anchor.shape[0])
+        return jnp.mean(jax.nn.logsumexp(logits, axis=1) - logits[own, own])
+
+
+class CachedGISTEmbedLoss(GISTEmbedLoss):
+    """GISTEmbedLoss with GradCache (sentence-transformers' CachedGISTEmbedLoss): the student's columns are
+    embedded ``mini_batch_size`` rows at a time by ``jaxst.training``'s cached path, so memory is bounded
+    by the mini-batch; the same loss and gradients as the uncached loss."""
+
+    def __init__(self, model=None, guide=None, temperature: float = 0.01, mini_batch_size: int = 32,
+                 margin_strategy: str = "absolute", margin: float = 0.0, contrast_anchors: bool = True,
+                 contrast_positives: bool = True, gather_across_devices: bool = False, show_progress_bar: bool = False):
+        super().__init__(model, guide, temperature, margin_strategy, margin, contrast_anchors, contrast_positives,
+                         gather_across_devices)
+        if not isinstance(mini_batch_size, int) or isinstance(mini_batch_size, bool) or mini_batch_size < 1:
+            raise ValueError(f"mini_batch_size must be a positive int, got {mini_batch_size!r}")
+        self.mini_batch_size = mini_batch_size
+        del show_progress_bar
+
+
 class MegaBatchMarginLoss(Loss):
     """sentence-transformers' MegaBatchMarginLoss over (anchor, positive) pairs: for each anchor, the most
     similar positive of another pair (cosine) is its hard negative; the loss is relu(``positive_margin`` -
@@ -713,6 +782,7 @@ __all__ = [
     "AnglELoss",
     "BinaryCrossEntropyLoss",
     "CSRLoss",
+    "CachedGISTEmbedLoss",
     "CachedMultipleNegativesRankingLoss",
     "CoSENTLoss",
     "DistillKLDivLoss",
@@ -725,6 +795,7 @@ __all__ = [
     "MultipleNegativesSymmetricRankingLoss",
     "MultiVectorMultipleNegativesRankingLoss",
     "FlopsLoss",
+    "GISTEmbedLoss",
     "SparseMultipleNegativesRankingLoss",
     "SpladeLoss",
     "TripletDistanceMetric",

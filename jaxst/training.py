@@ -297,6 +297,22 @@ def make_loss_fn(model, loss: Loss, *, dropout: bool = True, mesh: Mesh | None =
 
         return loss_fn
 
+    if getattr(loss, "needs_guide", False):
+        if mesh is not None:
+            raise ValueError(f"{type(loss).__name__} with a guide runs on one device")
+
+        def loss_fn(params, batch, rng=None):
+            if "guide" not in batch:
+                raise ValueError(f"{type(loss).__name__} needs the guide's view of the batch: "
+                                 "collate(model, examples, guide=loss.guide)")
+            out, loss_rng = outputs(params, batch["features"], rng)
+            guide = batch["guide"]
+            guided = [jax.lax.stop_gradient(nnx.merge(guide["graphdef"].value, guide["params"])(dict(f))[
+                "sentence_embedding"]) for f in guide["features"]]
+            return loss(out, batch.get("labels"), loss_rng, guide_embeddings=guided)
+
+        return loss_fn
+
     if mesh is None:
         def loss_fn(params, batch, rng=None):
             out, loss_rng = outputs(params, batch["features"], rng)
@@ -491,7 +507,7 @@ def _column_tasks(model, router_mapping, n_columns: int) -> list[str | None]:
 
 
 def collate(model, examples: Sequence, seq_multiple: int = SEQ_MULTIPLE, pack: bool = False,
-            router_mapping: Sequence[str | None] | dict[int, str] | None = None) -> dict:
+            router_mapping: Sequence[str | None] | dict[int, str] | None = None, guide=None) -> dict:
     """Tokenize a list of examples into a training batch ``{"features", "labels"}``.
 
     SentenceTransformer: one tokenized batch per column (all examples need the same number of texts).
@@ -502,7 +518,9 @@ def collate(model, examples: Sequence, seq_multiple: int = SEQ_MULTIPLE, pack: b
     texts end to end instead (see ``pack_columns``): the same loss and gradients with no padding to compute.
     ``router_mapping`` (a model with a Router, e.g. an inference-free SparseEncoder): the task each column
     takes, ``["query", "document", "document"]`` or ``{0: "query"}``; each column is tokenized for its
-    route and runs through it in the forward (unmapped columns: the Router's default route)."""
+    route and runs through it in the forward (unmapped columns: the Router's default route). ``guide`` (a
+    SentenceTransformer, for losses with a guide such as GISTEmbedLoss): the columns tokenized for it too,
+    with its params, under ``batch["guide"]``."""
     if not examples:
         raise ValueError("collate() needs at least one example")
     parts = [_example_parts(e) for e in examples]
@@ -524,12 +542,39 @@ def collate(model, examples: Sequence, seq_multiple: int = SEQ_MULTIPLE, pack: b
         batches = [model.tokenize(list(c), task=task) for c, task in zip(zip(*(t for t, _ in parts)), tasks)]
     else:
         batches = [model.tokenize(list(c)) for c in zip(*(t for t, _ in parts))]
-    if pack and not _is_cross_encoder(model):
+    if pack and not _is_cross_encoder(model) and guide is None:
         return {"features": pack_columns(batches, model.tokenizer.pad_id), "labels": labels}
     longest = max(b["input_ids"].shape[1] for b in batches)
     target = max(min(-(-longest // seq_multiple) * seq_multiple, model.max_seq_length), longest)
     batches = [_pad_to(b, target, model.tokenizer.pad_id) for b in batches]
-    return {"features": batches[0] if _is_cross_encoder(model) else batches, "labels": labels}
+    out = {"features": batches[0] if _is_cross_encoder(model) else batches, "labels": labels}
+    if guide is not None:
+        out["guide"] = _guide_batch(guide, parts)
+    return out
+
+
+def _guide_batch(guide, parts) -> dict:
+    """A guide model's view of a batch: its params and each column tokenized by its tokenizer."""
+    columns = [guide.tokenize(list(c)) for c in zip(*(t for t, _ in parts))]
+    longest = max(c["input_ids"].shape[1] for c in columns)
+    return {"params": guide.params, "graphdef": _Static(guide.graphdef),
+            "features": [_pad_to(c, longest, guide.tokenizer.pad_id) for c in columns]}
+
+
+class _Static:
+    """A graphdef carried inside a batch pytree as static metadata (no leaves)."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __hash__(self):
+        return hash(self.value)
+
+    def __eq__(self, other):
+        return isinstance(other, _Static) and self.value == other.value
+
+
+jax.tree_util.register_pytree_node(_Static, lambda s: ((), s.value), lambda value, _: _Static(value))
 
 
 def pack_columns(batches: Sequence[dict], pad_id: int, row: int = PACK_ROW) -> dict:
@@ -748,7 +793,7 @@ def fit(model, train_examples: Sequence, loss: Loss, epochs: int = 1, batch_size
     # packing (texts end to end) feeds losses that read embeddings; not cached losses, full-output losses
     # (CSR, multi-vector) or columns tokenized per task
     pack = mesh is None and not getattr(loss, "needs_outputs", False) and getattr(loss, "mini_batch_size", None) \
-        is None and not hasattr(model, "column_tasks")
+        is None and not hasattr(model, "column_tasks") and not getattr(loss, "needs_guide", False)
     start = int(state.step)
     bar = tqdm(total=total_steps, initial=start, desc="Training", disable=not show_progress_bar)
     try:
@@ -757,7 +802,7 @@ def fit(model, train_examples: Sequence, loss: Loss, epochs: int = 1, batch_size
                 step = epoch * steps_per_epoch + i
                 if step < start:
                     continue  # resumed: this batch was trained on before the checkpoint
-                batch = collate(model, [examples[j] for j in idx], pack=pack)
+                batch = collate(model, [examples[j] for j in idx], pack=pack, guide=getattr(loss, "guide", None))
                 state, metrics = step_fn(state, batch, jax.random.fold_in(key, step))
                 value = float(metrics["loss"])
                 history["loss"].append(value)

@@ -374,3 +374,32 @@ def test_mega_batch_margin_loss(margins):
     assert_same(jax_value_and_grads(ours, columns),
                 torch_value_and_grads(lambda cols, labels: ref.calculate_loss([[cols[0]], [cols[1]]]), columns))
     assert ours.mini_batch_size == 50 and jl.MegaBatchMarginLoss(use_mini_batched_version=False).mini_batch_size is None
+
+
+@pytest.mark.parametrize("n_columns", [2, 3])
+@pytest.mark.parametrize("options", [{}, {"margin_strategy": "relative", "margin": 0.05, "temperature": 0.05},
+                                     {"contrast_anchors": False, "contrast_positives": False, "margin": 0.1}])
+def test_gist_embed_loss(minilm_folder, n_columns, options):
+    """A guide's similarities mask the likely false negatives: stub model and guide (with MiniLM's tokenizer, so
+    nothing is re-tokenized) hand back random embeddings; the guide's are the model's plus noise, so some
+    in-batch candidates pass the pair's own guide score."""
+    from transformers import AutoTokenizer
+
+    losses = st_losses()
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_folder))
+    student, guide = StubModel(D), StubModel(D)
+    for stub in (student, guide):
+        stub.tokenizer, stub.max_seq_length = tokenizer, 128
+    columns = random_columns(n_columns, seed=17)
+    noise = np.random.default_rng(18)
+    guide_columns = [(c + noise.normal(scale=0.8, size=c.shape)).astype(np.float32) for c in columns]
+    guide.columns = [torch.tensor(g) for g in guide_columns]
+    ref = losses.GISTEmbedLoss(student, guide, **options)
+    reference = torch_value_and_grads(
+        lambda tensors, labels: (setattr(student, "columns", tensors),
+                                 ref([{"column": i} for i in range(len(tensors))], labels))[1], columns)
+    ours = jl.GISTEmbedLoss(**options)
+    value, grads = jax.value_and_grad(lambda cols: ours(cols, None, guide_embeddings=[jnp.asarray(g)
+                                                                                      for g in guide_columns]))(
+        [jnp.asarray(c) for c in columns])
+    assert_same((float(value), [np.asarray(g) for g in grads]), reference)

@@ -488,6 +488,44 @@ def test_fit_with_several_evaluators_keeps_the_best(tiny_folder):
         _fit(tiny_folder, seed=0, load_best_model_at_end=True)
 
 
+def test_gist_loss_with_a_guide_model_matches_sentence_transformers(make_tiny_st):
+    """GISTEmbedLoss through jaxst.training with a guide model (the batch collated with guide=): the loss and
+    gradients of sentence-transformers' GISTEmbedLoss with the same student and guide; fit runs with it."""
+    from conftest import assert_same_gradients
+    from sentence_transformers import SentenceTransformer as STSentenceTransformer
+    from sentence_transformers.sentence_transformer import losses as st_losses
+
+    student_folder, guide_folder = make_tiny_st(), make_tiny_st(pooling_mode="cls", normalize=True)
+    st_student = STSentenceTransformer(str(student_folder), device="cpu")
+    st_guide = STSentenceTransformer(str(guide_folder), device="cpu")
+    st_student.eval()
+    st_guide.eval()
+    rows = read_stsb("stsb-en-train.csv")[:16]
+    triplets = [(a, b, rows[(i + 3) % len(rows)][1]) for i, (a, b, _) in enumerate(rows)]
+    options = dict(temperature=0.05, margin=0.02)
+    features = [st_student.preprocess([t[i] for t in triplets]) for i in range(3)]
+    ref = st_losses.GISTEmbedLoss(st_student, st_guide, **options)(features, None)
+    ref.backward()
+    student, guide = jaxst.SentenceTransformer(student_folder), jaxst.SentenceTransformer(guide_folder)
+    loss = jl.GISTEmbedLoss(guide=guide, **options)
+    batch = training.collate(student, triplets, guide=guide)
+    value, grads = jax.value_and_grad(training.make_loss_fn(student, loss, dropout=False))(student.params, batch)
+    assert abs(float(value) - float(ref.detach())) < 1e-5 * max(1.0, abs(float(ref.detach())))
+    assert_same_gradients(st_student, [
+        (grads["encoder"]["encoder"]["layer"][1]["output"]["dense"]["kernel"], "encoder.layer.1.output.dense.weight",
+         True)])
+    cached = jl.CachedGISTEmbedLoss(guide=guide, mini_batch_size=4, **options)  # GradCache: the same numbers
+    cached_value, cached_grads = jax.value_and_grad(training.make_loss_fn(student, cached, dropout=False))(
+        student.params, batch)
+    assert abs(float(cached_value) - float(value)) < 1e-5 * max(1.0, abs(float(value)))
+    for a, b in zip(jax.tree.leaves(cached_grads), jax.tree.leaves(grads)):
+        assert float(np.abs(np.asarray(a) - np.asarray(b)).max()) < 1e-5 * max(1.0, float(np.abs(np.asarray(b)).max()))
+    history = training.fit(student, triplets, loss, batch_size=8, show_progress_bar=False)
+    assert len(history["loss"]) == 2 and all(np.isfinite(history["loss"]))
+    with pytest.raises(ValueError, match="guide=loss.guide"):
+        training.make_loss_fn(student, loss, dropout=False)(student.params, training.collate(student, triplets))
+
+
 def test_fit_resumes_from_its_checkpoint(tiny_folder, tmp_path, monkeypatch):
     reference, _ = _fit(tiny_folder, seed=0, evaluator=None)
     saves = []
