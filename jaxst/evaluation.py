@@ -757,7 +757,7 @@ class SequentialEvaluator(SentenceEvaluator):
     def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
         results, scores = {}, []
         for i, evaluator in enumerate(self.evaluators):
-            evaluation = _call_evaluator(evaluator, model, output_path, epoch, steps)
+            evaluation = evaluator(model, output_path, epoch, steps)
             if not isinstance(evaluation, dict):
                 scores.append(evaluation)
                 evaluation = {f"evaluator_{i}": evaluation}
@@ -768,14 +768,6 @@ class SequentialEvaluator(SentenceEvaluator):
         self.primary_metric = "sequential_score"
         results["sequential_score"] = float(self.main_score_function(scores)) if scores else 0.0
         return results
-
-
-def _call_evaluator(evaluator, model, output_path, epoch, steps):
-    """jaxst's EmbeddingSimilarityEvaluator takes (model, epoch, steps); the others sentence-transformers'
-    (model, output_path, epoch, steps)."""
-    if isinstance(evaluator, EmbeddingSimilarityEvaluator):
-        return evaluator(model, epoch=epoch, steps=steps)
-    return evaluator(model, output_path, epoch, steps)
 
 
 __all__ = [

@@ -382,6 +382,13 @@ class BinaryCrossEntropyLoss(Loss):
         return self(embeddings, labels, rng) / jax.lax.axis_size(axis_name)  # mean of equal-sized shards
 
 
+def _mini_batch_size(value) -> int:
+    """A cached loss's ``mini_batch_size``: the rows ``jaxst.training.cached_embeddings`` embeds at a time."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"mini_batch_size must be a positive int, got {value!r}")
+    return value
+
+
 class CachedMultipleNegativesRankingLoss(MultipleNegativesRankingLoss):
     """MultipleNegativesRankingLoss with GradCache (sentence-transformers' CachedMultipleNegativesRankingLoss):
     the same loss and gradients, for batches far larger than fit in memory at once. ``jaxst.training``
@@ -393,9 +400,7 @@ class CachedMultipleNegativesRankingLoss(MultipleNegativesRankingLoss):
                  gather_across_devices: bool = True, show_progress_bar: bool = False, **kwargs):
         super().__init__(model, scale=scale, similarity_fct=similarity_fct,
                          gather_across_devices=gather_across_devices, **kwargs)
-        if not isinstance(mini_batch_size, int) or isinstance(mini_batch_size, bool) or mini_batch_size < 1:
-            raise ValueError(f"mini_batch_size must be a positive int, got {mini_batch_size!r}")
-        self.mini_batch_size = mini_batch_size
+        self.mini_batch_size = _mini_batch_size(mini_batch_size)
         del show_progress_bar  # the mini-batches run inside one compiled program
 
 
@@ -462,9 +467,7 @@ class CachedGISTEmbedLoss(GISTEmbedLoss):
                  contrast_positives: bool = True, gather_across_devices: bool = False, show_progress_bar: bool = False):
         super().__init__(model, guide, temperature, margin_strategy, margin, contrast_anchors, contrast_positives,
                          gather_across_devices)
-        if not isinstance(mini_batch_size, int) or isinstance(mini_batch_size, bool) or mini_batch_size < 1:
-            raise ValueError(f"mini_batch_size must be a positive int, got {mini_batch_size!r}")
-        self.mini_batch_size = mini_batch_size
+        self.mini_batch_size = _mini_batch_size(mini_batch_size)
         del show_progress_bar
 
 
@@ -479,8 +482,7 @@ class MegaBatchMarginLoss(Loss):
     def __init__(self, model=None, positive_margin: float = 0.8, negative_margin: float = 0.3,
                  use_mini_batched_version: bool = True, mini_batch_size: int = 50, show_progress_bar: bool = False):
         del model, show_progress_bar
-        if not isinstance(mini_batch_size, int) or isinstance(mini_batch_size, bool) or mini_batch_size < 1:
-            raise ValueError(f"mini_batch_size must be a positive int, got {mini_batch_size!r}")
+        _mini_batch_size(mini_batch_size)
         self.positive_margin, self.negative_margin = float(positive_margin), float(negative_margin)
         self.use_mini_batched_version = bool(use_mini_batched_version)
         self.mini_batch_size = mini_batch_size if use_mini_batched_version else None

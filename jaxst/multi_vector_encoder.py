@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from jaxst.base import CPU_BATCH_TOKENS, BaseModel, batch_bucket, batch_rows, positive_int, seq_bucket, text_list
 from jaxst.io.export import multi_vector_plan, unmapped_tensors
-from jaxst.io.folder import ModuleSpec, read_json, read_module_list
+from jaxst.io.folder import SPARSE_KINDS, ModuleSpec, read_json, read_module_list
 from jaxst.io.weights import open_state_dict
 from jaxst.parallel import shard_batch
 from jaxst.pipeline import Normalize, dense_head
@@ -196,8 +196,7 @@ class MultiVectorEncoder(BaseModel):
         kinds = [s.kind for s in specs]
         if not specs or kinds[0] != "transformer":
             raise ValueError(f"{self.model_folder}: a MultiVectorEncoder starts with a Transformer, got {kinds}")
-        if "pooling" in kinds or any(k in ("splade_pooling", "static_embedding", "sparse_autoencoder", "router")
-                                     for k in kinds):
+        if "pooling" in kinds or any(k in SPARSE_KINDS for k in kinds):
             raise ValueError(f"{self.model_folder} is not a multi-vector model (modules {kinds}); load it with "
                              "jaxst.SentenceTransformer or jaxst.SparseEncoder")
         unsupported = [k for k in kinds[1:] if k not in ("dense", "normalize", "multi_vector_mask", "dropout",
@@ -275,7 +274,6 @@ class MultiVectorEncoder(BaseModel):
         """A Stanford checkpoint's marker (``[unused0]``) tokenizes as one piece, as when ColBERT inserted it as a
         token id: registered as a special token when the vocabulary has it but the tokenizer splits it."""
         backend = self.tokenizer.backend
-        self._registered_prefixes = []
         for value in prefixes.values():
             if not value or not value.split():
                 continue
@@ -422,7 +420,6 @@ class MultiVectorEncoder(BaseModel):
         if token_pooling is not None and not isinstance(token_pooling, HierarchicalTokenPooling):
             raise TypeError("token_pooling must be a jaxst.multi_vector_encoder.HierarchicalTokenPooling, got "
                             f"{type(token_pooling).__name__}")
-        _check_task(task)
         positive_int("batch_size", batch_size)
         del chunk_size  # multi-process chunking: jaxst splits batches over devices instead
         texts, single = text_list(inputs)

@@ -306,9 +306,8 @@ def make_loss_fn(model, loss: Loss, *, dropout: bool = True, mesh: Mesh | None =
                 raise ValueError(f"{type(loss).__name__} needs the guide's view of the batch: "
                                  "collate(model, examples, guide=loss.guide)")
             out, loss_rng = outputs(params, batch["features"], rng)
-            guide = batch["guide"]
-            guided = [jax.lax.stop_gradient(nnx.merge(guide["graphdef"].value, guide["params"])(dict(f))[
-                "sentence_embedding"]) for f in guide["features"]]
+            guide = nnx.merge(loss.guide.graphdef, batch["guide"]["params"])  # params from the batch: not constants
+            guided = [jax.lax.stop_gradient(guide(dict(f))["sentence_embedding"]) for f in batch["guide"]["features"]]
             return loss(out, batch.get("labels"), loss_rng, guide_embeddings=guided)
 
         return loss_fn
@@ -557,24 +556,7 @@ def _guide_batch(guide, parts) -> dict:
     """A guide model's view of a batch: its params and each column tokenized by its tokenizer."""
     columns = [guide.tokenize(list(c)) for c in zip(*(t for t, _ in parts))]
     longest = max(c["input_ids"].shape[1] for c in columns)
-    return {"params": guide.params, "graphdef": _Static(guide.graphdef),
-            "features": [_pad_to(c, longest, guide.tokenizer.pad_id) for c in columns]}
-
-
-class _Static:
-    """A graphdef carried inside a batch pytree as static metadata (no leaves)."""
-
-    def __init__(self, value):
-        self.value = value
-
-    def __hash__(self):
-        return hash(self.value)
-
-    def __eq__(self, other):
-        return isinstance(other, _Static) and self.value == other.value
-
-
-jax.tree_util.register_pytree_node(_Static, lambda s: ((), s.value), lambda value, _: _Static(value))
+    return {"params": guide.params, "features": [_pad_to(c, longest, guide.tokenizer.pad_id) for c in columns]}
 
 
 def pack_columns(batches: Sequence[dict], pad_id: int, row: int = PACK_ROW) -> dict:
@@ -696,7 +678,8 @@ class EmbeddingSimilarityEvaluator:
         parts = [_example_parts(e) for e in examples]
         return cls([t[0] for t, _ in parts], [t[1] for t, _ in parts], [lab for _, lab in parts], **kwargs)
 
-    def __call__(self, model, epoch: int = -1, steps: int = -1) -> dict[str, float]:
+    def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
+        del output_path  # no CSV: the metrics are returned
         kw = dict(batch_size=self.batch_size, show_progress_bar=self.show_progress_bar)
         e1, e2 = model.encode(self.sentences1, **kw), model.encode(self.sentences2, **kw)
         names = self.similarity_fn_names or [model.similarity_fn_name]
