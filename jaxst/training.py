@@ -40,6 +40,7 @@ from jaxst.similarity import similarity_functions
 
 SEQ_MULTIPLE = 8  # columns are padded to a multiple of this many tokens: little padding, few shapes to compile
 PACK_ROW = 128  # tokens per row of a packed batch: rows stay few (few shapes), attention per row stays cheap
+LIST_ROWS = 16  # a listwise batch pads its (query, document) pairs to a multiple of this many rows: few shapes
 
 
 def _optax():
@@ -142,8 +143,10 @@ def default_optimizer(learning_rate: float = 2e-5, total_steps: int = 0, warmup_
 TRAINING_OUTPUTS = np.bool_(True)  # the "sae_training" flag: one object, so stacked columns stay stackable
 
 
-def cached_embeddings(graphdef: nnx.GraphDef, params, batch: dict, mini_batch_size: int, dropout_rng=None):
-    """(rows, D) sentence embeddings of a tokenized batch, computed ``mini_batch_size`` rows at a time, with
+def cached_embeddings(graphdef: nnx.GraphDef, params, batch: dict, mini_batch_size: int, dropout_rng=None,
+                      output: str | None = "sentence_embedding"):
+    """(rows, D) sentence embeddings (``output``: the module's output under that key; None: the output itself,
+    a cross-encoder's (rows, labels) logits) of a tokenized batch, computed ``mini_batch_size`` rows at a time, with
     GradCache's memory bound under differentiation: the forward keeps no activations (``lax.map`` over the
     mini-batches), and the backward gets the loss's gradient for every embedding, then re-runs each
     mini-batch under ``jax.vjp`` with its slice of it and adds up the parameter gradients. The result and
@@ -164,7 +167,8 @@ def cached_embeddings(graphdef: nnx.GraphDef, params, batch: dict, mini_batch_si
 
     def apply(p, chunk, i):
         key = None if dropout_rng is None else jax.random.fold_in(dropout_rng, i)
-        return nnx.merge(graphdef, p)({**chunk, **scalars}, dropout_rng=key)["sentence_embedding"]
+        out = nnx.merge(graphdef, p)({**chunk, **scalars}, dropout_rng=key)
+        return out if output is None else out[output]
 
     @jax.custom_vjp
     def embed(p, chunks):
@@ -201,6 +205,9 @@ def train_forward(graphdef: nnx.GraphDef, params, features, dropout_rng=None, fu
     batch, the module returns it updated under the same key, and that feeds the next column, as PyTorch
     updates a buffer column by column; returns ``(outputs, model_state)`` then. ``mini_batch_size``
     (cached losses): the columns' embeddings through ``cached_embeddings``."""
+    if mini_batch_size is not None and isinstance(features, dict) and not is_packed(features):
+        # a cross-encoder's pair batch (listwise losses with a mini_batch_size): its logits, GradCache-style
+        return cached_embeddings(graphdef, params, features, mini_batch_size, dropout_rng, output=None)
     if mini_batch_size is not None:
         if full_outputs or not isinstance(features, (list, tuple)) or is_packed(features) or not _stackable(features):
             raise ValueError("a cached loss embeds unpacked columns of one padded length: build the batch with "
@@ -311,6 +318,9 @@ def make_loss_fn(model, loss: Loss, *, dropout: bool = True, mesh: Mesh | None =
             return loss(out, batch.get("labels"), loss_rng, guide_embeddings=guided)
 
         return loss_fn
+
+    if getattr(loss, "listwise", False) and mesh is not None:
+        raise ValueError(f"{type(loss).__name__} (listwise) runs on one device; build the loss function without a mesh")
 
     if mesh is None:
         def loss_fn(params, batch, rng=None):
@@ -506,7 +516,8 @@ def _column_tasks(model, router_mapping, n_columns: int) -> list[str | None]:
 
 
 def collate(model, examples: Sequence, seq_multiple: int = SEQ_MULTIPLE, pack: bool = False,
-            router_mapping: Sequence[str | None] | dict[int, str] | None = None, guide=None) -> dict:
+            router_mapping: Sequence[str | None] | dict[int, str] | None = None, guide=None, loss=None,
+            seed=None) -> dict:
     """Tokenize a list of examples into a training batch ``{"features", "labels"}``.
 
     SentenceTransformer: one tokenized batch per column (all examples need the same number of texts).
@@ -519,9 +530,19 @@ def collate(model, examples: Sequence, seq_multiple: int = SEQ_MULTIPLE, pack: b
     takes, ``["query", "document", "document"]`` or ``{0: "query"}``; each column is tokenized for its
     route and runs through it in the forward (unmapped columns: the Router's default route). ``guide`` (a
     SentenceTransformer, for losses with a guide such as GISTEmbedLoss): the columns tokenized for it too,
-    with its params, under ``batch["guide"]``."""
+    with its params, under ``batch["guide"]``.
+    Listwise cross-encoder batches: examples ``(query, [documents], [labels])`` become one pair batch and the
+    labels dict of ``jaxst.cross_encoder_losses`` (ListNetLoss, LambdaLoss). ``loss`` with a ``lists`` method
+    (the cross-encoder MultipleNegativesRankingLoss): the examples are first turned into its lists, the
+    in-batch negatives drawn with ``seed``."""
     if not examples:
         raise ValueError("collate() needs at least one example")
+    if loss is not None and hasattr(loss, "lists"):
+        if not _is_cross_encoder(model):
+            raise ValueError(f"{type(loss).__name__} trains a CrossEncoder, got {type(model).__name__}")
+        examples = loss.lists(examples, seed)
+    if _is_cross_encoder(model) and any(_is_listwise(e) for e in examples):
+        return _listwise_batch(model, examples, seq_multiple)
     parts = [_example_parts(e) for e in examples]
     n_texts = {len(t) for t, _ in parts}
     if len(n_texts) != 1:
@@ -550,6 +571,44 @@ def collate(model, examples: Sequence, seq_multiple: int = SEQ_MULTIPLE, pack: b
     if guide is not None:
         out["guide"] = _guide_batch(guide, parts)
     return out
+
+
+def _is_listwise(example) -> bool:
+    return isinstance(example, (tuple, list)) and len(example) == 3 and isinstance(example[1], (tuple, list)) \
+        and isinstance(example[2], (tuple, list, np.ndarray))
+
+
+def _listwise_batch(model, examples: Sequence, seq_multiple: int) -> dict:
+    """(query, [documents], [labels]) examples -> every (query, document) pair in one tokenized batch, padded
+    to a multiple of ``LIST_ROWS`` rows (repeats of the first pair), and ``labels`` {"scores": (queries,
+    longest list) with -inf past each list, "index": each row's flat slot, queries * longest for padding}."""
+    pairs, slots, lists = [], [], []
+    for example in examples:
+        if not _is_listwise(example):
+            raise ValueError(f"a listwise batch takes (query, [documents], [labels]) examples only, "
+                             f"got {example!r:.120}")
+        query, documents, labels = example
+        if not isinstance(query, str) or not documents or not all(isinstance(d, str) for d in documents):
+            raise TypeError(f"a listwise example is (query: str, [documents: str, ...], [labels]), "
+                            f"got {example!r:.120}")
+        if len(documents) != len(labels):
+            raise ValueError(f"query {query!r:.60} has {len(documents)} documents but {len(labels)} labels")
+        lists.append(np.asarray(labels, np.float32))
+    longest = max(len(labels) for labels in lists)
+    for q, (query, documents, _) in enumerate(examples):
+        pairs += [(query, d) for d in documents]
+        slots += [q * longest + j for j in range(len(documents))]
+    padding = -len(pairs) % LIST_ROWS
+    pairs += [pairs[0]] * padding
+    slots += [len(examples) * longest] * padding
+    scores = np.full((len(examples), longest), -np.inf, np.float32)
+    for q, labels in enumerate(lists):
+        scores[q, :len(labels)] = labels
+    features = model.tokenize(pairs)
+    width = features["input_ids"].shape[1]
+    features = _pad_to(features, max(min(-(-width // seq_multiple) * seq_multiple, model.max_seq_length), width),
+                       model.tokenizer.pad_id)
+    return {"features": features, "labels": {"scores": scores, "index": np.asarray(slots, np.int32)}}
 
 
 def _guide_batch(guide, parts) -> dict:
@@ -785,7 +844,8 @@ def fit(model, train_examples: Sequence, loss: Loss, epochs: int = 1, batch_size
                 step = epoch * steps_per_epoch + i
                 if step < start:
                     continue  # resumed: this batch was trained on before the checkpoint
-                batch = collate(model, [examples[j] for j in idx], pack=pack, guide=getattr(loss, "guide", None))
+                batch = collate(model, [examples[j] for j in idx], pack=pack, guide=getattr(loss, "guide", None),
+                                loss=loss, seed=(seed, step))
                 state, metrics = step_fn(state, batch, jax.random.fold_in(key, step))
                 value = float(metrics["loss"])
                 history["loss"].append(value)

@@ -17,7 +17,8 @@ PACKAGE = ROOT / "jaxst"
 LAYERS = [
     ("support", {"jaxst", "compilation_cache", "native"}),  # the package root, the XLA cache setting, native kernels
     ("models", {"models"}),
-    ("core", {"pooling", "similarity", "quantization", "sparse", "search", "maxsim", "losses", "pipeline"}),
+    ("core", {"pooling", "similarity", "quantization", "sparse", "search", "maxsim", "losses", "cross_encoder_losses",
+              "pipeline"}),
     ("io", {"io"}),
     ("base and facades", {"parallel", "base", "sentence_transformer", "cross_encoder", "sparse_encoder",
                           "multi_vector_encoder", "index", "hard_negatives", "util", "training", "evaluation", "cli",
