@@ -151,7 +151,16 @@ def cached_embeddings(graphdef: nnx.GraphDef, params, batch: dict, mini_batch_si
     mini-batches), and the backward gets the loss's gradient for every embedding, then re-runs each
     mini-batch under ``jax.vjp`` with its slice of it and adds up the parameter gradients. The result and
     its gradients are those of the one big forward; memory grows with the mini-batch, not the batch. Each
-    mini-batch draws its dropout from ``fold_in(dropout_rng, index)``, in both passes."""
+    mini-batch draws its dropout from ``fold_in(dropout_rng, index)``, in both passes.
+
+    A batch from ``pack_chunks`` (``collate(..., pack=True, mini_batch_size=)``) is already cut into packed
+    mini-batches: each one's texts lie end to end in a few rows; the result is in the columns' order, (columns,
+    B, D)."""
+    if is_packed(batch) and "order" in batch:
+        chunks = {k: v for k, v in batch.items() if np.ndim(v) >= 1 and k != "order"}
+        scalars = {k: v for k, v in batch.items() if np.ndim(v) == 0}
+        out = _cached_map(graphdef, params, chunks, scalars, dropout_rng, output)
+        return out.reshape(-1, out.shape[-1])[batch["order"]]
     rows = batch["input_ids"].shape[0]
     steps = -(-rows // mini_batch_size)
     pad = steps * mini_batch_size - rows
@@ -162,8 +171,14 @@ def cached_embeddings(graphdef: nnx.GraphDef, params, batch: dict, mini_batch_si
         x = jnp.concatenate([x, jnp.repeat(x[:1], pad, axis=0)]) if pad else x
         return x.reshape(steps, mini_batch_size, *x.shape[1:])
 
-    chunks = {k: chunked(v) for k, v in arrays.items()}
-    index = jnp.arange(steps)
+    out = _cached_map(graphdef, params, {k: chunked(v) for k, v in arrays.items()}, scalars, dropout_rng, output)
+    return out.reshape(steps * mini_batch_size, -1)[:rows]
+
+
+def _cached_map(graphdef: nnx.GraphDef, params, chunks: dict, scalars: dict, dropout_rng, output):
+    """The module over each mini-batch of ``chunks`` (arrays with a leading mini-batch axis) -> (steps, rows,
+    ...), differentiable with GradCache's memory bound (see ``cached_embeddings``)."""
+    index = jnp.arange(jax.tree.leaves(chunks)[0].shape[0])
 
     def apply(p, chunk, i):
         key = None if dropout_rng is None else jax.random.fold_in(dropout_rng, i)
@@ -189,8 +204,7 @@ def cached_embeddings(graphdef: nnx.GraphDef, params, batch: dict, mini_batch_si
         return grads, jax.tree.map(lambda x: np.zeros(x.shape, jax.dtypes.float0), chunks)
 
     embed.defvjp(embed_fwd, embed_bwd)
-    out = embed(params, chunks)
-    return out.reshape(steps * mini_batch_size, -1)[:rows]
+    return embed(params, chunks)
 
 
 def train_forward(graphdef: nnx.GraphDef, params, features, dropout_rng=None, full_outputs: bool = False,
@@ -208,10 +222,13 @@ def train_forward(graphdef: nnx.GraphDef, params, features, dropout_rng=None, fu
     if mini_batch_size is not None and isinstance(features, dict) and not is_packed(features):
         # a cross-encoder's pair batch (listwise losses with a mini_batch_size): its logits, GradCache-style
         return cached_embeddings(graphdef, params, features, mini_batch_size, dropout_rng, output=None)
+    if mini_batch_size is not None and is_packed(features) and "order" in features:  # packed mini-batches
+        return list(cached_embeddings(graphdef, params, features, mini_batch_size, dropout_rng))
     if mini_batch_size is not None:
         if full_outputs or not isinstance(features, (list, tuple)) or is_packed(features) or not _stackable(features):
-            raise ValueError("a cached loss embeds unpacked columns of one padded length: build the batch with "
-                             "collate(model, examples) (pack=False)")
+            raise ValueError("a cached loss embeds unpacked columns of one padded length, or packed mini-batches: "
+                             "build the batch with collate(model, examples) or collate(model, examples, pack=True, "
+                             "mini_batch_size=loss.mini_batch_size)")
         rows = [f["input_ids"].shape[0] for f in features]
         merged = {k: jnp.concatenate([f[k] for f in features]) if np.ndim(v) >= 1 else v
                   for k, v in features[0].items()}
@@ -229,6 +246,9 @@ def train_forward(graphdef: nnx.GraphDef, params, features, dropout_rng=None, fu
                 state = {name: out.pop(name) for name in state}
             outputs.append(out)
         return outputs if model_state is None else (outputs, state)
+    if is_packed(features) and "order" in features:
+        raise ValueError("a batch packed into mini-batches (collate(..., mini_batch_size=)) needs a cached loss; "
+                         "build it with collate(model, examples, pack=True) for this one")
     if is_packed(features):  # all columns in one packed forward; the embeddings come back per column
         embeddings = module(dict(features), dropout_rng=dropout_rng)["sentence_embedding"]
         return list(embeddings.reshape(features["unpack_index"].shape[0], -1, embeddings.shape[-1]))
@@ -371,7 +391,8 @@ def make_train_step(model, loss: Loss, optimizer, *, dropout: bool = True, mesh:
     ``rng`` is required when ``dropout`` is on (the default, as the original trains) and by losses that
     draw (Matryoshka with ``n_dims_per_step``); derive one per step, e.g. ``jax.random.fold_in(key,
     step)``, so a resumed run draws what an uninterrupted one would. ``metrics``: ``loss`` and
-    ``grad_norm`` (before clipping). ``donate=True`` lets XLA reuse the old state's memory. Params the
+    ``grad_norm`` (before clipping). ``donate=True`` lets XLA update the state in place (the old state and the
+    gradients are invalid after the step; ``fit`` donates, from a copy of the model's params). Params the
     model lists in ``frozen_params`` (a frozen SparseStaticEmbedding) keep their values."""
     optax = _optax()
 
@@ -398,7 +419,7 @@ def make_train_step(model, loss: Loss, optimizer, *, dropout: bool = True, mesh:
             new, grad_norm = optimizer_update(state, grads)
             return new._replace(params=_keep(new.params, state.params, frozen)), grad_norm
 
-    update_fn = jax.jit(update, donate_argnums=(0,) if donate else ())
+    update_fn = jax.jit(update, donate_argnums=(0, 1) if donate else ())  # the state, and the gradients
 
     def step_fn(state: TrainState, batch, rng=None):
         _check_batch(batch)
@@ -517,7 +538,7 @@ def _column_tasks(model, router_mapping, n_columns: int) -> list[str | None]:
 
 def collate(model, examples: Sequence, seq_multiple: int = SEQ_MULTIPLE, pack: bool = False,
             router_mapping: Sequence[str | None] | dict[int, str] | None = None, guide=None, loss=None,
-            seed=None) -> dict:
+            seed=None, mini_batch_size: int | None = None) -> dict:
     """Tokenize a list of examples into a training batch ``{"features", "labels"}``.
 
     SentenceTransformer: one tokenized batch per column (all examples need the same number of texts).
@@ -534,7 +555,8 @@ def collate(model, examples: Sequence, seq_multiple: int = SEQ_MULTIPLE, pack: b
     Listwise cross-encoder batches: examples ``(query, [documents], [labels])`` become one pair batch and the
     labels dict of ``jaxst.cross_encoder_losses`` (ListNetLoss, LambdaLoss). ``loss`` with a ``lists`` method
     (the cross-encoder MultipleNegativesRankingLoss): the examples are first turned into its lists, the
-    in-batch negatives drawn with ``seed``."""
+    in-batch negatives drawn with ``seed``. ``pack=True`` with ``mini_batch_size`` (a cached loss's) packs the
+    texts into GradCache mini-batches instead (``pack_chunks``)."""
     if not examples:
         raise ValueError("collate() needs at least one example")
     if loss is not None and hasattr(loss, "lists"):
@@ -563,6 +585,8 @@ def collate(model, examples: Sequence, seq_multiple: int = SEQ_MULTIPLE, pack: b
     else:
         batches = [model.tokenize(list(c)) for c in zip(*(t for t, _ in parts))]
     if pack and not _is_cross_encoder(model) and guide is None:
+        if mini_batch_size is not None:
+            return {"features": pack_chunks(batches, model.tokenizer.pad_id, mini_batch_size), "labels": labels}
         return {"features": pack_columns(batches, model.tokenizer.pad_id), "labels": labels}
     longest = max(b["input_ids"].shape[1] for b in batches)
     target = max(min(-(-longest // seq_multiple) * seq_multiple, model.max_seq_length), longest)
@@ -663,6 +687,79 @@ def pack_columns(batches: Sequence[dict], pad_id: int, row: int = PACK_ROW) -> d
     out = {"input_ids": input_ids, "token_type_ids": token_type_ids, "positions": positions,
            "segment_ids": segment_ids, "unpack_index": unpack_index.reshape(n_cols, size, width),
            "attention_mask": attention_mask.reshape(n_cols, size, width)}
+    scalars = {k: v for k, v in batches[0].items() if np.ndim(v) == 0}  # prompt_length
+    return {**out, **scalars}
+
+
+def _row_bucket(n: int) -> int:
+    """``n`` rounded up on the grid 1, 2, 3, 4, 6, 8, 12, 16, 24, ...: few shapes to compile, at most 50% slack."""
+    size = 1
+    while size < n:  # a power of two p >= 2 steps to 3p/2, and 3p/2 to 2p
+        size = 2 if size == 1 else size * 3 // 2 if size & (size - 1) == 0 else size * 4 // 3
+    return size
+
+
+def pack_chunks(batches: Sequence[dict], pad_id: int, mini_batch_size: int, row: int = PACK_ROW) -> dict:
+    """Tokenized columns -> packed mini-batches for GradCache (a cached loss's ``cached_embeddings``).
+
+    The texts of all columns are dealt to ``ceil(texts / mini_batch_size)`` mini-batches in a snake over
+    decreasing length (so each gets a like share of tokens), at most ``mini_batch_size`` each; each
+    mini-batch lays its texts end to end in rows of ``R`` tokens as ``pack_columns`` does, and all have the
+    same number of rows (the most any needs, on a coarse grid). The encoder then computes on real tokens,
+    not on every text padded to the batch's longest, with a mini-batch's memory bound.
+
+    Returns ``input_ids``, ``token_type_ids``, ``positions``, ``segment_ids`` (steps, rows, R),
+    ``unpack_index`` / ``attention_mask`` (steps, 1, mini_batch_size, R) (empty text slots point at the
+    mini-batch's first token, and are dropped) and ``order`` (columns, B): each text's slot in the steps x
+    mini_batch_size outputs."""
+    masks = [np.asarray(b["attention_mask"]) for b in batches]
+    n_cols, size = len(batches), masks[0].shape[0]
+    if any(m.shape[0] != size for m in masks):
+        raise ValueError(f"columns differ in batch size: {[m.shape[0] for m in masks]}")
+    lengths = np.concatenate([m.sum(axis=1) for m in masks]).astype(np.int64)  # (columns * B,)
+    width = max(row, -(-int(lengths.max()) // row) * row)
+    steps = -(-len(lengths) // mini_batch_size)
+    members: list[list[int]] = [[] for _ in range(steps)]
+    for rank, s in enumerate(np.argsort(-lengths, kind="stable")):
+        lap, pos = divmod(rank, steps)
+        members[pos if lap % 2 == 0 else steps - 1 - pos].append(int(s))
+    placed = []  # per mini-batch: [(text, row, offset)], and its row count
+    for texts in members:
+        free: list[int] = []
+        spots = []
+        for s in texts:  # already longest first
+            r = next((i for i, room in enumerate(free) if room >= lengths[s]), len(free))
+            if r == len(free):
+                free.append(width)
+            spots.append((s, r, width - free[r]))
+            free[r] -= lengths[s]
+        placed.append((spots, len(free)))
+    rows = _row_bucket(max(n for _, n in placed))
+    input_ids = np.full((steps, rows, width), pad_id, np.int32)
+    token_type_ids = np.zeros((steps, rows, width), np.int32)
+    positions = np.zeros((steps, rows, width), np.int32)
+    segment_ids = np.full((steps, rows, width), -1, np.int32)
+    unpack_index = np.zeros((steps, mini_batch_size, width), np.int32)
+    attention_mask = np.zeros((steps, mini_batch_size, width), np.int32)
+    attention_mask[:, :, 0] = 1  # empty slots: the first token of the mini-batch (finite, and dropped)
+    order = np.zeros(len(lengths), np.int64)
+    for step, (spots, _) in enumerate(placed):
+        for slot, (s, r, o) in enumerate(spots):
+            n = lengths[s]
+            c, b = divmod(s, size)
+            input_ids[step, r, o : o + n] = batches[c]["input_ids"][b, :n]
+            if "token_type_ids" in batches[c]:
+                token_type_ids[step, r, o : o + n] = batches[c]["token_type_ids"][b, :n]
+            positions[step, r, o : o + n] = np.arange(n)
+            segment_ids[step, r, o : o + n] = slot
+            unpack_index[step, slot, :] = 0
+            unpack_index[step, slot, :n] = r * width + o + np.arange(n)
+            attention_mask[step, slot, :] = 0
+            attention_mask[step, slot, :n] = 1
+            order[s] = step * mini_batch_size + slot
+    out = {"input_ids": input_ids, "token_type_ids": token_type_ids, "positions": positions,
+           "segment_ids": segment_ids, "unpack_index": unpack_index[:, None], "attention_mask": attention_mask[:, None],
+           "order": order.reshape(n_cols, size).astype(np.int32)}
     scalars = {k: v for k, v in batches[0].items() if np.ndim(v) == 0}  # prompt_length
     return {**out, **scalars}
 
@@ -796,8 +893,10 @@ def fit(model, train_examples: Sequence, loss: Loss, epochs: int = 1, batch_size
     total_steps = steps_per_epoch * epochs
     if optimizer is None:
         optimizer = default_optimizer(learning_rate, total_steps, warmup_steps, weight_decay, max_grad_norm)
-    step_fn = make_train_step(model, loss, optimizer, dropout=dropout, mesh=mesh)
-    state = TrainState.create(model.params, optimizer)
+    # each step donates the previous state's buffers to the new one (the optimizer update runs in place, as
+    # PyTorch's does), so the state starts from a copy: the model's own params stay valid until the end
+    step_fn = make_train_step(model, loss, optimizer, dropout=dropout, mesh=mesh, donate=True)
+    state = TrainState.create(jax.tree.map(jnp.copy, model.params), optimizer)
     if mesh is not None:
         state = jax.device_put(state, NamedSharding(mesh, P()))
     manager = None
@@ -817,6 +916,7 @@ def fit(model, train_examples: Sequence, loss: Loss, epochs: int = 1, batch_size
         for i, each in enumerate(evaluators):
             result = each(model, epoch=epoch, steps=step)
             entry.update(result if isinstance(result, dict) else {f"evaluator_{i}": result})
+        model.params = original_params  # the next step donates state.params
         history["evaluations"].append(entry)
         shown = [metric_for_best_model] if metric_for_best_model else [getattr(e, "primary_metric", None)
                                                                        for e in evaluators]
@@ -827,15 +927,16 @@ def fit(model, train_examples: Sequence, loss: Loss, epochs: int = 1, batch_size
                                  f"metrics: {sorted(k for k in entry if k not in ('epoch', 'step'))}")
             value = float(entry[metric_for_best_model])
             if not best or (value > best["value"] if greater_is_better else value < best["value"]):
-                best.update(value=value, params=state.params, step=step)
+                best.update(value=value, params=jax.tree.map(jnp.copy, state.params), step=step)
             history["best"] = {"step": best["step"], metric_for_best_model: best["value"]}
         if callback is not None:
             callback(entry)
 
-    # packing (texts end to end) feeds losses that read embeddings; not cached losses, full-output losses
-    # (CSR, multi-vector) or columns tokenized per task
-    pack = mesh is None and not getattr(loss, "needs_outputs", False) and getattr(loss, "mini_batch_size", None) \
-        is None and not hasattr(model, "column_tasks") and not getattr(loss, "needs_guide", False)
+    # packing (texts end to end) feeds losses that read embeddings (cached ones in packed mini-batches); not
+    # full-output losses (CSR, multi-vector), columns tokenized per task or guided losses
+    pack = mesh is None and not getattr(loss, "needs_outputs", False) and not hasattr(model, "column_tasks") \
+        and not getattr(loss, "needs_guide", False)
+    mini_batch_size = getattr(loss, "mini_batch_size", None)
     start = int(state.step)
     bar = tqdm(total=total_steps, initial=start, desc="Training", disable=not show_progress_bar)
     try:
@@ -845,7 +946,7 @@ def fit(model, train_examples: Sequence, loss: Loss, epochs: int = 1, batch_size
                 if step < start:
                     continue  # resumed: this batch was trained on before the checkpoint
                 batch = collate(model, [examples[j] for j in idx], pack=pack, guide=getattr(loss, "guide", None),
-                                loss=loss, seed=(seed, step))
+                                loss=loss, seed=(seed, step), mini_batch_size=mini_batch_size)
                 state, metrics = step_fn(state, batch, jax.random.fold_in(key, step))
                 value = float(metrics["loss"])
                 history["loss"].append(value)
@@ -880,6 +981,7 @@ __all__ = [
     "linear_schedule_with_warmup",
     "make_loss_fn",
     "make_train_step",
+    "pack_chunks",
     "pack_columns",
     "pearson",
     "restore_checkpoint",

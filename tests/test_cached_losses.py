@@ -55,6 +55,28 @@ def test_cached_equals_uncached_on_64_rows(make_tiny_st, pairs):
     assert np.isfinite(float(metrics["loss"])) and int(state.step) == 1
 
 
+@pytest.mark.parametrize("mini_batch_size", [8, 24])
+def test_packed_mini_batches_equal_the_padded_batch(make_tiny_st, pairs, mini_batch_size):
+    """collate(pack=True, mini_batch_size=) deals the 128 texts to mini-batches packed end to end (what fit
+    feeds a cached loss): the loss and gradients of the uncached padded batch (the token slots saved are
+    measured by benchmarks/finetune_speed.py)."""
+    model = SentenceTransformer(str(make_tiny_st()))
+    padded = collate(model, pairs)
+    packed = collate(model, pairs, pack=True, mini_batch_size=mini_batch_size)
+    features = packed["features"]
+    steps = -(-128 // mini_batch_size)
+    assert features["input_ids"].shape[0] == steps and features["order"].shape == (2, 64)
+    assert sorted(features["order"].ravel().tolist()) == sorted(set(features["order"].ravel().tolist()))
+    plain = jax.jit(jax.value_and_grad(make_loss_fn(model, MultipleNegativesRankingLoss(), dropout=False)))
+    cached = jax.jit(jax.value_and_grad(make_loss_fn(
+        model, CachedMultipleNegativesRankingLoss(mini_batch_size=mini_batch_size), dropout=False)))
+    (v1, g1), (v2, g2) = plain(model.params, padded), cached(model.params, packed)
+    assert abs(float(v1) - float(v2)) < TOL * max(1.0, abs(float(v1)))
+    assert_same_tree(g2, g1)
+    with pytest.raises(ValueError, match="needs a cached loss"):
+        make_loss_fn(model, MultipleNegativesRankingLoss(), dropout=False)(model.params, packed)
+
+
 def test_mega_batch_margin_mini_batched_equals_whole(make_tiny_st, pairs):
     from jaxst.losses import MegaBatchMarginLoss
 

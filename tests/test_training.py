@@ -549,6 +549,27 @@ def test_fit_resumes_from_its_checkpoint(tiny_folder, tmp_path, monkeypatch):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_an_interrupted_fit_leaves_the_model_as_it_was(tiny_folder):
+    """fit donates each step's state to the next (the update runs in place) from a copy of the model's params,
+    so a run that dies after evaluations (which put the trained params in the model for a moment) leaves
+    the model with its own params, still usable."""
+    model = jaxst.SentenceTransformer(tiny_folder)
+    before = model.encode(["A man is eating."])
+    evaluator = training.EmbeddingSimilarityEvaluator.from_input_examples(read_stsb("stsb-en-dev.csv")[:20])
+    seen = []
+
+    def crash(entry):
+        seen.append(entry["step"])
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        training.fit(model, scored_pairs(48), jl.CoSENTLoss(), batch_size=8, learning_rate=1e-3, evaluator=evaluator,
+                     evaluation_steps=1, callback=crash, show_progress_bar=False)
+    assert seen == [1, 2]
+    np.testing.assert_array_equal(model.encode(["A man is eating."]), before)
+
+
 def test_bad_input_is_a_clear_error(tiny_folder):
     model = jaxst.SentenceTransformer(tiny_folder)
     with pytest.raises(ValueError, match="same number of texts"):
