@@ -30,10 +30,10 @@ import sys
 import tempfile
 import threading
 import time
-import warnings
 
 from _machine import cpu_description
 from _stsb import read_stsb  # benchmarks/ is on sys.path when a script here runs
+from _torch_recipe import torch_epoch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -94,40 +94,19 @@ def run_torch(folder, pairs, seed: int) -> dict:
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
     from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss
-    from transformers import get_linear_schedule_with_warmup
 
     torch.manual_seed(seed)
     model = SentenceTransformer(str(folder), device="cpu")
     evaluator = InformationRetrievalEvaluator(*retrieval_task(), name="stsb")
     before = evaluator(model)["stsb_cosine_ndcg@10"]
     loss = CachedMultipleNegativesRankingLoss(model, scale=SCALE, mini_batch_size=MINI_BATCH)
-    named = list(model.named_parameters())
-    no_decay = ["bias", "LayerNorm.bias", "LayerNorm.weight"]
-    optimizer = torch.optim.AdamW([
-        {"params": [p for n, p in named if not any(nd in n for nd in no_decay)], "weight_decay": WEIGHT_DECAY},
-        {"params": [p for n, p in named if any(nd in n for nd in no_decay)], "weight_decay": 0.0},
-    ], lr=LR)
-    order = batches(len(pairs), seed)
-    scheduler = get_linear_schedule_with_warmup(optimizer, 0, len(order))
-    model.train()
     with PeakRSS() as memory:
-        start = time.perf_counter()
-        for idx in order:
-            rows = [pairs[i] for i in idx]
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                features = [model.tokenize([r[0] for r in rows]), model.tokenize([r[1] for r in rows])]
-            loss(features, None).backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-        seconds = time.perf_counter() - start
-    model.eval()
+        seconds = torch_epoch(model, loss, [[pairs[i] for i in idx] for idx in batches(len(pairs), seed)], LR, 0,
+                              WEIGHT_DECAY)
     after = evaluator(model)["stsb_cosine_ndcg@10"]
     return {"seconds": seconds, "before": before, "after": after, "rss_start": memory.start,
             "rss_peak": memory.peak, "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "steps": len(order)}
+            "steps": -(-len(pairs) // BATCH)}
 
 
 def run_jaxst(folder, pairs, seed: int) -> dict:

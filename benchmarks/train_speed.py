@@ -24,10 +24,10 @@ import platform
 import random
 import tempfile
 import time
-import warnings
 
 from _machine import cpu_description
 from _stsb import read_stsb  # benchmarks/ is on sys.path when a script here runs
+from _torch_recipe import torch_epoch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -41,43 +41,21 @@ def read(name: str) -> list[tuple[str, str, float]]:
     return [(a, b, score / 5.0) for a, b, score in read_stsb(name)]
 
 
-def torch_epoch(folder, train, test, seed: int) -> tuple[float, float, float]:
+def torch_run(folder, train, test, seed: int) -> tuple[float, float, float]:
     import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
     from sentence_transformers.sentence_transformer.losses import CoSENTLoss
-    from transformers import get_linear_schedule_with_warmup
 
     torch.manual_seed(seed)
     model = SentenceTransformer(str(folder), device="cpu")
     evaluator = EmbeddingSimilarityEvaluator(*map(list, zip(*test)), batch_size=32)
     before = evaluator(model)["spearman_cosine"]
     loss = CoSENTLoss(model)
-    named = list(model.named_parameters())
-    no_decay = ["bias", "LayerNorm.bias", "LayerNorm.weight"]
-    optimizer = torch.optim.AdamW([
-        {"params": [p for n, p in named if not any(nd in n for nd in no_decay)], "weight_decay": 0.01},
-        {"params": [p for n, p in named if any(nd in n for nd in no_decay)], "weight_decay": 0.0},
-    ], lr=LR)
     order = list(range(len(train)))
     random.Random(seed).shuffle(order)
-    batches = [order[i:i + BATCH] for i in range(0, len(order), BATCH)]
-    scheduler = get_linear_schedule_with_warmup(optimizer, WARMUP, len(batches))
-    model.train()
-    start = time.perf_counter()
-    for idx in batches:
-        rows = [train[i] for i in idx]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            features = [model.tokenize([r[0] for r in rows]), model.tokenize([r[1] for r in rows])]
-        value = loss(features, torch.tensor([r[2] for r in rows]))
-        value.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad()
-    seconds = time.perf_counter() - start
-    model.eval()
+    batches = [[train[i] for i in order[i:i + BATCH]] for i in range(0, len(order), BATCH)]
+    seconds = torch_epoch(model, loss, batches, LR, WARMUP)
     return seconds, before, evaluator(model)["spearman_cosine"]
 
 
@@ -123,7 +101,7 @@ def main() -> None:
         print(f"jaxst test Spearman over {len(scores)} seeds: mean {100 * statistics.mean(scores):.2f}, "
               f"min {100 * min(scores):.2f}, max {100 * max(scores):.2f}", flush=True)
     for seed in args.torch_seeds:
-        seconds, before, after = torch_epoch(folder, train, test, seed)
+        seconds, before, after = torch_run(folder, train, test, seed)
         ratios = ", ".join(f"{seconds / t:.2f}x vs jaxst seed {s}" for s, t in jaxst_times.items())
         print(f"seed {seed} PyTorch: epoch {seconds:7.1f} s, test Spearman {100 * before:.2f} -> {100 * after:.2f}; "
               f"jaxst speed-up {ratios}", flush=True)

@@ -156,16 +156,14 @@ def cached_embeddings(graphdef: nnx.GraphDef, params, batch: dict, mini_batch_si
     A batch from ``pack_chunks`` (``collate(..., pack=True, mini_batch_size=)``) is already cut into packed
     mini-batches: each one's texts lie end to end in a few rows; the result is in the columns' order, (columns,
     B, D)."""
+    arrays = {k: v for k, v in batch.items() if np.ndim(v) >= 1 and k != "order"}
+    scalars = {k: v for k, v in batch.items() if np.ndim(v) == 0}
     if is_packed(batch) and "order" in batch:
-        chunks = {k: v for k, v in batch.items() if np.ndim(v) >= 1 and k != "order"}
-        scalars = {k: v for k, v in batch.items() if np.ndim(v) == 0}
-        out = _cached_map(graphdef, params, chunks, scalars, dropout_rng, output)
+        out = _cached_map(graphdef, params, arrays, scalars, dropout_rng, output)
         return out.reshape(-1, out.shape[-1])[batch["order"]]
     rows = batch["input_ids"].shape[0]
     steps = -(-rows // mini_batch_size)
     pad = steps * mini_batch_size - rows
-    arrays = {k: v for k, v in batch.items() if np.ndim(v) >= 1}
-    scalars = {k: v for k, v in batch.items() if np.ndim(v) == 0}
 
     def chunked(x):  # padding rows repeat the first row (real tokens: no fully masked attention row)
         x = jnp.concatenate([x, jnp.repeat(x[:1], pad, axis=0)]) if pad else x
@@ -229,11 +227,9 @@ def train_forward(graphdef: nnx.GraphDef, params, features, dropout_rng=None, fu
             raise ValueError("a cached loss embeds unpacked columns of one padded length, or packed mini-batches: "
                              "build the batch with collate(model, examples) or collate(model, examples, pack=True, "
                              "mini_batch_size=loss.mini_batch_size)")
-        rows = [f["input_ids"].shape[0] for f in features]
-        merged = {k: jnp.concatenate([f[k] for f in features]) if np.ndim(v) >= 1 else v
-                  for k, v in features[0].items()}
-        embeddings = cached_embeddings(graphdef, params, merged, mini_batch_size, dropout_rng)
-        return jnp.split(embeddings, np.cumsum(rows)[:-1])
+        merged, rows = _merge_columns(features)
+        return jnp.split(cached_embeddings(graphdef, params, merged, mini_batch_size, dropout_rng),
+                         np.cumsum(rows)[:-1])
     module = nnx.merge(graphdef, params)
     if full_outputs:
         if not isinstance(features, (list, tuple)) or is_packed(features):
@@ -255,13 +251,17 @@ def train_forward(graphdef: nnx.GraphDef, params, features, dropout_rng=None, fu
     if not isinstance(features, (list, tuple)):
         return module(dict(features), dropout_rng=dropout_rng)
     if _stackable(features):  # one forward over all columns: bigger matmuls, the same per-row math
-        rows = [jax.tree.leaves(f)[0].shape[0] for f in features]
-        merged = {k: jnp.concatenate([f[k] for f in features]) if np.ndim(v) >= 1 else v
-                  for k, v in features[0].items()}
+        merged, rows = _merge_columns(features)
         embeddings = module(merged, dropout_rng=dropout_rng)["sentence_embedding"]
         return jnp.split(embeddings, np.cumsum(rows)[:-1])
     keys = split_rng(dropout_rng, len(features))
     return [module(dict(f), dropout_rng=k)["sentence_embedding"] for f, k in zip(features, keys)]
+
+
+def _merge_columns(features) -> tuple[dict, list[int]]:
+    """Stackable columns as one batch (arrays concatenated along rows, scalars kept), and each column's rows."""
+    merged = {k: jnp.concatenate([f[k] for f in features]) if np.ndim(v) >= 1 else v for k, v in features[0].items()}
+    return merged, [f["input_ids"].shape[0] for f in features]
 
 
 def _stackable(features) -> bool:
@@ -509,6 +509,12 @@ def _pad_to(batch: dict, target: int, pad_id: int) -> dict:
     return out
 
 
+def _grid_length(longest: int, seq_multiple: int, max_length: int) -> int:
+    """The padded length of a batch whose longest text has ``longest`` tokens: the next multiple of
+    ``seq_multiple``, at most ``max_length`` (never below ``longest``)."""
+    return max(min(-(-longest // seq_multiple) * seq_multiple, max_length), longest)
+
+
 def _column_tasks(model, router_mapping, n_columns: int) -> list[str | None]:
     """The task ("query" / "document") each column is tokenized and embedded for, from ``router_mapping``:
     a sequence of tasks, one per column, or a dict {column index: task}. Columns it leaves out take the
@@ -589,7 +595,7 @@ def collate(model, examples: Sequence, seq_multiple: int = SEQ_MULTIPLE, pack: b
             return {"features": pack_chunks(batches, model.tokenizer.pad_id, mini_batch_size), "labels": labels}
         return {"features": pack_columns(batches, model.tokenizer.pad_id), "labels": labels}
     longest = max(b["input_ids"].shape[1] for b in batches)
-    target = max(min(-(-longest // seq_multiple) * seq_multiple, model.max_seq_length), longest)
+    target = _grid_length(longest, seq_multiple, model.max_seq_length)
     batches = [_pad_to(b, target, model.tokenizer.pad_id) for b in batches]
     out = {"features": batches[0] if _is_cross_encoder(model) else batches, "labels": labels}
     if guide is not None:
@@ -629,8 +635,7 @@ def _listwise_batch(model, examples: Sequence, seq_multiple: int) -> dict:
     for q, labels in enumerate(lists):
         scores[q, :len(labels)] = labels
     features = model.tokenize(pairs)
-    width = features["input_ids"].shape[1]
-    features = _pad_to(features, max(min(-(-width // seq_multiple) * seq_multiple, model.max_seq_length), width),
+    features = _pad_to(features, _grid_length(features["input_ids"].shape[1], seq_multiple, model.max_seq_length),
                        model.tokenizer.pad_id)
     return {"features": features, "labels": {"scores": scores, "index": np.asarray(slots, np.int32)}}
 
@@ -640,6 +645,58 @@ def _guide_batch(guide, parts) -> dict:
     columns = [guide.tokenize(list(c)) for c in zip(*(t for t, _ in parts))]
     longest = max(c["input_ids"].shape[1] for c in columns)
     return {"params": guide.params, "features": [_pad_to(c, longest, guide.tokenizer.pad_id) for c in columns]}
+
+
+def _text_lengths(batches: Sequence[dict]) -> tuple[np.ndarray, int]:
+    """Every text's token count, column after column (columns * B,), and the batch size B."""
+    masks = [np.asarray(b["attention_mask"]) for b in batches]
+    size = masks[0].shape[0]
+    if any(m.shape[0] != size for m in masks):
+        raise ValueError(f"columns differ in batch size: {[m.shape[0] for m in masks]}")
+    return np.concatenate([m.sum(axis=1) for m in masks]).astype(np.int64), size
+
+
+def _first_fit(lengths: np.ndarray, texts, width: int) -> tuple[list[tuple[int, int, int]], int]:
+    """``texts`` (indices into ``lengths``, longest first) placed first-fit into rows of ``width`` tokens:
+    (text, row, offset) each, and the number of rows used."""
+    free: list[int] = []  # room left in each row
+    spots = []
+    for s in texts:
+        r = next((i for i, room in enumerate(free) if room >= lengths[s]), len(free))
+        if r == len(free):
+            free.append(width)
+        spots.append((int(s), r, width - free[r]))
+        free[r] -= lengths[s]
+    return spots, len(free)
+
+
+def _lay_out(batches: Sequence[dict], size: int, lengths: np.ndarray, spots, rows: int, width: int, slots: int,
+             pad_id: int) -> dict:
+    """The packed arrays for texts at ``spots`` (text, row, offset), the i-th in text slot i: ``input_ids``,
+    ``token_type_ids``, ``positions``, ``segment_ids`` (rows, width; the slot, -1 on padding) and
+    ``unpack_index`` / ``attention_mask`` (slots, width): each slot's token positions in the flat rows."""
+    input_ids = np.full((rows, width), pad_id, np.int32)
+    token_type_ids = np.zeros((rows, width), np.int32)
+    positions = np.zeros((rows, width), np.int32)
+    segment_ids = np.full((rows, width), -1, np.int32)
+    unpack_index = np.zeros((slots, width), np.int32)
+    attention_mask = np.zeros((slots, width), np.int32)
+    for slot, (s, r, o) in enumerate(spots):
+        n = lengths[s]
+        c, b = divmod(s, size)
+        input_ids[r, o : o + n] = batches[c]["input_ids"][b, :n]
+        if "token_type_ids" in batches[c]:
+            token_type_ids[r, o : o + n] = batches[c]["token_type_ids"][b, :n]
+        positions[r, o : o + n] = np.arange(n)
+        segment_ids[r, o : o + n] = slot
+        unpack_index[slot, :n] = r * width + o + np.arange(n)
+        attention_mask[slot, :n] = 1
+    return {"input_ids": input_ids, "token_type_ids": token_type_ids, "positions": positions,
+            "segment_ids": segment_ids, "unpack_index": unpack_index, "attention_mask": attention_mask}
+
+
+def _scalars(batches: Sequence[dict]) -> dict:
+    return {k: v for k, v in batches[0].items() if np.ndim(v) == 0}  # prompt_length
 
 
 def pack_columns(batches: Sequence[dict], pad_id: int, row: int = PACK_ROW) -> dict:
@@ -654,41 +711,14 @@ def pack_columns(batches: Sequence[dict], pad_id: int, row: int = PACK_ROW) -> d
 
     Returns ``input_ids``, ``token_type_ids``, ``positions`` and ``segment_ids`` (-1 on padding), all
     (rows, R), and ``unpack_index`` / ``attention_mask`` (columns, B, R): each text's token slots."""
-    masks = [np.asarray(b["attention_mask"]) for b in batches]
-    n_cols, size = len(batches), masks[0].shape[0]
-    if any(m.shape[0] != size for m in masks):
-        raise ValueError(f"columns differ in batch size: {[m.shape[0] for m in masks]}")
-    lengths = np.concatenate([m.sum(axis=1) for m in masks]).astype(np.int64)  # (columns * B,)
+    lengths, size = _text_lengths(batches)
     width = max(row, -(-int(lengths.max()) // row) * row)
-    free: list[int] = []  # room left in each row
-    place = np.zeros((len(lengths), 2), np.int64)  # (row, offset) of each text
-    for s in np.argsort(-lengths, kind="stable"):
-        r = next((i for i, room in enumerate(free) if room >= lengths[s]), len(free))
-        if r == len(free):
-            free.append(width)
-        place[s] = (r, width - free[r])
-        free[r] -= lengths[s]
-    rows = len(free)
-    input_ids = np.full((rows, width), pad_id, np.int32)
-    token_type_ids = np.zeros((rows, width), np.int32)
-    positions = np.zeros((rows, width), np.int32)
-    segment_ids = np.full((rows, width), -1, np.int32)
-    unpack_index = np.zeros((n_cols * size, width), np.int32)
-    attention_mask = np.zeros((n_cols * size, width), np.int32)
-    for s, (n, (r, o)) in enumerate(zip(lengths, place)):
-        c, b = divmod(s, size)
-        input_ids[r, o : o + n] = batches[c]["input_ids"][b, :n]
-        if "token_type_ids" in batches[c]:
-            token_type_ids[r, o : o + n] = batches[c]["token_type_ids"][b, :n]
-        positions[r, o : o + n] = np.arange(n)
-        segment_ids[r, o : o + n] = s
-        unpack_index[s, :n] = r * width + o + np.arange(n)
-        attention_mask[s, :n] = 1
-    out = {"input_ids": input_ids, "token_type_ids": token_type_ids, "positions": positions,
-           "segment_ids": segment_ids, "unpack_index": unpack_index.reshape(n_cols, size, width),
-           "attention_mask": attention_mask.reshape(n_cols, size, width)}
-    scalars = {k: v for k, v in batches[0].items() if np.ndim(v) == 0}  # prompt_length
-    return {**out, **scalars}
+    spots, rows = _first_fit(lengths, np.argsort(-lengths, kind="stable"), width)
+    spots.sort()  # slot i holds text i: the embeddings come back in the columns' order
+    out = _lay_out(batches, size, lengths, spots, rows, width, len(lengths), pad_id)
+    for key in ("unpack_index", "attention_mask"):
+        out[key] = out[key].reshape(len(batches), size, width)
+    return {**out, **_scalars(batches)}
 
 
 def _row_bucket(n: int) -> int:
@@ -712,56 +742,24 @@ def pack_chunks(batches: Sequence[dict], pad_id: int, mini_batch_size: int, row:
     ``unpack_index`` / ``attention_mask`` (steps, 1, mini_batch_size, R) (empty text slots point at the
     mini-batch's first token, and are dropped) and ``order`` (columns, B): each text's slot in the steps x
     mini_batch_size outputs."""
-    masks = [np.asarray(b["attention_mask"]) for b in batches]
-    n_cols, size = len(batches), masks[0].shape[0]
-    if any(m.shape[0] != size for m in masks):
-        raise ValueError(f"columns differ in batch size: {[m.shape[0] for m in masks]}")
-    lengths = np.concatenate([m.sum(axis=1) for m in masks]).astype(np.int64)  # (columns * B,)
+    lengths, size = _text_lengths(batches)
     width = max(row, -(-int(lengths.max()) // row) * row)
     steps = -(-len(lengths) // mini_batch_size)
     members: list[list[int]] = [[] for _ in range(steps)]
     for rank, s in enumerate(np.argsort(-lengths, kind="stable")):
         lap, pos = divmod(rank, steps)
         members[pos if lap % 2 == 0 else steps - 1 - pos].append(int(s))
-    placed = []  # per mini-batch: [(text, row, offset)], and its row count
-    for texts in members:
-        free: list[int] = []
-        spots = []
-        for s in texts:  # already longest first
-            r = next((i for i, room in enumerate(free) if room >= lengths[s]), len(free))
-            if r == len(free):
-                free.append(width)
-            spots.append((s, r, width - free[r]))
-            free[r] -= lengths[s]
-        placed.append((spots, len(free)))
+    placed = [_first_fit(lengths, texts, width) for texts in members]  # each mini-batch's texts, longest first
     rows = _row_bucket(max(n for _, n in placed))
-    input_ids = np.full((steps, rows, width), pad_id, np.int32)
-    token_type_ids = np.zeros((steps, rows, width), np.int32)
-    positions = np.zeros((steps, rows, width), np.int32)
-    segment_ids = np.full((steps, rows, width), -1, np.int32)
-    unpack_index = np.zeros((steps, mini_batch_size, width), np.int32)
-    attention_mask = np.zeros((steps, mini_batch_size, width), np.int32)
-    attention_mask[:, :, 0] = 1  # empty slots: the first token of the mini-batch (finite, and dropped)
+    chunks = [_lay_out(batches, size, lengths, spots, rows, width, mini_batch_size, pad_id) for spots, _ in placed]
+    out = {key: np.stack([c[key] for c in chunks]) for key in chunks[0]}
     order = np.zeros(len(lengths), np.int64)
     for step, (spots, _) in enumerate(placed):
-        for slot, (s, r, o) in enumerate(spots):
-            n = lengths[s]
-            c, b = divmod(s, size)
-            input_ids[step, r, o : o + n] = batches[c]["input_ids"][b, :n]
-            if "token_type_ids" in batches[c]:
-                token_type_ids[step, r, o : o + n] = batches[c]["token_type_ids"][b, :n]
-            positions[step, r, o : o + n] = np.arange(n)
-            segment_ids[step, r, o : o + n] = slot
-            unpack_index[step, slot, :] = 0
-            unpack_index[step, slot, :n] = r * width + o + np.arange(n)
-            attention_mask[step, slot, :] = 0
-            attention_mask[step, slot, :n] = 1
+        out["attention_mask"][step, len(spots):, 0] = 1  # empty slots: the mini-batch's first token (finite, dropped)
+        for slot, (s, _, _) in enumerate(spots):
             order[s] = step * mini_batch_size + slot
-    out = {"input_ids": input_ids, "token_type_ids": token_type_ids, "positions": positions,
-           "segment_ids": segment_ids, "unpack_index": unpack_index[:, None], "attention_mask": attention_mask[:, None],
-           "order": order.reshape(n_cols, size).astype(np.int32)}
-    scalars = {k: v for k, v in batches[0].items() if np.ndim(v) == 0}  # prompt_length
-    return {**out, **scalars}
+    out["unpack_index"], out["attention_mask"] = out["unpack_index"][:, None], out["attention_mask"][:, None]
+    return {**out, "order": order.reshape(len(batches), size).astype(np.int32), **_scalars(batches)}
 
 
 def _is_cross_encoder(model) -> bool:
