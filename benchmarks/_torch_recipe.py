@@ -6,10 +6,11 @@ from __future__ import annotations
 import time
 
 
-def torch_epoch(model, loss, batches, lr: float, warmup: int, weight_decay: float = 0.01) -> float:
+def torch_epoch(model, loss, batches, lr: float, warmup: int, weight_decay: float = 0.01,
+                dropout: bool = True) -> float:
     """One epoch over ``batches`` (lists of (text, text[, label]) rows) -> seconds: AdamW with ``weight_decay``
     except biases and LayerNorm, ``get_linear_schedule_with_warmup``, gradients clipped to norm 1, dropout
-    on. Rows with a label pass their labels to the loss; pairs without pass None."""
+    on (off with ``dropout=False``). Rows with a label pass their labels to the loss; pairs without pass None."""
     import torch
     from transformers import get_linear_schedule_with_warmup
 
@@ -20,7 +21,7 @@ def torch_epoch(model, loss, batches, lr: float, warmup: int, weight_decay: floa
         {"params": [p for n, p in named if any(nd in n for nd in no_decay)], "weight_decay": 0.0},
     ], lr=lr)
     scheduler = get_linear_schedule_with_warmup(optimizer, warmup, len(batches))
-    model.train()
+    model.train(dropout)
     start = time.perf_counter()
     for rows in batches:
         features = [model.preprocess([r[0] for r in rows]), model.preprocess([r[1] for r in rows])]

@@ -1,6 +1,6 @@
 """GradCache fine-tuning, jaxst vs sentence-transformers, same run: retrieval quality, epoch time, peak memory.
 
-    python benchmarks/finetune_speed.py [--seed 0] [--runs 2] [--limit N]
+    python benchmarks/finetune_speed.py [--seed 0] [--runs 2] [--limit N] [--no-dropout]
 
 The recipe (issue #20): all-MiniLM-L6-v2 fine-tuned with CachedMultipleNegativesRankingLoss (batch 256,
 mini-batch 32, scale 20, cosine) for one epoch over the stsb-en-train pairs scoring at least 4.0 (1,406
@@ -17,6 +17,9 @@ resident set just before the epoch: what training itself adds), and the process'
 trainer runs (written out: the Trainer needs ``accelerate``). jaxst runs ``jaxst.training.fit``. Its
 compilation cache starts empty: run 1 compiles every batch shape inside the epoch, run 2 (a new process)
 finds them in the persistent cache, as a user's second fine-tuning run would.
+
+``--no-dropout`` trains both sides without dropout (the recipe's only random part): their NDCG@10 after
+should then agree to rounding, which checks the rest of the recipe end to end.
 """
 
 from __future__ import annotations
@@ -89,7 +92,7 @@ def rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def run_torch(folder, pairs, seed: int) -> dict:
+def run_torch(folder, pairs, seed: int, dropout: bool) -> dict:
     import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
@@ -102,14 +105,14 @@ def run_torch(folder, pairs, seed: int) -> dict:
     loss = CachedMultipleNegativesRankingLoss(model, scale=SCALE, mini_batch_size=MINI_BATCH)
     with PeakRSS() as memory:
         seconds = torch_epoch(model, loss, [[pairs[i] for i in idx] for idx in batches(len(pairs), seed)], LR, 0,
-                              WEIGHT_DECAY)
+                              WEIGHT_DECAY, dropout)
     after = evaluator(model)["stsb_cosine_ndcg@10"]
     return {"seconds": seconds, "before": before, "after": after, "rss_start": memory.start,
             "rss_peak": memory.peak, "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "steps": -(-len(pairs) // BATCH)}
 
 
-def run_jaxst(folder, pairs, seed: int) -> dict:
+def run_jaxst(folder, pairs, seed: int, dropout: bool) -> dict:
     import jaxst
     from jaxst import losses, training
     from jaxst.evaluation import InformationRetrievalEvaluator
@@ -121,7 +124,7 @@ def run_jaxst(folder, pairs, seed: int) -> dict:
     with PeakRSS() as memory:
         start = time.perf_counter()
         history = training.fit(model, pairs, loss, epochs=1, batch_size=BATCH, learning_rate=LR, warmup_steps=0,
-                               weight_decay=WEIGHT_DECAY, seed=seed, show_progress_bar=False)
+                               weight_decay=WEIGHT_DECAY, seed=seed, show_progress_bar=False, dropout=dropout)
         seconds = time.perf_counter() - start
     after = evaluator(model)["stsb_cosine_ndcg@10"]
     return {"seconds": seconds, "before": before, "after": after, "rss_start": memory.start,
@@ -129,16 +132,17 @@ def run_jaxst(folder, pairs, seed: int) -> dict:
             "steps": len(history["loss"])}
 
 
-def child(side: str, seed: int, limit: int | None) -> None:
+def child(side: str, seed: int, limit: int | None, dropout: bool) -> None:
     from jaxst.io.hub import packaged_model_folder
 
     folder = packaged_model_folder("sentence-transformers/all-MiniLM-L6-v2")
-    result = (run_jaxst if side == "jaxst" else run_torch)(folder, train_pairs(limit), seed)
+    result = (run_jaxst if side == "jaxst" else run_torch)(folder, train_pairs(limit), seed, dropout)
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def spawn(side: str, seed: int, limit: int | None, env: dict) -> dict:
-    command = [sys.executable, __file__, "--child", side, "--seed", str(seed)]
+def spawn(side: str, seed: int, limit: int | None, env: dict, dropout: bool) -> dict:
+    command = [sys.executable, __file__, "--child", side, "--seed", str(seed),
+               "--dropout" if dropout else "--no-dropout"]
     if limit is not None:
         command += ["--limit", str(limit)]
     out = subprocess.run(command, env=env, capture_output=True, text=True)
@@ -157,17 +161,19 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs", type=int, default=2, help="jaxst runs (run 1 compiles, later runs hit the cache)")
     parser.add_argument("--limit", type=int, default=None, help="train on the first N pairs only (a quick check)")
+    parser.add_argument("--dropout", action=argparse.BooleanOptionalAction, default=True,
+                        help="train with dropout (the recipe); --no-dropout checks the rest of it deterministically")
     parser.add_argument("--child", choices=["jaxst", "torch"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.seed, args.limit)
+        child(args.child, args.seed, args.limit, args.dropout)
         return
     print(f"cpu: {cpu_description()}", flush=True)
     n = len(train_pairs(args.limit))
     print(f"{n} training pairs (stsb-en-train, score >= 4.0), batch {BATCH}, mini-batch {MINI_BATCH}, lr {LR}, "
-          f"seed {args.seed}", flush=True)
+          f"seed {args.seed}{'' if args.dropout else ', no dropout'}", flush=True)
     env = dict(os.environ, JAXST_COMPILATION_CACHE=tempfile.mkdtemp(prefix="jaxst-finetune-bench-"))
-    ref = spawn("torch", args.seed, args.limit, env)
+    ref = spawn("torch", args.seed, args.limit, env, args.dropout)
 
     def line(name, r):
         return (f"{name:<22} epoch {r['seconds']:6.1f} s ({r['steps']} steps), NDCG@10 {100 * r['before']:.2f} -> "
@@ -176,11 +182,11 @@ def main() -> None:
 
     print(line("sentence-transformers", ref), flush=True)
     for run in range(1, args.runs + 1):
-        ours = spawn("jaxst", args.seed, args.limit, env)
+        ours = spawn("jaxst", args.seed, args.limit, env, args.dropout)
         label = "cold compile" if run == 1 else "warm cache"
         print(line(f"jaxst run {run}", ours), f"[{label}]", flush=True)
         print(f"  jaxst/sentence-transformers: epoch {ref['seconds'] / ours['seconds']:.2f}x faster; NDCG@10 after "
-              f"{100 * (ours['after'] - ref['after']):+.2f} points; epoch memory growth "
+              f"{100 * (ours['after'] - ref['after']):+.3f} points; epoch memory growth "
               f"{(ours['rss_peak'] - ours['rss_start']) / max(ref['rss_peak'] - ref['rss_start'], 1):.2f}x, "
               f"peak {ours['rss_peak'] / ref['rss_peak']:.2f}x", flush=True)
 
