@@ -67,6 +67,12 @@ def test_kernel_matches_xla(case, isa):
     assert got.shape == want.shape and np.isfinite(got).all()
     # Float32 sums in another order: differences of ~1e-6 on outputs of order 1.
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    # heads_last: the same numbers read from (B, T, N, D) / (B, S, KV, D) and written as (B, T, N, D)
+    q_, k_, v_ = (jnp.asarray(x.transpose(0, 2, 1, 3)) for x in (q, k, v))
+    got = native.attention(q_, k_, v_, jnp.asarray(mask), None if bias is None else jnp.asarray(bias), scale=scale,
+                           causal=causal, window=window, target=target, heads_last=True)
+    assert got.shape == q_.shape
+    np.testing.assert_allclose(np.asarray(got), want.transpose(0, 2, 1, 3), rtol=0, atol=1e-5)
 
 
 def test_positive_control_a_wrong_mask_is_caught():
@@ -102,6 +108,17 @@ def test_attention_dispatch_and_gradients(monkeypatch):
     for g, r in zip(grads, ref):
         np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-5, atol=1e-5)
         assert np.abs(np.asarray(r)).max() > 0
+
+    # (B, T, N, D) heads, as multi_head_attention passes them: the same outputs and gradients, transposed
+    def heads_last(q, k, v, b):
+        return layers.attention(*(x.transpose(0, 2, 1, 3) for x in (q, k, v)), mask[:, 0], scale=0.25, bias=b,
+                                heads_last=True).transpose(0, 2, 1, 3)
+
+    calls.clear()
+    np.testing.assert_allclose(np.asarray(jax.jit(heads_last)(q, k, v, bias)), np.asarray(want), rtol=0, atol=1e-5)
+    assert calls
+    for g, r in zip(jax.grad(loss(heads_last), argnums=(0, 1, 2, 3))(q, k, v, bias), ref):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-5, atol=1e-5)
 
     calls.clear()
     half = layers.attention(q.astype(jnp.bfloat16), k.astype(jnp.bfloat16), v.astype(jnp.bfloat16), mask[:, 0],

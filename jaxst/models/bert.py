@@ -46,31 +46,30 @@ def multi_head_attention(x, query, key, value, num_heads: int, mask, dropout_rat
                          *, position_bias=None, first_only: bool = False):
     """Scaled dot-product self-attention as BERT and MPNet compute it: (B, T, H) -> (B, Tq, H).
 
-    ``query``/``key``/``value`` are the three ``nnx.Linear`` projections, applied as one fused (H, 3H)
-    matmul; heads are laid out (B, N, T, D) so both score matmuls are plain batched matmuls, which
-    XLA's CPU backend runs about 1.5x faster than (B, T, N, D) einsums. ``mask`` (B, T) marks the real
-    keys, or (B, T, T) says which key each query may see (packed batches: only its own text's);
-    ``position_bias`` (1 or B, N, T, T) is added to the scaled scores (MPNet). With
-    ``first_only`` only position 0 queries (Tq = 1): what a classification head reads. Scores and
-    softmax are float32 whatever the compute dtype (bf16/fp16 after ``model.half()``)."""
+    ``query``/``key``/``value`` are the three ``nnx.Linear`` projections, three matmuls (one fused (H, 3H)
+    matmul concatenated the kernels on every call: ~5% of a BERT forward on CPU); their (B, T, N, D) heads
+    go to ``attention`` as they are (``heads_last``): the native kernel reads them in place, XLA's ops
+    transpose to (B, N, T, D) for plain batched matmuls (about 1.5x faster there than (B, T, N, D)
+    einsums). ``mask`` (B, T) marks the real keys, or (B, T, T) says which key each query may see (packed
+    batches: only its own text's); ``position_bias`` (1 or B, N, T, T) is added to the scaled scores
+    (MPNet). With ``first_only`` only position 0 queries (Tq = 1): what a classification head reads.
+    Scores and softmax are float32 whatever the compute dtype (bf16/fp16 after ``model.half()``)."""
     b, t, h = x.shape
     d = h // num_heads
     if isinstance(query, Int8Linear):  # dtype="int8": one int8 product for the three
-        qkv = fused_int8(x, (query, key, value))
+        qkv = fused_int8(x, (query, key, value)).reshape(b, t, 3, num_heads, d)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     else:
         for linear in (query, key, value):
             observe(linear, x)  # int8 calibration only (a no-op otherwise)
-        kernel = jnp.concatenate([query.kernel[...], key.kernel[...], value.kernel[...]], axis=1)  # (H, 3H)
-        qkv = x @ kernel + jnp.concatenate([query.bias[...], key.bias[...], value.bias[...]])
-    qkv = qkv.reshape(b, t, 3, num_heads, d).transpose(2, 0, 3, 1, 4)  # (3, B, N, T, D)
-    q, k, v = qkv[0], qkv[1], qkv[2]
-    if first_only:
-        q = q[:, :, :1]
+        q, k, v = ((x @ p.kernel[...] + p.bias[...]).reshape(b, t, num_heads, d) for p in (query, key, value))
+    if first_only:  # (B, T, N, D) each
+        q = q[:, :1]
         mask = mask[:, :1] if mask.ndim == 3 else mask
         position_bias = None if position_bias is None else position_bias[:, :, :1]
     out = attention(q, k, v, mask, scale=1 / math.sqrt(d), bias=position_bias, dropout_rate=dropout_rate,
-                    dropout_rng=dropout_rng)
-    return out.transpose(0, 2, 1, 3).reshape(b, -1, h)
+                    dropout_rng=dropout_rng, heads_last=True)
+    return out.reshape(b, -1, h)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -102,13 +102,15 @@ QUERY_BLOCK = 1024
 
 
 def attention(q, k, v, mask, *, scale: float, causal: bool = False, window: int | None = None, bias=None,
-              dropout_rate: float = 0.0, dropout_rng=None):
+              dropout_rate: float = 0.0, dropout_rng=None, heads_last: bool = False):
     """softmax(q k^T * scale + bias) v over the keys each query may see, every family's self-attention.
 
     q (B, N, T, D); k, v (B, KV, S, D), ``N`` query heads sharing ``KV`` key/value heads; ``mask`` the (B, S)
     padding mask or (B, T, S) per-query masks (packed batches); ``causal``: keys at or before the query;
     ``window``: keys fewer than ``window`` positions away; ``bias`` (1 or B, 1 or N, T, S) added to the
-    scaled scores (MPNet's relative positions). Returns (B, N, T, D) in v's dtype.
+    scaled scores (MPNet's relative positions). Returns (B, N, T, D) in v's dtype. ``heads_last``: q, k, v
+    and the result are (B, T, N, D) / (B, S, KV, D), as the projections lay them out (the native kernel
+    reads them in place; XLA's ops transpose).
 
     Float32 inference on a single CPU device runs the fused native kernel (``jaxst.native``: about 3x
     XLA's ops at 200 tokens, and local layers visit only their window); everything else (accelerators,
@@ -117,8 +119,16 @@ def attention(q, k, v, mask, *, scale: float, causal: bool = False, window: int 
     keys = mask.astype(bool)[:, None, :] if mask.ndim == 2 else mask.astype(bool)  # (B, 1 or T, S)
     window = window or None
     if dropout_rng is None and _native_ok(q, k, v, bias):
-        return _fused_attention(q, k, v, keys, bias, float(scale), bool(causal), window)
-    return xla_attention(q, k, v, keys, scale, causal, window, bias, dropout_rate, dropout_rng)
+        return _fused_attention(q, k, v, keys, bias, float(scale), bool(causal), window, bool(heads_last))
+    return _xla_attention_in(heads_last, q, k, v, keys, scale, causal, window, bias, dropout_rate, dropout_rng)
+
+
+def _xla_attention_in(heads_last: bool, q, k, v, *args):
+    """``xla_attention`` on q, k, v (and a result) in either layout."""
+    if not heads_last:
+        return xla_attention(q, k, v, *args)
+    q, k, v = (x.transpose(0, 2, 1, 3) for x in (q, k, v))
+    return xla_attention(q, k, v, *args).transpose(0, 2, 1, 3)
 
 
 def _native_ok(q, k, v, bias) -> bool:
@@ -128,25 +138,26 @@ def _native_ok(q, k, v, bias) -> bool:
     return all(x.dtype == jnp.float32 for x in floats) and native.single_cpu() and native.attention_kernel() is not None
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
-def _fused_attention(q, k, v, keys, bias, scale, causal, window):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
+def _fused_attention(q, k, v, keys, bias, scale, causal, window, heads_last):
     def on_cpu(q, k, v, keys, bias):
-        return native.attention(q, k, v, keys, bias, scale=scale, causal=causal, window=window)
+        return native.attention(q, k, v, keys, bias, scale=scale, causal=causal, window=window,
+                                heads_last=heads_last)
 
     def elsewhere(q, k, v, keys, bias):
-        return xla_attention(q, k, v, keys, scale, causal, window, bias)
+        return _xla_attention_in(heads_last, q, k, v, keys, scale, causal, window, bias)
 
     return jax.lax.platform_dependent(q, k, v, keys, bias, cpu=on_cpu, default=elsewhere)
 
 
-def _fused_forward(q, k, v, keys, bias, scale, causal, window):
-    return _fused_attention(q, k, v, keys, bias, scale, causal, window), (q, k, v, keys, bias)
+def _fused_forward(q, k, v, keys, bias, scale, causal, window, heads_last):
+    return _fused_attention(q, k, v, keys, bias, scale, causal, window, heads_last), (q, k, v, keys, bias)
 
 
-def _fused_backward(scale, causal, window, residuals, grad):
+def _fused_backward(scale, causal, window, heads_last, residuals, grad):
     q, k, v, keys, bias = residuals
-    _, pullback = jax.vjp(lambda q, k, v, bias: xla_attention(q, k, v, keys, scale, causal, window, bias),
-                          q, k, v, bias)
+    _, pullback = jax.vjp(
+        lambda q, k, v, bias: _xla_attention_in(heads_last, q, k, v, keys, scale, causal, window, bias), q, k, v, bias)
     dq, dk, dv, dbias = pullback(grad)
     return dq, dk, dv, None, dbias
 

@@ -240,22 +240,24 @@ def attention_kernel() -> str | None:
 
 
 def attention(q, k, v, mask, bias=None, *, scale: float, causal: bool = False, window: int | None = None,
-              target: str | None = None):
+              target: str | None = None, heads_last: bool = False):
     """Fused ``softmax(where(allowed, scale * q k^T + bias, -inf)) v`` on the CPU (float32).
 
     q (B, N, T, D); k, v (B, KV, S, D) with N a multiple of KV; ``mask`` (B, 1 or T, S) booleans (the keys
     each query may see); ``bias`` (1 or B, 1 or N, 1 or T, S) or None; ``causal``: keys j <= i;
-    ``window``: keys with |i - j| < window. A query that may see no key gets the mean of the values."""
+    ``window``: keys with |i - j| < window. A query that may see no key gets the mean of the values.
+    ``heads_last``: q (B, T, N, D), k and v (B, S, KV, D) and the output (B, T, N, D), the layout the
+    projections produce, so no transposes are needed around the call."""
     target = target or attention_kernel()
     if target is None:
         raise RuntimeError("the native attention kernel is not available on this machine")
     has_bias = bias is not None
     if bias is None:
-        bias = jnp.zeros((1, 1, 1, k.shape[2]), jnp.float32)
+        bias = jnp.zeros((1, 1, 1, k.shape[1 if heads_last else 2]), jnp.float32)
     call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(q.shape, jnp.float32), vmap_method="sequential")
     return call(q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32), mask.astype(bool),
                 bias.astype(jnp.float32), scale=np.float32(scale), causal=bool(causal),
-                window=np.int64(window or 0), has_bias=has_bias)
+                window=np.int64(window or 0), has_bias=has_bias, heads_last=bool(heads_last))
 
 
 # ------------------------------------------------------------------------------------------ int8 matmul

@@ -86,6 +86,8 @@ struct Job {
   const bool* mask;
   float* out;
   int64_t b, n, kv, t, s, d, g;
+  bool heads_last;                 // q, out (B, T, N, D) and k, v (B, S, KV, D) instead of (B, N, T, D) / (B, KV, S, D)
+  int64_t q_ld, kv_ld;             // floats from one row (token) of a head to the next: D, or N D / KV D
   int64_t mask_rows;               // 1 (one key mask per text) or t (one per query)
   int64_t bias_b, bias_n, bias_t;  // 0 = no bias; else 1 or the full extent (broadcast otherwise)
   float scale;
@@ -102,8 +104,8 @@ struct Job {
 
 // scores[r][0 .. 16 NK) = scale * q[r] . keys of NK panels, for rows r < rows (kTile x NK accumulators).
 template <int NK>
-inline void ScoreTile(const float* q, int64_t d, int rows, const float* panels, float scale, float* scores,
-                      int64_t stride) {
+inline void ScoreTile(const float* q, int64_t q_ld, int64_t d, int rows, const float* panels, float scale,
+                      float* scores, int64_t stride) {
   v16 acc[kTile][NK];
   for (int r = 0; r < kTile; ++r)
     for (int m = 0; m < NK; ++m) acc[r][m] = v16{};
@@ -113,7 +115,7 @@ inline void ScoreTile(const float* q, int64_t d, int rows, const float* panels, 
 #pragma GCC unroll 8
     for (int r = 0; r < kTile; ++r) {
       if (r < rows) {
-        const v16 x = Splat(q[r * d + c]);
+        const v16 x = Splat(q[r * q_ld + c]);
         for (int m = 0; m < NK; ++m) acc[r][m] += x * key[m];
       }
     }
@@ -124,14 +126,14 @@ inline void ScoreTile(const float* q, int64_t d, int rows, const float* panels, 
 
 // out[r][c0 .. c0 + 16 NC) = sum over keys j in [lo, hi) of p[r][j] v[j][c0 ..], for rows r < n <= 4.
 template <int NC>
-inline void ValueTile(const float* p, int64_t stride, int n, const float* v, int64_t d, int64_t c0, int64_t lo,
-                      int64_t hi, float* out) {
+inline void ValueTile(const float* p, int64_t stride, int n, const float* v, int64_t v_ld, int64_t c0, int64_t lo,
+                      int64_t hi, float* out, int64_t out_ld) {
   v16 acc[4][NC];
   for (int r = 0; r < 4; ++r)
     for (int m = 0; m < NC; ++m) acc[r][m] = v16{};
   for (int64_t j = lo; j < hi; ++j) {
     v16 value[NC];
-    for (int m = 0; m < NC; ++m) value[m] = Load(v + j * d + c0 + m * kLanes);
+    for (int m = 0; m < NC; ++m) value[m] = Load(v + j * v_ld + c0 + m * kLanes);
     for (int r = 0; r < 4; ++r) {
       if (r < n) {
         const v16 x = Splat(p[r * stride + j]);
@@ -140,7 +142,7 @@ inline void ValueTile(const float* p, int64_t stride, int n, const float* v, int
     }
   }
   for (int r = 0; r < n; ++r)
-    for (int m = 0; m < NC; ++m) Store(out + r * d + c0 + m * kLanes, acc[r][m]);
+    for (int m = 0; m < NC; ++m) Store(out + r * out_ld + c0 + m * kLanes, acc[r][m]);
 }
 
 // Keys row i may see, as a half-open range [lo, hi) before masks.
@@ -166,12 +168,14 @@ void Item(const Job& job, int64_t item, std::vector<float>& kt, std::vector<floa
 
   // Keys in panels of 16: panel p holds keys 16p..16p+15 as (D, 16), zero past S, so a score tile
   // reads one contiguous 16-key vector per dimension.
-  const float* k = job.k + (b * job.kv + kvh) * s * d;
-  const float* v = job.v + (b * job.kv + kvh) * s * d;
+  const int64_t kv_base = job.heads_last ? (b * s * job.kv + kvh) * d : (b * job.kv + kvh) * s * d;
+  const float* k = job.k + kv_base;
+  const float* v = job.v + kv_base;
+  const int64_t kv_ld = job.kv_ld, q_ld = job.q_ld;
   kt.assign(static_cast<size_t>(d * s_pad), 0.0f);
   for (int64_t j = 0; j < s; ++j) {
     float* panel = kt.data() + (j / kLanes) * d * kLanes + j % kLanes;
-    for (int64_t c = 0; c < d; ++c) panel[c * kLanes] = k[j * d + c];
+    for (int64_t c = 0; c < d; ++c) panel[c * kLanes] = k[j * kv_ld + c];
   }
   scores.resize(static_cast<size_t>(kTile * s_pad));
   // The padding mask as 0 / 1 floats (one row per text, or one per query row): multiplies the exps.
@@ -184,8 +188,9 @@ void Item(const Job& job, int64_t item, std::vector<float>& kt, std::vector<floa
 
   for (int64_t hg = 0; hg < job.g; ++hg) {
     const int64_t h = kvh * job.g + hg;
-    const float* q = job.q + ((b * job.n + h) * job.t) * d;
-    float* out = job.out + ((b * job.n + h) * job.t) * d;
+    const int64_t q_base = job.heads_last ? (b * job.t * job.n + h) * d : ((b * job.n + h) * job.t) * d;
+    const float* q = job.q + q_base;
+    float* out = job.out + q_base;  // the output has q's layout
     for (int64_t r0 = row0; r0 < row1; r0 += kTile) {
       const int rows = static_cast<int>(std::min<int64_t>(kTile, row1 - r0));
       // The union of the tile's key ranges, widened to whole vectors.
@@ -201,9 +206,10 @@ void Item(const Job& job, int64_t item, std::vector<float>& kt, std::vector<floa
       // Scores of the tile's rows: kTile x kKeyVectors accumulators of 16 keys, from key panels.
       int64_t j0 = vlo;
       for (; j0 + kKeyVectors * kLanes <= vhi; j0 += kKeyVectors * kLanes)
-        ScoreTile<kKeyVectors>(q + r0 * d, d, rows, kt.data() + j0 * d, job.scale, scores.data() + j0, s_pad);
+        ScoreTile<kKeyVectors>(q + r0 * q_ld, q_ld, d, rows, kt.data() + j0 * d, job.scale, scores.data() + j0,
+                               s_pad);
       for (; j0 < vhi; j0 += kLanes)
-        ScoreTile<1>(q + r0 * d, d, rows, kt.data() + j0 * d, job.scale, scores.data() + j0, s_pad);
+        ScoreTile<1>(q + r0 * q_ld, q_ld, d, rows, kt.data() + j0 * d, job.scale, scores.data() + j0, s_pad);
 
       // Softmax in place over [vlo, vhi); what a row may not see becomes 0.
       bool empty[kTile] = {};
@@ -248,27 +254,27 @@ void Item(const Job& job, int64_t item, std::vector<float>& kt, std::vector<floa
       for (int r = 0; r < rows; r += 4) {
         const int n = std::min(4, rows - r);
         const float* p = scores.data() + r * s_pad;
-        float* o = out + (r0 + r) * d;
+        float* o = out + (r0 + r) * q_ld;
         int64_t c0 = 0;
-        for (; c0 + 4 * kLanes <= d; c0 += 4 * kLanes) ValueTile<4>(p, s_pad, n, v, d, c0, lo, hi, o);
-        if (d - c0 >= 3 * kLanes) ValueTile<3>(p, s_pad, n, v, d, c0, lo, hi, o), c0 += 3 * kLanes;
-        if (d - c0 >= 2 * kLanes) ValueTile<2>(p, s_pad, n, v, d, c0, lo, hi, o), c0 += 2 * kLanes;
-        if (d - c0 >= kLanes) ValueTile<1>(p, s_pad, n, v, d, c0, lo, hi, o), c0 += kLanes;
+        for (; c0 + 4 * kLanes <= d; c0 += 4 * kLanes) ValueTile<4>(p, s_pad, n, v, kv_ld, c0, lo, hi, o, q_ld);
+        if (d - c0 >= 3 * kLanes) ValueTile<3>(p, s_pad, n, v, kv_ld, c0, lo, hi, o, q_ld), c0 += 3 * kLanes;
+        if (d - c0 >= 2 * kLanes) ValueTile<2>(p, s_pad, n, v, kv_ld, c0, lo, hi, o, q_ld), c0 += 2 * kLanes;
+        if (d - c0 >= kLanes) ValueTile<1>(p, s_pad, n, v, kv_ld, c0, lo, hi, o, q_ld), c0 += kLanes;
         for (; c0 < d; ++c0) {  // dimensions past the last whole vector
           for (int i = 0; i < n; ++i) {
             float acc = 0.0f;
-            for (int64_t j = lo; j < hi; ++j) acc += p[i * s_pad + j] * v[j * d + c0];
-            o[i * d + c0] = acc;
+            for (int64_t j = lo; j < hi; ++j) acc += p[i * s_pad + j] * v[j * kv_ld + c0];
+            o[i * q_ld + c0] = acc;
           }
         }
       }
       // A row that sees no key: XLA's softmax of equal scores, the mean of every value row.
       for (int r = 0; r < rows; ++r) {
         if (!empty[r]) continue;
-        float* o = out + (r0 + r) * d;
+        float* o = out + (r0 + r) * q_ld;
         std::fill(o, o + d, 0.0f);
         for (int64_t j = 0; j < s; ++j)
-          for (int64_t c = 0; c < d; ++c) o[c] += v[j * d + c];
+          for (int64_t c = 0; c < d; ++c) o[c] += v[j * kv_ld + c];
         for (int64_t c = 0; c < d; ++c) o[c] /= static_cast<float>(s);
       }
     }
@@ -293,15 +299,19 @@ void Work(Job& job) {
 
 ffi::Error Attention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
                      ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::PRED> mask, ffi::Buffer<ffi::F32> bias,
-                     ffi::ResultBuffer<ffi::F32> out, float scale, bool causal, int64_t window, bool has_bias) {
+                     ffi::ResultBuffer<ffi::F32> out, float scale, bool causal, int64_t window, bool has_bias,
+                     bool heads_last) {
   const auto qd = q.dimensions(), kd = k.dimensions(), vd = v.dimensions(), md = mask.dimensions(),
              bd = bias.dimensions();
   if (qd.size() != 4 || kd.size() != 4 || vd.size() != 4 || md.size() != 3 || bd.size() != 4)
-    return ffi::Error::InvalidArgument("jaxst_attention: expected q (B, N, T, D), k and v (B, KV, S, D), "
-                                       "mask (B, 1 or T, S), bias (1 or B, 1 or N, 1 or T, S)");
+    return ffi::Error::InvalidArgument("jaxst_attention: expected q (B, N, T, D), k and v (B, KV, S, D) (heads_last: "
+                                       "(B, T, N, D), (B, S, KV, D)), mask (B, 1 or T, S), bias (1 or B, 1 or N, "
+                                       "1 or T, S)");
   auto job = std::make_shared<Job>();
-  job->b = qd[0], job->n = qd[1], job->t = qd[2], job->d = qd[3];
-  job->kv = kd[1], job->s = kd[2];
+  const int heads = heads_last ? 2 : 1, tokens = heads_last ? 1 : 2;
+  job->heads_last = heads_last;
+  job->b = qd[0], job->n = qd[heads], job->t = qd[tokens], job->d = qd[3];
+  job->kv = kd[heads], job->s = kd[tokens];
   if (kd[0] != job->b || kd[3] != job->d || vd[0] != kd[0] || vd[1] != kd[1] || vd[2] != kd[2] ||
       vd[3] != kd[3] || job->kv < 1 || job->n % job->kv != 0)
     return ffi::Error::InvalidArgument("jaxst_attention: q, k, v shapes do not agree");
@@ -313,6 +323,8 @@ ffi::Error Attention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<
                    (bd[2] != 1 && bd[2] != job->t) || bd[3] != job->s))
     return ffi::Error::InvalidArgument("jaxst_attention: bias must be (1 or B, 1 or N, 1 or T, S)");
   job->g = job->n / job->kv;
+  job->q_ld = heads_last ? job->n * job->d : job->d;
+  job->kv_ld = heads_last ? job->kv * job->d : job->d;
   job->q = q.typed_data(), job->k = k.typed_data(), job->v = v.typed_data();
   job->mask = mask.typed_data();
   job->bias = bias.typed_data();
@@ -349,7 +361,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxstAttention, Attention,
                                   .Attr<float>("scale")
                                   .Attr<bool>("causal")
                                   .Attr<int64_t>("window")
-                                  .Attr<bool>("has_bias"));
+                                  .Attr<bool>("has_bias")
+                                  .Attr<bool>("heads_last"));
 
 // Vector width this build was compiled for, in bits (512 = AVX-512, else what the compiler split to).
 extern "C" int JaxstAttentionVectorBits() {
