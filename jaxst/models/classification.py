@@ -20,7 +20,7 @@ walks the layers itself, with the same weights and math but two savings that mat
 - the last layer runs for the first token only: the head reads nothing else, so its queries,
   attention output and feed-forward for the other T - 1 positions would be thrown away (keys and
   values still come from every position);
-- attention is ``multi_head_attention``, the encoders' own (fused QKV, (B, N, T, D) heads).
+- attention is ``multi_head_attention``, the encoders' own (three projections, (B, T, N, D) heads to the kernel).
 """
 
 from __future__ import annotations
