@@ -103,13 +103,10 @@ def run_torch(folder, pairs, seed: int, dropout: bool) -> dict:
     evaluator = InformationRetrievalEvaluator(*retrieval_task(), name="stsb")
     before = evaluator(model)["stsb_cosine_ndcg@10"]
     loss = CachedMultipleNegativesRankingLoss(model, scale=SCALE, mini_batch_size=MINI_BATCH)
+    order = batches(len(pairs), seed)
     with PeakRSS() as memory:
-        seconds = torch_epoch(model, loss, [[pairs[i] for i in idx] for idx in batches(len(pairs), seed)], LR, 0,
-                              WEIGHT_DECAY, dropout)
-    after = evaluator(model)["stsb_cosine_ndcg@10"]
-    return {"seconds": seconds, "before": before, "after": after, "rss_start": memory.start,
-            "rss_peak": memory.peak, "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "steps": -(-len(pairs) // BATCH)}
+        seconds = torch_epoch(model, loss, [[pairs[i] for i in idx] for idx in order], LR, 0, WEIGHT_DECAY, dropout)
+    return result(seconds, before, evaluator(model)["stsb_cosine_ndcg@10"], memory, len(order))
 
 
 def run_jaxst(folder, pairs, seed: int, dropout: bool) -> dict:
@@ -126,10 +123,14 @@ def run_jaxst(folder, pairs, seed: int, dropout: bool) -> dict:
         history = training.fit(model, pairs, loss, epochs=1, batch_size=BATCH, learning_rate=LR, warmup_steps=0,
                                weight_decay=WEIGHT_DECAY, seed=seed, show_progress_bar=False, dropout=dropout)
         seconds = time.perf_counter() - start
-    after = evaluator(model)["stsb_cosine_ndcg@10"]
+    return result(seconds, before, evaluator(model)["stsb_cosine_ndcg@10"], memory, len(history["loss"]))
+
+
+def result(seconds: float, before: float, after: float, memory: PeakRSS, steps: int) -> dict:
+    """One side's figures, as the parent reads them."""
     return {"seconds": seconds, "before": before, "after": after, "rss_start": memory.start,
             "rss_peak": memory.peak, "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "steps": len(history["loss"])}
+            "steps": steps}
 
 
 def child(side: str, seed: int, limit: int | None, dropout: bool) -> None:

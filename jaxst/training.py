@@ -647,13 +647,15 @@ def _guide_batch(guide, parts) -> dict:
     return {"params": guide.params, "features": [_pad_to(c, longest, guide.tokenizer.pad_id) for c in columns]}
 
 
-def _text_lengths(batches: Sequence[dict]) -> tuple[np.ndarray, int]:
-    """Every text's token count, column after column (columns * B,), and the batch size B."""
+def _text_lengths(batches: Sequence[dict], row: int) -> tuple[np.ndarray, int, int]:
+    """Every text's token count, column after column (columns * B,), the batch size B, and the packed row
+    width: ``row``, or the next multiple of it that holds the longest text."""
     masks = [np.asarray(b["attention_mask"]) for b in batches]
     size = masks[0].shape[0]
     if any(m.shape[0] != size for m in masks):
         raise ValueError(f"columns differ in batch size: {[m.shape[0] for m in masks]}")
-    return np.concatenate([m.sum(axis=1) for m in masks]).astype(np.int64), size
+    lengths = np.concatenate([m.sum(axis=1) for m in masks]).astype(np.int64)
+    return lengths, size, max(row, -(-int(lengths.max()) // row) * row)
 
 
 def _first_fit(lengths: np.ndarray, texts, width: int) -> tuple[list[tuple[int, int, int]], int]:
@@ -711,8 +713,7 @@ def pack_columns(batches: Sequence[dict], pad_id: int, row: int = PACK_ROW) -> d
 
     Returns ``input_ids``, ``token_type_ids``, ``positions`` and ``segment_ids`` (-1 on padding), all
     (rows, R), and ``unpack_index`` / ``attention_mask`` (columns, B, R): each text's token slots."""
-    lengths, size = _text_lengths(batches)
-    width = max(row, -(-int(lengths.max()) // row) * row)
+    lengths, size, width = _text_lengths(batches, row)
     spots, rows = _first_fit(lengths, np.argsort(-lengths, kind="stable"), width)
     spots.sort()  # slot i holds text i: the embeddings come back in the columns' order
     out = _lay_out(batches, size, lengths, spots, rows, width, len(lengths), pad_id)
@@ -742,8 +743,7 @@ def pack_chunks(batches: Sequence[dict], pad_id: int, mini_batch_size: int, row:
     ``unpack_index`` / ``attention_mask`` (steps, 1, mini_batch_size, R) (empty text slots point at the
     mini-batch's first token, and are dropped) and ``order`` (columns, B): each text's slot in the steps x
     mini_batch_size outputs."""
-    lengths, size = _text_lengths(batches)
-    width = max(row, -(-int(lengths.max()) // row) * row)
+    lengths, size, width = _text_lengths(batches, row)
     steps = -(-len(lengths) // mini_batch_size)
     members: list[list[int]] = [[] for _ in range(steps)]
     for rank, s in enumerate(np.argsort(-lengths, kind="stable")):
