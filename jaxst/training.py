@@ -19,8 +19,11 @@ biases and LayerNorm, gradients clipped to norm 1, the learning rate warmed up l
 
 from __future__ import annotations
 
+import ctypes
 import math
 import numbers
+import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -391,8 +394,8 @@ def make_train_step(model, loss: Loss, optimizer, *, dropout: bool = True, mesh:
     ``rng`` is required when ``dropout`` is on (the default, as the original trains) and by losses that
     draw (Matryoshka with ``n_dims_per_step``); derive one per step, e.g. ``jax.random.fold_in(key,
     step)``, so a resumed run draws what an uninterrupted one would. ``metrics``: ``loss`` and
-    ``grad_norm`` (before clipping). ``donate=True`` lets XLA update the state in place (the old state and the
-    gradients are invalid after the step; ``fit`` donates, from a copy of the model's params). Params the
+    ``grad_norm`` (before clipping). ``donate=True`` lets XLA update the state in place (the state passed in
+    is invalid after the step, as PyTorch's optimizer overwrites its tensors; ``fit`` donates). Params the
     model lists in ``frozen_params`` (a frozen SparseStaticEmbedding) keep their values."""
     optax = _optax()
 
@@ -400,11 +403,6 @@ def make_train_step(model, loss: Loss, optimizer, *, dropout: bool = True, mesh:
     # each step's forward, on one device with a loss that reads the model's outputs (CSRLoss)
     track = mesh is None and getattr(loss, "needs_outputs", False) and bool(getattr(model, "buffers", None))
     loss_fn = make_loss_fn(model, loss, dropout=dropout, mesh=mesh, axis_name=axis_name, model_state=track)
-
-    # Two compiled programs: the gradient, compiled once per batch shape, and the optimizer update,
-    # compiled once for all shapes (it only sees params-shaped arrays). One fused program per shape
-    # would recompile the whole AdamW update with every new sequence length.
-    grad_fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=track))
 
     def update(state: TrainState, grads):
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -419,21 +417,41 @@ def make_train_step(model, loss: Loss, optimizer, *, dropout: bool = True, mesh:
             new, grad_norm = optimizer_update(state, grads)
             return new._replace(params=_keep(new.params, state.params, frozen)), grad_norm
 
-    update_fn = jax.jit(update, donate_argnums=(0, 1) if donate else ())  # the state, and the gradients
+    def train_step(state: TrainState, batch, rng):
+        if track:
+            (value, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                state.params, {**batch, "model_state": state.model_state}, rng)
+            state = state._replace(model_state=model_state)
+        else:
+            value, grads = jax.value_and_grad(loss_fn)(state.params, batch, rng)
+        state, grad_norm = update(state, grads)
+        return state, {"loss": value, "grad_norm": grad_norm}
+
+    # One program per batch shape: gradient and optimizer update together, so the gradients never leave it
+    # (with donate, the update writes params and moments in place and the only other params-sized buffer
+    # is the gradient itself: a step's peak memory is the state plus one gradient plus activations)
+    compiled = jax.jit(train_step, donate_argnums=(0,) if donate else ())
+    shapes_seen: set = set()
 
     def step_fn(state: TrainState, batch, rng=None):
         _check_batch(batch)
         if rng is None and dropout:
             raise ValueError("dropout needs a PRNG key: call step_fn(state, batch, rng), or build the step "
                              "with make_train_step(..., dropout=False)")
-        if track:
-            model_state = state.model_state if state.model_state is not None else model.buffers
-            (value, model_state), grads = grad_fn(state.params, {**batch, "model_state": model_state}, rng)
-            state = state._replace(model_state=model_state)
-        else:
-            value, grads = grad_fn(state.params, batch, rng)
-        state, grad_norm = update_fn(state, grads)
-        return state, {"loss": value, "grad_norm": grad_norm}
+        if track and state.model_state is None:  # the model's own buffers stay the model's (a copy is donated)
+            state = state._replace(model_state=jax.tree.map(jnp.array, model.buffers))
+        shapes = _shapes((state, batch, rng))
+        if shapes in shapes_seen:
+            return compiled(state, batch, rng)
+        # a new batch shape: compile it first and give the compiler's scratch memory back before the step
+        # allocates its own, then again after its first run (a program loaded from the persistent cache
+        # finishes loading there)
+        compiled.lower(state, batch, rng).compile()
+        shapes_seen.add(shapes)
+        _release_free_memory()
+        out = jax.block_until_ready(compiled(state, batch, rng))
+        _release_free_memory()
+        return out
 
     return step_fn
 
@@ -874,8 +892,11 @@ def fit(model, train_examples: Sequence, loss: Loss, epochs: int = 1, batch_size
     ends with the params of the evaluation that scored best on ``metric_for_best_model`` (higher is better
     unless ``greater_is_better=False``) instead of the last ones.
     ``checkpoint_path`` saves orbax checkpoints every ``checkpoint_save_steps`` steps and at the end;
-    ``resume_from_checkpoint`` continues from the latest one there. ``model.params`` is replaced by
-    the trained params at the end. Returns ``{"loss": [per-step losses], "evaluations": [...]}``."""
+    ``resume_from_checkpoint`` continues from the latest one there. The model is trained in place, as
+    PyTorch's is: each step donates the state (the model's own params first) to the next, so arrays taken
+    from ``model.params`` before or during the run are invalid after it, and ``model.params`` holds the trained
+    params at the end, or the last completed step's after an error or an interrupt.
+    Returns ``{"loss": [per-step losses], "evaluations": [...]}``."""
     if not isinstance(loss, Loss):
         raise TypeError(f"loss must be a jaxst.losses loss, got {type(loss).__name__}")
     examples = list(train_examples)
@@ -891,10 +912,13 @@ def fit(model, train_examples: Sequence, loss: Loss, epochs: int = 1, batch_size
     total_steps = steps_per_epoch * epochs
     if optimizer is None:
         optimizer = default_optimizer(learning_rate, total_steps, warmup_steps, weight_decay, max_grad_norm)
-    # each step donates the previous state's buffers to the new one (the optimizer update runs in place, as
-    # PyTorch's does), so the state starts from a copy: the model's own params stay valid until the end
+    # the model is trained in place, as PyTorch's is: the state starts from the model's own params and each
+    # step donates it to the next (the optimizer update overwrites params and moments), so no second copy of
+    # the params is kept; model.params holds the last completed step's params whenever fit hands control out
     step_fn = make_train_step(model, loss, optimizer, dropout=dropout, mesh=mesh, donate=True)
-    state = TrainState.create(jax.tree.map(jnp.copy, model.params), optimizer)
+    params = _donatable(model.params, getattr(loss, "guide", None))
+    state = TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
+    state = state._replace(opt_state=_donatable(state.opt_state, state.params))
     if mesh is not None:
         state = jax.device_put(state, NamedSharding(mesh, P()))
     manager = None
@@ -904,17 +928,16 @@ def fit(model, train_examples: Sequence, loss: Loss, epochs: int = 1, batch_size
             state = restore_checkpoint(manager, state)
     key = jax.random.key(seed)
     history: dict = {"loss": [], "evaluations": []}
-    original_params = model.params
 
     best: dict = {}  # "value", "params": the best evaluation so far by metric_for_best_model
 
     def evaluate(epoch: int, step: int):
+        held = model.params  # the model's own params until the first step donates them; a guide's if it is the model
         model.params = state.params
         entry = {"epoch": epoch, "step": step}
         for i, each in enumerate(evaluators):
             result = each(model, epoch=epoch, steps=step)
             entry.update(result if isinstance(result, dict) else {f"evaluator_{i}": result})
-        model.params = original_params  # the next step donates state.params
         history["evaluations"].append(entry)
         shown = [metric_for_best_model] if metric_for_best_model else [getattr(e, "primary_metric", None)
                                                                        for e in evaluators]
@@ -928,7 +951,8 @@ def fit(model, train_examples: Sequence, loss: Loss, epochs: int = 1, batch_size
                 best.update(value=value, params=jax.tree.map(jnp.copy, state.params), step=step)
             history["best"] = {"step": best["step"], metric_for_best_model: best["value"]}
         if callback is not None:
-            callback(entry)
+            callback(entry)  # the model holds this step's params here
+        model.params = held  # the next step donates state.params
 
     # packing (texts end to end) feeds losses that read embeddings (cached ones in packed mini-batches); not
     # full-output losses (CSR, multi-vector), columns tokenized per task or guided losses
@@ -961,11 +985,59 @@ def fit(model, train_examples: Sequence, loss: Loss, epochs: int = 1, batch_size
                 evaluate(epoch, epoch_end)
         if manager is not None and int(state.step) not in manager.all_steps():
             save_checkpoint(manager, state)
-        original_params = best["params"] if load_best_model_at_end and best else state.params
+        if load_best_model_at_end and best:
+            state = state._replace(params=best["params"])
     finally:
         bar.close()
-        model.params = original_params  # trained params on success; the model's own on an error
+        model.params = state.params  # on an error or an interrupt too: the last completed step's params
+        if any(leaf.is_deleted() for leaf in jax.tree.leaves(state.params) if isinstance(leaf, jax.Array)):
+            warnings.warn("fit stopped inside an optimizer step, after it had taken the params to update them in "
+                          "place: the model's params are lost; resume from a checkpoint (checkpoint_path=)",
+                          RuntimeWarning, stacklevel=2)
     return history
+
+
+def _shapes(tree) -> tuple:
+    """What a jitted function compiles for: the tree's structure and each leaf's shape and dtype."""
+    leaves, treedef = jax.tree.flatten(tree)
+    return treedef, tuple((np.shape(x), getattr(x, "dtype", type(x))) for x in leaves)
+
+
+def _release_free_memory() -> None:
+    """Hand the memory the C allocator holds but no longer uses back to the OS (glibc's ``malloc_trim``; a no-op
+    elsewhere). XLA's compiler frees hundreds of MB of scratch per program into the allocator's arenas, where it
+    stays resident: a step compiled for a new batch shape would otherwise reach its peak on top of it."""
+    if _libc is not None:
+        _libc.malloc_trim(0)
+
+
+def _load_libc():
+    if sys.platform != "linux":
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:  # musl and others: no glibc
+        return None
+
+
+_libc = _load_libc()
+
+
+def _donatable(tree, *others):
+    """``tree`` with a leaf copied wherever donating it would break something else: a leaf that appears twice
+    (a donated buffer can be given once) or one that a pytree in ``others`` also holds (a guide model that
+    shares the trained model's arrays keeps its own); numpy leaves become device arrays."""
+    held = (jax.tree.leaves(getattr(other, "params", other)) for other in others if other is not None)
+    seen = {id(leaf) for leaves in held for leaf in leaves}
+
+    def own(leaf):
+        if isinstance(leaf, np.ndarray) or (isinstance(leaf, jax.Array) and id(leaf) in seen):
+            return jnp.array(leaf)
+        seen.add(id(leaf))
+        return leaf
+
+    return jax.tree.map(own, tree)
 
 
 __all__ = [

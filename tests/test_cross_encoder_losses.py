@@ -168,7 +168,7 @@ def test_fit_with_listwise_and_in_batch_losses(folder):
     for loss_class, examples in ((cl.ListNetLoss, listwise_examples([3, 4, 2, 3, 5, 1, 2, 4])),
                                  (cl.MultipleNegativesRankingLoss, triplets(16))):
         model = jaxst.CrossEncoder(folder)
-        before = model.params
+        before = jax.tree.map(np.array, model.params)  # fit trains in place: keep a copy
         history = training.fit(model, examples, loss_class(model), batch_size=8, learning_rate=1e-3, warmup_steps=0,
                                show_progress_bar=False)
         assert len(history["loss"]) == len(examples) // 8 and all(np.isfinite(history["loss"]))
