@@ -22,7 +22,6 @@ from __future__ import annotations
 import ctypes
 import math
 import numbers
-import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -911,9 +910,8 @@ def fit(model, train_examples: Sequence, loss: Loss, epochs: int = 1, batch_size
     # step donates it to the next (the optimizer update overwrites params and moments), so no second copy of
     # the params is kept; model.params holds the last completed step's params whenever fit hands control out
     step_fn = make_train_step(model, loss, optimizer, dropout=dropout, mesh=mesh, donate=True)
-    params = _donatable(model.params, getattr(loss, "guide", None))
-    state = TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
-    state = state._replace(opt_state=_donatable(state.opt_state, state.params))
+    state = _donatable(TrainState(model.params, optimizer.init(model.params), jnp.zeros((), jnp.int32)),
+                       getattr(loss, "guide", None))
     if mesh is not None:
         state = jax.device_put(state, NamedSharding(mesh, P()))
     manager = None
@@ -1002,27 +1000,25 @@ def _release_free_memory() -> None:
     """Hand the memory the C allocator holds but no longer uses back to the OS (glibc's ``malloc_trim``; a no-op
     elsewhere). XLA's compiler frees hundreds of MB of scratch per program into the allocator's arenas, where it
     stays resident: a step compiled for a new batch shape would otherwise reach its peak on top of it."""
-    if _libc is not None:
-        _libc.malloc_trim(0)
+    if _malloc_trim is not None:
+        _malloc_trim(0)
 
 
-def _load_libc():
-    if sys.platform != "linux":
-        return None
+def _find_malloc_trim():
     try:
-        libc = ctypes.CDLL("libc.so.6")
-        return libc if hasattr(libc, "malloc_trim") else None
-    except OSError:  # musl and others: no glibc
+        return getattr(ctypes.CDLL("libc.so.6"), "malloc_trim", None)
+    except OSError:  # not glibc (macOS, Windows, musl)
         return None
 
 
-_libc = _load_libc()
+_malloc_trim = _find_malloc_trim()
 
 
 def _donatable(tree, *others):
-    """``tree`` with a leaf copied wherever donating it would break something else: a leaf that appears twice
-    (a donated buffer can be given once) or one that a pytree in ``others`` also holds (a guide model that
-    shares the trained model's arrays keeps its own); numpy leaves become device arrays."""
+    """``tree`` (a train state) with a leaf copied wherever donating it would break something else: a leaf that
+    appears twice (a donated buffer can be given once: an optimizer state that holds the params) or one that a
+    pytree in ``others`` also holds (a guide model sharing the trained model's arrays keeps its own); numpy
+    leaves become device arrays."""
     held = (jax.tree.leaves(getattr(other, "params", other)) for other in others if other is not None)
     seen = {id(leaf) for leaves in held for leaf in leaves}
 
