@@ -58,6 +58,21 @@ def test_information_retrieval_evaluator(jx_minilm, st_minilm, tmp_path):
     assert ours.primary_metric == ref.primary_metric
 
 
+def test_sts_evaluator_on_stsb(jx_minilm, st_minilm):
+    """EmbeddingSimilarityEvaluator on the STSb test set with all-MiniLM-L6-v2: sentence-transformers' keys and
+    values, for the model's similarity and for all four similarity functions."""
+    from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator as STSimilarity
+
+    from jaxst.evaluation import EmbeddingSimilarityEvaluator
+
+    rows = read_stsb("stsb-en-test.csv")
+    s1, s2, scores = [a for a, _, _ in rows], [b for _, b, _ in rows], [s / 5 for *_, s in rows]
+    for kwargs in ({"name": "sts-test"}, {"similarity_fn_names": ["cosine", "dot", "euclidean", "manhattan"]}):
+        ours, ref = EmbeddingSimilarityEvaluator(s1, s2, scores, **kwargs), STSimilarity(s1, s2, scores, **kwargs)
+        assert_same_metrics(ours(jx_minilm), ref(st_minilm))
+        assert ours.primary_metric == ref.primary_metric
+
+
 def test_triplet_and_sequential_evaluators(jx_minilm, st_minilm):
     from sentence_transformers.sentence_transformer.evaluation import SequentialEvaluator as STSequential
     from sentence_transformers.sentence_transformer.evaluation import TripletEvaluator as STTriplet
