@@ -23,8 +23,36 @@ from flax import nnx
 from jaxst.models.int8 import Int8Linear, fused_int8, observe
 from jaxst.models.layers import attention, dropout, split_rng
 
+
+def _gelu_erfc(x):
+    return jax.nn.gelu(x, approximate=False)
+
+
+@jax.custom_vjp
+def gelu(x):
+    """BERT's "gelu", the exact ``x * Phi(x)`` (torch's erf form), not the tanh approximation.
+
+    Evaluated as ``x / 2 * (1 + erf(x / sqrt 2))``: XLA's float32 erf is ~2.5x faster on CPU than the
+    erfc that ``jax.nn.gelu`` uses (0.37 vs 0.90 ms on (1024, 1536), ~3% of a 12-layer BERT forward),
+    with the same distance from torch's result (max 1.4e-6 vs 1.2e-6 over [-10, 10]; torch's own error
+    is 1.2e-6). Under differentiation the forward and its gradient are ``jax.nn.gelu``'s, as before:
+    training stays bit for bit what it was (a top-k loss over several steps amplifies any change)."""
+    h = x * jnp.asarray(1 / math.sqrt(2), x.dtype)
+    return x * jnp.asarray(0.5, x.dtype) * (1 + jax.lax.erf(h))
+
+
+def _gelu_forward(x):
+    return _gelu_erfc(x), x
+
+
+def _gelu_backward(x, grad):
+    return jax.vjp(_gelu_erfc, x)[1](grad)
+
+
+gelu.defvjp(_gelu_forward, _gelu_backward)
+
 ACTIVATIONS = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # BERT's "gelu" is the exact erf form
+    "gelu": gelu,
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
     "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
     "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
