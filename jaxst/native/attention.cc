@@ -59,6 +59,29 @@ inline v16 Load(const float* p) {
 }
 inline void Store(float* p, v16 x) { std::memcpy(p, &x, sizeof(x)); }
 inline v16 Splat(float x) { return v16{} + x; }
+constexpr i16 kLane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+
+// Sum / max of the 16 lanes as a tree of halves (4 dependent steps, not 15).
+typedef float v8 __attribute__((vector_size(32)));
+typedef float v4 __attribute__((vector_size(16)));
+template <typename Op>
+inline float Reduce(v16 x, Op op) {
+  v8 a, b;
+  std::memcpy(&a, &x, sizeof(a));
+  std::memcpy(&b, reinterpret_cast<const char*>(&x) + sizeof(a), sizeof(b));
+  a = op(a, b);
+  v4 c, e;
+  std::memcpy(&c, &a, sizeof(c));
+  std::memcpy(&e, reinterpret_cast<const char*>(&a) + sizeof(c), sizeof(e));
+  c = op(c, e);
+  return op(op(c[0], c[1]), op(c[2], c[3]));
+}
+inline float HSum(v16 x) {
+  return Reduce(x, [](auto a, auto b) { return a + b; });
+}
+inline float HMax(v16 x) {
+  return Reduce(x, [](auto a, auto b) { return a > b ? a : b; });
+}
 
 // e^x for x <= 0 (softmax arguments), Cephes expf: x = n ln2 + r, |r| <= ln2 / 2, degree-6 polynomial.
 inline v16 Exp(v16 x) {
@@ -103,7 +126,8 @@ struct Job {
 };
 
 // scores[r][0 .. 16 NK) = scale * q[r] . keys of NK panels, for rows r < rows (kTile x NK accumulators).
-template <int NK>
+// kFull: rows == kTile, no per-row checks in the inner loop.
+template <int NK, bool kFull>
 inline void ScoreTile(const float* q, int64_t q_ld, int64_t d, int rows, const float* panels, float scale,
                       float* scores, int64_t stride) {
   v16 acc[kTile][NK];
@@ -114,7 +138,7 @@ inline void ScoreTile(const float* q, int64_t q_ld, int64_t d, int rows, const f
     for (int m = 0; m < NK; ++m) key[m] = Load(panels + m * d * kLanes + c * kLanes);
 #pragma GCC unroll 8
     for (int r = 0; r < kTile; ++r) {
-      if (r < rows) {
+      if (kFull || r < rows) {
         const v16 x = Splat(q[r * q_ld + c]);
         for (int m = 0; m < NK; ++m) acc[r][m] += x * key[m];
       }
@@ -124,10 +148,11 @@ inline void ScoreTile(const float* q, int64_t q_ld, int64_t d, int rows, const f
     for (int m = 0; m < NK; ++m) Store(scores + r * stride + m * kLanes, acc[r][m] * Splat(scale));
 }
 
-// out[r][c0 .. c0 + 16 NC) = sum over keys j in [lo, hi) of p[r][j] v[j][c0 ..], for rows r < n <= 4.
-template <int NC>
+// out[r][c0 .. c0 + 16 NC) = inv[r] * sum over keys j in [lo, hi) of p[r][j] v[j][c0 ..], for rows r < n <= 4
+// (kFull: n == 4). p holds the softmax's unnormalized exps; inv[r] is one over their sum.
+template <int NC, bool kFull>
 inline void ValueTile(const float* p, int64_t stride, int n, const float* v, int64_t v_ld, int64_t c0, int64_t lo,
-                      int64_t hi, float* out, int64_t out_ld) {
+                      int64_t hi, const float* inv, float* out, int64_t out_ld) {
   v16 acc[4][NC];
   for (int r = 0; r < 4; ++r)
     for (int m = 0; m < NC; ++m) acc[r][m] = v16{};
@@ -135,14 +160,14 @@ inline void ValueTile(const float* p, int64_t stride, int n, const float* v, int
     v16 value[NC];
     for (int m = 0; m < NC; ++m) value[m] = Load(v + j * v_ld + c0 + m * kLanes);
     for (int r = 0; r < 4; ++r) {
-      if (r < n) {
+      if (kFull || r < n) {
         const v16 x = Splat(p[r * stride + j]);
         for (int m = 0; m < NC; ++m) acc[r][m] += x * value[m];
       }
     }
   }
   for (int r = 0; r < n; ++r)
-    for (int m = 0; m < NC; ++m) Store(out + r * out_ld + c0 + m * kLanes, acc[r][m]);
+    for (int m = 0; m < NC; ++m) Store(out + r * out_ld + c0 + m * kLanes, acc[r][m] * Splat(inv[r]));
 }
 
 // Keys row i may see, as a half-open range [lo, hi) before masks.
@@ -204,67 +229,89 @@ void Item(const Job& job, int64_t item, std::vector<float>& kt, std::vector<floa
       const int64_t vlo = lo / kLanes * kLanes, vhi = (hi + kLanes - 1) / kLanes * kLanes;
 
       // Scores of the tile's rows: kTile x kKeyVectors accumulators of 16 keys, from key panels.
+      const bool full = rows == kTile;
       int64_t j0 = vlo;
       for (; j0 + kKeyVectors * kLanes <= vhi; j0 += kKeyVectors * kLanes)
-        ScoreTile<kKeyVectors>(q + r0 * q_ld, q_ld, d, rows, kt.data() + j0 * d, job.scale, scores.data() + j0,
-                               s_pad);
+        (full ? ScoreTile<kKeyVectors, true> : ScoreTile<kKeyVectors, false>)(
+            q + r0 * q_ld, q_ld, d, rows, kt.data() + j0 * d, job.scale, scores.data() + j0, s_pad);
       for (; j0 < vhi; j0 += kLanes)
-        ScoreTile<1>(q + r0 * q_ld, q_ld, d, rows, kt.data() + j0 * d, job.scale, scores.data() + j0, s_pad);
+        (full ? ScoreTile<1, true> : ScoreTile<1, false>)(q + r0 * q_ld, q_ld, d, rows, kt.data() + j0 * d, job.scale,
+                                                          scores.data() + j0, s_pad);
 
-      // Softmax in place over [vlo, vhi); what a row may not see becomes 0.
+      // Softmax's exps in place over [vlo, vhi) (what a row may not see becomes 0), and one over their sum.
+      // Three passes over the tile's rows (maxima, exps, sums), so the rows' dependency chains overlap.
       bool empty[kTile] = {};
+      float inv[kTile] = {}, best[kTile];
+      int32_t first[kTile], last[kTile];  // each row's key range [a, z)
+      const float* oks[kTile];
+      // A key counts when it is in the row's range and allowed: one vector mask per 16 keys, no branches.
+      auto keep = [&](int r, int64_t j0) {
+        const i16 j = kLane + static_cast<int32_t>(j0);
+        return (j >= first[r]) & (j < last[r]) & (Load(oks[r] + j0) != Splat(0.0f));
+      };
       for (int r = 0; r < rows; ++r) {
         const int64_t i = r0 + r;
         float* sc = scores.data() + r * s_pad;
-        const float* ok = allowed.data();
+        oks[r] = allowed.data();
         if (job.mask_rows != 1) {
           fill_allowed(allowed.data() + r * s_pad, i);
-          ok = allowed.data() + r * s_pad;
+          oks[r] = allowed.data() + r * s_pad;
         }
         int64_t a, z;
         KeyRange(job, i, &a, &z);
+        first[r] = static_cast<int32_t>(a), last[r] = static_cast<int32_t>(z);
         if (job.bias_b) {
           const float* bias = job.bias + (((job.bias_b == 1 ? 0 : b) * job.bias_n + (job.bias_n == 1 ? 0 : h)) *
                                               job.bias_t + (job.bias_t == 1 ? 0 : i)) * s;
           for (int64_t j = a; j < z; ++j) sc[j] += bias[j];
         }
-        float best = -std::numeric_limits<float>::infinity();
-        for (int64_t j = a; j < z; ++j)
-          if (ok[j] != 0.0f) best = std::max(best, sc[j]);
-        if (best == -std::numeric_limits<float>::infinity()) {
-          empty[r] = true;
+        v16 top = Splat(-std::numeric_limits<float>::infinity());
+        for (int64_t j0 = vlo; j0 < vhi; j0 += kLanes) {
+          const v16 x = Load(sc + j0);
+          top = keep(r, j0) & (x > top) ? x : top;
+        }
+        best[r] = HMax(top);
+        empty[r] = best[r] == -std::numeric_limits<float>::infinity();
+      }
+      v16 sum[kTile];
+      for (int r = 0; r < rows; ++r) {
+        float* sc = scores.data() + r * s_pad;
+        sum[r] = v16{};
+        if (empty[r]) {
           std::fill(sc + vlo, sc + vhi, 0.0f);
           continue;
         }
-        v16 sum = v16{};
         for (int64_t j0 = vlo; j0 < vhi; j0 += kLanes) {
-          const v16 e = Exp(Load(sc + j0) - Splat(best)) * Load(ok + j0);
+          const v16 e = keep(r, j0) ? Exp(Load(sc + j0) - Splat(best[r])) : v16{};
           Store(sc + j0, e);
+          sum[r] += e;
         }
-        for (int64_t j = vlo; j < a; ++j) sc[j] = 0.0f;
-        for (int64_t j = z; j < vhi; ++j) sc[j] = 0.0f;
-        for (int64_t j0 = vlo; j0 < vhi; j0 += kLanes) sum += Load(sc + j0);
-        float total = 0.0f;
-        for (int l = 0; l < kLanes; ++l) total += sum[l];
-        const v16 inv = Splat(1.0f / total);
-        for (int64_t j0 = vlo; j0 < vhi; j0 += kLanes) Store(sc + j0, Load(sc + j0) * inv);
       }
+      for (int r = 0; r < rows; ++r) inv[r] = empty[r] ? 0.0f : 1.0f / HSum(sum[r]);
 
-      // Output rows = p v: up to 4 x 16 output dimensions at a time, 4 rows' accumulators over the keys.
+      // Output rows = (exps v) / sum: up to 4 x 16 output dimensions at a time, 4 rows' accumulators over the keys.
       for (int r = 0; r < rows; r += 4) {
         const int n = std::min(4, rows - r);
         const float* p = scores.data() + r * s_pad;
+        const float* w = inv + r;
         float* o = out + (r0 + r) * q_ld;
         int64_t c0 = 0;
-        for (; c0 + 4 * kLanes <= d; c0 += 4 * kLanes) ValueTile<4>(p, s_pad, n, v, kv_ld, c0, lo, hi, o, q_ld);
-        if (d - c0 >= 3 * kLanes) ValueTile<3>(p, s_pad, n, v, kv_ld, c0, lo, hi, o, q_ld), c0 += 3 * kLanes;
-        if (d - c0 >= 2 * kLanes) ValueTile<2>(p, s_pad, n, v, kv_ld, c0, lo, hi, o, q_ld), c0 += 2 * kLanes;
-        if (d - c0 >= kLanes) ValueTile<1>(p, s_pad, n, v, kv_ld, c0, lo, hi, o, q_ld), c0 += kLanes;
+        if (n == 4) {
+          for (; c0 + 4 * kLanes <= d; c0 += 4 * kLanes) ValueTile<4, true>(p, s_pad, n, v, kv_ld, c0, lo, hi, w, o, q_ld);
+          if (d - c0 >= 3 * kLanes) ValueTile<3, true>(p, s_pad, n, v, kv_ld, c0, lo, hi, w, o, q_ld), c0 += 3 * kLanes;
+          if (d - c0 >= 2 * kLanes) ValueTile<2, true>(p, s_pad, n, v, kv_ld, c0, lo, hi, w, o, q_ld), c0 += 2 * kLanes;
+          if (d - c0 >= kLanes) ValueTile<1, true>(p, s_pad, n, v, kv_ld, c0, lo, hi, w, o, q_ld), c0 += kLanes;
+        } else {
+          for (; c0 + 4 * kLanes <= d; c0 += 4 * kLanes) ValueTile<4, false>(p, s_pad, n, v, kv_ld, c0, lo, hi, w, o, q_ld);
+          if (d - c0 >= 3 * kLanes) ValueTile<3, false>(p, s_pad, n, v, kv_ld, c0, lo, hi, w, o, q_ld), c0 += 3 * kLanes;
+          if (d - c0 >= 2 * kLanes) ValueTile<2, false>(p, s_pad, n, v, kv_ld, c0, lo, hi, w, o, q_ld), c0 += 2 * kLanes;
+          if (d - c0 >= kLanes) ValueTile<1, false>(p, s_pad, n, v, kv_ld, c0, lo, hi, w, o, q_ld), c0 += kLanes;
+        }
         for (; c0 < d; ++c0) {  // dimensions past the last whole vector
           for (int i = 0; i < n; ++i) {
             float acc = 0.0f;
             for (int64_t j = lo; j < hi; ++j) acc += p[i * s_pad + j] * v[j * kv_ld + c0];
-            o[i * q_ld + c0] = acc;
+            o[i * q_ld + c0] = acc * w[i];
           }
         }
       }
