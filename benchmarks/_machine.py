@@ -38,3 +38,20 @@ def best_time(fn, repeats: int, warmup: bool = False) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+def alternating_times(fns, repeats: int, warmup: bool = True) -> list[list[float]]:
+    """Each of ``fns`` timed ``repeats`` times in alternation (a, b, a, b, ... with the order flipped every
+    round), in seconds per call: a slow minute on a shared VM then lands on both sides instead of on
+    whichever ran during it. One untimed call of each first with ``warmup``."""
+    if warmup:
+        for fn in fns:
+            fn()
+    times = [[] for _ in fns]
+    for r in range(repeats):
+        order = range(len(fns)) if r % 2 == 0 else reversed(range(len(fns)))
+        for i in order:
+            start = time.perf_counter()
+            fns[i]()
+            times[i].append(time.perf_counter() - start)
+    return times
