@@ -257,6 +257,7 @@ class MultiVectorEncoder(BaseModel):
         self._embedding_dim = dim
         module = nnx.eval_shape(lambda: MultiVectorModule(encoder_cls(encoder_cfg, rngs=nnx.Rngs(0)), heads))
         self.graphdef, _ = nnx.split(module, nnx.Param)
+        self._key_prefix = getattr(encoder_cls, "key_prefix", False)
         encoder_sd = open_state_dict(transformer.path)
         prefixes = (f"{encoder_cls.base_model_prefix}.",)
         params = {"encoder": self.load_params(module.encoder, encoder_sd, prefixes)}
@@ -461,8 +462,15 @@ class MultiVectorEncoder(BaseModel):
 
     def _batches(self, rows, params, mesh, batch_size: int, max_batch_tokens, bar):
         """Longest first, each batch padded on the ``seq_bucket`` grid; yields (row indices, host (B, W, D)
-        embeddings with each row's scored tokens first)."""
-        order = np.argsort([-len(r[0]) for r in rows], kind="stable")
+        embeddings with each row's scored tokens first).
+
+        Among texts of one length, those with the most attended tokens come first: [MASK]-expanded queries
+        all have the query length, but only their real tokens are keys. A batch whose tokens past some
+        point are attended by none passes the encoder only that prefix of its attention mask (on the
+        same grid), and the encoder computes no keys or values for the rest: about a third less work for
+        STSb-sized queries expanded to 32, with the same numbers."""
+        attended = [int(np.flatnonzero(r[2]).max(initial=-1)) + 1 for r in rows]
+        order = np.lexsort((-np.asarray(attended, np.int64), -np.asarray([len(r[0]) for r in rows], np.int64)))
         devices = 1 if mesh is None else mesh.size
         budget = None if max_batch_tokens is None else max_batch_tokens * devices
         start = 0
@@ -473,6 +481,9 @@ class MultiVectorEncoder(BaseModel):
             idx = order[start : start + n]
             start += n
             batch = self._pad_rows([rows[i] for i in idx], length, batch_bucket(len(idx), n, devices))
+            keys = seq_bucket(max(max(attended[i] for i in idx), 1), length)
+            if self._key_prefix and keys < length:
+                batch["attention_mask"] = batch["attention_mask"][:, :keys]
             scoring = batch["scoring_mask"]
             # each row's scored token slots first (a stable sort of "not scored"), so one gather compacts them
             gather = np.argsort(~scoring, axis=1, kind="stable").astype(np.int32)

@@ -404,3 +404,39 @@ def test_contrastive_loss_gathers_across_eight_devices(late_models):
     assert abs(r["one"] - r["eight"]) < TOL * max(1.0, abs(r["one"]))
     assert r["grad_gap"] < TOL
     assert abs(r["own_devices_only"] - r["one"]) > 1e-3
+
+
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("family", ["bert", "mpnet", "distilbert"])
+def test_key_prefix_mask_is_a_masked_tail(family, native, monkeypatch):
+    """An attention mask narrower than the input (what encode passes for [MASK]-expanded queries: only the
+    first S tokens are keys) gives every token, the unattended tail included, the same states as the full
+    mask with that tail zeroed, on the native kernel and on XLA's ops; a mask wider than the input is an
+    error, not a silent broadcast."""
+    from flax import nnx
+
+    from jaxst.models import layers
+    from jaxst.models.bert import BertConfig, BertModel
+    from jaxst.models.distilbert import DistilBertConfig, DistilBertModel
+    from jaxst.models.mpnet import MPNetConfig, MPNetModel
+
+    if not native:
+        monkeypatch.setattr(layers, "_native_ok", lambda *a: False)
+    sizes = dict(vocab_size=100, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48)
+    model = {"bert": lambda: BertModel(BertConfig(hidden_size=32, **sizes), rngs=nnx.Rngs(0)),
+             "mpnet": lambda: MPNetModel(MPNetConfig(hidden_size=32, **sizes), rngs=nnx.Rngs(0)),
+             "distilbert": lambda: DistilBertModel(DistilBertConfig(vocab_size=100, dim=32, n_layers=2, n_heads=4,
+                                                                    hidden_dim=48), rngs=nnx.Rngs(0))}[family]()
+    assert type(model).key_prefix
+    rng = np.random.default_rng(0)
+    ids = jax.numpy.asarray(rng.integers(1, 100, (3, 16)), jax.numpy.int32)
+    full = np.zeros((3, 16), np.int32)
+    full[0, :9], full[1, :5], full[2, :12] = 1, 1, 1  # real tokens; the rest [MASK] expansion
+    whole = np.asarray(model(ids, jax.numpy.asarray(full)))
+    narrow = np.asarray(model(ids, jax.numpy.asarray(full[:, :12])))
+    assert narrow.shape == whole.shape == (3, 16, 32)
+    assert float(np.abs(narrow - whole).max()) < 1e-6
+    # control: a prefix that drops a real key changes the states
+    assert float(np.abs(np.asarray(model(ids, jax.numpy.asarray(full[:, :8]))) - whole).max()) > 1e-3
+    with pytest.raises(ValueError, match="does not fit 16 tokens"):
+        model(ids, jax.numpy.asarray(np.ones((3, 20), np.int32)))

@@ -80,17 +80,26 @@ def multi_head_attention(x, query, key, value, num_heads: int, mask, dropout_rat
     transpose to (B, N, T, D) for plain batched matmuls (about 1.5x faster there than (B, T, N, D)
     einsums). ``mask`` (B, T) marks the real keys, or (B, T, T) says which key each query may see (packed
     batches: only its own text's); ``position_bias`` (1 or B, N, T, T) is added to the scaled scores
-    (MPNet). With ``first_only`` only position 0 queries (Tq = 1): what a classification head reads.
+    (MPNet). A (B, S) ``mask`` with S < T says only the first S tokens are keys (ColBERT's [MASK]-expanded
+    queries: the expansion tokens attend but are not attended): their key and value projections are not
+    computed at all. With ``first_only`` only position 0 queries (Tq = 1): what a classification head reads.
     Scores and softmax are float32 whatever the compute dtype (bf16/fp16 after ``model.half()``)."""
     b, t, h = x.shape
     d = h // num_heads
+    s = mask.shape[-1]  # keys: the first s tokens (s < t when the tokens after them are attended by none)
+    if s > t or (s < t and mask.ndim != 2):
+        raise ValueError(f"attention mask {mask.shape} does not fit {t} tokens: (B, S <= T) or (B, T, T)")
     if isinstance(query, Int8Linear):  # dtype="int8": one int8 product for the three
         qkv = fused_int8(x, (query, key, value)).reshape(b, t, 3, num_heads, d)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        q, k, v = qkv[:, :, 0], qkv[:, :s, 1], qkv[:, :s, 2]
     else:
         for linear in (query, key, value):
             observe(linear, x)  # int8 calibration only (a no-op otherwise)
-        q, k, v = ((x @ p.kernel[...] + p.bias[...]).reshape(b, t, num_heads, d) for p in (query, key, value))
+        q = (x @ query.kernel[...] + query.bias[...]).reshape(b, t, num_heads, d)
+        keys = x[:, :s]  # no key or value rows for tokens no query sees
+        k, v = ((keys @ p.kernel[...] + p.bias[...]).reshape(b, s, num_heads, d) for p in (key, value))
+    if s < t and position_bias is not None:
+        position_bias = position_bias[..., :s]
     if first_only:  # (B, T, N, D) each
         q = q[:, :1]
         mask = mask[:, :1] if mask.ndim == 3 else mask
@@ -229,6 +238,8 @@ class BertModel(nnx.Module):
     """Token states (B, T, H) from input ids, attention mask and (optional) token type ids."""
 
     uses_token_types = True
+    # attention_mask may be (B, S) with S < T: only the first S tokens are keys (the rest attend, unattended)
+    key_prefix = True
     base_model_prefix = "bert"  # task checkpoints (BertForMaskedLM, ...) prefix their keys with it
 
     def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):

@@ -115,6 +115,8 @@ class DistilBertModel(nnx.Module):
     """Token states (B, T, H) from input ids and attention mask (DistilBERT takes no token type ids)."""
 
     uses_token_types = False
+    # attention_mask may be (B, S) with S < T: only the first S tokens are keys (the rest attend, unattended)
+    key_prefix = True
     base_model_prefix = "distilbert"
 
     def __init__(self, cfg: DistilBertConfig, *, rngs: nnx.Rngs):

@@ -163,6 +163,8 @@ class MPNetModel(nnx.Module):
     """Token states (B, T, H) from input ids and attention mask; MPNet has no token types."""
 
     uses_token_types = False
+    # attention_mask may be (B, S) with S < T: only the first S tokens are keys (the rest attend, unattended)
+    key_prefix = True
     base_model_prefix = "mpnet"  # task checkpoints (MPNetForMaskedLM, ...) prefix their keys with it
 
     def __init__(self, cfg: MPNetConfig, *, rngs: nnx.Rngs):
