@@ -30,14 +30,7 @@ def cpu_description() -> str:
 
 def best_time(fn, repeats: int, warmup: bool = False) -> float:
     """The fastest of ``repeats`` timed calls of ``fn``, in seconds (one untimed call first with ``warmup``)."""
-    if warmup:
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return min(alternating_times([fn], repeats, warmup)[0])
 
 
 def alternating_times(fns, repeats: int, warmup: bool = True) -> list[list[float]]:

@@ -467,8 +467,8 @@ class MultiVectorEncoder(BaseModel):
         Among texts of one length, those with the most attended tokens come first: [MASK]-expanded queries
         all have the query length, but only their real tokens are keys. A batch whose tokens past some
         point are attended by none passes the encoder only that prefix of its attention mask (on the
-        same grid), and the encoder computes no keys or values for the rest: about a third less work for
-        STSb-sized queries expanded to 32, with the same numbers."""
+        same grid), and the encoder computes no keys or values for the rest: for STSb queries expanded to 32
+        tokens the key/value projections shrink by ~46% (~8% of the matmul work), with the same numbers."""
         attended = [int(np.flatnonzero(r[2]).max(initial=-1)) + 1 for r in rows]
         order = np.lexsort((-np.asarray(attended, np.int64), -np.asarray([len(r[0]) for r in rows], np.int64)))
         devices = 1 if mesh is None else mesh.size
@@ -481,8 +481,8 @@ class MultiVectorEncoder(BaseModel):
             idx = order[start : start + n]
             start += n
             batch = self._pad_rows([rows[i] for i in idx], length, batch_bucket(len(idx), n, devices))
-            keys = seq_bucket(max(max(attended[i] for i in idx), 1), length)
-            if self._key_prefix and keys < length:
+            if self._key_prefix:
+                keys = seq_bucket(max(max(attended[i] for i in idx), 1), length)
                 batch["attention_mask"] = batch["attention_mask"][:, :keys]
             scoring = batch["scoring_mask"]
             # each row's scored token slots first (a stable sort of "not scored"), so one gather compacts them

@@ -170,6 +170,20 @@ inline void ValueTile(const float* p, int64_t stride, int n, const float* v, int
     for (int m = 0; m < NC; ++m) Store(out + r * out_ld + c0 + m * kLanes, acc[r][m] * Splat(inv[r]));
 }
 
+// ValueTile over the output dimensions in whole vectors, 4 at a time then 3, 2, 1; returns the first
+// dimension it did not cover (d rounded down to a multiple of 16).
+template <bool kFull>
+inline int64_t ValueColumns(const float* p, int64_t stride, int n, const float* v, int64_t v_ld, int64_t d,
+                            int64_t lo, int64_t hi, const float* inv, float* out, int64_t out_ld) {
+  int64_t c0 = 0;
+  for (; c0 + 4 * kLanes <= d; c0 += 4 * kLanes)
+    ValueTile<4, kFull>(p, stride, n, v, v_ld, c0, lo, hi, inv, out, out_ld);
+  if (d - c0 >= 3 * kLanes) ValueTile<3, kFull>(p, stride, n, v, v_ld, c0, lo, hi, inv, out, out_ld), c0 += 3 * kLanes;
+  if (d - c0 >= 2 * kLanes) ValueTile<2, kFull>(p, stride, n, v, v_ld, c0, lo, hi, inv, out, out_ld), c0 += 2 * kLanes;
+  if (d - c0 >= kLanes) ValueTile<1, kFull>(p, stride, n, v, v_ld, c0, lo, hi, inv, out, out_ld), c0 += kLanes;
+  return c0;
+}
+
 // Keys row i may see, as a half-open range [lo, hi) before masks.
 inline void KeyRange(const Job& job, int64_t i, int64_t* lo, int64_t* hi) {
   *lo = 0;
@@ -295,18 +309,7 @@ void Item(const Job& job, int64_t item, std::vector<float>& kt, std::vector<floa
         const float* p = scores.data() + r * s_pad;
         const float* w = inv + r;
         float* o = out + (r0 + r) * q_ld;
-        int64_t c0 = 0;
-        if (n == 4) {
-          for (; c0 + 4 * kLanes <= d; c0 += 4 * kLanes) ValueTile<4, true>(p, s_pad, n, v, kv_ld, c0, lo, hi, w, o, q_ld);
-          if (d - c0 >= 3 * kLanes) ValueTile<3, true>(p, s_pad, n, v, kv_ld, c0, lo, hi, w, o, q_ld), c0 += 3 * kLanes;
-          if (d - c0 >= 2 * kLanes) ValueTile<2, true>(p, s_pad, n, v, kv_ld, c0, lo, hi, w, o, q_ld), c0 += 2 * kLanes;
-          if (d - c0 >= kLanes) ValueTile<1, true>(p, s_pad, n, v, kv_ld, c0, lo, hi, w, o, q_ld), c0 += kLanes;
-        } else {
-          for (; c0 + 4 * kLanes <= d; c0 += 4 * kLanes) ValueTile<4, false>(p, s_pad, n, v, kv_ld, c0, lo, hi, w, o, q_ld);
-          if (d - c0 >= 3 * kLanes) ValueTile<3, false>(p, s_pad, n, v, kv_ld, c0, lo, hi, w, o, q_ld), c0 += 3 * kLanes;
-          if (d - c0 >= 2 * kLanes) ValueTile<2, false>(p, s_pad, n, v, kv_ld, c0, lo, hi, w, o, q_ld), c0 += 2 * kLanes;
-          if (d - c0 >= kLanes) ValueTile<1, false>(p, s_pad, n, v, kv_ld, c0, lo, hi, w, o, q_ld), c0 += kLanes;
-        }
+        int64_t c0 = (n == 4 ? ValueColumns<true> : ValueColumns<false>)(p, s_pad, n, v, kv_ld, d, lo, hi, w, o, q_ld);
         for (; c0 < d; ++c0) {  // dimensions past the last whole vector
           for (int i = 0; i < n; ++i) {
             float acc = 0.0f;
