@@ -31,8 +31,8 @@ from jaxst.io.export import FolderPlan, save_model
 from jaxst.io.folder import read_json
 from jaxst.io.hub import resolve_model_folder
 from jaxst.io.tokenizer import Tokenizer
-from jaxst.io.weights import params_from_state_dict
-from jaxst.models import ARCHITECTURES, encoder_from_hf_config, model_type
+from jaxst.io.weights import checkpoint_header, params_from_state_dict
+from jaxst.models import ARCHITECTURES, check_layers, encoder_from_hf_config, model_type
 from jaxst.models.int8 import CALIBRATION_TEXTS, calibrate, quantize_module
 from jaxst.parallel import data_mesh, replicated, resolve_device, resolve_devices, shard_batch
 
@@ -217,6 +217,9 @@ class BaseModel:
         )
         self.st_config = read_json(self.model_folder / "config_sentence_transformers.json", required=False)
         self.prompts = dict(base_prompts or {})
+        if not isinstance(self.st_config.get("prompts") or {}, dict):
+            raise ValueError(f"{self.model_folder / 'config_sentence_transformers.json'}: prompts must be an object "
+                             f"of name -> prompt, got {self.st_config['prompts']!r}")
         self.prompts.update({k: v for k, v in (self.st_config.get("prompts") or {}).items() if v is not None})
         self.prompts.update(prompts or {})
         self.default_prompt_name = default_prompt_name or self.st_config.get("default_prompt_name")
@@ -236,17 +239,69 @@ class BaseModel:
                     + (f"; pass trust_remote_code=False to load jaxst's own {model_type(hf_config)!r} "
                        "implementation, as transformers does without remote code" if native else "")
                 )
-        encoder_cfg, encoder_cls = encoder_from_hf_config(hf_config)
+        config_file = path / "config.json"
+        encoder_cfg, encoder_cls = encoder_from_hf_config(hf_config, config_file)
+        header = checkpoint_header(path)  # names and shapes only: checked before any layer is built
+        if header is not None:
+            check_layers(encoder_cfg, header.keys(), config_file, ", ".join(map(str, header.files())))
         self.hf_config = hf_config
         self._max_tokens = encoder_cfg.max_tokens
         self._uses_token_types = encoder_cls.uses_token_types
+        if max_length is None and module_config.get("max_seq_length") is not None:
+            max_length = self._fit_position_table(module_config["max_seq_length"], encoder_cfg,
+                                                  path / "sentence_bert_config.json", config_file)
         if max_length is None:
-            max_length = module_config.get("max_seq_length")
-        if max_length is None:
-            tok_cfg = read_json(path / "tokenizer_config.json", required=False)
-            max_length = min(int(tok_cfg.get("model_max_length") or 1e9), encoder_cfg.max_tokens)
+            tok_file = path / "tokenizer_config.json"
+            saved = read_json(tok_file, required=False).get("model_max_length") or 1e9
+            if not isinstance(saved, (int, float)) or isinstance(saved, bool) or not saved >= 1:
+                raise ValueError(f"{tok_file}: model_max_length must be a positive number, got {saved!r}")
+            max_length = int(min(saved, encoder_cfg.max_tokens))
         self.tokenizer = Tokenizer.from_folder(path, int(max_length), bool(module_config.get("do_lower_case", False)))
+        self._fit_vocabulary(encoder_cfg.vocab_size, path)
         return encoder_cfg, encoder_cls
+
+    @staticmethod
+    def _fit_position_table(value, encoder_cfg, source, config_file) -> int:
+        """A saved ``max_seq_length``, capped at the learned position table with a warning naming both files.
+
+        sentence-transformers passes it to the tokenizer uncapped, and a longer text then fails in PyTorch's
+        embedding lookup (an index error); jaxst's lookup would give NaN rows for the whole batch instead.
+        Capping is what such a model can do at all (texts are truncated, as at any max_seq_length), and
+        refusing would reject folders whose only fault is a too-generous number. Rotary models (Qwen3,
+        Gemma 3, ModernBERT, Nomic, GTE) have no table, so their length is kept as saved."""
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if type(value) is not int or value < 1:
+            raise ValueError(f"{source}: max_seq_length must be a positive integer, got {value!r}")
+        if getattr(encoder_cfg, "position_table", False) and value > encoder_cfg.max_tokens:
+            warnings.warn(f"{source}: max_seq_length {value} exceeds the {encoder_cfg.max_tokens} positions of "
+                          f"{config_file} (max_position_embeddings); using {encoder_cfg.max_tokens}", stacklevel=4)
+            value = encoder_cfg.max_tokens
+        return value
+
+    def _fit_vocabulary(self, rows: int, path) -> None:
+        """Every id the tokenizer can produce must have a row in the embedding table (``vocab_size`` in
+        config.json, which the checkpoint's table matches): an id past it would embed as NaN.
+
+        The rule: the padding id must fit (padding is in every batch), else a ValueError at load. Other ids past
+        the table (a tokenizer with added tokens the checkpoint lacks) are a ValueError naming the id when a text
+        produces one (``Tokenizer.check_ids``, run only for such tokenizers), never NaN; and a warning at load
+        unless they are all special tokens, which only their literal text produces. Refusing at load would reject
+        real models: Gemma 3's tokenizers hold ``<image_soft_token>`` one past the text model's 262,144 rows."""
+        tokenizer = self.tokenizer
+        source = path / "tokenizer.json" if (path / "tokenizer.json").is_file() else path / "vocab.txt"
+        if not 0 <= tokenizer.pad_id < rows:
+            raise ValueError(f"{source}: the padding token's id {tokenizer.pad_id} is past the {rows} embedding rows "
+                             f"of {path / 'config.json'} (vocab_size)")
+        past = sorted(i for i in tokenizer.backend.get_vocab(with_added_tokens=True).values() if i >= rows)
+        if not past:
+            return
+        tokenizer.id_rows = rows
+        ordinary = [i for i in past if i not in tokenizer.all_special_ids]
+        if ordinary:
+            warnings.warn(f"{source} has {len(past)} token ids at or past the {rows} embedding rows of "
+                          f"{path / 'config.json'} (vocab_size), such as {ordinary[:3]}; a text that tokenizes to "
+                          "one of them is a ValueError", stacklevel=4)
 
     def load_params(self, module, state_dict, prefixes: tuple[str, ...] = (), dtype=None) -> dict:
         """The params of ``module`` from a (lazily read) state dict, each tensor cast to ``dtype`` (None keeps
@@ -380,7 +435,8 @@ class BaseModel:
         budget = None if max_batch_tokens is None else max_batch_tokens * devices
         plan, start = [], 0  # (first, rows, padded length); longest first, so a batch's first text sets its length
         while start < len(order):
-            length = seq_bucket(len(encodings[order[start]].ids), self.max_seq_length)
+            longest = len(encodings[order[start]].ids)  # truncated at the length the call tokenized with,
+            length = seq_bucket(longest, max(self.max_seq_length, longest))  # even if it changed since
             rows = batch_rows(length, batch_size, budget)
             plan.append((start, rows, length))
             start += rows

@@ -274,16 +274,14 @@ class MultiVectorEncoder(BaseModel):
     def _register_prefix_tokens(self, prefixes: dict[str, str]) -> None:
         """A Stanford checkpoint's marker (``[unused0]``) tokenizes as one piece, as when ColBERT inserted it as a
         token id: registered as a special token when the vocabulary has it but the tokenizer splits it."""
-        backend = self.tokenizer.backend
         for value in prefixes.values():
             if not value or not value.split():
                 continue
             for prefix in (value, value.split(None, 1)[0]):
-                if backend.token_to_id(prefix) is None:
+                if self.tokenizer.backend.token_to_id(prefix) is None:
                     continue
-                if backend.encode(prefix, add_special_tokens=False).tokens != [prefix]:
-                    backend.add_special_tokens([AddedToken(prefix, normalized=False, special=True)])
-                    self.tokenizer.all_special_ids.add(backend.token_to_id(prefix))
+                if self.tokenizer.backend.encode(prefix, add_special_tokens=False).tokens != [prefix]:
+                    self.tokenizer.add_special_tokens([AddedToken(prefix, normalized=False, special=True)])
                     self._registered_prefixes.append(prefix)
                 break
 

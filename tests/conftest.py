@@ -497,6 +497,39 @@ def tiny_qwen3_base(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def tiny_qwen3_rerankers(tmp_path_factory) -> dict[bool, Path]:
+    """tied -> a seeded random 3-layer Qwen3ForCausalLM folder (hidden 64, 4 query heads on 2 key/value heads,
+    head_dim 24, q/k norm, tied embeddings or a separate lm_head) with the byte-level BPE tokenizer, in which
+    "yes" and "no" are single tokens; no chat template (tests write their chat_template.jinja)."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    tokenizer = tmp_path_factory.mktemp("reranker-tokenizer")
+    vocab = byte_level_bpe_tokenizer(tokenizer, extra_lines=("yes", "no") * 200)
+    folders = {}
+    for tied in (True, False):
+        folder = tmp_path_factory.mktemp(f"tiny-qwen3-reranker-{'tied' if tied else 'untied'}")
+        torch.manual_seed(0)
+        config = Qwen3Config(
+            vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=24, max_position_embeddings=512, tie_word_embeddings=tied,
+            initializer_range=0.2, rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, pad_token_id=0,
+            eos_token_id=0,
+        )
+        model = Qwen3ForCausalLM(config).eval()
+        with torch.no_grad():  # RMSNorm gains start at 1: make them differ, so a mis-mapped gain shows
+            for name, param in model.named_parameters():
+                if "norm" in name:
+                    param.add_(0.2 * torch.randn_like(param))
+            model.model.embed_tokens.weight[0].normal_(0.0, 0.2)
+        model.save_pretrained(folder)
+        for f in tokenizer.iterdir():
+            shutil.copy(f, folder / f.name)
+        folders[tied] = folder
+    return folders
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _release_compiled_programs():
     """Drop every compiled XLA program when a test module ends. The suite compiles thousands of shapes in one
@@ -517,3 +550,45 @@ def assert_cli_encodes_like(folder, st, tmp_path) -> None:
     src.write_text("\n".join(texts) + "\n", encoding="utf-8")
     assert cli.main(["encode", str(src), "-o", str(tmp_path / "emb.npy"), "--model", str(folder)]) == 0
     assert max_abs(np.load(tmp_path / "emb.npy"), st.encode(texts)) < 1e-5
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory, minilm_folder):
+    """A seeded random 2-layer BertModel with the MiniLM tokenizer (whose vocabulary has [unused0])."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("mv-backbone")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=128, initializer_range=0.2)
+    model = BertModel(config, add_pooling_layer=False).eval()
+    with torch.no_grad():
+        for key, p in model.named_parameters():
+            if key.endswith(".bias"):
+                p.normal_(0.0, 0.2)
+    model.save_pretrained(folder)
+    for file in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(minilm_folder / file, folder / file)
+    return folder
+
+
+def build_late_interaction(backbone, folder, *, expansion=None, query_length=None, document_length=48,
+                           skiplist=None, skiplist_tasks=None, prompts=None, similarity_fn_name=None):
+    import torch
+    from sentence_transformers import MultiVectorEncoder as STMultiVectorEncoder
+    from sentence_transformers.base.modules import Dense, Normalize, Transformer
+    from sentence_transformers.multi_vector_encoder.modules import MultiVectorMask
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        transformer = Transformer(str(backbone), max_seq_length=64, query_length=query_length,
+                                  document_length=document_length, query_expansion=expansion)
+        torch.manual_seed(1)
+        dense = Dense(32, 8, bias=False, activation_function=torch.nn.Identity(),
+                      module_input_name="token_embeddings", module_output_name="token_embeddings")
+        mask = MultiVectorMask(skiplist_words=skiplist, skiplist_tasks=skiplist_tasks)
+        st = STMultiVectorEncoder(modules=[transformer, dense, mask, Normalize(module_input_name="token_embeddings")],
+                                  device="cpu", prompts=prompts, similarity_fn_name=similarity_fn_name)
+        st.save(str(folder))
+        return STMultiVectorEncoder(str(folder), device="cpu")

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 import torch
-from conftest import assert_same_gradients, read_stsb, unique_sentences
+from conftest import assert_same_gradients, build_late_interaction, read_stsb, unique_sentences
 
 from jaxst import MultiVectorEncoder, SentenceTransformer
 
@@ -33,46 +33,6 @@ def assert_same_tokens(ours, ref) -> None:
         o = np.asarray(o)
         assert o.shape == r.shape
         assert float(np.max(np.abs(o - r), initial=0.0)) < TOL
-
-
-@pytest.fixture(scope="module")
-def tiny_backbone(tmp_path_factory, minilm_folder):
-    """A seeded random 2-layer BertModel with the MiniLM tokenizer (whose vocabulary has [unused0])."""
-    from transformers import BertConfig, BertModel
-
-    folder = tmp_path_factory.mktemp("mv-backbone")
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=128, initializer_range=0.2)
-    model = BertModel(config, add_pooling_layer=False).eval()
-    with torch.no_grad():
-        for key, p in model.named_parameters():
-            if key.endswith(".bias"):
-                p.normal_(0.0, 0.2)
-    model.save_pretrained(folder)
-    for file in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        shutil.copy(minilm_folder / file, folder / file)
-    return folder
-
-
-def build_late_interaction(backbone, folder, *, expansion=None, query_length=None, document_length=48,
-                           skiplist=None, skiplist_tasks=None, prompts=None, similarity_fn_name=None):
-    from sentence_transformers import MultiVectorEncoder as STMultiVectorEncoder
-    from sentence_transformers.base.modules import Dense, Normalize, Transformer
-    from sentence_transformers.multi_vector_encoder.modules import MultiVectorMask
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        transformer = Transformer(str(backbone), max_seq_length=64, query_length=query_length,
-                                  document_length=document_length, query_expansion=expansion)
-        torch.manual_seed(1)
-        dense = Dense(32, 8, bias=False, activation_function=torch.nn.Identity(),
-                      module_input_name="token_embeddings", module_output_name="token_embeddings")
-        mask = MultiVectorMask(skiplist_words=skiplist, skiplist_tasks=skiplist_tasks)
-        st = STMultiVectorEncoder(modules=[transformer, dense, mask, Normalize(module_input_name="token_embeddings")],
-                                  device="cpu", prompts=prompts, similarity_fn_name=similarity_fn_name)
-        st.save(str(folder))
-        return STMultiVectorEncoder(str(folder), device="cpu")
 
 
 VARIANTS = {

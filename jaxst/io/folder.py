@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import warnings
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 # Last component of a modules.json "type" -> our module kind.
 MODULE_KINDS = {
@@ -40,17 +40,24 @@ class ModuleSpec:
     config: dict
 
 
-def read_json(path: Path, required: bool = True) -> dict:
+def read_json(path: Path, required: bool = True, expect: type = dict):
+    """The JSON in ``path``, whose top level must be an ``expect`` (an object unless told otherwise): a
+    config that is a list, a string or a number is a ValueError naming the file, never an AttributeError
+    later. A missing file is an OSError when ``required``, else an empty ``expect``."""
     path = Path(path)
     if not path.is_file():
         if required:
             raise OSError(f"missing {path}")
-        return {}
+        return expect()
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise ValueError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(data, expect):
+        what = "an object" if expect is dict else f"a {expect.__name__}"
+        raise ValueError(f"{path} must hold {what} at its top level, not {type(data).__name__}")
+    return data
 
 
 def read_modules(folder: Path) -> list[ModuleSpec]:
@@ -122,8 +129,22 @@ def read_module_list(folder: Path) -> list[ModuleSpec]:
             ModuleSpec("transformer", folder, read_json(folder / "sentence_bert_config.json", required=False)),
             ModuleSpec("pooling", folder, {"pooling_mode": "mean"}),
         ]
-    entries = read_json(modules_file)
-    if not isinstance(entries, list):
-        raise ValueError(f"{modules_file} must hold a list of modules")
-    return [module_spec(module_kind(str(entry.get("type", "")), modules_file), folder / entry.get("path", ""))
+    entries = read_json(modules_file, expect=list)
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not isinstance(entry.get("type"), str) \
+                or not isinstance(entry.get("path", ""), str) or not isinstance(entry.get("idx", 0), int):
+            raise ValueError(f"{modules_file}: entry {i} must be an object with a string 'type', a string 'path' "
+                             f"and an integer 'idx', got {entry!r}")
+    return [module_spec(module_kind(entry["type"], modules_file), module_folder(folder, entry.get("path", ""),
+                                                                                  modules_file))
             for entry in sorted(entries, key=lambda e: e.get("idx", 0))]
+
+
+def module_folder(folder: Path, sub: str, where: Path) -> Path:
+    """``folder / sub`` for a module path of ``where``; a path that leaves the model folder (absolute, ``..``,
+    a drive or a link pointing out) is refused: a model folder describes itself, never files beside it."""
+    path = folder / sub
+    if Path(sub).is_absolute() or PureWindowsPath(sub).drive or ".." in PurePosixPath(sub.replace("\\", "/")).parts \
+            or not path.resolve().is_relative_to(folder.resolve()):
+        raise ValueError(f"{where}: module path {sub!r} leaves the model folder {folder}")
+    return path

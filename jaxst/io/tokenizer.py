@@ -2,16 +2,24 @@
 
 The padding and truncation settings saved inside a ``tokenizer.json`` are ignored: texts are
 truncated to the model's ``max_seq_length`` and padded here, to the lengths the caller asks for.
+
+Thread safety: a ``tokenizers.Tokenizer`` keeps its truncation length as state, so a call that needs
+another length (``MultiVectorEncoder``'s query and document lengths) must not change it under a
+concurrent call. Each length gets a backend of its own, made once and never changed afterwards; changing
+``max_length`` swaps in a new backend instead of reconfiguring the one other threads are using.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import normalizers
+
+from jaxst.io.folder import read_json
 
 
 def _has_lowercase(normalizer) -> bool:
@@ -42,6 +50,8 @@ class Tokenizer:
             parts = [normalizers.Lowercase()] + ([backend.normalizer] if backend.normalizer is not None else [])
             self.backend.normalizer = normalizers.Sequence(parts)
         self.pad_id = pad_id
+        self._lock = threading.Lock()
+        self._other_lengths: dict[int, HFTokenizer] = {}  # truncation length -> its own backend, never changed
         self.max_length = max_length
         self.all_special_ids = {
             tok["id"] for tok in json.loads(backend.to_str())["added_tokens"] if tok.get("special")
@@ -51,7 +61,10 @@ class Tokenizer:
     def from_folder(cls, folder: Path, max_length: int, do_lower_case: bool = False) -> Tokenizer:
         path = Path(folder) / "tokenizer.json"
         if path.is_file():
-            backend = HFTokenizer.from_file(str(path))
+            try:
+                backend = HFTokenizer.from_file(str(path))
+            except Exception as e:  # the tokenizers library raises a bare Exception that names no file
+                raise ValueError(f"{path} is not a valid tokenizer file: {e}") from e
         elif (Path(folder) / "vocab.txt").is_file():
             from tokenizers.implementations import BertWordPieceTokenizer
 
@@ -82,8 +95,32 @@ class Tokenizer:
     def max_length(self, value: int) -> None:
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"max_seq_length must be a positive integer, got {value!r}")
-        self._max_length = value
-        self.backend.enable_truncation(value)
+        with self._lock:
+            if getattr(self, "_max_length", value) != value:  # another thread may be encoding with the old one
+                self.backend = _copy(self.backend)
+            self.backend.enable_truncation(value)
+            self._max_length = value
+
+    def _truncating_at(self, length: int) -> HFTokenizer:
+        """A backend that truncates to ``length``: ``self.backend`` for ``max_length``, else one of its own."""
+        if length == self._max_length:
+            return self.backend
+        backend = self._other_lengths.get(length)
+        if backend is None:
+            with self._lock:
+                backend = self._other_lengths.get(length)
+                if backend is None:
+                    backend = _copy(self.backend)
+                    backend.enable_truncation(length)
+                    self._other_lengths[length] = backend
+        return backend
+
+    def add_special_tokens(self, tokens: list) -> None:
+        """Add special tokens to the vocabulary (at load time); backends of other lengths are made anew."""
+        with self._lock:
+            self.backend.add_special_tokens(tokens)
+            self._other_lengths.clear()
+            self.all_special_ids.update(self.backend.token_to_id(getattr(t, "content", t)) for t in tokens)
 
     def encode_ids(self, texts: list, pair: list | None = None, add_special_tokens: bool = True,
                    max_length: int | None = None) -> list:
@@ -91,13 +128,24 @@ class Tokenizer:
         unpadded; ``add_special_tokens=False`` skips the post-processor's special tokens (a rendered chat
         template has its own)."""
         inputs = texts if pair is None else list(zip(texts, pair))
-        if max_length is None or max_length == self._max_length:
-            return self.backend.encode_batch(inputs, add_special_tokens=add_special_tokens)
-        self.backend.enable_truncation(max_length)
-        try:
-            return self.backend.encode_batch(inputs, add_special_tokens=add_special_tokens)
-        finally:
-            self.backend.enable_truncation(self._max_length)
+        backend = self.backend if max_length is None else self._truncating_at(max_length)
+        encodings = backend.encode_batch(inputs, add_special_tokens=add_special_tokens)
+        if self.id_rows is not None:
+            self.check_ids(encodings)
+        return encodings
+
+    # Set (by the model loader) only when the vocabulary holds ids past the model's embedding rows: then every
+    # encoding is checked, so such an id is a ValueError, never a NaN embedding; None (the rule) checks nothing.
+    id_rows: int | None = None
+
+    def check_ids(self, encodings) -> None:
+        """A ValueError naming the first token id at or past ``id_rows`` in ``encodings`` (and its text)."""
+        for i, e in enumerate(encodings):
+            if e.ids and max(e.ids) >= self.id_rows:
+                bad = next(t for t in e.ids if t >= self.id_rows)
+                raise ValueError(
+                    f"text {i} tokenizes to id {bad} ({self.backend.id_to_token(bad)!r}), past the model's embedding "
+                    f"table of {self.id_rows} rows: the tokenizer has tokens the checkpoint lacks")
 
     def pad(self, encodings, length: int | None = None, rows: int | None = None, types: bool = True) -> dict:
         """Right-pad encodings into (rows, length) int32 arrays; padding rows carry an all-zero mask."""
@@ -129,8 +177,9 @@ class Tokenizer:
         return self.pad(self.encode_ids(texts), length, types=types)
 
 
+def _copy(backend: HFTokenizer) -> HFTokenizer:
+    return HFTokenizer.from_str(backend.to_str())
+
+
 def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return read_json(path, required=False)  # an object, or a ValueError naming the file

@@ -50,7 +50,15 @@ class SafetensorsFile:
     """The tensors of one ``.safetensors`` file, read one at a time: ``file[name]`` reads just that tensor
     (into memory of its own, so a loaded model does not keep the file's pages resident beside its params).
     Reads every dtype of the format, bfloat16 included (safetensors' own numpy reader refuses it); a
-    truncated or damaged file is an OSError naming it."""
+    truncated or damaged file is an OSError naming it.
+
+    The header is checked as the safetensors library checks it (which PyTorch users load these files with),
+    so jaxst accepts no file that library refuses: a JSON object of at most 100 MB, each tensor a known dtype,
+    a shape of non-negative integers and ``data_offsets`` [start, end) holding exactly its bytes, and the
+    tensors, in offset order, tiling the data: the first starts at 0, each starts where the one before ends
+    (no overlap, no gap) and the last ends at the end of the file."""
+
+    MAX_HEADER = 100_000_000  # safetensors' own limit (HeaderTooLarge)
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -60,15 +68,35 @@ class SafetensorsFile:
                 n = int.from_bytes(f.read(8), "little") if size >= 8 else -1
                 if not 0 < n <= size - 8:
                     raise ValueError(f"header length {n} does not fit a file of {size} bytes")
+                if n > self.MAX_HEADER:
+                    raise ValueError(f"header of {n} bytes exceeds the format's {self.MAX_HEADER}")
                 header = json.loads(f.read(n))
+            if not isinstance(header, dict):
+                raise ValueError(f"header is {type(header).__name__}, not a JSON object")
             self._start = 8 + n
             self._entries = {k: v for k, v in header.items() if k != "__metadata__"}
+            spans = []
             for name, entry in self._entries.items():
                 start, end = entry["data_offsets"]
-                nbytes = np.dtype(SAFETENSORS_DTYPES[entry["dtype"]]).itemsize * math.prod(entry["shape"])
-                if not 0 <= start <= end <= size - self._start or end - start != nbytes:
-                    raise ValueError(f"tensor {name!r} lies outside the file or has the wrong size")
-        except (OSError, ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
+                shape = entry["shape"]
+                if not all(type(v) is int and v >= 0 for v in (start, end, *shape)) or not isinstance(shape, list):
+                    raise ValueError(f"tensor {name!r} has a bad shape {shape!r} or data_offsets {[start, end]!r}")
+                nbytes = np.dtype(SAFETENSORS_DTYPES[entry["dtype"]]).itemsize * math.prod(shape)
+                if end - start != nbytes:
+                    raise ValueError(f"tensor {name!r} spans {end - start} bytes; its dtype and shape need {nbytes}")
+                spans.append((start, end, name))
+            covered = 0
+            for start, end, name in sorted(spans):
+                if start != covered:
+                    raise ValueError(f"tensor {name!r} starts at byte {start} of the data, where "
+                                     + ("it overlaps the tensor before" if start < covered else
+                                        f"a gap follows byte {covered}")
+                                     + ": tensors must tile the data")
+                covered = end
+            if covered != size - self._start:
+                raise ValueError(f"the tensors cover {covered} bytes of the {size - self._start} of data after the "
+                                 "header (truncated, or trailing bytes)")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError, RecursionError) as e:
             raise OSError(f"corrupt or truncated weights file {self.path}: {e}") from e
 
     def keys(self):
@@ -101,6 +129,9 @@ class LazyStateDict(Mapping):
 
     def __len__(self) -> int:
         return len(self._where)
+
+    def files(self) -> list[Path]:
+        return list(dict.fromkeys(f.path for f in self._where.values()))
 
 
 def open_state_dict(folder: str | Path, stem: str = "model") -> Mapping[str, np.ndarray]:
@@ -140,6 +171,16 @@ def open_state_dict(folder: str | Path, stem: str = "model") -> Mapping[str, np.
             raise OSError(f"could not read weights file {legacy}: {e}") from e
         return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in sd.items()}
     raise OSError(f"no weights in {folder}: expected {single.name} (or {legacy.name})")
+
+
+def checkpoint_header(folder: str | Path, stem: str = "model") -> LazyStateDict | None:
+    """The safetensors checkpoint of a folder with its headers read and checked, no tensor data (names and
+    shapes, to check a config against before building anything); None where the weights are a pickled
+    ``.bin`` or missing (``open_state_dict`` then says what it finds)."""
+    folder = Path(folder)
+    if (folder / f"{stem}.safetensors").is_file() or (folder / f"{stem}.safetensors.index.json").is_file():
+        return open_state_dict(folder, stem)
+    return None
 
 
 def read_state_dict(folder: str | Path, stem: str = "model") -> dict[str, np.ndarray]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 from jaxst.models.bert import BertConfig, BertModel
@@ -50,17 +51,80 @@ def model_type(hf_config: dict) -> str | None:
     return None
 
 
-def encoder_from_hf_config(hf_config: dict):
-    """The (config, encoder class) for a Hugging Face ``config.json``; a clear error for other models."""
+def encoder_from_hf_config(hf_config: dict, where="config.json"):
+    """The (config, encoder class) for a Hugging Face ``config.json``; a clear error for other models, and a
+    ValueError naming ``where`` (the file) and the field for a config no model can be built from."""
     name = model_type(hf_config)
     if name not in ARCHITECTURES:
         archs = ", ".join(map(str, hf_config.get("architectures") or [])) or "no architectures listed"
         raise ValueError(
-            f"unsupported architecture: model_type {name!r} ({archs}); "
+            f"{where}: unsupported architecture: model_type {name!r} ({archs}); "
             f"jaxst supports {sorted(ARCHITECTURES)}"
         )
     config_cls, model_cls, extra = ARCHITECTURES[name]
-    return config_cls.from_hf(hf_config, **extra), model_cls
+    try:
+        check_sizes(hf_config)  # before from_hf, which divides by the head count
+        cfg = config_cls.from_hf(hf_config, **extra)
+        check_sizes(dataclasses.asdict(cfg))  # and the derived ones (head_dim = hidden_size // heads)
+        check_heads(cfg)
+    except KeyError as e:
+        raise ValueError(f"{where}: {name} needs {e.args[0]!r}, which it lacks") from e
+    except (TypeError, ValueError, ZeroDivisionError) as e:
+        raise ValueError(f"{where}: {e}") from e
+    return cfg, model_cls
+
+
+# config.json's sizes, positive integers wherever an architecture reads them (null: the architecture's default).
+# One check for every architecture, at load: a 0, negative, fractional or string size otherwise fails (or
+# divides by zero) at the first encode, or builds a model that computes garbage.
+POSITIVE_SIZES = ("vocab_size", "hidden_size", "dim", "num_hidden_layers", "n_layers", "num_attention_heads",
+                  "n_heads", "num_key_value_heads", "head_dim", "intermediate_size", "hidden_dim",
+                  "max_position_embeddings")
+
+
+def check_sizes(values: dict) -> None:
+    for name in POSITIVE_SIZES:
+        value = values.get(name)
+        if value is not None and (type(value) is not int or value < 1):
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if values.get("type_vocab_size") is not None and (type(values["type_vocab_size"]) is not int
+                                                      or values["type_vocab_size"] < 0):
+        raise ValueError(f"type_vocab_size must be a non-negative integer, got {values['type_vocab_size']!r}")
+
+
+def check_heads(cfg) -> None:
+    """Attention heads split the width: where a head is hidden_size / heads wide (no head_dim of its own), the
+    head count must divide hidden_size; grouped-query heads must divide the query heads. And a layer_types
+    list names one kind per layer."""
+    heads = getattr(cfg, "num_attention_heads", None) or cfg.n_heads
+    names = {f.name for f in dataclasses.fields(cfg)}
+    if "head_dim" not in names and cfg.hidden_size % heads:
+        field = "num_attention_heads" if "num_attention_heads" in names else "n_heads"
+        raise ValueError(f"{field} {heads} does not divide hidden_size {cfg.hidden_size}")
+    kv = getattr(cfg, "num_key_value_heads", None)
+    if kv is not None and heads % kv:
+        raise ValueError(f"num_key_value_heads {kv} does not divide num_attention_heads {heads}")
+    kinds = getattr(cfg, "layer_types", None)
+    if kinds and len(kinds) != num_layers(cfg):  # some encoders build one layer per entry
+        raise ValueError(f"layer_types has {len(kinds)} entries for num_hidden_layers {num_layers(cfg)}")
+
+
+def num_layers(cfg) -> int:
+    return cfg.n_layers if hasattr(cfg, "n_layers") else cfg.num_hidden_layers
+
+
+# A layer's tensors in every architecture's PyTorch names: encoder.layer.3., layers.3., transformer.layer.3., ...
+_LAYER_KEY = re.compile(r"(?:^|\.)layers?\.(\d+)\.")
+
+
+def check_layers(cfg, tensor_names, where: str, checkpoint: str) -> None:
+    """Refuse a config with more layers than ``checkpoint`` holds (by its tensor names alone), before any layer
+    is built: a config saying 10^6 layers must not spend minutes building them only to find them missing."""
+    found = {int(m.group(1)) for m in map(_LAYER_KEY.search, tensor_names) if m}
+    held = max(found) + 1 if found else 0
+    if num_layers(cfg) > held:
+        field = "n_layers" if hasattr(cfg, "n_layers") else "num_hidden_layers"
+        raise ValueError(f"{where}: {field} is {num_layers(cfg)} but {checkpoint} holds {held} layers")
 
 
 __all__ = [
@@ -82,6 +146,7 @@ __all__ = [
     "Qwen3Config",
     "Qwen3Model",
     "XLMRobertaModel",
+    "check_layers",
     "encoder_from_hf_config",
     "model_type",
 ]

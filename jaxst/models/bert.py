@@ -125,6 +125,7 @@ class BertConfig:
     hidden_dropout_prob: float = 0.1  # training only: embeddings and every dense output before its residual
     attention_probs_dropout_prob: float = 0.1  # training only: attention probabilities
     classifier_dropout: float | None = None  # training only, sequence-classification heads; None: hidden's
+    position_table = True  # learned absolute positions: max_tokens is a hard limit (RoPE models have none)
 
     @property
     def max_tokens(self) -> int:

@@ -31,6 +31,7 @@ class DistilBertConfig:
     max_position_embeddings: int = 512
     dropout: float = 0.1
     attention_dropout: float = 0.1
+    position_table = True  # learned absolute positions: max_tokens is a hard limit (RoPE models have none)
 
     @property
     def hidden_size(self) -> int:
@@ -45,9 +46,7 @@ class DistilBertConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in hf.items() if k in names and v is not None}
         activation(kwargs.get("activation", cls.activation))  # fail early on an unknown activation
-        if kwargs.get("dim", cls.dim) % kwargs.get("n_heads", cls.n_heads):
-            raise ValueError(f"DistilBERT dim {kwargs.get('dim')} is not a multiple of n_heads {kwargs.get('n_heads')}")
-        return cls(**kwargs)
+        return cls(**kwargs)  # sizes and heads: jaxst.models.check_sizes / check_heads
 
 
 class DistilBertEmbeddings(nnx.Module):

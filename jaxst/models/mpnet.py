@@ -45,6 +45,7 @@ class MPNetConfig:
     relative_attention_num_buckets: int = 32  # rows of the shared relative position bias table
     hidden_dropout_prob: float = 0.1  # training only: embeddings, attention and feed-forward outputs
     attention_probs_dropout_prob: float = 0.1  # training only: attention probabilities
+    position_table = True  # learned absolute positions: max_tokens is a hard limit (RoPE models have none)
 
     @property
     def max_tokens(self) -> int:
