@@ -40,7 +40,7 @@ from jaxst.io.causal_reranker import (
     logit_score_tokens,
     message_format,
 )
-from jaxst.io.chat_template import ChatTemplate, read_chat_template, special_tokens_map
+from jaxst.io.chat_template import ChatTemplate, read_chat_template
 from jaxst.io.export import cross_encoder_plan, torch_activation_path
 from jaxst.io.folder import read_json, read_modules
 from jaxst.io.weights import open_state_dict
@@ -247,7 +247,7 @@ class CrossEncoder(BaseModel):
                                  "chat template")
             fmt = modalities["message"].get("format", "auto")
             fmt = message_format(kind, template) if fmt == "auto" else fmt
-            self._pair_prompts = PairPrompts(self.tokenizer, ChatTemplate(template, special_tokens_map(path)), fmt,
+            self._pair_prompts = PairPrompts(self.tokenizer, ChatTemplate.from_folder(path), fmt,
                                              transformer_config.get("processing_kwargs"), self.model_folder)
         elif "text" not in modalities:
             raise ValueError(f"{self.model_folder}: the Transformer takes neither text nor messages "

@@ -17,8 +17,7 @@ import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
-from conftest import byte_level_bpe_tokenizer, max_abs
+from conftest import max_abs
 
 import jaxst
 from jaxst.cross_encoder import CrossEncoder
@@ -108,38 +107,7 @@ def reference(folder, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def base_folders(tmp_path_factory):
-    """tied -> a seeded random 3-layer Qwen3ForCausalLM folder (hidden 64, 4 query heads on 2 key/value heads,
-    head_dim 24, q/k norm) with the byte-level BPE tokenizer and TEMPLATE."""
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    tokenizer = tmp_path_factory.mktemp("reranker-tokenizer")
-    vocab = byte_level_bpe_tokenizer(tokenizer, extra_lines=("yes", "no") * 200, chat_template=TEMPLATE)
-    folders = {}
-    for tied in (True, False):
-        folder = tmp_path_factory.mktemp(f"tiny-qwen3-reranker-{'tied' if tied else 'untied'}")
-        torch.manual_seed(0)
-        config = Qwen3Config(
-            vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
-            num_key_value_heads=2, head_dim=24, max_position_embeddings=512, tie_word_embeddings=tied,
-            initializer_range=0.2, rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, pad_token_id=0,
-            eos_token_id=0,
-        )
-        model = Qwen3ForCausalLM(config).eval()
-        with torch.no_grad():  # RMSNorm gains start at 1: make them differ, so a mis-mapped gain shows
-            for name, param in model.named_parameters():
-                if "norm" in name:
-                    param.add_(0.2 * torch.randn_like(param))
-            model.model.embed_tokens.weight[0].normal_(0.0, 0.2)
-        model.save_pretrained(folder)
-        for f in tokenizer.iterdir():
-            shutil.copy(f, folder / f.name)
-        folders[tied] = folder
-    return folders
-
-
-@pytest.fixture(scope="module")
-def make_folder(base_folders, tmp_path_factory):
+def make_folder(tiny_qwen3_rerankers, tmp_path_factory):
     cache = {}
 
     def make(name):
@@ -147,10 +115,8 @@ def make_folder(base_folders, tmp_path_factory):
             return cache[name]
         spec = MODELS[name]
         folder = tmp_path_factory.mktemp(f"reranker-{name}")
-        shutil.copytree(base_folders[spec["tied"]], folder, dirs_exist_ok=True)
-        if spec["template"] is None:
-            (folder / "chat_template.jinja").unlink()
-        else:
+        shutil.copytree(tiny_qwen3_rerankers[spec["tied"]], folder, dirs_exist_ok=True)
+        if spec["template"] is not None:  # the shared folders have no chat template
             (folder / "chat_template.jinja").write_text(spec["template"], encoding="utf-8")
         if spec["saved"]:
             from sentence_transformers import CrossEncoder as Reference

@@ -7,15 +7,36 @@ the token ids, are those of ``tokenizer.apply_chat_template``.
     messages + special tokens (bos_token, eos_token, ...) + keyword variables ──render──▶ the prompt string
 
 Chat templates from the Hub are untrusted code: like transformers, they run in Jinja's immutable sandbox
-(jinja2 >= 3.1.6, the first without its known sandbox escapes).
+(jinja2 >= 3.1.6, the first without its known sandbox escapes). The sandbox stops escapes, not exhaustion:
+``{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}`` renders for hours and
+emits nothing, and a template rendering 170 MB per pair had the process killed at 24 GB. So every render here
+is bounded (``TemplateLimitError``, a ValueError naming the template and the limit):
+
+- time: ``RENDER_SECONDS`` (5 s) of wall clock per render, checked by a trace function on every line the
+  compiled template runs (``sys.settrace`` while rendering, only on the template's own frames, the previous
+  tracer restored after); Qwen3-Reranker's layout renders a pair in 0.3 ms, with a 100 MB document in 0.07 s;
+- output: ``RENDER_FIXED_CHARS`` (1 Mi characters) plus ``RENDER_INPUT_FACTOR`` (4) times the text the
+  template is given (messages and variables), counted while ``generate`` streams the output, so a long
+  document still renders whole (as transformers renders it) but a template cannot multiply it without bound;
+- one-step allocations: ``*`` repeating a string or list, ``**`` and ``%``-formatting, and calls with an
+  integer argument (``ljust``, ``center``, ...) past that output cap are refused before they allocate.
+
+Valid templates render to exactly what ``tokenizer.apply_chat_template(..., tokenize=False)`` gives.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import json
+import re
+import sys
+import time
 from datetime import datetime
 from pathlib import Path
+
+from jaxst.io.folder import read_json
 
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 CHAT_TEMPLATE_DIR = "additional_chat_templates"
@@ -24,13 +45,23 @@ CHAT_TEMPLATE_DIR = "additional_chat_templates"
 SPECIAL_TOKENS_ATTRIBUTES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token",
                              "mask_token")
 
+# Render limits (module docstring): wall-clock seconds per render; output characters allowed beyond the
+# inputs' own text, and per character of it.
+RENDER_SECONDS = 5.0
+RENDER_FIXED_CHARS = 1 << 20
+RENDER_INPUT_FACTOR = 4
+TEMPLATE_FILENAME = "<template>"  # the code filename of templates compiled from a string
+# The output cap of the render in progress (this thread / context), read by the sandbox's operator checks.
+_OUTPUT_CAP = contextvars.ContextVar("jaxst_chat_template_output_cap", default=RENDER_FIXED_CHARS)
+_FORMAT_WIDTH = re.compile(r"%[-#0 +]*(\d+)?(?:\.(\d+))?|\{[^{}]*?:[^{}]*?(\d+)[^{}]*\}")
+
+
+class TemplateLimitError(ValueError):
+    """A chat template ran past a render limit (time, output size, or a single oversized allocation)."""
+
 
 def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
-    return data if isinstance(data, dict) else {}
+    return read_json(path, required=False)  # an object, or a ValueError naming the file
 
 
 def read_chat_template(folder: str | Path) -> str | dict[str, str] | None:
@@ -139,7 +170,28 @@ def compile_template(source: str):
                 raise jinja2.exceptions.SecurityError(
                     f"chat templates cannot store underscore-prefixed attributes on a namespace, got {name!r}")
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[Generation, loopcontrols])
+    class BoundedEnvironment(ImmutableSandboxedEnvironment):
+        """Refuses one-step allocations past the render's output cap before they happen (module docstring)."""
+
+        intercepted_binops = frozenset(("*", "**", "%"))
+
+        def call_binop(self, context, operator, left, right):
+            _check_binop(operator, left, right, _OUTPUT_CAP.get())
+            return super().call_binop(context, operator, left, right)
+
+        def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 (jinja's signature)
+            cap = _OUTPUT_CAP.get()
+            for value in (*args, *kwargs.values()):
+                if isinstance(value, int) and not isinstance(value, bool) and abs(value) > cap:
+                    raise TemplateLimitError(f"a call with the integer argument {value} (past the output cap of "
+                                             f"{cap} characters)")
+            method = getattr(__obj, "__wrapped__", __obj)  # the sandbox wraps str.format
+            if getattr(method, "__name__", None) in ("format", "format_map") and isinstance(
+                    getattr(method, "__self__", None), str):
+                _check_format(method.__self__, cap)
+            return super().call(__context, __obj, *args, **kwargs)
+
+    env = BoundedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[Generation, loopcontrols])
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = strftime_now
@@ -148,20 +200,89 @@ def compile_template(source: str):
     return env.from_string(source)
 
 
+def _check_format(text: str, cap: int) -> None:
+    for match in _FORMAT_WIDTH.finditer(text):
+        if any(g and int(g) > cap for g in match.groups()):
+            raise TemplateLimitError(f"a format width in {match.group(0)!r:.60} past the output cap of {cap} "
+                                     "characters")
+
+
+def _check_binop(operator: str, left, right, cap: int) -> None:
+    """``*`` repeating a sequence, ``**`` on integers and ``%``-formatting, checked before they allocate."""
+    if operator == "*":
+        for seq, times in ((left, right), (right, left)):
+            if isinstance(seq, (str, list, tuple)) and isinstance(times, int) and len(seq) * times > cap:
+                raise TemplateLimitError(f"repeating a {type(seq).__name__} of {len(seq)} items {times} times (past "
+                                         f"the output cap of {cap} characters)")
+    elif operator == "**":
+        if isinstance(left, int) and isinstance(right, int) and right > 0 and left.bit_length() * right > 8 * cap:
+            raise TemplateLimitError(f"an integer power {left} ** {right} (past the output cap of {cap} characters)")
+    elif operator == "%" and isinstance(left, str):
+        _check_format(left, cap)
+
+
+def _text_size(value) -> int:
+    """Characters of text in a template's inputs (strings inside dicts and lists)."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(_text_size(k) + _text_size(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return sum(_text_size(v) for v in value)
+    return 0
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float, failure):
+    """Raise ``failure()`` in the template's own code once ``seconds`` have passed: a trace function on the
+    frames of compiled templates (other code runs untraced), the thread's previous tracer restored after.
+    It raises once, so Jinja's traceback rewriting (which runs code named like the template) is left alone."""
+    end = time.monotonic() + seconds
+    state = {"fired": None}
+
+    def local(frame, event, arg):
+        if state["fired"] is None and time.monotonic() > end:
+            state["fired"] = failure()
+            raise state["fired"]
+        return local if state["fired"] is None else None
+
+    def calls(frame, event, arg):
+        return local(frame, event, arg) if frame.f_code.co_filename == TEMPLATE_FILENAME else None
+
+    previous = sys.gettrace()
+    sys.settrace(calls)
+    try:
+        yield state
+    finally:
+        sys.settrace(previous)
+    if state["fired"] is not None:  # raised, and swallowed by some code between the template and here
+        raise state["fired"]
+
+
 class ChatTemplate:
     """A tokenizer folder's chat template and named special tokens; ``render`` is
-    ``tokenizer.apply_chat_template(messages, tokenize=False, **variables)``."""
+    ``tokenizer.apply_chat_template(messages, tokenize=False, **variables)``, within the render limits.
+    ``where`` names the template in errors (the file it was read from)."""
 
-    def __init__(self, template: str | dict[str, str], special_tokens: dict[str, str] | None = None):
+    def __init__(self, template: str | dict[str, str], special_tokens: dict[str, str] | None = None,
+                 where: str | Path | None = None):
         if not isinstance(template, (str, dict)) or not template:
             raise TypeError(f"a chat template is a Jinja string or a dict of named ones, got {template!r:.80}")
         self.template = template
         self.special_tokens = dict(special_tokens or {})
+        self.where = None if where is None else str(where)
 
     @classmethod
     def from_folder(cls, folder: str | Path) -> ChatTemplate | None:
         template = read_chat_template(folder)
-        return None if template is None else cls(template, special_tokens_map(folder))
+        if template is None:
+            return None
+        folder = Path(folder)
+        if (folder / CHAT_TEMPLATE_FILE).is_file() or (folder / CHAT_TEMPLATE_DIR).is_dir():
+            where = folder / (CHAT_TEMPLATE_FILE if isinstance(template, str) else CHAT_TEMPLATE_DIR)
+        else:
+            where = f"{folder / 'tokenizer_config.json'} (its chat_template)"
+        return cls(template, special_tokens_map(folder), where)
 
     def source(self, name: str | None = None) -> str:
         """The template text: ``name`` picks one of several named templates (else ``"default"``), or is a
@@ -180,10 +301,38 @@ class ChatTemplate:
         """The prompt string of one conversation. Messages' None-valued keys are dropped, as transformers
         does; ``variables`` override the special tokens of the same name."""
         messages = [{k: v for k, v in m.items() if v is not None} for m in messages]
-        return compile_template(self.source(chat_template)).render(
-            messages=messages, tools=None, documents=None, add_generation_prompt=add_generation_prompt,
-            **{**self.special_tokens, **variables},
-        )
+        values = {"messages": messages, "tools": None, "documents": None,
+                  "add_generation_prompt": add_generation_prompt, **self.special_tokens, **variables}
+        template = compile_template(self.source(chat_template))
+        name = "the chat template" + (f" {self.where}" if self.where else "") + (
+            f" {chat_template!r:.60}" if chat_template is not None and isinstance(self.template, dict) else "")
+        cap = RENDER_FIXED_CHARS + RENDER_INPUT_FACTOR * _text_size(values)
+
+        def timeout():
+            return TemplateLimitError(
+                f"{name} ran past its time limit of {RENDER_SECONDS:g} s for one render (a "
+                "template loop that does not end); chat templates from model folders are untrusted code")
+
+        parts, size = [], 0
+        token = _OUTPUT_CAP.set(cap)
+        try:
+            with _deadline(RENDER_SECONDS, timeout):
+                for part in template.generate(**values):
+                    size += len(part)
+                    if size > cap:
+                        raise TemplateLimitError(
+                            f"{name} rendered more than its output limit of {cap} characters "
+                            f"({RENDER_FIXED_CHARS} + {RENDER_INPUT_FACTOR} x the {_text_size(values)} characters "
+                            "of text it was given)")
+                    parts.append(part)
+        except TemplateLimitError as e:
+            if str(e).startswith(name):
+                raise
+            raise TemplateLimitError(f"{name} asked for {e}") from None
+        finally:
+            _OUTPUT_CAP.reset(token)
+        return "".join(parts)
 
 
-__all__ = ["CHAT_TEMPLATE_FILE", "ChatTemplate", "compile_template", "read_chat_template", "special_tokens_map"]
+__all__ = ["CHAT_TEMPLATE_FILE", "ChatTemplate", "TemplateLimitError", "compile_template", "read_chat_template",
+           "special_tokens_map"]
