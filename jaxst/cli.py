@@ -7,8 +7,10 @@
     jaxst encode texts.txt -o sparse.npz --sparse --model naver/splade-v3     (SparseEncoder: a CSR .npz)
     jaxst search "pasta" --corpus corpus.txt --sparse --model naver/splade-v3
 
-Input files hold one text per line (UTF-8). Errors print one ``jaxst: error: ...`` line on stderr and
-exit with status 2. The heavy imports (jax, the model) happen inside the commands, not at import time.
+Input files, stdin and queries must be UTF-8, one text per line (anything else is an error, never a
+text with replacement characters). Outputs are written atomically, and only over regular files or new
+paths (``jaxst.io.atomic``). Errors print one ``jaxst: error: ...`` line on stderr and exit with status 2.
+The heavy imports (jax, the model) happen inside the commands, not at import time.
 """
 
 from __future__ import annotations
@@ -103,6 +105,17 @@ def _version() -> str:
         return "unknown"
 
 
+def _check_utf8(text: str, where: str, line: int | None = None) -> str:
+    """``text`` itself, unless it holds the surrogate escapes Python decodes non-UTF-8 bytes to (stdin and
+    argv under a C/POSIX locale): a CliError naming ``where``."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        at = f"line {line + 1}" if line is not None else f"character {e.start}"
+        raise CliError(f"cannot read {where}: not valid UTF-8 (at {at})") from None
+    return text
+
+
 def read_lines(path: str | None) -> list[str]:
     """One text per line from ``path`` (``-``/``None``: stdin).
 
@@ -125,6 +138,8 @@ def read_lines(path: str | None) -> list[str]:
         raise CliError(f"cannot read {path!r}: {e.strerror or e}") from None
     if not data:
         return []
+    if path is None or path == "-":
+        _check_utf8(data, "stdin")
     lines = data.split("\n")
     if lines[-1] == "":
         lines.pop()
@@ -132,11 +147,18 @@ def read_lines(path: str | None) -> list[str]:
 
 
 def _check_output_path(path: str) -> None:
+    """Before any work: the output must be a regular file, a new path or a symlink to one (``jaxst.io.atomic``)."""
+    from jaxst.io.atomic import resolve_target
+
     if os.path.isdir(path):
         raise CliError(f"output {path!r} is a directory")
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise CliError(f"output directory {parent!r} does not exist")
+    try:
+        resolve_target(path)
+    except OSError as e:
+        raise CliError(f"cannot write {path!r}: {e.strerror or _one_line(e)}") from None
 
 
 class _FileLines:
@@ -171,7 +193,7 @@ def _strip_newlines(stream, where: str):
     lines_read = 0
     try:
         for line in stream:
-            yield line[:-1] if line.endswith("\n") else line
+            yield _check_utf8(line[:-1] if line.endswith("\n") else line, where, lines_read)
             lines_read += 1
     except UnicodeDecodeError as e:
         raise CliError(f"cannot read {where}: not valid UTF-8 ({e.reason}, after line {lines_read})") from None
@@ -248,6 +270,7 @@ def _encode_sparse(args: argparse.Namespace, texts, source: str, progress: bool)
     written beside the target and renamed into place once complete."""
     import scipy.sparse
 
+    from jaxst.io.atomic import AtomicFile
     from jaxst.sparse import to_scipy
 
     if args.normalize or args.precision != "float32":
@@ -267,15 +290,12 @@ def _encode_sparse(args: argparse.Namespace, texts, source: str, progress: bool)
     except ValueError as e:
         raise CliError(_one_line(e)) from e
     matrix = scipy.sparse.vstack(pieces, format="csr")
-    tmp = f"{args.output}.tmp-{os.getpid()}.npz"
     try:
-        scipy.sparse.save_npz(tmp, matrix)
-        os.replace(tmp, args.output)
+        with AtomicFile(args.output) as out:
+            scipy.sparse.save_npz(out.file, matrix)
+            out.commit()
     except OSError as e:
         raise CliError(f"cannot write {args.output!r}: {e.strerror or _one_line(e)}") from e
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     n = matrix.shape[0]
     print(f"jaxst: encoded {n} text{'s' if n != 1 else ''} from {source} -> {args.output} "
           f"(sparse CSR {matrix.shape}, {matrix.nnz / max(n, 1):.1f} active dimensions per text)", file=sys.stderr)
@@ -295,6 +315,8 @@ def _score_function(name: str):
 def cmd_search(args: argparse.Namespace) -> int:
     if args.candidates is not None and args.rerank is None:
         raise CliError("--candidates only applies with --rerank MODEL (see 'jaxst search --help')")
+    for i, query in enumerate(args.queries):
+        _check_utf8(query, f"query {i + 1}")
     lines = read_lines(args.corpus)
     corpus = [(i + 1, t) for i, t in enumerate(lines) if t.strip()]
     if not corpus:

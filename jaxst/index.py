@@ -15,8 +15,8 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 
 import jax
@@ -26,23 +26,26 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxst.io.fsync import fsync_path
+from jaxst.io.atomic import AtomicFile
 from jaxst.pooling import normalize
-from jaxst.quantization import quantization_ranges, quantize_embeddings
+from jaxst.quantization import check_ranges, quantization_ranges, quantize_embeddings
 from jaxst.search import (
     aligned_empty,
+    check_finite,
     chunked_top_k,
+    first_nonfinite_row,
     hamming_corpus,
     hamming_top_k,
     hamming_words,
     merge_top_k,
+    refuse_nonfinite_scores,
     scan_chunk,
     scan_words,
     sharded_top_k,
     sparse_top_k,
     streamed_top_k,
 )
-from jaxst.sparse import as_rows, row_width, to_bcoo
+from jaxst.sparse import row_width, stored_rows, to_bcoo
 
 FORMAT = "jaxst-embedding-index"
 VERSION = 2  # 2: binary rows saved as packed bytes (1 saved uint32 words; still read)
@@ -77,13 +80,18 @@ class _Labelled:
         if texts is not None:
             self.texts = (self.texts or []) + list(texts)
 
+    def _first_nonfinite_row(self) -> int | None:
+        raise NotImplementedError
+
     def _hits(self, scores, ids) -> list[list[dict]]:
+        """Every slot a real hit: a non-finite score is refused, never dropped (``jaxst.search``'s rule;
+        ``add`` keeps non-finite rows out, so only a float32 overflow, or a damaged file, gets here)."""
+        scores, ids = np.asarray(scores), np.asarray(ids)
+        refuse_nonfinite_scores(scores, ids, self._first_nonfinite_row, "index")
         out = []
-        for row_s, row_i in zip(scores, ids):
+        for row_s, row_i in zip(scores.tolist(), ids.tolist()):
             row = []
             for s, c in zip(row_s, row_i):
-                if c < 0 or not np.isfinite(s):
-                    continue
                 hit = {"corpus_id": int(c), "score": float(s)}
                 if self.ids is not None:
                     hit["id"] = self.ids[c]
@@ -121,6 +129,8 @@ class EmbeddingIndex(_Labelled):
         self.ranges = None if ranges is None else np.asarray(ranges, np.float32)
         if self.ranges is not None and self.ranges.shape != (2, dim):
             raise ValueError(f"ranges must have shape (2, {dim}), got {self.ranges.shape}")
+        if self.ranges is not None:
+            check_ranges(self.ranges)
         self._data = aligned_empty((0, self._width), self._dtype)
         self._n = 0
         self.ids: list | None = None
@@ -162,15 +172,20 @@ class EmbeddingIndex(_Labelled):
         if self.precision == "float32":
             return embeddings.astype(np.float32)
         if self.precision == "bfloat16":
-            return embeddings.astype(ml_dtypes.bfloat16)
+            rows = embeddings.astype(ml_dtypes.bfloat16)
+            check_finite(rows, "embeddings (rounded to bfloat16)")  # float32 beyond bfloat16's range is inf
+            return rows
         if self._binary:
             return hamming_words(quantize_embeddings(embeddings, "ubinary"))
-        if self.ranges is None:  # calibrate once, on the first batch, then keep the ranges fixed
-            self.ranges = quantization_ranges(embeddings).astype(np.float32)
+        if self.ranges is None:  # calibrate once, on the first batch (finite: add checked it), then keep them
+            ranges = quantization_ranges(embeddings).astype(np.float32)
+            check_ranges(ranges, "the ranges calibrated on the first add()")
+            self.ranges = ranges
         return quantize_embeddings(embeddings, "int8", ranges=self.ranges)
 
     def add(self, embeddings, ids=None, texts=None) -> None:
-        """Append float embeddings (n, dim), with optional ids and texts of the same length."""
+        """Append float embeddings (n, dim), with optional ids and texts of the same length. A row holding
+        NaN or inf is refused before anything is stored (``jaxst.search``'s rule)."""
         embeddings = np.asarray(embeddings, dtype=np.float32)
         if embeddings.ndim == 1:
             embeddings = embeddings[None, :]
@@ -180,6 +195,7 @@ class EmbeddingIndex(_Labelled):
         self._check_labels(n, ids, texts)
         if n == 0:
             return
+        check_finite(embeddings, "embeddings")
         rows = self._encode_rows(embeddings)
         if self._n + n > self._data.shape[0]:
             capacity = max(MIN_CAPACITY, self._data.shape[0])
@@ -194,6 +210,9 @@ class EmbeddingIndex(_Labelled):
         self._device = None
 
     # ---------------------------------------------------------------- search
+
+    def _first_nonfinite_row(self) -> int | None:
+        return first_nonfinite_row(self._data[: self._n])
 
     def _streamed(self) -> bool:
         return self.max_device_rows is not None and self._n > self.max_device_rows
@@ -260,6 +279,7 @@ class EmbeddingIndex(_Labelled):
             q = q[None, :]
         if q.ndim != 2 or q.shape[1] != self.dim:
             raise ValueError(f"expected queries of shape (n, {self.dim}), got {q.shape}")
+        check_finite(q, "queries")
         if self.similarity == "cosine":
             q = np.asarray(normalize(jnp.asarray(q)))
         return q
@@ -270,7 +290,9 @@ class EmbeddingIndex(_Labelled):
         ``queries``: float embeddings, or text(s) embedded with ``model.encode_query``. On a quantized
         index the first pass fetches ``top_k * rescore_multiplier`` candidates by the quantized score
         and rescores them with the float query against the dequantized rows (None or 1: no rescoring;
-        scores are then the quantized ones: approximate dot products, or minus the Hamming distance)."""
+        scores are then the quantized ones: approximate dot products, or minus the Hamming distance).
+        Returns ``min(top_k, len(index))`` hits per query; a non-finite query is refused with its row named
+        (``jaxst.search``'s rule)."""
         if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
             raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
         if rescore_multiplier is not None and (not isinstance(rescore_multiplier, int) or rescore_multiplier < 1):
@@ -351,7 +373,7 @@ class EmbeddingIndex(_Labelled):
         """Read a file written by ``save``; a damaged or foreign file is a ValueError saying what is wrong.
         ``mesh``: shard the loaded index over the devices of this mesh."""
         path = Path(path)
-        header, arrays, ids, texts = _read_zip(path, FORMAT, (1, VERSION), "embedding index")
+        header, arrays, ids, texts = _read_zip(path, FORMAT, (1, VERSION), "embedding index", _dense_members)
         try:
             index = cls(header["dim"], header["precision"], header["similarity"],
                         arrays["ranges"] if header["has_ranges"] else None, header.get("chunk_size"),
@@ -359,16 +381,18 @@ class EmbeddingIndex(_Labelled):
             rows = arrays["embeddings"]
         except KeyError as e:
             raise ValueError(f"{path} is damaged or not a jaxst embedding index: missing {e}") from e
-        if index.precision == "bfloat16":
-            rows = rows.view(ml_dtypes.bfloat16)
+        except ValueError as e:  # a header value the constructor refuses
+            raise ValueError(f"{path}: {e}") from e
         n = header["count"]
-        width, dtype = index._width, np.dtype(index._dtype)
+        width, dtype = index._width, np.dtype(np.uint16 if index.precision == "bfloat16" else index._dtype)
         if index._binary:  # version 2 holds packed bytes, version 1 uint32 words
             width, dtype = (-(-index.dim // 8), np.dtype(np.uint8)) if header["version"] == 2 else \
                 (-(-index.dim // 32), np.dtype(np.uint32))
         if rows.shape != (n, width) or rows.dtype != dtype:
             raise ValueError(f"{path}: embeddings have shape {rows.shape} and dtype {rows.dtype}, "
                              f"expected ({n}, {width}) {dtype}")
+        if index.precision == "bfloat16":  # saved as their uint16 bits
+            rows = rows.view(ml_dtypes.bfloat16)
         if index._binary:
             rows = hamming_words(np.ascontiguousarray(rows).view(np.uint8)[:, : -(-index.dim // 8)])
         for name, values in (("ids", ids), ("texts", texts)):
@@ -414,8 +438,9 @@ class SparseEmbeddingIndex(_Labelled):
         return to_bcoo(self._values[: self._n], self._indices[: self._n], self.dim)
 
     def add(self, embeddings, ids=None, texts=None) -> None:
-        """Append sparse embeddings (n, dim), with optional ids and texts of the same length."""
-        values, indices, dim = as_rows(embeddings)
+        """Append sparse embeddings (n, dim), with optional ids and texts of the same length. A row storing
+        NaN or inf is refused before anything is stored (``jaxst.search``'s rule)."""
+        values, indices, dim = stored_rows(embeddings)
         if dim != self.dim:
             raise ValueError(f"expected embeddings of dimension {self.dim}, got {dim}")
         values, indices = np.asarray(values, np.float32), np.asarray(indices, np.int32)
@@ -423,6 +448,7 @@ class SparseEmbeddingIndex(_Labelled):
         self._check_labels(n, ids, texts)
         if n == 0:
             return
+        check_finite(values, "embeddings")
         used = int((values != 0).sum(axis=1).max(initial=0))
         order = np.argsort(values == 0, axis=1, kind="stable")[:, :used]  # active entries first
         values, indices = np.take_along_axis(values, order, 1), np.take_along_axis(indices, order, 1)
@@ -444,6 +470,9 @@ class SparseEmbeddingIndex(_Labelled):
         self._append_labels(ids, texts)
         self._device = None
 
+    def _first_nonfinite_row(self) -> int | None:
+        return first_nonfinite_row(self._values[: self._n])
+
     def _corpus_on_device(self):
         if self._device is None:
             rows = min(-(-self._n // DEVICE_ROWS) * DEVICE_ROWS, self._values.shape[0])
@@ -452,7 +481,8 @@ class SparseEmbeddingIndex(_Labelled):
 
     def search(self, queries, top_k: int = 10, model=None) -> list[list[dict]]:
         """Top ``top_k`` hits per query, best first: ``{"corpus_id", "score"[, "id"][, "text"]}``.
-        ``queries``: sparse embeddings, or text(s) embedded with ``model.encode_query``."""
+        ``queries``: sparse embeddings, or text(s) embedded with ``model.encode_query``. Non-finite queries are
+        refused with the row named (``jaxst.search``'s rule)."""
         if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
             raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
         if isinstance(queries, str) or (isinstance(queries, (list, tuple)) and queries and
@@ -460,9 +490,10 @@ class SparseEmbeddingIndex(_Labelled):
             if model is None:
                 raise TypeError("text queries need a model: index.search(texts, model=model)")
             queries = model.encode_query([queries] if isinstance(queries, str) else list(queries))
-        q_values, q_indices, dim = as_rows(queries)
+        q_values, q_indices, dim = stored_rows(queries)
         if dim != self.dim:
             raise ValueError(f"expected queries of dimension {self.dim}, got {dim}")
+        check_finite(q_values, "queries")
         if self._n == 0:
             return [[] for _ in range(q_values.shape[0])]
         scores, ids = sparse_top_k(q_values, q_indices, self._corpus_on_device(), self._n, k=min(top_k, self._n),
@@ -481,12 +512,15 @@ class SparseEmbeddingIndex(_Labelled):
     def load(cls, path: str | os.PathLike) -> SparseEmbeddingIndex:
         """Read a file written by ``save``; a damaged or foreign file is a ValueError saying what is wrong."""
         path = Path(path)
-        header, arrays, ids, texts = _read_zip(path, SPARSE_FORMAT, (SPARSE_VERSION,), "sparse index")
+        header, arrays, ids, texts = _read_zip(path, SPARSE_FORMAT, (SPARSE_VERSION,), "sparse index",
+                                             _sparse_members)
         try:
             index = cls(header["dim"], header["similarity"])
             values, indices = arrays["values"], arrays["indices"]
         except KeyError as e:
             raise ValueError(f"{path} is damaged or not a jaxst sparse index: missing {e}") from e
+        except ValueError as e:  # a header value the constructor refuses
+            raise ValueError(f"{path}: {e}") from e
         n = header["count"]
         if values.shape != indices.shape or values.shape[0] != n or values.dtype != np.float32 \
                 or indices.dtype != np.int32:
@@ -501,25 +535,99 @@ class SparseEmbeddingIndex(_Labelled):
         return index
 
 
-def _read_zip(path: Path, fmt: str, versions: tuple, what: str) -> tuple[dict, dict, list | None, list | None]:
-    """(header, {name: array} of every .npy member, ids, texts) of a file ``_write_zip`` wrote; a damaged or
-    foreign file is a ValueError naming ``what`` it should have been."""
+NPY_HEADER_MAX = 4096  # the .npy header np.save writes for a 2-d array of a plain dtype: 128 bytes
+HEADER_MAX = 1 << 20  # header.json: a few hundred bytes in practice
+
+
+def _header_int(header: dict, key: str, path, minimum: int) -> int:
+    value = header.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{path}: header field {key!r} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _dense_members(header: dict, path) -> dict[str, int]:
+    """The .npy members an embedding index's header says it has, with their largest possible size in bytes."""
+    dim, count = _header_int(header, "dim", path, 1), _header_int(header, "count", path, 0)
+    precision = header.get("precision")
+    if precision not in PRECISIONS:
+        raise ValueError(f"{path}: precision {precision!r} is not one of {PRECISIONS}")
+    row = {"float32": 4 * dim, "bfloat16": 2 * dim, "int8": dim, "uint8": dim}.get(precision)
+    if row is None:  # binary: version 2 packed bytes, version 1 uint32 words
+        row = -(-dim // 8) if header.get("version") == 2 else 4 * -(-dim // 32)
+    members = {"embeddings.npy": count * row + NPY_HEADER_MAX}
+    if header.get("has_ranges"):
+        members["ranges.npy"] = 2 * dim * 8 + NPY_HEADER_MAX
+    return members
+
+
+def _sparse_members(header: dict, path) -> dict[str, int]:
+    """The .npy members a sparse index's header says it has, with their largest possible size in bytes."""
+    dim, count = _header_int(header, "dim", path, 1), _header_int(header, "count", path, 0)
+    most = count * row_width(dim) * 4 + NPY_HEADER_MAX  # a row holds at most dim active entries
+    return {"values.npy": most, "indices.npy": most}
+
+
+def _read_member(z: zipfile.ZipFile, name: str, limit: int, path, what: str) -> bytes:
+    """A member's bytes, refused before reading when it is missing, compressed (jaxst writes members stored,
+    so a compressed one is foreign: its declared size cannot be trusted before inflating it), or larger than
+    ``limit`` (at most the file's own size)."""
+    try:
+        info = z.getinfo(name)
+    except KeyError:
+        raise ValueError(f"{path} is damaged or not a jaxst {what}: member {name} is missing") from None
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise ValueError(f"{path}: member {name} is compressed (method {info.compress_type}); jaxst {what} files "
+                         "store their members uncompressed, re-save it with jaxst")
+    if info.file_size > limit or info.file_size != info.compress_size:
+        raise ValueError(f"{path}: member {name} declares {info.file_size} bytes, more than its header and the "
+                         f"file's size allow ({limit})")
+    return z.read(name)
+
+
+def _read_labels(data: bytes, name: str, path, kinds: tuple) -> list:
+    values = json.loads(data)
+    if not isinstance(values, list):
+        raise ValueError(f"{path}: {name} holds a {type(values).__name__}, expected a list")
+    if not all(isinstance(v, kinds) and not isinstance(v, bool) for v in values):
+        raise ValueError(f"{path}: {name} holds entries that are not {' or '.join(k.__name__ for k in kinds)}")
+    return values
+
+
+def _read_zip(path: Path, fmt: str, versions: tuple, what: str, members) -> tuple[dict, dict, list | None, list | None]:
+    """(header, {name: array} of the .npy members ``members(header, path)`` names, ids, texts) of a file
+    ``_write_zip`` wrote; a damaged or foreign file is a ValueError naming ``path`` and ``what`` it should have
+    been. Only the members the header calls for are read, each only after its declared size was checked
+    against what the header allows; anything else in the zip is never decompressed."""
     try:
         with zipfile.ZipFile(path) as z:
-            names = set(z.namelist())
-            if "header.json" not in names:
+            size = os.fstat(z.fp.fileno()).st_size
+
+            def read(name: str, limit: int) -> bytes:
+                return _read_member(z, name, min(limit, size), path, what)
+
+            if "header.json" not in z.NameToInfo:
                 raise ValueError(f"{path} is not a jaxst {what} (no header)")
-            header = json.loads(z.read("header.json"))
+            header = json.loads(read("header.json", HEADER_MAX))
+            if not isinstance(header, dict):
+                raise ValueError(f"{path} is not a jaxst {what} (its header is a {type(header).__name__})")
             if header.get("format") != fmt:
                 raise ValueError(f"{path} is not a jaxst {what} (format {header.get('format')!r})")
             if header.get("version") not in versions:
                 raise ValueError(f"{path} has {what} format version {header.get('version')}; "
                                  f"this jaxst reads version {versions[-1]}")
-            arrays = {name[:-4]: np.load(io.BytesIO(z.read(name)), allow_pickle=False)
-                      for name in names if name.endswith(".npy")}
-            ids = json.loads(z.read("ids.json")) if header.get("has_ids") else None
-            texts = json.loads(z.read("texts.json")) if header.get("has_texts") else None
-    except (zipfile.BadZipFile, KeyError, EOFError, json.JSONDecodeError, OSError) as e:
+            arrays = {}
+            for name, limit in members(header, path).items():
+                data = read(name, limit)
+                try:
+                    arrays[name[:-4]] = np.load(io.BytesIO(data), allow_pickle=False)
+                except (ValueError, TypeError) as e:
+                    raise ValueError(f"{path}: member {name} is not a valid .npy array: {e}") from e
+            ids = _read_labels(read("ids.json", size), "ids.json", path, (int, str)) if header.get("has_ids") else None
+            texts = _read_labels(read("texts.json", size), "texts.json", path, (str,)) if header.get("has_texts") \
+                else None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, json.JSONDecodeError, UnicodeDecodeError,
+            zlib.error, NotImplementedError, RuntimeError, OSError) as e:
         if isinstance(e, FileNotFoundError):
             raise
         raise ValueError(f"{path} is damaged or not a jaxst {what}: {e}") from e
@@ -528,24 +636,17 @@ def _read_zip(path: Path, fmt: str, versions: tuple, what: str) -> tuple[dict, d
 
 def _write_zip(path: Path, members: dict, ids, texts) -> None:
     """One uncompressed zip of ``members`` (name -> bytes or str) plus ids.json / texts.json, written beside
-    ``path`` and renamed over it: a crash or a full disk leaves any previous file intact."""
+    ``path`` and renamed over it (``jaxst.io.atomic``): a crash or a full disk leaves any previous file intact,
+    and only a regular file, a new path or a symlink to one is written."""
     if ids is not None:
         members["ids.json"] = json.dumps(ids)
     if texts is not None:
         members["texts.json"] = json.dumps(texts, ensure_ascii=False)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as z:
-                for name, data in members.items():
-                    z.writestr(name, data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_path(path.parent)
+    with AtomicFile(path) as out:
+        with zipfile.ZipFile(out.file, "w", compression=zipfile.ZIP_STORED) as z:
+            for name, data in members.items():
+                z.writestr(name, data)
+        out.commit()
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:

@@ -17,7 +17,10 @@ Every path bounds the (queries, documents, query tokens, document tokens) interm
 budget (``chunk_elements``, default ``MAXSIM_CHUNK_ELEMENTS``). ``maxsim_search`` reuses the dense
 search scan (``jaxst.search``): corpus chunks are scored and merged into a running top-k inside one
 compiled ``lax.scan``; a numpy corpus is streamed to the device a piece at a time; a corpus split by
-rows over a mesh is scanned shard by shard on each device, with one global merge.
+rows over a mesh is scanned shard by shard on each device, with one global merge. The search follows
+``jaxst.search``'s rule for non-finite embeddings: a query or document holding NaN or inf in any token
+(masked or not) is refused with the row named, never searched. A document's tokens are checked by the
+scan that scores them (a document holding one scores NaN), so no separate pass reads the corpus.
 """
 
 from __future__ import annotations
@@ -36,9 +39,13 @@ from jaxst.search import (
     _chunked_top_k,
     _on_cpu,
     _per_platform,
+    check_finite,
     chunked_top_k,
+    first_nonfinite_row,
+    flag_nonfinite,
     hits,
     merge_top_k,
+    refuse_nonfinite_scores,
     row_sharding,
     scan_chunk,
     sharded_top_k,
@@ -397,7 +404,15 @@ class _MaxSimKind:
 
     def __call__(self, packed, chunk):
         documents, mask = chunk
-        return _block_scores(packed[..., :-1], packed[..., -1], documents, mask != 0, self.dtype)
+        scores = _block_scores(packed[..., :-1], packed[..., -1], documents, mask != 0, self.dtype)
+        return _refuse_nonfinite_documents(scores, documents, (1, 2))  # documents (C, T, H), scores (Q, C)
+
+
+def _refuse_nonfinite_documents(scores, documents, axes):
+    """NaN scores for documents holding NaN or inf in any token: padded tokens are masked out of the max, so
+    their values would otherwise go unseen (the scan then refuses the NaN, ``jaxst.search``'s rule)."""
+    finite = jnp.isfinite(documents).all(axis=axes)
+    return jnp.where(finite, scores, jnp.nan)
 
 
 @jax.jit
@@ -441,7 +456,9 @@ def _rerank_scores(packed, documents, keep, ids, *, q_chunk: int, c_chunk: int, 
     def block(r0, c0):
         q = _rows(packed, r0, q_chunk)
         block_ids = jax.lax.dynamic_slice(ids, (r0, c0), (q_chunk, c_chunk))
-        return _candidate_scores(q[..., :-1], q[..., -1], documents[block_ids], keep[block_ids], dtype)
+        gathered = documents[block_ids]  # (q_chunk, c_chunk, T, H)
+        scores = _candidate_scores(q[..., :-1], q[..., -1], gathered, keep[block_ids], dtype)
+        return _refuse_nonfinite_documents(scores, gathered, (2, 3))  # scores (q_chunk, c_chunk)
 
     return _blocked(block, ids.shape[0], q_chunk, ids.shape[1], c_chunk)
 
@@ -449,7 +466,7 @@ def _rerank_scores(packed, documents, keep, ids, *, q_chunk: int, c_chunk: int, 
 @functools.partial(jax.jit, static_argnames=("k", "q_chunk", "c_chunk", "dtype"))
 def _rerank(packed, documents, mask, ids, *, k: int, q_chunk: int, c_chunk: int, dtype):
     scores = _rerank_scores(packed, documents, mask != 0, ids, q_chunk=q_chunk, c_chunk=c_chunk, dtype=dtype)
-    values, pos = jax.lax.top_k(scores, k)
+    values, pos = jax.lax.top_k(flag_nonfinite(scores), k)
     return values, jnp.take_along_axis(ids, pos, axis=1)
 
 
@@ -465,7 +482,7 @@ def _sharded_rerank(packed, corpus, ids, *, k: int, q_chunk: int, c_chunk: int, 
         owned = (mine >= 0) & (mine < rows)
         scores = _rerank_scores(q, documents, mask != 0, jnp.where(owned, mine, 0), q_chunk=q_chunk,
                                 c_chunk=c_chunk, dtype=dtype)
-        return jax.lax.pmax(jnp.where(owned, scores, -jnp.inf), axis)
+        return jax.lax.pmax(jnp.where(owned, flag_nonfinite(scores), -jnp.inf), axis)
 
     scores = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(axis), P()), out_specs=P(),
                            check_vma=False)(packed, corpus, ids)
@@ -597,7 +614,8 @@ def maxsim_search(
     ``candidates=N`` searches in two stages: the N corpus entries whose ``mean_vectors`` best match the
     query's mean vector, then exact MaxSim over those N only (at least ``top_k`` of them; ``N >=
     len(corpus)`` gives the exact hits). Pass ``corpus_vectors`` (``mean_vectors(corpus)``) to skip
-    recomputing them per call; ``maxsim_recall`` measures what the first stage loses."""
+    recomputing them per call; ``maxsim_recall`` measures what the first stage loses. Non-finite embeddings
+    (or ``corpus_vectors``) are refused with the row named, never searched (``jaxst.search``'s rule)."""
     top_k = _positive("top_k", top_k)
     query_chunk_size = _positive("query_chunk_size", query_chunk_size)
     corpus_chunk_size = _positive("corpus_chunk_size", corpus_chunk_size, optional=True)
@@ -608,10 +626,13 @@ def maxsim_search(
         chunk_elements = CPU_SCAN_ELEMENTS
     budget = _budget(chunk_elements)
     _check_dims(queries, embeddings, "corpus")
+    check_finite(queries, "query_embeddings")
+    check_finite(query_mask, "query_mask")
     n = embeddings.shape[0]
     if n == 0 or len(queries) == 0:
         return [[] for _ in range(len(queries))]
     corpus = _Corpus(embeddings, corpus_mask, corpus_chunk_size)
+    locate = lambda: first_nonfinite_row(embeddings)  # noqa: E731  (the error path only)
     dtype = _compute_dtype(queries, embeddings)
     kind = _MaxSimKind(dtype)
     packed = _pack_queries(jnp.asarray(queries), jnp.asarray(query_mask))
@@ -621,10 +642,14 @@ def maxsim_search(
     chunk = max(1, budget // (step_queries * max(queries.shape[1] * embeddings.shape[1], 1)))
     if candidates is not None:
         candidates = min(max(candidates, k), n)
+        vectors_name, locate_vectors = "corpus_embeddings", locate  # a NaN document has a NaN mean vector
         if corpus_vectors is None:
             corpus_vectors = corpus.vectors()
         elif tuple(corpus_vectors.shape) != (n, corpus.dim):
             raise ValueError(f"corpus_vectors has shape {tuple(corpus_vectors.shape)}, expected ({n}, {corpus.dim})")
+        else:
+            vectors = corpus_vectors
+            vectors_name, locate_vectors = "corpus_vectors", lambda: first_nonfinite_row(vectors)
         query_vectors = _mean_vectors(jnp.asarray(queries), jnp.asarray(query_mask))
     results: list[list[dict]] = []
     for q0 in range(0, len(queries), query_chunk_size):
@@ -632,11 +657,12 @@ def maxsim_search(
         if candidates is None:
             scores, ids = corpus.top_k(q, k=k, kind=kind, chunk=chunk)
         else:
-            _, found = _dense_top_k(query_vectors[q0 : q0 + query_chunk_size], corpus_vectors, candidates)
+            first, found = _dense_top_k(query_vectors[q0 : q0 + query_chunk_size], corpus_vectors, candidates)
+            refuse_nonfinite_scores(np.asarray(first), np.asarray(found), locate_vectors, vectors_name, q0)
             scores, ids = corpus.rerank(q, found, k=k, dtype=dtype, budget=budget)
         if counts is not None:  # one divisor per query: the order is unchanged
             scores = scores / counts[q0 : q0 + query_chunk_size, None]
-        results.extend(hits(scores, ids))
+        results.extend(hits(scores, ids, locate, "corpus_embeddings", q0))
     return results
 
 

@@ -20,6 +20,33 @@ def check_precision(precision: str) -> None:
         raise ValueError(f"precision {precision!r} is not supported; expected one of {PRECISIONS}")
 
 
+def check_ranges(ranges, name: str = "ranges") -> None:
+    """Refuse int8 / uint8 ``ranges`` (2, dim) holding NaN or inf, or spanning past float32 (``max - min``
+    overflows: infinite steps): every level of every quantized row would be garbage. Inside ``jax.jit``
+    the values are unknown and not checked."""
+    if ranges is None or isinstance(ranges, jax.core.Tracer):
+        return
+    ranges = np.asarray(ranges, np.float32)
+    bad = ~np.isfinite(ranges)
+    if ranges.ndim == 2 and ranges.shape[0] == 2:
+        with np.errstate(over="ignore", invalid="ignore"):
+            bad = bad.any(axis=0) | ~np.isfinite(ranges[1] - ranges[0])
+    if bad.any():
+        column = int(np.argwhere(bad)[0][-1])
+        raise ValueError(f"{name} column {column} is not finite (NaN or inf, or a span past float32): "
+                         f"int8 / uint8 calibration data must be finite")
+
+
+def check_calibration_embeddings(calibration_embeddings) -> None:
+    """Refuse a calibration set holding NaN or inf (its ranges would be NaN), naming the first such row."""
+    if calibration_embeddings is None or isinstance(calibration_embeddings, jax.core.Tracer):
+        return
+    bad = ~np.isfinite(np.asarray(calibration_embeddings, np.float32))
+    if bad.any():
+        raise ValueError(f"calibration_embeddings row {int(np.argwhere(bad)[0][0])} holds NaN or inf: "
+                         f"int8 / uint8 calibration data must be finite")
+
+
 def _xp(x):
     return jnp if isinstance(x, jax.Array) else np
 
@@ -56,6 +83,8 @@ def quantize_embeddings(embeddings, precision: str, ranges=None, calibration_emb
     if precision == "float32":
         return embeddings.astype(np.float32)
     if precision.endswith("int8"):
+        check_ranges(ranges)
+        check_calibration_embeddings(calibration_embeddings if ranges is None else None)
         if ranges is None:
             ranges = quantization_ranges(embeddings, calibration_embeddings)
         ranges = xp.asarray(ranges).astype(np.float32)

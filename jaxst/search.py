@@ -12,6 +12,29 @@ A corpus too large for the device stays in host memory and is streamed through t
 piece at a time (``streamed_top_k``); on the CPU backend an aligned host array is used in place.
 An int8 scan of CPU arrays runs as one native AVX-512 VNNI pass where the CPU has it
 (``jaxst.native``), with the same hits.
+
+Non-finite embeddings are refused, never searched. This one rule holds for ``semantic_search`` (dense and
+sparse), ``paraphrase_mining`` / ``community_detection``, ``EmbeddingIndex`` at every precision,
+``SparseEmbeddingIndex`` and ``jaxst.maxsim.maxsim_search``:
+
+- a query or corpus embedding holding NaN or +-inf is a ValueError naming the argument and the first such
+  row (a sparse embedding's stored values count, its padding slots do not; a multi-vector embedding's
+  every token counts, masked or not);
+- an index's ``add`` refuses such rows before anything is stored, so an index never holds one and int8 /
+  uint8 calibration never sees one; a non-finite ``ranges`` is refused when the index is built;
+- a finite corpus whose score overflows float32 to +-inf (or NaN) is refused too: the error says which
+  score is not finite.
+
+So every search returns ``min(top_k, rows)`` hits, best first, none dropped and none invented. Why: a NaN
+score sorts above every real score in ``top_k``, so a NaN row used to take a slot and then be dropped with
+the real hit it displaced; NaN calibration ranges silently emptied every later search of an int8 index.
+
+How, without a second pass over a big corpus: queries are small and checked where they are. The corpus is
+checked by the scan that scores it: a non-finite score of a valid row becomes +inf (``flag_nonfinite``),
+wins its top-k slot and so comes back with the hits, where ``hits`` raises; only then is the corpus
+searched for the offending row. Rows that are not valid (padding, rows already seen) score -inf and can
+never reach the result, since ``k`` never exceeds the valid rows. Integer scores (int8, Hamming) are always
+finite and skip the flag.
 """
 
 from __future__ import annotations
@@ -26,10 +49,70 @@ import numpy as np
 from jaxst import native
 from jaxst.pooling import normalize
 from jaxst.similarity import as_matrix, cos_sim, dot_score
-from jaxst.sparse import as_rows, chunk_scores, is_sparse, normalize_rows, rows_to_dense
+from jaxst.sparse import chunk_scores, is_sparse, normalize_rows, rows_to_dense, stored_rows
 
 BLOCK = 64  # rows per block in the two-stage top-k
 HAMMING_BLOCK = 16  # integer distances tie a lot: small blocks keep the candidate sort short
+INTEGER_SCORES = ("int8", "hamming")  # scorers whose scores are always finite
+CHECK_ROWS = 65536  # rows per block when a host array is searched for a non-finite row
+
+
+# ------------------------------------------------------------------ non-finite embeddings (see the module doc)
+
+
+def nonfinite_row_error(name: str, row: int) -> ValueError:
+    return ValueError(f"{name} row {row} holds NaN or inf: non-finite embeddings are refused, never searched")
+
+
+@jax.jit
+def _first_bad_row(x):
+    rows = (~jnp.isfinite(x)).reshape(x.shape[0], -1).any(axis=1)
+    return jnp.where(rows.any(), jnp.argmax(rows), -1)
+
+
+def first_nonfinite_row(x) -> int | None:
+    """The first row (index on axis 0) of ``x`` holding NaN or +-inf, or None. A jax array is reduced where
+    it lives, a host array in blocks of ``CHECK_ROWS`` rows (no full-size temporary); integer arrays are
+    finite."""
+    if not jnp.issubdtype(x.dtype, jnp.inexact) or x.shape[0] == 0:
+        return None
+    if isinstance(x, jax.Array):
+        row = int(_first_bad_row(x))
+        return None if row < 0 else row
+    for start in range(0, x.shape[0], CHECK_ROWS):
+        bad = ~np.isfinite(x[start : start + CHECK_ROWS])
+        rows = bad.reshape(bad.shape[0], -1).any(axis=1)
+        if rows.any():
+            return start + int(rows.argmax())
+    return None
+
+
+def check_finite(x, name: str) -> None:
+    """Refuse ``x`` (queries, or rows an index is about to store) if a row holds NaN or +-inf."""
+    row = first_nonfinite_row(x)
+    if row is not None:
+        raise nonfinite_row_error(name, row)
+
+
+def flag_nonfinite(scores):
+    """Non-finite scores as +inf: inside a scan they win the top-k, so they come back with the hits and
+    ``refuse_nonfinite_scores`` sees them."""
+    return jnp.where(jnp.isfinite(scores), scores, jnp.inf)
+
+
+def refuse_nonfinite_scores(scores, ids, locate, name: str = "corpus_embeddings", first_query: int = 0) -> None:
+    """Raise if any returned score (host arrays, (Q, k)) is not finite. ``locate()`` gives the first
+    non-finite row of the corpus (or None): it runs only here, on the error path; with no such row the
+    score itself overflowed float32."""
+    bad = ~np.isfinite(scores)
+    if not bad.any():
+        return
+    row = locate() if locate is not None else None
+    if row is not None:
+        raise nonfinite_row_error(name, row)
+    q, j = (int(v) for v in np.argwhere(bad)[0])
+    raise ValueError(f"the score of query {first_query + q} and {name} row {int(ids[q, j])} is not finite "
+                     f"(float32 overflow): non-finite scores are refused, never ranked")
 
 
 def top_k(scores, k: int, block: int = BLOCK):
@@ -117,7 +200,8 @@ def _chunked_top_k(queries, corpus, n_valid, first=0, offset=0, *, k: int, kind,
 
     ``corpus`` (N, W) is read in ``ceil(N / chunk)`` chunks by one ``lax.scan``; the last chunk is
     aligned to the end of the array (nothing is padded or copied) and rows already seen score -inf.
-    Each step keeps only its chunk's top k; one ``top_k`` over those winners ends the search.
+    Each step keeps only its chunk's top k; one ``top_k`` over those winners ends the search. A valid
+    row's non-finite score comes back as +inf (``flag_nonfinite``); rows outside the bounds score -inf.
     Returned ids are ``offset + row``. For ``kind="hamming"`` the corpus is words-major, (W, N).
     ``n_valid``, ``first`` and ``offset`` are traced: a growing corpus does not recompile."""
     axis = 1 if kind == "hamming" else 0
@@ -133,6 +217,8 @@ def _chunked_top_k(queries, corpus, n_valid, first=0, offset=0, *, k: int, kind,
         block = jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, start, chunk, axis=axis), corpus)
         rows = start + jnp.arange(chunk)
         scores = _chunk_scores(queries, block, kind)
+        if kind not in INTEGER_SCORES:
+            scores = flag_nonfinite(scores)
         scores = jnp.where((rows >= jnp.maximum(i * chunk, first)) & (rows < n_valid), scores, -jnp.inf)
         values, pos = top_k(scores, kk, HAMMING_BLOCK if kind == "hamming" else BLOCK)
         return values, rows[pos]
@@ -299,14 +385,13 @@ def _sharded_top_k(queries, corpus, n_valid, *, k: int, kind, chunk: int, mesh, 
 sharded_top_k = _per_platform(_sharded_top_k, ("k", "kind", "chunk", "mesh", "axis", "words_major"))
 
 
-def hits(scores, ids, n_valid: int | None = None) -> list[list[dict]]:
-    """Rows of (scores, ids) -> ``[{"corpus_id", "score"}]`` lists, dropping empty (-1 / -inf) slots."""
+def hits(scores, ids, locate=None, name: str = "corpus_embeddings", first_query: int = 0) -> list[list[dict]]:
+    """Rows of (scores, ids) -> ``[{"corpus_id", "score"}]`` lists, every slot a real hit: a non-finite
+    score is refused (``refuse_nonfinite_scores``), never dropped."""
     scores, ids = np.asarray(scores), np.asarray(ids)
-    out = []
-    for row_s, row_i in zip(scores, ids):
-        keep = (row_i >= 0) & np.isfinite(row_s)
-        out.append([{"corpus_id": int(c), "score": float(s)} for s, c in zip(row_s[keep], row_i[keep])])
-    return out
+    refuse_nonfinite_scores(scores, ids, locate, name, first_query)
+    return [[{"corpus_id": int(c), "score": float(s)} for s, c in zip(row_s, row_i)]
+            for row_s, row_i in zip(scores.tolist(), ids.tolist())]
 
 
 def _host_matrix(x) -> np.ndarray | None:
@@ -330,7 +415,8 @@ def semantic_search(
     A jax.Array corpus is searched where it lives by one compiled scan; one split by rows over the
     devices of a mesh (``NamedSharding(mesh, P("data"))``) is scanned shard by shard on each device.
     A float32 numpy corpus stays in host memory and is streamed to the device ``corpus_chunk_size``
-    rows at a time (on the CPU backend a 64-byte aligned one is used in place, without a copy)."""
+    rows at a time (on the CPU backend a 64-byte aligned one is used in place, without a copy).
+    Non-finite embeddings are refused (a ValueError naming the row), never searched: see the module doc."""
     if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
         raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
     for name, value in (("query_chunk_size", query_chunk_size), ("corpus_chunk_size", corpus_chunk_size)):
@@ -346,9 +432,12 @@ def semantic_search(
         corpus = as_matrix(corpus_embeddings) if host is None else host
     if queries.shape[1] != corpus.shape[1]:
         raise ValueError(f"query dim {queries.shape[1]} != corpus dim {corpus.shape[1]}")
+    check_finite(queries, "query_embeddings")
     n = corpus.shape[0]
     if n == 0:
         return [[] for _ in range(queries.shape[0])]
+    searched = corpus if host is None else host
+    locate = lambda: first_nonfinite_row(searched)  # noqa: E731  (the error path only)
     kind = {cos_sim: "cosine", dot_score: "dot"}.get(score_function, score_function)
     k = min(top_k, n)
     chunk = min(corpus_chunk_size, scan_chunk(kind))
@@ -362,7 +451,7 @@ def semantic_search(
             scores, ids = sharded_top_k(q, corpus, n, k=k, kind=kind, chunk=chunk, mesh=sharded[0], axis=sharded[1])
         else:
             scores, ids = chunked_top_k(q, corpus, n, k=k, kind=kind, chunk=chunk)
-        results.extend(hits(scores, ids))
+        results.extend(hits(scores, ids, locate, "corpus_embeddings", q0))
     return results
 
 
@@ -380,15 +469,17 @@ def sparse_semantic_search(query_embeddings, corpus_embeddings, query_chunk_size
                            score_function=dot_score) -> list[list[dict]]:
     """``semantic_search`` over sparse embeddings (a BCOO as ``SparseEncoder.encode`` returns, a scipy
     sparse matrix, or dense rows): exact dot (or cosine) scores, one compiled scan over the corpus' fixed-width
-    rows per query chunk, each step scoring a block of rows against the dense queries."""
+    rows per query chunk, each step scoring a block of rows against the dense queries. Non-finite stored
+    values are refused (see the module doc); padding slots (index >= dim) hold nothing."""
     kinds = {dot_score: "sparse", cos_sim: "sparse_cosine", "dot": "sparse", "cosine": "sparse_cosine"}
     if score_function not in kinds:
         raise ValueError("sparse semantic_search scores with dot_score or cos_sim")
     kind = kinds[score_function]
-    q_values, q_indices, dim = as_rows(query_embeddings)
-    values, indices, corpus_dim = as_rows(corpus_embeddings)
+    q_values, q_indices, dim = stored_rows(query_embeddings)
+    values, indices, corpus_dim = stored_rows(corpus_embeddings)
     if dim != corpus_dim:
         raise ValueError(f"query dim {dim} != corpus dim {corpus_dim}")
+    check_finite(q_values, "query_embeddings")
     n = values.shape[0]
     if n == 0:
         return [[] for _ in range(q_values.shape[0])]
@@ -397,7 +488,7 @@ def sparse_semantic_search(query_embeddings, corpus_embeddings, query_chunk_size
     for q0 in range(0, q_values.shape[0], query_chunk_size):
         scores, ids = sparse_top_k(q_values[q0 : q0 + query_chunk_size], q_indices[q0 : q0 + query_chunk_size],
                                    (values, indices), n, k=k, cosine=kind == "sparse_cosine", dim=dim)
-        results.extend(hits(scores, ids))
+        results.extend(hits(scores, ids, lambda: first_nonfinite_row(values), "corpus_embeddings", q0))
     return results
 
 
@@ -418,8 +509,10 @@ def paraphrase_mining_embeddings(
     top_k: int = 100,
     score_function=cos_sim,
 ) -> list[list]:
-    """``[score, i, j]`` for the most similar pairs (i < j), best first; see sentence-transformers."""
+    """``[score, i, j]`` for the most similar pairs (i < j), best first; see sentence-transformers.
+    Non-finite embeddings are refused (see the module doc)."""
     embeddings = as_matrix(embeddings)
+    check_finite(embeddings, "embeddings")
     n = embeddings.shape[0]
     kind = {cos_sim: "cosine", dot_score: "dot"}.get(score_function, score_function)
     pairs: list = []  # min-heap of (score, i, j), at most max_pairs
@@ -429,6 +522,7 @@ def paraphrase_mining_embeddings(
     for q0 in range(0, n, query_chunk_size):
         scores, ids = chunked_top_k(embeddings[q0 : q0 + query_chunk_size], embeddings, n, k=k, kind=kind,
                                     chunk=corpus_chunk_size)
+        refuse_nonfinite_scores(np.asarray(scores), np.asarray(ids), None, "embeddings", q0)
         for row, (row_s, row_i) in enumerate(zip(np.asarray(scores).tolist(), np.asarray(ids).tolist())):
             i = q0 + row
             for j, score in [(j, s) for j, s in zip(row_i, row_s) if j != i][:top_k]:
@@ -466,6 +560,8 @@ def community_detection(embeddings, threshold: float = 0.75, min_community_size:
     from tqdm.auto import tqdm
 
     embeddings = as_matrix(embeddings) if len(embeddings) else None
+    if embeddings is not None:
+        check_finite(embeddings, "embeddings")  # a NaN row scores NaN against all: refused (see the module doc)
     if embeddings is None or embeddings.shape[0] < min_community_size:
         return []
     embeddings = normalize(embeddings)

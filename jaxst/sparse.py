@@ -219,6 +219,14 @@ def as_rows(x) -> tuple[jax.Array, jax.Array, int]:
     return values, indices, dense.shape[1]
 
 
+def stored_rows(x) -> tuple[jax.Array, jax.Array, int]:
+    """``as_rows`` with every padding slot's value zero: what a search reads. A value a BCOO keeps at an
+    index outside the vocabulary is not part of the embedding (``todense`` drops it), so it neither scores
+    nor counts in the non-finite check (``jaxst.search``'s rule)."""
+    values, indices, dim = as_rows(x)
+    return jnp.where(indices < dim, values, 0), indices, dim
+
+
 def rows_to_dense(values, indices, dim: int):
     """Fixed-width rows -> dense (n, dim); padding slots (index dim) are dropped."""
     n = values.shape[0]

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxst.io.atomic import release, temp_folder, umask
 from jaxst.io.fsync import fsync_path
 from jaxst.io.weights import state_dict_from_params
 
@@ -493,8 +494,9 @@ def atomic_folder(path: str | os.PathLike, overwrite: bool = False) -> Iterator[
     target = Path(os.path.realpath(os.path.expanduser(os.fspath(path))))
     _check_target(target, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _make_hidden_folder(target, "tmp")
+    tmp = Path(temp_folder(str(target)))  # removed on SIGTERM, and by the next save after a SIGKILL
     try:
+        os.chmod(tmp, stat.S_IMODE(target.stat().st_mode) if target.is_dir() else 0o777 & ~umask())
         yield tmp
         _check_target(target, overwrite)  # it may have changed while we wrote
         if target.is_dir():
@@ -505,6 +507,8 @@ def atomic_folder(path: str | os.PathLike, overwrite: bool = False) -> Iterator[
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        release(str(tmp))
     fsync_path(target.parent)
 
 

@@ -5,7 +5,8 @@ file next to the target, so memory stays bounded by one chunk whatever the corpu
 is written last. Until then the temporary file starts with zero bytes instead of the ``\\x93NUMPY``
 magic, so an interrupted run (an exception, Ctrl-C, a killed process) never leaves a file that loads
 as an array: the temporary file is removed on an exception, and ``os.replace`` puts the finished
-file at the target name only once it is complete and flushed to disk.
+file at the target name only once it is complete and flushed to disk. Which targets may be written, how
+symlinks are followed and how temp files left by a killed run are removed: ``jaxst.io.atomic``.
 
 The header's length does not depend on the row count: numpy pads ``.npy`` headers so the first axis
 can grow to 21 digits in place (``numpy.lib.format.GROWTH_AXIS_MAX_DIGITS``), which is what lets
@@ -16,11 +17,11 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from collections.abc import Iterator
 
 import numpy as np
 
+from jaxst.io.atomic import AtomicFile
 from jaxst.quantization import quantization_ranges, quantize_embeddings
 
 
@@ -41,7 +42,8 @@ class NpyStreamWriter:
             w.commit()                   # header, fsync, os.replace -> emb.npy
         # leaving the block without commit() (an exception) removes the temporary file
 
-    An existing file at ``path`` is untouched until ``commit`` replaces it.
+    An existing file at ``path`` is untouched until ``commit`` replaces it; ``path`` must be a regular file,
+    a new path or a symlink to one (``jaxst.io.atomic.resolve_target``), checked here, before any row.
     """
 
     def __init__(self, path: str | os.PathLike, dtype, row_shape: tuple[int, ...]):
@@ -50,11 +52,9 @@ class NpyStreamWriter:
         self.row_shape = tuple(int(d) for d in row_shape)
         self.rows = 0
         self._header_len = len(_header(self.dtype, (0, *self.row_shape)))
-        directory = os.path.dirname(os.path.abspath(self.path))
-        fd, self.tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(self.path)}.", suffix=".tmp",
-                                             dir=directory)
-        self._file = os.fdopen(fd, "wb")
-        self._done = False
+        self._atomic = AtomicFile(self.path)
+        self.tmp_path = self._atomic.tmp_path
+        self._file = self._atomic.file
         try:
             self._file.write(b"\0" * self._header_len)  # not a .npy until commit() writes the real header
         except BaseException:
@@ -84,28 +84,14 @@ class NpyStreamWriter:
             self._file.flush()
             self._file.seek(0)
             self._file.write(header)
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(self.tmp_path, 0o666 & ~umask)  # mkstemp makes the file 0600; give it the usual permissions
-            os.replace(self.tmp_path, self.path)
-            self._done = True
         except BaseException:
             self.abort()
             raise
+        self._atomic.commit()  # fsync, permissions, rename over the target; removes the temp file on failure
 
     def abort(self) -> None:
         """Drop the temporary file; the target path is left as it was."""
-        if self._done:
-            return
-        self._done = True
-        self._file.close()
-        try:
-            os.unlink(self.tmp_path)
-        except FileNotFoundError:
-            pass
+        self._atomic.abort()
 
     def __enter__(self) -> NpyStreamWriter:
         return self
