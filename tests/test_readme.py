@@ -81,3 +81,18 @@ def test_ci_runs_the_readmes_two_commands():
     ci = (README.parent / ".ci" / "run").read_text(encoding="utf-8")
     assert "readme_command.py main" in ci and "readme_command.py test" in ci
     assert 'bash -euo pipefail -c "$main_job"' in ci and 'bash -euo pipefail -c "$test_command"' in ci
+
+
+def test_hostile_input_count_is_the_suites():
+    """The reliability paragraph's count of hostile-input cases is what pytest collects from those files."""
+    import subprocess
+
+    stated = re.search(r"(\d+) cases in `tests/test_hostile_\*\.py`", README.read_text(encoding="utf-8"))
+    assert stated, "README's reliability paragraph must state the count of hostile-input cases"
+    tests = README.parent / "tests"
+    out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                          *sorted(str(p) for p in tests.glob("test_hostile_*.py"))],
+                         capture_output=True, text=True, cwd=README.parent, timeout=300)
+    collected = re.search(r"(\d+) tests? collected", out.stdout)
+    assert collected, out.stdout[-2000:] + out.stderr[-2000:]
+    assert int(stated.group(1)) == int(collected.group(1))
