@@ -552,25 +552,38 @@ def assert_cli_encodes_like(folder, st, tmp_path) -> None:
     assert max_abs(np.load(tmp_path / "emb.npy"), st.encode(texts)) < 1e-5
 
 
-@pytest.fixture(scope="session")
-def tiny_backbone(tmp_path_factory, minilm_folder):
-    """A seeded random 2-layer BertModel with the MiniLM tokenizer (whose vocabulary has [unused0])."""
+def save_tiny_bert(folder: Path, minilm_folder: Path, model_cls, perturb=None, **model_kwargs) -> Path:
+    """A seeded random 2-layer BERT (hidden 32, 4 heads) of transformers' ``model_cls`` with the MiniLM tokenizer,
+    saved to ``folder``; ``perturb(name, param)`` randomizes parameters transformers starts at constants (biases,
+    LayerNorm gains), so a mis-mapped tensor shows."""
     import torch
-    from transformers import BertConfig, BertModel
+    from transformers import BertConfig
 
-    folder = tmp_path_factory.mktemp("mv-backbone")
     torch.manual_seed(0)
     config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                         intermediate_size=64, max_position_embeddings=128, initializer_range=0.2)
-    model = BertModel(config, add_pooling_layer=False).eval()
-    with torch.no_grad():
-        for key, p in model.named_parameters():
-            if key.endswith(".bias"):
-                p.normal_(0.0, 0.2)
+    model = model_cls(config, **model_kwargs).eval()
+    if perturb is not None:
+        with torch.no_grad():
+            for key, p in model.named_parameters():
+                perturb(key, p)
     model.save_pretrained(folder)
     for file in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
         shutil.copy(minilm_folder / file, folder / file)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory, minilm_folder):
+    """A seeded random 2-layer BertModel with the MiniLM tokenizer (whose vocabulary has [unused0])."""
+    from transformers import BertModel
+
+    def perturb(key, p):
+        if key.endswith(".bias"):
+            p.normal_(0.0, 0.2)
+
+    return save_tiny_bert(tmp_path_factory.mktemp("mv-backbone"), minilm_folder, BertModel, perturb,
+                          add_pooling_layer=False)
 
 
 def build_late_interaction(backbone, folder, *, expansion=None, query_length=None, document_length=48,

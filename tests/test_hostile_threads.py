@@ -11,7 +11,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import TEXTS, build_late_interaction
+from conftest import TEXTS, build_late_interaction, save_tiny_bert
 
 ROUNDS = 24  # each round starts both calls together; the old race showed in most rounds
 
@@ -131,21 +131,14 @@ def test_cross_encoder_predict_and_rank_in_two_threads(make_tiny_cross_encoder):
 
 @pytest.fixture(scope="module")
 def splade(tmp_path_factory, minilm_folder):
-    import torch
     from sentence_transformers import SparseEncoder as STSparseEncoder
     from sentence_transformers.base.modules import Transformer
     from sentence_transformers.sparse_encoder.modules import SpladePooling
-    from transformers import BertConfig, BertForMaskedLM
+    from transformers import BertForMaskedLM
 
     from jaxst import SparseEncoder
 
-    base = tmp_path_factory.mktemp("threads-mlm")
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=128, initializer_range=0.2)
-    BertForMaskedLM(config).eval().save_pretrained(base)
-    for file in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        shutil.copy(minilm_folder / file, base / file)
+    base = save_tiny_bert(tmp_path_factory.mktemp("threads-mlm"), minilm_folder, BertForMaskedLM)
     folder = tmp_path_factory.mktemp("threads-splade")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from conftest import assert_same_gradients, assert_same_hits, read_stsb, unique_sentences
+from conftest import assert_same_gradients, assert_same_hits, read_stsb, save_tiny_bert, unique_sentences
 from jax.experimental import sparse as jsparse
 
 import jaxst.sparse
@@ -54,26 +54,18 @@ def assert_same_sparse(ours, ref: np.ndarray) -> None:
 def tiny_mlm(tmp_path_factory, minilm_folder):
     """A seeded random 2-layer BertForMaskedLM with the MiniLM tokenizer; biases and LayerNorm gains
     randomized (transformers starts them at 0 and 1) so a mis-mapped head weight shows."""
-    from transformers import BertConfig, BertForMaskedLM
+    from transformers import BertForMaskedLM
 
     def build(name: str, decoder_bias_mean: float):
-        folder = tmp_path_factory.mktemp(name)
-        torch.manual_seed(0)
-        config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                            intermediate_size=64, max_position_embeddings=128, initializer_range=0.2)
-        model = BertForMaskedLM(config).eval()
-        with torch.no_grad():
-            for key, p in model.named_parameters():
-                if key == "cls.predictions.bias":
-                    p.normal_(decoder_bias_mean, 0.5)
-                elif key.endswith(".bias"):
-                    p.normal_(0.0, 0.2)
-                elif key.endswith("LayerNorm.weight"):
-                    p.normal_(1.0, 0.2)
-        model.save_pretrained(folder)
-        for file in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-            shutil.copy(minilm_folder / file, folder / file)
-        return folder
+        def perturb(key, p):
+            if key == "cls.predictions.bias":
+                p.normal_(decoder_bias_mean, 0.5)
+            elif key.endswith(".bias"):
+                p.normal_(0.0, 0.2)
+            elif key.endswith("LayerNorm.weight"):
+                p.normal_(1.0, 0.2)
+
+        return save_tiny_bert(tmp_path_factory.mktemp(name), minilm_folder, BertForMaskedLM, perturb)
 
     return {"sparse": build("mlm-sparse", -3.0), "dense": build("mlm-dense", 0.0)}
 
