@@ -261,7 +261,7 @@ class BaseModel:
         return encoder_cfg, encoder_cls
 
     @staticmethod
-    def _fit_position_table(value, encoder_cfg, source, config_file) -> int:
+    def _fit_position_table(value, encoder_cfg, source, config_file, name: str = "max_seq_length") -> int:
         """A saved ``max_seq_length``, capped at the learned position table with a warning naming both files.
 
         sentence-transformers passes it to the tokenizer uncapped, and a longer text then fails in PyTorch's
@@ -272,9 +272,9 @@ class BaseModel:
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         if type(value) is not int or value < 1:
-            raise ValueError(f"{source}: max_seq_length must be a positive integer, got {value!r}")
+            raise ValueError(f"{source}: {name} must be a positive integer, got {value!r}")
         if getattr(encoder_cfg, "position_table", False) and value > encoder_cfg.max_tokens:
-            warnings.warn(f"{source}: max_seq_length {value} exceeds the {encoder_cfg.max_tokens} positions of "
+            warnings.warn(f"{source}: {name} {value} exceeds the {encoder_cfg.max_tokens} positions of "
                           f"{config_file} (max_position_embeddings); using {encoder_cfg.max_tokens}", stacklevel=4)
             value = encoder_cfg.max_tokens
         return value

@@ -213,9 +213,17 @@ class MultiVectorEncoder(BaseModel):
         self._registered_prefixes = []
         if getattr(self, "_legacy_prefixes", None):
             self._register_prefix_tokens(self._legacy_prefixes)
-        self.query_length = config.get("query_length")
-        self.document_length = config.get("document_length")
         self.query_expansion = _query_expansion(config.get("query_expansion"))
+
+        def fit(value, name):  # the query and document lengths, like max_seq_length, within the position table
+            return None if value is None else self._fit_position_table(
+                value, encoder_cfg, transformer.path / "sentence_bert_config.json", transformer.path / "config.json",
+                name)
+
+        self.query_length = fit(config.get("query_length"), "query_length")
+        self.document_length = fit(config.get("document_length"), "document_length")
+        if self.query_expansion is not None:
+            self.query_expansion["length"] = fit(self.query_expansion["length"], "query_expansion length")
 
         heads, dim, head_specs = [], encoder_cfg.hidden_size, []
         self.skiplist_words, self.skiplist_tasks, self.keep_only_token_ids = [], ["document"], None

@@ -13,7 +13,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import TEXTS, max_abs
+from conftest import TEXTS, build_late_interaction, max_abs
 
 import jaxst
 
@@ -322,3 +322,21 @@ def test_plain_hf_folder_with_a_list_config_names_it(tiny_bert_base, tmp_path):
     (folder / "sentence_bert_config.json").write_text("[]", encoding="utf-8")
     with pytest.raises(ValueError, match=r"sentence_bert_config\.json must hold an object"):
         _load_quietly(folder)
+
+
+def test_multi_vector_lengths_past_the_position_table_are_capped(tiny_backbone, tmp_path):
+    """MultiVectorEncoder's document_length and query_length are sequence lengths too: capped at the 128
+    positions with a warning, never NaN; short texts still match sentence-transformers (the positive control)."""
+    from jaxst import MultiVectorEncoder
+
+    st = build_late_interaction(tiny_backbone, tmp_path / "mv", query_length=1000, document_length=100_000)
+    with pytest.warns(UserWarning, match=r"document_length 100000 exceeds the 128 positions"):
+        model = MultiVectorEncoder(str(tmp_path / "mv"))
+    assert (model.query_length, model.document_length) == (128, 128)
+    long_text = "a long document that goes on " * 200
+    for out in (model.encode_document([long_text, "short"]), model.encode_query([long_text])):
+        assert all(np.isfinite(np.asarray(rows)).all() for rows in out)
+    assert len(model.encode_document([long_text])[0]) == 128
+    short = ["Paris is the capital of France.", "Berlin!"]
+    ours, ref = model.encode_document(short), st.encode_document(short)
+    assert all(np.max(np.abs(np.asarray(o) - r.detach().numpy())) < 1e-5 for o, r in zip(ours, ref))
