@@ -60,9 +60,6 @@ class TemplateLimitError(ValueError):
     """A chat template ran past a render limit (time, output size, or a single oversized allocation)."""
 
 
-def _read_json(path: Path) -> dict:
-    return read_json(path, required=False)  # an object, or a ValueError naming the file
-
 
 def read_chat_template(folder: str | Path) -> str | dict[str, str] | None:
     """The folder's chat template as transformers loads it: ``chat_template.jinja`` (and named templates in
@@ -78,7 +75,7 @@ def read_chat_template(folder: str | Path) -> str | dict[str, str] | None:
             templates[file.name.removesuffix(".jinja")] = file.read_text(encoding="utf-8")
     if templates:
         return templates["default"] if list(templates) == ["default"] else templates
-    template = _read_json(folder / "tokenizer_config.json").get("chat_template")
+    template = read_json(folder / "tokenizer_config.json", required=False).get("chat_template")
     if isinstance(template, (list, tuple)):
         return {t["name"]: t["template"] for t in template}
     return template
@@ -95,7 +92,8 @@ def special_tokens_map(folder: str | Path) -> dict[str, str]:
     ``bos_token``, ``eos_token``, ... where set, and a tokenizer's model-specific named tokens (an
     ``extra_special_tokens`` dict, other ``*_token`` strings)."""
     folder = Path(folder)
-    config = {**_read_json(folder / "special_tokens_map.json"), **_read_json(folder / "tokenizer_config.json")}
+    config = {**read_json(folder / "special_tokens_map.json", required=False),
+              **read_json(folder / "tokenizer_config.json", required=False)}
     named = {}
     for key, value in config.items():
         added = isinstance(value, dict) and value.get("__type") == "AddedToken"

@@ -68,16 +68,16 @@ class Tokenizer:
         elif (Path(folder) / "vocab.txt").is_file():
             from tokenizers.implementations import BertWordPieceTokenizer
 
-            cfg = _read_json(Path(folder) / "tokenizer_config.json")
+            cfg = read_json(Path(folder) / "tokenizer_config.json", required=False)
             backend = BertWordPieceTokenizer(
                 str(Path(folder) / "vocab.txt"), lowercase=cfg.get("do_lower_case", True)
             )._tokenizer
         else:
             raise OSError(f"no tokenizer.json (or vocab.txt) in {folder}; jaxst reads fast-tokenizer files only")
-        pad_token = _read_json(Path(folder) / "special_tokens_map.json").get("pad_token")
+        pad_token = read_json(Path(folder) / "special_tokens_map.json", required=False).get("pad_token")
         if isinstance(pad_token, dict):
             pad_token = pad_token.get("content")
-        cfg_pad = _read_json(Path(folder) / "tokenizer_config.json").get("pad_token")
+        cfg_pad = read_json(Path(folder) / "tokenizer_config.json", required=False).get("pad_token")
         if isinstance(cfg_pad, dict):
             cfg_pad = cfg_pad.get("content")
         pad_id = None
@@ -181,5 +181,3 @@ def _copy(backend: HFTokenizer) -> HFTokenizer:
     return HFTokenizer.from_str(backend.to_str())
 
 
-def _read_json(path: Path) -> dict:
-    return read_json(path, required=False)  # an object, or a ValueError naming the file
