@@ -29,7 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxst.losses import BinaryCrossEntropyLoss, Loss, _identity, _mini_batch_size
+from jaxst.checks import non_negative_int, positive_int
+from jaxst.losses import BinaryCrossEntropyLoss, Loss, identity
 
 EMPTY_SLOT = -1e16  # sentence-transformers' logit for a slot past a query's list
 
@@ -43,7 +44,7 @@ def _one_label(model, name: str) -> None:
 
 def _callable(fn, what: str = "activation_fn") -> Callable:
     if fn is None:
-        return _identity
+        return identity
     if not callable(fn):
         raise TypeError(f"{what} must be callable, got {type(fn).__name__}")
     return fn
@@ -79,9 +80,7 @@ class MultipleNegativesRankingLoss(Loss):
     def __init__(self, model=None, num_negatives: int | None = 4, scale: float = 10.0,
                  activation_fn: Callable | None = jax.nn.sigmoid):
         _one_label(model, type(self).__name__)
-        if num_negatives is not None and (not isinstance(num_negatives, int) or isinstance(num_negatives, bool)
-                                          or num_negatives < 0):
-            raise ValueError(f"num_negatives must be a non-negative int or None, got {num_negatives!r}")
+        non_negative_int("num_negatives", num_negatives, optional=True)
         self.num_negatives = num_negatives
         self.scale = scale
         self.activation_fn = _callable(activation_fn)
@@ -121,11 +120,11 @@ class ListNetLoss(Loss):
 
     listwise = True
 
-    def __init__(self, model=None, activation_fn: Callable | None = _identity, mini_batch_size: int | None = None):
+    def __init__(self, model=None, activation_fn: Callable | None = identity, mini_batch_size: int | None = None):
         _one_label(model, type(self).__name__)
         self.activation_fn = _callable(activation_fn)
         if mini_batch_size is not None:
-            self.mini_batch_size = _mini_batch_size(mini_batch_size)
+            self.mini_batch_size = positive_int("mini_batch_size", mini_batch_size)
 
     def __call__(self, embeddings, labels=None, rng=None) -> jax.Array:
         logits, scores = list_matrices(embeddings, labels, self.activation_fn, type(self).__name__)
@@ -198,12 +197,11 @@ class LambdaLoss(Loss):
 
     def __init__(self, model=None, weighting_scheme: BaseWeightingScheme | None = DEFAULT_SCHEME,
                  k: int | None = None, sigma: float = 1.0, eps: float = 1e-10, reduction_log: str = "binary",
-                 activation_fn: Callable | None = _identity, mini_batch_size: int | None = None):
+                 activation_fn: Callable | None = identity, mini_batch_size: int | None = None):
         _one_label(model, type(self).__name__)
         if reduction_log not in ("natural", "binary"):
             raise ValueError(f"reduction_log must be 'natural' or 'binary', got {reduction_log!r}")
-        if k is not None and (not isinstance(k, int) or k < 1):
-            raise ValueError(f"k must be a positive int or None, got {k!r}")
+        positive_int("k", k, optional=True)
         scheme = weighting_scheme or NoWeightingScheme()
         if not isinstance(scheme, BaseWeightingScheme):
             raise TypeError(f"weighting_scheme must be a jaxst.cross_encoder_losses weighting scheme, got "
@@ -212,7 +210,7 @@ class LambdaLoss(Loss):
         self.k, self.sigma, self.eps, self.reduction_log = k, sigma, eps, reduction_log
         self.activation_fn = _callable(activation_fn)
         if mini_batch_size is not None:
-            self.mini_batch_size = _mini_batch_size(mini_batch_size)
+            self.mini_batch_size = positive_int("mini_batch_size", mini_batch_size)
 
     def __call__(self, embeddings, labels=None, rng=None) -> jax.Array:
         logits, scores = list_matrices(embeddings, labels, self.activation_fn, type(self).__name__)

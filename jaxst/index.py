@@ -26,26 +26,25 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxst.checks import positive_int
 from jaxst.io.atomic import AtomicFile
 from jaxst.pooling import normalize
 from jaxst.quantization import check_ranges, quantization_ranges, quantize_embeddings
-from jaxst.search import (
+from jaxst.search import check_finite, first_nonfinite_row, refuse_nonfinite_scores
+from jaxst.sparse import row_width, stored_rows, to_bcoo
+from jaxst.topk import (
     aligned_empty,
-    check_finite,
     chunked_top_k,
-    first_nonfinite_row,
     hamming_corpus,
     hamming_top_k,
     hamming_words,
     merge_top_k,
-    refuse_nonfinite_scores,
     scan_chunk,
     scan_words,
     sharded_top_k,
     sparse_top_k,
     streamed_top_k,
 )
-from jaxst.sparse import row_width, stored_rows, to_bcoo
 
 FORMAT = "jaxst-embedding-index"
 VERSION = 2  # 2: binary rows saved as packed bytes (1 saved uint32 words; still read)
@@ -107,15 +106,13 @@ class EmbeddingIndex(_Labelled):
 
     def __init__(self, dim: int, precision: str = "float32", similarity: str = "cosine", ranges=None,
                  chunk_size: int | None = None, max_device_rows: int | None = None, mesh=None):
-        if not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+        dim = positive_int("dim", dim)
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r} is not supported; expected one of {PRECISIONS}")
         if similarity not in SIMILARITIES:
             raise ValueError(f"similarity {similarity!r} is not supported; expected one of {SIMILARITIES}")
-        for name, value in (("chunk_size", chunk_size), ("max_device_rows", max_device_rows)):
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        chunk_size = positive_int("chunk_size", chunk_size, optional=True)
+        max_device_rows = positive_int("max_device_rows", max_device_rows, optional=True)
         # Rows per scan step; None picks the measured best for the scorer (jaxst.search.SCAN_CHUNKS).
         self.dim, self.precision, self.similarity, self.chunk_size = dim, precision, similarity, chunk_size
         # More rows than this stay in host memory and are streamed to the device per search.
@@ -293,10 +290,8 @@ class EmbeddingIndex(_Labelled):
         scores are then the quantized ones: approximate dot products, or minus the Hamming distance).
         Returns ``min(top_k, len(index))`` hits per query; a non-finite query is refused with its row named
         (``jaxst.search``'s rule)."""
-        if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
-            raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
-        if rescore_multiplier is not None and (not isinstance(rescore_multiplier, int) or rescore_multiplier < 1):
-            raise ValueError(f"rescore_multiplier must be a positive integer or None, got {rescore_multiplier!r}")
+        top_k = positive_int("top_k", top_k)
+        rescore_multiplier = positive_int("rescore_multiplier", rescore_multiplier, optional=True)
         q = self._query_rows(queries, model)
         if self._n == 0:
             return [[] for _ in range(q.shape[0])]
@@ -417,8 +412,7 @@ class SparseEmbeddingIndex(_Labelled):
     to a multiple of ``DEVICE_ROWS`` rows, so a growing index recompiles its search rarely."""
 
     def __init__(self, dim: int, similarity: str = "dot"):
-        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
-            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+        dim = positive_int("dim", dim)
         if similarity not in SIMILARITIES:
             raise ValueError(f"similarity {similarity!r} is not supported; expected one of {SIMILARITIES}")
         self.dim, self.similarity = dim, similarity
@@ -483,8 +477,7 @@ class SparseEmbeddingIndex(_Labelled):
         """Top ``top_k`` hits per query, best first: ``{"corpus_id", "score"[, "id"][, "text"]}``.
         ``queries``: sparse embeddings, or text(s) embedded with ``model.encode_query``. Non-finite queries are
         refused with the row named (``jaxst.search``'s rule)."""
-        if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
-            raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+        top_k = positive_int("top_k", top_k)
         if isinstance(queries, str) or (isinstance(queries, (list, tuple)) and queries and
                                         all(isinstance(q, str) for q in queries)):
             if model is None:

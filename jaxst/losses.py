@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxst.checks import positive_int
 from jaxst.pooling import normalize
 from jaxst.similarity import (
     cos_sim,
@@ -72,7 +73,8 @@ def _mse(pred, target):
     return jnp.mean((pred - target) ** 2)
 
 
-def _identity(x):
+def identity(x):
+    """The default score transformation and activation of the losses (and of the cross-encoder losses)."""
     return x
 
 
@@ -257,7 +259,7 @@ class CosineSimilarityLoss(Loss):
     """loss_fct(cos_score_transformation(cos(a, b)), labels): the MSE between cosine and gold score by
     default. ``loss_fct(pred, target)`` and ``cos_score_transformation(x)`` are callables on jax arrays."""
 
-    def __init__(self, model=None, loss_fct: Callable = _mse, cos_score_transformation: Callable = _identity):
+    def __init__(self, model=None, loss_fct: Callable = _mse, cos_score_transformation: Callable = identity):
         del model
         for name, fn in (("loss_fct", loss_fct), ("cos_score_transformation", cos_score_transformation)):
             if not callable(fn):
@@ -358,7 +360,7 @@ class BinaryCrossEntropyLoss(Loss):
     logits (B,) or (B, 1), ``labels`` (B,) targets in [0, 1]. ``pos_weight`` weighs the positive term,
     ``activation_fn`` is applied to the logits first (identity by default), as in the original."""
 
-    def __init__(self, model=None, activation_fn: Callable = _identity, pos_weight: float | None = None):
+    def __init__(self, model=None, activation_fn: Callable = identity, pos_weight: float | None = None):
         num_labels = getattr(model, "num_labels", 1)
         if num_labels != 1:
             raise ValueError(f"BinaryCrossEntropyLoss expects a model with 1 output label, "
@@ -382,13 +384,6 @@ class BinaryCrossEntropyLoss(Loss):
         return self(embeddings, labels, rng) / jax.lax.axis_size(axis_name)  # mean of equal-sized shards
 
 
-def _mini_batch_size(value) -> int:
-    """A cached loss's ``mini_batch_size``: the rows ``jaxst.training.cached_embeddings`` embeds at a time."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"mini_batch_size must be a positive int, got {value!r}")
-    return value
-
-
 class CachedMultipleNegativesRankingLoss(MultipleNegativesRankingLoss):
     """MultipleNegativesRankingLoss with GradCache (sentence-transformers' CachedMultipleNegativesRankingLoss):
     the same loss and gradients, for batches far larger than fit in memory at once. ``jaxst.training``
@@ -400,7 +395,7 @@ class CachedMultipleNegativesRankingLoss(MultipleNegativesRankingLoss):
                  gather_across_devices: bool = True, show_progress_bar: bool = False, **kwargs):
         super().__init__(model, scale=scale, similarity_fct=similarity_fct,
                          gather_across_devices=gather_across_devices, **kwargs)
-        self.mini_batch_size = _mini_batch_size(mini_batch_size)
+        self.mini_batch_size = positive_int("mini_batch_size", mini_batch_size)
         del show_progress_bar  # the mini-batches run inside one compiled program
 
 
@@ -467,7 +462,7 @@ class CachedGISTEmbedLoss(GISTEmbedLoss):
                  contrast_positives: bool = True, gather_across_devices: bool = False, show_progress_bar: bool = False):
         super().__init__(model, guide, temperature, margin_strategy, margin, contrast_anchors, contrast_positives,
                          gather_across_devices)
-        self.mini_batch_size = _mini_batch_size(mini_batch_size)
+        self.mini_batch_size = positive_int("mini_batch_size", mini_batch_size)
         del show_progress_bar
 
 
@@ -482,7 +477,7 @@ class MegaBatchMarginLoss(Loss):
     def __init__(self, model=None, positive_margin: float = 0.8, negative_margin: float = 0.3,
                  use_mini_batched_version: bool = True, mini_batch_size: int = 50, show_progress_bar: bool = False):
         del model, show_progress_bar
-        _mini_batch_size(mini_batch_size)
+        positive_int("mini_batch_size", mini_batch_size)
         self.positive_margin, self.negative_margin = float(positive_margin), float(negative_margin)
         self.use_mini_batched_version = bool(use_mini_batched_version)
         self.mini_batch_size = mini_batch_size if use_mini_batched_version else None

@@ -15,7 +15,7 @@ token rows as padding.
 
 Every path bounds the (queries, documents, query tokens, document tokens) intermediate by an element
 budget (``chunk_elements``, default ``MAXSIM_CHUNK_ELEMENTS``). ``maxsim_search`` reuses the dense
-search scan (``jaxst.search``): corpus chunks are scored and merged into a running top-k inside one
+top-k scan (``jaxst.topk``): corpus chunks are scored and merged into a running top-k inside one
 compiled ``lax.scan``; a numpy corpus is streamed to the device a piece at a time; a corpus split by
 rows over a mesh is scanned shard by shard on each device, with one global merge. The search follows
 ``jaxst.search``'s rule for non-finite embeddings: a query or document holding NaN or inf in any token
@@ -34,20 +34,18 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxst.checks import positive_int
 from jaxst.pooling import normalize
-from jaxst.search import (
-    _chunked_top_k,
-    _on_cpu,
-    _per_platform,
-    check_finite,
+from jaxst.search import check_finite, first_nonfinite_row, hits, refuse_nonfinite_scores
+from jaxst.topk import (
     chunked_top_k,
-    first_nonfinite_row,
     flag_nonfinite,
-    hits,
     merge_top_k,
-    refuse_nonfinite_scores,
+    on_cpu,
+    per_platform,
     row_sharding,
     scan_chunk,
+    scan_top_k,
     sharded_top_k,
     shares_host_memory,
     streamed_top_k,
@@ -83,18 +81,6 @@ HOST_PIECE_BYTES = 1 << 30
 
 
 # ------------------------------------------------------------------------------------------- inputs
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _positive(name: str, value, optional: bool = False):
-    if value is None and optional:
-        return None
-    if not _is_int(value) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def _float_dtype(dtype) -> np.dtype:
@@ -213,7 +199,7 @@ def _compute_dtype(a, b) -> str:
 
 
 def _budget(chunk_elements) -> int:
-    return MAXSIM_CHUNK_ELEMENTS if chunk_elements is None else _positive("chunk_elements", chunk_elements)
+    return MAXSIM_CHUNK_ELEMENTS if chunk_elements is None else positive_int("chunk_elements", chunk_elements)
 
 
 def _on_device(x, device):
@@ -396,7 +382,7 @@ def mean_maxsim_pairwise(a, b, a_mask=None, b_mask=None, chunk_elements: int | N
 
 @dataclasses.dataclass(frozen=True)
 class _MaxSimKind:
-    """The dense scan's score function (``jaxst.search._chunked_top_k``'s ``kind``) for MaxSim: the
+    """The dense scan's score function (``jaxst.topk.scan_top_k``'s ``kind``) for MaxSim: the
     queries come packed as (Q, S, H + 1), the last column the query mask; a corpus chunk is the pair
     (embeddings, mask). Hashable by value, so one compiled scan serves every call."""
 
@@ -428,7 +414,7 @@ def _mean_vectors(embeddings, mask):
 
 
 def _sharded_maxsim_top_k(packed, corpus, n_valid, *, k: int, kind, chunk: int, mesh, axis: str):
-    """``search._sharded_top_k`` for a (embeddings, mask) corpus split by rows over ``mesh``: each device
+    """``topk.sharded_top_k`` for a (embeddings, mask) corpus split by rows over ``mesh``: each device
     scans its own shard and keeps its top ``k``; the winners are all-gathered and one ``top_k`` picks the
     global best."""
 
@@ -436,7 +422,7 @@ def _sharded_maxsim_top_k(packed, corpus, n_valid, *, k: int, kind, chunk: int, 
         rows = shard[0].shape[0]
         offset = jax.lax.axis_index(axis) * rows
         mine = jnp.clip(n_valid - offset, 0, rows)
-        values, ids = _chunked_top_k(q, shard, mine, 0, offset, k=min(k, rows), kind=kind, chunk=min(chunk, rows))
+        values, ids = scan_top_k(q, shard, mine, 0, offset, k=min(k, rows), kind=kind, chunk=min(chunk, rows))
         values = jax.lax.all_gather(values, axis, axis=1, tiled=True)  # (Q, devices * k)
         ids = jax.lax.all_gather(ids, axis, axis=1, tiled=True)
         values, pos = jax.lax.top_k(values, k)
@@ -446,7 +432,7 @@ def _sharded_maxsim_top_k(packed, corpus, n_valid, *, k: int, kind, chunk: int, 
                          check_vma=False)(packed, corpus, n_valid)
 
 
-_sharded_maxsim = _per_platform(_sharded_maxsim_top_k, ("k", "kind", "chunk", "mesh", "axis"))
+_sharded_maxsim = per_platform(_sharded_maxsim_top_k, ("k", "kind", "chunk", "mesh", "axis"))
 
 
 def _rerank_scores(packed, documents, keep, ids, *, q_chunk: int, c_chunk: int, dtype):
@@ -616,13 +602,13 @@ def maxsim_search(
     len(corpus)`` gives the exact hits). Pass ``corpus_vectors`` (``mean_vectors(corpus)``) to skip
     recomputing them per call; ``maxsim_recall`` measures what the first stage loses. Non-finite embeddings
     (or ``corpus_vectors``) are refused with the row named, never searched (``jaxst.search``'s rule)."""
-    top_k = _positive("top_k", top_k)
-    query_chunk_size = _positive("query_chunk_size", query_chunk_size)
-    corpus_chunk_size = _positive("corpus_chunk_size", corpus_chunk_size, optional=True)
-    candidates = _positive("candidates", candidates, optional=True)
+    top_k = positive_int("top_k", top_k)
+    query_chunk_size = positive_int("query_chunk_size", query_chunk_size)
+    corpus_chunk_size = positive_int("corpus_chunk_size", corpus_chunk_size, optional=True)
+    candidates = positive_int("candidates", candidates, optional=True)
     queries, query_mask = _canonical(query_embeddings, query_mask, "query_mask")
     embeddings, corpus_mask = _canonical(corpus_embeddings, corpus_mask, "corpus_mask")
-    if chunk_elements is None and _on_cpu(embeddings, queries):
+    if chunk_elements is None and on_cpu(embeddings, queries):
         chunk_elements = CPU_SCAN_ELEMENTS
     budget = _budget(chunk_elements)
     _check_dims(queries, embeddings, "corpus")
@@ -672,7 +658,7 @@ def recall_at_k(found: list[list[dict]], exact: list[list[dict]], k: int | None 
     if len(found) != len(exact):
         raise ValueError(f"{len(found)} result lists for {len(exact)} exact ones")
     if k is not None:
-        _positive("k", k)
+        positive_int("k", k)
     shares = []
     for row, ref in zip(found, exact):
         ref_ids = {h["corpus_id"] for h in ref[:k]}
@@ -686,6 +672,6 @@ def maxsim_recall(query_embeddings, corpus_embeddings, query_mask=None, corpus_m
     """Recall@``top_k`` of the two-stage ``maxsim_search(..., candidates=candidates)`` against exact search
     over the same inputs (``kwargs``: ``maxsim_search``'s other options)."""
     args = (query_embeddings, corpus_embeddings, query_mask, corpus_mask, top_k)
-    _positive("candidates", candidates)
+    positive_int("candidates", candidates)
     exact = maxsim_search(*args, **{key: v for key, v in kwargs.items() if key != "corpus_vectors"})
     return recall_at_k(maxsim_search(*args, candidates=candidates, **kwargs), exact, top_k)

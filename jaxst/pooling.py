@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import jax.numpy as jnp
+import numpy as np
 
 POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
 
@@ -93,13 +94,24 @@ def pool(h, mask, modes: Sequence[str] = ("mean",), prompt_length=None):
     return jnp.concatenate([POOL_FNS[m](h, mask) for m in modes], axis=-1)
 
 
-def normalize(x, eps: float = 1e-12):
-    """L2-normalize the last axis: x / max(||x||, eps), as ``torch.nn.functional.normalize``.
+def l2_normalize(x, eps: float = 1e-12):
+    """L2-normalize the last axis: x / max(||x||, eps), as ``torch.nn.functional.normalize`` and
+    sentence-transformers' Normalize module. The one normalization of the package: a numpy array is
+    normalized on the host by numpy (numpy in, numpy out, its dtype kept: the facades' float32 rows),
+    anything else (a jax array, a tracer inside jit) by jax.numpy.
 
     Written as sqrt(max(||x||^2, eps^2)) so the gradient at a zero vector (a text with no tokens) is
-    finite, as torch's is, instead of the NaN that the derivative of ||x|| at 0 gives."""
-    x = jnp.asarray(x)
-    return x / jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
+    finite, as torch's is, instead of the NaN that the derivative of ||x|| at 0 gives. For every row whose
+    norm is not within rounding of ``eps`` this is bit for bit x / max(||x||, eps)."""
+    xp = np if isinstance(x, np.ndarray) else jnp
+    x = xp.asarray(x)
+    return x / xp.sqrt(xp.maximum(xp.sum(x * x, axis=-1, keepdims=True), eps * eps))
+
+
+def normalize(x, eps: float = 1e-12):
+    """``l2_normalize`` as a jax array whatever comes in (a numpy array or a list is put on the device
+    first): the jitted paths, the similarity functions and ``jaxst.util.normalize_embeddings``."""
+    return l2_normalize(jnp.asarray(x), eps)
 
 
 def truncate(x, dim: int | None):

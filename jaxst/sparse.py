@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import sparse as jsparse
 
+from jaxst.pooling import normalize
+
 SPLADE_STRATEGIES = ("max", "sum")
 SPLADE_ACTIVATIONS = ("relu", "log1p_relu")
 # Vocabulary entries per scan step of ``splade_pool`` (when the model's SpladePooling sets no chunk_size):
@@ -255,13 +257,7 @@ def from_scipy(matrix) -> jsparse.BCOO:
     return to_bcoo(values, indices, dim)
 
 
-def row_norms(values):
-    return jnp.sqrt(jnp.sum(values * values, axis=-1))
-
-
-def normalize_rows(values):
-    """Values scaled to unit L2 norm per row (``torch.nn.functional.normalize``'s 1e-12 floor)."""
-    return values / jnp.maximum(row_norms(values), 1e-12)[..., None]
+normalize_rows = normalize  # fixed-width rows' values scaled to unit L2 norm: jaxst.pooling's one normalization
 
 
 def gather_scores(queries, values, indices):
@@ -283,7 +279,7 @@ def chunk_scores(queries, values, indices):
 def sparse_similarity(a_values, a_indices, b_values, b_indices, *, dim: int, cosine: bool = False):
     """(n, m) dot (or cosine) scores between two sets of fixed-width rows over ``dim`` dimensions."""
     if cosine:
-        a_values, b_values = normalize_rows(a_values), normalize_rows(b_values)
+        a_values, b_values = normalize(a_values), normalize(b_values)
     return chunk_scores(rows_to_dense(a_values, a_indices, dim), b_values, b_indices)
 
 

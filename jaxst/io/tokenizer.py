@@ -19,6 +19,7 @@ import numpy as np
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import normalizers
 
+from jaxst.checks import positive_int
 from jaxst.io.folder import read_json
 
 
@@ -93,8 +94,7 @@ class Tokenizer:
 
     @max_length.setter
     def max_length(self, value: int) -> None:
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"max_seq_length must be a positive integer, got {value!r}")
+        value = positive_int("max_seq_length", value)
         with self._lock:
             if getattr(self, "_max_length", value) != value:  # another thread may be encoding with the old one
                 self.backend = _copy(self.backend)
