@@ -1,10 +1,21 @@
-"""Flax NNX encoders, one file per architecture, chosen by ``config.json``'s ``model_type``."""
+"""Flax NNX encoders, one file per architecture, chosen by ``config.json``'s ``model_type``.
+
+``layers.py`` holds every building block the architectures share (activations, dropout, norms, RoPE, attention
+masks and kernels, BERT-style multi-head attention, feed-forward blocks); each architecture file (``bert.py``,
+``distilbert.py``, ``mpnet.py``, ``xlm_roberta.py``, ``qwen3.py``, ``gemma3.py``, ``modernbert.py``,
+``nomic_bert.py``, ``gte.py``) holds only its config and the wiring that is its own. A new architecture is one
+file here and one entry in ``ARCHITECTURES``. Heads: ``mlm_head.py``, ``classification.py``, ``causal_lm.py``.
+
+The architectures know nothing of quantization: ``int8.py`` (``dtype="int8"``) calibrates and quantizes a built
+model from outside, replacing its ``nnx.Linear`` nodes in the graph.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import re
 
+from jaxst.checks import non_negative_int, positive_int
 from jaxst.models.bert import BertConfig, BertModel
 from jaxst.models.distilbert import DistilBertConfig, DistilBertModel
 from jaxst.models.gemma3 import Gemma3Config, Gemma3Model
@@ -84,12 +95,10 @@ POSITIVE_SIZES = ("vocab_size", "hidden_size", "dim", "num_hidden_layers", "n_la
 
 def check_sizes(values: dict) -> None:
     for name in POSITIVE_SIZES:
-        value = values.get(name)
-        if value is not None and (type(value) is not int or value < 1):
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if values.get("type_vocab_size") is not None and (type(values["type_vocab_size"]) is not int
-                                                      or values["type_vocab_size"] < 0):
-        raise ValueError(f"type_vocab_size must be a non-negative integer, got {values['type_vocab_size']!r}")
+        if values.get(name) is not None:  # null: the architecture's default
+            positive_int(name, values[name])
+    if values.get("type_vocab_size") is not None:
+        non_negative_int("type_vocab_size", values["type_vocab_size"])
 
 
 def check_heads(cfg) -> None:

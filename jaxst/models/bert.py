@@ -14,99 +14,18 @@ exactly what inference computes.
 from __future__ import annotations
 
 import dataclasses
-import math
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxst.models.int8 import Int8Linear, fused_int8, observe
-from jaxst.models.layers import attention, dropout, split_rng
-
-
-def _gelu_erfc(x):
-    return jax.nn.gelu(x, approximate=False)
-
-
-@jax.custom_vjp
-def gelu(x):
-    """BERT's "gelu", the exact ``x * Phi(x)`` (torch's erf form), not the tanh approximation.
-
-    Evaluated as ``x / 2 * (1 + erf(x / sqrt 2))``: XLA's float32 erf is ~2.5x faster on CPU than the
-    erfc that ``jax.nn.gelu`` uses (0.37 vs 0.90 ms on (1024, 1536), ~3% of a 12-layer BERT forward),
-    with the same distance from torch's result (max 1.4e-6 vs 1.2e-6 over [-10, 10]; torch's own error
-    is 1.2e-6). Under differentiation the forward and its gradient are ``jax.nn.gelu``'s, as before:
-    training stays bit for bit what it was (a top-k loss over several steps amplifies any change)."""
-    h = x * jnp.asarray(1 / math.sqrt(2), x.dtype)
-    return x * jnp.asarray(0.5, x.dtype) * (1 + jax.lax.erf(h))
-
-
-def _gelu_forward(x):
-    return _gelu_erfc(x), x
-
-
-def _gelu_backward(x, grad):
-    return jax.vjp(_gelu_erfc, x)[1](grad)
-
-
-gelu.defvjp(_gelu_forward, _gelu_backward)
-
-ACTIVATIONS = {
-    "gelu": gelu,
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
-    "relu": jax.nn.relu,
-    "silu": jax.nn.silu,
-    "swish": jax.nn.silu,
-    "tanh": jnp.tanh,
-}
-
-
-def activation(name: str):
-    try:
-        return ACTIVATIONS[name]
-    except KeyError:
-        raise ValueError(f"unsupported hidden_act {name!r}; supported: {sorted(ACTIVATIONS)}") from None
-
-
-def multi_head_attention(x, query, key, value, num_heads: int, mask, dropout_rate: float = 0.0, dropout_rng=None,
-                         *, position_bias=None, first_only: bool = False):
-    """Scaled dot-product self-attention as BERT and MPNet compute it: (B, T, H) -> (B, Tq, H).
-
-    ``query``/``key``/``value`` are the three ``nnx.Linear`` projections, three matmuls (one fused (H, 3H)
-    matmul concatenated the kernels on every call: ~5% of a BERT forward on CPU); their (B, T, N, D) heads
-    go to ``attention`` as they are (``heads_last``): the native kernel reads them in place, XLA's ops
-    transpose to (B, N, T, D) for plain batched matmuls (about 1.5x faster there than (B, T, N, D)
-    einsums). ``mask`` (B, T) marks the real keys, or (B, T, T) says which key each query may see (packed
-    batches: only its own text's); ``position_bias`` (1 or B, N, T, T) is added to the scaled scores
-    (MPNet). A (B, S) ``mask`` with S < T says only the first S tokens are keys (ColBERT's [MASK]-expanded
-    queries: the expansion tokens attend but are not attended): their key and value projections are not
-    computed at all. With ``first_only`` only position 0 queries (Tq = 1): what a classification head reads.
-    Scores and softmax are float32 whatever the compute dtype (bf16/fp16 after ``model.half()``)."""
-    b, t, h = x.shape
-    d = h // num_heads
-    s = mask.shape[-1]  # keys: the first s tokens (s < t when the tokens after them are attended by none)
-    if s > t or (s < t and mask.ndim != 2):
-        raise ValueError(f"attention mask {mask.shape} does not fit {t} tokens: (B, S <= T) or (B, T, T)")
-    if isinstance(query, Int8Linear):  # dtype="int8": one int8 product for the three
-        qkv = fused_int8(x, (query, key, value)).reshape(b, t, 3, num_heads, d)
-        q, k, v = qkv[:, :, 0], qkv[:, :s, 1], qkv[:, :s, 2]
-    else:
-        for linear in (query, key, value):
-            observe(linear, x)  # int8 calibration only (a no-op otherwise)
-        q = (x @ query.kernel[...] + query.bias[...]).reshape(b, t, num_heads, d)
-        keys = x[:, :s]  # no key or value rows for tokens no query sees
-        k, v = ((keys @ p.kernel[...] + p.bias[...]).reshape(b, s, num_heads, d) for p in (key, value))
-    if s < t and position_bias is not None:
-        position_bias = position_bias[..., :s]
-    if first_only:  # (B, T, N, D) each
-        q = q[:, :1]
-        mask = mask[:, :1] if mask.ndim == 3 else mask
-        position_bias = None if position_bias is None else position_bias[:, :, :1]
-    out = attention(q, k, v, mask, scale=1 / math.sqrt(d), bias=position_bias, dropout_rate=dropout_rate,
-                    dropout_rng=dropout_rng, heads_last=True)
-    return out.reshape(b, -1, h)
+from jaxst.models.layers import (
+    DenseActivation,
+    DenseResidualNorm,
+    activation,
+    dropout,
+    multi_head_attention,
+    split_rng,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,40 +103,23 @@ class BertSelfAttention(nnx.Module):
                                     dropout_rng)
 
 
-class BertSelfOutput(nnx.Module):
-    def __init__(self, cfg: BertConfig, d_in: int, *, rngs: nnx.Rngs):
-        self.dense = nnx.Linear(d_in, cfg.hidden_size, rngs=rngs)
-        self.LayerNorm = nnx.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps, rngs=rngs)
-        self.dropout_rate = cfg.hidden_dropout_prob
-
-    def __call__(self, x, residual, dropout_rng=None):
-        return self.LayerNorm(dropout(self.dense(x), self.dropout_rate, dropout_rng) + residual)
-
-
 class BertAttention(nnx.Module):
     def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
         self.self = BertSelfAttention(cfg, rngs=rngs)
-        self.output = BertSelfOutput(cfg, cfg.hidden_size, rngs=rngs)
+        self.output = DenseResidualNorm(cfg.hidden_size, cfg.hidden_size, cfg.layer_norm_eps, cfg.hidden_dropout_prob,
+                                        rngs=rngs)
 
     def __call__(self, x, mask, dropout_rng=None):
         attn_rng, out_rng = split_rng(dropout_rng, 2)
         return self.output(self.self(x, mask, attn_rng), x, out_rng)
 
 
-class BertIntermediate(nnx.Module):
-    def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
-        self.dense = nnx.Linear(cfg.hidden_size, cfg.intermediate_size, rngs=rngs)
-        self.act = cfg.hidden_act
-
-    def __call__(self, x):
-        return activation(self.act)(self.dense(x))
-
-
 class BertLayer(nnx.Module):
     def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
         self.attention = BertAttention(cfg, rngs=rngs)
-        self.intermediate = BertIntermediate(cfg, rngs=rngs)
-        self.output = BertSelfOutput(cfg, cfg.intermediate_size, rngs=rngs)
+        self.intermediate = DenseActivation(cfg.hidden_size, cfg.intermediate_size, cfg.hidden_act, rngs=rngs)
+        self.output = DenseResidualNorm(cfg.intermediate_size, cfg.hidden_size, cfg.layer_norm_eps,
+                                        cfg.hidden_dropout_prob, rngs=rngs)
 
     def __call__(self, x, mask, dropout_rng=None):
         attn_rng, out_rng = split_rng(dropout_rng, 2)

@@ -31,8 +31,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxst.models.bert import BertModel, multi_head_attention
-from jaxst.models.layers import dropout, split_rng
+from jaxst.models.bert import BertModel
+from jaxst.models.layers import dropout, multi_head_attention, split_rng
 
 # config.json model_type -> head shape
 HEAD_KINDS = {

@@ -14,8 +14,7 @@ import dataclasses
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxst.models.bert import activation, multi_head_attention
-from jaxst.models.layers import dropout, split_rng
+from jaxst.models.layers import activation, dropout, multi_head_attention, split_rng
 
 EPS = 1e-12  # DistilBERT's LayerNorms all use this; the config has no field for it
 

@@ -24,8 +24,7 @@ import dataclasses
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxst.models.bert import activation
-from jaxst.models.layers import dropout, positions_from_mask, rope_tables, split_rng
+from jaxst.models.layers import activation, dropout, positions_from_mask, rope_tables, split_rng
 from jaxst.models.nomic_bert import NomicBertConfig, rotary_self_attention
 
 

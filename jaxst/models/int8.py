@@ -18,6 +18,13 @@ The integer product runs as one native AVX-512 VNNI pass on a single CPU device 
 and as XLA's int8 dot everywhere else (``JAXST_NATIVE=0``, other CPUs, accelerators): integer sums
 are exact and the float steps around them are the same XLA ops, so both give identical embeddings.
 
+Applied from outside the architectures, which know nothing of int8: their dense layers are ``nnx.Linear``
+modules that are only ever called (``jaxst.models.layers``). Calibration (``calibrate``) runs one forward of a
+copy of the model whose ``nnx.Linear`` nodes are wrapped by ``ObservedLinear``, which sows each layer's
+max |input| per channel as an ``nnx.Intermediate`` that ``nnx.capture`` collects: no global state, no
+callbacks. Quantization (``quantize_module``) is graph surgery: ``nnx.recursive_map`` rebuilds the graph with
+an ``Int8Linear`` in place of each ``nnx.Linear``, and the params follow.
+
 What stays float32, and why: token/position embeddings (a table lookup, no product to speed up),
 LayerNorm/RMSNorm (statistics over a row), attention scores and softmax (products of two activations,
 whose ranges change per text and per head: quantizing them costs accuracy for a small share of the
@@ -63,48 +70,48 @@ CALIBRATION_TEXTS = [
 ]
 
 
-class ObservedLinear(nnx.Linear):
-    """An ``nnx.Linear`` that reports the largest |input| per channel during the calibration pass."""
+class ObservedLinear(nnx.Module):
+    """Stands in for an ``nnx.Linear`` during calibration: computes it, and sows the largest |input| per
+    channel (``absmax``, an ``nnx.Intermediate``; one entry per call)."""
+
+    def __init__(self, linear: nnx.Linear):
+        self.linear = linear
 
     def __call__(self, x):
-        observe(self, x)
-        return super().__call__(x)
+        self.sow(nnx.Intermediate, "absmax", jnp.max(jnp.abs(x.reshape(-1, x.shape[-1]).astype(jnp.float32)), axis=0))
+        return self.linear(x)
 
 
-def observe(linear, x) -> None:
-    """Report max |x| per input channel of ``linear`` to the calibration pass, if it is being observed
-    (layers whose kernels are read directly, such as BERT's fused query/key/value, call this themselves)."""
-    key = getattr(linear, "observe_key", None)
-    if key is not None:
-        absmax = jnp.max(jnp.abs(x.reshape(-1, x.shape[-1]).astype(jnp.float32)), axis=0)
-        jax.debug.callback(functools.partial(_record, key), absmax)
+def _dense_layers(module: nnx.Module, fn) -> nnx.Module:
+    """A copy of ``module`` with every ``nnx.Linear`` node replaced by ``fn(path, linear)``."""
+    return nnx.recursive_map(lambda path, node: fn(tuple(path), node) if isinstance(node, nnx.Linear) else node,
+                             module)
 
 
-_STATS: dict[str, np.ndarray] = {}
+def _key(path) -> str:
+    return ".".join(map(str, path))
 
 
-def _record(key: str, absmax) -> None:
-    absmax = np.asarray(absmax)
-    _STATS[key] = absmax if key not in _STATS else np.maximum(_STATS[key], absmax)
+@functools.partial(jax.jit, static_argnums=0)
+def _observe(graphdef: nnx.GraphDef, state, batch: dict):
+    """One forward ``model(batch)`` of the observed model: (its output, the ``absmax`` values sown). The output
+    is returned too so that the whole forward is computed as inference computes it (without a consumer, XLA
+    would drop the last layer's products and fuse their inputs into the max instead)."""
+    return nnx.capture(nnx.merge(graphdef, state), nnx.Intermediate)(batch)
 
 
-def calibrate(module: nnx.Module, run) -> dict[str, np.ndarray]:
-    """max |input| per channel of every ``nnx.Linear`` under ``module`` over one ``run(module)`` call
-    (the caller's forward over ``CALIBRATION_TEXTS``), keyed by the layer's path."""
-    linears = [(tuple(path), node) for path, node in nnx.iter_graph(module) if isinstance(node, nnx.Linear)]
-    for path, linear in linears:
-        linear.__class__ = ObservedLinear
-        linear.observe_key = ".".join(map(str, path))
-    _STATS.clear()
-    try:
-        jax.block_until_ready(run(module))
-        jax.effects_barrier()
-        return dict(_STATS)
-    finally:
-        _STATS.clear()
-        for _, linear in linears:
-            del linear.observe_key
-            linear.__class__ = nnx.Linear
+def calibrate(module: nnx.Module, params: dict, batch: dict, part: str = "encoder") -> dict[str, np.ndarray]:
+    """max |input| per channel of every ``nnx.Linear`` under ``module.<part>``, over one forward
+    ``module(batch)`` with ``params`` (the module's nested params; ``module`` may be abstract, from
+    ``nnx.eval_shape``, and is not changed), keyed by the layer's path under ``part``."""
+    model = nnx.merge(nnx.split(module, nnx.Param)[0], params)
+    setattr(model, part, _dense_layers(getattr(model, part), lambda path, linear: ObservedLinear(linear)))
+    _, sown = jax.block_until_ready(_observe(*nnx.split(model), batch))
+    stats = {}
+    for path, variable in nnx.to_flat_state(sown):  # (part, ..., layer, "absmax")
+        calls = [np.asarray(v) for v in variable.get_value()]
+        stats[_key(path[1:-1])] = functools.reduce(np.maximum, calls)
+    return stats
 
 
 def quantize_weights(kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -196,41 +203,33 @@ def int8_params(kernel: np.ndarray, bias: np.ndarray | None, input_absmax: np.nd
     return params
 
 
-def quantize_module(module: nnx.Module, params: dict, stats: dict[str, np.ndarray] | None = None) -> dict:
-    """Replace every ``nnx.Linear`` under ``module`` by an ``Int8Linear`` (in place) and return the params
-    with each such layer's ``kernel``/``bias`` turned into its int8 params. ``params`` is the module's
-    nested params dict (numpy or device arrays); it is not changed. ``stats``: ``calibrate``'s max |input|
-    per channel, by layer path (smoothing; a layer missing from it is not smoothed)."""
+def quantize_module(module: nnx.Module, params: dict, stats: dict[str, np.ndarray] | None = None
+                    ) -> tuple[nnx.Module, dict]:
+    """``module`` rebuilt with an ``Int8Linear`` in place of every ``nnx.Linear`` (graph surgery: ``module``
+    itself is not changed), and ``params`` with each such layer's ``kernel``/``bias`` turned into its int8
+    params (numpy). ``params`` is the module's nested params dict (numpy or device arrays); it is not
+    changed. ``stats``: ``calibrate``'s max |input| per channel, by layer path (smoothing; a layer missing
+    from it is not smoothed)."""
 
     def copy(tree):
         return {k: copy(v) if isinstance(v, dict) else v for k, v in tree.items()}
 
     params = copy(params)
-    linears = [(tuple(path), node) for path, node in nnx.iter_graph(module) if isinstance(node, nnx.Linear)]
-    for path, linear in linears:
-        parent, node = module, params
+
+    def replace(path, linear):
+        node = params
         for step in path[:-1]:
-            parent = parent[step] if isinstance(step, int) else getattr(parent, step)
             node = node[step]
         leaf = node.get(path[-1])
         if not isinstance(leaf, dict) or "kernel" not in leaf:
-            raise ValueError(f"no kernel for the dense layer {'.'.join(map(str, path))} in the params")
+            raise ValueError(f"no kernel for the dense layer {_key(path)} in the params")
         kernel = np.asarray(leaf["kernel"], np.float32)
         bias = None if linear.bias is None else np.asarray(leaf["bias"], np.float32)
-        replacement = Int8Linear(kernel.shape[0], kernel.shape[1], use_bias=bias is not None)
-        if isinstance(path[-1], int):
-            parent[path[-1]] = replacement
-        else:
-            setattr(parent, path[-1], replacement)
-        node[path[-1]] = int8_params(kernel, bias, (stats or {}).get(".".join(map(str, path))))
-    return params
+        node[path[-1]] = int8_params(kernel, bias, (stats or {}).get(_key(path)))
+        return Int8Linear(kernel.shape[0], kernel.shape[1], use_bias=bias is not None)
+
+    return _dense_layers(module, replace), params
 
 
-def fused_int8(x, linears) -> jax.Array:
-    """Several ``Int8Linear`` of one input (BERT's query, key, value), concatenated on the last axis. Each
-    has its own input smoothing, so each quantizes the input for itself."""
-    return jnp.concatenate([linear(x) for linear in linears], axis=-1)
-
-
-__all__ = ["CALIBRATION_TEXTS", "Int8Linear", "ObservedLinear", "calibrate", "fused_int8", "int8_params", "observe",
-           "quantize_module", "quantize_rows", "quantize_weights"]
+__all__ = ["CALIBRATION_TEXTS", "Int8Linear", "ObservedLinear", "calibrate", "int8_params", "quantize_module",
+           "quantize_rows", "quantize_weights"]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxst.models.bert import activation
+from jaxst.models.layers import activation
 
 
 class BertPredictionTransform(nnx.Module):

@@ -30,8 +30,15 @@ import dataclasses
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxst.models.bert import activation
-from jaxst.models.layers import apply_rope, attention, dropout, positions_from_mask, rope_tables, split_rng
+from jaxst.models.layers import (
+    activation,
+    apply_rope,
+    attention,
+    dropout,
+    positions_from_mask,
+    rope_tables,
+    split_rng,
+)
 
 
 @dataclasses.dataclass(frozen=True)

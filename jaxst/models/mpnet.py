@@ -24,8 +24,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxst.models.bert import BertIntermediate, BertSelfOutput, activation, multi_head_attention
-from jaxst.models.layers import dropout, split_rng
+from jaxst.models.layers import (
+    DenseActivation,
+    DenseResidualNorm,
+    activation,
+    dropout,
+    multi_head_attention,
+    split_rng,
+)
 
 PADDING_IDX = 1  # PyTorch's MPNetEmbeddings uses 1 whatever config.pad_token_id says
 NUM_BUCKETS = 32  # PyTorch's compute_position_bias always buckets into 32, whatever the table holds
@@ -132,8 +138,10 @@ class MPNetAttention(nnx.Module):
 class MPNetLayer(nnx.Module):
     def __init__(self, cfg: MPNetConfig, *, rngs: nnx.Rngs):
         self.attention = MPNetAttention(cfg, rngs=rngs)
-        self.intermediate = BertIntermediate(cfg, rngs=rngs)  # the BERT feed-forward: dense + activation
-        self.output = BertSelfOutput(cfg, cfg.intermediate_size, rngs=rngs)  # dense, residual, LayerNorm
+        # the BERT feed-forward: dense + activation, then dense, residual, LayerNorm
+        self.intermediate = DenseActivation(cfg.hidden_size, cfg.intermediate_size, cfg.hidden_act, rngs=rngs)
+        self.output = DenseResidualNorm(cfg.intermediate_size, cfg.hidden_size, cfg.layer_norm_eps,
+                                        cfg.hidden_dropout_prob, rngs=rngs)
 
     def __call__(self, x, mask, position_bias, dropout_rng=None):
         attn_rng, out_rng = split_rng(dropout_rng, 2)

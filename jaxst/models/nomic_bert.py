@@ -23,8 +23,15 @@ import dataclasses
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxst.models.bert import activation
-from jaxst.models.layers import apply_rope, attention, dropout, positions_from_mask, rope_tables, split_rng
+from jaxst.models.layers import (
+    activation,
+    apply_rope,
+    attention,
+    dropout,
+    positions_from_mask,
+    rope_tables,
+    split_rng,
+)
 
 
 def rope_from_hf(hf: dict, default_theta: float, model: str) -> tuple[float, float]:
