@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxst import modules
 from jaxst.io.atomic import release, temp_folder, umask
 from jaxst.io.fsync import fsync_path
 from jaxst.io.weights import state_dict_from_params
@@ -54,18 +55,9 @@ TOKENIZER_FILES = (
 
 # modules.json "type" per module kind: the long-standing names every sentence-transformers version since
 # 2.x resolves (6.x maps them to its new module paths), with the folder name it saves each module under.
-MODULE_TYPES = {
-    "transformer": "sentence_transformers.models.Transformer",
-    "pooling": "sentence_transformers.models.Pooling",
-    "dense": "sentence_transformers.models.Dense",
-    "normalize": "sentence_transformers.models.Normalize",
-    "dropout": "sentence_transformers.models.Dropout",
-    "logit_score": "sentence_transformers.cross_encoder.modules.logit_score.LogitScore",  # new in 6.x: no old name
-    "multi_vector_mask": "sentence_transformers.multi_vector_encoder.modules.multi_vector_mask.MultiVectorMask",
-    "token_pooling": "sentence_transformers.multi_vector_encoder.modules.token_pooling.HierarchicalTokenPooling",
-}
-MODULE_CLASS_NAMES = {"pooling": "Pooling", "dense": "Dense", "normalize": "Normalize", "dropout": "Dropout",
-                      "multi_vector_mask": "MultiVectorMask", "token_pooling": "HierarchicalTokenPooling"}
+# Both come from the kind's file in jaxst.modules.
+MODULE_TYPES = {k.kind: k.type_path for k in modules.KINDS.values() if k.type_path is not None}
+MODULE_CLASS_NAMES = {k.kind: k.folder_name for k in modules.KINDS.values() if k.folder_name is not None}
 
 # A jaxst activation name -> the torch class sentence-transformers saves and re-imports.
 TORCH_ACTIVATIONS = {
@@ -172,7 +164,7 @@ def sentence_transformer_plan(*, hf_config: dict, module_specs: list, max_seq_le
     ``module_specs`` are the ``jaxst.io.folder.ModuleSpec`` the model was loaded from (Transformer first);
     the Transformer's params go to ``params["encoder"]``, Dense modules' to ``params["heads"][i]``."""
     transformer = module_specs[0]
-    modules = [{"idx": 0, "name": "0", "path": "", "type": MODULE_TYPES["transformer"]}]
+    entries = [{"idx": 0, "name": "0", "path": "", "type": MODULE_TYPES["transformer"]}]
     json_files: dict[str, object] = {
         "config.json": _hf_config(hf_config),
         "sentence_bert_config.json": _transformer_config(
@@ -181,23 +173,29 @@ def sentence_transformer_plan(*, hf_config: dict, module_specs: list, max_seq_le
     }
     weights = [WeightsEntry("model.safetensors", ("encoder",))]
     unmapped_files = {"model.safetensors": dict(unmapped)} if unmapped else {}
-    head = 0  # index into params["heads"]: Dense and Normalize modules, in order
-    for idx, spec in enumerate(module_specs[1:], start=1):
-        folder = f"{idx}_{MODULE_CLASS_NAMES[spec.kind]}"
-        modules.append({"idx": idx, "name": str(idx), "path": folder, "type": MODULE_TYPES[spec.kind]})
+    heads = modules.head_indices(module_specs[1:])  # index into params["heads"]: Dense and Normalize modules
+    for (idx, spec), head in zip(enumerate(module_specs[1:], start=1), heads):
+        folder = _module_folder(idx, spec.kind)
+        entries.append({"idx": idx, "name": str(idx), "path": folder, "type": MODULE_TYPES[spec.kind]})
         config = dict(spec.config)
         if spec.kind == "pooling" and "word_embedding_dimension" not in config and "embedding_dimension" not in config:
             # a synthesized mean pooling (DistilBERT calls the width "dim")
             config["word_embedding_dimension"] = int(hf_config.get("hidden_size", hf_config.get("dim")))
         json_files[f"{folder}/config.json"] = config
-        if spec.kind == "dense":
+        if modules.by_kind(spec.kind).head_params:
             weights.append(WeightsEntry(f"{folder}/model.safetensors", ("heads", head)))
-        if spec.kind in ("dense", "normalize"):
-            head += 1
-    json_files["modules.json"] = modules
+    json_files["modules.json"] = entries
     json_files["config_sentence_transformers.json"] = _model_config(
         "SentenceTransformer", prompts, default_prompt_name, similarity_fn_name, truncate_dim=truncate_dim)
     return FolderPlan("SentenceTransformer", json_files, _tokenizer_copies(transformer.path), weights, unmapped_files)
+
+
+def _module_folder(idx: int, kind: str) -> str:
+    """``{idx}_{Name}``: the folder a module is saved in (its kind file's ``folder_name``)."""
+    name = modules.by_kind(kind).folder_name
+    if name is None:
+        raise ValueError(f"cannot save a {kind} module in a folder of its own")
+    return f"{idx}_{name}"
 
 
 def torch_activation_path(name: str) -> str:
@@ -220,15 +218,16 @@ def cross_encoder_plan(*, hf_config: dict, transformer_path: Path, transformer_c
         hf_config["sentence_transformers"] = {**hf_config["sentence_transformers"], "activation_fn": activation_fn}
     task = "sequence-classification" if logit_score is None else "text-generation"
     transformer_config = {"transformer_task": task, **transformer_config}
-    modules = [{"idx": 0, "name": "0", "path": "", "type": MODULE_TYPES["transformer"]}]
+    entries = [{"idx": 0, "name": "0", "path": "", "type": MODULE_TYPES["transformer"]}]
     if logit_score is not None:
-        modules.append({"idx": 1, "name": "1", "path": "1_LogitScore", "type": MODULE_TYPES["logit_score"]})
+        entries.append({"idx": 1, "name": "1", "path": _module_folder(1, "logit_score"),
+                        "type": MODULE_TYPES["logit_score"]})
     json_files: dict[str, object] = {
         "config.json": hf_config,
         "sentence_bert_config.json": _transformer_config(
             transformer_config, max_seq_length, transformer_config.get("do_lower_case", False)
         ),
-        "modules.json": modules,
+        "modules.json": entries,
         "config_sentence_transformers.json": {
             "__version__": {"jaxst": _jaxst_version()},
             "model_type": "CrossEncoder",
@@ -239,7 +238,7 @@ def cross_encoder_plan(*, hf_config: dict, transformer_path: Path, transformer_c
     }
     weights = [WeightsEntry("model.safetensors", ("encoder",), f"{base_model_prefix}.")]
     if logit_score is not None:
-        json_files["1_LogitScore/config.json"] = dict(logit_score)
+        json_files[f"{_module_folder(1, 'logit_score')}/config.json"] = dict(logit_score)
         if lm_head:
             weights.append(WeightsEntry("model.safetensors", ("lm_head",), "lm_head."))
         return FolderPlan("CrossEncoder", json_files, _tokenizer_copies(transformer_path), weights, {})
@@ -249,12 +248,8 @@ def cross_encoder_plan(*, hf_config: dict, transformer_path: Path, transformer_c
     return FolderPlan("CrossEncoder", json_files, _tokenizer_copies(transformer_path), weights, {})
 
 
-SPARSE_MODULE_TYPES = {  # sentence-transformers 6's class paths, as its SparseEncoder saves them
-    "transformer": "sentence_transformers.base.modules.transformer.Transformer",
-    "splade_pooling": "sentence_transformers.sparse_encoder.modules.splade_pooling.SpladePooling",
-    "static_embedding": "sentence_transformers.sparse_encoder.modules.sparse_static_embedding.SparseStaticEmbedding",
-    "router": "sentence_transformers.base.modules.router.Router",
-}
+# sentence-transformers 6's class paths, as its SparseEncoder saves them (from each kind's file in jaxst.modules)
+SPARSE_MODULE_TYPES = {k.kind: k.v6_type_path for k in modules.KINDS.values() if k.v6_type_path is not None}
 
 
 def sparse_encoder_plan(*, routes: dict, router: dict | None, splade: dict | None, prompts: dict,
@@ -292,13 +287,13 @@ def sparse_encoder_plan(*, routes: dict, router: dict | None, splade: dict | Non
 
     if router is None:
         specs = routes[None]
-        modules = []
+        entries = []
         for idx, spec in enumerate(specs):
-            folder = "" if idx == 0 else f"{idx}_SpladePooling"  # Transformer at the root, as saved by ST
-            modules.append({"idx": idx, "name": str(idx), "path": folder, "type": SPARSE_MODULE_TYPES[spec.kind]})
+            folder = "" if idx == 0 else _module_folder(idx, spec.kind)  # Transformer at the root, as saved by ST
+            entries.append({"idx": idx, "name": str(idx), "path": folder, "type": SPARSE_MODULE_TYPES[spec.kind]})
             write_module(spec, folder)
     else:
-        modules = [{"idx": 0, "name": "0", "path": "", "type": SPARSE_MODULE_TYPES["router"]}]
+        entries = [{"idx": 0, "name": "0", "path": "", "type": SPARSE_MODULE_TYPES["router"]}]
         types, structure = {}, {}
         for name, specs in routes.items():
             structure[name] = [spec.path.name for spec in specs]
@@ -306,7 +301,7 @@ def sparse_encoder_plan(*, routes: dict, router: dict | None, splade: dict | Non
                 types[spec.path.name] = SPARSE_MODULE_TYPES[spec.kind]
                 write_module(spec, spec.path.name)
         json_files["router_config.json"] = {"types": types, "structure": structure, "parameters": dict(router)}
-    json_files["modules.json"] = modules
+    json_files["modules.json"] = entries
     json_files["config_sentence_transformers.json"] = _model_config(
         "SparseEncoder", prompts, default_prompt_name, similarity_fn_name, max_active_dims=max_active_dims)
     return FolderPlan("SparseEncoder", json_files, copies, weights, {})
@@ -322,10 +317,9 @@ def csr_plan(*, hf_config: dict, module_specs: list, max_seq_length: int, prompt
         default_prompt_name=default_prompt_name, similarity_fn_name=similarity_fn_name, truncate_dim=None,
         unmapped=unmapped)
     idx = len(module_specs) - 1
-    folder = f"{idx}_SparseAutoEncoder"
+    folder = _module_folder(idx, "sparse_autoencoder")
     plan.json_files["modules.json"].append(
-        {"idx": idx, "name": str(idx), "path": folder,
-         "type": "sentence_transformers.sparse_encoder.modules.sparse_auto_encoder.SparseAutoEncoder"})
+        {"idx": idx, "name": str(idx), "path": folder, "type": SPARSE_MODULE_TYPES["sparse_autoencoder"]})
     plan.json_files[f"{folder}/config.json"] = dict(module_specs[-1].config)
     plan.weights.append(WeightsEntry(f"{folder}/model.safetensors", ("sae",)))
     if sae_buffers:

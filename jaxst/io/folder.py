@@ -7,30 +7,16 @@ import json
 import warnings
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+from jaxst import modules
+
+# What each module kind is lives in its file of jaxst.modules; these names are derived from that registry.
 # Last component of a modules.json "type" -> our module kind.
-MODULE_KINDS = {
-    "Transformer": "transformer",
-    "Pooling": "pooling",
-    "Dense": "dense",
-    "Normalize": "normalize",
-    "Dropout": "dropout",  # a no-op at inference
-    "LogitScore": "logit_score",  # a causal-LM reranker's score (CrossEncoder)
-    # SparseEncoder's modules
-    "MLMTransformer": "transformer",  # the pre-v5 name of a fill-mask Transformer
-    "SpladePooling": "splade_pooling",
-    "SparseStaticEmbedding": "static_embedding",
-    "SparseAutoEncoder": "sparse_autoencoder",
-    "Router": "router",
-    # MultiVectorEncoder's
-    "MultiVectorMask": "multi_vector_mask",
-    "HierarchicalTokenPooling": "token_pooling",
-    "LambdaTokenPooling": "token_pooling",
-}
-SPARSE_KINDS = ("splade_pooling", "static_embedding", "sparse_autoencoder", "router")
-MULTI_VECTOR_KINDS = ("multi_vector_mask", "token_pooling")
-# The file each kind keeps its settings in (a Router's structure is in router_config.json).
-CONFIG_FILES = {"transformer": "sentence_bert_config.json", "router": "router_config.json"}
-REQUIRED_CONFIGS = ("pooling", "dense", "logit_score", "splade_pooling", "router")
+MODULE_KINDS = dict(modules.CLASS_KINDS)
+SPARSE_KINDS = modules.family_kinds("SparseEncoder")
+MULTI_VECTOR_KINDS = modules.family_kinds("MultiVectorEncoder")
+# The file each kind keeps its settings in, where it is not config.json (a Router's structure is in router_config.json).
+CONFIG_FILES = {k.kind: k.config_files[0] for k in modules.KINDS.values() if k.config_files[0] != "config.json"}
+REQUIRED_CONFIGS = tuple(k.kind for k in modules.KINDS.values() if k.config_required)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,11 +59,13 @@ def read_modules(folder: Path) -> list[ModuleSpec]:
 
 
 def module_spec(kind: str, path: Path) -> ModuleSpec:
-    config_name = CONFIG_FILES.get(kind, "config.json")
-    config = read_json(path / config_name, required=kind in REQUIRED_CONFIGS and kind != "router")
-    if kind == "router" and not config:  # sentence-transformers' legacy name for the Router's file
-        config = read_json(path / "config.json")
-    return ModuleSpec(kind, path, config)
+    """The spec of a ``kind`` module in ``path``: its config from the files its registry entry names, the first
+    non-empty one (a Router's router_config.json, else config.json, sentence-transformers' legacy name)."""
+    *earlier, last = modules.by_kind(kind).config_files
+    for name in earlier:
+        if config := read_json(path / name, required=False):
+            return ModuleSpec(kind, path, config)
+    return ModuleSpec(kind, path, read_json(path / last, required=modules.by_kind(kind).config_required))
 
 
 # Class paths of other libraries whose modules are sentence-transformers' own (as sentence-transformers maps them)
@@ -87,7 +75,8 @@ CLASS_ALIASES = {"pylate.models.Dense.Dense": "sentence_transformers.base.module
 def module_kind(type_name: str, where) -> str:
     """Our kind for a modules.json / router_config.json class path; a clear error for anything else."""
     type_name = CLASS_ALIASES.get(type_name, type_name)
-    kind = MODULE_KINDS.get(type_name.rsplit(".", 1)[-1])
+    described = modules.kind_of_type(type_name)
+    kind = None if described is None else described.kind
     if not type_name.startswith("sentence_transformers."):
         raise ValueError(
             f"module {type_name!r} in {where} is custom code; jaxst runs no remote code "

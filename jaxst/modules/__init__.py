@@ -1,0 +1,98 @@
+"""The module registry: one file per sentence-transformers module kind, each holding one ``ModuleKind`` named
+``KIND`` (its modules.json class names, the config file it reads, the type and folder it is saved under, the
+family it marks, whether it is a head). The folder reader (``jaxst.io.folder``) and writer (``jaxst.io.export``)
+and the facades ask this registry; a new module kind is one new file here.
+
+    modules.json "type" ──kind_of_type──▶ ModuleKind ──▶ config file to read / type and folder to write
+    specs in modules.json order ──head_indices──▶ index into module.heads / params["heads"], assigned once
+
+The files are found by scanning the package (those whose names start with ``_`` are not kinds). It sits
+between the functional core and io: it imports neither io nor anything above it, and no model code
+(``ModuleKind.forward`` is a name, imported on use).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Iterable
+
+from jaxst.modules._kind import FAMILIES, ModuleKind
+
+
+def _scan() -> dict[str, ModuleKind]:
+    kinds: dict[str, ModuleKind] = {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        found = getattr(importlib.import_module(f"{__name__}.{info.name}"), "KIND", None)
+        if not isinstance(found, ModuleKind):
+            raise TypeError(f"{__name__}.{info.name} defines no KIND = ModuleKind(...)")
+        if found.kind in kinds:
+            raise ValueError(f"module kind {found.kind!r} is defined twice ({__name__}.{info.name})")
+        kinds[found.kind] = found
+    return kinds
+
+
+KINDS: dict[str, ModuleKind] = _scan()  # kind id -> its description
+
+# modules.json class name (the type's last component) -> kind id
+CLASS_KINDS: dict[str, str] = {}
+for _k in KINDS.values():
+    for _name in _k.class_names:
+        if CLASS_KINDS.setdefault(_name, _k.kind) != _k.kind:
+            raise ValueError(f"class name {_name!r} is claimed by {CLASS_KINDS[_name]!r} and {_k.kind!r}")
+del _k, _name
+
+
+def by_kind(kind: str) -> ModuleKind:
+    """The description of a kind id (``ModuleSpec.kind``); a KeyError naming the known ones for anything else."""
+    try:
+        return KINDS[kind]
+    except KeyError:
+        raise KeyError(f"unknown module kind {kind!r}; jaxst knows {sorted(KINDS)}") from None
+
+
+def kind_of_type(type_name: str) -> ModuleKind | None:
+    """The kind a modules.json class path (or bare class name) means, by its last component; None if no kind
+    claims it. (Whether the path is sentence-transformers' own is the folder reader's check.)"""
+    kind = CLASS_KINDS.get(type_name.rsplit(".", 1)[-1])
+    return None if kind is None else KINDS[kind]
+
+
+def family_kinds(family: str) -> tuple[str, ...]:
+    """The kind ids whose presence marks ``family`` ("SparseEncoder", "MultiVectorEncoder", "CrossEncoder")."""
+    if family not in FAMILIES:
+        raise ValueError(f"no module kind marks {family!r}; families: {FAMILIES}")
+    return tuple(k.kind for k in KINDS.values() if k.family == family)
+
+
+def _kind_name(spec) -> str:
+    return spec if isinstance(spec, str) else spec.kind
+
+
+def head_indices(specs: Iterable) -> list[int | None]:
+    """For each spec (anything with ``.kind``, or a kind id), in order: its index into the facade's heads
+    (``module.heads`` and ``params["heads"]``), None for a module that is not a head. The heads (Dense,
+    Normalize, a Stanford projection) are numbered 0, 1, ... in pipeline order; this is the one place that
+    index is assigned, for loading and saving alike."""
+    indices, n = [], 0
+    for spec in specs:
+        if by_kind(_kind_name(spec)).head:
+            indices.append(n)
+            n += 1
+        else:
+            indices.append(None)
+    return indices
+
+
+def param_heads(specs: Iterable) -> list[tuple[int, object]]:
+    """``(index into params["heads"], spec)`` for the heads among ``specs`` that carry params (Dense, a
+    Stanford projection), in order."""
+    specs = list(specs)
+    return [(i, spec) for spec, i in zip(specs, head_indices(specs)) if i is not None
+            and by_kind(_kind_name(spec)).head_params]
+
+
+__all__ = ["CLASS_KINDS", "FAMILIES", "KINDS", "ModuleKind", "by_kind", "family_kinds", "head_indices",
+           "kind_of_type", "param_heads"]

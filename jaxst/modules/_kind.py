@@ -1,0 +1,53 @@
+"""What one sentence-transformers module kind is, as data: ``ModuleKind``. Each file of ``jaxst.modules`` holds one."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+
+FAMILIES = ("SparseEncoder", "MultiVectorEncoder", "CrossEncoder")  # the families a module kind can mark
+
+
+@dataclasses.dataclass(frozen=True)
+class ModuleKind:
+    """One module kind of the sentence-transformers folder format, and everything jaxst knows of it.
+
+    ``kind``: jaxst's id (``ModuleSpec.kind``). ``class_names``: the last components of the modules.json /
+    router_config.json class paths that mean it (none: jaxst makes it itself, never reads it by name).
+    ``type_path``: the modules.json type jaxst writes for it (the long-standing ``sentence_transformers.models``
+    name where one exists: every sentence-transformers since 2.x resolves it). ``v6_type_path``:
+    sentence-transformers 6's own class path (what a SparseEncoder folder names). ``folder_name``: the module
+    folder on export is ``{idx}_{folder_name}``; None where it sits at the root or keeps the name it was loaded
+    under. ``config_files``: where its settings are, tried in order (an empty or missing file moves on to the
+    next); ``config_required``: the last one must exist. ``family``: the model family its presence marks, or
+    None for the shared kinds. ``head``: it takes a slot in a facade's ``module.heads`` / ``params["heads"]``
+    (numbered by ``jaxst.modules.head_indices``); ``head_params``: and carries params there. ``forward``:
+    ``"module:attribute"`` of what runs it today, in the functional core (None: it still lives in a facade).
+    """
+
+    kind: str
+    class_names: tuple[str, ...] = ()
+    type_path: str | None = None
+    v6_type_path: str | None = None
+    folder_name: str | None = None
+    config_files: tuple[str, ...] = ("config.json",)
+    config_required: bool = False
+    family: str | None = None
+    head: bool = False
+    head_params: bool = False
+    forward: str | None = None
+
+    def __post_init__(self):
+        if self.family is not None and self.family not in FAMILIES:
+            raise ValueError(f"module kind {self.kind!r}: family {self.family!r} is not one of {FAMILIES}")
+        if self.head_params and not self.head:
+            raise ValueError(f"module kind {self.kind!r}: head_params without head")
+        if not self.config_files:
+            raise ValueError(f"module kind {self.kind!r} names no config file")
+
+    def resolve_forward(self):
+        """The object ``forward`` names (imported on first use: the registry itself imports no model code)."""
+        if self.forward is None:
+            return None
+        module, _, attribute = self.forward.partition(":")
+        return getattr(importlib.import_module(module), attribute)
