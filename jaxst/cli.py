@@ -1,4 +1,4 @@
-"""The ``jaxst`` command line: embed text files to ``.npy`` and run semantic search.
+"""The ``jaxst`` command line: embed text files to ``.npy``, run semantic search, convert models.
 
     jaxst encode texts.txt -o embeddings.npy [--model M] [--normalize] [--precision int8]   (streams the file)
     cat texts.txt | jaxst encode -o embeddings.npy
@@ -6,6 +6,8 @@
     jaxst search "A man is eating pasta." --corpus corpus.txt --rerank cross-encoder/ms-marco-MiniLM-L6-v2
     jaxst encode texts.txt -o sparse.npz --sparse --model naver/splade-v3     (SparseEncoder: a CSR .npz)
     jaxst search "pasta" --corpus corpus.txt --sparse --model naver/splade-v3
+    jaxst convert NAME_OR_FOLDER ckpt        (any family -> a native orbax params checkpoint)
+    jaxst convert ckpt st-folder             (... and back to a sentence-transformers folder)
 
 Input files, stdin and queries must be UTF-8, one text per line (anything else is an error, never a
 text with replacement characters). Outputs are written atomically, and only over regular files or new
@@ -21,6 +23,9 @@ import itertools
 import json
 import os
 import sys
+from pathlib import Path
+
+from jaxst.io.family import FAMILIES
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")
@@ -57,8 +62,26 @@ def load_model(name: str):
     try:
         return SentenceTransformer(name)
     except Exception as e:  # missing folder, offline, malformed config, unsupported architecture...
-        hint = " (pass --sparse for a sparse model)" if "jaxst.SparseEncoder" in str(e) else ""
-        raise CliError(f"cannot load model {name!r}: {_one_line(e)}{hint}") from e
+        raise CliError(f"cannot load model {name!r}: {_one_line(e)}{_family_hint(name)}") from e
+
+
+# What to tell a user who gave `encode` / `search` a model of another family.
+FAMILY_HINTS = {
+    "SparseEncoder": " (pass --sparse for a sparse model)",
+    "CrossEncoder": " (a cross-encoder scores pairs: pass it to 'jaxst search --rerank')",
+    "MultiVectorEncoder": " (a multi-vector model: load it with jaxst.MultiVectorEncoder in Python)",
+}
+
+
+def _family_hint(name: str) -> str:
+    """A hint naming the family of a model that failed to load as a SentenceTransformer, from what is on disk
+    (nothing is downloaded); "" when it is one, or cannot be told."""
+    from jaxst.io.family import detect_family
+
+    try:
+        return FAMILY_HINTS.get(detect_family(name, local_files_only=True), "")
+    except Exception:  # no folder, malformed files: the load error says it
+        return ""
 
 
 @functools.lru_cache(maxsize=4)
@@ -373,13 +396,107 @@ def rerank(reranker, query: str, hits: list[dict], texts: list[str], top_k: int,
     ]
 
 
+# ---------------------------------------------------------------------------------------- convert
+
+CONVERT_TARGETS = ("auto", "orbax", "sentence-transformers")
+
+
+def family_name(value: str) -> str:
+    """``"auto"`` or one of ``FAMILIES``, from its class name or the kebab form (``sparse-encoder``), any case."""
+    key = value.replace("-", "").replace("_", "").lower()
+    for name in ("auto", *FAMILIES):
+        if name.lower() == key:
+            return name
+    raise ValueError(f"unknown model family {value!r}; use one of auto, {', '.join(FAMILIES)}")
+
+
+def load_family_model(name_or_path, family: str = "auto", *, revision: str | None = None,
+                      cache_folder: str | None = None):
+    """A jaxst model of ``family`` (``"auto"``: ``jaxst.io.family.detect_family``) by Hub name or folder."""
+    import jaxst
+    from jaxst.io.family import detect_family
+
+    family = family_name(family)
+    if family == "auto":
+        family = detect_family(name_or_path, revision=revision, cache_folder=cache_folder)
+    return getattr(jaxst, family)(name_or_path, revision=revision, cache_folder=cache_folder)
+
+
+def convert(src, out, *, to: str = "auto", family: str = "auto", revision: str | None = None,
+            cache_folder: str | None = None, overwrite: bool = False) -> tuple[Path, str, str]:
+    """``src`` (Hub name, model folder, or a jaxst orbax checkpoint) written to ``out`` as ``to``: ``"orbax"``
+    (``model.params`` as an orbax checkpoint beside the folder's config and tokenizer files,
+    ``jaxst.io.export.save_orbax``) or ``"sentence-transformers"`` (a folder PyTorch users load unchanged). ``"auto"``:
+    a checkpoint goes back to sentence-transformers, anything else to orbax. ``family`` forces the class to load
+    ``src`` as (default: detected). Returns (the folder written, the format, the family). ``overwrite``: write
+    into a non-empty folder that holds no model (``jaxst.io.export.atomic_folder``; every write is atomic)."""
+    from jaxst.io.export import ORBAX_MANIFEST, orbax_to_folder, save_model, save_orbax
+    from jaxst.io.family import folder_family
+
+    if to not in CONVERT_TARGETS:
+        raise ValueError(f"to must be one of {CONVERT_TARGETS}, got {to!r}")
+    family = family_name(family)
+    checkpoint = isinstance(src, (str, os.PathLike)) and (Path(src) / ORBAX_MANIFEST).is_file()
+    if to == "auto":
+        to = "sentence-transformers" if checkpoint else "orbax"
+    if checkpoint:
+        if to == "orbax":
+            raise ValueError(f"{os.fspath(src)!r} is already a jaxst orbax checkpoint")
+        saved = folder_family(src)
+        if family not in ("auto", saved):
+            raise ValueError(f"{os.fspath(src)!r} is a {saved} checkpoint, not a {family}")
+        return orbax_to_folder(src, out, overwrite=overwrite), to, saved
+    model = load_family_model(src, family, revision=revision, cache_folder=cache_folder)
+    if to == "orbax":
+        path = save_orbax(model, out, overwrite=overwrite)
+    else:
+        path = save_model(model.folder_plan(), model.params, out, overwrite=overwrite)
+    return path, to, type(model).__name__
+
+
+def _check_convert_paths(src: str, out: str, overwrite: bool) -> None:
+    """Before any work: OUT is a new path or an empty folder (a non-empty one only with --overwrite), and it
+    neither is nor lies inside or around a local SRC."""
+    if not out:
+        raise CliError("OUT is empty: name the folder to write")
+    target = Path(os.path.realpath(os.path.expanduser(out)))
+    source = Path(os.path.realpath(os.path.expanduser(src)))
+    if source.is_dir() and (target.is_relative_to(source) or source.is_relative_to(target)):
+        raise CliError(f"output {out!r} overlaps the model folder {src!r}; write it somewhere else")
+    if target.exists() and not target.is_dir():
+        raise CliError(f"output {out!r} is a file, not a folder")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        raise CliError(f"output {out!r} already exists and is not empty; pass --overwrite to write into it "
+                       "(a model there is replaced, other files are kept)")
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    _check_convert_paths(args.src, args.out, args.overwrite)
+    try:
+        path, to, family = convert(args.src, args.out, to=args.to, family=args.family, revision=args.revision,
+                                   cache_folder=args.cache_folder, overwrite=args.overwrite)
+    except Exception as e:  # missing folder, offline, unknown family, unsupported model, unwritable output...
+        raise CliError(f"cannot convert {args.src!r}: {_one_line(e)}") from e
+    what = "an orbax checkpoint" if to == "orbax" else "a sentence-transformers folder"
+    print(f"jaxst: converted {family} {args.src} -> {what} at {path}", file=sys.stderr)
+    print(os.fspath(path))
+    return 0
+
+
+def _family_arg(value: str) -> str:
+    try:
+        return family_name(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 # ---------------------------------------------------------------------------------------- parser
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _ArgumentParser(
         prog="jaxst",
-        description="Sentence embeddings with JAX: encode text files and run semantic search.",
+        description="Sentence embeddings with JAX: encode text files, run semantic search, convert models.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -428,6 +545,27 @@ def build_parser() -> argparse.ArgumentParser:
     srch.add_argument("--candidates", type=_positive_int, default=None, metavar="N",
                       help=f"with --rerank: bi-encoder hits per query to re-score (default: {DEFAULT_CANDIDATES})")
     srch.set_defaults(func=cmd_search)
+
+    conv = sub.add_parser(
+        "convert", help="a model to a native orbax checkpoint, or a checkpoint back to sentence-transformers",
+        description="Convert between sentence-transformers folders and jaxst's native checkpoints: a model (Hub "
+                    "name or folder, any of the four families, detected) becomes OUT/params, an orbax checkpoint "
+                    "of its params, beside its config and tokenizer files; such a checkpoint becomes a standard "
+                    "sentence-transformers folder again. OUT is written beside itself and renamed into place.",
+    )
+    conv.add_argument("src", metavar="SRC", help="a Hub model name, a model folder, or a jaxst orbax checkpoint")
+    conv.add_argument("out", metavar="OUT", help="the folder to write (a new path or an empty folder)")
+    conv.add_argument("--to", choices=CONVERT_TARGETS, default="auto",
+                      help="what to write (default: an orbax checkpoint goes back to sentence-transformers, "
+                           "anything else to orbax)")
+    conv.add_argument("--family", type=_family_arg, default="auto", metavar="FAMILY",
+                      help=f"load SRC as this class: {', '.join(FAMILIES)} (default: detected from its files)")
+    conv.add_argument("--revision", default=None, help="Hub revision of SRC")
+    conv.add_argument("--cache-folder", default=None, help="Hugging Face cache folder")
+    conv.add_argument("--overwrite", action="store_true",
+                      help="write into OUT even if it is a non-empty folder (a model there is replaced, "
+                           "other files are kept)")
+    conv.set_defaults(func=cmd_convert)
     return parser
 
 
