@@ -7,7 +7,7 @@ of metrics (prefixed with ``name_`` when it has a name), and names the one ``fit
 the same CSV rows. They work from ``jaxst.training.fit`` and from a user's own loop.
 
     InformationRetrievalEvaluator  accuracy@k, precision@k, recall@k, MRR@k, NDCG@k, MAP@k per score function
-    EmbeddingSimilarityEvaluator   Pearson / Spearman of similarity against gold scores (jaxst.training's)
+    EmbeddingSimilarityEvaluator   Pearson / Spearman of similarity against gold scores (jaxst.training re-exports it)
     TripletEvaluator               how often the anchor is closer to the positive than to the negative
     BinaryClassificationEvaluator  pair classification by a similarity threshold: accuracy, F1, AP, MCC
     MSEEvaluator                   distance to a teacher's embeddings (multilingual distillation)
@@ -21,14 +21,16 @@ the same CSV rows. They work from ``jaxst.training.fit`` and from a user's own l
 from __future__ import annotations
 
 import csv
+import math
+import numbers
 import os
 from collections.abc import Callable, Iterable, Sequence
 
 import jax
 import numpy as np
 
+from jaxst.checks import positive_int
 from jaxst.similarity import similarity_functions
-from jaxst.training import EmbeddingSimilarityEvaluator
 
 SIMILARITY_NAMES = ("cosine", "dot", "euclidean", "manhattan")
 
@@ -66,6 +68,101 @@ def _encode(model, texts, side: str | None, **kwargs):
     fn = {"query": getattr(model, "encode_query", None), "document": getattr(model, "encode_document", None)}.get(
         side) or model.encode
     return fn(list(texts), **kwargs)
+
+
+# ------------------------------------------------ examples and statistics (jaxst.training re-exports them)
+
+
+def example_parts(example) -> tuple[list[str], float | None]:
+    """(texts, label) of one example: a tuple (text, text[, text...][, score]) or an object with
+    ``texts`` and ``label`` (sentence-transformers' InputExample). What ``from_input_examples`` reads here and
+    ``jaxst.training.collate`` reads for training."""
+    if hasattr(example, "texts"):
+        texts, label = list(example.texts), getattr(example, "label", None)
+    elif isinstance(example, (tuple, list)):
+        parts = list(example)
+        label = None
+        if parts and isinstance(parts[-1], numbers.Number) and not isinstance(parts[-1], bool):
+            label = float(parts.pop())
+        texts = parts
+    else:
+        raise TypeError(f"a training example is a tuple (text, text[, ...][, score]), got {type(example).__name__}")
+    if len(texts) < 1 or not all(isinstance(t, str) for t in texts):
+        raise TypeError(f"a training example needs texts (str), got {example!r:.120}")
+    return texts, label
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n, ties sharing their average rank (scipy's rankdata 'average')."""
+    order = np.argsort(x, kind="mergesort")
+    sorted_x = x[order]
+    starts = np.r_[True, sorted_x[1:] != sorted_x[:-1]]
+    group = np.cumsum(starts) - 1
+    first = np.flatnonzero(starts)
+    last = np.r_[first[1:], len(x)] - 1
+    ranks = np.empty(len(x))
+    ranks[order] = (first[group] + last[group]) / 2.0 + 1.0
+    return ranks
+
+
+def pearson(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    a, b = a - a.mean(), b - b.mean()
+    return float((a @ b) / math.sqrt((a @ a) * (b @ b)))
+
+
+def spearman(a, b) -> float:
+    """Spearman's rank correlation (Pearson of the ranks, ties averaged), as scipy's ``spearmanr``."""
+    return pearson(_ranks(np.asarray(a, np.float64)), _ranks(np.asarray(b, np.float64)))
+
+
+class EmbeddingSimilarityEvaluator:
+    """Pearson and Spearman correlation of embedding similarity against gold scores (STSb-style),
+    as sentence-transformers' evaluator of the same name: returns ``{"pearson_cosine",
+    "spearman_cosine"}`` (for each of ``similarity_fn_names``; the model's similarity by default),
+    prefixed with ``name_`` when a name is given; ``primary_metric`` names the Spearman one."""
+
+    def __init__(self, sentences1: list[str], sentences2: list[str], scores: list[float], batch_size: int = 16,
+                 main_similarity: str | None = None, similarity_fn_names: list[str] | None = None, name: str = "",
+                 show_progress_bar: bool = False):
+        if not (len(sentences1) == len(sentences2) == len(scores)):
+            raise ValueError(f"sentences1, sentences2 and scores differ in length: "
+                             f"{len(sentences1)}, {len(sentences2)}, {len(scores)}")
+        if len(scores) < 2:
+            raise ValueError("a correlation needs at least two scored pairs")
+        self.sentences1, self.sentences2 = list(sentences1), list(sentences2)
+        self.scores = np.asarray(scores, np.float64)
+        self.batch_size = batch_size
+        self.main_similarity = main_similarity
+        self.similarity_fn_names = list(similarity_fn_names or ([main_similarity] if main_similarity else []))
+        for fn in self.similarity_fn_names:
+            similarity_functions(fn)  # validates the name
+        self.name = name
+        self.show_progress_bar = show_progress_bar
+        self.primary_metric = None
+
+    @classmethod
+    def from_input_examples(cls, examples, **kwargs) -> EmbeddingSimilarityEvaluator:
+        parts = [example_parts(e) for e in examples]
+        return cls([t[0] for t, _ in parts], [t[1] for t, _ in parts], [lab for _, lab in parts], **kwargs)
+
+    def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
+        del output_path  # no CSV: the metrics are returned
+        kw = dict(batch_size=self.batch_size, show_progress_bar=self.show_progress_bar)
+        e1, e2 = model.encode(self.sentences1, **kw), model.encode(self.sentences2, **kw)
+        names = self.similarity_fn_names or [model.similarity_fn_name]
+        metrics = {}
+        for fn in names:
+            predicted = np.asarray(similarity_functions(fn)[1](e1, e2), np.float64)
+            metrics[f"pearson_{fn}"] = pearson(self.scores, predicted)
+            metrics[f"spearman_{fn}"] = spearman(self.scores, predicted)
+        if len(names) > 1:
+            metrics["pearson_max"] = max(metrics[f"pearson_{fn}"] for fn in names)
+            metrics["spearman_max"] = max(metrics[f"spearman_{fn}"] for fn in names)
+        primary = f"spearman_{self.main_similarity or (names[0] if len(names) == 1 else 'max')}"
+        prefix = f"{self.name}_" if self.name else ""
+        self.primary_metric = prefix + primary
+        return {prefix + k: v for k, v in metrics.items()}
 
 
 class InformationRetrievalEvaluator(SentenceEvaluator):
@@ -110,15 +207,12 @@ class InformationRetrievalEvaluator(SentenceEvaluator):
         if not self.corpus:
             raise ValueError("InformationRetrievalEvaluator: the corpus is empty")
         self.relevant_docs = relevant_docs
-        if not isinstance(corpus_chunk_size, int) or corpus_chunk_size < 1:
-            raise ValueError(f"corpus_chunk_size must be a positive int, got {corpus_chunk_size!r}")
-        self.corpus_chunk_size = corpus_chunk_size
+        self.corpus_chunk_size = positive_int("corpus_chunk_size", corpus_chunk_size)
         self.mrr_at_k, self.ndcg_at_k = list(mrr_at_k), list(ndcg_at_k)
         self.accuracy_at_k, self.precision_recall_at_k, self.map_at_k = (list(accuracy_at_k),
                                                                          list(precision_recall_at_k), list(map_at_k))
         for k in self.mrr_at_k + self.ndcg_at_k + self.accuracy_at_k + self.precision_recall_at_k + self.map_at_k:
-            if not isinstance(k, int) or k < 1:
-                raise ValueError(f"every @k must be a positive int, got {k!r}")
+            positive_int("every @k", k)
         self.show_progress_bar, self.batch_size, self.name = show_progress_bar, batch_size, name
         self.write_csv, self.truncate_dim = write_csv, truncate_dim
         self.score_functions = dict(score_functions) if score_functions else None
@@ -782,4 +876,6 @@ __all__ = [
     "SequentialEvaluator",
     "TranslationEvaluator",
     "TripletEvaluator",
+    "pearson",
+    "spearman",
 ]

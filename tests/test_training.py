@@ -541,11 +541,11 @@ def test_fit_resumes_from_its_checkpoint(tiny_folder, tmp_path, monkeypatch):
         if len(saves) == 2:
             raise KeyboardInterrupt  # the run dies right after its second checkpoint
 
-    monkeypatch.setattr(training, "save_checkpoint", save_then_crash)
+    monkeypatch.setattr(training.fitting, "save_checkpoint", save_then_crash)  # the name fit() calls
     with pytest.raises(KeyboardInterrupt):
         _fit(tiny_folder, seed=0, evaluator=None, checkpoint_path=tmp_path / "ckpt", checkpoint_save_steps=2)
     assert saves == [2, 4]
-    monkeypatch.setattr(training, "save_checkpoint", real_save)
+    monkeypatch.setattr(training.fitting, "save_checkpoint", real_save)
     resumed, history = _fit(tiny_folder, seed=0, evaluator=None, checkpoint_path=tmp_path / "ckpt",
                             checkpoint_save_steps=2, resume_from_checkpoint=True)
     assert len(history["loss"]) == 5  # steps 5..9
