@@ -1,23 +1,22 @@
-"""The one base under every model family: folder -> modules, tokenizing and length-bucketed batching,
-device placement and meshes, prompts, dtype casts and save.
+"""The one base under every model family: folder -> modules, tokenizing, device placement and meshes,
+prompts, dtype casts and save.
 
     name or folder ──resolve (io.hub)──▶ folder ──config_sentence_transformers.json──▶ prompts
     Transformer module folder ──load_transformer──▶ hf config, encoder (config, class), tokenizer
-    encodings ──run_batches: sorted by token count, padded to a fine length grid, placed on a device
-              or split by rows over a mesh──▶ the family's jitted forward, per batch
+    inputs ──encode_chunks: the call's placement and token cap──▶ jaxst.engine (chunks, length-bucketed
+              batches, overlapped read-back, progress) ──▶ the family's jitted forward, per batch
 
 A family (``SentenceTransformer``, ``CrossEncoder``, ...) is a thin facade over ``BaseModel``: it builds
 its NNX module and params from the loaded Transformer, describes its folder for ``save``
-(``folder_plan``), and maps the familiar sentence-transformers API onto ``run_batches``.
+(``folder_plan``), and maps the familiar sentence-transformers API onto ``encode_chunks`` with its hooks
+(``jaxst.engine.Hooks``).
 """
 
 from __future__ import annotations
 
-import itertools
-import math
 import os
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sized
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +25,18 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxst import engine
+from jaxst.checks import positive_int
 from jaxst.compilation_cache import enable_compilation_cache
+from jaxst.engine import (  # noqa: F401  (the batching names' old home; jaxst.engine owns them)
+    CPU_BATCH_TOKENS,
+    batch_bucket,
+    batch_rows,
+    n_batches,
+    seq_bucket,
+    text_list,
+    text_stream,
+)
 from jaxst.io.export import FolderPlan, save_model
 from jaxst.io.folder import read_json
 from jaxst.io.hub import resolve_model_folder
@@ -34,14 +44,7 @@ from jaxst.io.tokenizer import Tokenizer
 from jaxst.io.weights import checkpoint_header, params_from_state_dict
 from jaxst.models import ARCHITECTURES, check_layers, encoder_from_hf_config, model_type
 from jaxst.models.int8 import CALIBRATION_TEXTS, calibrate, quantize_module
-from jaxst.parallel import data_mesh, replicated, resolve_device, resolve_devices, shard_batch
-
-
-def positive_int(name: str, value) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
+from jaxst.parallel import data_mesh, replicated, resolve_device, resolve_devices
 
 # ------------------------------------------------------------------------------------------ dtypes
 
@@ -95,80 +98,6 @@ def weight_sharding(shape: tuple[int, ...], mesh: Mesh) -> NamedSharding:
     if dims:
         spec[max(dims, key=lambda d: (shape[d], -d))] = axis
     return NamedSharding(mesh, P(*spec))
-
-
-# ------------------------------------------------------------------------------------------ batch shapes
-
-
-def seq_bucket(longest: int, max_length: int) -> int:
-    """Padded length for a batch whose longest text has ``longest`` tokens: the next multiple of 4 up
-    to 64 tokens, of 8 up to 128, of 16 up to 256, then of 32. Batches are sorted by token count, so
-    a fine grid wastes little compute on padding; each length compiles once (and the persistent
-    compilation cache keeps it for the next process)."""
-    step = 4 if longest <= 64 else 8 if longest <= 128 else 16 if longest <= 256 else 32
-    return min(max(step, -(-longest // step) * step), max_length)
-
-
-# On CPU a batch holds at most this many padded token slots (and at most batch_size texts): measured on
-# 2 cores, ~220-token paragraphs encode ~1.45x faster 8 at a time than 32 at a time (the (B, N, T, T)
-# attention scores fall out of cache), while short sentences keep their full batches.
-CPU_BATCH_TOKENS = 2048
-
-
-def batch_rows(padded_length: int, batch_size: int, max_tokens: int | None) -> int:
-    """Texts per batch when the longest is padded to ``padded_length`` tokens: ``batch_size``, or fewer
-    to stay within ``max_tokens`` token slots (a power of two, so few batch shapes compile)."""
-    if max_tokens is None:
-        return batch_size
-    fit = max(1, max_tokens // max(padded_length, 1))
-    return batch_size if fit >= batch_size else 1 << (fit.bit_length() - 1)
-
-
-def batch_bucket(n: int, batch_size: int, multiple: int = 1) -> int:
-    """Rows to pad a batch of ``n`` to: ``batch_size`` for full batches, else the next power of two; then
-    rounded up to a ``multiple`` (the device count, so every device gets the same number of rows)."""
-    rows = batch_size if n >= batch_size else min(batch_size, 1 << max(n - 1, 0).bit_length())
-    return -(-rows // multiple) * multiple
-
-
-# ------------------------------------------------------------------------------------------ text input
-
-
-def _checked_texts(texts: Iterable) -> Iterator[str]:
-    for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise TypeError(f"encode() input {i} is {type(t).__name__}, not str: {t!r:.80}")
-        yield t
-
-
-def text_stream(inputs) -> tuple[Iterator[str], bool, int | None]:
-    """``(texts, single, total)``: a lazy iterator over the texts, checked one by one as they are read;
-    whether the input was one string; the number of texts when the input has a length, else None."""
-    if inputs is None:
-        raise TypeError("encode() needs a string or a list of strings, got None")
-    if isinstance(inputs, str):
-        return iter([inputs]), True, 1
-    if isinstance(inputs, np.ndarray):
-        inputs = inputs.tolist()
-    if isinstance(inputs, (dict, bytes)) or not isinstance(inputs, Iterable):
-        raise TypeError(f"encode() needs a string or a list of strings, got {type(inputs).__name__}")
-    return _checked_texts(inputs), False, len(inputs) if isinstance(inputs, Sized) else None
-
-
-def text_list(inputs) -> tuple[list[str], bool]:
-    texts, single, _ = text_stream(inputs)
-    return list(texts), single
-
-
-def chunks(texts: Iterator, size: int) -> Iterator[list]:
-    while chunk := list(itertools.islice(texts, size)):
-        yield chunk
-
-
-def n_batches(total: int, chunk_size: int, batch_size: int) -> int:
-    """Batches of ``batch_size`` in ``total`` texts read ``chunk_size`` at a time (a progress bar's total)."""
-    full, rest = divmod(total, chunk_size)
-    return full * math.ceil(chunk_size / batch_size) + math.ceil(rest / batch_size)
 
 
 # ------------------------------------------------------------------------------------------ the base
@@ -318,20 +247,40 @@ class BaseModel:
 
         return params_from_state_dict(module, state_dict, prefixes, place)
 
-    def quantize_encoder(self, module, params: dict, forward: Callable) -> dict:
+    def quantize_encoder(self, module, params: dict, forward: Callable | None = None) -> dict:
         """``dtype="int8"``: the encoder's dense layers become ``Int8Linear`` (``jaxst.models.int8``: weights
         int8 per output column, activations int8 per token, exact int32 products, input channels smoothed
-        by one calibration pass of ``forward(graphdef, params, batch)`` over ``CALIBRATION_TEXTS``), in
-        ``module`` and in the returned params; ``self.graphdef`` is taken from the changed module. Heads
-        stay float32."""
+        by one calibration pass of ``module(batch)`` over ``CALIBRATION_TEXTS``, which every family's
+        ``forward`` runs), applied from outside the architecture: ``module.encoder`` is replaced by a copy
+        whose ``nnx.Linear`` nodes are ``Int8Linear`` ones, and the returned params follow; ``self.graphdef``
+        is taken from the changed module. Heads stay float32. ``forward`` is no longer needed."""
+        del forward
         if self.mesh is not None:
             raise ValueError("dtype='int8' runs on one device; it cannot be combined with mesh=")
         batch = self.tokenizer(CALIBRATION_TEXTS, types=self._uses_token_types)
-        stats = calibrate(module.encoder, lambda _: forward(nnx.split(module, nnx.Param)[0], params, dict(batch)))
-        encoder = quantize_module(module.encoder, jax.device_get(params["encoder"]), stats)
+        stats = calibrate(module, params, dict(batch), part="encoder")
+        module.encoder, encoder = quantize_module(module.encoder, params["encoder"], stats)
         self.graphdef, _ = nnx.split(module, nnx.Param)
         self.int8 = True
         return {**params, "encoder": jax.device_put(encoder, self.device)}
+
+    def apply_dtype(self, dtype, module=None, forward: Callable | None = None) -> None:
+        """Every family's ``dtype=``, once its weights are loaded: float dtypes cast the float weights (a no-op
+        for weights already read in that dtype, as ``load_params(dtype=)`` does to keep one copy in memory);
+        ``"int8"`` quantizes the encoder of ``module`` (``quantize_encoder``), for the families that pass it.
+        Afterwards ``self.dtype`` reports it."""
+        if is_int8(dtype):
+            if module is None:
+                raise ValueError(f"dtype='int8' is not supported by {type(self).__name__}; use 'float32', "
+                                 "'bfloat16' or 'float16'")
+            self.params = self.quantize_encoder(module, self.params, forward)
+        elif dtype is not None:
+            self.params = cast_floats(self.params, resolve_dtype(dtype))
+
+    @staticmethod
+    def load_dtype(dtype):
+        """The dtype to read weights in for ``dtype=``: None for float32 and int8 (quantized from float32)."""
+        return None if dtype is None or is_int8(dtype) else resolve_dtype(dtype)
 
     # ------------------------------------------------------------------ prompts
 
@@ -423,44 +372,48 @@ class BaseModel:
             raise TypeError("pool must be the dict start_multi_process_pool() returned")
         pool["mesh"] = None
 
-    def run_batches(self, encodings: list, forward: Callable, params, mesh: Mesh | None, batch_size: int,
-                    max_batch_tokens: int | None = None, bar=None, extra: dict | None = None) -> Iterator:
-        """Run ``forward(graphdef, params, batch)`` over ``encodings`` (tokenizer output, unpadded) in
-        batches: longest first, each batch padded to its longest on the ``seq_bucket`` grid and to
-        ``batch_bucket`` rows, at most ``max_batch_tokens`` padded tokens per device. Yields
-        ``(indices into encodings, padded numpy batch, output)`` per batch; outputs are dispatched, not
-        read back. ``extra`` entries (e.g. ``prompt_length``) are added to every batch."""
-        order = np.argsort([-len(e.ids) for e in encodings], kind="stable")
-        devices = 1 if mesh is None else mesh.size
-        budget = None if max_batch_tokens is None else max_batch_tokens * devices
-        plan, start = [], 0  # (first, rows, padded length); longest first, so a batch's first text sets its length
-        while start < len(order):
-            longest = len(encodings[order[start]].ids)  # truncated at the length the call tokenized with,
-            length = seq_bucket(longest, max(self.max_seq_length, longest))  # even if it changed since
-            rows = batch_rows(length, batch_size, budget)
-            plan.append((start, rows, length))
-            start += rows
-        estimated = -(-len(order) // batch_size)  # what a progress bar's total counted for these texts
-        if bar is not None and bar.total is not None and len(plan) != estimated:
-            bar.total += len(plan) - estimated
-            bar.refresh()
-        place = None
+    def batch_put(self, params, mesh: Mesh | None) -> Callable | None:
+        """How a call's host batches reach its devices: None for a data-parallel ``mesh`` (the engine splits
+        each batch by rows) or when jax's default placement is right; else a ``device_put`` next to the
+        weights (replicated over the model's own ``mesh`` when its weights are split there)."""
+        if mesh is not None:
+            return None
         if self.mesh is not None:
             place = NamedSharding(self.mesh, P())  # the weights are split over the mesh; each batch replicated
-        elif mesh is None and (params is not self.params or self.device is not None):
+        elif params is not self.params or self.device is not None:
             place = jax.tree.leaves(params)[0].sharding
-        for start, rows, length in plan:
-            idx = order[start : start + rows]
-            batch = self.tokenizer.pad([encodings[i] for i in idx], length, batch_bucket(len(idx), rows, devices),
-                                       types=self._uses_token_types)
+        else:
+            return None
+        return lambda batch: jax.device_put(batch, place)
+
+    def encode_chunks(self, inputs, total: int | None, hooks: engine.Hooks, forward: Callable, *, batch_size: int,
+                      max_batch_tokens, chunk_size: int | None, show_progress_bar: bool | None, device=None,
+                      pool: dict | None = None):
+        """Every family's encode path: ``inputs`` (an iterator, ``total`` of them when known) through
+        ``jaxst.engine.encode`` with this model's weights placed for the call (``device``, ``pool``), the
+        token cap resolved once, and ``forward(graphdef, params, batch)``. Yields per chunk ``(offset,
+        count, batches)``, each batch ``(indices into the chunk, host batch, result)``."""
+        chunk_size = engine.check_batching(batch_size, max_batch_tokens, chunk_size)
+        params, mesh = self.placement(device, pool)
+        graphdef = self.graphdef
+        return engine.encode(
+            inputs, total, hooks, lambda p, batch: forward(graphdef, p, batch), params, batch_size=batch_size,
+            token_cap=engine.batch_token_cap(max_batch_tokens, params), chunk_size=chunk_size,
+            show_progress_bar=show_progress_bar, mesh=mesh, put=self.batch_put(params, mesh),
+        )
+
+    def token_hooks(self, tokenize: Callable[[list], list], extra: dict | None = None, **hooks) -> engine.Hooks:
+        """Engine hooks for tokenizer encodings (``Tokenizer.encode_ids``' output), padded by the model's
+        tokenizer up to ``max_seq_length`` (or a longer text's length: the length a call tokenized with);
+        ``extra`` entries (e.g. ``prompt_length``) join every batch."""
+        types = self._uses_token_types
+
+        def pad(encodings, length, rows):
+            batch = self.tokenizer.pad(encodings, length, rows, types=types)
             batch.update(extra or {})
-            if mesh is not None:
-                device_batch = shard_batch(batch, mesh)
-            else:
-                device_batch = batch if place is None else jax.device_put(batch, place)
-            yield idx, batch, forward(self.graphdef, params, device_batch)
-            if bar is not None:
-                bar.update(1)
+            return batch
+
+        return engine.Hooks(tokenize=tokenize, pad=pad, max_length=self.max_seq_length, **hooks)
 
     # ------------------------------------------------------------------ dtype
 
@@ -495,6 +448,68 @@ class BaseModel:
     def float(self):
         """float32 weights and compute; returns the model."""
         return self.to_dtype(jnp.float32)
+
+    # ------------------------------------------------------------------ training hooks (jaxst.training)
+
+    def training_examples(self, examples, loss=None, seed=None) -> tuple:
+        """``(examples, listwise)``: the examples ``jaxst.training.collate`` batches for ``loss``, and whether
+        listwise ones, ``(query, [documents], [labels])``, are this family's. By default: the examples as given,
+        never listwise; a loss that builds its own lists (``loss.lists``) trains a CrossEncoder only."""
+        if loss is not None and hasattr(loss, "lists"):
+            raise ValueError(f"{type(loss).__name__} trains a CrossEncoder, got {type(self).__name__}")
+        return examples, False
+
+    def training_tasks(self, n_columns: int, router_mapping=None) -> list | None:
+        """The task ("query", "document", ...) each of ``n_columns`` training columns is tokenized and embedded
+        for, or None when the columns are not routed (one tokenizer and one forward for all, so they may be
+        packed). ``router_mapping``: the user's tasks, a sequence (one per column) or ``{column index: task}``;
+        a model without routes refuses it."""
+        if router_mapping is not None:
+            raise ValueError("router_mapping needs a model with a Router (e.g. an inference-free SparseEncoder) "
+                             "or a MultiVectorEncoder")
+        return None
+
+    def _mapped_tasks(self, router_mapping, defaults: list) -> list:
+        """``training_tasks`` of a routed model: ``router_mapping`` over the model's ``defaults`` (the task of
+        each column it leaves out), every task named checked against the model's routes."""
+        n_columns = len(defaults)
+        if isinstance(router_mapping, dict):
+            bad = [k for k in router_mapping if not isinstance(k, int) or not 0 <= k < n_columns]
+            if bad:
+                raise ValueError(f"router_mapping keys are column indices 0..{n_columns - 1}, got {bad}")
+            tasks = [router_mapping.get(i, defaults[i]) for i in range(n_columns)]
+        else:
+            tasks = list(router_mapping)
+            if len(tasks) != n_columns:
+                raise ValueError(f"router_mapping names {len(tasks)} tasks for {n_columns} columns")
+        for task in tasks:
+            if task is not None:
+                self.tokenize([], task=task)  # an unknown task fails here, naming the model's routes
+        return tasks
+
+    def training_features(self, columns: list, tasks: list | None = None) -> list | dict:
+        """A training batch's text columns (column c: every example's c-th text) as the features the forward
+        takes before padding: by default one tokenized batch per column (a list), each for its task when the
+        columns are routed (``training_tasks``). A family whose examples form one input returns one batch (a
+        dict: a CrossEncoder's pairs)."""
+        if tasks is None:
+            return [self.tokenize(list(c)) for c in columns]
+        return [self.tokenize(list(c), task=task) for c, task in zip(columns, tasks)]
+
+    def training_inputs(self) -> dict:
+        """Extra inputs the module takes in training when a loss reads every output (``needs_outputs``, e.g.
+        CSRLoss): none by default."""
+        return {}
+
+    def training_buffers(self) -> dict:
+        """What training updates besides params, as PyTorch buffers (``jaxst.training`` carries them in
+        ``TrainState.model_state``): none by default."""
+        return {}
+
+    @property
+    def frozen_params(self) -> list[tuple[str, ...]]:
+        """Paths into ``params`` that training leaves unchanged: none by default."""
+        return []
 
     # ------------------------------------------------------------------ save
 

@@ -20,7 +20,6 @@ through the tokenizer's chat template and the score is ``logit(yes) - logit(no)`
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from collections.abc import Callable, Iterable
@@ -29,9 +28,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from tqdm.auto import tqdm
 
-from jaxst.base import BaseModel, is_int8, positive_int
+from jaxst.base import BaseModel
+from jaxst.checks import positive_int
+from jaxst.engine import check_batching
 from jaxst.io.causal_reranker import (
     PairPrompts,
     default_logit_score,
@@ -42,6 +42,7 @@ from jaxst.io.causal_reranker import (
 )
 from jaxst.io.chat_template import ChatTemplate, read_chat_template
 from jaxst.io.export import cross_encoder_plan, torch_activation_path
+from jaxst.io.family import modules_family
 from jaxst.io.folder import read_json, read_modules
 from jaxst.io.weights import open_state_dict
 from jaxst.models import model_type
@@ -55,10 +56,6 @@ from jaxst.models.classification import (
     num_labels_from_hf,
 )
 from jaxst.pipeline import DENSE_ACTIVATIONS, activation_name, dense_activation_name, identity
-
-# Pairs tokenized at a time: each chunk is sorted by token count, so every batch is padded only to
-# its own longest pair, and memory stays bounded for very long inputs.
-TOKENIZE_CHUNK_BATCHES = 32
 
 
 def activation_from_path(path: str) -> Callable | None:
@@ -167,8 +164,7 @@ class CrossEncoder(BaseModel):
                 f"{', '.join(archs) or 'none'}); a CrossEncoder needs a *ForSequenceClassification checkpoint "
                 "with its classifier weights (or a *ForCausalLM reranker)"
             )
-        int8 = is_int8(dtype)
-        dtype = None if int8 else dtype
+        load_dtype = self.load_dtype(dtype)
         encoder_cfg, encoder_cls = self.load_transformer(path, transformer_config, max_length)
         self.max_seq_length = self.max_seq_length  # an explicit or saved length must fit the position table
         kind = head_kind(model_type(self.hf_config))
@@ -186,11 +182,12 @@ class CrossEncoder(BaseModel):
         self.graphdef, _ = nnx.split(module, nnx.Param)
         state_dict = open_state_dict(path)
         prefix = BASE_MODEL_PREFIXES[model_type(self.hf_config)]
-        params = {"encoder": self.load_params(module.encoder, state_dict, (f"{prefix}.",), dtype)}
+        params = {"encoder": self.load_params(module.encoder, state_dict, (f"{prefix}.",), load_dtype)}
         if kind == "pooler":
-            params["pooler"] = self.load_params(module.pooler, state_dict, (f"{prefix}.pooler.",), dtype)
-        params["classifier"] = self.load_params(module.classifier, state_dict, ("classifier.",), dtype)
-        self.params = self.quantize_encoder(module, params, forward) if int8 else params
+            params["pooler"] = self.load_params(module.pooler, state_dict, (f"{prefix}.pooler.",), load_dtype)
+        params["classifier"] = self.load_params(module.classifier, state_dict, ("classifier.",), load_dtype)
+        self.params = params
+        self.apply_dtype(dtype, module, forward)
         self.activation_fn = (
             activation_fn if activation_fn is not None else self._saved_activation(self.st_config, self.hf_config)
         )
@@ -213,7 +210,7 @@ class CrossEncoder(BaseModel):
             kinds = ", ".join(s.kind for s in specs)
             raise ValueError(
                 f"{folder} holds an embedding model ({kinds}), not a cross-encoder; "
-                "load it with jaxst.SentenceTransformer"
+                f"load it with jaxst.{modules_family(specs) or 'SentenceTransformer'}"
             )
         task = specs[0].config.get("transformer_task", "sequence-classification")
         if task != "sequence-classification":
@@ -257,13 +254,14 @@ class CrossEncoder(BaseModel):
         module = nnx.eval_shape(lambda: LogitScorer(
             encoder_cls(encoder_cfg, rngs=nnx.Rngs(0)), true_id, false_id, tied=tied, rngs=nnx.Rngs(0)))
         self.graphdef, _ = nnx.split(module, nnx.Param)
-        int8 = is_int8(dtype)
-        dtype = None if int8 else dtype
+        load_dtype = self.load_dtype(dtype)
         state_dict = open_state_dict(path)
-        params = {"encoder": self.load_params(module.encoder, state_dict, (f"{DECODER_PREFIXES[kind]}.",), dtype)}
+        prefixes = (f"{DECODER_PREFIXES[kind]}.",)
+        params = {"encoder": self.load_params(module.encoder, state_dict, prefixes, load_dtype)}
         if not tied:
-            params["lm_head"] = self.load_params(module.lm_head, state_dict, ("lm_head.",), dtype)
-        self.params = self.quantize_encoder(module, params, causal_lm_forward) if int8 else params
+            params["lm_head"] = self.load_params(module.lm_head, state_dict, ("lm_head.",), load_dtype)
+        self.params = params
+        self.apply_dtype(dtype, module, causal_lm_forward)
         self._forward = causal_lm_forward
 
     def _saved_activation(self, st_config: dict, hf_config: dict) -> Callable:
@@ -328,22 +326,16 @@ class CrossEncoder(BaseModel):
                                      "the last token")
         return encodings
 
-    def _logits(self, pairs: list[tuple[str, str]], prompt: str | None, batch_size: int, progress: bool) -> jax.Array:
-        """Raw logits (N, num_labels) in input order, through ``run_batches`` (sorted by token count, shapes
-        bucketed, split over the local devices when there are several), tokenized a chunk at a time."""
-        params, mesh = self.placement()
-        pieces, positions = [], []
-        chunk = batch_size * TOKENIZE_CHUNK_BATCHES
-        with tqdm(total=math.ceil(len(pairs) / batch_size), desc="Batches", disable=not progress) as bar:
-            for c0 in range(0, len(pairs), chunk):
-                encodings = self._encode(pairs[c0 : c0 + chunk], prompt)
-                for idx, _, logits in self.run_batches(encodings, self._forward, params, mesh, batch_size, bar=bar):
-                    pieces.append(logits[: len(idx)])
-                    positions.append(idx + c0)
-        if not pieces:
-            return jnp.zeros((0, self.num_labels), jnp.float32)
-        inverse = np.argsort(np.concatenate(positions), kind="stable")
-        return jnp.concatenate(pieces, axis=0)[inverse]
+    def _logits(self, pairs: list[tuple[str, str]], prompt: str | None, **batching) -> jax.Array:
+        """Raw logits (N, num_labels) in input order, through the engine (``BaseModel.encode_chunks``: pairs
+        tokenized a chunk at a time, sorted by token count, shapes bucketed, split over the local devices when
+        there are several)."""
+        hooks = self.token_hooks(lambda chunk: self._encode(chunk, prompt))
+        logits = np.zeros((len(pairs), self.num_labels), np.float32)
+        for offset, _, batches in self.encode_chunks(iter(pairs), len(pairs), hooks, self._forward, **batching):
+            for idx, _, out in batches:
+                logits[offset + idx] = out[: len(idx)]
+        return jnp.asarray(logits)
 
     # ------------------------------------------------------------------ predict / rank
 
@@ -358,6 +350,11 @@ class CrossEncoder(BaseModel):
         convert_to_tensor: bool = False,
         prompt_name: str | None = None,
         prompt: str | None = None,
+        *,
+        max_batch_tokens: int | None | str = "auto",
+        chunk_size: int | None = None,
+        device: str | jax.Device | list | None = None,
+        pool: dict | None = None,
     ):
         """Scores for (query, document) pairs, as sentence-transformers' ``CrossEncoder.predict``.
 
@@ -365,15 +362,19 @@ class CrossEncoder(BaseModel):
         model's ``activation_fn`` (sigmoid for one label, identity for more, unless the model saved another)
         is applied unless ``activation_fn`` overrides it for this call (identity gives raw logits);
         ``apply_softmax`` then normalizes multi-label scores per pair. ``convert_to_tensor`` returns a
-        ``jax.Array``, ``convert_to_numpy=False`` a list of per-pair arrays."""
+        ``jax.Array``, ``convert_to_numpy=False`` a list of per-pair arrays. ``max_batch_tokens``,
+        ``chunk_size``, ``device`` and ``pool`` batch and place the pairs as ``SentenceTransformer.encode``
+        does its texts (``jaxst.engine``)."""
         pairs, single = _as_pairs(inputs)
-        positive_int("batch_size", batch_size)
+        chunk_size = check_batching(batch_size, max_batch_tokens, chunk_size)
         fn = self.activation_fn if activation_fn is None else _check_callable(activation_fn)
         prompt = self._resolve_prompt(prompt, prompt_name)
         if not pairs:
             scores = jnp.zeros((0,), jnp.float32)
         else:
-            scores = jnp.asarray(fn(self._logits(pairs, prompt, batch_size, bool(show_progress_bar))))
+            logits = self._logits(pairs, prompt, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
+                                  chunk_size=chunk_size, show_progress_bar=show_progress_bar, device=device, pool=pool)
+            scores = jnp.asarray(fn(logits))
             if self.num_labels == 1 and scores.ndim > 1:
                 scores = scores[..., 0]  # (N, 1) -> (N,)
             if apply_softmax and scores.ndim > 1:
@@ -397,10 +398,12 @@ class CrossEncoder(BaseModel):
         activation_fn: Callable | None = None,
         prompt_name: str | None = None,
         prompt: str | None = None,
+        **batching,
     ) -> list[dict]:
         """Documents ranked for a query: ``[{"corpus_id", "score"(, "text")}]``, best first, ``top_k`` of them.
 
-        Only for single-label models (a relevance score); ties keep the documents' order."""
+        Only for single-label models (a relevance score); ties keep the documents' order. ``batching``:
+        ``predict``'s ``max_batch_tokens``, ``chunk_size``, ``device``, ``pool``."""
         if self.num_labels != 1:
             raise ValueError(
                 f"CrossEncoder.rank() needs a model with one label (a relevance score); this one has "
@@ -420,7 +423,7 @@ class CrossEncoder(BaseModel):
             return []
         scores = self.predict(
             [(query, doc) for doc in documents], batch_size=batch_size, show_progress_bar=show_progress_bar,
-            activation_fn=activation_fn, prompt_name=prompt_name, prompt=prompt,
+            activation_fn=activation_fn, prompt_name=prompt_name, prompt=prompt, **batching,
         ).tolist()
         results = []
         for i, score in enumerate(scores):
@@ -428,6 +431,26 @@ class CrossEncoder(BaseModel):
             if return_documents:
                 results[-1]["text"] = documents[i]
         return sorted(results, key=lambda r: r["score"], reverse=True)[:top_k]
+
+    # ------------------------------------------------------------------ training hooks (jaxst.training)
+
+    def training_examples(self, examples, loss=None, seed=None) -> tuple:
+        """Pairs ``(query, document[, label])`` or listwise ``(query, [documents], [labels])`` examples; a loss that
+        builds its own lists (``loss.lists``: the cross-encoder MultipleNegativesRankingLoss, with in-batch
+        negatives drawn with ``seed``) turns them into its lists first."""
+        if loss is not None and hasattr(loss, "lists"):
+            examples = loss.lists(examples, seed)
+        return examples, True
+
+    def training_tasks(self, n_columns: int, router_mapping=None) -> None:
+        """A pair batch has no routes (``router_mapping`` is not read)."""
+        return None
+
+    def training_features(self, columns: list, tasks: list | None = None) -> dict:
+        """The (query, document) columns as one tokenized pair batch."""
+        if len(columns) != 2:
+            raise ValueError("a cross-encoder example is (query, document, label)")
+        return self.tokenize(list(zip(*columns)))
 
     # ------------------------------------------------------------------ save
 

@@ -26,14 +26,18 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from tokenizers import AddedToken
-from tqdm.auto import tqdm
 
-from jaxst.base import CPU_BATCH_TOKENS, BaseModel, batch_bucket, batch_rows, positive_int, seq_bucket, text_list
+from jaxst import engine
+from jaxst.base import BaseModel
+from jaxst.checks import positive_int
+from jaxst.engine import check_batching, seq_bucket, text_list, text_stream
 from jaxst.io.export import multi_vector_plan, unmapped_tensors
-from jaxst.io.folder import SPARSE_KINDS, ModuleSpec, read_json, read_module_list
+from jaxst.io.family import modules_family
+from jaxst.io.folder import ModuleSpec, read_json, read_module_list
 from jaxst.io.weights import open_state_dict
-from jaxst.parallel import shard_batch
+from jaxst.modules import head_indices, param_heads
 from jaxst.pipeline import Normalize, dense_head
+from jaxst.pooling import l2_normalize
 
 SIMILARITY_FN_NAMES = ("maxsim", "meanmaxsim")
 QUERY_EXPANSION_STRATEGIES = ("fixed", "min")
@@ -79,9 +83,7 @@ def _query_expansion(config) -> dict | None:
     strategy = config.get("strategy")
     if strategy not in QUERY_EXPANSION_STRATEGIES:
         raise ValueError(f"query_expansion['strategy'] must be one of {QUERY_EXPANSION_STRATEGIES}, got {strategy!r}")
-    length = config.get("length")
-    if not isinstance(length, int) or isinstance(length, bool) or length < 1:
-        raise ValueError(f"query_expansion['length'] must be a positive int, got {length!r}")
+    length = positive_int("query_expansion['length']", config.get("length"))
     return {"strategy": strategy, "attend": bool(config.get("attend", False)), "token": config.get("token"),
             "length": length}
 
@@ -104,6 +106,7 @@ class MultiVectorEncoder(BaseModel):
         local_files_only: bool = False,
         token: bool | str | None = None,
         similarity_fn_name: str | None = None,
+        dtype=None,
         mesh=None,
     ):
         super().__init__(
@@ -122,6 +125,7 @@ class MultiVectorEncoder(BaseModel):
                              "(architectures HF_ColBERT); sentence-transformers would add an untrained projection, "
                              "which jaxst does not build: load a saved MultiVectorEncoder")
         self._load(specs)
+        self.apply_dtype(dtype)  # float dtypes; int8 is for SentenceTransformer and CrossEncoder
         config_name = self.st_config.get("similarity_fn_name")
         self.similarity_fn_name = similarity_fn_name or (config_name if config_name in SIMILARITY_FN_NAMES
                                                          else "maxsim")
@@ -196,7 +200,7 @@ class MultiVectorEncoder(BaseModel):
         kinds = [s.kind for s in specs]
         if not specs or kinds[0] != "transformer":
             raise ValueError(f"{self.model_folder}: a MultiVectorEncoder starts with a Transformer, got {kinds}")
-        if "pooling" in kinds or any(k in SPARSE_KINDS for k in kinds):
+        if "pooling" in kinds or modules_family(kinds) == "SparseEncoder":
             raise ValueError(f"{self.model_folder} is not a multi-vector model (modules {kinds}); load it with "
                              "jaxst.SentenceTransformer or jaxst.SparseEncoder")
         unsupported = [k for k in kinds[1:] if k not in ("dense", "normalize", "multi_vector_mask", "dropout",
@@ -225,7 +229,7 @@ class MultiVectorEncoder(BaseModel):
         if self.query_expansion is not None:
             self.query_expansion["length"] = fit(self.query_expansion["length"], "query_expansion length")
 
-        heads, dim, head_specs = [], encoder_cfg.hidden_size, []
+        heads, dim = [], encoder_cfg.hidden_size
         self.skiplist_words, self.skiplist_tasks, self.keep_only_token_ids = [], ["document"], None
         self.token_pooling = None  # a HierarchicalTokenPooling module at the end of the folder's pipeline
         for spec in specs[1:]:
@@ -241,10 +245,8 @@ class MultiVectorEncoder(BaseModel):
                                          "model projects token_embeddings")
                 head, dim = dense_head(c, dim, spec.path)
                 heads.append(head)
-                head_specs.append(spec)
             elif spec.kind == "normalize":
                 heads.append(Normalize())
-                head_specs.append(spec)
             elif spec.kind == "token_pooling":
                 if spec is not specs[-1] or not (spec.path / "config.json").is_file() or \
                         "pool_factor" not in spec.config:
@@ -269,11 +271,10 @@ class MultiVectorEncoder(BaseModel):
         encoder_sd = open_state_dict(transformer.path)
         prefixes = (f"{encoder_cls.base_model_prefix}.",)
         params = {"encoder": self.load_params(module.encoder, encoder_sd, prefixes)}
-        for i, (head, spec) in enumerate(zip(module.heads, head_specs)):
-            if spec.kind == "dense":
-                params.setdefault("heads", {})[i] = self.load_params(head, open_state_dict(spec.path))
-            elif spec.kind == "stanford_projection":  # "linear.weight" beside the encoder's tensors
-                params.setdefault("heads", {})[i] = self.load_params(head, encoder_sd)
+        for i, spec in param_heads(specs[1:]):  # params["heads"][i]: Dense weights, or a Stanford projection's
+            # "linear.weight", which sits beside the encoder's tensors
+            sd = encoder_sd if spec.kind == "stanford_projection" else open_state_dict(spec.path)
+            params.setdefault("heads", {})[i] = self.load_params(module.heads[i], sd)
         self.params = params
         self._module_specs = specs
         self._unmapped_tensors = {k: v for k, v in unmapped_tensors(encoder_sd, prefixes).items()
@@ -427,32 +428,38 @@ class MultiVectorEncoder(BaseModel):
         if token_pooling is not None and not isinstance(token_pooling, HierarchicalTokenPooling):
             raise TypeError("token_pooling must be a jaxst.multi_vector_encoder.HierarchicalTokenPooling, got "
                             f"{type(token_pooling).__name__}")
-        positive_int("batch_size", batch_size)
-        del chunk_size  # multi-process chunking: jaxst splits batches over devices instead
-        texts, single = text_list(inputs)
+        chunk_size = check_batching(batch_size, max_batch_tokens, chunk_size)
+        texts, single, total = text_stream(inputs)
+        _check_task(task)
         prompt = self._resolve_prompt(prompt, prompt_name)
-        rows = self._token_rows(texts, prompt, task)
-        params, mesh = self.placement(device, pool)
-        if max_batch_tokens == "auto":
-            on_cpu = all(d.platform == "cpu" for d in jax.tree.leaves(params)[0].devices())
-            max_batch_tokens = CPU_BATCH_TOKENS if on_cpu else None
-        elif max_batch_tokens is not None:
-            positive_int("max_batch_tokens", max_batch_tokens)
-        kept = np.asarray([int(r[3].sum()) for r in rows], np.int64)
-        width = int(kept.max(initial=0))
-        out = np.zeros((len(rows), width, self._embedding_dim), np.float32)
-        bar = tqdm(total=-(-len(rows) // batch_size), desc="Batches", disable=not show_progress_bar)
-        with bar:
-            for idx, emb in self._batches(rows, params, mesh, batch_size, max_batch_tokens, bar):
+        hooks, chunk_rows = self._hooks(prompt, task)
+        pieces = []  # per chunk: (n, W, D) embeddings, each row's scored tokens first, and the kept counts
+        for _, n, batches in self.encode_chunks(
+            texts, total, hooks, forward, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
+            chunk_size=chunk_size, show_progress_bar=show_progress_bar, device=device, pool=pool,
+        ):
+            kept = np.asarray([int(r[3].sum()) for r in chunk_rows[0]], np.int64)
+            emb = np.zeros((n, int(kept.max(initial=0)), self._embedding_dim), np.float32)
+            for idx, _, result in batches:
                 for j, r in enumerate(idx):
-                    out[r, : kept[r]] = emb[j, : kept[r]]
+                    emb[r, : kept[r]] = result[j, : kept[r]]
+            pieces.append((emb, kept))
+        if len(pieces) == 1:
+            out, kept = pieces[0]
+        else:
+            kept = np.concatenate([k for _, k in pieces]) if pieces else np.zeros(0, np.int64)
+            out = np.zeros((len(kept), int(kept.max(initial=0)), self._embedding_dim), np.float32)
+            start = 0
+            for emb, k in pieces:
+                out[start : start + len(k), : emb.shape[1]] = emb
+                start += len(k)
         if self.token_pooling is not None and self.token_pooling.applies_to(task):  # the folder's own pooling
-            out, kept = _padded(self.token_pooling.pool([out[i, : kept[i]] for i in range(len(rows))], task=task),
+            out, kept = _padded(self.token_pooling.pool([out[i, : kept[i]] for i in range(len(kept))], task=task),
                                 self._embedding_dim)
         if normalize_embeddings:
-            out = _l2_normalize(out)
+            out = l2_normalize(out)
         if token_pooling is not None and token_pooling.applies_to(task):
-            out, kept = _padded(token_pooling.pool([out[i, : kept[i]] for i in range(len(rows))], task=task),
+            out, kept = _padded(token_pooling.pool([out[i, : kept[i]] for i in range(len(kept))], task=task),
                                 self._embedding_dim)
         width = out.shape[1]
         mask = np.arange(width)[None, :] < kept[:, None]
@@ -461,48 +468,48 @@ class MultiVectorEncoder(BaseModel):
                 return (out[0], mask[0]) if convert_to_numpy else (jnp.asarray(out[0]), jnp.asarray(mask[0]))
             return (out, mask) if convert_to_numpy else (jax.device_put(out, self.device),
                                                         jax.device_put(mask, self.device))
-        result = [out[i, : kept[i]] for i in range(len(rows))]
+        result = [out[i, : kept[i]] for i in range(len(kept))]
         if not convert_to_numpy:
             result = [jax.device_put(r, self.device) for r in result]
         return result[0] if single else result
 
-    def _batches(self, rows, params, mesh, batch_size: int, max_batch_tokens, bar):
-        """Longest first, each batch padded on the ``seq_bucket`` grid; yields (row indices, host (B, W, D)
-        embeddings with each row's scored tokens first).
+    def _hooks(self, prompt: str | None, task: str | None):
+        """The engine hooks of ``encode`` and a one-element list holding the current chunk's token rows.
 
         Among texts of one length, those with the most attended tokens come first: [MASK]-expanded queries
         all have the query length, but only their real tokens are keys. A batch whose tokens past some
         point are attended by none passes the encoder only that prefix of its attention mask (on the
         same grid), and the encoder computes no keys or values for the rest: for STSb queries expanded to 32
-        tokens the key/value projections shrink by ~46% (~8% of the matmul work), with the same numbers."""
-        attended = [int(np.flatnonzero(r[2]).max(initial=-1)) + 1 for r in rows]
-        order = np.lexsort((-np.asarray(attended, np.int64), -np.asarray([len(r[0]) for r in rows], np.int64)))
-        devices = 1 if mesh is None else mesh.size
-        budget = None if max_batch_tokens is None else max_batch_tokens * devices
-        start = 0
-        pending = None
-        while start < len(order):
-            length = seq_bucket(len(rows[order[start]][0]), self._max_tokens)
-            n = batch_rows(length, batch_size, budget)
-            idx = order[start : start + n]
-            start += n
-            batch = self._pad_rows([rows[i] for i in idx], length, batch_bucket(len(idx), n, devices))
-            if self._key_prefix:
-                keys = seq_bucket(max(max(attended[i] for i in idx), 1), length)
-                batch["attention_mask"] = batch["attention_mask"][:, :keys]
+        tokens the key/value projections shrink by ~46% (~8% of the matmul work), with the same numbers.
+        Each batch comes back as host (B, W, D) embeddings with each row's scored tokens first."""
+        current = [None]
+
+        def tokenize(chunk: list[str]) -> list:
+            current[0] = self._token_rows(chunk, prompt, task)
+            return current[0]
+
+        def attended(row) -> int:
+            return int(np.flatnonzero(row[2]).max(initial=-1)) + 1
+
+        def key_prefix(batch: dict, rows: list) -> dict:
+            keys = seq_bucket(max(max(attended(r) for r in rows), 1), batch["input_ids"].shape[1])
+            batch["attention_mask"] = batch["attention_mask"][:, :keys]
+            return batch
+
+        def compact(out: dict, batch: dict):
             scoring = batch["scoring_mask"]
             # each row's scored token slots first (a stable sort of "not scored"), so one gather compacts them
             gather = np.argsort(~scoring, axis=1, kind="stable").astype(np.int32)
             width = int(scoring.sum(axis=1).max(initial=0))
-            device_batch = shard_batch(batch, mesh) if mesh is not None else batch
-            tokens = forward(self.graphdef, params, device_batch)["token_embeddings"]
-            result = _compact(tokens, gather[:, : max(width, 1)])
-            if pending is not None:  # read the previous batch back while this one runs
-                yield pending[0], np.asarray(pending[1])
-            pending = (idx, result)
-            bar.update(1)
-        if pending is not None:
-            yield pending[0], np.asarray(pending[1])
+            return _compact(out["token_embeddings"], gather[:, : max(width, 1)])
+
+        hooks = engine.Hooks(
+            tokenize=tokenize, pad=self._pad_rows, max_length=self._max_tokens,
+            lengths=lambda rows: np.asarray([len(r[0]) for r in rows], np.int64),
+            order=lambda rows: -np.asarray([attended(r) for r in rows], np.int64),
+            prepare=key_prefix if self._key_prefix else None, after=compact,
+        )
+        return hooks, current
 
     def encode_query(self, inputs=None, prompt_name: str | None = None, prompt: str | None = None, **kwargs):
         """``encode`` with the "query" prompt (when the model has one) and task "query"."""
@@ -550,6 +557,13 @@ class MultiVectorEncoder(BaseModel):
         """The per-token embedding width."""
         return self._embedding_dim
 
+    # ------------------------------------------------------------------ training hooks (jaxst.training)
+
+    def training_tasks(self, n_columns: int, router_mapping=None) -> list:
+        """Every column is routed: ``router_mapping``'s task, else ``column_tasks`` (query first, documents after)."""
+        defaults = self.column_tasks(n_columns)
+        return defaults if router_mapping is None else self._mapped_tasks(router_mapping, defaults)
+
     # ------------------------------------------------------------------ saving
 
     def folder_plan(self):
@@ -559,10 +573,10 @@ class MultiVectorEncoder(BaseModel):
         config.update({"query_length": self.query_length, "document_length": self.document_length,
                        "query_expansion": self.query_expansion, "module_output_name": "token_embeddings"})
         specs[0] = ModuleSpec("transformer", transformer.path, config)
-        head = 0  # index into params["heads"]: the Dense and Normalize modules, in order
+        heads = head_indices(specs)  # index into params["heads"]: the Dense and Normalize modules, in order
         for i, spec in enumerate(specs):
             if spec.kind == "stanford_projection":
-                w = self.params["heads"][head]["linear"]["kernel"]
+                w = self.params["heads"][heads[i]]["linear"]["kernel"]
                 specs[i] = ModuleSpec("dense", spec.path, {
                     "in_features": int(w.shape[0]), "out_features": int(w.shape[1]), "bias": False,
                     "activation_function": "torch.nn.modules.linear.Identity",
@@ -579,7 +593,6 @@ class MultiVectorEncoder(BaseModel):
             elif spec.kind == "normalize" and self._stanford:
                 specs[i] = ModuleSpec(spec.kind, spec.path, {"module_input_name": "token_embeddings",
                                                              "module_output_name": "token_embeddings"})
-            head += spec.kind in ("dense", "stanford_projection", "normalize")
         plan = multi_vector_plan(
             hf_config=self.hf_config, module_specs=specs, max_seq_length=self.max_seq_length, prompts=self.prompts,
             default_prompt_name=self.default_prompt_name, similarity_fn_name=self.similarity_fn_name,
@@ -631,7 +644,7 @@ class HierarchicalTokenPooling:
         if not self.applies_to(task):
             return embeddings
         if self.pool_factor <= 1:
-            return [_l2_normalize(e) for e in embeddings] if self.normalize_embeddings else embeddings
+            return [l2_normalize(e) for e in embeddings] if self.normalize_embeddings else embeddings
         return [self._pool_one(e) for e in embeddings]
 
     def _pool_one(self, embedding: np.ndarray) -> np.ndarray:
@@ -649,15 +662,10 @@ class HierarchicalTokenPooling:
             np.add.at(sums, inverse, to_pool)
             counts = np.bincount(inverse).astype(np.float32)
             embedding = np.concatenate([protected, sums / counts[:, None]])
-        return _l2_normalize(embedding) if self.normalize_embeddings else embedding
+        return l2_normalize(embedding) if self.normalize_embeddings else embedding
 
     def __repr__(self) -> str:
         return f"HierarchicalTokenPooling({self.get_config_dict()})"
-
-
-def _l2_normalize(x: np.ndarray) -> np.ndarray:
-    """x / max(||x||, 1e-12) over the last axis, as torch.nn.functional.normalize."""
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def _padded(items: list[np.ndarray], dim: int) -> tuple[np.ndarray, np.ndarray]:

@@ -16,39 +16,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh
-from tqdm.auto import tqdm
 
-from jaxst.base import (
-    CPU_BATCH_TOKENS,
-    BaseModel,
-    chunks,
-    is_int8,
-    n_batches,
-    positive_int,
-    text_list,
-    text_stream,
-)
+from jaxst.base import BaseModel
+from jaxst.checks import positive_int
+from jaxst.engine import DEFAULT_CHUNK_SIZE, check_batching, text_list, text_stream
 from jaxst.io.export import sentence_transformer_plan, unmapped_tensors
-from jaxst.io.folder import MULTI_VECTOR_KINDS, SPARSE_KINDS, read_module_list, read_modules
+from jaxst.io.family import modules_family
+from jaxst.io.folder import read_module_list, read_modules
 from jaxst.io.npy import write_embeddings_npy
 from jaxst.io.weights import open_state_dict
 from jaxst.models import model_type
+from jaxst.modules import param_heads
 from jaxst.pipeline import forward, sentence_encoder
-from jaxst.pooling import truncate
+from jaxst.pooling import l2_normalize, truncate
 from jaxst.quantization import check_precision, quantize_embeddings
 from jaxst.search import aligned_empty
 from jaxst.similarity import similarity_functions
 
 OUTPUT_VALUES = ("sentence_embedding", "token_embeddings", None)
-# Texts read, sorted by length and batched together at a time: bounds memory when streaming an iterable of
-# any size, while leaving enough texts to sort that batches pad little.
-DEFAULT_CHUNK_SIZE = 16384
-
-
-def _normalize_rows(x: np.ndarray) -> np.ndarray:
-    """x / max(||x||, 1e-12) per row, as ``torch.nn.functional.normalize``."""
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), np.float32(1e-12))
+__all__ = ["DEFAULT_CHUNK_SIZE", "SentenceTransformer"]  # DEFAULT_CHUNK_SIZE: its old home (jaxst.engine)
 
 
 class SentenceTransformer(BaseModel):
@@ -79,13 +65,13 @@ class SentenceTransformer(BaseModel):
             cache_folder=cache_folder, trust_remote_code=trust_remote_code, revision=revision,
             local_files_only=local_files_only, token=token, mesh=mesh, base_prompts={"query": "", "document": ""},
         )
-        int8 = is_int8(dtype)
-        dtype = None if int8 else dtype
+        load_dtype = self.load_dtype(dtype)
         specs = read_module_list(self.model_folder)
-        if any(s.kind in SPARSE_KINDS for s in specs):
+        family = modules_family(specs)
+        if family == "SparseEncoder":
             raise ValueError(f"{model_name_or_path!r} is a sparse model ({', '.join(s.kind for s in specs)}); "
                              "load it with jaxst.SparseEncoder")
-        if any(s.kind in MULTI_VECTOR_KINDS for s in specs):
+        if family == "MultiVectorEncoder":
             raise ValueError(f"{model_name_or_path!r} is a multi-vector model ({', '.join(s.kind for s in specs)}); "
                              "load it with jaxst.MultiVectorEncoder")
         specs = read_modules(self.model_folder)
@@ -103,12 +89,12 @@ class SentenceTransformer(BaseModel):
 
         encoder_sd = open_state_dict(transformer.path)
         prefixes = (f"{encoder_cls.base_model_prefix}.",)  # keys of task checkpoints: "roberta.embeddings..."
-        params = {"encoder": self.load_params(module.encoder, encoder_sd, prefixes, dtype)}
-        heads = [s for s in specs[1:] if s.kind in ("dense", "normalize")]  # params["heads"][i], in order
-        for i, (head, spec) in enumerate(zip(module.heads, heads)):
-            if spec.kind == "dense":
-                params.setdefault("heads", {})[i] = self.load_params(head, open_state_dict(spec.path), (), dtype)
-        self.params = self.quantize_encoder(module, params, forward) if int8 else params
+        params = {"encoder": self.load_params(module.encoder, encoder_sd, prefixes, load_dtype)}
+        for i, spec in param_heads(specs[1:]):  # params["heads"][i]: the Dense modules' weights
+            params.setdefault("heads", {})[i] = self.load_params(module.heads[i], open_state_dict(spec.path), (),
+                                                                 load_dtype)
+        self.params = params
+        self.apply_dtype(dtype, module, forward)
         # What save() needs besides params: the module specs as loaded, and the checkpoint tensors jaxst
         # does not model but transformers' AutoModel has (BERT's pooler), so a saved folder loads with none missing.
         self._module_specs = specs
@@ -211,17 +197,13 @@ class SentenceTransformer(BaseModel):
         kwargs.pop("task", None)  # accepted for encode_query/encode_document; jaxst has no Router
         if kwargs:
             raise ValueError(f"encode() got keyword arguments it does not use: {sorted(kwargs)}")
-        positive_int("batch_size", batch_size)
-        if max_batch_tokens is not None and max_batch_tokens != "auto":
-            positive_int("max_batch_tokens", max_batch_tokens)
-        chunk_size = DEFAULT_CHUNK_SIZE if chunk_size is None else positive_int("chunk_size", chunk_size)
+        chunk_size = check_batching(batch_size, max_batch_tokens, chunk_size)
         if output_value not in OUTPUT_VALUES:
             raise ValueError(f"output_value must be one of {OUTPUT_VALUES}, got {output_value!r}")
         check_precision(precision)
         if truncate_dim is None:
             truncate_dim = self.truncate_dim
-        if truncate_dim is not None and (not isinstance(truncate_dim, int) or truncate_dim < 1):
-            raise ValueError(f"truncate_dim must be a positive integer, got {truncate_dim!r}")
+        positive_int("truncate_dim", truncate_dim, optional=True)
         if output_path is not None:
             if output_value != "sentence_embedding":
                 raise ValueError("output_path writes sentence embeddings; output_value must be 'sentence_embedding'")
@@ -232,35 +214,27 @@ class SentenceTransformer(BaseModel):
                 raise ValueError(f"output_path {os.fspath(output_path)!r} is a directory")
         texts, single, total = text_stream(inputs)
         prompt = self._resolve_prompt(prompt, prompt_name)
-        params, mesh = self.placement(device, pool)
-        if max_batch_tokens == "auto":
-            on_cpu = all(d.platform == "cpu" for d in jax.tree.leaves(params)[0].devices())
-            max_batch_tokens = CPU_BATCH_TOKENS if on_cpu else None
         keep_tokens = output_value != "sentence_embedding"
         if keep_tokens:
             convert_to_numpy = convert_to_tensor = False
+        results = self._run(texts, total, prompt, keep_tokens, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
+                            chunk_size=chunk_size, show_progress_bar=show_progress_bar, device=device, pool=pool)
+        if keep_tokens:
+            outputs = [o for chunk in results for o in chunk]
+            if output_value is not None:
+                result = [o[output_value] for o in outputs]
+                return result[0] if single else result
+            for o in outputs:
+                o["sentence_embedding"] = truncate(o["sentence_embedding"], truncate_dim)
+            return outputs[0] if single else outputs
 
-        bar = tqdm(total=None if total is None else n_batches(total, chunk_size, batch_size), desc="Batches",
-                   disable=not show_progress_bar)
-        with bar:
-            results = (self._run(chunk, prompt, batch_size, bar, params, mesh, keep_tokens, max_batch_tokens)
-                       for chunk in chunks(texts, chunk_size))
-            if keep_tokens:
-                outputs = [o for chunk in results for o in chunk]
-                if output_value is not None:
-                    result = [o[output_value] for o in outputs]
-                    return result[0] if single else result
-                for o in outputs:
-                    o["sentence_embedding"] = truncate(o["sentence_embedding"], truncate_dim)
-                return outputs[0] if single else outputs
-
-            dim = self._embedding_dim if truncate_dim is None else min(truncate_dim, self._embedding_dim)
-            embeddings = (self._postprocess(e, truncate_dim, normalize_embeddings) for e in results)
-            if output_path is not None:
-                write_embeddings_npy(embeddings, output_path, precision, dim, chunk_size)
-                out = np.load(output_path, mmap_mode="r")
-                return out[0] if single else out
-            pieces = list(embeddings)
+        dim = self._embedding_dim if truncate_dim is None else min(truncate_dim, self._embedding_dim)
+        embeddings = (self._postprocess(e, truncate_dim, normalize_embeddings) for e in results)
+        if output_path is not None:
+            write_embeddings_npy(embeddings, output_path, precision, dim, chunk_size)
+            out = np.load(output_path, mmap_mode="r")
+            return out[0] if single else out
+        pieces = list(embeddings)
         # 64-byte aligned: on the CPU backend util.semantic_search and jax.device_put then read this
         # array in place instead of copying it (a 1M x 384 corpus: ~1.5 GB not copied per search)
         emb = aligned_empty((sum(len(p) for p in pieces), dim), np.float32)
@@ -280,39 +254,42 @@ class SentenceTransformer(BaseModel):
     def _postprocess(emb: np.ndarray, truncate_dim: int | None, normalize_embeddings: bool) -> np.ndarray:
         """Per row, in sentence-transformers' order: Matryoshka truncation, then normalization."""
         emb = truncate(emb, truncate_dim)
-        return _normalize_rows(emb) if normalize_embeddings else emb
+        return l2_normalize(emb) if normalize_embeddings else emb
 
-    def _run(self, texts: list[str], prompt, batch_size: int, bar, params, mesh: Mesh | None, keep_tokens: bool,
-             max_batch_tokens: int | None = None):
-        """One chunk of texts through the jitted forward in ``run_batches``' bucketed batches; input order out.
-
-        Returns the (N, D) float32 sentence embeddings (numpy), or with ``keep_tokens`` one dict per text
-        holding its token embeddings without padding. Texts are sorted by token count (not characters, as
-        sentence-transformers does): every batch holds texts of nearly one length, so it pads little."""
-        if prompt:
-            texts = [prompt + t for t in texts]
-        encodings = self.tokenizer.encode_ids(texts) if texts else []
+    def _run(self, texts, total: int | None, prompt: str | None, keep_tokens: bool, **batching):
+        """The texts through the engine (``BaseModel.encode_chunks``), one result per chunk of ``chunk_size``
+        texts, in input order: the (N, D) float32 sentence embeddings (numpy), or with ``keep_tokens`` one
+        dict per text holding its token embeddings without padding. Texts are sorted by token count (not
+        characters, as sentence-transformers does): every batch holds texts of nearly one length."""
         extra = {}
         if prompt and not self._include_prompt:
             extra["prompt_length"] = np.int32(self.tokenizer.prompt_length(prompt))
-        batches = self.run_batches(encodings, forward, params, mesh, batch_size, max_batch_tokens, bar, extra)
-        if keep_tokens:
-            per_text = [None] * len(texts)
-            for idx, batch, out in batches:
-                for r, i in enumerate(idx):
-                    n = len(encodings[i].ids)
-                    per_text[i] = {
-                        "sentence_embedding": out["sentence_embedding"][r],
-                        "token_embeddings": out["token_embeddings"][r, :n],
-                        "input_ids": batch["input_ids"][r, :n],
-                        "attention_mask": batch["attention_mask"][r, :n],
-                    }
-            return per_text
-        pieces = [(idx, out["sentence_embedding"]) for idx, _, out in batches]  # dispatched; read back below
-        emb = np.empty((len(texts), self._embedding_dim), np.float32)
-        for idx, e in pieces:
-            emb[idx] = np.asarray(e)[: len(idx)]  # rows back to input order
-        return emb
+
+        def tokenize(chunk: list[str]) -> list:
+            return self.tokenizer.encode_ids([prompt + t for t in chunk] if prompt else chunk) if chunk else []
+
+        if keep_tokens:  # every output stays on the device, as it is returned
+            hooks = self.token_hooks(tokenize, extra, fetch=None)
+        else:
+            hooks = self.token_hooks(tokenize, extra, after=lambda out, batch: out["sentence_embedding"])
+        for _, n, batches in self.encode_chunks(texts, total, hooks, forward, **batching):
+            if keep_tokens:
+                per_text = [None] * n
+                for idx, batch, out in batches:
+                    for r, i in enumerate(idx):
+                        length = int(batch["attention_mask"][r].sum())
+                        per_text[i] = {
+                            "sentence_embedding": out["sentence_embedding"][r],
+                            "token_embeddings": out["token_embeddings"][r, :length],
+                            "input_ids": batch["input_ids"][r, :length],
+                            "attention_mask": batch["attention_mask"][r, :length],
+                        }
+                yield per_text
+                continue
+            emb = np.empty((n, self._embedding_dim), np.float32)
+            for idx, _, e in batches:
+                emb[idx] = e[: len(idx)]  # rows back to input order
+            yield emb
 
     def encode_query(self, inputs=None, prompt_name: str | None = None, prompt: str | None = None, **kwargs):
         """``encode`` with the model's "query" prompt unless another is given."""
@@ -339,5 +316,3 @@ class SentenceTransformer(BaseModel):
             f"dim={self._embedding_dim}, max_seq_length={self.max_seq_length})"
         )
 
-
-__all__ = ["SentenceTransformer"]

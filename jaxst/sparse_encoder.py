@@ -23,15 +23,18 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.experimental.sparse import BCOO
-from tqdm.auto import tqdm
 
-from jaxst.base import CPU_BATCH_TOKENS, BaseModel, positive_int, text_list
+from jaxst import engine
+from jaxst.base import BaseModel
+from jaxst.checks import positive_int
+from jaxst.engine import check_batching, text_list, text_stream
 from jaxst.io.export import csr_plan, sparse_encoder_plan, unmapped_tensors
 from jaxst.io.folder import ModuleSpec, read_json, read_module_list, read_router
 from jaxst.io.tokenizer import Tokenizer
 from jaxst.io.weights import open_state_dict
 from jaxst.models import model_type
 from jaxst.models.mlm_head import mlm_head_class
+from jaxst.modules import param_heads
 from jaxst.pipeline import SentenceEncoder, forward, sentence_encoder
 from jaxst.similarity import similarity_functions
 from jaxst.sparse import (
@@ -238,6 +241,7 @@ class SparseEncoder(BaseModel):
         token: bool | str | None = None,
         similarity_fn_name: str | None = None,
         max_active_dims: int | None = None,
+        dtype=None,
         mesh=None,
     ):
         super().__init__(
@@ -261,6 +265,7 @@ class SparseEncoder(BaseModel):
         self.routes = {name: self._route(name, s) for name, s in route_specs.items()}
         self.params = self._load_params()
         self._attach_static_route()
+        self.apply_dtype(dtype)  # float dtypes; int8 is for SentenceTransformer and CrossEncoder
         self._vocab = self._output_dims()
 
         config_name = self.st_config.get("similarity_fn_name")
@@ -392,10 +397,8 @@ class SparseEncoder(BaseModel):
                 prefixes = (f"{self._encoder_cls.base_model_prefix}.",)
                 encoder_sd = open_state_dict(specs[0].path)
                 params["encoder"] = self.load_params(module.encoder, encoder_sd, prefixes)
-                heads = [s for s in specs[1:-1] if s.kind in ("dense", "normalize")]
-                for i, (head, spec) in enumerate(zip(module.heads, heads)):
-                    if spec.kind == "dense":
-                        params.setdefault("heads", {})[i] = self.load_params(head, open_state_dict(spec.path))
+                for i, spec in param_heads(specs[1:-1]):  # params["heads"][i]: the Dense modules' weights
+                    params.setdefault("heads", {})[i] = self.load_params(module.heads[i], open_state_dict(spec.path))
                 sae_sd = _Aliased(open_state_dict(specs[-1].path), {"encoder.weight": "decoder.linear.weight"})
                 params["sae"] = self.load_params(module.sae, sae_sd)
                 hidden = module.sae.latent_bias.shape[0]
@@ -536,25 +539,24 @@ class SparseEncoder(BaseModel):
             inputs = kwargs.pop("sentences")
         if kwargs:
             raise ValueError(f"encode() got keyword arguments it does not use: {sorted(kwargs)}")
-        positive_int("batch_size", batch_size)
+        chunk_size = check_batching(batch_size, max_batch_tokens, chunk_size)
         if max_active_dims is None:
             max_active_dims = self.max_active_dims
         if max_active_dims is not None:
             positive_int("max_active_dims", max_active_dims)
-        del chunk_size  # multi-process chunking: jaxst splits batches over devices instead
-        texts, single = text_list(inputs)
+        texts, single, total = text_stream(inputs)
         prompt = self._resolve_prompt(prompt, prompt_name)
-        if prompt:
-            texts = [prompt + t for t in texts]
         route = self._resolve_route(task)
-        bar = tqdm(total=-(-len(texts) // batch_size), desc="Batches", disable=not show_progress_bar)
-        with bar:
-            if route.kind == "static":
-                pieces = self._static_batches(route, texts, batch_size, bar)
-            else:
-                pieces = self._model_batches(route, texts, prompt, batch_size, bar, device, pool, max_batch_tokens,
-                                             max_active_dims)
-            values, indices = self._gather_rows(pieces, len(texts), max_active_dims)
+        hooks, route_forward = self._route_hooks(route, prompt, max_active_dims)
+        rows, n = [], 0
+        for offset, count, batches in self.encode_chunks(
+            texts, total, hooks, route_forward, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
+            chunk_size=chunk_size, show_progress_bar=show_progress_bar, device=device, pool=pool,
+        ):
+            for idx, _, (v, i) in batches:  # rows past len(idx) are batch padding
+                rows.append((offset + idx, v[: len(idx)], i[: len(idx)]))
+            n = offset + count
+        values, indices = self._gather_rows(rows, n)
         if save_to_cpu:
             values, indices = jax.device_put((values, indices), jax.devices("cpu")[0])
         return self._output(values, indices, single, convert_to_tensor, convert_to_sparse_tensor)
@@ -573,50 +575,47 @@ class SparseEncoder(BaseModel):
         kwargs.setdefault("task", "document")
         return self.encode(inputs, prompt_name=prompt_name, prompt=prompt, **kwargs)
 
-    def _model_batches(self, route: _Route, texts, prompt, batch_size, bar, device, pool, max_batch_tokens,
-                       max_active_dims):
-        """The Transformer route (SPLADE or CSR) over ``texts`` (prompt already prepended) in run_batches'
-        length-bucketed batches: (indices, dense (rows, V)) per batch."""
-        params, mesh = self.placement(device, pool)
-        if max_batch_tokens == "auto":
-            on_cpu = all(d.platform == "cpu" for d in jax.tree.leaves(params)[0].devices())
-            max_batch_tokens = CPU_BATCH_TOKENS if on_cpu else None
-        elif max_batch_tokens is not None:
-            positive_int("max_batch_tokens", max_batch_tokens)
+    def _route_hooks(self, route: _Route, prompt: str | None, max_active_dims: int | None):
+        """The engine hooks and forward of one route: "static" (its own tokenizer, no special tokens, one weight
+        per token present), or the Transformer route (SPLADE, or CSR with ``max_active_dims`` latents). Each
+        batch is read back as fixed-width rows (values, indices), as wide as its most active row (at most
+        ``max_active_dims``: exactly the top ones by magnitude, as sentence-transformers)."""
+
+        def to_rows(dense):  # dense (rows, V) on the device
+            width = row_width(int(active_counts(dense).max(initial=0)))
+            if max_active_dims is not None and width > max_active_dims:
+                width = max_active_dims
+            values, indices = dense_to_rows(dense, width=width)
+            return np.asarray(values), np.asarray(indices)
+
+        def prompted(chunk: list[str]) -> list[str]:
+            return [prompt + t for t in chunk] if prompt else chunk
+
+        if route.kind == "static":
+            tokenizer = route.tokenizer
+            hooks = engine.Hooks(
+                tokenize=lambda chunk: tokenizer.encode_ids(prompted(chunk), add_special_tokens=False) if chunk else [],
+                pad=lambda encodings, length, rows: tokenizer.pad(encodings, length, rows, types=False),
+                max_length=self.max_seq_length, fetch=to_rows,
+            )
+            return hooks, lambda graphdef, params, batch: _static_forward(
+                params["static"]["embedding"], batch["input_ids"], batch["attention_mask"])
         extra = {}
         if route.kind == "csr" and prompt and not self._include_prompt:
             extra["prompt_length"] = np.int32(self.tokenizer.prompt_length(prompt))
         k = None if route.kind != "csr" or max_active_dims in (None, self._csr_module.sae.k) else max_active_dims
-        encodings = self.tokenizer.encode_ids(texts) if texts else []
-        for idx, _, out in self.run_batches(encodings, forward, params, mesh, batch_size, max_batch_tokens,
-                                            extra=extra):
-            # padding rows (beyond len(idx)) are dropped by _gather_rows
-            yield idx, out["sentence_embedding"] if k is None else _sae_top_k(out["latents"], k=k)
-            bar.update(1)
+        hooks = self.token_hooks(
+            lambda chunk: self.tokenizer.encode_ids(prompted(chunk)) if chunk else [], extra,
+            after=lambda out, batch: out["sentence_embedding"] if k is None else _sae_top_k(out["latents"], k=k),
+            fetch=to_rows,
+        )
+        return hooks, forward
 
-    def _static_batches(self, route: _Route, texts, batch_size, bar):
-        weight = self.params["static"]["embedding"]
-        for start in range(0, len(texts), batch_size):
-            chunk = texts[start : start + batch_size]
-            encodings = route.tokenizer.encode_ids(chunk, add_special_tokens=False)
-            longest = max((len(e.ids) for e in encodings), default=0)
-            # padded to a multiple of 16 tokens and to batch_size rows: few shapes to compile
-            batch = route.tokenizer.pad(encodings, max(16, -(-longest // 16) * 16), batch_size, types=False)
-            yield np.arange(start, start + len(chunk)), _static_forward(weight, batch["input_ids"],
-                                                                        batch["attention_mask"])
-            bar.update(1)
-
-    def _gather_rows(self, pieces, n: int, max_active_dims: int | None):
-        """Dense (B, V) batch outputs -> one set of fixed-width rows in input order, on device."""
-        rows = []
-        for idx, dense in pieces:  # dense: (rows >= len(idx), V); rows past len(idx) are padding
-            width = row_width(int(active_counts(dense).max(initial=0)))
-            if max_active_dims is not None and width > max_active_dims:
-                width = max_active_dims  # exactly the top max_active_dims by magnitude, as sentence-transformers
-            values, indices = dense_to_rows(dense, width=width)
-            rows.append((np.asarray(idx), np.asarray(values[: len(idx)]), np.asarray(indices[: len(idx)])))
+    def _gather_rows(self, rows: list, n: int):
+        """Per-batch host rows ``(input positions, values, indices)`` -> one set of fixed-width rows (as wide as
+        the widest) in input order, put on the device once."""
         width = max((v.shape[1] for _, v, _ in rows), default=16)
-        values = np.zeros((n, width), np.float32)  # assembled on the host, put on the device once
+        values = np.zeros((n, width), np.float32)
         indices = np.full((n, width), self._vocab, np.int32)
         for idx, v, i in rows:
             values[idx, : v.shape[1]] = v
@@ -696,6 +695,25 @@ class SparseEncoder(BaseModel):
         if getattr(embeddings_2, "ndim", 2) == 1:
             return BCOO((values[0], indices[0, :, None]), shape=(a.shape[0],))
         return to_bcoo(values, indices, a.shape[0])
+
+    # ------------------------------------------------------------------ training hooks (jaxst.training)
+
+    def training_tasks(self, n_columns: int, router_mapping=None) -> list | None:
+        """A Router model's columns take the tasks ``router_mapping`` names (the ones it leaves out: the Router's
+        default route); without a mapping every column takes the default route, tokenized alike."""
+        if self.router is None or router_mapping is None:
+            return super().training_tasks(n_columns, router_mapping)
+        return self._mapped_tasks(router_mapping, [None] * n_columns)
+
+    def training_inputs(self) -> dict:
+        """``sae_training``: a CSR model's forward also returns what CSRLoss reads (reconstructions, the
+        auxiliary top-k) and updates its buffers; the other modules ignore it. One object (``np.True_``), so
+        stacked columns stay stackable."""
+        return {"sae_training": np.True_}
+
+    def training_buffers(self) -> dict:
+        """A CSR model's ``{"sae_stats": stats_last_nonzero}`` (``self.buffers``); empty for the others."""
+        return self.buffers
 
     # ------------------------------------------------------------------ save
 

@@ -15,18 +15,24 @@ PACKAGE = ROOT / "jaxst"
 
 # In order: a module may import from its own layer and the ones above it in this list.
 LAYERS = [
-    ("support", {"jaxst", "compilation_cache", "native"}),  # the package root, the XLA cache setting, native kernels
+    # the package root, the XLA cache setting, native kernels, the argument checks every layer shares
+    ("support", {"jaxst", "compilation_cache", "native", "checks"}),
     ("models", {"models"}),
-    ("core", {"pooling", "similarity", "quantization", "sparse", "search", "maxsim", "losses", "cross_encoder_losses",
-              "pipeline"}),
+    ("core", {"pooling", "similarity", "quantization", "sparse", "topk", "search", "maxsim", "losses",
+              "cross_encoder_losses", "pipeline"}),
+    # the module registry: one file per sentence-transformers module kind, read by io's folder reader and writer
+    ("modules", {"modules"}),
     ("io", {"io"}),
-    ("base and facades", {"parallel", "base", "sentence_transformer", "cross_encoder", "sparse_encoder",
-                          "multi_vector_encoder", "index", "hard_negatives", "util", "training", "evaluation", "cli",
-                          "__main__"}),
+    # one encode engine under every family: chunks, length buckets, the token cap, placement, read-back
+    ("engine", {"parallel", "engine"}),
+    ("base and facades", {"base", "sentence_transformer", "cross_encoder", "sparse_encoder",
+                          "multi_vector_encoder", "index", "hard_negatives", "util", "cli", "__main__"}),
+    ("evaluation", {"evaluation"}),  # evaluators and their statistics: over the families' encode, below training
+    ("training", {"training"}),  # the package: optim, step, gradcache, collation, packing, checkpoints, fitting
 ]
 # the facades: thin files over jaxst.base
 FAMILIES = {"sentence_transformer", "cross_encoder", "sparse_encoder", "multi_vector_encoder"}
-BELOW_FACADES = {"parallel", "base"}
+BELOW_FACADES = {"parallel", "engine", "base"}
 
 
 def module_name(path: Path) -> str:
@@ -106,6 +112,19 @@ def test_every_module_imports_only_from_its_layer_or_above_and_families_not_from
     assert not (wrong := layer_violations(graph())), "\n".join(wrong)
 
 
+def test_every_family_runs_on_the_engine():
+    """Each facade batches through jaxst.engine (via BaseModel.encode_chunks), not a loop of its own: it imports
+    the engine, and nothing in it plans batches or pads them on its own."""
+    g = graph()
+    for family in sorted(FAMILIES):
+        module = f"jaxst.{family}"
+        assert {"jaxst.engine", "jaxst.base"} <= g[module], f"{module} does not import jaxst.engine and jaxst.base"
+        source = (PACKAGE / f"{family}.py").read_text(encoding="utf-8")
+        assert "encode_chunks(" in source, f"{module} does not run its inputs through BaseModel.encode_chunks"
+        for own_loop in ("batch_rows(", "batch_bucket(", "tqdm(", "shard_batch(", "CPU_BATCH_TOKENS"):
+            assert own_loop not in source, f"{module} calls {own_loop}: batching belongs to jaxst.engine"
+
+
 def test_no_import_cycles():
     assert not (cycle := find_cycle(graph())), " -> ".join(cycle)
 
@@ -118,6 +137,30 @@ def test_the_checks_can_fail():
     assert not layer_violations({"jaxst.sentence_transformer": {"jaxst.base", "jaxst.io.export", "jaxst.models"}})
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) == []
+
+
+def private_imports(path: Path) -> list[str]:
+    """Names starting with ``_`` that ``path`` imports from another jaxst module (``from jaxst.x import _y``),
+    lazy imports inside functions and multi-line imports included."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "jaxst":
+            found += [f"{node.module}.{a.name}" for a in node.names
+                      if a.name.startswith("_") and not a.name.startswith("__")]
+    return found
+
+
+def test_no_module_imports_another_modules_private_names():
+    """What one module takes from another is public: a shared helper gets a public name in the lowest layer
+    that needs it (``jaxst.checks``, ``jaxst.topk``, ...), not an underscore import."""
+    wrong = [f"{module_name(p)} imports {name}" for p in sorted(PACKAGE.rglob("*.py")) for name in private_imports(p)]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_private_import_check_can_fail(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text("def f():\n    from jaxst.search import (\n        hits,\n        _host_matrix,\n    )\n")
+    assert private_imports(probe) == ["jaxst.search._host_matrix"]
 
 
 def test_readme_map_names_every_module():
