@@ -154,21 +154,41 @@ def make_tiny_st(tmp_path_factory, tiny_bert_base):
     return make
 
 
-def assert_same_hits(ours, ref, tie=1e-5):
-    """Same ids in the same order, except where the reference's neighbouring scores tie (within ``tie``).
+def _hit(h) -> tuple:
+    """(corpus_id, score) of a hit given as {"corpus_id", "score", ...} or as a (corpus_id, score) pair."""
+    return (h["corpus_id"], float(h["score"])) if isinstance(h, dict) else (h[0], float(h[1]))
 
-    Scores agree to 1e-5 relative to their size: unnormalized dot products of 384-d Gaussians reach ~80,
-    where float32 itself resolves only ~1e-5 (sparse rows' scores reach thousands)."""
+
+def assert_same_hits(ours, ref, scores=None, *, tol=1e-5, tie=1e-5, relative=True):
+    """Our top-k hits are the oracle's, ties aside, checked strictly, query by query.
+
+    ``ours``, ``ref``: per query, a list of hits ({"corpus_id", "score"} dicts or (corpus_id, score) pairs),
+    ``ref`` the oracle's. ``scores``: per query, the oracle's score of every document (indexable by corpus_id);
+    without it a document's oracle score is the one in ``ref``'s list, so a document that list lacks fails.
+    Per query: as many hits; our ids unique; each hit's score is the oracle's score of that document (within
+    ``tol``); the document at rank i is the oracle's, or one whose oracle score ties (within ``tie``) with the
+    oracle's score at rank i. Together: the set of ids is the oracle's except where scores tie at the boundary.
+
+    Tolerances are relative to max(1, |score|) (absolute with ``relative=False``): unnormalized dot products
+    of 384-d Gaussians reach ~80, where float32 itself resolves only ~1e-5 (sparse rows' scores reach thousands)."""
     assert len(ours) == len(ref)
-    for row_ours, row_ref in zip(ours, ref):
-        assert len(row_ours) == len(row_ref)
-        ref_scores = [h["score"] for h in row_ref]
-        for pos, (a, b) in enumerate(zip(row_ours, row_ref)):
-            scale = max(1.0, abs(b["score"]))
-            assert abs(a["score"] - b["score"]) < 1e-5 * scale
-            if a["corpus_id"] != b["corpus_id"]:
-                near = [s for i, s in enumerate(ref_scores) if i != pos and abs(s - b["score"]) < tie * scale]
-                assert near, (pos, a, b)
+    for q, (row_ours, row_ref) in enumerate(zip(ours, ref)):
+        row_ours, row_ref = [_hit(h) for h in row_ours], [_hit(h) for h in row_ref]
+        ids = [i for i, _ in row_ours]
+        assert len(row_ours) == len(row_ref) and len(set(ids)) == len(ids), (q, row_ours, row_ref)
+        if scores is None:  # the oracle's score of a document: the one in its list
+            missing = [i for i in ids if i not in dict(row_ref)]
+            assert not missing, (q, f"documents {missing} are not among the oracle's hits (scores= would check "
+                                    "a tie)", row_ours, row_ref)
+            oracle = dict(row_ref)
+        else:
+            oracle = {i: float(scores[q][i]) for i in {*ids, *(j for j, _ in row_ref)}}
+        for pos, ((i, s), (j, t)) in enumerate(zip(row_ours, row_ref)):
+            scale = max(1.0, abs(t)) if relative else 1.0
+            assert abs(oracle[j] - t) <= tie * scale, (q, pos, j, t, oracle[j])  # the oracle agrees with itself
+            assert abs(s - oracle[i]) <= tol * scale, (q, pos, i, s, oracle[i])
+            if i != j:  # a different document only where its oracle score ties with the oracle's at this rank
+                assert abs(oracle[i] - t) <= tie * scale, (q, pos, row_ours, row_ref)
 
 
 def assert_same_gradients(st, pairs) -> None:
@@ -187,6 +207,77 @@ def assert_same_gradients(st, pairs) -> None:
 
 def max_abs(a, b) -> float:
     return float(np.max(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))))
+
+
+# ------------------------------------------------------------- checks the architecture tests share
+
+
+def check_bf16(folder, jx, texts, *, min_cos=0.999) -> None:
+    """``dtype="bfloat16"`` really casts: every floating weight of the loaded model is bfloat16, its float32
+    embeddings differ from the float32 model ``jx``'s (a cast that did nothing would give them exactly) and
+    stay close to them (cosine of the normalized embeddings >= ``min_cos``)."""
+    import jax
+    import jax.numpy as jnp
+
+    import jaxst
+
+    model = jaxst.SentenceTransformer(folder, dtype="bfloat16")
+    floats = [x.dtype for x in jax.tree.leaves(model.params) if jnp.issubdtype(x.dtype, jnp.floating)]
+    assert floats and set(floats) == {jnp.dtype(jnp.bfloat16)}, set(floats)
+    assert model.dtype == jnp.bfloat16
+    low, full = model.encode(texts), jx.encode(texts)
+    assert low.dtype == np.float32 and low.shape == full.shape
+    assert max_abs(low, full) > 0  # computed in bfloat16, not float32 under another name
+    cos = np.sum(low * full, axis=1)
+    assert cos.min() >= min_cos, cos.min()
+
+
+def check_save_roundtrip(jx, folder, texts, *, queries=None, tol=1e-5):
+    """``jx.save(folder)``: sentence-transformers loads the folder and encodes ``texts`` as ``jx`` does (and
+    ``queries`` with ``encode_query``, given: the prompts were saved), and jaxst loads it back to within 1e-6.
+    Returns sentence-transformers' model of the folder."""
+    from sentence_transformers import SentenceTransformer
+
+    import jaxst
+
+    jx.save(folder)
+    again = SentenceTransformer(str(folder), device="cpu")
+    assert max_abs(again.encode(texts), jx.encode(texts)) < tol
+    if queries is not None:
+        assert max_abs(again.encode_query(queries), jx.encode_query(queries)) < tol
+    assert max_abs(jaxst.SentenceTransformer(folder).encode(texts), jx.encode(texts)) < 1e-6
+    return again
+
+
+def check_batch_invariance(st, jx, texts, *, batch_sizes=(1, 3, 5), tol=1e-5):
+    """Each text alone (sentence-transformers ``st`` with no padding at all), in batches of every size and mixed
+    with texts of other lengths gives the same embedding, and so does the pure function on one padded batch.
+    Returns (the unpadded embeddings, that padded batch)."""
+    together = jx.encode(texts, batch_size=64)
+    for batch_size in batch_sizes:
+        assert max_abs(jx.encode(texts, batch_size=batch_size), together) < tol, batch_size
+    alone = np.stack([st.encode([t])[0] for t in texts])
+    assert max_abs(together, alone) < tol
+    batch = jx.tokenize(texts)
+    assert max_abs(np.asarray(jx.apply(jx.params, batch)), alone) < tol  # the pure function
+    return alone, batch
+
+
+def check_padding_invariance(jx, texts, *, batch_sizes, tol, pad_id=0, extra=40) -> None:
+    """A text's embedding does not depend on its batch-mates or batch size (each text encoded alone is the
+    reference), nor on padding the first three texts' batch ``extra`` tokens longer (with ``pad_id``).
+    ``tol``: a number, or a function of the reference embeddings giving one."""
+    def bound(reference):
+        return tol(reference) if callable(tol) else tol
+
+    alone = np.stack([jx.encode(t) for t in texts])
+    for batch_size in batch_sizes:
+        assert max_abs(jx.encode(texts, batch_size=batch_size), alone) < bound(alone), batch_size
+    batch = jx.tokenize(texts[:3])
+    padded = {k: np.pad(v, ((0, 0), (0, extra)), constant_values=pad_id if k == "input_ids" else 0)
+              for k, v in batch.items()}
+    reference = jx.apply(jx.params, batch)
+    assert max_abs(reference, jx.apply(jx.params, padded)) < bound(reference)
 
 
 # ------------------------------------------------------------------------------------ cross-encoders

@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import max_abs
+from conftest import assert_same_hits, max_abs
 from sentence_transformers import util as st_util
 
 from jaxst import cli
@@ -67,19 +67,6 @@ def oracle_search(oracle, queries, corpus, top_k, score_function=st_util.cos_sim
     c = oracle.encode_document(list(corpus), convert_to_tensor=True)
     hits = st_util.semantic_search(q, c, top_k=top_k, score_function=score_function)
     return hits, score_function(q, c).numpy()
-
-
-def assert_same_hits(got, ref, scores, score_tol=TOL):
-    """``got``: the CLI's (corpus_id, score) hits of one query; ``ref``: the oracle's hits; ``scores``: the
-    oracle's score of every document (indexable by corpus_id). The CLI's score of each hit is the oracle's
-    score of that document, and its ids are the oracle's, in order, except where the oracle's scores tie."""
-    ids = [corpus_id for corpus_id, _ in got]
-    assert len(got) == len(ref) and len(set(ids)) == len(ids), (got, ref)
-    for (corpus_id, score), hit in zip(got, ref):
-        assert abs(score - float(scores[corpus_id])) <= score_tol, (corpus_id, score, float(scores[corpus_id]))
-        assert abs(float(scores[hit["corpus_id"]]) - hit["score"]) <= TOL  # the oracle agrees with itself
-        if corpus_id != hit["corpus_id"]:  # a different document only where it ties with the oracle's
-            assert abs(float(scores[corpus_id]) - hit["score"]) <= TOL, (got, ref)
 
 
 def parse_text_hits(lines, texts):
@@ -282,7 +269,7 @@ def test_search_best_hit(corpus_file, capsys, cli_model, oracle):
     assert len(lines) == 1 + len(CORPUS)  # top-k 5, corpus of 5
     got = parse_text_hits(lines[1:], CORPUS)
     ref, scores = oracle_search(oracle, [query], CORPUS, top_k=5)
-    assert_same_hits(got, ref[0], scores[0], score_tol=PRINTED + TOL)
+    assert_same_hits([got], [ref[0]], [scores[0]], tol=PRINTED + TOL, relative=False)
     assert got[0][0] == ref[0][0]["corpus_id"] == FOOD
 
 
@@ -295,7 +282,8 @@ def test_search_top_k_and_several_queries(corpus_file, capsys, cli_model, oracle
     for i, (query, block) in enumerate(zip(queries, blocks, strict=True)):
         lines = block.splitlines()
         assert lines[0] == f"Query: {query}" and len(lines) == 3
-        assert_same_hits(parse_text_hits(lines[1:], CORPUS), ref[i], scores[i], score_tol=PRINTED + TOL)
+        assert_same_hits([parse_text_hits(lines[1:], CORPUS)], [ref[i]], [scores[i]], tol=PRINTED + TOL,
+                         relative=False)
     assert [r[0]["corpus_id"] for r in ref] == [0, 4]  # food, weather: the query set is not degenerate
 
 
@@ -309,7 +297,7 @@ def test_search_json(corpus_file, capsys, cli_model, oracle):
         for hit in hits:
             assert set(hit) == {"corpus_id", "score", "text", "line"}
             assert hit["text"] == CORPUS[hit["corpus_id"]]
-        assert_same_hits([(h["corpus_id"], h["score"]) for h in hits], ref[q], scores[q])
+        assert_same_hits([hits], [ref[q]], [scores[q]], relative=False)
     assert result[0][0]["corpus_id"] == FOOD and result[0][0]["line"] == 1
     assert result[1][0]["text"] == CORPUS[3] and result[1][0]["line"] == 6  # line numbers count blank lines
 
@@ -329,7 +317,7 @@ def test_search_uses_dot_score_for_dot_models(corpus_file, monkeypatch, capsys, 
     hits = json.loads(capsys.readouterr().out)[0]
     ref, scores = oracle_search(oracle, [query], CORPUS, top_k=3, score_function=st_util.dot_score)
     # Queries scaled by 2 (the model normalizes): dot scores are twice the oracle's, cosine would not be.
-    assert_same_hits([(h["corpus_id"], h["score"] / 2) for h in hits], ref[0], scores[0])
+    assert_same_hits([[(h["corpus_id"], h["score"] / 2) for h in hits]], [ref[0]], [scores[0]], relative=False)
     assert hits[0]["score"] > 1.2
 
 
@@ -492,7 +480,7 @@ def test_search_rerank_text(tmp_path, capsys, cli_model, oracle, tiny_reranker):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"Query: {query}" and len(lines) == 4
     top, ce, _ = expected_rerank(oracle, tiny_reranker, query, 3, 50)
-    assert_same_hits(parse_text_hits(lines[1:], RERANK_CORPUS), top, ce, score_tol=PRINTED + TOL)
+    assert_same_hits([parse_text_hits(lines[1:], RERANK_CORPUS)], [top], [ce], tol=PRINTED + TOL, relative=False)
 
 
 def test_search_rerank_json_and_candidates(tmp_path, capsys, cli_model, oracle, tiny_reranker):
@@ -505,7 +493,7 @@ def test_search_rerank_json_and_candidates(tmp_path, capsys, cli_model, oracle, 
     assert len(result) == 2
     for query, hits in zip(queries, result, strict=True):
         top, ce, bi = expected_rerank(oracle, tiny_reranker, query, 2, 4)
-        assert_same_hits([(h["corpus_id"], h["score"]) for h in hits], top, ce)
+        assert_same_hits([hits], [top], [ce], relative=False)
         for hit in hits:
             assert set(hit) == {"corpus_id", "score", "retrieval_score", "text", "line"}
             assert hit["text"] == RERANK_CORPUS[hit["corpus_id"]]
@@ -516,7 +504,7 @@ def test_search_rerank_json_and_candidates(tmp_path, capsys, cli_model, oracle, 
                      "--candidates", "2", "--json"]) == 0
     hits = json.loads(capsys.readouterr().out)[0]
     top, ce, _ = expected_rerank(oracle, tiny_reranker, queries[0], 6, 6)
-    assert_same_hits([(h["corpus_id"], h["score"]) for h in hits], top, ce)
+    assert_same_hits([hits], [top], [ce], relative=False)
 
 
 def test_search_rerank_errors(tmp_path, capsys, make_tiny_st, make_tiny_cross_encoder):

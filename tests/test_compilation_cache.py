@@ -36,7 +36,8 @@ SCRIPT = textwrap.dedent("""
         model = SentenceTransformer(sys.argv[1])
         model.encode(["a short text", "a somewhat longer text to get another length", "x"] * 3, batch_size=4)
     print(json.dumps(dict(events, cache_dir=jax.config.jax_compilation_cache_dir,
-                          min_secs=jax.config.jax_persistent_cache_min_compile_time_secs)))
+                          min_secs=jax.config.jax_persistent_cache_min_compile_time_secs,
+                          max_size=jax.config.jax_compilation_cache_max_size)))
 """)
 
 
@@ -77,6 +78,7 @@ def test_second_process_finds_what_the_first_compiled(folder, tmp_path):
     cache = tmp_path / "jaxst" / "xla"
     assert first["cache_dir"] == str(cache)
     assert first["min_secs"] == 0.0  # small encoder shapes compile fast and are cached all the same
+    assert first["max_size"] == 2 * 1024**3  # README: capped at 2 GiB (JAX's default, -1, is unbounded)
     written = entries(cache)
     forward = [f for f in written if f.startswith("jit_forward-")]
     assert len(forward) >= 2 and first["misses"] >= len(forward)  # two batch shapes at least
@@ -110,6 +112,7 @@ def test_folder_from_the_environment(folder, tmp_path):
 def test_off_switch_writes_nothing(folder, tmp_path, off):
     out = run(folder, JAXST_COMPILATION_CACHE=off, XDG_CACHE_HOME=str(tmp_path))
     assert out["cache_dir"] is None and out["hits"] == out["misses"] == 0
+    assert out["min_secs"] == 1.0 and out["max_size"] == -1  # README: every JAX setting untouched (its defaults)
     assert not (tmp_path / "jaxst").exists() and os.listdir(tmp_path) == []
 
 
@@ -118,5 +121,15 @@ def test_a_cache_the_user_configured_is_left_alone(folder, tmp_path):
     out = run(folder, JAX_COMPILATION_CACHE_DIR=str(users), JAXST_COMPILATION_CACHE=str(tmp_path / "ours"),
               XDG_CACHE_HOME=str(tmp_path / "xdg"))
     assert out["cache_dir"] == str(users)
-    assert out["min_secs"] == 1.0  # the user's thresholds too (JAX's default here)
+    assert out["min_secs"] == 1.0 and out["max_size"] == -1  # the user's thresholds too (JAX's defaults here)
     assert not (tmp_path / "ours").exists() and not (tmp_path / "xdg").exists()
+
+
+def test_a_threshold_and_size_the_user_set_are_kept(folder, tmp_path):
+    """README: jaxst lowers the compile-time threshold to 0 and caps the cache at 2 GiB only where they are JAX's
+    defaults; a threshold or size set by the user (here through JAX's environment variables) is kept, in
+    jaxst's own cache folder."""
+    out = run(folder, XDG_CACHE_HOME=str(tmp_path), JAX_COMPILATION_CACHE_MAX_SIZE=str(3 << 20),
+              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.25")
+    assert out["cache_dir"] == str(tmp_path / "jaxst" / "xla")
+    assert out["max_size"] == 3 << 20 and out["min_secs"] == 0.25

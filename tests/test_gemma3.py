@@ -13,7 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TEXTS, assert_cli_encodes_like, byte_level_bpe_tokenizer, max_abs
+from conftest import (
+    TEXTS,
+    assert_cli_encodes_like,
+    byte_level_bpe_tokenizer,
+    check_batch_invariance,
+    check_bf16,
+    check_save_roundtrip,
+    max_abs,
+)
 
 import jaxst
 from jaxst.models.gemma3 import Gemma3Config
@@ -118,12 +126,7 @@ def test_batch_size_invariance(gemma):
     """Each text alone (no padding at all in sentence-transformers), in batches of every size and mixed with
     texts of other lengths gives the same embedding."""
     _, st, jx = gemma
-    texts = TEXTS + MORE
-    together = jx.encode(texts, batch_size=64)
-    for batch_size in (1, 3, 5):
-        assert max_abs(jx.encode(texts, batch_size=batch_size), together) < TOL
-    alone = np.stack([st.encode([t])[0] for t in texts])
-    assert max_abs(together, alone) < TOL
+    check_batch_invariance(st, jx, TEXTS + MORE, tol=TOL)
 
 
 def test_left_padded_batches_give_the_same_embeddings(gemma):
@@ -152,20 +155,12 @@ def test_packed_batch_gives_the_padded_embeddings(gemma):
 
 def test_bfloat16_stays_close(gemma):
     folder, _, jx = gemma
-    low = jaxst.SentenceTransformer(folder, dtype="bfloat16").encode(TEXTS + MORE)
-    cos = np.sum(low * jx.encode(TEXTS + MORE), axis=1)
-    assert cos.min() >= 0.999, cos.min()
+    check_bf16(folder, jx, TEXTS + MORE, min_cos=0.999)
 
 
 def test_saved_folder_loads_in_sentence_transformers(gemma, tmp_path):
-    from sentence_transformers import SentenceTransformer
-
     _, _, jx = gemma
-    jx.save(tmp_path / "gemma")
-    again = SentenceTransformer(str(tmp_path / "gemma"), device="cpu")
-    assert max_abs(again.encode(TEXTS + MORE), jx.encode(TEXTS + MORE)) < TOL
-    assert max_abs(again.encode_query(TEXTS), jx.encode_query(TEXTS)) < TOL  # the prompts were saved
-    assert max_abs(jaxst.SentenceTransformer(tmp_path / "gemma").encode(TEXTS), jx.encode(TEXTS)) < 1e-6
+    check_save_roundtrip(jx, tmp_path / "gemma", TEXTS + MORE, queries=TEXTS, tol=TOL)  # the prompts were saved
 
 
 def test_gradients_flow_through_the_model(gemma):

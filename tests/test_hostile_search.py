@@ -24,6 +24,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 import torch
+from conftest import assert_same_hits
 from jax.experimental import sparse as jsparse
 from sentence_transformers import util as st_util
 
@@ -59,20 +60,13 @@ def refused(name, row):
 
 
 def assert_strict(got, scores, top_k, tol=1e-5):
-    """``got`` (hits per query) against the oracle's score matrix ``scores`` (Q, N): min(top_k, N) hits, ids
-    unique, each hit's score the oracle's score of that id, and rank by rank the oracle's best scores (so the
-    ids are the oracle's except where its scores tie)."""
+    """``got`` (hits per query) against the oracle's score matrix ``scores`` (Q, N): conftest's strict
+    comparison (min(top_k, N) hits, ids unique, each hit's score the oracle's score of that id, rank by rank
+    the oracle's best scores, so the ids are the oracle's except where its scores tie)."""
     scores = np.asarray(scores, np.float64)
-    assert len(got) == scores.shape[0]
     want = min(top_k, scores.shape[1])
-    for row, ref in zip(got, scores):
-        ids = [h["corpus_id"] for h in row]
-        assert len(row) == want and len(set(ids)) == want, (row, want)
-        best = np.sort(ref)[::-1][:want]
-        for hit, b in zip(row, best):
-            scale = max(1.0, abs(b))
-            assert abs(hit["score"] - ref[hit["corpus_id"]]) <= tol * scale, (hit, ref[hit["corpus_id"]])
-            assert abs(hit["score"] - b) <= tol * scale, (hit, b)
+    best = [[(int(i), float(ref[i])) for i in np.argsort(-ref, kind="stable")[:want]] for ref in scores]
+    assert_same_hits(got, best, scores, tol=tol)
 
 
 def assert_st_hits(got, queries, corpus, top_k, score_function=st_util.cos_sim):
@@ -81,9 +75,7 @@ def assert_st_hits(got, queries, corpus, top_k, score_function=st_util.cos_sim):
     ref = st_util.semantic_search(q, c, top_k=top_k, score_function=score_function)
     scores = score_function(q, c).numpy()
     assert_strict(got, scores, top_k)
-    for row, ref_row in zip(got, ref):  # ST's own hits, rank by rank
-        assert len(row) == len(ref_row)
-        assert all(abs(h["score"] - r["score"]) <= 1e-5 * max(1.0, abs(r["score"])) for h, r in zip(row, ref_row))
+    assert_same_hits(got, ref, scores)  # ST's own hits, rank by rank
 
 
 def unaligned(x):

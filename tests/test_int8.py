@@ -32,7 +32,8 @@ def test_every_stsb_sentence_close_to_float32(int8_minilm, jx_minilm, stsb_rows)
     quant = int8_minilm.encode(sentences, batch_size=32)
     assert quant.dtype == np.float32 and quant.shape == full.shape
     cos = (quant * full).sum(1) / np.linalg.norm(quant, axis=1) / np.linalg.norm(full, axis=1)
-    assert cos.min() >= 0.99, (cos.min(), sentences[int(cos.argmin())])
+    print(f"int8 MiniLM: lowest cosine to float32 {cos.min():.5f}")
+    assert cos.min() >= 0.996, (cos.min(), sentences[int(cos.argmin())])  # README: cosine >= 0.996
     assert cos.mean() < 0.99999  # really quantized: not the float32 path under another name
 
 
@@ -61,10 +62,11 @@ def test_products_are_exact(m, k, n):
     portable = jax.lax.dot(jnp.asarray(x), native.unpack_int8_weights(jnp.asarray(packed), k, n),
                            preferred_element_type=jnp.int32)
     np.testing.assert_array_equal(np.asarray(portable), exact)
-    if native.int8_matmul_kernel() is not None:
-        got = native.int8_matmul(jnp.asarray(x), jnp.asarray(packed), jnp.asarray(correction), n)
-        np.testing.assert_array_equal(np.asarray(got), exact)
     assert (native.int8_matmul_kernel() is not None) == native.has_vnni()  # built wherever VNNI is there
+    if not native.has_vnni():
+        pytest.skip("the native int8 kernel: this CPU has no AVX-512 VNNI (XLA's int8 dot was checked)")
+    got = native.int8_matmul(jnp.asarray(x), jnp.asarray(packed), jnp.asarray(correction), n)
+    np.testing.assert_array_equal(np.asarray(got), exact)
 
 
 def test_portable_path_gives_identical_embeddings(int8_minilm, monkeypatch, stsb_rows):
@@ -91,6 +93,8 @@ def test_portable_path_gives_identical_embeddings(int8_minilm, monkeypatch, stsb
         jax.clear_caches()
     np.testing.assert_array_equal(again, first)
     np.testing.assert_array_equal(portable, first)
+    if native.int8_matmul_kernel() is None:
+        pytest.skip("native kernel against XLA's int8 dot: this CPU has no AVX-512 VNNI, both runs took XLA's dot")
 
 
 def test_quantization_steps():
@@ -174,7 +178,7 @@ def torch_identity():
 
 
 def test_mpnet_int8_stsb(mpnet_folder, stsb_rows):
-    """all-mpnet-base-v2 (relative position bias, 12 layers of 768) keeps cosine >= 0.99 to float32 on every
+    """all-mpnet-base-v2 (relative position bias, 12 layers of 768) keeps cosine >= 0.993 to float32 on every
     STSb test sentence and its Spearman within 0.2 of sentence-transformers' float32."""
     from sentence_transformers import SentenceTransformer as Reference
 
@@ -185,7 +189,8 @@ def test_mpnet_int8_stsb(mpnet_folder, stsb_rows):
     a, b = model.encode(firsts, batch_size=32), model.encode(seconds, batch_size=32)
     for ours, theirs in ((a, ref_a), (b, ref_b)):
         cos = (ours * theirs).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(theirs, axis=1)
-        assert cos.min() >= 0.99, cos.min()
+        print(f"int8 mpnet: lowest cosine to float32 {cos.min():.5f}")
+        assert cos.min() >= 0.993, cos.min()  # README: cosine >= 0.993
     gold = [r[2] for r in stsb_rows]
     reference_score = 100 * spearmanr(gold, np.asarray(jaxst.util.pairwise_cos_sim(ref_a, ref_b))).statistic
     ours_score = 100 * spearmanr(gold, np.asarray(jaxst.util.pairwise_cos_sim(a, b))).statistic

@@ -157,11 +157,12 @@ def test_maxsim_search_chunked(corpus, monkeypatch):
     per_step = q_emb.shape[0] * q_emb.shape[1] * d_emb.shape[1] * 60  # about 60 documents per scan step
     on_device = (jnp.asarray(d_emb), jnp.asarray(d_mask))
     ref = st_hits(scores, 5)
-    assert_same_hits(M.maxsim_search(q_emb, on_device[0], q_mask, on_device[1], top_k=5, chunk_elements=per_step), ref)
+    assert_same_hits(M.maxsim_search(q_emb, on_device[0], q_mask, on_device[1], top_k=5, chunk_elements=per_step), ref,
+                     scores)
     assert calls == [(500, 60)]  # one compiled scan of ceil(500 / 60) = 9 chunks
     hits = M.maxsim_search(q_emb, on_device[0], q_mask, on_device[1], top_k=5, chunk_elements=per_step,
                            length_normalize=True, query_chunk_size=5)
-    assert_same_hits(hits, st_hits(mean_scores, 5))
+    assert_same_hits(hits, st_hits(mean_scores, 5), mean_scores)
     assert len(calls) == 4  # three query chunks
 
 
@@ -170,22 +171,25 @@ def test_maxsim_search_streamed_host_corpus(corpus, monkeypatch):
     calls = spy_scans(monkeypatch)
     hits = M.maxsim_search(q_emb, d_emb, q_mask, d_mask, top_k=5, corpus_chunk_size=128,
                            chunk_elements=q_emb.shape[0] * q_emb.shape[1] * d_emb.shape[1] * 50)
-    assert_same_hits(hits, st_hits(scores, 5))
+    assert_same_hits(hits, st_hits(scores, 5), scores)
     assert calls == [(128, 50)] * 4  # four pieces of 128 documents, the last aligned to the corpus' end
     # a ragged list corpus is padded on the host and streamed the same way
     lists = [e[m] for e, m in zip(d_emb, d_mask)]
     lists[10] = lists[200] = np.zeros((0, DIM), np.float32)
-    assert_same_hits(M.maxsim_search(q_emb, lists, q_mask, top_k=5, corpus_chunk_size=300), st_hits(scores, 5))
+    assert_same_hits(M.maxsim_search(q_emb, lists, q_mask, top_k=5, corpus_chunk_size=300), st_hits(scores, 5),
+                     scores)
     assert len(calls) == 6
 
 
 def test_two_stage_search(corpus):
     q_emb, q_mask, d_emb, d_mask, scores, mean_scores = corpus
     exact = M.maxsim_search(q_emb, d_emb, q_mask, d_mask, top_k=5)
-    assert_same_hits(exact, st_hits(scores, 5))
-    assert_same_hits(M.maxsim_search(q_emb, d_emb, q_mask, d_mask, top_k=5, candidates=500), st_hits(scores, 5))
+    assert_same_hits(exact, st_hits(scores, 5), scores)
+    assert_same_hits(M.maxsim_search(q_emb, d_emb, q_mask, d_mask, top_k=5, candidates=500), st_hits(scores, 5),
+                     scores)
     assert_same_hits(M.maxsim_search(q_emb, d_emb, q_mask, d_mask, top_k=5, candidates=600, chunk_elements=5000,
-                                     corpus_chunk_size=90, length_normalize=True), st_hits(mean_scores, 5))
+                                     corpus_chunk_size=90, length_normalize=True), st_hits(mean_scores, 5),
+                     mean_scores)
     vectors = M.mean_vectors(jnp.asarray(d_emb), jnp.asarray(d_mask))
     assert vectors.shape == (500, DIM)
     np.testing.assert_allclose(np.asarray(vectors), M.mean_vectors(d_emb, d_mask), atol=1e-6)
@@ -279,8 +283,8 @@ def test_sharded_search_equals_one_device(corpus, tmp_path):
     for name in ("one", "sharded"):
         got = result[name]
         for key in ("exact", "two_stage", "zero_rows"):
-            assert_same_hits(got[key], ref)
-        assert_same_hits(got["mean"], ref_mean)
+            assert_same_hits(got[key], ref, scores[:, :n])
+        assert_same_hits(got["mean"], ref_mean, mean_scores[:, :n])
     for key, hits in result["one"].items():
         assert [[h["corpus_id"] for h in row] for row in result["sharded"][key]] == \
             [[h["corpus_id"] for h in row] for row in hits], key

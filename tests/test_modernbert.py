@@ -11,7 +11,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import TEXTS, assert_cli_encodes_like, max_abs
+from conftest import TEXTS, assert_cli_encodes_like, check_batch_invariance, check_bf16, check_save_roundtrip, max_abs
 
 import jaxst
 
@@ -134,14 +134,7 @@ def test_batch_and_padding_invariance(modernbert):
     """Each text alone (no padding at all: what ModernBERT's original unpadded path computes), in batches of
     every size, and right- or left-padded gives the same embedding."""
     _, st, jx = modernbert
-    texts = TEXTS + MORE
-    together = jx.encode(texts, batch_size=64)
-    for batch_size in (1, 3, 5):
-        assert max_abs(jx.encode(texts, batch_size=batch_size), together) < TOL
-    alone = np.stack([st.encode([t])[0] for t in texts])
-    assert max_abs(together, alone) < TOL
-    batch = jx.tokenize(texts)  # the pure function on one padded batch
-    assert max_abs(np.asarray(jx.apply(jx.params, batch)), alone) < TOL
+    alone, batch = check_batch_invariance(st, jx, TEXTS + MORE, tol=TOL)
     lengths = batch["attention_mask"].sum(1)  # left padding: each row's tokens moved to its end
     left = {k: np.stack([np.roll(row, len(row) - n) for row, n in zip(batch[k], lengths)])
             for k in ("input_ids", "attention_mask")}
@@ -164,19 +157,12 @@ def test_packed_batch_gives_the_padded_embeddings(modernbert):
 
 def test_bfloat16_stays_close(modernbert):
     folder, _, jx = modernbert
-    low = jaxst.SentenceTransformer(folder, dtype="bfloat16").encode(TEXTS + MORE)
-    cos = np.sum(low * jx.encode(TEXTS + MORE), axis=1)
-    assert cos.min() >= 0.999, cos.min()
+    check_bf16(folder, jx, TEXTS + MORE, min_cos=0.999)
 
 
 def test_saved_folder_loads_in_sentence_transformers(modernbert, tmp_path):
-    from sentence_transformers import SentenceTransformer
-
     _, _, jx = modernbert
-    jx.save(tmp_path / "modernbert")
-    again = SentenceTransformer(str(tmp_path / "modernbert"), device="cpu")
-    assert max_abs(again.encode(TEXTS + MORE), jx.encode(TEXTS + MORE)) < TOL
-    assert max_abs(jaxst.SentenceTransformer(tmp_path / "modernbert").encode(TEXTS), jx.encode(TEXTS)) < 1e-6
+    check_save_roundtrip(jx, tmp_path / "modernbert", TEXTS + MORE, tol=TOL)
 
 
 def test_task_checkpoint_keys_load(modernbert, tmp_path):

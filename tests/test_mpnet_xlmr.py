@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from conftest import NON_LATIN_TEXTS, TEXTS, max_abs, read_stsb, unique_sentences
+from conftest import NON_LATIN_TEXTS, TEXTS, check_padding_invariance, max_abs, read_stsb, unique_sentences
 
 import jaxst
 from jaxst.io.weights import params_from_state_dict, read_state_dict
@@ -264,15 +264,7 @@ def test_grad_and_optax_step(pair):
 def test_bucket_and_batch_independence(pair):
     """Padding (RoBERTa/MPNet position ids count non-pad tokens) and batch-mates change nothing."""
     _, _, jx = pair
-    alone = np.stack([jx.encode(t) for t in ALL_TEXTS])
-    for batch_size in (7, 32):
-        assert max_abs(jx.encode(ALL_TEXTS, batch_size=batch_size), alone) < same(alone)
-    batch = jx.tokenize(ALL_TEXTS[:3])
-    pad_id = jx.tokenizer.pad_id
-    padded = {k: np.pad(v, ((0, 0), (0, 40)), constant_values=pad_id if k == "input_ids" else 0)
-              for k, v in batch.items()}
-    reference = jx.apply(jx.params, batch)
-    assert max_abs(reference, jx.apply(jx.params, padded)) < same(reference)
+    check_padding_invariance(jx, ALL_TEXTS, batch_sizes=(7, 32), tol=same, pad_id=jx.tokenizer.pad_id)
 
 
 def test_pad_ids(pair):

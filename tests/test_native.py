@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxst import native, search
+from jaxst import native, search, topk
 from jaxst.index import EmbeddingIndex
 
 # (queries, rows, dim, k, value range, n_valid, first, offset): tiles of every shape, partial blocks,
@@ -22,41 +22,46 @@ CASES = [
 ]
 
 
-def _targets():
-    """The portable build runs everywhere; the AVX-512 VNNI build wherever the CPU has it."""
-    found = [native.register(vnni=False)]
-    if native.has_vnni():
-        found.append(native.register(vnni=True))
-    return found
+BUILDS = ["portable", "vnni"]
+
+
+def _target(build):
+    """The portable build runs everywhere; the AVX-512 VNNI build wherever the CPU has it, else a skip that
+    says so."""
+    if build == "vnni" and not native.has_vnni():
+        pytest.skip("the AVX-512 VNNI build: this CPU has no AVX-512 VNNI (the portable build is tested)")
+    return native.register(vnni=build == "vnni")
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"q{c[0]}-n{c[1]}-d{c[2]}-k{c[3]}")
-def test_kernel_equals_xla_scan(case):
+@pytest.mark.parametrize("build", BUILDS)
+def test_kernel_equals_xla_scan(case, build):
     q_n, n, d, k, spread, n_valid, first, offset = case
     rng = np.random.default_rng(n + d)
     queries = jnp.asarray(rng.integers(-127, 128, (q_n, d), dtype=np.int8))
     corpus = jnp.asarray(rng.integers(-spread, spread + 1, (n, d), dtype=np.int8))
-    want = search._xla_chunked_top_k(queries, corpus, n_valid, first, offset, k=k, kind="int8", chunk=1024)
+    want = topk.xla_chunked_top_k(queries, corpus, n_valid, first, offset, k=k, kind="int8", chunk=1024)
     if spread <= 3:  # the case really has ties at the k-th place
         assert len(np.unique(np.asarray(want[0]))) < want[0].size
-    for target in _targets():
-        values, ids = native.int8_top_k(queries, corpus, n_valid, first, offset, k=k, target=target)
-        assert values.dtype == jnp.float32 and ids.dtype == jnp.int32
-        np.testing.assert_array_equal(np.asarray(values), np.asarray(want[0]), err_msg=target)
-        np.testing.assert_array_equal(np.asarray(ids), np.asarray(want[1]), err_msg=target)
+    target = _target(build)
+    values, ids = native.int8_top_k(queries, corpus, n_valid, first, offset, k=k, target=target)
+    assert values.dtype == jnp.float32 and ids.dtype == jnp.int32
+    np.testing.assert_array_equal(np.asarray(values), np.asarray(want[0]), err_msg=target)
+    np.testing.assert_array_equal(np.asarray(ids), np.asarray(want[1]), err_msg=target)
 
 
-def test_extreme_values_are_exact():
+@pytest.mark.parametrize("build", BUILDS)
+def test_extreme_values_are_exact(build):
     """-128 corpus levels against -127/127 queries: the largest sums the kernel can meet, exact in float32."""
     d = 1024
     corpus = np.full((64, d), -128, np.int8)
     corpus[5] = 127
     queries = np.stack([np.full(d, -127, np.int8), np.full(d, 127, np.int8)])
-    want = search._xla_chunked_top_k(jnp.asarray(queries), jnp.asarray(corpus), 64, k=3, kind="int8", chunk=64)
-    for target in _targets():
-        values, ids = native.int8_top_k(jnp.asarray(queries), jnp.asarray(corpus), 64, k=3, target=target)
-        np.testing.assert_array_equal(np.asarray(values), np.asarray(want[0]))
-        np.testing.assert_array_equal(np.asarray(ids), np.asarray(want[1]))
+    want = topk.xla_chunked_top_k(jnp.asarray(queries), jnp.asarray(corpus), 64, k=3, kind="int8", chunk=64)
+    target = _target(build)
+    values, ids = native.int8_top_k(jnp.asarray(queries), jnp.asarray(corpus), 64, k=3, target=target)
+    np.testing.assert_array_equal(np.asarray(values), np.asarray(want[0]))
+    np.testing.assert_array_equal(np.asarray(ids), np.asarray(want[1]))
     assert float(values[0, 0]) == 127 * 128 * d
 
 
@@ -70,7 +75,8 @@ def spy_kernel(monkeypatch, target: str | None) -> list:
     return calls
 
 
-def test_index_search_through_each_kernel_equals_xla(monkeypatch):
+@pytest.mark.parametrize("build", BUILDS)
+def test_index_search_through_each_kernel_equals_xla(monkeypatch, build):
     """An int8 EmbeddingIndex searched through the kernel (the portable build on every CPU, the VNNI build
     where the CPU has it) gives XLA's scan's hits and scores exactly."""
     rng = np.random.default_rng(3)
@@ -82,14 +88,14 @@ def test_index_search_through_each_kernel_equals_xla(monkeypatch):
         calls = spy_kernel(m, None)
         plain = index.search(queries, top_k=10, rescore_multiplier=None)
         assert not calls
-    for target in _targets():
-        with monkeypatch.context() as m:
-            calls = spy_kernel(m, target)
-            fast = index.search(queries, top_k=10, rescore_multiplier=None)
-        assert calls == [target]
-        assert [[h["corpus_id"] for h in row] for row in fast] == [[h["corpus_id"] for h in row] for row in plain]
-        np.testing.assert_array_equal([[h["score"] for h in row] for row in fast],
-                                      [[h["score"] for h in row] for row in plain])
+    target = _target(build)
+    with monkeypatch.context() as m:
+        calls = spy_kernel(m, target)
+        fast = index.search(queries, top_k=10, rescore_multiplier=None)
+    assert calls == [target]
+    assert [[h["corpus_id"] for h in row] for row in fast] == [[h["corpus_id"] for h in row] for row in plain]
+    np.testing.assert_array_equal([[h["score"] for h in row] for row in fast],
+                                  [[h["score"] for h in row] for row in plain])
 
 
 def test_the_vnni_build_is_chosen_only_where_the_cpu_has_it(monkeypatch):
@@ -101,7 +107,7 @@ def test_the_vnni_build_is_chosen_only_where_the_cpu_has_it(monkeypatch):
     rng = np.random.default_rng(4)
     queries = jnp.asarray(rng.integers(-127, 128, (3, 16), dtype=np.int8))
     corpus = jnp.asarray(rng.integers(-127, 128, (500, 16), dtype=np.int8))
-    want = search._xla_chunked_top_k(queries, corpus, 500, k=4, kind="int8", chunk=128)
+    want = topk.xla_chunked_top_k(queries, corpus, 500, k=4, kind="int8", chunk=128)
     native.int8_kernel.cache_clear()
     try:
         expected = native.TARGET if native.has_vnni() else None
@@ -169,7 +175,7 @@ def test_failed_build_warns_and_falls_back(tmp_path, monkeypatch):
         queries = jnp.asarray(np.random.default_rng(6).integers(-127, 128, (2, 8), dtype=np.int8))
         corpus = jnp.asarray(np.random.default_rng(7).integers(-127, 128, (300, 8), dtype=np.int8))
         got = search.chunked_top_k(queries, corpus, 300, k=5, kind="int8", chunk=64)
-        want = search._xla_chunked_top_k(queries, corpus, 300, k=5, kind="int8", chunk=64)
+        want = topk.xla_chunked_top_k(queries, corpus, 300, k=5, kind="int8", chunk=64)
         assert not calls
         np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(want[0]))
         np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(want[1]))
@@ -181,18 +187,19 @@ def test_failed_build_warns_and_falls_back(tmp_path, monkeypatch):
     assert native.int8_kernel() == (native.TARGET if native.has_vnni() else None)  # from the real cache again
 
 
-def test_streamed_search_through_each_kernel(monkeypatch):
+@pytest.mark.parametrize("build", BUILDS)
+def test_streamed_search_through_each_kernel(monkeypatch, build):
     """The host-streamed scan (pieces with first/offset) through the kernel, portable build on every CPU and
     VNNI build where the CPU has it, gives the device-resident XLA scan's hits."""
     rng = np.random.default_rng(5)
     corpus = rng.integers(-4, 5, (5000, 32), dtype=np.int8)
     queries = jnp.asarray(rng.integers(-127, 128, (6, 32), dtype=np.int8))
-    want = search._xla_chunked_top_k(queries, jnp.asarray(corpus), 5000, k=7, kind="int8", chunk=512)
+    want = topk.xla_chunked_top_k(queries, jnp.asarray(corpus), 5000, k=7, kind="int8", chunk=512)
     assert len(np.unique(np.asarray(want[0]))) < want[0].size  # tied scores, resolved to the lower row
-    for target in _targets():
-        with monkeypatch.context() as m:
-            calls = spy_kernel(m, target)
-            got = search.streamed_top_k(queries, corpus, 5000, k=7, kind="int8", chunk=512, piece=1500)
-        assert len(calls) >= 4 and set(calls) == {target}  # every piece of 5000 rows, 1500 at a time
-        np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(want[0]), err_msg=target)
-        np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(want[1]), err_msg=target)
+    target = _target(build)
+    with monkeypatch.context() as m:
+        calls = spy_kernel(m, target)
+        got = search.streamed_top_k(queries, corpus, 5000, k=7, kind="int8", chunk=512, piece=1500)
+    assert len(calls) >= 4 and set(calls) == {target}  # every piece of 5000 rows, 1500 at a time
+    np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(want[0]), err_msg=target)
+    np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(want[1]), err_msg=target)

@@ -11,7 +11,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import TEXTS, assert_cli_encodes_like, max_abs
+from conftest import TEXTS, assert_cli_encodes_like, check_batch_invariance, check_bf16, check_save_roundtrip, max_abs
 
 import jaxst
 
@@ -134,33 +134,18 @@ def test_query_and_document_prompts(model):
 def test_batch_size_invariance(model):
     """Each text alone, in batches of every size and padded beside longer texts gives the same embedding."""
     _, _, st, jx = model
-    texts = TEXTS + MORE
-    together = jx.encode(texts, batch_size=64)
-    for batch_size in (1, 3, 5):
-        assert max_abs(jx.encode(texts, batch_size=batch_size), together) < TOL
-    alone = np.stack([st.encode([t])[0] for t in texts])  # sentence-transformers with no padding at all
-    assert max_abs(together, alone) < TOL
-    assert max_abs(np.asarray(jx.apply(jx.params, jx.tokenize(texts))), alone) < TOL  # the pure function
+    check_batch_invariance(st, jx, TEXTS + MORE, tol=TOL)
 
 
 def test_bfloat16_stays_close(model):
     _, folder, _, jx = model
-    texts = TEXTS + MORE
-    low = jaxst.SentenceTransformer(folder, dtype="bfloat16").encode(texts)
-    cos = np.sum(low * jx.encode(texts), axis=1)
-    assert cos.min() >= 0.999, cos.min()
+    check_bf16(folder, jx, TEXTS + MORE, min_cos=0.999)
 
 
 def test_saved_folder_loads_in_sentence_transformers(model, tmp_path):
-    from sentence_transformers import SentenceTransformer
-
     arch, _, _, jx = model
-    jx.save(tmp_path / arch)
+    check_save_roundtrip(jx, tmp_path / arch, TEXTS, queries=TEXTS, tol=TOL)
     assert json.loads((tmp_path / arch / "config.json").read_text())["model_type"] == arch
-    again = SentenceTransformer(str(tmp_path / arch), device="cpu")
-    assert max_abs(again.encode(TEXTS), jx.encode(TEXTS)) < TOL
-    assert max_abs(again.encode_query(TEXTS), jx.encode_query(TEXTS)) < TOL
-    assert max_abs(jaxst.SentenceTransformer(tmp_path / arch).encode(TEXTS), jx.encode(TEXTS)) < 1e-6
 
 
 def test_gradients_are_finite(model):

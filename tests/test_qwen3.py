@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import TEXTS, max_abs
+from conftest import TEXTS, check_batch_invariance, check_bf16, check_save_roundtrip, max_abs
 
 import jaxst
 
@@ -61,14 +61,7 @@ def test_batch_and_padding_invariance(qwen3):
     """A left-padded last-token model is where padding leaks in: each text alone, in batches of every size
     and mixed with texts of other lengths gives the same embedding."""
     _, st, jx = qwen3
-    texts = TEXTS + MORE
-    together = jx.encode(texts, batch_size=64)
-    for batch_size in (1, 3, 5):
-        assert max_abs(jx.encode(texts, batch_size=batch_size), together) < TOL
-    alone = np.stack([st.encode([t])[0] for t in texts])  # sentence-transformers with no padding at all
-    assert max_abs(together, alone) < TOL
-    batch = jx.tokenize(texts)  # the pure function on one padded batch
-    assert max_abs(np.asarray(jx.apply(jx.params, batch)), alone) < TOL
+    check_batch_invariance(st, jx, TEXTS + MORE, tol=TOL)
 
 
 def test_left_padded_batches_give_the_same_states(qwen3):
@@ -82,19 +75,12 @@ def test_left_padded_batches_give_the_same_states(qwen3):
 
 def test_bfloat16_stays_close(qwen3):
     folder, _, jx = qwen3
-    low = jaxst.SentenceTransformer(folder, dtype="bfloat16").encode(TEXTS + MORE)
-    cos = np.sum(low * jx.encode(TEXTS + MORE), axis=1)
-    assert cos.min() >= 0.999, cos.min()
+    check_bf16(folder, jx, TEXTS + MORE, min_cos=0.999)
 
 
 def test_saved_folder_loads_in_sentence_transformers(qwen3, tmp_path):
-    from sentence_transformers import SentenceTransformer
-
     _, _, jx = qwen3
-    jx.save(tmp_path / "qwen3")
-    again = SentenceTransformer(str(tmp_path / "qwen3"), device="cpu")
-    assert max_abs(again.encode(TEXTS), jx.encode(TEXTS)) < TOL
-    assert max_abs(jaxst.SentenceTransformer(tmp_path / "qwen3").encode(TEXTS), jx.encode(TEXTS)) < 1e-6
+    check_save_roundtrip(jx, tmp_path / "qwen3", TEXTS, tol=TOL)
 
 
 def test_gradients_flow_through_the_decoder(qwen3):

@@ -80,10 +80,16 @@ def test_paraphrase_mining_with_model(jx_minilm, st_minilm):
     # The dev set repeats some sentences; which copy wins a tie is arbitrary, so name each by its text.
     first = {s: i for i, s in reversed(list(enumerate(sentences)))}
 
-    def canonical(pairs):
-        return [[score, *sorted((first[sentences[i]], first[sentences[j]]))] for score, i, j in pairs]
+    def canonical(pairs):  # a pair of texts met k times (repeated sentences) is named (i, j, k)
+        seen: dict = {}
+        out = []
+        for score, i, j in pairs:
+            key = tuple(sorted((first[sentences[i]], first[sentences[j]])))
+            seen[key] = seen.get(key, 0) + 1
+            out.append([score, *key, seen[key]])
+        return out
 
-    assert len(ours) > 100
+    assert len(ours) > 100 and len({(i, j) for _, i, j in ours}) == len(ours)  # no pair twice
     assert_same_pairs(canonical(ours), canonical(ref))
 
 
@@ -217,7 +223,7 @@ def test_growing_index_does_not_recompile_per_size(precision, caplog):
 
 
 def scan_compiles(caplog) -> list[str]:
-    """The scan's compilations among ``jax.log_compiles`` records: XLA's ``_chunked_top_k`` or the native
+    """The scan's compilations among ``jax.log_compiles`` records: XLA's ``scan_top_k`` or the native
     kernel's ``_call``."""
     messages = [r.getMessage() for r in caplog.records]
     return [m for m in messages if m.startswith("Compiling") and ("top_k" in m or "_call" in m)]
@@ -471,10 +477,10 @@ def test_scan_compiler_options_only_for_cpu_arrays():
     import jax
     import jax.numpy as jnp
 
-    from jaxst import search
+    from jaxst import search, topk
 
-    assert search._on_cpu(jnp.zeros(3), jnp.zeros(3)) == (jax.devices()[0].platform == "cpu")
-    assert search._on_cpu(np.zeros(3)) == (jax.default_backend() == "cpu")
+    assert topk.on_cpu(jnp.zeros(3), jnp.zeros(3)) == (jax.devices()[0].platform == "cpu")
+    assert topk.on_cpu(np.zeros(3)) == (jax.default_backend() == "cpu")
     words = np.random.default_rng(0).integers(0, 2**63, (300, 6), dtype=np.uint64)
     corpus = search.hamming_corpus(words)
     queries = jnp.asarray(search.scan_words(words[:4]))

@@ -316,25 +316,25 @@ def test_semantic_search_over_a_sparse_corpus(splade_models, inference_free, nam
     for ours_fn, st_fn in ((util.dot_score, st_util.dot_score), (util.cos_sim, st_util.cos_sim)):
         ours = util.semantic_search(ours_q, ours_c, top_k=10, score_function=ours_fn)
         ref = st_util.semantic_search(ref_q, ref_c, top_k=10, score_function=st_fn)
-        assert_same_hits(ours, ref)
+        assert_same_hits(ours, ref, st_fn(ref_q, ref_c))  # sparse rows tie (at 0 and above): scores of all
     # a small corpus chunk forces several scan steps; the hits do not change
-    import jaxst.search
+    import jaxst.topk
 
     small = util.semantic_search(ours_q, ours_c, top_k=5)
-    old = jaxst.search.SPARSE_CHUNK_BYTES
-    jaxst.search.SPARSE_CHUNK_BYTES = 1
+    old = jaxst.topk.SPARSE_CHUNK_BYTES
+    jaxst.topk.SPARSE_CHUNK_BYTES = 1
     try:
-        assert_same_hits(util.semantic_search(ours_q, ours_c, top_k=5), small)
+        assert_same_hits(util.semantic_search(ours_q, ours_c, top_k=5), small, np.asarray(util.cos_sim(ours_q, ours_c)))
     finally:
-        jaxst.search.SPARSE_CHUNK_BYTES = old
+        jaxst.topk.SPARSE_CHUNK_BYTES = old
     # inference-free: static queries against SPLADE documents
     folder, st = inference_free
     model = SparseEncoder(str(folder))
     ours = util.semantic_search(model.encode_query(queries), model.encode_document(corpus), top_k=10,
                                 score_function=util.dot_score)
-    ref = st_util.semantic_search(st.encode_query(queries), st.encode_document(corpus), top_k=10,
-                                  score_function=st_util.dot_score)
-    assert_same_hits(ours, ref)
+    ref_q, ref_c = st.encode_query(queries), st.encode_document(corpus)
+    ref = st_util.semantic_search(ref_q, ref_c, top_k=10, score_function=st_util.dot_score)
+    assert_same_hits(ours, ref, st_util.dot_score(ref_q, ref_c))
 
 
 # ---------------------------------------------------------------------------------------------- losses
@@ -516,9 +516,9 @@ def test_cli_sparse_encode_and_search(splade_models, inference_free, tmp_path, c
     assert cli.main(["search", *queries, "--corpus", str(corpus), "--sparse", "--model", str(folder), "--json",
                      "-k", "4"]) == 0
     got = json.loads(capsys.readouterr().out)
-    ref = st_util.semantic_search(st.encode_query(queries), st.encode_document(lines), top_k=4,
-                                  score_function=st_util.dot_score)
-    assert_same_hits(got, ref)
+    ref_q, ref_c = st.encode_query(queries), st.encode_document(lines)
+    ref = st_util.semantic_search(ref_q, ref_c, top_k=4, score_function=st_util.dot_score)
+    assert_same_hits(got, ref, st_util.dot_score(ref_q, ref_c))
 
 
 def test_distilbert_splade_and_inference_free(tiny_distilbert_mlm, tmp_path_factory):
@@ -577,12 +577,12 @@ def test_sparse_index_grows_saves_and_searches(splade_models, tmp_path):
         assert len(index) == len(corpus)
         want = util.semantic_search(q, emb, top_k=7, score_function=fn)
         got = index.search(q, top_k=7)
-        assert_same_hits(got, want)
+        assert_same_hits(got, want, np.asarray(fn(q, emb)))
         assert got[0][0]["text"] == corpus[got[0][0]["corpus_id"]] and got[0][0]["id"] == f"d{got[0][0]['corpus_id']}"
         index.save(tmp_path / f"{similarity}.jxs")
         loaded = SparseEmbeddingIndex.load(tmp_path / f"{similarity}.jxs")
         assert loaded.search(q, top_k=7) == got
-        assert_same_hits(index.search(queries[:2], top_k=7, model=model), got[:2])
+        assert_same_hits(index.search(queries[:2], top_k=7, model=model), got[:2], np.asarray(fn(q, emb))[:2])
     bad = tmp_path / "bad.jxs"
     bad.write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="damaged or not a jaxst sparse index"):

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from conftest import TEXTS, max_abs
+from conftest import TEXTS, check_padding_invariance, max_abs
 
 import jaxst
 
@@ -182,13 +182,8 @@ def test_similarity_functions(make_tiny_st):
 def test_bucket_and_batch_independence(tiny_pair):
     """A text's embedding does not depend on its batch-mates, bucket or padded batch size."""
     _, jx = tiny_pair
-    alone = np.stack([jx.encode(t) for t in TEXTS])
-    for batch_size in (1, 2, 5, 8, 32):
-        assert max_abs(jx.encode(TEXTS, batch_size=batch_size), alone) < 1e-6
     # Padding to a longer bucket than needed changes nothing either.
-    batch = jx.tokenize(TEXTS[:3])
-    padded = {k: np.pad(v, ((0, 0), (0, 40))) for k, v in batch.items()}
-    assert max_abs(jx.apply(jx.params, batch), jx.apply(jx.params, padded)) < 1e-6
+    check_padding_invariance(jx, TEXTS, batch_sizes=(1, 2, 5, 8, 32), tol=1e-6)
 
 
 def test_functional_contract(tiny_pair):
