@@ -12,7 +12,11 @@ from jaxst.pooling import normalize
 
 
 def as_matrix(x) -> jax.Array:
-    """Float32 2-D view of embeddings given as an array, a list of vectors or one vector."""
+    """Float32 2-D view of embeddings given as an array, a list of vectors or one vector. Sparse embeddings
+    (``jax.experimental.sparse.BCOO``, scipy) are made dense first: ``jnp.asarray`` would read them element by
+    element (minutes for a few hundred SPLADE rows)."""
+    if hasattr(x, "todense") and not isinstance(x, jax.Array):
+        x = x.todense()
     if isinstance(x, (list, tuple)) and x and not isinstance(x[0], (int, float)):
         x = jnp.stack([jnp.asarray(row) for row in x])
     x = jnp.asarray(x)

@@ -6,13 +6,11 @@ progress bar counts the batches that ran, and bfloat16 really computes in bfloat
 
 from __future__ import annotations
 
-import warnings
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import build_late_interaction, save_tiny_bert
+from conftest import build_late_interaction, save_tiny_splade
 
 import jaxst
 from jaxst import engine
@@ -32,17 +30,7 @@ TEXTS = [
 @pytest.fixture(scope="module")
 def family_folders(make_tiny_st, make_tiny_cross_encoder, tiny_backbone, minilm_folder, tmp_path_factory):
     """family name -> a tiny saved model folder of that family."""
-    from sentence_transformers import SparseEncoder as STSparseEncoder
-    from sentence_transformers.base.modules import Transformer
-    from sentence_transformers.sparse_encoder.modules import SpladePooling
-    from transformers import BertForMaskedLM
-
-    mlm = save_tiny_bert(tmp_path_factory.mktemp("engine-mlm"), minilm_folder, BertForMaskedLM)
-    sparse = tmp_path_factory.mktemp("engine-splade")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        transformer = Transformer(str(mlm), transformer_task="fill-mask", max_seq_length=48)
-        STSparseEncoder(modules=[transformer, SpladePooling("max", "relu")], device="cpu").save(str(sparse))
+    sparse = save_tiny_splade(tmp_path_factory, minilm_folder, "engine-splade")
     multi = tmp_path_factory.mktemp("engine-colbert")
     build_late_interaction(tiny_backbone, multi)
     return {

@@ -11,7 +11,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import TEXTS, build_late_interaction, save_tiny_bert
+from conftest import TEXTS, build_late_interaction, save_tiny_splade
 
 ROUNDS = 24  # each round starts both calls together; the old race showed in most rounds
 
@@ -131,19 +131,9 @@ def test_cross_encoder_predict_and_rank_in_two_threads(make_tiny_cross_encoder):
 
 @pytest.fixture(scope="module")
 def splade(tmp_path_factory, minilm_folder):
-    from sentence_transformers import SparseEncoder as STSparseEncoder
-    from sentence_transformers.base.modules import Transformer
-    from sentence_transformers.sparse_encoder.modules import SpladePooling
-    from transformers import BertForMaskedLM
-
     from jaxst import SparseEncoder
 
-    base = save_tiny_bert(tmp_path_factory.mktemp("threads-mlm"), minilm_folder, BertForMaskedLM)
-    folder = tmp_path_factory.mktemp("threads-splade")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        transformer = Transformer(str(base), transformer_task="fill-mask", max_seq_length=48)
-        STSparseEncoder(modules=[transformer, SpladePooling("max", "relu")], device="cpu").save(str(folder))
+    folder = save_tiny_splade(tmp_path_factory, minilm_folder, "threads-splade")
     return SparseEncoder(str(folder))
 
 
