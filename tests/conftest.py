@@ -664,15 +664,15 @@ def save_tiny_bert(folder: Path, minilm_folder: Path, model_cls, perturb=None, *
     return folder
 
 
-def save_tiny_splade(tmp_path_factory, minilm_folder: Path, name: str) -> Path:
-    """A SPLADE SparseEncoder (max pooling, relu) over a seeded tiny BertForMaskedLM, saved by
-    sentence-transformers to a new folder; returns it."""
+def save_tiny_splade(tmp_path_factory, minilm_folder: Path, name: str, perturb=None) -> Path:
+    """A SPLADE SparseEncoder (max pooling, relu) over a seeded tiny BertForMaskedLM (``perturb`` as in
+    ``save_tiny_bert``), saved by sentence-transformers to a new folder; returns it."""
     from sentence_transformers import SparseEncoder as STSparseEncoder
     from sentence_transformers.base.modules import Transformer
     from sentence_transformers.sparse_encoder.modules import SpladePooling
     from transformers import BertForMaskedLM
 
-    base = save_tiny_bert(tmp_path_factory.mktemp(f"{name}-mlm"), minilm_folder, BertForMaskedLM)
+    base = save_tiny_bert(tmp_path_factory.mktemp(f"{name}-mlm"), minilm_folder, BertForMaskedLM, perturb)
     folder = tmp_path_factory.mktemp(name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -20,7 +20,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, TEXTS, build_late_interaction, max_abs, save_tiny_bert
+from conftest import ROOT, TEXTS, build_late_interaction, max_abs, save_tiny_splade
 
 from jaxst import cli
 from jaxst.io.family import FAMILIES, detect_family, folder_family, modules_family
@@ -48,24 +48,13 @@ def ce_folder(make_tiny_cross_encoder):
 @pytest.fixture(scope="module")
 def splade_folder(tmp_path_factory, minilm_folder):
     """A seeded SPLADE model (BertForMaskedLM + SpladePooling) saved by sentence-transformers."""
-    from sentence_transformers import SparseEncoder
-    from sentence_transformers.base.modules import Transformer
-    from sentence_transformers.sparse_encoder.modules import SpladePooling
-    from transformers import BertForMaskedLM
-
     def perturb(key, p):
         if key == "cls.predictions.bias":
             p.normal_(-3.0, 0.5)
         elif key.endswith(".bias"):
             p.normal_(0.0, 0.2)
 
-    mlm = save_tiny_bert(tmp_path_factory.mktemp("convert-mlm"), minilm_folder, BertForMaskedLM, perturb)
-    folder = tmp_path_factory.mktemp("convert-splade")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        transformer = Transformer(str(mlm), transformer_task="fill-mask", max_seq_length=48)
-        SparseEncoder(modules=[transformer, SpladePooling("max", "relu")], device="cpu").save(str(folder))
-    return folder
+    return save_tiny_splade(tmp_path_factory, minilm_folder, "convert-splade", perturb)
 
 
 @pytest.fixture(scope="module")

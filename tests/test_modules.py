@@ -116,7 +116,6 @@ def test_every_type_jaxst_reads_and_writes_is_covered():
 @pytest.mark.filterwarnings("ignore:Importing from 'sentence_transformers.models' is deprecated")
 def test_saved_types_are_sentence_transformers_classes():
     """Every type jaxst writes names a class sentence-transformers imports, of the name the kind claims."""
-    pytest.importorskip("sentence_transformers")
     for k in modules.KINDS.values():
         for path in {k.type_path, k.v6_type_path} - {None}:
             module, _, name = path.rpartition(".")
