@@ -247,14 +247,13 @@ class BaseModel:
 
         return params_from_state_dict(module, state_dict, prefixes, place)
 
-    def quantize_encoder(self, module, params: dict, forward: Callable | None = None) -> dict:
+    def quantize_encoder(self, module, params: dict) -> dict:
         """``dtype="int8"``: the encoder's dense layers become ``Int8Linear`` (``jaxst.models.int8``: weights
         int8 per output column, activations int8 per token, exact int32 products, input channels smoothed
         by one calibration pass of ``module(batch)`` over ``CALIBRATION_TEXTS``, which every family's
         ``forward`` runs), applied from outside the architecture: ``module.encoder`` is replaced by a copy
         whose ``nnx.Linear`` nodes are ``Int8Linear`` ones, and the returned params follow; ``self.graphdef``
-        is taken from the changed module. Heads stay float32. ``forward`` is no longer needed."""
-        del forward
+        is taken from the changed module. Heads stay float32."""
         if self.mesh is not None:
             raise ValueError("dtype='int8' runs on one device; it cannot be combined with mesh=")
         batch = self.tokenizer(CALIBRATION_TEXTS, types=self._uses_token_types)
@@ -264,7 +263,7 @@ class BaseModel:
         self.int8 = True
         return {**params, "encoder": jax.device_put(encoder, self.device)}
 
-    def apply_dtype(self, dtype, module=None, forward: Callable | None = None) -> None:
+    def apply_dtype(self, dtype, module=None) -> None:
         """Every family's ``dtype=``, once its weights are loaded: float dtypes cast the float weights (a no-op
         for weights already read in that dtype, as ``load_params(dtype=)`` does to keep one copy in memory);
         ``"int8"`` quantizes the encoder of ``module`` (``quantize_encoder``), for the families that pass it.
@@ -273,7 +272,7 @@ class BaseModel:
             if module is None:
                 raise ValueError(f"dtype='int8' is not supported by {type(self).__name__}; use 'float32', "
                                  "'bfloat16' or 'float16'")
-            self.params = self.quantize_encoder(module, self.params, forward)
+            self.params = self.quantize_encoder(module, self.params)
         elif dtype is not None:
             self.params = cast_floats(self.params, resolve_dtype(dtype))
 

@@ -187,7 +187,7 @@ class CrossEncoder(BaseModel):
             params["pooler"] = self.load_params(module.pooler, state_dict, (f"{prefix}.pooler.",), load_dtype)
         params["classifier"] = self.load_params(module.classifier, state_dict, ("classifier.",), load_dtype)
         self.params = params
-        self.apply_dtype(dtype, module, forward)
+        self.apply_dtype(dtype, module)
         self.activation_fn = (
             activation_fn if activation_fn is not None else self._saved_activation(self.st_config, self.hf_config)
         )
@@ -261,7 +261,7 @@ class CrossEncoder(BaseModel):
         if not tied:
             params["lm_head"] = self.load_params(module.lm_head, state_dict, ("lm_head.",), load_dtype)
         self.params = params
-        self.apply_dtype(dtype, module, causal_lm_forward)
+        self.apply_dtype(dtype, module)
         self._forward = causal_lm_forward
 
     def _saved_activation(self, st_config: dict, hf_config: dict) -> Callable:

@@ -94,7 +94,7 @@ class SentenceTransformer(BaseModel):
             params.setdefault("heads", {})[i] = self.load_params(module.heads[i], open_state_dict(spec.path), (),
                                                                  load_dtype)
         self.params = params
-        self.apply_dtype(dtype, module, forward)
+        self.apply_dtype(dtype, module)
         # What save() needs besides params: the module specs as loaded, and the checkpoint tensors jaxst
         # does not model but transformers' AutoModel has (BERT's pooler), so a saved folder loads with none missing.
         self._module_specs = specs
