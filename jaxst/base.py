@@ -139,7 +139,6 @@ class BaseModel:
             raise ValueError("give either device= or mesh= (a model sharded over a mesh runs on its devices)")
         self.mesh = mesh
         self.device = resolve_device(device)
-        self.int8 = False  # dtype="int8": the encoder's dense layers run as int8 products (quantize_encoder)
         self.model_folder = resolve_model_folder(
             model_name_or_path, cache_folder=cache_folder, revision=revision, token=token,
             local_files_only=local_files_only,
@@ -256,12 +255,15 @@ class BaseModel:
         is taken from the changed module. Heads stay float32."""
         if self.mesh is not None:
             raise ValueError("dtype='int8' runs on one device; it cannot be combined with mesh=")
-        batch = self.tokenizer(CALIBRATION_TEXTS, types=self._uses_token_types)
-        stats = calibrate(module, params, dict(batch), part="encoder")
+        stats = calibrate(module, params, self.calibration_batch(CALIBRATION_TEXTS), part="encoder")
         module.encoder, encoder = quantize_module(module.encoder, params["encoder"], stats)
         self.graphdef, _ = nnx.split(module, nnx.Param)
-        self.int8 = True
         return {**params, "encoder": jax.device_put(encoder, self.device)}
+
+    def calibration_batch(self, texts: list[str]) -> dict:
+        """The batch int8 calibration runs ``module(batch)`` on: ``texts`` as ``encode`` tokenizes them. A family
+        whose forward reads more than the tokenizer gives (MultiVectorEncoder's scoring mask) overrides it."""
+        return dict(self.tokenizer(texts, types=self._uses_token_types))
 
     def apply_dtype(self, dtype, module=None) -> None:
         """Every family's ``dtype=``, once its weights are loaded: float dtypes cast the float weights (a no-op
@@ -394,7 +396,7 @@ class BaseModel:
         count, batches)``, each batch ``(indices into the chunk, host batch, result)``."""
         chunk_size = engine.check_batching(batch_size, max_batch_tokens, chunk_size)
         params, mesh = self.placement(device, pool)
-        graphdef = self.graphdef
+        graphdef = getattr(self, "graphdef", None)  # None: a model without a Transformer (a static SparseEncoder)
         return engine.encode(
             inputs, total, hooks, lambda p, batch: forward(graphdef, p, batch), params, batch_size=batch_size,
             token_cap=engine.batch_token_cap(max_batch_tokens, params), chunk_size=chunk_size,
@@ -420,9 +422,15 @@ class BaseModel:
     def dtype(self) -> np.dtype:
         """The dtype the weights are stored and the encoder computes in (float32 unless cast; int8 for
         ``dtype="int8"``, whose dense layers compute in int8 and everything else in float32)."""
-        if self.int8:
+        leaves = jax.tree.leaves(self.params)
+        if any(x.dtype == jnp.int8 for x in leaves):  # Int8Linear's packed weights
             return np.dtype(np.int8)
-        return next(x.dtype for x in jax.tree.leaves(self.params) if jnp.issubdtype(x.dtype, jnp.floating))
+        return next(x.dtype for x in leaves if jnp.issubdtype(x.dtype, jnp.floating))
+
+    @property
+    def int8(self) -> bool:
+        """Whether the model runs in the int8 inference mode (``dtype="int8"``): ``self.dtype`` says it."""
+        return self.dtype == np.int8
 
     def to_dtype(self, dtype):
         """Cast the weights to ``dtype`` for inference, in place; returns the model.

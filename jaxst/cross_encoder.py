@@ -41,7 +41,7 @@ from jaxst.io.causal_reranker import (
     message_format,
 )
 from jaxst.io.chat_template import ChatTemplate, read_chat_template
-from jaxst.io.export import cross_encoder_plan, torch_activation_path
+from jaxst.io.export import cross_encoder_plan
 from jaxst.io.family import modules_family
 from jaxst.io.folder import read_json, read_modules
 from jaxst.io.weights import open_state_dict
@@ -55,7 +55,13 @@ from jaxst.models.classification import (
     head_kind,
     num_labels_from_hf,
 )
-from jaxst.pipeline import DENSE_ACTIVATIONS, activation_name, dense_activation_name, identity
+from jaxst.modules.dense import (
+    DENSE_ACTIVATIONS,
+    activation_name,
+    dense_activation_name,
+    identity,
+    torch_activation_path,
+)
 
 
 def activation_from_path(path: str) -> Callable | None:

@@ -15,7 +15,6 @@ and lengths only); the forward is one pure jitted function, ``apply(params, batc
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import string
@@ -35,34 +34,15 @@ from jaxst.io.export import multi_vector_plan, unmapped_tensors
 from jaxst.io.family import modules_family
 from jaxst.io.folder import ModuleSpec, read_json, read_module_list
 from jaxst.io.weights import open_state_dict
-from jaxst.modules import head_indices, param_heads
-from jaxst.pipeline import Normalize, dense_head
+from jaxst.modules import dense, head_indices, normalize, param_heads, stanford_projection
+from jaxst.modules import token_pooling as token_pooling_kind
+from jaxst.modules.multi_vector_mask import MaskSettings
+from jaxst.modules.token_pooling import HierarchicalTokenPooling
+from jaxst.pipeline import MultiVectorModule, forward
 from jaxst.pooling import l2_normalize
 
 SIMILARITY_FN_NAMES = ("maxsim", "meanmaxsim")
 QUERY_EXPANSION_STRATEGIES = ("fixed", "min")
-
-
-class MultiVectorModule(nnx.Module):
-    """encoder + the token-level modules after it (Dense, Normalize), in modules.json order."""
-
-    def __init__(self, encoder: nnx.Module, heads: list[nnx.Module]):
-        self.encoder = encoder
-        self.heads = nnx.List(heads)
-
-    def __call__(self, batch: dict, dropout_rng=None) -> dict:
-        """``{"token_embeddings": (B, T, D), "attention_mask": (B, T)}``: the mask is the batch's
-        ``scoring_mask`` (what MaxSim reads), not the encoder's attention mask."""
-        tokens = self.encoder(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
-                              dropout_rng=dropout_rng).astype(jnp.float32)
-        for head in self.heads:
-            tokens = head(tokens)
-        return {"token_embeddings": tokens, "attention_mask": batch["scoring_mask"]}
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def forward(graphdef: nnx.GraphDef, params, batch: dict) -> dict:
-    return nnx.merge(graphdef, params)(batch)
 
 
 @jax.jit
@@ -124,8 +104,7 @@ class MultiVectorEncoder(BaseModel):
             raise ValueError(f"{self.model_folder} has no modules.json and is not a Stanford-NLP ColBERT checkpoint "
                              "(architectures HF_ColBERT); sentence-transformers would add an untrained projection, "
                              "which jaxst does not build: load a saved MultiVectorEncoder")
-        self._load(specs)
-        self.apply_dtype(dtype)  # float dtypes; int8 is for SentenceTransformer and CrossEncoder
+        self.apply_dtype(dtype, self._load(specs))
         config_name = self.st_config.get("similarity_fn_name")
         self.similarity_fn_name = similarity_fn_name or (config_name if config_name in SIMILARITY_FN_NAMES
                                                          else "maxsim")
@@ -196,7 +175,8 @@ class MultiVectorEncoder(BaseModel):
                 ModuleSpec("multi_vector_mask", folder, {"skiplist_words": skiplist}),
                 ModuleSpec("normalize", folder, {})]
 
-    def _load(self, specs: list[ModuleSpec]) -> None:
+    def _load(self, specs: list[ModuleSpec]) -> MultiVectorModule:
+        """Build the module ``specs`` describe and read its params; returns the (abstract) module."""
         kinds = [s.kind for s in specs]
         if not specs or kinds[0] != "transformer":
             raise ValueError(f"{self.model_folder}: a MultiVectorEncoder starts with a Transformer, got {kinds}")
@@ -230,39 +210,29 @@ class MultiVectorEncoder(BaseModel):
             self.query_expansion["length"] = fit(self.query_expansion["length"], "query_expansion length")
 
         heads, dim = [], encoder_cfg.hidden_size
-        self.skiplist_words, self.skiplist_tasks, self.keep_only_token_ids = [], ["document"], None
+        mask = MaskSettings()  # no MultiVectorMask: every token kept
         self.token_pooling = None  # a HierarchicalTokenPooling module at the end of the folder's pipeline
         for spec in specs[1:]:
             if spec.kind in ("dense", "stanford_projection"):
                 if spec.kind == "stanford_projection":
-                    weight = open_state_dict(spec.path)["linear.weight"]
-                    c = {"in_features": int(weight.shape[1]), "out_features": int(weight.shape[0]), "bias": False,
-                         "activation_function": "torch.nn.modules.linear.Identity"}
+                    weight = open_state_dict(spec.path)[stanford_projection.WEIGHT]
+                    c = stanford_projection.dense_config(weight.shape[1], weight.shape[0])
                 else:
                     c = spec.config
                     if c.get("module_input_name", "token_embeddings") != "token_embeddings":
                         raise ValueError(f"{spec.path}: a Dense on {c.get('module_input_name')!r}; a multi-vector "
                                          "model projects token_embeddings")
-                head, dim = dense_head(c, dim, spec.path)
+                head, dim = dense.head(c, dim, spec.path)
                 heads.append(head)
             elif spec.kind == "normalize":
-                heads.append(Normalize())
+                head, dim = normalize.head(spec.config, dim, spec.path)
+                heads.append(head)
             elif spec.kind == "token_pooling":
-                if spec is not specs[-1] or not (spec.path / "config.json").is_file() or \
-                        "pool_factor" not in spec.config:
-                    raise ValueError(f"{spec.path}: jaxst runs a HierarchicalTokenPooling as the last module "
-                                     "(LambdaTokenPooling holds code, which jaxst does not run)")
-                c = spec.config
-                self.token_pooling = HierarchicalTokenPooling(
-                    c["pool_factor"], num_protected_tokens=c.get("num_protected_tokens", 1),
-                    normalize_embeddings=c.get("normalize_embeddings", False), tasks=c.get("tasks"))
+                self.token_pooling = token_pooling_kind.from_spec(spec, last=spec is specs[-1])
             elif spec.kind == "multi_vector_mask":
-                c = spec.config
-                self.skiplist_words = list(c.get("skiplist_words") or [])
-                tasks = c.get("skiplist_tasks")
-                self.skiplist_tasks = [tasks] if isinstance(tasks, str) else list(tasks or ["document"])
-                keep = c.get("keep_only_token_ids")
-                self.keep_only_token_ids = None if keep is None else [int(i) for i in keep]
+                mask = MaskSettings.from_config(spec.config)
+        self.skiplist_words, self.skiplist_tasks = mask.skiplist_words, mask.skiplist_tasks
+        self.keep_only_token_ids = mask.keep_only_token_ids
         self._skiplist_ids = self._resolve_skiplist()
         self._embedding_dim = dim
         module = nnx.eval_shape(lambda: MultiVectorModule(encoder_cls(encoder_cfg, rngs=nnx.Rngs(0)), heads))
@@ -278,7 +248,8 @@ class MultiVectorEncoder(BaseModel):
         self.params = params
         self._module_specs = specs
         self._unmapped_tensors = {k: v for k, v in unmapped_tensors(encoder_sd, prefixes).items()
-                                  if not k.startswith("linear.")}
+                                  if not k.startswith("linear.")}  # the Stanford projection's
+        return module
 
     def _register_prefix_tokens(self, prefixes: dict[str, str]) -> None:
         """A Stanford checkpoint's marker (``[unused0]``) tokenizes as one piece, as when ColBERT inserted it as a
@@ -375,6 +346,10 @@ class MultiVectorEncoder(BaseModel):
         if self._uses_token_types:
             batch["token_type_ids"] = types
         return batch
+
+    def calibration_batch(self, texts: list[str]) -> dict:
+        """int8 calibration's batch: ``texts`` as documents, with the scoring mask the forward reads."""
+        return dict(self.tokenize(texts, task="document"))
 
     def column_tasks(self, n_columns: int) -> list[str]:
         """The task of each training column (``jaxst.training.collate``): the first is the query, the others
@@ -577,14 +552,10 @@ class MultiVectorEncoder(BaseModel):
         for i, spec in enumerate(specs):
             if spec.kind == "stanford_projection":
                 w = self.params["heads"][heads[i]]["linear"]["kernel"]
-                specs[i] = ModuleSpec("dense", spec.path, {
-                    "in_features": int(w.shape[0]), "out_features": int(w.shape[1]), "bias": False,
-                    "activation_function": "torch.nn.modules.linear.Identity",
-                    "module_input_name": "token_embeddings", "module_output_name": "token_embeddings"})
+                specs[i] = ModuleSpec("dense", spec.path, stanford_projection.dense_config(w.shape[0], w.shape[1]))
             elif spec.kind == "multi_vector_mask":
-                specs[i] = ModuleSpec(spec.kind, spec.path, {
-                    "skiplist_words": list(self.skiplist_words), "skiplist_tasks": list(self.skiplist_tasks),
-                    "keep_only_token_ids": self.keep_only_token_ids})
+                specs[i] = ModuleSpec(spec.kind, spec.path, MaskSettings(
+                    self.skiplist_words, self.skiplist_tasks, self.keep_only_token_ids).get_config_dict())
             elif spec.kind == "dense":  # PyLate's configs predate the module IO names
                 specs[i] = ModuleSpec(spec.kind, spec.path, {"module_input_name": "token_embeddings",
                                                              "module_output_name": "token_embeddings", **spec.config})
@@ -609,63 +580,6 @@ class MultiVectorEncoder(BaseModel):
     def __repr__(self) -> str:
         return (f"MultiVectorEncoder({str(self.model_folder)!r}, dim={self._embedding_dim}, "
                 f"query_expansion={self.query_expansion}, document_length={self.document_length})")
-
-
-class HierarchicalTokenPooling:
-    """sentence-transformers' HierarchicalTokenPooling: fewer vectors per document for a smaller index. The
-    first ``num_protected_tokens`` tokens stay; the others are clustered by Ward linkage on their cosine
-    distances (scipy, on the host) into ``tokens // pool_factor`` clusters, each replaced by its mean; all
-    output tokens are L2-normalized with ``normalize_embeddings``. ``tasks``: the tasks it applies to
-    ("document" by default; no task counts as "document"). Pass it as ``encode(..., token_pooling=...)``,
-    or call ``pool`` on embeddings already encoded."""
-
-    def __init__(self, pool_factor: float = 1.0, *, num_protected_tokens: int = 1, normalize_embeddings: bool = True,
-                 tasks: str | list[str] | None = None):
-        if not pool_factor >= 1:
-            raise ValueError(f"pool_factor must be >= 1, got {pool_factor}.")
-        if not isinstance(num_protected_tokens, int) or num_protected_tokens < 0:
-            raise ValueError(f"num_protected_tokens must be >= 0, got {num_protected_tokens}.")
-        self.pool_factor = pool_factor
-        self.num_protected_tokens = num_protected_tokens
-        self.normalize_embeddings = bool(normalize_embeddings)
-        self.tasks = [tasks] if isinstance(tasks, str) else list(tasks if tasks is not None else ["document"])
-
-    def applies_to(self, task: str | None) -> bool:
-        return (task or "document") in self.tasks
-
-    def get_config_dict(self) -> dict:
-        return {"pool_factor": self.pool_factor, "num_protected_tokens": self.num_protected_tokens,
-                "normalize_embeddings": self.normalize_embeddings, "tasks": list(self.tasks)}
-
-    def pool(self, embeddings: list, *, task: str | None = None) -> list[np.ndarray]:
-        """One (tokens_i, dim) array per text -> its pooled (clusters_i, dim) float32 array (unchanged, as
-        arrays, when the pooling does not apply to ``task``)."""
-        embeddings = [np.asarray(e, np.float32) for e in embeddings]
-        if not self.applies_to(task):
-            return embeddings
-        if self.pool_factor <= 1:
-            return [l2_normalize(e) for e in embeddings] if self.normalize_embeddings else embeddings
-        return [self._pool_one(e) for e in embeddings]
-
-    def _pool_one(self, embedding: np.ndarray) -> np.ndarray:
-        from scipy.cluster import hierarchy
-        from scipy.spatial.distance import squareform
-
-        protected, to_pool = embedding[: self.num_protected_tokens], embedding[self.num_protected_tokens:]
-        clusters = max(int(len(to_pool) // self.pool_factor), 1)
-        if clusters < len(to_pool):
-            distance = np.clip(1.0 - to_pool @ to_pool.T, 0.0, 2.0)
-            linkage = hierarchy.linkage(squareform(distance, checks=False), method="ward")
-            labels = hierarchy.fcluster(linkage, t=clusters, criterion="maxclust")
-            _, inverse = np.unique(labels, return_inverse=True)  # dense cluster ids, in label order
-            sums = np.zeros((int(inverse.max()) + 1, to_pool.shape[1]), np.float32)
-            np.add.at(sums, inverse, to_pool)
-            counts = np.bincount(inverse).astype(np.float32)
-            embedding = np.concatenate([protected, sums / counts[:, None]])
-        return l2_normalize(embedding) if self.normalize_embeddings else embedding
-
-    def __repr__(self) -> str:
-        return f"HierarchicalTokenPooling({self.get_config_dict()})"
 
 
 def _padded(items: list[np.ndarray], dim: int) -> tuple[np.ndarray, np.ndarray]:

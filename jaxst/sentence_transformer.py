@@ -27,7 +27,8 @@ from jaxst.io.npy import write_embeddings_npy
 from jaxst.io.weights import open_state_dict
 from jaxst.models import model_type
 from jaxst.modules import param_heads
-from jaxst.pipeline import forward, sentence_encoder
+from jaxst.modules.pooling import sentence_encoder
+from jaxst.pipeline import forward
 from jaxst.pooling import l2_normalize, truncate
 from jaxst.quantization import check_precision, quantize_embeddings
 from jaxst.search import aligned_empty

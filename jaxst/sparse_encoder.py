@@ -14,7 +14,6 @@ whose "document" route is SPLADE, as the inference-free OpenSearch models are sa
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import warnings
 
@@ -25,7 +24,7 @@ from flax import nnx
 from jax.experimental.sparse import BCOO
 
 from jaxst import engine
-from jaxst.base import BaseModel
+from jaxst.base import BaseModel, is_int8
 from jaxst.checks import positive_int
 from jaxst.engine import check_batching, text_list, text_stream
 from jaxst.io.export import csr_plan, sparse_encoder_plan, unmapped_tensors
@@ -34,176 +33,14 @@ from jaxst.io.tokenizer import Tokenizer
 from jaxst.io.weights import open_state_dict
 from jaxst.models import model_type
 from jaxst.models.mlm_head import mlm_head_class
-from jaxst.modules import param_heads
-from jaxst.pipeline import SentenceEncoder, forward, sentence_encoder
+from jaxst.modules import param_heads, sparse_autoencoder, splade_pooling, static_embedding
+from jaxst.modules.pooling import sentence_encoder
+from jaxst.modules.static_embedding import STATIC_ROUTE, static_forward
+from jaxst.pipeline import forward
 from jaxst.similarity import similarity_functions
-from jaxst.sparse import (
-    active_counts,
-    as_rows,
-    check_splade_pooling,
-    dense_to_rows,
-    row_width,
-    rows_to_dense,
-    sae_normalize,
-    sae_top_k,
-    sparse_similarity,
-    splade_pool,
-    static_embedding,
-    to_bcoo,
-)
+from jaxst.sparse import active_counts, as_rows, dense_to_rows, row_width, rows_to_dense, sparse_similarity, to_bcoo
 
 SIMILARITY_FN_NAMES = ("dot", "cosine", "euclidean", "manhattan")
-
-
-STATIC_ROUTE = np.bool_(True)  # the "static_route" batch key's value: one object, so static columns stay stackable
-
-
-class StaticEmbedding(nnx.Module):
-    """SparseStaticEmbedding, the inference-free query side: one weight per vocabulary entry (PyTorch's
-    ``weight``) for each token present. ``frozen`` (saved in its config): no gradient reaches the weight,
-    and ``jaxst.training``'s step leaves it unchanged, as PyTorch leaves a parameter without requires_grad."""
-
-    def __init__(self, vocab: int, frozen: bool = False):
-        self.embedding = nnx.Param(jnp.zeros((vocab,), jnp.float32))
-        self.frozen = frozen
-
-    def __call__(self, input_ids, attention_mask):
-        weight = self.embedding[...]
-        return static_embedding(input_ids, attention_mask, jax.lax.stop_gradient(weight) if self.frozen else weight)
-
-
-def _static_route(module: nnx.Module, batch: dict) -> dict | None:
-    """A Router model's static-route batch (tokenized with its ``static_route`` key) through the
-    module's ``static`` part; None for a Transformer-route batch."""
-    if "static_route" not in batch:
-        return None
-    static = getattr(module, "static", None)
-    if static is None:
-        raise ValueError("this batch was tokenized for a static route, which this model does not have")
-    return {"sentence_embedding": static(batch["input_ids"], batch["attention_mask"])}
-
-
-class SpladeEncoder(nnx.Module):
-    """Masked-LM encoder + head + SPLADE pooling: a tokenized batch -> (B, V) sparse-by-value embeddings."""
-
-    def __init__(self, encoder: nnx.Module, head: nnx.Module, pooling_strategy: str = "max",
-                 activation_function: str = "relu", chunk_size: int | None = None):
-        self.encoder = encoder
-        self.head = head
-        self.pooling_strategy = pooling_strategy
-        self.activation_function = activation_function
-        self.chunk_size = chunk_size
-
-    def __call__(self, batch: dict, dropout_rng=None) -> dict:
-        if (static := _static_route(self, batch)) is not None:
-            return static
-        mask = batch["attention_mask"]
-        states = self.encoder(batch["input_ids"], mask, batch.get("token_type_ids"), dropout_rng=dropout_rng)
-        states = self.head(states.astype(jnp.float32))
-        pooled = splade_pool(states, mask, self.head.table(self.encoder), self.head.bias[...],
-                             self.pooling_strategy, self.activation_function, self.chunk_size)
-        return {"sentence_embedding": pooled}
-
-
-class SparseAutoEncoder(nnx.Module):
-    """sentence-transformers' SparseAutoEncoder (CSR, "Beyond Matryoshka"): a dense embedding (B, D) ->
-    ``hidden_dim`` latents, of which the ``k`` largest are kept (then relu). PyTorch names: ``pre_bias``,
-    ``encoder.weight`` (the decoder is its transpose), ``latent_bias``."""
-
-    def __init__(self, input_dim: int, hidden_dim: int = 512, k: int = 8, k_aux: int = 512, normalize: bool = False,
-                 dead_threshold: int = 30, *, rngs: nnx.Rngs):
-        self.pre_bias = nnx.Param(jnp.zeros((input_dim,), jnp.float32))
-        self.encoder = nnx.Linear(input_dim, hidden_dim, use_bias=False, rngs=rngs)
-        self.latent_bias = nnx.Param(jnp.zeros((hidden_dim,), jnp.float32))
-        self.k, self.k_aux, self.normalize, self.dead_threshold = k, k_aux, normalize, dead_threshold
-
-    def latents(self, x):
-        """Pre-activation latents (B, hidden_dim)."""
-        if self.normalize:
-            x, _, _ = sae_normalize(x)
-        return (x - self.pre_bias[...]) @ self.encoder.kernel[...] + self.latent_bias[...]
-
-    def decode(self, latents, info=None):
-        """Reconstructed dense embeddings from latents (the tied decoder), un-normalized with ``info``."""
-        out = latents @ self.encoder.kernel[...].T + self.pre_bias[...]
-        if self.normalize:
-            mu, std = info
-            out = out * std + mu
-        return out
-
-    def training_outputs(self, x, stats=None) -> dict:
-        """What CSRLoss reads, as sentence-transformers' SparseAutoEncoder returns it in training: the top-k
-        and top-4k reconstructions and the auxiliary reconstruction from the top ``k_aux`` latents of the
-        dead ones. ``stats`` (hidden_dim,) int32: PyTorch's ``stats_last_nonzero`` buffer, the forward
-        passes since each latent was last among a top-k with a value above 1e-5 (None: zeros, a fresh
-        model's); a latent is dead past ``dead_threshold``. The top-k, then the top-4k selection update it,
-        the auxiliary term reads it after the first, as PyTorch's forward does; the updated counts come
-        back as ``sae_stats``."""
-        info = None
-        prepared = x
-        if self.normalize:
-            prepared, mu, std = sae_normalize(x)
-            info = (mu, std)
-        pre = (prepared - self.pre_bias[...]) @ self.encoder.kernel[...] + self.latent_bias[...]
-        stats = jnp.zeros(pre.shape[-1], jnp.int32) if stats is None else jnp.asarray(stats, jnp.int32)
-        stats = _count_inactive(stats, pre, self.k)
-        latents_k = sae_top_k(pre, self.k)
-        recons_k = self.decode(latents_k, info)
-        # with normalize, the bias and the auxiliary reconstruction are scaled by the std (not shifted by the
-        # mean), as sentence-transformers does
-        scale = 1.0 if info is None else info[1]
-        out = {
-            "sentence_embedding": latents_k,
-            "sentence_embedding_backbone": x,
-            "sentence_embedding_encoded": pre,
-            "decoded_embedding_k": recons_k,
-            "decoded_embedding_4k": self.decode(sae_top_k(pre, 4 * self.k), info),
-            "decoded_embedding_k_pre_bias": recons_k - self.pre_bias[...] * scale,
-        }
-        if self.k_aux:
-            masked = pre * (stats > self.dead_threshold)
-            aux = sae_top_k(masked, self.k_aux) @ self.encoder.kernel[...].T + self.pre_bias[...]
-            out["decoded_embedding_aux"] = aux * scale
-        out["sae_stats"] = _count_inactive(stats, pre, 4 * self.k)
-        return out
-
-
-def _count_inactive(stats, pre, k: int):
-    """One top-``k`` selection's update of ``stats_last_nonzero``: 0 for the latents selected with a value
-    above 1e-5 in any row, then every count + 1."""
-    values, indices = jax.lax.top_k(jax.lax.stop_gradient(pre), min(k, pre.shape[-1]))
-    hit = jnp.zeros_like(stats).at[indices.reshape(-1)].add((values > 1e-5).astype(stats.dtype).reshape(-1))
-    return stats * (1 - jnp.minimum(hit, 1)) + 1
-
-
-class CSREncoder(SentenceEncoder):
-    """A dense sentence encoder (Transformer, Pooling, Dense/Normalize) followed by a SparseAutoEncoder."""
-
-    def __init__(self, sentence: SentenceEncoder, sae: SparseAutoEncoder):
-        super().__init__(sentence.encoder, sentence.pooling_modes, sentence.include_prompt, list(sentence.heads))
-        self.sae = sae
-
-    def __call__(self, batch: dict, dropout_rng=None) -> dict:
-        """Inference: the top-k code, the latents and the dense embedding. With ``batch["sae_training"]`` (any
-        value; ``jaxst.training`` sets it for losses that need it) also the reconstructions CSRLoss reads,
-        the dead-latent counts taken from ``batch.get("sae_stats")`` and returned updated (``sae_stats``)."""
-        if (static := _static_route(self, batch)) is not None:
-            return static
-        dense = super().__call__(batch, dropout_rng)["sentence_embedding"]
-        if "sae_training" in batch:
-            return self.sae.training_outputs(dense, batch.get("sae_stats"))
-        latents = self.sae.latents(dense)
-        return {"sentence_embedding": sae_top_k(latents, self.sae.k), "latents": latents, "dense_embedding": dense}
-
-
-@functools.partial(jax.jit, static_argnames=("k",))
-def _sae_top_k(latents, *, k: int):
-    return sae_top_k(latents, k)
-
-
-@jax.jit
-def _static_forward(weight, input_ids, attention_mask):
-    return static_embedding(input_ids, attention_mask, weight)
 
 
 @dataclasses.dataclass
@@ -214,13 +51,6 @@ class _Route:
     kind: str
     specs: list[ModuleSpec]
     tokenizer: Tokenizer | None = None  # the static route's
-
-
-def _splade_pooling_config(spec: ModuleSpec) -> dict:
-    config = dict(spec.config)
-    if "word_embedding_dimension" in config and "embedding_dimension" not in config:  # the pre-v5 key
-        config["embedding_dimension"] = config.pop("word_embedding_dimension")
-    return config
 
 
 class SparseEncoder(BaseModel):
@@ -265,7 +95,10 @@ class SparseEncoder(BaseModel):
         self.routes = {name: self._route(name, s) for name, s in route_specs.items()}
         self.params = self._load_params()
         self._attach_static_route()
-        self.apply_dtype(dtype)  # float dtypes; int8 is for SentenceTransformer and CrossEncoder
+        if is_int8(dtype) and self._main_module is None:
+            raise ValueError(f"dtype='int8' quantizes a Transformer's dense layers; {self.model_folder} has none "
+                             "(its only route is a SparseStaticEmbedding, a weight lookup)")
+        self.apply_dtype(dtype, self._main_module)
         self._vocab = self._output_dims()
 
         config_name = self.st_config.get("similarity_fn_name")
@@ -325,14 +158,10 @@ class SparseEncoder(BaseModel):
         task = transformer.config.get("transformer_task", "fill-mask")
         if task != "fill-mask":
             raise ValueError(f"{transformer.path}: SPLADE needs a fill-mask Transformer, got transformer_task {task!r}")
-        config = _splade_pooling_config(pooling)
         encoder_cfg, encoder_cls = self.load_transformer(transformer.path, transformer.config)
         head_cls = mlm_head_class(model_type(self.hf_config), self.hf_config)
-        module = nnx.eval_shape(lambda: SpladeEncoder(
-            encoder_cls(encoder_cfg, rngs=nnx.Rngs(0)), head_cls(self.hf_config, rngs=nnx.Rngs(0)),
-            config.get("pooling_strategy", "max"), config.get("activation_function", "relu"),
-            config.get("chunk_size")))
-        check_splade_pooling(module.pooling_strategy, module.activation_function)  # fail at load, not at encode
+        module = nnx.eval_shape(lambda: splade_pooling.build(
+            encoder_cls(encoder_cfg, rngs=nnx.Rngs(0)), head_cls(self.hf_config, rngs=nnx.Rngs(0)), pooling.config))
         self.graphdef, _ = nnx.split(module, nnx.Param)
         self._splade_module = module
         self._splade_specs = specs
@@ -344,14 +173,7 @@ class SparseEncoder(BaseModel):
         sentence, dim = sentence_encoder(nnx.eval_shape(lambda: encoder_cls(encoder_cfg, rngs=nnx.Rngs(0))),
                                          encoder_cfg.hidden_size, [(s.kind, s.config, s.path) for s in specs[1:-1]],
                                          self.model_folder)
-        config = sae_spec.config
-        if int(config.get("input_dim", -1)) != dim:
-            raise ValueError(f"{sae_spec.path}: SparseAutoEncoder input_dim {config.get('input_dim')} != the "
-                             f"dense embedding's {dim}")
-        sae = nnx.eval_shape(lambda: SparseAutoEncoder(
-            dim, int(config.get("hidden_dim", 512)), int(config.get("k", 8)), int(config.get("k_aux", 512)),
-            bool(config.get("normalize", False)), int(config.get("dead_threshold", 30)), rngs=nnx.Rngs(0)))
-        module = CSREncoder(sentence, sae)
+        module = sparse_autoencoder.build(sentence, dim, sae_spec.config, sae_spec.path)
         self.graphdef, _ = nnx.split(module, nnx.Param)
         self._csr_module, self._csr_specs, self._encoder_cls = module, specs, encoder_cls
         self._include_prompt = module.include_prompt
@@ -368,7 +190,7 @@ class SparseEncoder(BaseModel):
             raise ValueError(f"{self.model_folder}: more than one SparseStaticEmbedding route")
         spec = static[0].specs[0]
         vocab = int(self.params["static"]["embedding"].shape[0])
-        module.static = nnx.eval_shape(lambda: StaticEmbedding(vocab, bool(spec.config.get("frozen", False))))
+        module.static = static_embedding.build(spec.config, vocab)
         self.graphdef, _ = nnx.split(module, nnx.Param)
 
     @property
@@ -386,12 +208,9 @@ class SparseEncoder(BaseModel):
         params = {}
         for route in self.routes.values():
             if route.kind == "splade":
-                module = self._splade_module
-                prefix = module.head.prefix
-                sd = _Aliased(open_state_dict(route.specs[0].path), {f"{prefix}bias": f"{prefix}decoder.bias"})
-                prefixes = (f"{self._encoder_cls.base_model_prefix}.",)
-                params["encoder"] = self.load_params(module.encoder, sd, prefixes)
-                params["head"] = self.load_params(module.head, sd, (module.head.prefix,))
+                params.update(splade_pooling.load_params(self.load_params, self._splade_module,
+                                                         open_state_dict(route.specs[0].path),
+                                                         self._encoder_cls.base_model_prefix))
             elif route.kind == "csr":
                 module, specs = self._csr_module, route.specs
                 prefixes = (f"{self._encoder_cls.base_model_prefix}.",)
@@ -399,20 +218,12 @@ class SparseEncoder(BaseModel):
                 params["encoder"] = self.load_params(module.encoder, encoder_sd, prefixes)
                 for i, spec in param_heads(specs[1:-1]):  # params["heads"][i]: the Dense modules' weights
                     params.setdefault("heads", {})[i] = self.load_params(module.heads[i], open_state_dict(spec.path))
-                sae_sd = _Aliased(open_state_dict(specs[-1].path), {"encoder.weight": "decoder.linear.weight"})
-                params["sae"] = self.load_params(module.sae, sae_sd)
-                hidden = module.sae.latent_bias.shape[0]
-                stats = np.asarray(sae_sd["stats_last_nonzero"]) if "stats_last_nonzero" in sae_sd else np.zeros(hidden)
-                self.buffers = {"sae_stats": jnp.asarray(stats, jnp.int32)}
+                params["sae"], self.buffers = sparse_autoencoder.load_params(self.load_params, module.sae,
+                                                                             open_state_dict(specs[-1].path))
                 self._unmapped_tensors = unmapped_tensors(encoder_sd, prefixes)
             else:
-                sd = open_state_dict(route.specs[0].path)
-                if "weight" not in sd:
-                    raise ValueError(f"{route.specs[0].path}: SparseStaticEmbedding weights have no 'weight' tensor")
-                weight = np.asarray(sd["weight"], np.float32)
-                if weight.ndim != 1:
-                    raise ValueError(f"{route.specs[0].path}: SparseStaticEmbedding weight must be 1-D, "
-                                     f"got shape {weight.shape}")
+                path = route.specs[0].path
+                weight = static_embedding.load_weight(open_state_dict(path), path)
                 params["static"] = {"embedding": jax.device_put(weight, self.device)}  # saved as "weight"
         return params
 
@@ -469,7 +280,7 @@ class SparseEncoder(BaseModel):
         ``max_active_dims``."""
         route = self._resolve_route(task)
         if route.kind == "static":
-            return _static_forward(params["static"]["embedding"], batch["input_ids"], batch["attention_mask"])
+            return static_forward(params["static"]["embedding"], batch["input_ids"], batch["attention_mask"])
         return forward(self.graphdef, params, dict(batch))["sentence_embedding"]
 
     # ------------------------------------------------------------------ properties
@@ -598,7 +409,7 @@ class SparseEncoder(BaseModel):
                 pad=lambda encodings, length, rows: tokenizer.pad(encodings, length, rows, types=False),
                 max_length=self.max_seq_length, fetch=to_rows,
             )
-            return hooks, lambda graphdef, params, batch: _static_forward(
+            return hooks, lambda graphdef, params, batch: static_forward(
                 params["static"]["embedding"], batch["input_ids"], batch["attention_mask"])
         extra = {}
         if route.kind == "csr" and prompt and not self._include_prompt:
@@ -606,7 +417,8 @@ class SparseEncoder(BaseModel):
         k = None if route.kind != "csr" or max_active_dims in (None, self._csr_module.sae.k) else max_active_dims
         hooks = self.token_hooks(
             lambda chunk: self.tokenizer.encode_ids(prompted(chunk)) if chunk else [], extra,
-            after=lambda out, batch: out["sentence_embedding"] if k is None else _sae_top_k(out["latents"], k=k),
+            after=lambda out, batch: (out["sentence_embedding"] if k is None
+                                      else sparse_autoencoder.top_k_code(out["latents"], k=k)),
             fetch=to_rows,
         )
         return hooks, forward
@@ -747,33 +559,6 @@ class SparseEncoder(BaseModel):
 def _dense(x):
     values, indices, dim = as_rows(x)
     return rows_to_dense(values, indices, dim)
-
-
-class _Aliased:
-    """A state dict in which a tensor saved under another of its tied names is found: ``aliases`` maps the
-    name jaxst reads to the other one (transformers saves a decoder bias as ``cls.predictions.bias`` or
-    ``cls.predictions.decoder.bias``; safetensors keeps one name of SparseAutoEncoder's tied encoder/decoder)."""
-
-    def __init__(self, state_dict, aliases: dict[str, str]):
-        self.sd = state_dict
-        self.aliases = aliases
-
-    def __contains__(self, key):
-        return key in self.sd or (key in self.aliases and self.aliases[key] in self.sd)
-
-    def __getitem__(self, key):
-        if key not in self.sd and key in self.aliases:
-            return self.sd[self.aliases[key]]
-        return self.sd[key]
-
-    def get(self, key, default=None):
-        return self[key] if key in self else default
-
-    def keys(self):
-        return self.sd.keys()
-
-    def items(self):
-        return self.sd.items()
 
 
 __all__ = ["SparseEncoder"]

@@ -55,6 +55,23 @@ def run(model, **kw) -> list[np.ndarray]:
     return list(np.asarray(model.encode(TEXTS, **kw), np.float32))
 
 
+def largest_difference(family: str, ours: list[np.ndarray], ref: list[np.ndarray]) -> float:
+    """Checks a low-precision run against float32 per text (sigmoid scores within 0.05; sparse values within 5%
+    of the row's largest; dense vectors at cosine > 0.99) and returns the largest absolute difference."""
+    differs = 0.0
+    for a, b in zip(ours, ref):
+        assert a.dtype == np.float32 and a.shape == b.shape
+        a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+        differs = max(differs, float(np.max(np.abs(a - b))))
+        if family == "CrossEncoder":
+            assert abs(a - b).max() < 0.05  # sigmoid scores
+        elif family == "SparseEncoder":
+            assert np.abs(a - b).max() <= 0.05 * max(1.0, np.abs(b).max())
+        else:
+            assert a @ b / (np.linalg.norm(a) * np.linalg.norm(b)) > 0.99
+    return differs
+
+
 @pytest.fixture
 def plans(monkeypatch):
     """Every batch the engine plans, as (rows, padded length, rows it may hold), per call."""
@@ -145,16 +162,19 @@ def test_bfloat16_for_every_family(family, family_folders):
     assert half.dtype == jnp.bfloat16  # the one place a model reports its dtype
     floats = [x.dtype for x in jax.tree.leaves(half.params) if jnp.issubdtype(x.dtype, jnp.floating)]
     assert floats and all(d == jnp.bfloat16 for d in floats)
-    ours, ref = run(half, batch_size=8), run(full, batch_size=8)
-    differs = 0.0
-    for a, b in zip(ours, ref):
-        assert a.dtype == np.float32 and a.shape == b.shape
-        a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
-        differs = max(differs, float(np.max(np.abs(a - b))))
-        if family == "CrossEncoder":
-            assert abs(a - b).max() < 0.05  # sigmoid scores
-        elif family == "SparseEncoder":
-            assert np.abs(a - b).max() <= 0.05 * max(1.0, np.abs(b).max())
-        else:
-            assert a @ b / (np.linalg.norm(a) * np.linalg.norm(b)) > 0.99
-    assert differs > 0  # the cast did something: bfloat16 really computed
+    assert largest_difference(family, run(half, batch_size=8), run(full, batch_size=8)) > 0  # bfloat16 computed
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_int8_for_every_family(family, family_folders):
+    """dtype="int8" through the one path (BaseModel.apply_dtype: calibration on the family's own batch, the
+    encoder's dense layers swapped for Int8Linear): the model says int8 in one place, its encoder holds int8
+    weights, and what it computes stays close to float32 without being float32."""
+    cls = getattr(jaxst, family)
+    full = cls(str(family_folders[family]))
+    quantized = cls(str(family_folders[family]), dtype="int8")
+    assert quantized.dtype == np.int8 and quantized.int8 and not full.int8
+    assert any(x.dtype == jnp.int8 for x in jax.tree.leaves(quantized.params["encoder"]))
+    assert largest_difference(family, run(quantized, batch_size=8), run(full, batch_size=8)) > 0  # int8 computed
+    with pytest.raises(ValueError, match="int8"):
+        quantized.to_dtype("float32")  # its float weights are gone

@@ -125,6 +125,20 @@ def test_every_family_runs_on_the_engine():
             assert own_loop not in source, f"{module} calls {own_loop}: batching belongs to jaxst.engine"
 
 
+def test_families_build_their_modules_through_the_registry():
+    """Each facade takes its module kinds from jaxst.modules (the registry files own the NNX modules, their
+    config reading and loading): it imports the registry and defines no NNX module of its own."""
+    g = graph()
+    for family in sorted(FAMILIES):
+        module = f"jaxst.{family}"
+        assert any(d == "jaxst.modules" or d.startswith("jaxst.modules.") for d in g[module]), \
+            f"{module} does not import the module registry"
+        tree = ast.parse((PACKAGE / f"{family}.py").read_text(encoding="utf-8"))
+        modules_defined = [node.name for node in ast.walk(tree) if isinstance(node, ast.ClassDef)
+                           and any(word in ast.unparse(base) for base in node.bases for word in ("Module", "Encoder"))]
+        assert not modules_defined, f"{module} defines NNX modules {modules_defined}: they belong in jaxst.modules"
+
+
 def test_no_import_cycles():
     assert not (cycle := find_cycle(graph())), " -> ".join(cycle)
 

@@ -649,6 +649,35 @@ def test_masked_lm_heads_of_other_architectures(arch, tmp_path_factory, xlmr_tok
     assert_same_sparse(ours.encode(TEXTS), st_dense(STSparseEncoder(str(target), device="cpu").encode(TEXTS)))
 
 
+def test_int8_quantizes_the_transformer_route(inference_free, tiny_mlm, tmp_path_factory):
+    """dtype="int8" on a Router model: the SPLADE route's encoder runs int8 (close to float32, not equal), the
+    static route is a weight lookup and stays exact; a model whose only route is static encodes as
+    sentence-transformers does and refuses int8."""
+    from sentence_transformers import SparseEncoder as STSparseEncoder
+    from sentence_transformers.base.modules import Transformer
+    from sentence_transformers.sparse_encoder.modules import SparseStaticEmbedding
+
+    folder, _ = inference_free
+    full, q8 = SparseEncoder(str(folder)), SparseEncoder(str(folder), dtype="int8")
+    assert q8.dtype == np.int8 and full.dtype == np.float32
+    queries, docs = TEXTS[:10], TEXTS[10:]
+    np.testing.assert_array_equal(np.asarray(q8.encode_query(queries).todense()),
+                                  np.asarray(full.encode_query(queries).todense()))
+    ours, ref = np.asarray(q8.encode_document(docs).todense()), np.asarray(full.encode_document(docs).todense())
+    cosine = (ours * ref).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(ref, axis=1)
+    assert cosine.min() > 0.99 and not np.array_equal(ours, ref)  # the README's int8 bar, as for dense models
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tokenizer = Transformer(str(tiny_mlm["sparse"]), transformer_task="fill-mask").tokenizer
+        st_static = STSparseEncoder(modules=[SparseStaticEmbedding(tokenizer=tokenizer, weight=torch.rand(30522))],
+                                    device="cpu")
+        static_only = _save(st_static, tmp_path_factory, "static-only")
+    # a static-only model encodes (it has no Transformer, so no graph: the engine runs its lookup alone)
+    assert_same_sparse(SparseEncoder(str(static_only)).encode(queries), st_dense(st_static.encode(queries)))
+    with pytest.raises(ValueError, match="int8.*has none"):
+        SparseEncoder(str(static_only), dtype="int8")
+
+
 @pytest.mark.parametrize("normalize", [False, True])
 def test_csr_sparse_autoencoder(make_tiny_st, tmp_path_factory, normalize):
     """CSR: a dense model (Transformer + mean Pooling) with a SparseAutoEncoder on top: the same top-k codes

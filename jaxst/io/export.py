@@ -59,17 +59,6 @@ TOKENIZER_FILES = (
 MODULE_TYPES = {k.kind: k.type_path for k in modules.KINDS.values() if k.type_path is not None}
 MODULE_CLASS_NAMES = {k.kind: k.folder_name for k in modules.KINDS.values() if k.folder_name is not None}
 
-# A jaxst activation name -> the torch class sentence-transformers saves and re-imports.
-TORCH_ACTIVATIONS = {
-    "identity": "torch.nn.modules.linear.Identity",
-    "tanh": "torch.nn.modules.activation.Tanh",
-    "relu": "torch.nn.modules.activation.ReLU",
-    "gelu": "torch.nn.modules.activation.GELU",
-    "sigmoid": "torch.nn.modules.activation.Sigmoid",
-    "silu": "torch.nn.modules.activation.SiLU",
-    "softplus": "torch.nn.modules.activation.Softplus",
-}
-
 # Weights left over in a folder that is saved into: they would no longer match the new model.
 STALE_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".h5", ".msgpack", ".onnx", ".pt", ".pth", ".ckpt", ".index.json")
 STALE_WEIGHT_FOLDERS = ("onnx", "openvino")
@@ -196,11 +185,6 @@ def _module_folder(idx: int, kind: str) -> str:
     if name is None:
         raise ValueError(f"cannot save a {kind} module in a folder of its own")
     return f"{idx}_{name}"
-
-
-def torch_activation_path(name: str) -> str:
-    """A jaxst activation name (``jaxst.pipeline.DENSE_ACTIVATIONS``) -> the torch class sentence-transformers saves."""
-    return TORCH_ACTIVATIONS[name]
 
 
 def cross_encoder_plan(*, hf_config: dict, transformer_path: Path, transformer_config: dict, max_seq_length: int,
@@ -662,7 +646,6 @@ __all__ = [
     "save_model",
     "save_orbax",
     "sentence_transformer_plan",
-    "torch_activation_path",
     "unmapped_tensors",
     "write_model_folder",
 ]

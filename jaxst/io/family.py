@@ -30,7 +30,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from jaxst.io.folder import MULTI_VECTOR_KINDS, SPARSE_KINDS, ModuleSpec, read_json, read_module_list
+from jaxst import modules
+from jaxst.io.folder import ModuleSpec, read_json, read_module_list
 
 FAMILIES = ("SentenceTransformer", "CrossEncoder", "SparseEncoder", "MultiVectorEncoder")
 # config_sentence_transformers.json "model_type" values of other libraries -> the family that loads them
@@ -45,9 +46,9 @@ def modules_family(specs: Iterable[ModuleSpec | str]) -> str | None:
     """The family a module list names outright (rule 2), from its specs or kinds; None when the kinds alone do
     not say (Transformer, Pooling, Dense, Normalize... are shared)."""
     kinds = [s if isinstance(s, str) else s.kind for s in specs]
-    if any(k in SPARSE_KINDS for k in kinds):
+    if any(k in modules.family_kinds("SparseEncoder") for k in kinds):
         return "SparseEncoder"
-    if any(k in MULTI_VECTOR_KINDS for k in kinds):
+    if any(k in modules.family_kinds("MultiVectorEncoder") for k in kinds):
         return "MultiVectorEncoder"
     if "logit_score" in kinds:
         return "CrossEncoder"

@@ -9,14 +9,23 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from jaxst import modules
 
-# What each module kind is lives in its file of jaxst.modules; these names are derived from that registry.
-# Last component of a modules.json "type" -> our module kind.
-MODULE_KINDS = dict(modules.CLASS_KINDS)
-SPARSE_KINDS = modules.family_kinds("SparseEncoder")
-MULTI_VECTOR_KINDS = modules.family_kinds("MultiVectorEncoder")
-# The file each kind keeps its settings in, where it is not config.json (a Router's structure is in router_config.json).
-CONFIG_FILES = {k.kind: k.config_files[0] for k in modules.KINDS.values() if k.config_files[0] != "config.json"}
-REQUIRED_CONFIGS = tuple(k.kind for k in modules.KINDS.values() if k.config_required)
+
+def __getattr__(name: str):
+    """Tables derived from the registry (``jaxst.modules``), built on first access so that importing io imports
+    no JAX: ``MODULE_KINDS`` (last component of a modules.json "type" -> our module kind), ``SPARSE_KINDS`` and
+    ``MULTI_VECTOR_KINDS`` (the kinds that mark those families), ``CONFIG_FILES`` (the file each kind keeps its
+    settings in, where it is not config.json: a Router's structure is in router_config.json), ``REQUIRED_CONFIGS``."""
+    if name == "MODULE_KINDS":
+        return dict(modules.CLASS_KINDS)
+    if name == "SPARSE_KINDS":
+        return modules.family_kinds("SparseEncoder")
+    if name == "MULTI_VECTOR_KINDS":
+        return modules.family_kinds("MultiVectorEncoder")
+    if name == "CONFIG_FILES":
+        return {k.kind: k.config_files[0] for k in modules.KINDS.values() if k.config_files[0] != "config.json"}
+    if name == "REQUIRED_CONFIGS":
+        return tuple(k.kind for k in modules.KINDS.values() if k.config_required)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,10 +89,10 @@ def module_kind(type_name: str, where) -> str:
     if not type_name.startswith("sentence_transformers."):
         raise ValueError(
             f"module {type_name!r} in {where} is custom code; jaxst runs no remote code "
-            f"and supports only {sorted(MODULE_KINDS)}"
+            f"and supports only {sorted(modules.CLASS_KINDS)}"
         )
     if kind is None:
-        raise ValueError(f"unsupported module {type_name!r} in {where}; jaxst supports {sorted(MODULE_KINDS)}")
+        raise ValueError(f"unsupported module {type_name!r} in {where}; jaxst supports {sorted(modules.CLASS_KINDS)}")
     return kind
 
 

@@ -22,7 +22,8 @@ class ModuleKind:
     next); ``config_required``: the last one must exist. ``family``: the model family its presence marks, or
     None for the shared kinds. ``head``: it takes a slot in a facade's ``module.heads`` / ``params["heads"]``
     (numbered by ``jaxst.modules.head_indices``); ``head_params``: and carries params there. ``forward``:
-    ``"module:attribute"`` of what runs it today, in the functional core (None: it still lives in a facade).
+    ``"module:attribute"`` of what runs it, mostly in its own file (None: the Transformer, built by
+    ``jaxst.models``; the Router and the LLM reranker's logit score, composed by their facades).
     """
 
     kind: str

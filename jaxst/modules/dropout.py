@@ -8,5 +8,5 @@ KIND = ModuleKind(
     type_path="sentence_transformers.models.Dropout",
     v6_type_path="sentence_transformers.sentence_transformer.modules.dropout.Dropout",
     folder_name="Dropout",
-    forward="jaxst.pipeline:identity",
+    forward="jaxst.modules.dense:identity"  # inference: dropout passes its input on,
 )

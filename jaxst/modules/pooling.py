@@ -1,6 +1,18 @@
-"""Pooling: token states -> one vector per text (mean, CLS, max, last token, ...)."""
+"""Pooling: token states -> one vector per text (mean, CLS, max, last token, ...).
 
+Config: ``pooling_mode_*`` flags or ``pooling_mode`` (``jaxst.pooling.pooling_modes_from_config``),
+``include_prompt``, ``word_embedding_dimension``. No tensors. It makes a Transformer a sentence encoder:
+``sentence_encoder`` builds the ``jaxst.pipeline.SentenceEncoder`` for the modules after a Transformer.
+"""
+
+from __future__ import annotations
+
+from flax import nnx
+
+from jaxst.modules import dense, normalize
 from jaxst.modules._kind import ModuleKind
+from jaxst.pipeline import SentenceEncoder
+from jaxst.pooling import pooling_modes_from_config
 
 KIND = ModuleKind(
     kind="pooling",
@@ -11,3 +23,27 @@ KIND = ModuleKind(
     config_required=True,
     forward="jaxst.pooling:pool",
 )
+
+HEADS = {"dense": dense.head, "normalize": normalize.head}  # the heads a sentence encoder runs after pooling
+
+
+def sentence_encoder(encoder: nnx.Module, hidden_size: int, modules: list, where) -> tuple[SentenceEncoder, int]:
+    """The abstract ``SentenceEncoder`` over ``encoder`` for the modules after the Transformer, and its
+    output dimension. ``modules``: ``(kind, config, path)`` in modules.json order ("pooling", "dense",
+    "normalize", "dropout"); exactly one Pooling, before any Dense or Normalize. ``where`` names the
+    model folder in errors."""
+    pooling, modes, heads, dim = None, (), [], hidden_size
+    for kind, config, path in modules:
+        if kind == "pooling":
+            if pooling is not None:
+                raise ValueError(f"{where} has more than one Pooling module")
+            pooling, modes = config, pooling_modes_from_config(config)
+            dim *= len(modes)
+        elif pooling is None and kind != "dropout":
+            raise ValueError(f"{where}: a {kind} module before Pooling is not supported")
+        elif kind in HEADS:
+            head, dim = HEADS[kind](config, dim, path)
+            heads.append(head)
+    if pooling is None:
+        raise ValueError(f"{where} has no Pooling module; jaxst needs one to make sentence embeddings")
+    return SentenceEncoder(encoder, modes, bool(pooling.get("include_prompt", True)), heads), dim

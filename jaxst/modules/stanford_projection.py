@@ -1,6 +1,6 @@
 """A Stanford-NLP ColBERT checkpoint's projection: a bias-free linear whose ``linear.weight`` sits beside the
 encoder's tensors. No modules.json names it (jaxst builds it for a Stanford folder); it is a Dense head and is
-saved as a Dense module."""
+saved as a Dense module (``dense_config`` for both: the Dense the weight's shape describes)."""
 
 from jaxst.modules._kind import ModuleKind
 
@@ -12,5 +12,14 @@ KIND = ModuleKind(
     folder_name=None,
     head=True,
     head_params=True,
-    forward="jaxst.pipeline:Dense",
+    forward="jaxst.modules.dense:Dense",
 )
+
+WEIGHT = "linear.weight"  # its tensor, among the encoder's
+
+
+def dense_config(in_features: int, out_features: int) -> dict:
+    """The token-level Dense config this projection is, loaded and saved."""
+    return {"in_features": int(in_features), "out_features": int(out_features), "bias": False,
+            "activation_function": "torch.nn.modules.linear.Identity",
+            "module_input_name": "token_embeddings", "module_output_name": "token_embeddings"}
