@@ -31,9 +31,16 @@ def main() -> None:
     parser.add_argument("--set", default="stsb", choices=["stsb", "long"])
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--read-behind", type=int, default=None,
+                        help="set jaxst.engine.READ_BEHIND (batches dispatched ahead of the read-back) for this run")
     args = parser.parse_args()
 
     import jaxst
+
+    if args.read_behind is not None:
+        from jaxst import engine
+
+        engine.READ_BEHIND = args.read_behind
 
     tree = Path(jaxst.__file__).resolve().parents[1]
     commit = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -49,9 +56,10 @@ def main() -> None:
         start = time.perf_counter()
         model.encode(texts, batch_size=args.batch_size)
         times.append(time.perf_counter() - start)
+    depth = "" if args.read_behind is None else f", READ_BEHIND {args.read_behind}"
     print(f"cpu: {cpu_description()}")
     print(f"jaxst {tree} @ {commit}{' (modified)' if dirty else ''}: {args.model}, {args.set} ({len(texts)} texts), "
-          f"batch {args.batch_size}: median {len(texts) / statistics.median(times):.1f} texts/s, "
+          f"batch {args.batch_size}{depth}: median {len(texts) / statistics.median(times):.1f} texts/s, "
           f"best {len(texts) / min(times):.1f} (of {args.repeats})", flush=True)
 
 

@@ -1,6 +1,6 @@
 """GradCache fine-tuning, jaxst vs sentence-transformers, same run: retrieval quality, epoch time, peak memory.
 
-    python benchmarks/finetune_speed.py [--seed 0] [--runs 2] [--limit N] [--no-dropout]
+    python benchmarks/finetune_speed.py [--seeds 0 1 2 3 4] [--limit N] [--no-dropout]
 
 The recipe (issue #20): all-MiniLM-L6-v2 fine-tuned with CachedMultipleNegativesRankingLoss (batch 256,
 mini-batch 32, scale 20, cosine) for one epoch over the stsb-en-train pairs scoring at least 4.0 (1,406
@@ -10,13 +10,16 @@ Evaluated before and after by InformationRetrievalEvaluator on the STSb-derived 
 tests/test_evaluation.py (stsb-en-test pairs scoring at least 4.0: first sentence the query, second its
 relevant document; every unique second sentence the corpus), each library with its own evaluator.
 
-Each side runs in its own subprocess, so neither's imports or caches weigh on the other's memory.
-Memory: the process's resident set sampled every 5 ms during the epoch (its peak, and its growth over the
-resident set just before the epoch: what training itself adds), and the process's lifetime peak
-(``ru_maxrss``). The sentence-transformers side is its CachedMultipleNegativesRankingLoss in the loop its
+Each side runs in its own subprocess per seed, so neither's imports or caches weigh on the other's memory;
+every seed runs both sides, the order flipped from seed to seed. Memory, labelled: the growth during the
+epoch (the resident set sampled every 5 ms, its peak minus the resident set just before the epoch: what
+training itself adds) and the whole-process peak (``ru_maxrss``, imports and evaluation included). The
+scores after are compared over the seeds by a paired t-test (scipy's ``ttest_rel``): "same score" unless
+p < 0.05. The sentence-transformers side is its CachedMultipleNegativesRankingLoss in the loop its
 trainer runs (written out: the Trainer needs ``accelerate``). jaxst runs ``jaxst.training.fit``. Its
-compilation cache starts empty: run 1 compiles every batch shape inside the epoch, run 2 (a new process)
-finds them in the persistent cache, as a user's second fine-tuning run would.
+compilation cache starts empty: the first seed compiles every batch shape inside the epoch, the later seeds
+(new processes) find them in the persistent cache, as a user's second fine-tuning run would; the speed
+ratio is the median over those warm seeds.
 
 ``--no-dropout`` trains both sides without dropout (the recipe's only random part): their NDCG@10 after
 should then agree to rounding, which checks the rest of the recipe end to end.
@@ -28,13 +31,14 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 
-from _machine import cpu_description
+from _machine import header, row
 from _stsb import read_stsb  # benchmarks/ is on sys.path when a script here runs
 from _torch_recipe import torch_epoch
 
@@ -159,8 +163,8 @@ def mb(n: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--runs", type=int, default=2, help="jaxst runs (run 1 compiles, later runs hit the cache)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)  # a child's seed
     parser.add_argument("--limit", type=int, default=None, help="train on the first N pairs only (a quick check)")
     parser.add_argument("--dropout", action=argparse.BooleanOptionalAction, default=True,
                         help="train with dropout (the recipe); --no-dropout checks the rest of it deterministically")
@@ -169,27 +173,46 @@ def main() -> None:
     if args.child:
         child(args.child, args.seed, args.limit, args.dropout)
         return
-    print(f"cpu: {cpu_description()}", flush=True)
+    print(header(), flush=True)
+    from scipy.stats import ttest_rel
+
     n = len(train_pairs(args.limit))
     print(f"{n} training pairs (stsb-en-train, score >= 4.0), batch {BATCH}, mini-batch {MINI_BATCH}, lr {LR}, "
-          f"seed {args.seed}{'' if args.dropout else ', no dropout'}", flush=True)
+          f"seeds {args.seeds}{'' if args.dropout else ', no dropout'}", flush=True)
     env = dict(os.environ, JAXST_COMPILATION_CACHE=tempfile.mkdtemp(prefix="jaxst-finetune-bench-"))
-    ref = spawn("torch", args.seed, args.limit, env, args.dropout)
 
     def line(name, r):
         return (f"{name:<22} epoch {r['seconds']:6.1f} s ({r['steps']} steps), NDCG@10 {100 * r['before']:.2f} -> "
-                f"{100 * r['after']:.2f}; memory during the epoch: peak {mb(r['rss_peak'])} "
-                f"(+{mb(r['rss_peak'] - r['rss_start'])} over its start), process peak {mb(r['maxrss'])}")
+                f"{100 * r['after']:.2f}; memory growth during the epoch +{mb(r['rss_peak'] - r['rss_start'])} "
+                f"(peak {mb(r['rss_peak'])}); whole-process peak {mb(r['maxrss'])}")
 
-    print(line("sentence-transformers", ref), flush=True)
-    for run in range(1, args.runs + 1):
-        ours = spawn("jaxst", args.seed, args.limit, env, args.dropout)
-        label = "cold compile" if run == 1 else "warm cache"
-        print(line(f"jaxst run {run}", ours), f"[{label}]", flush=True)
-        print(f"  jaxst/sentence-transformers: epoch {ref['seconds'] / ours['seconds']:.2f}x faster; NDCG@10 after "
-              f"{100 * (ours['after'] - ref['after']):+.3f} points; epoch memory growth "
-              f"{(ours['rss_peak'] - ours['rss_start']) / max(ref['rss_peak'] - ref['rss_start'], 1):.2f}x, "
-              f"peak {ours['rss_peak'] / ref['rss_peak']:.2f}x", flush=True)
+    runs = []
+    for i, seed in enumerate(args.seeds):
+        sides = ["torch", "jaxst"] if i % 2 == 0 else ["jaxst", "torch"]
+        result = {side: spawn(side, seed, args.limit, env, args.dropout) for side in sides}
+        runs.append(result)
+        print(f"seed {seed}:", flush=True)
+        print("  " + line("sentence-transformers", result["torch"]), flush=True)
+        print("  " + line("jaxst", result["jaxst"]), "[cold compile]" if i == 0 else "[warm cache]", flush=True)
+    warm = runs[1:] or runs
+    growth = lambda r: r["rss_peak"] - r["rss_start"]  # noqa: E731
+    speed = statistics.median(r["torch"]["seconds"] / r["jaxst"]["seconds"] for r in warm)
+    grow = statistics.median(growth(r["jaxst"]) / max(growth(r["torch"]), 1) for r in warm)
+    whole = statistics.median(r["jaxst"]["maxrss"] / r["torch"]["maxrss"] for r in warm)
+    ours, theirs = [100 * r["jaxst"]["after"] for r in runs], [100 * r["torch"]["after"] for r in runs]
+    diff = statistics.mean(o - t for o, t in zip(ours, theirs))
+    if len(runs) > 1 and any(o != t for o, t in zip(ours, theirs)):
+        p = float(ttest_rel(ours, theirs).pvalue)
+        verdict = "same score" if p >= 0.05 else ("jaxst higher" if diff > 0 else "jaxst lower")
+        test = f"paired t-test over {len(runs)} seeds: p = {p:.2f} -> {verdict}"
+    else:
+        test = "no paired test (one seed, or identical scores)"
+    print(f"jaxst / sentence-transformers (median over {'warm seeds' if runs[1:] else 'the seed'}): epoch "
+          f"{speed:.2f}x faster; memory growth during the epoch {grow:.2f}x; whole-process peak {whole:.2f}x. "
+          f"NDCG@10 after: jaxst mean {statistics.mean(ours):.2f}, sentence-transformers mean "
+          f"{statistics.mean(theirs):.2f}, mean difference {diff:+.3f}; {test}", flush=True)
+    row("fine-tune", f"GradCache MNRL epoch, {n} pairs, seeds {args.seeds}, same batches", speed, None,
+        f"NDCG@10 after: {test}; memory growth during the epoch {grow:.2f}x, whole-process peak {whole:.2f}x")
 
 
 if __name__ == "__main__":

@@ -1,16 +1,20 @@
 """The models people embed with today, at their real sizes: jaxst vs sentence-transformers on this CPU.
 
     python benchmarks/modern_speed.py [--models qwen3-embedding-0.6b embeddinggemma-300m modernbert-base]
-                                      [--sentences 512] [--paragraphs 64] [--long-text]
+                                      [--sentences 512] [--paragraphs 64] [--rounds 2] [--long-text]
 
 No real weights are reachable here, so each model is built from its published config with seeded random
 weights (transformers' own classes), with a byte-level BPE tokenizer trained on STSb (the real tokenizers
 are not on PyPI either: texts split into more tokens than with the real vocabularies, the same tokens for
-both libraries). Each library runs in a fresh process of its own, so its peak host memory (VmHWM) while
-loading and while encoding is its own: STSb test sentences and ~200-token paragraphs at batch 32, one warm-up
-run, then the best of ``--repeats``. The embeddings of both must agree within 1e-4 (float32). ``--long-text``
-adds one ~8,192-token text through ModernBERT-base (batch 1; a first run, then one timed run): time and peak
-memory on both sides.
+both libraries). Each library runs in fresh processes of its own, ``--rounds`` of them, the two libraries'
+processes alternating (order flipped each round): STSb test sentences and ~200-token paragraphs at batch 32,
+one warm-up run, then ``--repeats`` timed runs per process; rates are medians over all timed runs, the ratio
+is the median of the per-round ratios (best over best in brackets). Memory, per library, labelled: the
+growth while loading (peak resident set over the size just after importing the library), the growth while
+encoding a set (the peak during it, Linux's VmHWM reset through /proc/self/clear_refs, over the resident set
+just before it), and the whole-process peak (VmHWM over the process's life, imports included). The
+embeddings of both must agree within 1e-4 (float32). ``--long-text`` adds one ~8,192-token text through
+ModernBERT-base (batch 1; a first run, then one timed run).
 """
 
 from __future__ import annotations
@@ -18,12 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from _machine import cpu_description
+from _machine import header, row
 from _stsb import read_stsb, unique_sentences  # benchmarks/ is on sys.path when a script here runs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,8 +57,9 @@ MODELS = {
 }
 
 
-def build(name: str, folder: Path) -> Path:
-    """A sentence-transformers folder of ``name`` at its real size with seeded random weights."""
+def build(name: str, folder: Path, layers: int | None = None) -> Path:
+    """A sentence-transformers folder of ``name`` at its real size with seeded random weights (``layers``: only
+    that many of its layers, for a quick check)."""
     import torch
     import transformers
     from sentence_transformers import SentenceTransformer
@@ -67,7 +73,12 @@ def build(name: str, folder: Path) -> Path:
     base = folder / "base"
     byte_level_bpe_tokenizer(base, padding_side=spec["padding_side"])
     torch.manual_seed(0)
-    config = getattr(transformers, spec["config"])(**spec["kwargs"])
+    kwargs = dict(spec["kwargs"])
+    if layers is not None:
+        kwargs["num_hidden_layers"] = layers
+        if "layer_types" in kwargs:
+            kwargs["layer_types"] = kwargs["layer_types"][:layers]
+    config = getattr(transformers, spec["config"])(**kwargs)
     getattr(transformers, spec["model"])(config).eval().save_pretrained(base)
     transformer = Transformer(str(base), max_seq_length=8192 if name == "modernbert-base" else 512)
     dim = transformer.get_embedding_dimension()
@@ -85,28 +96,48 @@ import json, sys, time
 import numpy as np
 library, folder, texts_file, repeats, out = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
 sets = json.load(open(texts_file))
-# This process's own peak (VmHWM starts afresh at exec; ru_maxrss would carry the parent's, which built the model).
-rss = lambda: next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024  # MiB
-start = time.perf_counter()
+
+
+def status(key):  # MiB, from this process's own /proc/self/status (VmHWM starts afresh at exec)
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(key)) / 1024
+
+
+def reset_peak():  # VmHWM back to the current resident set (Linux: clear_refs 5); False where not allowed
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 if library == "jaxst":
     import jaxst
-    model = jaxst.SentenceTransformer(folder)
 else:
     from sentence_transformers import SentenceTransformer
-    model = SentenceTransformer(folder, device="cpu")
-report = {"load_s": time.perf_counter() - start, "load_peak_mib": rss(), "sets": {}}
+base = status("VmRSS")
+start = time.perf_counter()
+model = jaxst.SentenceTransformer(folder) if library == "jaxst" else SentenceTransformer(folder, device="cpu")
+report = {"load_s": time.perf_counter() - start, "load_growth_mib": status("VmHWM") - base, "sets": {}}
+process_peak = status("VmHWM")
 for set_name, texts in sets.items():
     bs = 1 if set_name == "long" else 32
+    before = status("VmRSS")
+    resettable = reset_peak()
     start = time.perf_counter()
     emb = model.encode(texts, batch_size=bs)
     first = time.perf_counter() - start
-    best = first
+    times = []
     for _ in range(repeats if set_name != "long" else 1):  # the long text: one run after the first
         start = time.perf_counter()
         model.encode(texts, batch_size=bs)
-        best = min(best, time.perf_counter() - start)
+        times.append(time.perf_counter() - start)
     np.save(f"{out}-{set_name}.npy", emb)
-    report["sets"][set_name] = {"n": len(texts), "first_s": first, "best_s": best, "peak_mib": rss()}
+    peak = status("VmHWM")
+    process_peak = max(process_peak, peak)
+    report["sets"][set_name] = {"n": len(texts), "first_s": first, "times": times,
+                                "growth_mib": peak - before if resettable else None}
+report["process_peak_mib"] = process_peak
 print(json.dumps(report))
 """
 
@@ -119,25 +150,28 @@ def run(library: str, folder: Path, texts_file: Path, repeats: int, out: Path) -
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def mib(value) -> str:
+    return "n/a" if value is None else f"{value:.0f} MiB"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--sentences", type=int, default=512, help="STSb test sentences per run")
     parser.add_argument("--paragraphs", type=int, default=64, help="~200-token paragraphs per run")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs per process")
+    parser.add_argument("--rounds", type=int, default=2, help="fresh processes per library, alternating")
+    parser.add_argument("--layers", type=int, default=None, help="build only this many layers (a quick check)")
     parser.add_argument("--long-text", action="store_true", help="one 8,192-token text through ModernBERT-base")
     args = parser.parse_args()
-    print(f"cpu: {cpu_description()}", flush=True)
+    print(header(), flush=True)
 
     import numpy as np
-    import torch
-
-    print(f"torch {torch.__version__}", flush=True)
     sentences = [s for a, b, _ in read_stsb("stsb-en-test.csv") for s in (a, b)][: args.sentences]
     pool = unique_sentences("stsb-en-test.csv")
     for name in args.models:
         with tempfile.TemporaryDirectory(prefix=f"jaxst-{name}-") as tmp:
-            folder = build(name, Path(tmp))
+            folder = build(name, Path(tmp), args.layers)
             from jaxst.io.tokenizer import Tokenizer
 
             tok = Tokenizer.from_folder(folder, 8192)
@@ -156,29 +190,38 @@ def main() -> None:
                 sets["long"] = [tok.backend.decode(tok.encode_ids([" ".join(pool)])[0].ids[:8190])]
             texts_file = Path(tmp) / "texts.json"
             texts_file.write_text(json.dumps(sets))
-            results = {lib: run(lib, folder, texts_file, args.repeats, Path(tmp) / lib)
-                       for lib in ("sentence-transformers", "jaxst")}
-            ref, ours = results["sentence-transformers"], results["jaxst"]
-            print(f"{name}: load {ref['load_s']:.1f} s / {ours['load_s']:.1f} s, peak after load "
-                  f"{ref['load_peak_mib']:.0f} / {ours['load_peak_mib']:.0f} MiB (sentence-transformers / jaxst)")
+            libraries = ["sentence-transformers", "jaxst"]
+            rounds = []
+            for r in range(args.rounds):
+                order = libraries if r % 2 == 0 else libraries[::-1]
+                rounds.append({lib: run(lib, folder, texts_file, args.repeats, Path(tmp) / lib) for lib in order})
+            ref, ours = rounds[0]["sentence-transformers"], rounds[0]["jaxst"]
+            print(f"{name}: load {statistics.median(x['sentence-transformers']['load_s'] for x in rounds):.1f} s / "
+                  f"{statistics.median(x['jaxst']['load_s'] for x in rounds):.1f} s; memory growth while loading "
+                  f"{mib(ref['load_growth_mib'])} / {mib(ours['load_growth_mib'])}; whole-process peak "
+                  f"{mib(ref['process_peak_mib'])} / {mib(ours['process_peak_mib'])} (sentence-transformers / jaxst, "
+                  f"first round)")
             for set_name in sets:
                 a = np.load(Path(tmp) / f"jaxst-{set_name}.npy")
                 b = np.load(Path(tmp) / f"sentence-transformers-{set_name}.npy")
-                r, o = ref["sets"][set_name], ours["sets"][set_name]
-                tokens = sum(count(t) for t in sets[set_name]) / len(sets[set_name])
-                if set_name == "long":
-                    print(f"  long       1 text of {tokens:.0f} tokens: sentence-transformers {r['best_s']:.1f} s  "
-                          f"jaxst {o['best_s']:.1f} s  ratio {r['best_s'] / o['best_s']:.2f}x  (first runs "
-                          f"{r['first_s']:.1f} s / {o['first_s']:.1f} s)  peak {r['peak_mib']:.0f} / "
-                          f"{o['peak_mib']:.0f} MiB  max |diff| {np.abs(a - b).max():.1e}", flush=True)
-                    assert np.abs(a - b).max() < 1e-4, np.abs(a - b).max()
-                    continue
-                print(f"  {set_name:10} {r['n']} texts, {tokens:.0f} tokens avg: sentence-transformers "
-                      f"{r['n'] / r['best_s']:7.1f}/s  jaxst {o['n'] / o['best_s']:7.1f}/s  "
-                      f"ratio {r['best_s'] / o['best_s']:.2f}x  (jaxst first run {o['first_s']:.1f} s)  "
-                      f"peak {r['peak_mib']:.0f} / {o['peak_mib']:.0f} MiB  max |diff| {np.abs(a - b).max():.1e}",
-                      flush=True)
                 assert np.abs(a - b).max() < 1e-4, np.abs(a - b).max()
+                r, o = ref["sets"][set_name], ours["sets"][set_name]
+                per_round = [tuple(x[lib]["sets"][set_name]["times"] for lib in libraries) for x in rounds]
+                med = statistics.median(statistics.median(rt) / statistics.median(ot) for rt, ot in per_round)
+                best = min(t for rt, _ in per_round for t in rt) / min(t for _, ot in per_round for t in ot)
+                r_s = statistics.median(t for rt, _ in per_round for t in rt)
+                o_s = statistics.median(t for _, ot in per_round for t in ot)
+                tokens = sum(count(t) for t in sets[set_name]) / len(sets[set_name])
+                what = f"1 text of {tokens:.0f} tokens" if set_name == "long" else \
+                    f"{r['n']} texts, {tokens:.0f} tokens avg: sentence-transformers {r['n'] / r_s:7.1f}/s  " \
+                    f"jaxst {o['n'] / o_s:7.1f}/s"
+                print(f"  {set_name:10} {what}  ({r_s:.1f} s / {o_s:.1f} s)  ratio {med:.2f}x ({best:.2f}x)  "
+                      f"(first runs {r['first_s']:.1f} s / {o['first_s']:.1f} s)  memory growth while encoding "
+                      f"{mib(r['growth_mib'])} / {mib(o['growth_mib'])}  max |diff| {np.abs(a - b).max():.1e}",
+                      flush=True)
+                row("modern models", f"{name} {set_name}, {what.split(':')[0]}", med, best,
+                    f"memory growth while encoding {mib(r['growth_mib'])} / {mib(o['growth_mib'])} "
+                    "(sentence-transformers / jaxst)")
 
 
 if __name__ == "__main__":

@@ -1,20 +1,20 @@
 """Reranking speed: jaxst vs sentence-transformers' CrossEncoder.rank, same process, same weights.
 
-    python benchmarks/rerank_speed.py [--candidates 100] [--queries 8] [--batch-size 32] [--repeats 3]
+    python benchmarks/rerank_speed.py [--candidates 100] [--queries 8] [--batch-size 32] [--repeats 5]
 
 The reranker has the shape of cross-encoder/ms-marco-MiniLM-L6-v2 (BERT, 6 layers, hidden 384, 12 heads,
 one label) with seeded random weights, saved by sentence-transformers and loaded by both libraries. Each
 query reranks `--candidates` passages of realistic length: STSb sentences joined until a (query, passage)
 pair holds about 60-120 tokens. Both libraries rank every query once to warm up (jaxst compiles its shape
-buckets there; the time is reported separately), then `--repeats` timed passes over all queries; the best
-pass counts. Prints queries/s and pairs/s for both and the ratio jaxst / sentence-transformers.
+buckets there; the time is reported separately), then `--repeats` rounds, each one pass of each library over
+all queries, back to back, the order flipped every round. Prints median queries/s and pairs/s for both and the
+ratio jaxst / sentence-transformers (median of the rounds' ratios; best over best in brackets).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
 import random
 import shutil
 import tempfile
@@ -22,7 +22,7 @@ import time
 import warnings
 from pathlib import Path
 
-from _machine import best_time, cpu_description
+from _machine import alternating_times, header, ratios, row
 from _stsb import unique_sentences  # benchmarks/ is on sys.path when a script here runs
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -73,13 +73,11 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=100, help="passages reranked per query")
     parser.add_argument("--queries", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    print(f"cpu: {cpu_description()}", flush=True)
+    print(header(), flush=True)
 
-    import jax
     import numpy as np
-    import torch
     from sentence_transformers import CrossEncoder as Reference
 
     from jaxst.cross_encoder import CrossEncoder
@@ -109,18 +107,18 @@ def main() -> None:
         assert [r["corpus_id"] for r in ra] == [r["corpus_id"] for r in rb]
         assert np.abs(np.array([r["score"] for r in ra]) - np.array([r["score"] for r in rb])).max() < 1e-5
 
-    t_ours = best_time(lambda: run(ours), args.repeats)
-    t_ref = best_time(lambda: run(reference), args.repeats)
+    ref_times, our_times = alternating_times([lambda: run(reference), lambda: run(ours)], args.repeats)
+    med, best = ratios(ref_times, our_times)
+    t_ref, t_ours = float(np.median(ref_times)), float(np.median(our_times))
     n, pairs = len(queries), len(queries) * args.candidates
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} ({jax.default_backend()}), "
-          f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
     print(f"reranker: ms-marco-MiniLM-L6-v2 shape (BERT 6x384, random weights); {n} queries x {args.candidates} "
           f"candidates; pair lengths {min(pair_lengths)}-{max(pair_lengths)} tokens "
-          f"(mean {np.mean(pair_lengths):.0f}); batch {args.batch_size}; best of {args.repeats}")
+          f"(mean {np.mean(pair_lengths):.0f}); batch {args.batch_size}; medians of {args.repeats} alternating rounds")
     print(f"sentence-transformers: {n / t_ref:6.2f} queries/s  {pairs / t_ref:7.1f} pairs/s")
     print(f"jaxst:                 {n / t_ours:6.2f} queries/s  {pairs / t_ours:7.1f} pairs/s  "
           f"(first pass incl. compiling: {warm:.1f} s)")
-    print(f"ratio jaxst / sentence-transformers: {t_ref / t_ours:.2f}x")
+    print(f"ratio jaxst / sentence-transformers: {med:.2f}x (best {best:.2f}x)")
+    row("rerank", f"CrossEncoder.rank, {n} queries x {args.candidates} candidates, batch {args.batch_size}", med, best)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,16 @@
-"""Exact and quantized top-k search: jaxst vs sentence-transformers (and FAISS), same process.
+"""Exact and quantized top-k search: jaxst vs sentence-transformers (and FAISS), same process, alternating.
 
-    python benchmarks/search_speed.py [--corpus 1000000] [--dim 384] [--queries 100] [--top-k 10]
+    python benchmarks/search_speed.py [--corpus 1000000] [--dim 384] [--queries 100] [--top-k 10] [--repeats 5]
 
-A random normalized float32 corpus and queries. Each method runs once to warm up (jaxst compiles
-there), then the best of `--repeats` timed runs counts. Recall@k is measured against exact float
-search. Memory: the bytes each corpus representation holds, and the process's peak RSS at the end.
+A random normalized float32 corpus and queries. Each method runs once to warm up (jaxst compiles there).
+A row with a reference is timed in ``--repeats`` rounds alternating with that reference (order flipped each
+round): its time is the median, its ratio the median of the per-round ratios, best over best in brackets.
+Like for like: ``EmbeddingIndex`` normalizes rows when they are added, so its search is a dot scan, compared
+with sentence-transformers' ``dot_score`` over the (already normalized) corpus; its row against cosine
+search, which normalizes the corpus on every call, is a second row. jaxst searching numpy corpora is timed
+from ``encode``'s 64-byte-aligned arrays, from plain numpy arrays and from ``np.load(..., mmap_mode="r")``
+of a saved ``.npy``. Recall@k is measured against exact float search. Memory: the bytes each corpus
+representation holds, and the process's peak RSS at the end.
 """
 
 from __future__ import annotations
@@ -12,9 +18,10 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import tempfile
 
 import numpy as np
-from _machine import best_time, cpu_description  # benchmarks/ is on sys.path when a script here runs
+from _machine import alternating_times, header, ratios, row  # benchmarks/ is on sys.path when a script here runs
 
 
 def recall(hits, exact) -> float:
@@ -28,9 +35,9 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--top-k", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    print(f"cpu: {cpu_description()}", flush=True)
+    print(header("faiss-cpu"), flush=True)
 
     import faiss
     import jax
@@ -51,12 +58,17 @@ def main() -> None:
     j_corpus, j_queries = jax.device_put(corpus), jax.device_put(queries)
     exact = st_util.semantic_search(t_queries, t_corpus, top_k=k, score_function=st_util.dot_score)
 
-    rows = []
+    rows, fns = [], {}
 
     def run(name, fn, nbytes, reference=None):
-        ms = 1000 * best_time(fn, args.repeats, warmup=True)
-        hits = fn()
-        rows.append((name, ms, recall(hits, exact), nbytes / 2**20, reference))
+        """Time ``fn`` (alternating with ``reference``'s function when there is one) and record its row."""
+        if reference is None:
+            times, ratio = alternating_times([fn], args.repeats)[0], None
+        else:
+            ref_times, times = alternating_times([fns[reference], fn], args.repeats)
+            ratio = ratios(ref_times, times)
+        fns[name] = fn
+        rows.append((name, 1000 * float(np.median(times)), recall(fn(), exact), nbytes / 2**20, reference, ratio))
 
     f32 = corpus.nbytes
     run("sentence-transformers semantic_search cos_sim",
@@ -85,7 +97,12 @@ def main() -> None:
     encoded[:] = corpus
     print(f"numpy corpus alignment: encode()-style {encoded.ctypes.data % 64} mod 64, "
           f"plain numpy {corpus.ctypes.data % 64} mod 64", flush=True)
-    for form, array in (("numpy corpus from encode()", encoded), ("other numpy corpus, copied", corpus)):
+    saved = os.path.join(tempfile.mkdtemp(prefix="jaxst-search-"), "corpus.npy")
+    np.save(saved, corpus)
+    mapped = np.load(saved, mmap_mode="r")
+    print(f"np.load(mmap_mode='r') corpus: {mapped.ctypes.data % 64} mod 64", flush=True)
+    for form, array in (("numpy corpus from encode()", encoded), ("other numpy corpus", corpus),
+                        ("np.load mmap corpus", mapped)):
         for name, fn in (("cos_sim", util.cos_sim), ("dot_score", util.dot_score)):
             run(f"jaxst util.semantic_search {name}, {form}",
                 lambda array=array, fn=fn: util.semantic_search(queries, array, top_k=k, score_function=fn), f32,
@@ -97,6 +114,8 @@ def main() -> None:
         indexes[precision] = index
     nbytes = {p: ix.embeddings.nbytes for p, ix in indexes.items()}
     run("jaxst EmbeddingIndex float32 (cosine)", lambda: indexes["float32"].search(queries, top_k=k),
+        nbytes["float32"], "sentence-transformers semantic_search dot_score")  # like for like: a dot scan
+    run("jaxst EmbeddingIndex float32 (cosine), vs cos_sim", lambda: indexes["float32"].search(queries, top_k=k),
         nbytes["float32"], "sentence-transformers semantic_search cos_sim")
     run("jaxst EmbeddingIndex int8, rescore x2",
         lambda: indexes["int8"].search(queries, top_k=k, rescore_multiplier=2), nbytes["int8"],
@@ -116,15 +135,17 @@ def main() -> None:
         lambda: indexes["ubinary"].search(queries, top_k=k, rescore_multiplier=None), nbytes["ubinary"],
         "FAISS IndexBinaryFlat (no rescore)")
 
-    times = {name: ms for name, ms, *_ in rows}
+    os.remove(saved)
     print(f"corpus {args.corpus} x {args.dim} float32 (normalized), {args.queries} queries, top-{k}, "
-          f"best of {args.repeats}; jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads), faiss {faiss.__version__}; native int8 kernel: "
+          f"median of {args.repeats} alternating rounds; jax {jax.__version__} ({jax.default_backend()}), torch "
+          f"{torch.__version__} ({torch.get_num_threads()} threads), faiss {faiss.__version__}; native int8 kernel: "
           f"{native.int8_kernel() or 'not available'}")
-    print(f"{'method':56} {'ms':>9} {'recall@k':>9} {'corpus MiB':>11}  speed-up")
-    for name, ms, rec, mib, reference in rows:
-        ratio = f"{times[reference] / ms:5.2f}x vs {reference}" if reference else ""
-        print(f"{name:56} {ms:9.1f} {rec:9.3f} {mib:11.1f}  {ratio}")
+    print(f"{'method':58} {'ms':>9} {'recall@k':>9} {'corpus MiB':>11}  speed-up: median of rounds (best)")
+    for name, ms, rec, mib, reference, ratio in rows:
+        text = f"{ratio[0]:5.2f}x ({ratio[1]:.2f}x) vs {reference}" if reference else ""
+        print(f"{name:58} {ms:9.1f} {rec:9.3f} {mib:11.1f}  {text}")
+        if reference and name.startswith("jaxst"):
+            row("search", f"{name} vs {reference}, {args.corpus:,} x {args.dim}", *ratio, f"recall@{k} {rec:.3f}")
     print(f"peak RSS of the process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
 
 

@@ -1,6 +1,6 @@
 """Fine-tuning speed and quality: all-MiniLM-L6-v2 with CoSENT on STSb train, jaxst vs PyTorch, same run.
 
-    python benchmarks/train_speed.py [--seeds 0 1 2] [--torch-seeds 0] [--limit N]
+    python benchmarks/train_speed.py [--seeds 0 1 2 3 4] [--limit N]
 
 The recipe (issue #7): one epoch over stsb-en-train.csv (5,749 pairs, scores / 5 as labels), batch 16,
 learning rate 2e-5, 100 warmup steps then linear decay, AdamW with weight decay 0.01 except biases
@@ -9,23 +9,25 @@ gold scores on stsb-en-test.csv before and after.
 
 The PyTorch side is sentence-transformers' model and CoSENTLoss in the loop its ``fit`` runs (the same
 param groups, ``get_linear_schedule_with_warmup``, ``clip_grad_norm_``), written out here because the
-Trainer needs the ``datasets`` package. Batches come in a seeded shuffled order on both sides. jaxst
-runs ``jaxst.training.fit`` with the same settings; its epoch time includes compiling each batch shape.
-The persistent compilation cache starts empty (a fresh temporary folder), so the first jaxst seed is
-a cold start and the later seeds find the shapes compiled. Prints the epoch time of each side, the
-ratio, and the test Spearman before/after for every seed (jaxst's spread over seeds is the noise).
+Trainer needs the ``datasets`` package. Both sides take the same batches in the same order for a seed
+(``jaxst.training.collation.batch_order``, what ``fit`` uses); dropout masks are each library's own, the one
+random part left. jaxst runs ``jaxst.training.fit`` with the same settings; its epoch time includes compiling
+each batch shape. The persistent compilation cache starts empty (a fresh temporary folder), so the first
+jaxst seed is a cold start and the later seeds find the shapes compiled. Every seed runs both sides, the
+order flipped from seed to seed. Prints, per seed, both epoch times and test Spearman before/after; then
+the median speed ratio over the warm seeds, and the scores compared by a paired t-test over the seeds
+(scipy's ``ttest_rel``): "same score" unless p < 0.05.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
-import random
+import statistics
 import tempfile
 import time
 
-from _machine import cpu_description
+from _machine import header, row
 from _stsb import read_stsb  # benchmarks/ is on sys.path when a script here runs
 from _torch_recipe import torch_epoch
 
@@ -52,9 +54,9 @@ def torch_run(folder, train, test, seed: int) -> tuple[float, float, float]:
     evaluator = EmbeddingSimilarityEvaluator(*map(list, zip(*test)), batch_size=32)
     before = evaluator(model)["spearman_cosine"]
     loss = CoSENTLoss(model)
-    order = list(range(len(train)))
-    random.Random(seed).shuffle(order)
-    batches = [[train[i] for i in order[i:i + BATCH]] for i in range(0, len(order), BATCH)]
+    from jaxst.training.collation import batch_order
+
+    batches = [[train[i] for i in idx] for idx in batch_order(len(train), BATCH, seed, 0)]  # fit's epoch 0
     seconds = torch_epoch(model, loss, batches, LR, WARMUP)
     return seconds, before, evaluator(model)["spearman_cosine"]
 
@@ -75,36 +77,47 @@ def jaxst_epoch(folder, train, test, seed: int) -> tuple[float, float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--limit", type=int, default=None, help="train on the first N pairs only (a quick check)")
-    parser.add_argument("--torch-seeds", type=int, nargs="*", default=[0], help="seeds to run PyTorch for")
+    parser.add_argument("--test-limit", type=int, default=None, help="evaluate on the first N test pairs only")
     args = parser.parse_args()
-    print(f"cpu: {cpu_description()}", flush=True)
+    print(header(), flush=True)
+
+    from scipy.stats import ttest_rel
 
     from jaxst.io.hub import packaged_model_folder
 
     folder = packaged_model_folder("sentence-transformers/all-MiniLM-L6-v2")
-    train, test = read("stsb-en-train.csv")[: args.limit], read("stsb-en-test.csv")
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; {len(train)} training pairs, "
-          f"{len(test)} test pairs, batch {BATCH}, lr {LR}, warmup {WARMUP}")
-    jaxst_times, scores = {}, []
-    for seed in args.seeds:
-        seconds, before, after = jaxst_epoch(folder, train, test, seed)
-        jaxst_times[seed] = seconds
-        scores.append(after)
-        cache = "cold compile" if seed == args.seeds[0] else "warm cache"
-        print(f"seed {seed} jaxst:   epoch {seconds:7.1f} s ({cache}), test Spearman {100 * before:.2f} -> "
-              f"{100 * after:.2f}", flush=True)
-    if len(scores) > 1:
-        import statistics
-
-        print(f"jaxst test Spearman over {len(scores)} seeds: mean {100 * statistics.mean(scores):.2f}, "
-              f"min {100 * min(scores):.2f}, max {100 * max(scores):.2f}", flush=True)
-    for seed in args.torch_seeds:
-        seconds, before, after = torch_run(folder, train, test, seed)
-        ratios = ", ".join(f"{seconds / t:.2f}x vs jaxst seed {s}" for s, t in jaxst_times.items())
-        print(f"seed {seed} PyTorch: epoch {seconds:7.1f} s, test Spearman {100 * before:.2f} -> {100 * after:.2f}; "
-              f"jaxst speed-up {ratios}", flush=True)
+    train, test = read("stsb-en-train.csv")[: args.limit], read("stsb-en-test.csv")[: args.test_limit]
+    print(f"{len(train)} training pairs, {len(test)} test pairs, batch {BATCH}, lr {LR}, warmup {WARMUP}; "
+          f"seeds {args.seeds}, both sides per seed on the same batches", flush=True)
+    rows = []
+    for i, seed in enumerate(args.seeds):
+        sides = [("jaxst", jaxst_epoch), ("PyTorch", torch_run)]
+        result = {}
+        for name, run in sides if i % 2 == 0 else reversed(sides):
+            result[name] = run(folder, train, test, seed)
+        rows.append(result)
+        (jt, jb, ja), (tt, tb, ta) = result["jaxst"], result["PyTorch"]
+        cache = "cold compile" if i == 0 else "warm cache"
+        print(f"seed {seed}: jaxst epoch {jt:6.1f} s ({cache}), test Spearman {100 * jb:.2f} -> {100 * ja:.2f}; "
+              f"PyTorch epoch {tt:6.1f} s, {100 * tb:.2f} -> {100 * ta:.2f}; speed-up {tt / jt:.2f}x", flush=True)
+    warm = rows[1:] or rows
+    speed = statistics.median(r["PyTorch"][0] / r["jaxst"][0] for r in warm)
+    ours, theirs = [100 * r["jaxst"][2] for r in rows], [100 * r["PyTorch"][2] for r in rows]
+    diff = statistics.mean(o - t for o, t in zip(ours, theirs))
+    if len(rows) > 1 and any(o != t for o, t in zip(ours, theirs)):
+        p = float(ttest_rel(ours, theirs).pvalue)
+        verdict = "same score" if p >= 0.05 else ("jaxst higher" if diff > 0 else "jaxst lower")
+        test = f"paired t-test over {len(rows)} seeds: p = {p:.2f} -> {verdict}"
+    else:
+        test = "one seed: no paired test"
+    print(f"epoch speed-up jaxst / PyTorch, median over {'warm seeds' if rows[1:] else 'the seed'}: {speed:.2f}x; "
+          f"test Spearman after: jaxst mean {statistics.mean(ours):.2f} (min {min(ours):.2f}, max {max(ours):.2f}), "
+          f"PyTorch mean {statistics.mean(theirs):.2f} (min {min(theirs):.2f}, max {max(theirs):.2f}), "
+          f"mean difference {diff:+.2f}; {test}", flush=True)
+    row("fine-tune", f"CoSENT epoch, {len(train)} STSb pairs, seeds {args.seeds}, same batches", speed, None,
+        f"STSb Spearman after: {test}, mean difference {diff:+.2f}")
 
 
 if __name__ == "__main__":
