@@ -163,3 +163,18 @@ def row(benchmark: str, work: str, median: float | None, best: float | None = No
 
     print("ROW " + json.dumps({"benchmark": benchmark, "work": work, "median": median, "best": best, "note": note}),
           flush=True)
+
+
+def paired_scores(ours: list[float], theirs: list[float]) -> tuple[float, str]:
+    """``(mean difference, verdict)`` of two libraries' scores over the same seeds: a paired t-test (scipy's
+    ``ttest_rel``) says "same score" unless p < 0.05."""
+    import statistics
+
+    from scipy.stats import ttest_rel
+
+    diff = statistics.mean(o - t for o, t in zip(ours, theirs))
+    if len(ours) < 2 or all(o == t for o, t in zip(ours, theirs)):
+        return diff, "no paired test (one seed, or identical scores)"
+    p = float(ttest_rel(ours, theirs).pvalue)
+    verdict = "same score" if p >= 0.05 else ("jaxst higher" if diff > 0 else "jaxst lower")
+    return diff, f"paired t-test over {len(ours)} seeds: p = {p:.2f} -> {verdict}"

@@ -38,7 +38,7 @@ import tempfile
 import threading
 import time
 
-from _machine import header, row
+from _machine import header, paired_scores, row
 from _stsb import read_stsb  # benchmarks/ is on sys.path when a script here runs
 from _torch_recipe import torch_epoch
 
@@ -174,8 +174,6 @@ def main() -> None:
         child(args.child, args.seed, args.limit, args.dropout)
         return
     print(header(), flush=True)
-    from scipy.stats import ttest_rel
-
     n = len(train_pairs(args.limit))
     print(f"{n} training pairs (stsb-en-train, score >= 4.0), batch {BATCH}, mini-batch {MINI_BATCH}, lr {LR}, "
           f"seeds {args.seeds}{'' if args.dropout else ', no dropout'}", flush=True)
@@ -200,13 +198,7 @@ def main() -> None:
     grow = statistics.median(growth(r["jaxst"]) / max(growth(r["torch"]), 1) for r in warm)
     whole = statistics.median(r["jaxst"]["maxrss"] / r["torch"]["maxrss"] for r in warm)
     ours, theirs = [100 * r["jaxst"]["after"] for r in runs], [100 * r["torch"]["after"] for r in runs]
-    diff = statistics.mean(o - t for o, t in zip(ours, theirs))
-    if len(runs) > 1 and any(o != t for o, t in zip(ours, theirs)):
-        p = float(ttest_rel(ours, theirs).pvalue)
-        verdict = "same score" if p >= 0.05 else ("jaxst higher" if diff > 0 else "jaxst lower")
-        test = f"paired t-test over {len(runs)} seeds: p = {p:.2f} -> {verdict}"
-    else:
-        test = "no paired test (one seed, or identical scores)"
+    diff, test = paired_scores(ours, theirs)
     print(f"jaxst / sentence-transformers (median over {'warm seeds' if runs[1:] else 'the seed'}): epoch "
           f"{speed:.2f}x faster; memory growth during the epoch {grow:.2f}x; whole-process peak {whole:.2f}x. "
           f"NDCG@10 after: jaxst mean {statistics.mean(ours):.2f}, sentence-transformers mean "

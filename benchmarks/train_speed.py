@@ -27,7 +27,7 @@ import statistics
 import tempfile
 import time
 
-from _machine import header, row
+from _machine import header, paired_scores, row
 from _stsb import read_stsb  # benchmarks/ is on sys.path when a script here runs
 from _torch_recipe import torch_epoch
 
@@ -83,8 +83,6 @@ def main() -> None:
     args = parser.parse_args()
     print(header(), flush=True)
 
-    from scipy.stats import ttest_rel
-
     from jaxst.io.hub import packaged_model_folder
 
     folder = packaged_model_folder("sentence-transformers/all-MiniLM-L6-v2")
@@ -105,13 +103,7 @@ def main() -> None:
     warm = rows[1:] or rows
     speed = statistics.median(r["PyTorch"][0] / r["jaxst"][0] for r in warm)
     ours, theirs = [100 * r["jaxst"][2] for r in rows], [100 * r["PyTorch"][2] for r in rows]
-    diff = statistics.mean(o - t for o, t in zip(ours, theirs))
-    if len(rows) > 1 and any(o != t for o, t in zip(ours, theirs)):
-        p = float(ttest_rel(ours, theirs).pvalue)
-        verdict = "same score" if p >= 0.05 else ("jaxst higher" if diff > 0 else "jaxst lower")
-        test = f"paired t-test over {len(rows)} seeds: p = {p:.2f} -> {verdict}"
-    else:
-        test = "one seed: no paired test"
+    diff, test = paired_scores(ours, theirs)
     print(f"epoch speed-up jaxst / PyTorch, median over {'warm seeds' if rows[1:] else 'the seed'}: {speed:.2f}x; "
           f"test Spearman after: jaxst mean {statistics.mean(ours):.2f} (min {min(ours):.2f}, max {max(ours):.2f}), "
           f"PyTorch mean {statistics.mean(theirs):.2f} (min {min(theirs):.2f}, max {max(theirs):.2f}), "
