@@ -139,6 +139,7 @@ class BaseModel:
             raise ValueError("give either device= or mesh= (a model sharded over a mesh runs on its devices)")
         self.mesh = mesh
         self.device = resolve_device(device)
+        self.graphdef = None  # the NNX graph the family builds; None for a model without one (a static SparseEncoder)
         self.model_folder = resolve_model_folder(
             model_name_or_path, cache_folder=cache_folder, revision=revision, token=token,
             local_files_only=local_files_only,
@@ -396,7 +397,7 @@ class BaseModel:
         count, batches)``, each batch ``(indices into the chunk, host batch, result)``."""
         chunk_size = engine.check_batching(batch_size, max_batch_tokens, chunk_size)
         params, mesh = self.placement(device, pool)
-        graphdef = getattr(self, "graphdef", None)  # None: a model without a Transformer (a static SparseEncoder)
+        graphdef = self.graphdef
         return engine.encode(
             inputs, total, hooks, lambda p, batch: forward(graphdef, p, batch), params, batch_size=batch_size,
             token_cap=engine.batch_token_cap(max_batch_tokens, params), chunk_size=chunk_size,

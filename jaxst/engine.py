@@ -183,7 +183,7 @@ def plan_batches(lengths: np.ndarray, batch_size: int, budget: int | None, max_l
 def run_batches(items: list, hooks: Hooks, forward: Callable, params, *, batch_size: int,
                 token_cap: int | None, mesh=None, put: Callable | None = None, bar=None) -> Iterator:
     """``forward(params, device batch)`` over ``items`` in planned batches; yields ``(indices into items,
-    host batch, result)`` per batch, results read back two batches behind the dispatch. ``mesh``: split each
+    host batch, result)`` per batch, results read back ``READ_BEHIND`` batches behind the dispatch. ``mesh``: split each
     batch by rows over its devices; else ``put`` places the batch (None: where jax puts it)."""
     devices = 1 if mesh is None else mesh.size
     plan = plan_batches(hooks.lengths(items), batch_size, None if token_cap is None else token_cap * devices,

@@ -82,6 +82,7 @@ class SparseEncoder(BaseModel):
         self._modules_json = (self.model_folder / "modules.json").is_file()
         specs = self._top_modules()
         self.router = None  # Router parameters, for a routed model
+        self._splade_module = self._csr_module = None  # the Transformer route's module, whichever it is
         # What training updates besides params, as PyTorch buffers (jaxst.training carries them in
         # TrainState.model_state): a CSR model's {"sae_stats": stats_last_nonzero}
         self.buffers: dict[str, jax.Array] = {}
@@ -133,7 +134,7 @@ class SparseEncoder(BaseModel):
         kinds = [s.kind for s in specs]
         where = f"{self.model_folder}" + (f" (route {name!r})" if name else "")
         if kinds == ["transformer", "splade_pooling"]:
-            if getattr(self, "graphdef", None) is not None:
+            if self.graphdef is not None:
                 raise ValueError(f"{where}: more than one SPLADE route; jaxst supports one Transformer per model")
             self._load_splade(specs)
             return _Route("splade", specs)
@@ -146,7 +147,7 @@ class SparseEncoder(BaseModel):
                                                                  bool(tok_cfg.get("do_lower_case", False))))
         if kinds and kinds[0] == "transformer" and kinds[-1] == "sparse_autoencoder" and \
                 set(kinds[1:-1]) <= {"pooling", "dense", "normalize", "dropout"}:
-            if getattr(self, "graphdef", None) is not None:
+            if self.graphdef is not None:
                 raise ValueError(f"{where}: more than one Transformer route; jaxst supports one per model")
             self._load_csr(specs)
             return _Route("csr", specs)
@@ -202,7 +203,7 @@ class SparseEncoder(BaseModel):
     @property
     def _main_module(self) -> nnx.Module | None:
         """The Transformer route's module (SPLADE or CSR), None for a model without one."""
-        return getattr(self, "_splade_module", None) or getattr(self, "_csr_module", None)
+        return self._splade_module or self._csr_module
 
     def _load_params(self) -> dict:
         params = {}
@@ -306,11 +307,11 @@ class SparseEncoder(BaseModel):
     @property
     def splade_pooling_chunk_size(self) -> int | None:
         """Tokens per step of the SPLADE pooling scan (None: jaxst picks it from the batch's size)."""
-        return None if getattr(self, "graphdef", None) is None else self._splade_module.chunk_size
+        return None if self._splade_module is None else self._splade_module.chunk_size
 
     @splade_pooling_chunk_size.setter
     def splade_pooling_chunk_size(self, value: int | None) -> None:
-        if getattr(self, "graphdef", None) is None:
+        if self._splade_module is None:
             raise ValueError("this model has no SpladePooling module")
         if value is not None:
             positive_int("splade_pooling_chunk_size", value)
@@ -541,7 +542,7 @@ class SparseEncoder(BaseModel):
                 sae_buffers={"stats_last_nonzero": np.asarray(self.buffers["sae_stats"], np.int64)},
             )
         splade = None
-        if getattr(self, "graphdef", None) is not None:
+        if self._splade_module is not None:
             splade = {"hf_config": self.hf_config, "specs": self._splade_specs, "max_seq_length": self.max_seq_length,
                       "base_model_prefix": self._encoder_cls.base_model_prefix,
                       "head_prefix": self._splade_module.head.prefix, "chunk_size": self._splade_module.chunk_size}

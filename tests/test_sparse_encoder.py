@@ -698,6 +698,7 @@ def test_csr_sparse_autoencoder(make_tiny_st, tmp_path_factory, normalize):
         folder = _save(st, tmp_path_factory, f"csr-{normalize}")
     model = SparseEncoder(str(folder))
     assert model.max_active_dims == st.max_active_dims == 8 and model.get_embedding_dimension() == 128
+    assert model.splade_pooling_chunk_size is None  # no SpladePooling here (was an AttributeError)
     assert_same_sparse(model.encode(TEXTS), st_dense(st.encode(TEXTS)))
     for k in (4, 16):
         assert_same_sparse(model.encode(TEXTS, max_active_dims=k), st_dense(st.encode(TEXTS, max_active_dims=k)))
