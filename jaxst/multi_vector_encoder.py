@@ -30,11 +30,11 @@ from jaxst import engine
 from jaxst.base import BaseModel
 from jaxst.checks import positive_int
 from jaxst.engine import check_batching, seq_bucket, text_list, text_stream
-from jaxst.io.export import multi_vector_plan, unmapped_tensors
+from jaxst.io.export import sentence_transformer_plan, unmapped_tensors
 from jaxst.io.family import modules_family
 from jaxst.io.folder import ModuleSpec, read_json, read_module_list
 from jaxst.io.weights import open_state_dict
-from jaxst.modules import dense, head_indices, normalize, param_heads, stanford_projection
+from jaxst.modules import dense, normalize, param_heads, stanford_projection
 from jaxst.modules import token_pooling as token_pooling_kind
 from jaxst.modules.multi_vector_mask import MaskSettings
 from jaxst.modules.token_pooling import HierarchicalTokenPooling
@@ -43,6 +43,7 @@ from jaxst.pooling import l2_normalize
 
 SIMILARITY_FN_NAMES = ("maxsim", "meanmaxsim")
 QUERY_EXPANSION_STRATEGIES = ("fixed", "min")
+_TOKEN_LEVEL = {"module_input_name": "token_embeddings", "module_output_name": "token_embeddings"}
 
 
 @jax.jit
@@ -148,8 +149,7 @@ class MultiVectorEncoder(BaseModel):
             skiplist = config.get("skiplist_words")
             specs += [ModuleSpec("multi_vector_mask", self.model_folder,
                                  {"skiplist_words": list(string.punctuation) if skiplist is None else skiplist}),
-                      ModuleSpec("normalize", self.model_folder, {"module_input_name": "token_embeddings",
-                                                                  "module_output_name": "token_embeddings"})]
+                      ModuleSpec("normalize", self.model_folder, dict(_TOKEN_LEVEL))]
         return specs
 
     def _stanford_specs(self, user_prompts: dict) -> list[ModuleSpec]:
@@ -173,7 +173,7 @@ class MultiVectorEncoder(BaseModel):
         return [ModuleSpec("transformer", folder, transformer),
                 ModuleSpec("stanford_projection", folder, {}),
                 ModuleSpec("multi_vector_mask", folder, {"skiplist_words": skiplist}),
-                ModuleSpec("normalize", folder, {})]
+                ModuleSpec("normalize", folder, dict(_TOKEN_LEVEL))]
 
     def _load(self, specs: list[ModuleSpec]) -> MultiVectorModule:
         """Build the module ``specs`` describe and read its params; returns the (abstract) module."""
@@ -542,32 +542,24 @@ class MultiVectorEncoder(BaseModel):
     # ------------------------------------------------------------------ saving
 
     def folder_plan(self):
-        specs = list(self._module_specs)
-        transformer = specs[0]
-        config = {k: v for k, v in transformer.config.items()}
-        config.update({"query_length": self.query_length, "document_length": self.document_length,
-                       "query_expansion": self.query_expansion, "module_output_name": "token_embeddings"})
-        specs[0] = ModuleSpec("transformer", transformer.path, config)
-        heads = head_indices(specs)  # index into params["heads"]: the Dense and Normalize modules, in order
-        for i, spec in enumerate(specs):
-            if spec.kind == "stanford_projection":
-                w = self.params["heads"][heads[i]]["linear"]["kernel"]
-                specs[i] = ModuleSpec("dense", spec.path, stanford_projection.dense_config(w.shape[0], w.shape[1]))
-            elif spec.kind == "multi_vector_mask":
-                specs[i] = ModuleSpec(spec.kind, spec.path, MaskSettings(
-                    self.skiplist_words, self.skiplist_tasks, self.keep_only_token_ids).get_config_dict())
-            elif spec.kind == "dense":  # PyLate's configs predate the module IO names
-                specs[i] = ModuleSpec(spec.kind, spec.path, {"module_input_name": "token_embeddings",
-                                                             "module_output_name": "token_embeddings", **spec.config})
-            elif spec.kind == "token_pooling":
-                specs[i] = ModuleSpec(spec.kind, spec.path, self.token_pooling.get_config_dict())
-            elif spec.kind == "normalize" and self._stanford:
-                specs[i] = ModuleSpec(spec.kind, spec.path, {"module_input_name": "token_embeddings",
-                                                             "module_output_name": "token_embeddings"})
-        plan = multi_vector_plan(
-            hf_config=self.hf_config, module_specs=specs, max_seq_length=self.max_seq_length, prompts=self.prompts,
-            default_prompt_name=self.default_prompt_name, similarity_fn_name=self.similarity_fn_name,
-            unmapped=self._unmapped_tensors)
+        """The modules as loaded, each written by its kind file, with this model's current settings: lengths
+        and query expansion, the mask's skiplist, the token pooling; Dense modules say they map token
+        embeddings (PyLate's configs predate the module IO names)."""
+        settings = {
+            "transformer": {"query_length": self.query_length, "document_length": self.document_length,
+                            "query_expansion": self.query_expansion, "module_output_name": "token_embeddings"},
+            "multi_vector_mask": MaskSettings(self.skiplist_words, self.skiplist_tasks,
+                                              self.keep_only_token_ids).get_config_dict(),
+            "dense": dict(_TOKEN_LEVEL),
+        }
+        if self.token_pooling is not None:
+            settings["token_pooling"] = self.token_pooling.get_config_dict()
+        plan = sentence_transformer_plan(
+            hf_config=self.hf_config, module_specs=self._module_specs, max_seq_length=self.max_seq_length,
+            prompts=self.prompts, default_prompt_name=self.default_prompt_name,
+            similarity_fn_name=self.similarity_fn_name, truncate_dim=None, unmapped=self._unmapped_tensors,
+            params=self.params, settings=settings, model_class="MultiVectorEncoder")
+        transformer = self._module_specs[0]
         if self._registered_prefixes:  # the saved tokenizer keeps the markers as single special tokens
             source = transformer.path / "tokenizer.json"
             data = json.loads(source.read_text(encoding="utf-8")) if source.is_file() else {}

@@ -27,7 +27,7 @@ from jaxst import engine
 from jaxst.base import BaseModel, is_int8
 from jaxst.checks import positive_int
 from jaxst.engine import check_batching, text_list, text_stream
-from jaxst.io.export import csr_plan, sparse_encoder_plan, unmapped_tensors
+from jaxst.io.export import sentence_transformer_plan, sparse_encoder_plan, unmapped_tensors
 from jaxst.io.folder import ModuleSpec, read_json, read_module_list, read_router
 from jaxst.io.tokenizer import Tokenizer
 from jaxst.io.weights import open_state_dict
@@ -534,20 +534,23 @@ class SparseEncoder(BaseModel):
         if any(r.kind == "csr" for r in self.routes.values()):
             if self.router is not None:
                 raise ValueError("saving a Router with a SparseAutoEncoder route is not supported")
-            return csr_plan(
+            # a dense sentence encoder's modules, then the SparseAutoEncoder with its statistics buffer
+            return sentence_transformer_plan(
                 hf_config=self.hf_config, module_specs=self._csr_specs, max_seq_length=self.max_seq_length,
                 prompts=self.prompts, default_prompt_name=self.default_prompt_name,
-                similarity_fn_name=self.similarity_fn_name, max_active_dims=self.max_active_dims,
-                unmapped=self._unmapped_tensors,
-                sae_buffers={"stats_last_nonzero": np.asarray(self.buffers["sae_stats"], np.int64)},
+                similarity_fn_name=self.similarity_fn_name, truncate_dim=None, unmapped=self._unmapped_tensors,
+                params=self.params, model_class="SparseEncoder", max_active_dims=self.max_active_dims,
+                buffers={"sparse_autoencoder": {
+                    "stats_last_nonzero": np.asarray(self.buffers["sae_stats"], np.int64)}},
             )
-        splade = None
-        if self._splade_module is not None:
-            splade = {"hf_config": self.hf_config, "specs": self._splade_specs, "max_seq_length": self.max_seq_length,
-                      "base_model_prefix": self._encoder_cls.base_model_prefix,
-                      "head_prefix": self._splade_module.head.prefix, "chunk_size": self._splade_module.chunk_size}
+        settings, weights = {}, {}
+        if self._splade_module is not None:  # the encoder and its masked-LM head, each under its own prefix
+            settings["splade_pooling"] = {"chunk_size": self._splade_module.chunk_size}
+            weights["transformer"] = ((("encoder",), f"{self._encoder_cls.base_model_prefix}."),
+                                      (("head",), self._splade_module.head.prefix))
         return sparse_encoder_plan(
-            routes={name: route.specs for name, route in self.routes.items()}, router=self.router, splade=splade,
+            routes={name: route.specs for name, route in self.routes.items()}, router=self.router,
+            hf_config=self.hf_config, max_seq_length=self.max_seq_length, settings=settings, weights=weights,
             prompts=self.prompts, default_prompt_name=self.default_prompt_name,
             similarity_fn_name=self.similarity_fn_name, max_active_dims=self.max_active_dims,
         )

@@ -3,12 +3,14 @@ kind; the folder reader and writer read it; the head index is assigned in one pl
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from jaxst import modules
@@ -147,6 +149,67 @@ def test_head_indices_are_assigned_once():
     assert modules.head_indices(specs) == [None, 0, 1]
     assert modules.param_heads(specs) == [(0, specs[1])]
     assert modules.head_indices([]) == [] and modules.param_heads([]) == []
+
+
+SAVE_CONTEXT = {  # what a family hands each kind when saving, beyond the shared hf_config / length / head
+    "router": {"settings": {"types": {"q": "T"}, "structure": {"query": ["q"]},
+                            "parameters": {"default_route": "query"}}},
+    "stanford_projection": {"head_params": {"linear": {"kernel": np.zeros((6, 4), np.float32)}}},
+    "sparse_autoencoder": {"buffers": {"stats_last_nonzero": np.zeros(3, np.int64)}},
+}
+
+
+@pytest.mark.parametrize("kind", KIND_FILES)
+def test_every_kind_says_what_it_saves(kind):
+    """The save plan is the kind file's: every kind answers ``files`` with JSON files (its config, updated by
+    the family's settings), params subtrees for its model.safetensors, and the kind it is written as, one that
+    has a sentence-transformers type."""
+    k = modules.by_kind(kind)
+    spec = folder.ModuleSpec(kind, Path("."), {"loaded": 1})
+    context = modules.SaveContext(hf_config={"hidden_size": 6, "torch_dtype": "bfloat16"}, max_seq_length=9,
+                                  head=0 if k.head else None, **SAVE_CONTEXT.get(kind, {}))
+    files = k.files(spec, context)
+    assert isinstance(files, modules.ModuleFiles)
+    assert files.json_files and all(isinstance(v, dict) for v in files.json_files.values())
+    written = modules.by_kind(files.kind or kind)
+    assert written.type_path is not None
+    for path, prefix in files.weights:
+        assert isinstance(path, tuple) and isinstance(prefix, str)
+    if k.head_params:
+        assert files.weights == ((("heads", 0), ""),)
+    if kind == "transformer":
+        assert files.json_files["config.json"]["torch_dtype"] == "float32"  # the weights are written in float32
+        assert files.json_files["sentence_bert_config.json"]["max_seq_length"] == 9 and files.tokenizer
+    if kind == "sparse_autoencoder":
+        assert set(files.unmapped) == {"stats_last_nonzero"}
+    if kind not in ("router", "stanford_projection"):
+        assert files.json_files[k.config_files[0]]["loaded"] == 1  # the loaded config is kept, where it is read
+        with_settings = k.files(spec, dataclasses.replace(context, settings={"current": 2}))
+        assert with_settings.json_files[k.config_files[0]]["current"] == 2
+
+
+def test_a_new_kind_is_saved_by_its_file_alone(monkeypatch, tmp_path):
+    """The folder writer has no list of kinds: a kind it has never seen (here slipped into the registry as a
+    new file's would be) is written under its type and folder name, with its config and head params."""
+    fancy = ModuleKind("fancy", class_names=("Fancy",), type_path="my_kinds.Fancy", folder_name="Fancy",
+                       head=True, head_params=True)
+    monkeypatch.setitem(modules._registry()[0], "fancy", fancy)
+    (tmp_path / "vocab.txt").write_text("[PAD]\n")
+    specs = [folder.ModuleSpec("transformer", tmp_path, {}), folder.ModuleSpec("pooling", tmp_path, {"x": 1}),
+             folder.ModuleSpec("fancy", tmp_path, {"width": 3})]
+    plan = export.sentence_transformer_plan(
+        hf_config={"hidden_size": 4}, module_specs=specs, max_seq_length=8, prompts={}, default_prompt_name=None,
+        similarity_fn_name="cosine", truncate_dim=None, unmapped={})
+    assert plan.json_files["modules.json"][2] == {"idx": 2, "name": "2", "path": "2_Fancy", "type": "my_kinds.Fancy"}
+    assert plan.json_files["2_Fancy/config.json"] == {"width": 3}
+    assert [(w.file, w.params) for w in plan.weights] == [("model.safetensors", ("encoder",)),
+                                                          ("2_Fancy/model.safetensors", ("heads", 0))]
+
+
+def test_the_folder_writer_has_no_per_kind_code():
+    """io/export.py lays folders out; what a module writes is its kind file's: no branch on a kind id there."""
+    source = (ROOT / "jaxst" / "io" / "export.py").read_text()
+    assert not re.findall(r"kind\s*(==|!=|in)\s*[(\"']", source)
 
 
 def test_router_config_falls_back_to_config_json(tmp_path):

@@ -8,8 +8,9 @@ orbax params checkpoint beside the folder's config files, and that checkpoint ba
 A ``FolderPlan`` is plain data: the JSON files to write, the files to copy (tokenizer files from the
 folder the model was loaded from), and which subtree of ``params`` goes into which safetensors file under
 which name prefix. Each model family builds its plan with ``sentence_transformer_plan`` /
-``cross_encoder_plan`` (this module knows the folder format, not the model classes); ``save`` (in
-``jaxst.base``) and the orbax conversion all go through the one writer, ``write_model_folder``.
+``cross_encoder_plan`` / ``sparse_encoder_plan`` (this module knows the folder's layout, not the model
+classes; what each module writes is its kind file's, ``jaxst.modules``); ``save`` (in ``jaxst.base``) and the
+orbax conversion all go through the one writer, ``write_model_folder``.
 
 Saving is atomic at the folder level: nothing is written into ``path`` itself. Files go into a temp folder
 next to it, which replaces ``path`` by rename once complete; an exception (or a crash) midway leaves
@@ -35,8 +36,10 @@ import numpy as np
 
 from jaxst import modules
 from jaxst.io.atomic import release, temp_folder, umask
+from jaxst.io.folder import ModuleSpec
 from jaxst.io.fsync import fsync_path
 from jaxst.io.weights import state_dict_from_params
+from jaxst.modules import ModuleFiles, SaveContext
 
 # Files a tokenizer may consist of; those present in the source folder are copied.
 TOKENIZER_FILES = (
@@ -116,16 +119,6 @@ def _tokenizer_copies(folder: Path) -> dict[str, Path]:
     return copies
 
 
-def _hf_config(config: dict) -> dict:
-    """config.json as loaded, saying float32 where it names a dtype: the weights are written in float32, and
-    transformers 5 loads a checkpoint in the dtype its config names."""
-    config = dict(config)
-    for key in ("dtype", "torch_dtype"):
-        if key in config:
-            config[key] = "float32"
-    return config
-
-
 def _model_config(model_type: str, prompts: dict, default_prompt_name: str | None, similarity_fn_name: str,
                   **optional) -> dict:
     """config_sentence_transformers.json; ``optional`` entries (truncate_dim, max_active_dims) only when set."""
@@ -140,43 +133,14 @@ def _model_config(model_type: str, prompts: dict, default_prompt_name: str | Non
     return config
 
 
-def _transformer_config(config: dict, max_seq_length: int, do_lower_case: bool) -> dict:
-    """sentence_bert_config.json: the loaded one (its transformer_task, ...) with the current length and casing."""
-    return {**config, "max_seq_length": int(max_seq_length), "do_lower_case": bool(do_lower_case)}
-
-
-def sentence_transformer_plan(*, hf_config: dict, module_specs: list, max_seq_length: int, prompts: dict,
-                              default_prompt_name: str | None, similarity_fn_name: str, truncate_dim: int | None,
-                              unmapped: dict[str, np.ndarray]) -> FolderPlan:
-    """The folder ``SentenceTransformer.save`` writes: sentence-transformers' layout, module by module.
-
-    ``module_specs`` are the ``jaxst.io.folder.ModuleSpec`` the model was loaded from (Transformer first);
-    the Transformer's params go to ``params["encoder"]``, Dense modules' to ``params["heads"][i]``."""
-    transformer = module_specs[0]
-    entries = [{"idx": 0, "name": "0", "path": "", "type": MODULE_TYPES["transformer"]}]
-    json_files: dict[str, object] = {
-        "config.json": _hf_config(hf_config),
-        "sentence_bert_config.json": _transformer_config(
-            transformer.config, max_seq_length, transformer.config.get("do_lower_case", False)
-        ),
-    }
-    weights = [WeightsEntry("model.safetensors", ("encoder",))]
-    unmapped_files = {"model.safetensors": dict(unmapped)} if unmapped else {}
-    heads = modules.head_indices(module_specs[1:])  # index into params["heads"]: Dense and Normalize modules
-    for (idx, spec), head in zip(enumerate(module_specs[1:], start=1), heads):
-        folder = _module_folder(idx, spec.kind)
-        entries.append({"idx": idx, "name": str(idx), "path": folder, "type": MODULE_TYPES[spec.kind]})
-        config = dict(spec.config)
-        if spec.kind == "pooling" and "word_embedding_dimension" not in config and "embedding_dimension" not in config:
-            # a synthesized mean pooling (DistilBERT calls the width "dim")
-            config["word_embedding_dimension"] = int(hf_config.get("hidden_size", hf_config.get("dim")))
-        json_files[f"{folder}/config.json"] = config
-        if modules.by_kind(spec.kind).head_params:
-            weights.append(WeightsEntry(f"{folder}/model.safetensors", ("heads", head)))
-    json_files["modules.json"] = entries
-    json_files["config_sentence_transformers.json"] = _model_config(
-        "SentenceTransformer", prompts, default_prompt_name, similarity_fn_name, truncate_dim=truncate_dim)
-    return FolderPlan("SentenceTransformer", json_files, _tokenizer_copies(transformer.path), weights, unmapped_files)
+def _type_path(kind: str, v6: bool = False) -> str:
+    """The modules.json type a module of ``kind`` is written under (sentence-transformers 6's own class path
+    with ``v6``, as its SparseEncoder writes them)."""
+    k = modules.by_kind(kind)
+    path = k.v6_type_path if v6 else k.type_path
+    if path is None:
+        raise ValueError(f"cannot save a {kind} module: it has no sentence-transformers type")
+    return path
 
 
 def _module_folder(idx: int, kind: str) -> str:
@@ -185,6 +149,63 @@ def _module_folder(idx: int, kind: str) -> str:
     if name is None:
         raise ValueError(f"cannot save a {kind} module in a folder of its own")
     return f"{idx}_{name}"
+
+
+def _module_files(spec, head: int | None = None, *, hf_config: dict | None = None, max_seq_length: int | None = None,
+                  params=None, settings: dict | None = None, weights: dict | None = None,
+                  buffers: dict | None = None) -> ModuleFiles:
+    """What ``spec``'s kind file says the module writes (``ModuleKind.files``), given the model as it is now:
+    ``settings`` / ``weights`` / ``buffers`` are the family's, keyed by module kind; ``params`` its params
+    (a head's subtree is handed to the kind)."""
+    kind = modules.by_kind(spec.kind)
+    head_params = params["heads"][head] if kind.head_params and params is not None else None
+    context = SaveContext(hf_config=hf_config, max_seq_length=max_seq_length,
+                          settings=(settings or {}).get(spec.kind, {}), head=head, head_params=head_params,
+                          weights=(weights or {}).get(spec.kind, ()), buffers=(buffers or {}).get(spec.kind, {}))
+    return kind.files(spec, context)
+
+
+def _place(plan: FolderPlan, files: ModuleFiles, folder: str, source: Path) -> None:
+    """Put one module's files into ``plan`` under ``folder`` ("" for the root); tokenizer files come from
+    ``source``, the folder the module was loaded from."""
+    sub = f"{folder}/" if folder else ""
+    for name, data in files.json_files.items():
+        plan.json_files[f"{sub}{name}"] = data
+    if files.tokenizer:
+        plan.copies.update({f"{sub}{name}": src for name, src in _tokenizer_copies(source).items()})
+    for path, prefix in files.weights:
+        plan.weights.append(WeightsEntry(f"{sub}model.safetensors", tuple(path), prefix))
+    if files.unmapped:
+        plan.unmapped.setdefault(f"{sub}model.safetensors", {}).update(files.unmapped)
+
+
+def sentence_transformer_plan(*, hf_config: dict, module_specs: list, max_seq_length: int, prompts: dict,
+                              default_prompt_name: str | None, similarity_fn_name: str, truncate_dim: int | None,
+                              unmapped: dict[str, np.ndarray], params=None, settings: dict | None = None,
+                              buffers: dict | None = None, model_class: str = "SentenceTransformer",
+                              max_active_dims: int | None = None) -> FolderPlan:
+    """The folder ``SentenceTransformer.save`` writes: sentence-transformers' layout, module by module, each
+    module's files as its kind file says (``jaxst.modules``). Also a MultiVectorEncoder's and a CSR
+    SparseEncoder's folder (``model_class``), which are laid out the same way.
+
+    ``module_specs`` are the ``jaxst.io.folder.ModuleSpec`` the model was loaded from (Transformer first, at
+    the folder's root; the others in ``{idx}_{Name}``); ``settings`` / ``buffers`` the family's current
+    settings and buffers by module kind; ``params`` the model's params, whose heads are numbered by
+    ``jaxst.modules.head_indices``."""
+    plan = FolderPlan(model_class, {}, {}, [], {"model.safetensors": dict(unmapped)} if unmapped else {})
+    entries = []
+    for idx, (spec, head) in enumerate(zip(module_specs, modules.head_indices(module_specs))):
+        files = _module_files(spec, head, hf_config=hf_config, max_seq_length=max_seq_length, params=params,
+                              settings=settings, buffers=buffers)
+        kind = files.kind or spec.kind
+        folder = "" if idx == 0 else _module_folder(idx, kind)
+        entries.append({"idx": idx, "name": str(idx), "path": folder, "type": _type_path(kind)})
+        _place(plan, files, folder, spec.path)
+    plan.json_files["modules.json"] = entries
+    plan.json_files["config_sentence_transformers.json"] = _model_config(
+        model_class, prompts, default_prompt_name, similarity_fn_name, truncate_dim=truncate_dim,
+        max_active_dims=max_active_dims)
+    return plan
 
 
 def cross_encoder_plan(*, hf_config: dict, transformer_path: Path, transformer_config: dict, max_seq_length: int,
@@ -197,137 +218,75 @@ def cross_encoder_plan(*, hf_config: dict, transformer_path: Path, transformer_c
     With ``logit_score`` (a ``LogitScore`` module config): a causal-LM reranker, a text-generation Transformer
     followed by ``1_LogitScore``. Params: ``encoder`` (the decoder, under ``base_model_prefix``) and, when
     the LM head is not tied to the embeddings (``lm_head``), ``lm_head``."""
-    hf_config = _hf_config(hf_config)
+    hf_config = dict(hf_config)
     if isinstance(hf_config.get("sentence_transformers"), dict):  # the pre-v4 place: keep it consistent
         hf_config["sentence_transformers"] = {**hf_config["sentence_transformers"], "activation_fn": activation_fn}
     task = "sequence-classification" if logit_score is None else "text-generation"
-    transformer_config = {"transformer_task": task, **transformer_config}
-    entries = [{"idx": 0, "name": "0", "path": "", "type": MODULE_TYPES["transformer"]}]
+    weights = [(("encoder",), f"{base_model_prefix}.")]
     if logit_score is not None:
-        entries.append({"idx": 1, "name": "1", "path": _module_folder(1, "logit_score"),
-                        "type": MODULE_TYPES["logit_score"]})
-    json_files: dict[str, object] = {
-        "config.json": hf_config,
-        "sentence_bert_config.json": _transformer_config(
-            transformer_config, max_seq_length, transformer_config.get("do_lower_case", False)
-        ),
-        "modules.json": entries,
-        "config_sentence_transformers.json": {
-            "__version__": {"jaxst": _jaxst_version()},
-            "model_type": "CrossEncoder",
-            "activation_fn": activation_fn,
-            "prompts": dict(prompts),
-            "default_prompt_name": default_prompt_name,
-        },
+        weights += [(("lm_head",), "lm_head.")] if lm_head else []
+    else:
+        weights += [(("pooler",), f"{base_model_prefix}.pooler.")] if has_pooler else []
+        weights += [(("classifier",), "classifier.")]
+    specs = [ModuleSpec("transformer", Path(transformer_path), {"transformer_task": task, **transformer_config})]
+    if logit_score is not None:
+        specs.append(ModuleSpec("logit_score", Path(transformer_path), dict(logit_score)))
+    plan = FolderPlan("CrossEncoder", {}, {}, [], {})
+    entries = []
+    for idx, spec in enumerate(specs):
+        files = _module_files(spec, hf_config=hf_config, max_seq_length=max_seq_length,
+                              weights={"transformer": tuple(weights)})
+        folder = "" if idx == 0 else _module_folder(idx, spec.kind)
+        entries.append({"idx": idx, "name": str(idx), "path": folder, "type": _type_path(spec.kind)})
+        _place(plan, files, folder, spec.path)
+    plan.json_files["modules.json"] = entries
+    plan.json_files["config_sentence_transformers.json"] = {
+        "__version__": {"jaxst": _jaxst_version()},
+        "model_type": "CrossEncoder",
+        "activation_fn": activation_fn,
+        "prompts": dict(prompts),
+        "default_prompt_name": default_prompt_name,
     }
-    weights = [WeightsEntry("model.safetensors", ("encoder",), f"{base_model_prefix}.")]
-    if logit_score is not None:
-        json_files[f"{_module_folder(1, 'logit_score')}/config.json"] = dict(logit_score)
-        if lm_head:
-            weights.append(WeightsEntry("model.safetensors", ("lm_head",), "lm_head."))
-        return FolderPlan("CrossEncoder", json_files, _tokenizer_copies(transformer_path), weights, {})
-    if has_pooler:
-        weights.append(WeightsEntry("model.safetensors", ("pooler",), f"{base_model_prefix}.pooler."))
-    weights.append(WeightsEntry("model.safetensors", ("classifier",), "classifier."))
-    return FolderPlan("CrossEncoder", json_files, _tokenizer_copies(transformer_path), weights, {})
+    return plan
 
 
 # sentence-transformers 6's class paths, as its SparseEncoder saves them (from each kind's file in jaxst.modules)
 SPARSE_MODULE_TYPES = {k.kind: k.v6_type_path for k in modules.KINDS.values() if k.v6_type_path is not None}
 
 
-def sparse_encoder_plan(*, routes: dict, router: dict | None, splade: dict | None, prompts: dict,
-                        default_prompt_name: str | None, similarity_fn_name: str,
-                        max_active_dims: int | None) -> FolderPlan:
+def sparse_encoder_plan(*, routes: dict, router: dict | None, hf_config: dict | None, max_seq_length: int | None,
+                        settings: dict, weights: dict, prompts: dict, default_prompt_name: str | None,
+                        similarity_fn_name: str, max_active_dims: int | None) -> FolderPlan:
     """The folder ``SparseEncoder.save`` writes, as sentence-transformers 6 saves one: a fill-mask Transformer
     at the root and ``1_SpladePooling``; or a ``Router`` (router_config.json) with one sub-folder per module,
-    named as loaded. Params: ``encoder`` and ``head`` (the masked-LM head, under its own prefix) for SPLADE,
-    ``static`` for a SparseStaticEmbedding."""
-    json_files: dict[str, object] = {}
-    copies: dict[str, Path] = {}
-    weights: list[WeightsEntry] = []
+    named as loaded. Each module's files are its kind file's (``jaxst.modules``): for SPLADE the family says
+    where the encoder and the masked-LM head are (``weights["transformer"]``), a SparseStaticEmbedding writes
+    ``params["static"]``."""
+    plan = FolderPlan("SparseEncoder", {}, {}, [], {})
 
-    def write_module(spec, folder: str) -> None:
-        sub = f"{folder}/" if folder else ""
-        if spec.kind == "transformer":
-            json_files[f"{sub}config.json"] = _hf_config(splade["hf_config"])
-            json_files[f"{sub}sentence_bert_config.json"] = _transformer_config(
-                spec.config, splade["max_seq_length"], spec.config.get("do_lower_case", False))
-            copies.update({f"{sub}{name}": src for name, src in _tokenizer_copies(spec.path).items()})
-            weights.append(WeightsEntry(f"{sub}model.safetensors", ("encoder",), f"{splade['base_model_prefix']}."))
-            weights.append(WeightsEntry(f"{sub}model.safetensors", ("head",), splade["head_prefix"]))
-        elif spec.kind == "splade_pooling":
-            config = {"pooling_strategy": "max", "activation_function": "relu", "embedding_dimension": None,
-                      **{k: v for k, v in spec.config.items() if k != "word_embedding_dimension"}}
-            if splade.get("chunk_size") is not None:
-                config["chunk_size"] = splade["chunk_size"]
-            json_files[f"{sub}config.json"] = config
-        elif spec.kind == "static_embedding":
-            json_files[f"{sub}config.json"] = dict(spec.config)
-            copies.update({f"{sub}{name}": src for name, src in _tokenizer_copies(spec.path).items()})
-            weights.append(WeightsEntry(f"{sub}model.safetensors", ("static",)))
-        else:
-            raise ValueError(f"cannot save a {spec.kind} module")
+    def add(spec, folder: str) -> str:
+        files = _module_files(spec, hf_config=hf_config, max_seq_length=max_seq_length, settings=settings,
+                              weights=weights)
+        _place(plan, files, folder, spec.path)
+        return _type_path(files.kind or spec.kind, v6=True)
 
     if router is None:
-        specs = routes[None]
         entries = []
-        for idx, spec in enumerate(specs):
+        for idx, spec in enumerate(routes[None]):
             folder = "" if idx == 0 else _module_folder(idx, spec.kind)  # Transformer at the root, as saved by ST
-            entries.append({"idx": idx, "name": str(idx), "path": folder, "type": SPARSE_MODULE_TYPES[spec.kind]})
-            write_module(spec, folder)
+            entries.append({"idx": idx, "name": str(idx), "path": folder, "type": add(spec, folder)})
     else:
-        entries = [{"idx": 0, "name": "0", "path": "", "type": SPARSE_MODULE_TYPES["router"]}]
+        entries = [{"idx": 0, "name": "0", "path": "", "type": _type_path("router", v6=True)}]
         types, structure = {}, {}
         for name, specs in routes.items():
             structure[name] = [spec.path.name for spec in specs]
             for spec in specs:
-                types[spec.path.name] = SPARSE_MODULE_TYPES[spec.kind]
-                write_module(spec, spec.path.name)
-        json_files["router_config.json"] = {"types": types, "structure": structure, "parameters": dict(router)}
-    json_files["modules.json"] = entries
-    json_files["config_sentence_transformers.json"] = _model_config(
+                types[spec.path.name] = add(spec, spec.path.name)
+        layout = {"router": {"types": types, "structure": structure, "parameters": dict(router)}}
+        _place(plan, _module_files(ModuleSpec("router", Path("."), {}), settings=layout), "", Path("."))
+    plan.json_files["modules.json"] = entries
+    plan.json_files["config_sentence_transformers.json"] = _model_config(
         "SparseEncoder", prompts, default_prompt_name, similarity_fn_name, max_active_dims=max_active_dims)
-    return FolderPlan("SparseEncoder", json_files, copies, weights, {})
-
-
-def csr_plan(*, hf_config: dict, module_specs: list, max_seq_length: int, prompts: dict,
-             default_prompt_name: str | None, similarity_fn_name: str, max_active_dims: int | None,
-             unmapped: dict[str, np.ndarray], sae_buffers: dict[str, np.ndarray]) -> FolderPlan:
-    """A CSR SparseEncoder's folder: the dense modules as ``sentence_transformer_plan`` writes them, then the
-    SparseAutoEncoder (``params["sae"]``, with its ``stats_last_nonzero`` buffer as loaded)."""
-    plan = sentence_transformer_plan(
-        hf_config=hf_config, module_specs=module_specs[:-1], max_seq_length=max_seq_length, prompts=prompts,
-        default_prompt_name=default_prompt_name, similarity_fn_name=similarity_fn_name, truncate_dim=None,
-        unmapped=unmapped)
-    idx = len(module_specs) - 1
-    folder = _module_folder(idx, "sparse_autoencoder")
-    plan.json_files["modules.json"].append(
-        {"idx": idx, "name": str(idx), "path": folder, "type": SPARSE_MODULE_TYPES["sparse_autoencoder"]})
-    plan.json_files[f"{folder}/config.json"] = dict(module_specs[-1].config)
-    plan.weights.append(WeightsEntry(f"{folder}/model.safetensors", ("sae",)))
-    if sae_buffers:
-        plan.unmapped[f"{folder}/model.safetensors"] = dict(sae_buffers)
-    config_st = plan.json_files["config_sentence_transformers.json"]
-    config_st["model_type"] = "SparseEncoder"
-    if max_active_dims is not None:
-        config_st["max_active_dims"] = int(max_active_dims)
-    plan.model_class = "SparseEncoder"
-    return plan
-
-
-def multi_vector_plan(*, hf_config: dict, module_specs: list, max_seq_length: int, prompts: dict,
-                      default_prompt_name: str | None, similarity_fn_name: str,
-                      unmapped: dict[str, np.ndarray]) -> FolderPlan:
-    """A MultiVectorEncoder's folder: Transformer (with its query/document lengths and query expansion),
-    token-level Dense and Normalize, MultiVectorMask, laid out as ``sentence_transformer_plan`` lays out
-    a dense model's modules."""
-    plan = sentence_transformer_plan(
-        hf_config=hf_config, module_specs=module_specs, max_seq_length=max_seq_length, prompts=prompts,
-        default_prompt_name=default_prompt_name, similarity_fn_name=similarity_fn_name, truncate_dim=None,
-        unmapped=unmapped)
-    plan.json_files["config_sentence_transformers.json"]["model_type"] = "MultiVectorEncoder"
-    plan.model_class = "MultiVectorEncoder"
     return plan
 
 

@@ -3,9 +3,10 @@
 family it marks, whether it is a head, what runs it) and, beside it, what the kind is made of: its NNX module or
 host object, the builder from its saved config, its params' loading where it has tensors (``dense.py``:
 ``Dense``, ``head``, the activation names both ways; ``sparse_autoencoder.py``: ``SparseAutoEncoder``,
-``CSREncoder``, ``build``, ``load_params``; ...). The folder reader (``jaxst.io.folder``) and writer
-(``jaxst.io.export``) and the facades ask this registry; a new module kind is one new file here, and the
-facade of its family composes it.
+``CSREncoder``, ``build``, ``load_params``; ...) and what it writes when saved (``ModuleKind.files``: its
+``save`` function, or its config and head params). The folder reader (``jaxst.io.folder``) and writer
+(``jaxst.io.export``, which only lays the folder out) and the facades ask this registry; a new module kind is
+one new file here, and the facade of its family composes it.
 
     modules.json "type" ──kind_of_type──▶ ModuleKind ──▶ config file to read / type and folder to write
     specs in modules.json order ──head_indices──▶ index into module.heads / params["heads"], assigned once
@@ -24,7 +25,7 @@ import importlib
 import pkgutil
 from collections.abc import Iterable
 
-from jaxst.modules._kind import FAMILIES, ModuleKind
+from jaxst.modules._kind import FAMILIES, ModuleFiles, ModuleKind, SaveContext
 
 
 @functools.cache
@@ -108,5 +109,5 @@ def param_heads(specs: Iterable) -> list[tuple[int, object]]:
             and by_kind(_kind_name(spec)).head_params]
 
 
-__all__ = ["CLASS_KINDS", "FAMILIES", "KINDS", "ModuleKind", "by_kind", "family_kinds", "head_indices",
-           "kind_of_type", "param_heads"]
+__all__ = ["CLASS_KINDS", "FAMILIES", "KINDS", "ModuleFiles", "ModuleKind", "SaveContext", "by_kind",
+           "family_kinds", "head_indices", "kind_of_type", "param_heads"]

@@ -23,7 +23,10 @@ class ModuleKind:
     None for the shared kinds. ``head``: it takes a slot in a facade's ``module.heads`` / ``params["heads"]``
     (numbered by ``jaxst.modules.head_indices``); ``head_params``: and carries params there. ``forward``:
     ``"module:attribute"`` of what runs it, mostly in its own file (None: the Transformer, built by
-    ``jaxst.models``; the Router and the LLM reranker's logit score, composed by their facades).
+    ``jaxst.models``; the Router and the LLM reranker's logit score, composed by their facades). ``save``:
+    ``"module:function"`` that says what the module writes (``(spec, SaveContext) -> ModuleFiles``); None:
+    its config as loaded, updated by the family's current settings, and its ``params["heads"]`` slot when it
+    has ``head_params`` (``files``).
     """
 
     kind: str
@@ -37,6 +40,7 @@ class ModuleKind:
     head: bool = False
     head_params: bool = False
     forward: str | None = None
+    save: str | None = None
 
     def __post_init__(self):
         if self.family is not None and self.family not in FAMILIES:
@@ -48,7 +52,51 @@ class ModuleKind:
 
     def resolve_forward(self):
         """The object ``forward`` names (imported on first use: the registry itself imports no model code)."""
-        if self.forward is None:
-            return None
-        module, _, attribute = self.forward.partition(":")
-        return getattr(importlib.import_module(module), attribute)
+        return None if self.forward is None else _resolve(self.forward)
+
+    def files(self, spec, context: SaveContext) -> ModuleFiles:
+        """What a module of this kind (its ``ModuleSpec`` as loaded) writes into its folder, now: the one
+        place the folder writer (``jaxst.io.export``) asks, for every family."""
+        if self.save is not None:
+            return _resolve(self.save)(spec, context)
+        weights = ((("heads", context.head), ""),) if self.head_params else ()
+        return ModuleFiles({"config.json": {**spec.config, **context.settings}}, weights)
+
+
+@dataclasses.dataclass(frozen=True)
+class SaveContext:
+    """What saving one module needs from the model it is part of, as the model is now (not as loaded).
+
+    ``settings``: the family's current settings for this module kind (e.g. a MultiVectorEncoder's skiplist),
+    which replace the loaded config's keys. ``head``: its index into ``params["heads"]``
+    (``jaxst.modules.head_indices``) and ``head_params`` that subtree, for kinds whose config follows their
+    weights. ``weights``: where the family keeps the module's params, as ``(params path, tensor-name prefix)``
+    pairs, for kinds whose params sit outside ``params["heads"]`` (the Transformer). ``buffers``: tensors it
+    saves but does not train (a SparseAutoEncoder's statistics), in PyTorch names."""
+
+    hf_config: dict | None = None
+    max_seq_length: int | None = None
+    settings: dict = dataclasses.field(default_factory=dict)
+    head: int | None = None
+    head_params: object = None
+    weights: tuple = ()
+    buffers: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModuleFiles:
+    """What one module writes, names relative to its folder: JSON files; ``(params path, prefix)`` subtrees
+    into its ``model.safetensors``; whether the tokenizer files of the folder it was loaded from come along;
+    ``unmapped`` tensors for that safetensors file (kept, not modelled); and ``kind``, the module kind it is
+    written as where that is not its own (a Stanford projection is written as a Dense)."""
+
+    json_files: dict
+    weights: tuple = ()
+    tokenizer: bool = False
+    unmapped: dict = dataclasses.field(default_factory=dict)
+    kind: str | None = None
+
+
+def _resolve(target: str):
+    module, _, attribute = target.partition(":")
+    return getattr(importlib.import_module(module), attribute)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from flax import nnx
 
 from jaxst.modules import dense, normalize
-from jaxst.modules._kind import ModuleKind
+from jaxst.modules._kind import ModuleFiles, ModuleKind, SaveContext
 from jaxst.pipeline import SentenceEncoder
 from jaxst.pooling import pooling_modes_from_config
 
@@ -22,6 +22,7 @@ KIND = ModuleKind(
     folder_name="Pooling",
     config_required=True,
     forward="jaxst.pooling:pool",
+    save="jaxst.modules.pooling:save",
 )
 
 HEADS = {"dense": dense.head, "normalize": normalize.head}  # the heads a sentence encoder runs after pooling
@@ -47,3 +48,13 @@ def sentence_encoder(encoder: nnx.Module, hidden_size: int, modules: list, where
     if pooling is None:
         raise ValueError(f"{where} has no Pooling module; jaxst needs one to make sentence embeddings")
     return SentenceEncoder(encoder, modes, bool(pooling.get("include_prompt", True)), heads), dim
+
+
+def save(spec, context: SaveContext) -> ModuleFiles:
+    """Its config; a mean pooling jaxst made up for a bare transformer folder gets the width it pools
+    (``hidden_size``; DistilBERT calls it ``dim``)."""
+    config = {**spec.config, **context.settings}
+    if "word_embedding_dimension" not in config and "embedding_dimension" not in config:
+        hf = context.hf_config or {}
+        config["word_embedding_dimension"] = int(hf.get("hidden_size", hf.get("dim")))
+    return ModuleFiles({"config.json": config})

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxst.modules._kind import ModuleKind
+from jaxst.modules._kind import ModuleFiles, ModuleKind, SaveContext
 from jaxst.modules._state import Aliased
 from jaxst.modules.static_embedding import static_route
 from jaxst.pipeline import SentenceEncoder
@@ -31,6 +31,7 @@ KIND = ModuleKind(
     folder_name="SparseAutoEncoder",
     family="SparseEncoder",
     forward="jaxst.modules.sparse_autoencoder:CSREncoder",
+    save="jaxst.modules.sparse_autoencoder:save",
 )
 
 
@@ -150,3 +151,9 @@ def load_params(load, module: SparseAutoEncoder, state_dict) -> tuple[dict, dict
 def top_k_code(latents, *, k: int):
     """The top-``k`` code of precomputed latents (``max_active_dims`` other than the module's own ``k``)."""
     return sae_top_k(latents, k)
+
+
+def save(spec, context: SaveContext) -> ModuleFiles:
+    """Its config and ``params["sae"]``, with its ``stats_last_nonzero`` buffer (``SaveContext.buffers``)."""
+    return ModuleFiles({"config.json": {**spec.config, **context.settings}}, ((("sae",), ""),),
+                       unmapped=dict(context.buffers))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxst.modules._kind import ModuleKind
+from jaxst.modules._kind import ModuleFiles, ModuleKind, SaveContext
 from jaxst.modules._state import Aliased
 from jaxst.modules.static_embedding import static_route
 from jaxst.sparse import check_splade_pooling, splade_pool
@@ -26,6 +26,7 @@ KIND = ModuleKind(
     config_required=True,
     family="SparseEncoder",
     forward="jaxst.modules.splade_pooling:SpladeEncoder",
+    save="jaxst.modules.splade_pooling:save",
 )
 
 
@@ -77,3 +78,12 @@ def load_params(load, module: SpladeEncoder, state_dict, base_model_prefix: str)
     sd = Aliased(state_dict, {f"{prefix}bias": f"{prefix}decoder.bias"})
     return {"encoder": load(module.encoder, sd, (f"{base_model_prefix}.",)),
             "head": load(module.head, sd, (prefix,))}
+
+
+def save(spec, context: SaveContext) -> ModuleFiles:
+    """Its config as sentence-transformers 6 writes it: every key named (v6 defaults where the loaded folder
+    left one out), the pre-v5 width key dropped, the model's current ``chunk_size`` where one is set."""
+    config = {"pooling_strategy": "max", "activation_function": "relu", "embedding_dimension": None,
+              **{k: v for k, v in spec.config.items() if k != "word_embedding_dimension"}}
+    config.update({k: v for k, v in context.settings.items() if v is not None})
+    return ModuleFiles({"config.json": config})

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxst.modules._kind import ModuleKind
+from jaxst.modules._kind import ModuleFiles, ModuleKind, SaveContext
 from jaxst.sparse import static_embedding
 
 _PATH = "sentence_transformers.sparse_encoder.modules.sparse_static_embedding.SparseStaticEmbedding"
@@ -24,6 +24,7 @@ KIND = ModuleKind(
     folder_name=None,  # saved in a Router's folder under the name it was loaded from
     family="SparseEncoder",
     forward="jaxst.modules.static_embedding:static_forward",
+    save="jaxst.modules.static_embedding:save",
 )
 
 STATIC_ROUTE = np.bool_(True)  # the "static_route" batch key's value: one object, so static columns stay stackable
@@ -73,3 +74,8 @@ def static_route(module: nnx.Module, batch: dict) -> dict | None:
 def static_forward(weight, input_ids, attention_mask):
     """The static route on its own: (B, vocab) from the weight and a tokenized batch."""
     return static_embedding(input_ids, attention_mask, weight)
+
+
+def save(spec, context: SaveContext) -> ModuleFiles:
+    """Its config, its own tokenizer (a Router's static route tokenizes on its own) and ``params["static"]``."""
+    return ModuleFiles({"config.json": {**spec.config, **context.settings}}, ((("static",), ""),), tokenizer=True)
