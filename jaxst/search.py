@@ -57,6 +57,7 @@ from jaxst.topk import (  # noqa: F401  (the engine's names, importable from jax
     hamming_corpus,
     hamming_top_k,
     hamming_words,
+    host_view,
     merge_top_k,
     row_sharding,
     scan_chunk,
@@ -154,7 +155,8 @@ def semantic_search(
     A jax.Array corpus is searched where it lives by one compiled scan; one split by rows over the
     devices of a mesh (``NamedSharding(mesh, P("data"))``) is scanned shard by shard on each device.
     A float32 numpy corpus stays in host memory and is streamed to the device ``corpus_chunk_size``
-    rows at a time (on the CPU backend a 64-byte aligned one is used in place, without a copy).
+    rows at a time; on the CPU backend it is read in place, without a copy, whatever its alignment
+    (``topk.host_view``).
     Non-finite embeddings are refused (a ValueError naming the row), never searched: see the module doc."""
     top_k = positive_int("top_k", top_k)
     query_chunk_size = positive_int("query_chunk_size", query_chunk_size)
@@ -163,17 +165,23 @@ def semantic_search(
         return sparse_semantic_search(query_embeddings, corpus_embeddings, query_chunk_size, top_k, score_function)
     queries = as_matrix(query_embeddings)
     host = _host_matrix(corpus_embeddings)
+    searched = host  # the host array, held until the search is done where the device reads it in place
+    width = None  # set where the corpus is a flat view of host memory (topk.host_view)
     if host is not None and shares_host_memory(host):
         corpus, host = jax.device_put(host), None
+    elif host is not None and (view := host_view(host)) is not None and shares_host_memory(view[0]):
+        (flat, origin), width = view, host.shape[1]
+        corpus, host = jax.device_put(flat), None
     else:
         corpus = as_matrix(corpus_embeddings) if host is None else host
-    if queries.shape[1] != corpus.shape[1]:
-        raise ValueError(f"query dim {queries.shape[1]} != corpus dim {corpus.shape[1]}")
+    n, dim = (searched.shape if width is not None else corpus.shape)
+    if queries.shape[1] != dim:
+        raise ValueError(f"query dim {queries.shape[1]} != corpus dim {dim}")
     check_finite(queries, "query_embeddings")
-    n = corpus.shape[0]
     if n == 0:
         return [[] for _ in range(queries.shape[0])]
-    searched = corpus if host is None else host
+    if searched is None:
+        searched = corpus
     locate = lambda: first_nonfinite_row(searched)  # noqa: E731  (the error path only)
     kind = {cos_sim: "cosine", dot_score: "dot"}.get(score_function, score_function)
     k = min(top_k, n)
@@ -184,6 +192,8 @@ def semantic_search(
         q = queries[q0 : q0 + query_chunk_size]
         if host is not None:
             scores, ids = streamed_top_k(q, host, n, k=k, kind=kind, chunk=chunk, piece=corpus_chunk_size)
+        elif width is not None:
+            scores, ids = chunked_top_k(q, corpus, n, 0, 0, origin, k=k, kind=kind, chunk=chunk, width=width)
         elif sharded is not None and n % sharded[0].shape[sharded[1]] == 0:
             scores, ids = sharded_top_k(q, corpus, n, k=k, kind=kind, chunk=chunk, mesh=sharded[0], axis=sharded[1])
         else:

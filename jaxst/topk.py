@@ -25,6 +25,7 @@ in ``jaxst.search``'s module doc).
 
 from __future__ import annotations
 
+import ctypes
 import functools
 
 import jax
@@ -128,7 +129,8 @@ def _chunk_scores(queries, chunk, kind):
     return jnp.asarray(kind(queries, chunk), jnp.float32)  # any jittable score function
 
 
-def scan_top_k(queries, corpus, n_valid, first=0, offset=0, *, k: int, kind, chunk: int):
+def scan_top_k(queries, corpus, n_valid, first=0, offset=0, origin=0, *, k: int, kind, chunk: int,
+               width: int | None = None):
     """Best ``k`` (scores, ids) per query over rows ``first <= row < n_valid`` of ``corpus``.
 
     ``corpus`` (N, W) is read in ``ceil(N / chunk)`` chunks by one ``lax.scan``; the last chunk is
@@ -136,9 +138,13 @@ def scan_top_k(queries, corpus, n_valid, first=0, offset=0, *, k: int, kind, chu
     Each step keeps only its chunk's top k; one ``top_k`` over those winners ends the search. A valid
     row's non-finite score comes back as +inf (``flag_nonfinite``); rows outside the bounds score -inf.
     Returned ids are ``offset + row``. For ``kind="hamming"`` the corpus is words-major, (W, N).
-    ``n_valid``, ``first`` and ``offset`` are traced: a growing corpus does not recompile."""
+    With ``width``, ``corpus`` is flat: rows of ``width`` values from element ``origin`` (< ``width``) on, as
+    ``host_view`` lays out a host array that is not aligned for the device to read in place.
+    ``n_valid``, ``first``, ``offset`` and ``origin`` are traced: a growing corpus does not recompile."""
     axis = 1 if kind == "hamming" else 0
     n = jax.tree.leaves(corpus)[0].shape[axis]  # a sparse corpus is a (values, indices) pair of (N, W) arrays
+    if width is not None:
+        n = n // width  # origin < width: the whole rows after it
     chunk = min(chunk, n)
     n_chunks = -(-n // chunk)
     kk = min(k, chunk)
@@ -147,7 +153,10 @@ def scan_top_k(queries, corpus, n_valid, first=0, offset=0, *, k: int, kind, chu
 
     def step(i):
         start = jnp.minimum(i * chunk, n - chunk)
-        block = jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, start, chunk, axis=axis), corpus)
+        if width is None:
+            block = jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, start, chunk, axis=axis), corpus)
+        else:
+            block = jax.lax.dynamic_slice_in_dim(corpus, origin + start * width, chunk * width).reshape(chunk, width)
         rows = start + jnp.arange(chunk)
         scores = _chunk_scores(queries, block, kind)
         if kind not in INTEGER_SCORES:
@@ -169,17 +178,20 @@ def scan_top_k(queries, corpus, n_valid, first=0, offset=0, *, k: int, kind, chu
 
 # Compiled on its own with the scan's compiler options; inside another jit (sharded_top_k) the raw
 # function is traced instead, since only a top-level jit takes compiler options.
-xla_chunked_top_k = per_platform(scan_top_k, ("k", "kind", "chunk"))
+xla_chunked_top_k = per_platform(scan_top_k, ("k", "kind", "chunk", "width"))
 
 
-def chunked_top_k(queries, corpus, n_valid, first=0, offset=0, *, k: int, kind, chunk: int):
+def chunked_top_k(queries, corpus, n_valid, first=0, offset=0, origin=0, *, k: int, kind, chunk: int,
+                  width: int | None = None):
     """``scan_top_k``, compiled. An int8 scan of CPU arrays runs as one native AVX-512 VNNI pass
     where the CPU has it (``jaxst.native``: the same hits, about twice as fast as XLA's int8 dot)."""
-    if kind == "int8" and native.usable(queries, corpus, n_valid, first, k) and on_cpu(queries, corpus):
+    if (kind == "int8" and width is None and native.usable(queries, corpus, n_valid, first, k)
+            and on_cpu(queries, corpus)):
         target = native.int8_kernel()
         if target is not None:
             return native.int8_top_k(queries, corpus, n_valid, first, offset, k=k, target=target)
-    return xla_chunked_top_k(queries, corpus, n_valid, first, offset, k=k, kind=kind, chunk=chunk)
+    return xla_chunked_top_k(queries, corpus, n_valid, first, offset, origin, k=k, kind=kind, chunk=chunk,
+                             width=width)
 
 
 chunked_top_k.clear_cache = xla_chunked_top_k.clear_cache
@@ -236,6 +248,23 @@ def shares_host_memory(array: np.ndarray) -> bool:
     """True where ``jax.device_put(array)`` aliases host memory instead of copying it (CPU backend)."""
     return (jax.default_backend() == "cpu" and array.flags.c_contiguous
             and array.ctypes.data % HOST_ALIGN == 0)
+
+
+def host_view(array: np.ndarray) -> tuple[np.ndarray, int] | None:
+    """For a C-contiguous 2-D host array the CPU backend cannot read in place (its data does not start on a
+    ``HOST_ALIGN`` boundary, as after ``np.load`` without mmap, a slice, most allocations): ``(flat, origin)``,
+    a 1-D view of the same memory that starts at the boundary just before the data, and the element where
+    row 0 starts in it. The device reads ``flat`` in place (``scan_top_k(..., width=, origin=)``); the up to
+    63 bytes before the data lie in the same (mapped) page and are never scored. None where that does not
+    apply (aligned already, strided, misaligned to the element, or rows narrower than the gap). The view does
+    not keep ``array`` alive: the caller holds it until the search is done."""
+    if array.ndim != 2 or not array.flags.c_contiguous or array.size == 0:
+        return None
+    gap = array.ctypes.data % HOST_ALIGN
+    if gap == 0 or gap % array.itemsize or gap // array.itemsize >= array.shape[1]:
+        return None
+    memory = (ctypes.c_char * (gap + array.nbytes)).from_address(array.ctypes.data - gap)
+    return np.frombuffer(memory, array.dtype), gap // array.itemsize
 
 
 STAGE_BYTES = 1 << 25  # per staging buffer when a host corpus is copied for the CPU backend

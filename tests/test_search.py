@@ -329,14 +329,16 @@ def _unaligned(a: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("score", ["cos_sim", "dot_score"])
 def test_semantic_search_streams_a_host_corpus_piece_by_piece(big_corpus, monkeypatch, score):
-    """A numpy corpus stays on the host: at most ``corpus_chunk_size`` rows are on the device at a time,
-    and the hits equal sentence-transformers' (and the on-device search's)."""
+    """A numpy corpus the device cannot read in place (here rows with a stride; on an accelerator, any) stays
+    on the host: at most ``corpus_chunk_size`` rows are on the device at a time, and the hits equal
+    sentence-transformers' (and the on-device search's)."""
     import jax
 
     import jaxst.search
 
     queries, corpus = big_corpus
-    corpus = _unaligned(corpus[:23_456])
+    corpus = np.repeat(corpus[:23_456], 2, axis=0)[::2]  # every other row of a larger array: not contiguous
+    assert not corpus.flags.c_contiguous
     put_rows = []
     real_put = jax.device_put
 
@@ -355,8 +357,79 @@ def test_semantic_search_streams_a_host_corpus_piece_by_piece(big_corpus, monkey
     assert_same_hits(ours, ref)
     on_device = util.semantic_search(jax.device_put(np.array(corpus)), jax.device_put(np.array(corpus)), top_k=3,
                                      corpus_chunk_size=5_000)
-    streamed = util.semantic_search(np.array(corpus), _unaligned(corpus), top_k=3, corpus_chunk_size=5_000)
+    streamed = util.semantic_search(np.array(corpus), corpus, top_k=3, corpus_chunk_size=5_000)
     assert [[h["corpus_id"] for h in r] for r in streamed] == [[h["corpus_id"] for h in r] for r in on_device]
+
+
+def _saved_and_loaded(a: np.ndarray, folder) -> np.ndarray:
+    np.save(folder / "corpus.npy", a)
+    return np.load(folder / "corpus.npy")
+
+
+@pytest.mark.parametrize("score", ["cos_sim", "dot_score"])
+@pytest.mark.parametrize("source", ["4 bytes off", "16 bytes off", "60 bytes off", "a slice", "np.load"])
+def test_any_host_corpus_is_searched_in_place(big_corpus, monkeypatch, tmp_path, score, source):
+    """Issue 32: a numpy corpus whose data does not start on the 64-byte boundary the CPU backend aliases (a
+    loaded .npy, a slice, most allocations) is read where it lies too, through a flat view from the boundary
+    before it (``topk.host_view``): one device_put, no copy, no streaming; the hits equal
+    sentence-transformers'. The rows around it are poisoned: nothing outside the array is scored."""
+    import jax
+
+    import jaxst.search
+    from jaxst.topk import HOST_ALIGN, host_view
+
+    queries, full = big_corpus
+    full = full[:20_011]
+    if source.endswith("bytes off"):
+        gap = int(source.split()[0])
+        buf = np.full(full.nbytes + 2 * HOST_ALIGN, np.nan, np.float32)  # NaN before and after the corpus
+        skip = ((-buf.ctypes.data) % HOST_ALIGN + gap) // 4
+        corpus = buf[skip : skip + full.size].reshape(full.shape)
+        corpus[...] = full
+    elif source == "a slice":
+        corpus, full = full[3:], full[3:]
+    else:
+        corpus = _saved_and_loaded(full, tmp_path)
+    assert corpus.flags.c_contiguous
+    on_cpu = jax.default_backend() == "cpu"
+    view = host_view(corpus)
+    if corpus.ctypes.data % HOST_ALIGN == 0:  # this allocation happened to be aligned: used in place as is
+        assert view is None
+    else:
+        flat, origin = view
+        assert flat.ctypes.data % HOST_ALIGN == 0 and flat.ctypes.data + 4 * origin == corpus.ctypes.data
+        assert flat.ctypes.data + flat.nbytes == corpus.ctypes.data + corpus.nbytes  # ends where the corpus ends
+        np.testing.assert_array_equal(flat[origin:].reshape(corpus.shape), corpus)
+    puts, streamed = [], []
+    real_put = jax.device_put
+    monkeypatch.setattr(jaxst.search.jax, "device_put", lambda x, *a, **kw: puts.append(x) or real_put(x, *a, **kw))
+    monkeypatch.setattr(jaxst.search, "streamed_top_k", lambda *a, **kw: streamed.append(1) / 0)
+    if on_cpu:
+        ours = util.semantic_search(queries, corpus, top_k=10, score_function=getattr(util, score))
+        assert not streamed and len(puts) == 1
+        put = puts[0]
+        assert put.ctypes.data == corpus.ctypes.data - corpus.ctypes.data % HOST_ALIGN
+        assert real_put(put).unsafe_buffer_pointer() == put.ctypes.data  # aliased, not copied
+    monkeypatch.undo()
+    if not on_cpu:
+        ours = util.semantic_search(queries, corpus, top_k=10, score_function=getattr(util, score))
+    ref = st_util.semantic_search(torch.from_numpy(queries), torch.from_numpy(np.array(full)), top_k=10,
+                                  score_function=getattr(st_util, score))
+    assert_same_hits(ours, ref)
+
+
+def test_host_view_refuses_what_it_cannot_map():
+    from jaxst.topk import HOST_ALIGN, aligned_empty, host_view
+
+    aligned = aligned_empty((100, 8), np.float32)
+    assert host_view(aligned) is None  # nothing to do
+    assert host_view(np.asfortranarray(_unaligned(aligned))) is None  # not row-major
+    raw = np.empty(100 * 8 * 4 + 2 * HOST_ALIGN, np.uint8)
+    odd = raw[(-raw.ctypes.data) % HOST_ALIGN + 1 :][: 100 * 8 * 4].view(np.float32).reshape(100, 8)
+    assert host_view(odd) is None  # data not on an element boundary
+    narrow = raw[(-raw.ctypes.data) % HOST_ALIGN + 48 :][: 100 * 4 * 4].view(np.float32).reshape(100, 4)
+    assert host_view(narrow) is None  # the gap (12 floats) is wider than a row
+    assert host_view(np.empty((0, 8), np.float32)) is None
 
 
 def test_aligned_host_corpus_is_used_in_place():
