@@ -187,6 +187,8 @@ def main() -> None:
                         help="the batch_size of the same-call ratio (both libraries called alike, their defaults)")
     parser.add_argument("--repeats", type=int, default=3, help="alternating rounds per batch size")
     parser.add_argument("--texts", type=int, default=None, help="use only the first N texts of each set")
+    parser.add_argument("--paragraphs", type=int, default=None,
+                        help="use only the first N texts of the long set (default: --texts)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "int8"])
     parser.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=True,
                         help="also time sentence-transformers' ONNX backend (float32 and dynamic int8) where it "
@@ -240,7 +242,7 @@ def main() -> None:
                       f"jaxst {args.dtype}": stsb_spearman(ours), **{k: stsb_spearman(m) for k, m in others.items()}}
             print(f"{name:18} STSb test Spearman: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()), flush=True)
         for set_name in args.sets:
-            texts = sets[set_name][: args.texts]
+            texts = sets[set_name][: args.paragraphs or args.texts if set_name == "long" else args.texts]
             n = len(texts)
             lengths = [min(len(e.ids), ours.max_seq_length) for e in ours.tokenizer.encode_ids(texts)]
             gflop = encoder_flops(config, lengths) / 1e9

@@ -6,11 +6,11 @@ A random normalized float32 corpus and queries. Each method runs once to warm up
 A row with a reference is timed in ``--repeats`` rounds alternating with that reference (order flipped each
 round): its time is the median, its ratio the median of the per-round ratios, best over best in brackets.
 Like for like: ``EmbeddingIndex`` normalizes rows when they are added, so its search is a dot scan, compared
-with sentence-transformers' ``dot_score`` over the (already normalized) corpus; its row against cosine
-search, which normalizes the corpus on every call, is a second row. jaxst searching numpy corpora is timed
-from ``encode``'s 64-byte-aligned arrays, from plain numpy arrays and from ``np.load(..., mmap_mode="r")``
-of a saved ``.npy``. Recall@k is measured against exact float search. Memory: the bytes each corpus
-representation holds, and the process's peak RSS at the end.
+with sentence-transformers' ``dot_score`` over the (already normalized) corpus; its row against cosine search,
+which normalizes the corpus on every call, is a second row. jaxst searching numpy corpora is timed from
+``encode``'s 64-byte-aligned arrays, from plain numpy arrays, ``np.load`` of a saved ``.npy`` (with and
+without ``mmap_mode="r"``) and a slice of a larger array. Recall@k is measured against exact float search.
+Memory: the bytes each corpus representation holds, and the process's peak RSS at the end.
 """
 
 from __future__ import annotations
@@ -91,8 +91,9 @@ def main() -> None:
     run("jaxst util.semantic_search dot_score",
         lambda: util.semantic_search(j_queries, j_corpus, top_k=k, score_function=util.dot_score), f32,
         "sentence-transformers semantic_search dot_score")
-    # numpy corpora: encode() returns 64-byte aligned arrays, which the CPU backend reads in place; an
-    # array from elsewhere (here numpy's own allocation, 16-byte aligned) is copied piece by piece per search
+    # numpy corpora: encode() returns 64-byte aligned arrays, which the CPU backend reads in place; an array
+    # from elsewhere (numpy's own allocation, np.load without mmap, a slice: 16-byte aligned at best) is read
+    # in place through a flat view from the 64-byte boundary before it (jaxst.topk.host_view)
     encoded = aligned_empty(corpus.shape, np.float32)
     encoded[:] = corpus
     print(f"numpy corpus alignment: encode()-style {encoded.ctypes.data % 64} mod 64, "
@@ -100,9 +101,14 @@ def main() -> None:
     saved = os.path.join(tempfile.mkdtemp(prefix="jaxst-search-"), "corpus.npy")
     np.save(saved, corpus)
     mapped = np.load(saved, mmap_mode="r")
-    print(f"np.load(mmap_mode='r') corpus: {mapped.ctypes.data % 64} mod 64", flush=True)
+    loaded = np.load(saved)
+    larger = np.empty((args.corpus + 1, args.dim), np.float32)
+    larger[1:] = corpus
+    sliced = larger[1:]
+    print(f"corpus alignment mod 64: np.load(mmap_mode='r') {mapped.ctypes.data % 64}, "
+          f"np.load {loaded.ctypes.data % 64}, slice {sliced.ctypes.data % 64}", flush=True)
     for form, array in (("numpy corpus from encode()", encoded), ("other numpy corpus", corpus),
-                        ("np.load mmap corpus", mapped)):
+                        ("np.load corpus", loaded), ("sliced corpus", sliced), ("np.load mmap corpus", mapped)):
         for name, fn in (("cos_sim", util.cos_sim), ("dot_score", util.dot_score)):
             run(f"jaxst util.semantic_search {name}, {form}",
                 lambda array=array, fn=fn: util.semantic_search(queries, array, top_k=k, score_function=fn), f32,
