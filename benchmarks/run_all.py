@@ -2,6 +2,7 @@
 Markdown section per machine.
 
     python benchmarks/run_all.py [--readme] [--only encode search ...] [--smoke]
+    python benchmarks/run_all.py --extended [--readme]   # mpnet, int8, 1M-row search, decoders: ~25 min more
 
 Runs each script below in turn (a process of its own, nothing else beside it: run it on a quiet machine),
 shows its output as it comes, and collects the ``ROW`` lines each prints (``_machine.row``: what ran, jaxst's
@@ -57,10 +58,26 @@ SCRIPTS = {
                 "--repeats", "1", "--layers", "1"]),
 }
 
+# ``--extended``: the larger work beside the 25-minute set (about 25 minutes more): mpnet, int8 against
+# float32 sentence-transformers and its ONNX exports, a 1M-row search, the decoder embedders at real size.
+EXTENDED = {
+    "encode-mpnet": ("encode_speed.py",
+                     ["--models", "all-mpnet-base-v2", "--sets", "stsb", "long", "--texts", "512", "--paragraphs",
+                      "64", "--batch-sizes", "16", "32", "--repeats", "3", "--no-cold-start", "--no-onnx"], None),
+    "encode-int8": ("encode_speed.py",
+                    ["--models", "all-MiniLM-L6-v2", "--sets", "stsb", "long", "--texts", "512", "--paragraphs",
+                     "160", "--dtype", "int8", "--batch-sizes", "32", "--repeats", "3", "--no-cold-start",
+                     "--no-limit"], None),
+    "search-1m": ("search_speed.py", ["--corpus", "1000000", "--repeats", "5"], None),
+    "decoders": ("modern_speed.py",
+                 ["--models", "qwen3-embedding-0.6b", "embeddinggemma-300m", "--sentences", "128", "--paragraphs",
+                  "16", "--rounds", "2"], None),
+}
+
 
 def run(name: str, smoke: bool, extra: list[str]) -> tuple[list[dict], int, float]:
     """One script, its output passed through; ``(rows, return code, seconds)``."""
-    script, full, quick = SCRIPTS[name]
+    script, full, quick = {**SCRIPTS, **EXTENDED}[name]
     command = [sys.executable, str(HERE / script), *(quick if smoke else full), *extra]
     print(f"\n=== {name}: {' '.join(command[1:])}", flush=True)
     start = time.perf_counter()
@@ -78,10 +95,11 @@ def ratio(value) -> str:
     return "" if value is None else f"{value:.2f}x"
 
 
-def section(rows: list[dict], machine: str, command: str, seconds: float, device: str) -> str:
+def section(rows: list[dict], machine: str, command: str, seconds: float, device: str, extended: bool) -> str:
     """The dated Markdown section: its heading names the CPU (or device), then header, command, table."""
     cpu = cpu_description().split(":", 1)[0]
     title = f"{cpu}, {device}" if device != "cpu" else cpu
+    title += ", extended" if extended else ""
     lines = [f"<!-- run_all: {title} -->", f"### {title} ({datetime.date.today().isoformat()})", "",
              "```", machine, f"$ {command}   # {seconds / 60:.0f} min", "```", "",
              "| benchmark | work | jaxst / reference: median of rounds | best / best | note |",
@@ -111,10 +129,19 @@ def write_readme(text: str) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", nargs="+", choices=list(SCRIPTS), default=list(SCRIPTS))
+    parser.add_argument("--only", nargs="+", choices=[*SCRIPTS, *EXTENDED], default=None)
+    parser.add_argument("--extended", action="store_true",
+                        help="the larger work beside the 25-minute set (its own section)")
     parser.add_argument("--smoke", action="store_true", help="every script at its smallest size; writes nothing")
     parser.add_argument("--readme", action="store_true", help="write the section into benchmarks/README.md")
     args = parser.parse_args()
+    table = EXTENDED if args.extended else SCRIPTS
+    if args.only is None:
+        args.only = list(table)
+    if any(name not in table for name in args.only):
+        parser.error(f"--only takes {'--extended ' if args.extended else ''}benchmarks: {', '.join(table)}")
+    if args.smoke and args.extended:
+        parser.error("--smoke runs the 25-minute set's scripts, which --extended reuses at larger sizes")
     import jax
 
     device = jax.default_backend()
@@ -129,8 +156,9 @@ def main() -> None:
             failed.append(name)
         rows += got
     command = "python benchmarks/run_all.py" + (" --smoke" if args.smoke else "") + \
-        ("" if args.only == list(SCRIPTS) else " --only " + " ".join(args.only))
-    text = section(rows, machine, command, time.perf_counter() - start, device)
+        (" --extended" if args.extended else "") + \
+        ("" if args.only == list(table) else " --only " + " ".join(args.only))
+    text = section(rows, machine, command, time.perf_counter() - start, device, args.extended)
     print("\n" + text)
     if args.readme and not args.smoke and not failed:
         print(f"written to {write_readme(text)}")
