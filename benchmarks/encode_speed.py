@@ -272,10 +272,14 @@ def main() -> None:
                 if bs == args.same_call_batch:
                     same_call = (med, best)
                     limit = {side: gflop / statistics.median(t) for side, t in times.items()}
+                    other_calls = {k: ratios(times["sentence-transformers"], times[k]) for k in others}
             best_bs = {side: max(r.items(), key=lambda kv: kv[1]) for side, r in median_rate.items()}
             summary.append((name, set_name, same_call, best_bs["jaxst"], best_bs["sentence-transformers"]))
             label = f"{name} {set_name} ({n} texts), jaxst {args.dtype}"
             row("encode", f"{label}, same call (batch {args.same_call_batch})", *same_call)
+            for k, (o_med, o_best) in other_calls.items():  # int8: jaxst float32 and the ONNX exports, same rounds
+                row("encode", f"{name} {set_name} ({n} texts), {k}, same call (batch {args.same_call_batch})",
+                    o_med, o_best)
             (bj, rj), (br, rr) = best_bs["jaxst"], best_bs["sentence-transformers"]
             row("encode", f"{label}, best vs best (batches {' '.join(map(str, args.batch_sizes))})", rj / rr, None,
                 f"jaxst batch {bj}, sentence-transformers batch {br}")

@@ -13,6 +13,9 @@ searches the same vectors as the BCOO `SparseEncoder.encode` returns (rows as wi
 Both run once to warm up, then ``--repeats`` alternating rounds (medians; best in brackets); the hits must
 agree.
 
+Search over real SPLADE output (``--model-search N``, default 5,000): STSb sentences encoded by a 1-layer
+SPLADE model of that shape (active dimensions as the model makes them), 100 test sentences as queries.
+
 Encode: a SPLADE model of naver/splade-v3's shape (BERT-base masked LM, hidden 768, 12 layers) with
 seeded random weights and the decoder bias lowered so that, as for a trained SPLADE model, a few hundred
 dimensions are active per text; STSb sentences and ~200-token paragraphs, batch 32, both libraries on
@@ -65,24 +68,23 @@ def synthetic_rows(rng, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return indices, values
 
 
-def search_benchmark(args) -> None:
+def torch_coo(idx, val):
+    """The same fixed-width rows as a coalesced torch sparse COO tensor (what sentence-transformers searches)."""
     import torch
+
+    rows = np.repeat(np.arange(idx.shape[0]), idx.shape[1])
+    keep = idx.ravel() < VOCAB  # the padding slots are not entries
+    return torch.sparse_coo_tensor(np.stack([rows[keep], idx.ravel()[keep]]), val.ravel()[keep],
+                                   (idx.shape[0], VOCAB)).coalesce()
+
+
+def compare_search(label: str, work: str, args, c_idx, c_val, q_idx, q_val) -> None:
+    """sentence-transformers' sparse ``semantic_search`` on COO tensors against jaxst's on the BCOO rows of the
+    same vectors: alternating rounds, the hits compared, one ``ROW``."""
     from sentence_transformers import util as st_util
 
     from jaxst import util
     from jaxst.sparse import to_bcoo
-
-    rng = np.random.default_rng(0)
-    c_counts = active_counts(rng, args.corpus, DOC_ACTIVE, 150 if args.uniform else None)
-    q_counts = active_counts(rng, args.queries, QUERY_ACTIVE, 30 if args.uniform else None)
-    c_idx, c_val = synthetic_rows(rng, c_counts)
-    q_idx, q_val = synthetic_rows(rng, q_counts)
-
-    def torch_coo(idx, val):
-        rows = np.repeat(np.arange(idx.shape[0]), idx.shape[1])
-        keep = idx.ravel() < VOCAB  # the padding slots are not entries
-        return torch.sparse_coo_tensor(np.stack([rows[keep], idx.ravel()[keep]]), val.ravel()[keep],
-                                       (idx.shape[0], VOCAB)).coalesce()
 
     t_corpus, t_queries = torch_coo(c_idx, c_val), torch_coo(q_idx, q_val)
     j_corpus, j_queries = to_bcoo(c_val, c_idx, VOCAB), to_bcoo(q_val, q_idx, VOCAB)
@@ -94,15 +96,53 @@ def search_benchmark(args) -> None:
         [lambda: st_util.semantic_search(t_queries, t_corpus, top_k=k, score_function=st_util.dot_score),
          lambda: util.semantic_search(j_queries, j_corpus, top_k=k, score_function=util.dot_score)], args.repeats)
     med, best = ratios(st_t, jx_t)
-    shape = "uniform" if args.uniform else f"log-normal documents {DOC_ACTIVE}, queries {QUERY_ACTIVE}"
-    print(f"search: {args.corpus} documents, active dims per row {shape}: documents mean {c_counts.mean():.0f} "
-          f"(max {c_counts.max()}), queries mean {q_counts.mean():.0f} (max {q_counts.max()}); vocab {VOCAB}, "
-          f"top-{k}, dot, median of {args.repeats} alternating rounds")
+    print(label)
     print(f"  sentence-transformers util.semantic_search (sparse COO)  {1000 * np.median(st_t):9.1f} ms")
     print(f"  jaxst util.semantic_search (BCOO rows)                   {1000 * np.median(jx_t):9.1f} ms   "
           f"{med:.2f}x ({best:.2f}x); queries with identical top-{k} ids: {same:.3f}", flush=True)
-    row("sparse search", f"{args.corpus:,} documents, {'uniform' if args.uniform else 'skewed'} active dims, top-{k}",
-        med, best, f"identical top-{k}: {same:.3f}")
+    row("sparse search", work, med, best, f"identical top-{k}: {same:.3f}")
+
+
+def search_benchmark(args) -> None:
+    rng = np.random.default_rng(0)
+    c_counts = active_counts(rng, args.corpus, DOC_ACTIVE, 150 if args.uniform else None)
+    q_counts = active_counts(rng, args.queries, QUERY_ACTIVE, 30 if args.uniform else None)
+    c_idx, c_val = synthetic_rows(rng, c_counts)
+    q_idx, q_val = synthetic_rows(rng, q_counts)
+    shape = "uniform" if args.uniform else f"log-normal documents {DOC_ACTIVE}, queries {QUERY_ACTIVE}"
+    compare_search(
+        f"search: {args.corpus} documents, active dims per row {shape}: documents mean {c_counts.mean():.0f} "
+        f"(max {c_counts.max()}), queries mean {q_counts.mean():.0f} (max {q_counts.max()}); vocab {VOCAB}, "
+        f"top-{args.top_k}, dot, median of {args.repeats} alternating rounds",
+        f"{args.corpus:,} documents, {'uniform' if args.uniform else 'skewed'} active dims, top-{args.top_k}",
+        args, c_idx, c_val, q_idx, q_val)
+
+
+def model_search_benchmark(args) -> None:
+    """Search over real SPLADE output: ``--model-search`` STSb train/dev/test sentences encoded by a 1-layer
+    SPLADE model of naver/splade-v3's width and vocabulary (its active dimensions per row are the model's,
+    not drawn), 100 test sentences as queries; both libraries search the same vectors."""
+    from jaxst import SparseEncoder
+    from jaxst.sparse import as_rows
+
+    texts = unique_sentences("stsb-en-train.csv", "stsb-en-dev.csv", "stsb-en-test.csv")[: args.model_search]
+    queries = unique_sentences("stsb-en-test.csv")[-args.queries:]
+    with tempfile.TemporaryDirectory() as tmp:
+        model = SparseEncoder(str(build_splade(Path(tmp), 1)))
+        start = time.perf_counter()
+        corpus = as_rows(model.encode_document(texts, batch_size=32))
+        q = as_rows(model.encode_query(queries, batch_size=32))
+        seconds = time.perf_counter() - start
+    (c_val, c_idx, _), (q_val, q_idx, _) = corpus, q
+    c_val, c_idx, q_val, q_idx = (np.asarray(a) for a in (c_val, c_idx, q_val, q_idx))
+    c_counts, q_counts = (c_val != 0).sum(1), (q_val != 0).sum(1)
+    compare_search(
+        f"search over SPLADE output: {len(texts)} STSb sentences encoded by a 1-layer SPLADE model (jaxst, "
+        f"{seconds:.1f} s), active dims documents mean {c_counts.mean():.0f} (median {np.median(c_counts):.0f}, "
+        f"max {c_counts.max()}), queries mean {q_counts.mean():.0f}; top-{args.top_k}, dot, median of "
+        f"{args.repeats} alternating rounds",
+        f"{len(texts):,} STSb sentences as a 1-layer SPLADE model encodes them, top-{args.top_k}",
+        args, c_idx, c_val, q_idx, q_val)
 
 
 def build_splade(folder: Path, layers: int = 12) -> Path:
@@ -173,11 +213,15 @@ def main() -> None:
     parser.add_argument("--encode-texts", type=int, default=1000)
     parser.add_argument("--layers", type=int, default=12, help="the SPLADE model's layers (12: bert-base)")
     parser.add_argument("--search", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--model-search", type=int, default=5000,
+                        help="also search N sentences as a 1-layer SPLADE model encodes them (0: not)")
     parser.add_argument("--encode", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args()
     print(header(), flush=True)
     if args.search:
         search_benchmark(args)
+        if args.model_search:
+            model_search_benchmark(args)
     if args.encode:
         encode_benchmark(args)
 

@@ -529,6 +529,18 @@ def mpnet_folder() -> Path:
     return assemble()
 
 
+@pytest.fixture(scope="session")
+def mpnet_stsb_reference(mpnet_folder) -> tuple[list, list[str], np.ndarray]:
+    """``(rows, unique sentences, sentence-transformers' embeddings of them)`` for stsb-en-test.csv with the
+    real all-mpnet-base-v2: encoded once per session (about a minute in PyTorch) for the float32 and int8
+    tests alike."""
+    from sentence_transformers import SentenceTransformer
+
+    rows = read_stsb("stsb-en-test.csv")
+    sentences = unique_sentences(rows)
+    return rows, sentences, SentenceTransformer(str(mpnet_folder), device="cpu").encode(sentences, batch_size=32)
+
+
 # ------------------------------------------------------------------------------------ decoder models
 
 

@@ -12,7 +12,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import max_abs, read_stsb, unique_sentences
+from conftest import max_abs
 from scipy.stats import spearmanr
 
 import jaxst
@@ -22,9 +22,9 @@ SPEARMAN = 83.42  # all-mpnet-base-v2 on the STSb test split, as sentence-transf
 
 
 @pytest.fixture(scope="module")
-def stsb():
-    rows = read_stsb("stsb-en-test.csv")
-    return rows, unique_sentences(rows)
+def stsb(mpnet_stsb_reference):
+    rows, sentences, _ = mpnet_stsb_reference
+    return rows, sentences
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +40,8 @@ def jx_mpnet(mpnet_folder):
 
 
 @pytest.fixture(scope="module")
-def st_embeddings(st_mpnet, stsb):
-    return st_mpnet.encode(stsb[1], batch_size=32)
+def st_embeddings(mpnet_stsb_reference):
+    return mpnet_stsb_reference[2]
 
 
 @pytest.fixture(scope="module")
