@@ -165,23 +165,21 @@ def semantic_search(
         return sparse_semantic_search(query_embeddings, corpus_embeddings, query_chunk_size, top_k, score_function)
     queries = as_matrix(query_embeddings)
     host = _host_matrix(corpus_embeddings)
-    searched = host  # the host array, held until the search is done where the device reads it in place
-    width = None  # set where the corpus is a flat view of host memory (topk.host_view)
+    width = None  # set where the device reads the host array through a flat view of it (topk.host_view)
     if host is not None and shares_host_memory(host):
         corpus, host = jax.device_put(host), None
     elif host is not None and (view := host_view(host)) is not None and shares_host_memory(view[0]):
         (flat, origin), width = view, host.shape[1]
-        corpus, host = jax.device_put(flat), None
+        corpus = jax.device_put(flat)  # aliases ``host``, which this frame holds until the search is done
     else:
         corpus = as_matrix(corpus_embeddings) if host is None else host
-    n, dim = (searched.shape if width is not None else corpus.shape)
+    searched = corpus if host is None else host
+    n, dim = searched.shape
     if queries.shape[1] != dim:
         raise ValueError(f"query dim {queries.shape[1]} != corpus dim {dim}")
     check_finite(queries, "query_embeddings")
     if n == 0:
         return [[] for _ in range(queries.shape[0])]
-    if searched is None:
-        searched = corpus
     locate = lambda: first_nonfinite_row(searched)  # noqa: E731  (the error path only)
     kind = {cos_sim: "cosine", dot_score: "dot"}.get(score_function, score_function)
     k = min(top_k, n)
@@ -190,10 +188,10 @@ def semantic_search(
     results: list[list[dict]] = []
     for q0 in range(0, queries.shape[0], query_chunk_size):
         q = queries[q0 : q0 + query_chunk_size]
-        if host is not None:
-            scores, ids = streamed_top_k(q, host, n, k=k, kind=kind, chunk=chunk, piece=corpus_chunk_size)
-        elif width is not None:
+        if width is not None:
             scores, ids = chunked_top_k(q, corpus, n, 0, 0, origin, k=k, kind=kind, chunk=chunk, width=width)
+        elif host is not None:
+            scores, ids = streamed_top_k(q, host, n, k=k, kind=kind, chunk=chunk, piece=corpus_chunk_size)
         elif sharded is not None and n % sharded[0].shape[sharded[1]] == 0:
             scores, ids = sharded_top_k(q, corpus, n, k=k, kind=kind, chunk=chunk, mesh=sharded[0], axis=sharded[1])
         else:
