@@ -40,7 +40,7 @@ from jaxst import topk
 from jaxst.checks import positive_int
 from jaxst.pooling import normalize
 from jaxst.similarity import as_matrix, cos_sim, dot_score
-from jaxst.sparse import is_sparse, stored_rows
+from jaxst.sparse import is_sparse, stored_rows, width_order
 from jaxst.topk import (  # noqa: F401  (the engine's names, importable from jaxst.search as before)
     BLOCK,
     HAMMING_BLOCK,
@@ -219,10 +219,11 @@ def sparse_semantic_search(query_embeddings, corpus_embeddings, query_chunk_size
     if n == 0:
         return [[] for _ in range(q_values.shape[0])]
     k = min(top_k, n)
+    order = width_order(indices, dim=dim)  # blocks of rows of about one width: the scan skips their padding
     results: list[list[dict]] = []
     for q0 in range(0, q_values.shape[0], query_chunk_size):
         scores, ids = sparse_top_k(q_values[q0 : q0 + query_chunk_size], q_indices[q0 : q0 + query_chunk_size],
-                                   (values, indices), n, k=k, cosine=kind == "sparse_cosine", dim=dim)
+                                   (values, indices), n, k=k, cosine=kind == "sparse_cosine", dim=dim, order=order)
         results.extend(hits(scores, ids, lambda: first_nonfinite_row(values), "corpus_embeddings", q0))
     return results
 

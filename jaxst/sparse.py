@@ -33,9 +33,11 @@ SPLADE_ACTIVATIONS = ("relu", "log1p_relu")
 SPLADE_VOCAB_BLOCK = 1024
 SPLADE_BLOCK_BYTES = 1 << 26
 # A sparse chunk is scored by gathering the queries' weights at its indices when its rows are narrow,
-# by scattering it into dense rows and one matmul when they are wide: a gathered product costs about
-# this many matmul products.
+# by scattering it into dense rows and one matmul when they are wide (``gathers``): a gathered product
+# costs about this many matmul products.
 GATHER_COST = 8
+# Slots of a fixed-width row gathered per step of ``gather_scores``.
+SLOT_GROUP = 16
 
 
 def splade_block(rows: int, vocab: int) -> int:
@@ -260,18 +262,59 @@ def from_scipy(matrix) -> jsparse.BCOO:
 normalize_rows = normalize  # fixed-width rows' values scaled to unit L2 norm: jaxst.pooling's one normalization
 
 
-def gather_scores(queries, values, indices):
-    """(Q, V) dense queries against fixed-width rows (n, W): (Q, n), by gathering each query's weight at
-    every row's indices (padding slots read a zero)."""
-    q_t = jnp.concatenate([queries.T, jnp.zeros((1, queries.shape[0]), queries.dtype)])  # (V + 1, Q)
-    return jnp.einsum("nwq,nw->qn", q_t[jnp.minimum(indices, queries.shape[1])], values)
+def query_table(queries):
+    """(Q, V) dense queries -> the (V + 1, Q) table ``gather_scores`` reads: one row of weights per vocabulary
+    entry, and a zero row at index V that padding slots read. Built once per search, not per corpus block."""
+    return jnp.concatenate([queries.T, jnp.zeros((1, queries.shape[0]), queries.dtype)])
 
 
-def chunk_scores(queries, values, indices):
-    """(Q, V) dense queries against fixed-width rows (n, W): gathered for narrow rows, a scatter into dense
-    rows and one matmul for wide ones (``GATHER_COST``)."""
-    if indices.shape[1] * GATHER_COST < queries.shape[1]:
-        return gather_scores(queries, values, indices)
+def gathers(width: int, dim: int) -> bool:
+    """Whether rows ``width`` slots wide are scored by gathering (narrow rows) or as dense rows (wide ones):
+    a gathered product costs about ``GATHER_COST`` matmul products."""
+    return width * GATHER_COST < dim
+
+
+def gather_scores(table, values, indices):
+    """Scores (Q, n) of the queries in ``table`` (``query_table``) against fixed-width rows (n, W), by
+    gathering each query's weight at every row's indices. The slots are read ``SLOT_GROUP`` at a time, up to
+    the last slot any of these rows uses: the gathered (n, SLOT_GROUP, Q) block stays in cache, and a block
+    of short rows (``width_order``) skips its padding."""
+    dim, q = table.shape[0] - 1, table.shape[1]
+    n, w = values.shape
+    pad = -w % SLOT_GROUP
+    if pad:
+        values = jnp.pad(values, ((0, 0), (0, pad)))
+        indices = jnp.pad(indices, ((0, 0), (0, pad)), constant_values=dim)
+    groups = (used_width(indices, dim).max(initial=0) + SLOT_GROUP - 1) // SLOT_GROUP
+
+    def group(g, acc):
+        v = jax.lax.dynamic_slice_in_dim(values, g * SLOT_GROUP, SLOT_GROUP, axis=1)
+        ix = jax.lax.dynamic_slice_in_dim(indices, g * SLOT_GROUP, SLOT_GROUP, axis=1)
+        return acc + jnp.einsum("nwq,nw->qn", table[jnp.minimum(ix, dim)], v, preferred_element_type=jnp.float32)
+
+    return jax.lax.fori_loop(0, groups, group, jnp.zeros((q, n), jnp.float32))
+
+
+def used_width(indices, dim: int):
+    """Per row of fixed-width rows: one past its last active slot (0 for an empty row)."""
+    slots = jnp.arange(1, indices.shape[1] + 1, dtype=jnp.int32)
+    return jnp.max(jnp.where(indices < dim, slots[None, :], 0), axis=1, initial=0)
+
+
+@functools.partial(jax.jit, static_argnames=("dim",))
+def width_order(indices, *, dim: int):
+    """Fixed-width rows' order by ``used_width``, widest first (stable): a scan that reads its blocks in this
+    order (``scan_top_k(order=)``) meets rows of about one width per block, and ``gather_scores`` skips
+    their padding. About a quarter off a search of real SPLADE rows (widths 16 to 222, mean 72)."""
+    return jnp.argsort(-used_width(indices, dim), stable=True).astype(jnp.int32)
+
+
+def chunk_scores(queries, values, indices, table=None):
+    """(Q, V) dense queries against fixed-width rows (n, W): gathered for narrow rows (from ``table``, the
+    queries' ``query_table`` when the caller has built it), a scatter into dense rows and one matmul for
+    wide ones."""
+    if gathers(indices.shape[1], queries.shape[1]):
+        return gather_scores(query_table(queries) if table is None else table, values, indices)
     return queries @ rows_to_dense(values, indices, queries.shape[1]).T
 
 

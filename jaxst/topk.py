@@ -34,7 +34,7 @@ import numpy as np
 
 from jaxst import native
 from jaxst.pooling import normalize
-from jaxst.sparse import chunk_scores, rows_to_dense
+from jaxst.sparse import chunk_scores, gathers, query_table, rows_to_dense
 
 BLOCK = 64  # rows per block in the two-stage top-k
 HAMMING_BLOCK = 16  # integer distances tie a lot: small blocks keep the candidate sort short
@@ -107,7 +107,7 @@ def per_platform(fn, static_argnames):
 HOST_ALIGN = 64  # the CPU client aliases (does not copy) host arrays aligned to this many bytes
 
 
-def _chunk_scores(queries, chunk, kind):
+def _chunk_scores(queries, chunk, kind, table=None):
     if kind == "dot":
         return queries @ chunk.astype(jnp.float32).T
     if kind == "cosine":  # the query is normalized once by the caller; corpus norms scale the scores
@@ -119,7 +119,7 @@ def _chunk_scores(queries, chunk, kind):
         return jax.lax.dot_general(queries, chunk, dims, preferred_element_type=jnp.int32).astype(jnp.float32)
     if kind in ("sparse", "sparse_cosine"):  # chunk is fixed-width rows (values, indices); queries dense (Q, V)
         values, indices = chunk
-        return chunk_scores(queries, normalize(values) if kind == "sparse_cosine" else values, indices)
+        return chunk_scores(queries, normalize(values) if kind == "sparse_cosine" else values, indices, table)
     if kind == "hamming":  # chunk is (words, rows) uint16: each word is one contiguous row
         acc = jnp.int16 if queries.shape[1] * 16 < 2**15 else jnp.int32  # 16-bit sums: twice the lanes
         dist = jnp.zeros((queries.shape[0], chunk.shape[1]), acc)
@@ -129,7 +129,7 @@ def _chunk_scores(queries, chunk, kind):
     return jnp.asarray(kind(queries, chunk), jnp.float32)  # any jittable score function
 
 
-def scan_top_k(queries, corpus, n_valid, first=0, offset=0, origin=0, *, k: int, kind, chunk: int,
+def scan_top_k(queries, corpus, n_valid, first=0, offset=0, origin=0, order=None, *, k: int, kind, chunk: int,
                width: int | None = None):
     """Best ``k`` (scores, ids) per query over rows ``first <= row < n_valid`` of ``corpus``.
 
@@ -140,6 +140,8 @@ def scan_top_k(queries, corpus, n_valid, first=0, offset=0, origin=0, *, k: int,
     Returned ids are ``offset + row``. For ``kind="hamming"`` the corpus is words-major, (W, N).
     With ``width``, ``corpus`` is flat: rows of ``width`` values from element ``origin`` (< ``width``) on, as
     ``host_view`` lays out a host array that is not aligned for the device to read in place.
+    With ``order`` (N,), a permutation of the rows, the scan reads its blocks in that order (a sparse corpus
+    by ``width_order``); ids stay the rows' own.
     ``n_valid``, ``first``, ``offset`` and ``origin`` are traced: a growing corpus does not recompile."""
     axis = 1 if kind == "hamming" else 0
     n = jax.tree.leaves(corpus)[0].shape[axis]  # a sparse corpus is a (values, indices) pair of (N, W) arrays
@@ -150,20 +152,27 @@ def scan_top_k(queries, corpus, n_valid, first=0, offset=0, origin=0, *, k: int,
     kk = min(k, chunk)
     if kind in ("cosine", "sparse_cosine"):
         queries = normalize(queries)
+    table = None  # a sparse scan that gathers reads the queries' table, built once here, not per step
+    if kind in ("sparse", "sparse_cosine") and gathers(corpus[0].shape[1], queries.shape[1]):
+        table = query_table(queries)
 
     def step(i):
         start = jnp.minimum(i * chunk, n - chunk)
-        if width is None:
+        rows = start + jnp.arange(chunk)
+        ids = rows
+        if order is not None:
+            ids = jax.lax.dynamic_slice_in_dim(order, start, chunk)
+            block = jax.tree.map(lambda a: a[ids], corpus)
+        elif width is None:
             block = jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, start, chunk, axis=axis), corpus)
         else:
             block = jax.lax.dynamic_slice_in_dim(corpus, origin + start * width, chunk * width).reshape(chunk, width)
-        rows = start + jnp.arange(chunk)
-        scores = _chunk_scores(queries, block, kind)
+        scores = _chunk_scores(queries, block, kind, table)
         if kind not in INTEGER_SCORES:
             scores = flag_nonfinite(scores)
         scores = jnp.where((rows >= jnp.maximum(i * chunk, first)) & (rows < n_valid), scores, -jnp.inf)
         values, pos = top_k(scores, kk, HAMMING_BLOCK if kind == "hamming" else BLOCK)
-        return values, rows[pos]
+        return values, ids[pos]
 
     if n_chunks == 1:  # the whole corpus is one chunk: no slicing, no scan
         values, rows = step(0)
@@ -347,7 +356,7 @@ def _sharded_top_k(queries, corpus, n_valid, *, k: int, kind, chunk: int, mesh, 
 sharded_top_k = per_platform(_sharded_top_k, ("k", "kind", "chunk", "mesh", "axis", "words_major"))
 
 
-SPARSE_CHUNK_BYTES = 1 << 26  # per scan step of a sparse search: the gathered (rows, W, Q) or dense (rows, V) block
+SPARSE_CHUNK_BYTES = 1 << 26  # per scan step of a sparse search: its (rows, W, Q) products or dense (rows, V) block
 
 
 def sparse_chunk(queries: int, width: int, dim: int) -> int:
@@ -357,10 +366,13 @@ def sparse_chunk(queries: int, width: int, dim: int) -> int:
     return 1 << (rows.bit_length() - 1)
 
 
-def sparse_top_k(q_values, q_indices, corpus: tuple, n_valid: int, *, k: int, dim: int, cosine: bool = False):
+def sparse_top_k(q_values, q_indices, corpus: tuple, n_valid: int, *, k: int, dim: int, cosine: bool = False,
+                 order=None):
     """Best ``k`` (scores, ids) of sparse queries (fixed-width rows) over a corpus of fixed-width rows
-    ``(values, indices)`` over ``dim`` dimensions whose first ``n_valid`` rows count, by dot (or cosine) score."""
+    ``(values, indices)`` over ``dim`` dimensions whose first ``n_valid`` rows count, by dot (or cosine) score;
+    ``order``: the corpus' ``width_order``, the order its blocks are read in (all rows valid)."""
     values = corpus[0]
     q = rows_to_dense(jnp.asarray(q_values), jnp.asarray(q_indices), dim)
     chunk = sparse_chunk(q.shape[0], values.shape[1], dim)
-    return xla_chunked_top_k(q, corpus, n_valid, k=k, kind="sparse_cosine" if cosine else "sparse", chunk=chunk)
+    return xla_chunked_top_k(q, corpus, n_valid, order=order, k=k, kind="sparse_cosine" if cosine else "sparse",
+                             chunk=chunk)

@@ -54,6 +54,40 @@ def test_semantic_search_custom_score_function(big_corpus):
     assert_same_hits(ours, ref, tie=1e-3)
 
 
+def test_sparse_search_reads_rows_by_width_and_keeps_their_ids(monkeypatch):
+    """Sparse rows of very different widths, their padding slots scattered among the active ones (holding
+    junk values a BCOO does not count): the scan reads its blocks widest first (``width_order``) and skips
+    each block's unused slots, yet every hit is the row's own id with sentence-transformers' score."""
+    import jax.numpy as jnp
+    from jax.experimental import sparse as jsparse
+
+    import jaxst.topk
+    from jaxst.sparse import used_width, width_order
+
+    r = np.random.default_rng(3)
+    n, dim, slots = 700, 500, 48
+    indices = np.full((n, slots), dim, np.int32)
+    values = r.normal(size=(n, slots)).astype(np.float32)  # junk where the index is padding
+    widths = np.minimum(r.lognormal(2.0, 0.9, n).astype(int), slots)
+    widths[::97] = 0  # some empty rows
+    for row, w in enumerate(widths):
+        where = np.sort(r.choice(slots, w, replace=False))  # active slots anywhere in the row
+        indices[row, where] = r.choice(dim, w, replace=False)
+    order = np.asarray(width_order(jnp.asarray(indices), dim=dim))
+    used = np.asarray(used_width(jnp.asarray(indices), dim))
+    assert sorted(order) == list(range(n)) and np.all(np.diff(used[order]) <= 0)
+    corpus = jsparse.BCOO((jnp.asarray(values), jnp.asarray(indices)[..., None]), shape=(n, dim))
+    dense = np.asarray(corpus.todense())
+    queries = np.where(r.random((6, dim)) < 0.1, r.random((6, dim)), 0).astype(np.float32)
+    monkeypatch.setattr(jaxst.topk, "SPARSE_CHUNK_BYTES", 1)  # blocks of 256 rows: three scan steps
+    for ours_fn, st_fn in ((util.dot_score, st_util.dot_score), (util.cos_sim, st_util.cos_sim)):
+        ours = util.semantic_search(jsparse.BCOO.fromdense(jnp.asarray(queries)), corpus, top_k=20,
+                                    score_function=ours_fn)
+        t_queries, t_corpus = torch.from_numpy(queries).to_sparse(), torch.from_numpy(dense).to_sparse()
+        ref = st_util.semantic_search(t_queries, t_corpus, top_k=20, score_function=st_fn)
+        assert_same_hits(ours, ref, st_fn(torch.from_numpy(queries), torch.from_numpy(dense)).numpy())
+
+
 def test_paraphrase_mining_embeddings():
     emb = rng.standard_normal((400, 32)).astype(np.float32)
     for kwargs in ({}, {"query_chunk_size": 64, "corpus_chunk_size": 100, "top_k": 5, "max_pairs": 300}):
