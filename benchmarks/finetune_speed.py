@@ -1,6 +1,6 @@
 """GradCache fine-tuning, jaxst vs sentence-transformers, same run: retrieval quality, epoch time, peak memory.
 
-    python benchmarks/finetune_speed.py [--seeds 0 1 2 3 4] [--limit N] [--no-dropout]
+    python benchmarks/finetune_speed.py [--seeds 0 1 2 3 4] [--limit N] [--eval-limit N] [--no-dropout]
 
 The recipe (issue #20): all-MiniLM-L6-v2 fine-tuned with CachedMultipleNegativesRankingLoss (batch 256,
 mini-batch 32, scale 20, cosine) for one epoch over the stsb-en-train pairs scoring at least 4.0 (1,406
@@ -52,8 +52,8 @@ def train_pairs(limit: int | None) -> list[tuple[str, str]]:
     return [(a, b) for a, b, score in read_stsb("stsb-en-train.csv") if score >= 4.0][:limit]
 
 
-def retrieval_task():
-    rows = read_stsb("stsb-en-test.csv")
+def retrieval_task(limit: int | None = None):
+    rows = read_stsb("stsb-en-test.csv")[:limit]
     corpus_texts = list(dict.fromkeys(b for _, b, _ in rows))
     cid = {text: f"c{i}" for i, text in enumerate(corpus_texts)}
     queries, relevant = {}, {}
@@ -96,7 +96,7 @@ def rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def run_torch(folder, pairs, seed: int, dropout: bool) -> dict:
+def run_torch(folder, pairs, seed: int, dropout: bool, eval_limit: int | None) -> dict:
     import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
@@ -104,7 +104,7 @@ def run_torch(folder, pairs, seed: int, dropout: bool) -> dict:
 
     torch.manual_seed(seed)
     model = SentenceTransformer(str(folder), device="cpu")
-    evaluator = InformationRetrievalEvaluator(*retrieval_task(), name="stsb")
+    evaluator = InformationRetrievalEvaluator(*retrieval_task(eval_limit), name="stsb")
     before = evaluator(model)["stsb_cosine_ndcg@10"]
     loss = CachedMultipleNegativesRankingLoss(model, scale=SCALE, mini_batch_size=MINI_BATCH)
     order = batches(len(pairs), seed)
@@ -113,13 +113,13 @@ def run_torch(folder, pairs, seed: int, dropout: bool) -> dict:
     return result(seconds, before, evaluator(model)["stsb_cosine_ndcg@10"], memory, len(order))
 
 
-def run_jaxst(folder, pairs, seed: int, dropout: bool) -> dict:
+def run_jaxst(folder, pairs, seed: int, dropout: bool, eval_limit: int | None) -> dict:
     import jaxst
     from jaxst import losses, training
     from jaxst.evaluation import InformationRetrievalEvaluator
 
     model = jaxst.SentenceTransformer(folder)
-    evaluator = InformationRetrievalEvaluator(*retrieval_task(), name="stsb")
+    evaluator = InformationRetrievalEvaluator(*retrieval_task(eval_limit), name="stsb")
     before = evaluator(model)["stsb_cosine_ndcg@10"]
     loss = losses.CachedMultipleNegativesRankingLoss(scale=SCALE, mini_batch_size=MINI_BATCH)
     with PeakRSS() as memory:
@@ -137,19 +137,21 @@ def result(seconds: float, before: float, after: float, memory: PeakRSS, steps: 
             "steps": steps}
 
 
-def child(side: str, seed: int, limit: int | None, dropout: bool) -> None:
+def child(side: str, seed: int, limit: int | None, dropout: bool, eval_limit: int | None) -> None:
     from jaxst.io.hub import packaged_model_folder
 
     folder = packaged_model_folder("sentence-transformers/all-MiniLM-L6-v2")
-    result = (run_jaxst if side == "jaxst" else run_torch)(folder, train_pairs(limit), seed, dropout)
+    result = (run_jaxst if side == "jaxst" else run_torch)(folder, train_pairs(limit), seed, dropout, eval_limit)
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def spawn(side: str, seed: int, limit: int | None, env: dict, dropout: bool) -> dict:
+def spawn(side: str, seed: int, limit: int | None, env: dict, dropout: bool, eval_limit: int | None) -> dict:
     command = [sys.executable, __file__, "--child", side, "--seed", str(seed),
                "--dropout" if dropout else "--no-dropout"]
     if limit is not None:
         command += ["--limit", str(limit)]
+    if eval_limit is not None:
+        command += ["--eval-limit", str(eval_limit)]
     out = subprocess.run(command, env=env, capture_output=True, text=True)
     lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
     if out.returncode or not lines:
@@ -166,12 +168,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)  # a child's seed
     parser.add_argument("--limit", type=int, default=None, help="train on the first N pairs only (a quick check)")
+    parser.add_argument("--eval-limit", type=int, default=None,
+                        help="build the retrieval task from the first N stsb-en-test pairs only (a quick check)")
     parser.add_argument("--dropout", action=argparse.BooleanOptionalAction, default=True,
                         help="train with dropout (the recipe); --no-dropout checks the rest of it deterministically")
     parser.add_argument("--child", choices=["jaxst", "torch"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.seed, args.limit, args.dropout)
+        child(args.child, args.seed, args.limit, args.dropout, args.eval_limit)
         return
     print(header(), flush=True)
     n = len(train_pairs(args.limit))
@@ -187,7 +191,7 @@ def main() -> None:
     runs = []
     for i, seed in enumerate(args.seeds):
         sides = ["torch", "jaxst"] if i % 2 == 0 else ["jaxst", "torch"]
-        result = {side: spawn(side, seed, args.limit, env, args.dropout) for side in sides}
+        result = {side: spawn(side, seed, args.limit, env, args.dropout, args.eval_limit) for side in sides}
         runs.append(result)
         print(f"seed {seed}:", flush=True)
         print("  " + line("sentence-transformers", result["torch"]), flush=True)

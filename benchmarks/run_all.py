@@ -52,7 +52,7 @@ SCRIPTS = {
     "train": ("train_speed.py", ["--limit", "480", "--test-limit", "700", "--seeds", "0", "1", "2", "3", "4"],
               ["--limit", "32", "--test-limit", "48", "--seeds", "0", "1"]),
     "finetune": ("finetune_speed.py", ["--limit", "256", "--seeds", "0", "1", "2", "3", "4"],
-                 ["--limit", "64", "--seeds", "0"]),
+                 ["--limit", "64", "--seeds", "0", "--eval-limit", "200"]),
     "modern": ("modern_speed.py",
                ["--models", "modernbert-base", "--sentences", "128", "--paragraphs", "16", "--rounds", "2"],
                ["--models", "modernbert-base", "--sentences", "4", "--paragraphs", "2", "--rounds", "1",

@@ -73,6 +73,28 @@ def st_minilm(minilm_folder):
     return SentenceTransformer(str(minilm_folder), device="cpu")
 
 
+def stsb_spearman(embeddings, rows, sentences) -> float:
+    """STSb Spearman (x100) of the cosine of each pair, from ``embeddings`` of the unique ``sentences``."""
+    from scipy.stats import spearmanr
+
+    from jaxst.util import pairwise_cos_sim
+
+    row = {s: i for i, s in enumerate(sentences)}
+    a = embeddings[[row[r[0]] for r in rows]]
+    b = embeddings[[row[r[1]] for r in rows]]
+    return 100 * spearmanr([r[2] for r in rows], np.asarray(pairwise_cos_sim(a, b))).statistic
+
+
+@pytest.fixture(scope="session")
+def minilm_stsb(jx_minilm, st_minilm) -> tuple[list, list[str], np.ndarray, np.ndarray]:
+    """``(rows, unique sentences, sentence-transformers' embeddings, jaxst's float32 embeddings)`` for
+    stsb-en-test.csv with all-MiniLM-L6-v2, each library's ``encode(sentences, batch_size=32)``: encoded
+    once per session for the parity, Spearman and int8 tests alike."""
+    rows = read_stsb("stsb-en-test.csv")
+    sentences = unique_sentences(rows)
+    return rows, sentences, st_minilm.encode(sentences, batch_size=32), jx_minilm.encode(sentences, batch_size=32)
+
+
 @pytest.fixture(scope="session")
 def tiny_bert_base(tmp_path_factory, minilm_folder) -> Path:
     """A seeded random 2-layer BERT (hidden 32) with the all-MiniLM-L6-v2 WordPiece tokenizer."""
@@ -177,10 +199,10 @@ def assert_same_hits(ours, ref, scores=None, *, tol=1e-5, tie=1e-5, relative=Tru
         ids = [i for i, _ in row_ours]
         assert len(row_ours) == len(row_ref) and len(set(ids)) == len(ids), (q, row_ours, row_ref)
         if scores is None:  # the oracle's score of a document: the one in its list
-            missing = [i for i in ids if i not in dict(row_ref)]
+            oracle = dict(row_ref)
+            missing = [i for i in ids if i not in oracle]
             assert not missing, (q, f"documents {missing} are not among the oracle's hits (scores= would check "
                                     "a tie)", row_ours, row_ref)
-            oracle = dict(row_ref)
         else:
             oracle = {i: float(scores[q][i]) for i in {*ids, *(j for j, _ in row_ref)}}
         for pos, ((i, s), (j, t)) in enumerate(zip(row_ours, row_ref)):

@@ -82,9 +82,9 @@ def test_mega_batch_margin_mini_batched_equals_whole(make_tiny_st, pairs):
 
     model = SentenceTransformer(str(make_tiny_st()))
     batch = collate(model, pairs)
-    whole = jax.value_and_grad(make_loss_fn(model, MegaBatchMarginLoss(use_mini_batched_version=False),
-                                            dropout=False))(model.params, batch)
-    mini = jax.value_and_grad(make_loss_fn(model, MegaBatchMarginLoss(mini_batch_size=8), dropout=False))(
+    whole = jax.jit(jax.value_and_grad(make_loss_fn(model, MegaBatchMarginLoss(use_mini_batched_version=False),
+                                            dropout=False)))(model.params, batch)
+    mini = jax.jit(jax.value_and_grad(make_loss_fn(model, MegaBatchMarginLoss(mini_batch_size=8), dropout=False)))(
         model.params, batch)
     assert abs(float(whole[0]) - float(mini[0])) < TOL * max(1.0, abs(float(whole[0])))
     assert_same_tree(mini[1], whole[1])
@@ -118,8 +118,8 @@ def test_cached_matches_sentence_transformers(make_tiny_st, pairs):
     ref = STCached(st, mini_batch_size=8)(features, None)
     ref.backward()
     model = SentenceTransformer(str(folder))
-    value, grads = jax.value_and_grad(make_loss_fn(model, CachedMultipleNegativesRankingLoss(mini_batch_size=8),
-                                                   dropout=False))(model.params, collate(model, pairs))
+    value, grads = jax.jit(jax.value_and_grad(make_loss_fn(model, CachedMultipleNegativesRankingLoss(mini_batch_size=8),
+                                                   dropout=False)))(model.params, collate(model, pairs))
     assert abs(float(value) - float(ref.detach())) < TOL * max(1.0, abs(float(ref.detach())))
     assert_same_gradients(st, [
         (grads["encoder"]["encoder"]["layer"][1]["output"]["dense"]["kernel"], "encoder.layer.1.output.dense.weight",

@@ -66,7 +66,7 @@ def assert_same_as_sentence_transformers(st, jx, st_loss, jx_loss, batch, st_inp
     st.zero_grad()
     ref = st_loss(st_inputs, st_labels)
     ref.backward()
-    value, grads = jax.value_and_grad(training.make_loss_fn(jx, jx_loss, dropout=False))(jx.params, batch)
+    value, grads = jax.jit(jax.value_and_grad(training.make_loss_fn(jx, jx_loss, dropout=False)))(jx.params, batch)
     ref = float(ref.detach())
     assert abs(float(value) - ref) < TOL * max(1.0, abs(ref)), (float(value), ref)
     assert_same_gradients(st, grad_pairs(grads))
@@ -156,8 +156,8 @@ def test_in_batch_lists_draw_other_rows_candidates():
 def test_mini_batches_give_the_same_loss_and_gradients(jx, loss_class):
     examples = listwise_examples([3, 5, 2, 4], seed=5)
     batch = training.collate(jx, examples)
-    whole = jax.value_and_grad(training.make_loss_fn(jx, loss_class(jx), dropout=False))(jx.params, batch)
-    mini = jax.value_and_grad(training.make_loss_fn(jx, loss_class(jx, mini_batch_size=5), dropout=False))(
+    whole = jax.jit(jax.value_and_grad(training.make_loss_fn(jx, loss_class(jx), dropout=False)))(jx.params, batch)
+    mini = jax.jit(jax.value_and_grad(training.make_loss_fn(jx, loss_class(jx, mini_batch_size=5), dropout=False)))(
         jx.params, batch)
     assert abs(float(whole[0]) - float(mini[0])) < TOL
     for a, b in zip(jax.tree.leaves(whole[1]), jax.tree.leaves(mini[1])):

@@ -8,8 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import read_stsb, unique_sentences
-from scipy.stats import spearmanr
+from conftest import stsb_spearman
 
 import jaxst
 from jaxst import native
@@ -22,14 +21,14 @@ def int8_minilm(minilm_folder):
 
 
 @pytest.fixture(scope="module")
-def stsb_rows():
-    return read_stsb("stsb-en-test.csv")
+def int8_stsb(int8_minilm, minilm_stsb) -> np.ndarray:
+    """The int8 model's embeddings of the unique STSb test sentences (``minilm_stsb``'s order)."""
+    return int8_minilm.encode(minilm_stsb[1], batch_size=32)
 
 
-def test_every_stsb_sentence_close_to_float32(int8_minilm, jx_minilm, stsb_rows):
-    sentences = unique_sentences(stsb_rows)
-    full = jx_minilm.encode(sentences, batch_size=32)
-    quant = int8_minilm.encode(sentences, batch_size=32)
+def test_every_stsb_sentence_close_to_float32(int8_stsb, minilm_stsb):
+    _, sentences, _, full = minilm_stsb
+    quant = int8_stsb
     assert quant.dtype == np.float32 and quant.shape == full.shape
     cos = (quant * full).sum(1) / np.linalg.norm(quant, axis=1) / np.linalg.norm(full, axis=1)
     print(f"int8 MiniLM: lowest cosine to float32 {cos.min():.5f}")
@@ -37,14 +36,10 @@ def test_every_stsb_sentence_close_to_float32(int8_minilm, jx_minilm, stsb_rows)
     assert cos.mean() < 0.99999  # really quantized: not the float32 path under another name
 
 
-def test_stsb_spearman_within_0_2_of_sentence_transformers(int8_minilm, st_minilm, stsb_rows):
-    def spearman(model):
-        a = model.encode([r[0] for r in stsb_rows], batch_size=32)
-        b = model.encode([r[1] for r in stsb_rows], batch_size=32)
-        return 100 * spearmanr([r[2] for r in stsb_rows], np.asarray(jaxst.util.pairwise_cos_sim(a, b))).statistic
-
-    reference = spearman(st_minilm)
-    ours = spearman(int8_minilm)
+def test_stsb_spearman_within_0_2_of_sentence_transformers(int8_stsb, minilm_stsb):
+    rows, sentences, st_embeddings, _ = minilm_stsb
+    reference = stsb_spearman(st_embeddings, rows, sentences)
+    ours = stsb_spearman(int8_stsb, rows, sentences)
     assert abs(reference - 82.03) <= 0.01, reference
     assert abs(ours - reference) <= 0.2, (ours, reference)
 
@@ -69,10 +64,10 @@ def test_products_are_exact(m, k, n):
     np.testing.assert_array_equal(np.asarray(got), exact)
 
 
-def test_portable_path_gives_identical_embeddings(int8_minilm, monkeypatch, stsb_rows):
+def test_portable_path_gives_identical_embeddings(int8_minilm, monkeypatch, minilm_stsb):
     """XLA's int8 dot (a CPU without VNNI, or JAXST_NATIVE=0) gives the very same embeddings: the integer
     sums are exact either way and the float steps are the same ops."""
-    sentences = unique_sentences(stsb_rows)[:300]
+    sentences = minilm_stsb[1][:300]
     first = int8_minilm.encode(sentences, batch_size=32)
     calls = []
     real = native.int8_matmul
@@ -189,10 +184,6 @@ def test_mpnet_int8_stsb(mpnet_folder, mpnet_stsb_reference):
     print(f"int8 mpnet: lowest cosine to float32 {cos.min():.5f}")
     assert cos.min() >= 0.993, cos.min()  # README: cosine >= 0.993
     assert cos.mean() < 0.99999  # really quantized
-    row = {s: i for i, s in enumerate(sentences)}
-    a, b = (ours[[row[r[c]] for r in stsb_rows]] for c in (0, 1))
-    ref_a, ref_b = (reference[[row[r[c]] for r in stsb_rows]] for c in (0, 1))
-    gold = [r[2] for r in stsb_rows]
-    reference_score = 100 * spearmanr(gold, np.asarray(jaxst.util.pairwise_cos_sim(ref_a, ref_b))).statistic
-    ours_score = 100 * spearmanr(gold, np.asarray(jaxst.util.pairwise_cos_sim(a, b))).statistic
+    reference_score = stsb_spearman(reference, stsb_rows, sentences)
+    ours_score = stsb_spearman(ours, stsb_rows, sentences)
     assert abs(ours_score - reference_score) <= 0.2, (ours_score, reference_score)

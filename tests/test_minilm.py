@@ -3,17 +3,20 @@ sentence-transformers: STSb embeddings, the STSb Spearman score, and the classic
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
-from conftest import max_abs, read_stsb, unique_sentences
-from scipy.stats import spearmanr
+from conftest import max_abs, read_stsb, stsb_spearman, unique_sentences
 
 import jaxst
 
 
-@pytest.mark.parametrize("split", ["stsb-en-test.csv", "stsb-de-test.csv"])
-def test_stsb_embeddings_match(jx_minilm, st_minilm, split):
-    sentences = unique_sentences(read_stsb(split))
+def test_stsb_test_embeddings_match(minilm_stsb):
+    _, sentences, expected, got = minilm_stsb  # each library's encode(sentences, batch_size=32)
+    assert len(sentences) > 2500
+    assert got.shape == expected.shape == (len(sentences), 384)
+    assert max_abs(got, expected) < 1e-5
+
+
+def test_stsb_de_embeddings_match(jx_minilm, st_minilm):
+    sentences = unique_sentences(read_stsb("stsb-de-test.csv"))
     assert len(sentences) > 2500
     expected = st_minilm.encode(sentences, batch_size=32)
     got = jx_minilm.encode(sentences, batch_size=32)
@@ -21,17 +24,9 @@ def test_stsb_embeddings_match(jx_minilm, st_minilm, split):
     assert max_abs(got, expected) < 1e-5
 
 
-def stsb_spearman(model, rows) -> float:
-    a = model.encode([r[0] for r in rows], batch_size=32)
-    b = model.encode([r[1] for r in rows], batch_size=32)
-    cos = np.asarray(jaxst.util.pairwise_cos_sim(a, b))
-    return 100 * spearmanr([r[2] for r in rows], cos).statistic
-
-
-def test_stsb_spearman(jx_minilm, st_minilm):
-    rows = read_stsb("stsb-en-test.csv")
-    ours = stsb_spearman(jx_minilm, rows)
-    reference = stsb_spearman(st_minilm, rows)
+def test_stsb_spearman(minilm_stsb):
+    rows, sentences, reference, ours = minilm_stsb
+    ours, reference = stsb_spearman(ours, rows, sentences), stsb_spearman(reference, rows, sentences)
     assert abs(ours - 82.03) <= 0.01, ours
     assert abs(ours - reference) <= 0.01, (ours, reference)
 

@@ -12,8 +12,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import max_abs
-from scipy.stats import spearmanr
+from conftest import max_abs, stsb_spearman
 
 import jaxst
 
@@ -47,14 +46,6 @@ def st_embeddings(mpnet_stsb_reference):
 @pytest.fixture(scope="module")
 def jx_embeddings(jx_mpnet, stsb):
     return jx_mpnet.encode(stsb[1], batch_size=32)
-
-
-def stsb_spearman(embeddings, rows, sentences) -> float:
-    row = {s: i for i, s in enumerate(sentences)}
-    a = embeddings[[row[r[0]] for r in rows]]
-    b = embeddings[[row[r[1]] for r in rows]]
-    cos = np.asarray(jaxst.util.pairwise_cos_sim(a, b))
-    return 100 * spearmanr([r[2] for r in rows], cos).statistic
 
 
 def test_the_model_as_configured(jx_mpnet, st_mpnet):

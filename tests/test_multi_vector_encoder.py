@@ -327,12 +327,12 @@ SHARDED_SCRIPT = """
     model = MultiVectorEncoder(folder, device="cpu:0")
     batch = collate(model, [tuple(t) for t in triplets])
     loss = MultiVectorMultipleNegativesRankingLoss()
-    one = jax.value_and_grad(make_loss_fn(model, loss, dropout=False))(model.params, batch)
+    one = jax.jit(jax.value_and_grad(make_loss_fn(model, loss, dropout=False)))(model.params, batch)
     mesh = Mesh(np.array(jax.devices()), ("data",))
     params = jax.device_put(model.params, NamedSharding(mesh, P()))  # replicated on the 8 devices
     eight = jax.jit(jax.value_and_grad(make_loss_fn(model, loss, dropout=False, mesh=mesh)))(params, batch)
     local = MultiVectorMultipleNegativesRankingLoss(gather_across_devices=False)
-    own = float(make_loss_fn(model, local, dropout=False, mesh=mesh)(params, batch))
+    own = float(jax.jit(make_loss_fn(model, local, dropout=False, mesh=mesh))(params, batch))
     grad_gap = max(float(np.abs(np.asarray(a) - np.asarray(b)).max() / max(1.0, float(np.abs(np.asarray(a)).max())))
                    for a, b in zip(jax.tree.leaves(one[1]), jax.tree.leaves(eight[1])))
     print(json.dumps({"devices": jax.device_count(), "one": float(one[0]), "eight": float(eight[0]),

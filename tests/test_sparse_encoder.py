@@ -404,7 +404,7 @@ def test_splade_training_step_matches_sentence_transformers(splade_models):
     ref.backward()
     model = SparseEncoder(str(folder))
     loss_fn = make_loss_fn(model, SpladeLoss(loss=SparseMultipleNegativesRankingLoss(), **config), dropout=False)
-    value, grads = jax.value_and_grad(loss_fn)(model.params, collate(model, pairs))
+    value, grads = jax.jit(jax.value_and_grad(loss_fn))(model.params, collate(model, pairs))
     assert abs(float(value) - float(ref.detach())) < TOL * max(1.0, abs(float(ref.detach())))
     assert_same_gradients(st, [
         (grads["head"]["transform"]["dense"]["kernel"], "cls.predictions.transform.dense.weight", True),
@@ -457,7 +457,7 @@ def test_inference_free_training_matches_sentence_transformers(tiny_mlm, tmp_pat
     loss = SpladeLoss(loss=SparseMultipleNegativesRankingLoss(), **config)
     batch = collate(model, triplets, router_mapping=tasks)
     assert [("static_route" in f) for f in batch["features"]] == [True, False, False]
-    value, grads = jax.value_and_grad(make_loss_fn(model, loss, dropout=False))(model.params, batch)
+    value, grads = jax.jit(jax.value_and_grad(make_loss_fn(model, loss, dropout=False)))(model.params, batch)
     assert abs(float(value) - float(ref.detach())) < TOL * max(1.0, abs(float(ref.detach())))
     pairs = [(grads["head"]["bias"], "cls.predictions.bias", False),
              (grads["encoder"]["encoder"]["layer"][1]["output"]["dense"]["kernel"],
@@ -782,7 +782,7 @@ def test_csr_training_step_matches_sentence_transformers(make_tiny_st, normalize
     ref = sum(st_loss([st.preprocess([p[i] for p in pairs]) for i in range(2)], None).values())
     ref.backward()
     loss_fn = make_loss_fn(model, CSRLoss(beta=0.2, gamma=0.5), dropout=False)
-    value, grads = jax.value_and_grad(loss_fn)(model.params, collate(model, pairs))
+    value, grads = jax.jit(jax.value_and_grad(loss_fn))(model.params, collate(model, pairs))
     assert abs(float(value) - float(ref.detach())) < TOL * max(1.0, abs(float(ref.detach())))
     assert_same_gradients(st, [(grads["sae"]["encoder"]["kernel"], "encoder.weight", True),
                                (grads["sae"]["latent_bias"], "latent_bias", False),

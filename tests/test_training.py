@@ -509,13 +509,14 @@ def test_gist_loss_with_a_guide_model_matches_sentence_transformers(make_tiny_st
     student, guide = jaxst.SentenceTransformer(student_folder), jaxst.SentenceTransformer(guide_folder)
     loss = jl.GISTEmbedLoss(guide=guide, **options)
     batch = training.collate(student, triplets, guide=guide)
-    value, grads = jax.value_and_grad(training.make_loss_fn(student, loss, dropout=False))(student.params, batch)
+    value, grads = jax.jit(jax.value_and_grad(training.make_loss_fn(student, loss, dropout=False)))(
+        student.params, batch)
     assert abs(float(value) - float(ref.detach())) < 1e-5 * max(1.0, abs(float(ref.detach())))
     assert_same_gradients(st_student, [
         (grads["encoder"]["encoder"]["layer"][1]["output"]["dense"]["kernel"], "encoder.layer.1.output.dense.weight",
          True)])
     cached = jl.CachedGISTEmbedLoss(guide=guide, mini_batch_size=4, **options)  # GradCache: the same numbers
-    cached_value, cached_grads = jax.value_and_grad(training.make_loss_fn(student, cached, dropout=False))(
+    cached_value, cached_grads = jax.jit(jax.value_and_grad(training.make_loss_fn(student, cached, dropout=False)))(
         student.params, batch)
     assert abs(float(cached_value) - float(value)) < 1e-5 * max(1.0, abs(float(value)))
     for a, b in zip(jax.tree.leaves(cached_grads), jax.tree.leaves(grads)):
