@@ -12,7 +12,7 @@ Transformer whose ``transformer_task`` is ``sequence-classification``, the activ
 (``config.json`` alone, the activation under its ``sentence_transformers`` key or
 ``sbert_ce_default_activation_function``).
 
-Causal-LM rerankers (Qwen3-Reranker style) load as sentence-transformers 6.2 runs them: a ``*ForCausalLM``
+Causal-LM rerankers (Qwen3-Reranker style) load as sentence-transformers 6.3 runs them: a ``*ForCausalLM``
 folder, or one saved with a text-generation Transformer and a ``LogitScore`` module; pairs become prompts
 through the tokenizer's chat template and the score is ``logit(yes) - logit(no)`` at the last token
 (``jaxst.io.causal_reranker``, ``jaxst.models.causal_lm``).

@@ -1,4 +1,4 @@
-"""Cross-encoder ranking losses, matching ``sentence_transformers.cross_encoder.losses`` in 6.2.
+"""Cross-encoder ranking losses, matching ``sentence_transformers.cross_encoder.losses`` in 6.3.
 
     from jaxst import cross_encoder_losses as losses       # for: from sentence_transformers.cross_encoder import losses
     loss = losses.ListNetLoss(model)

@@ -64,6 +64,12 @@ class SentenceEvaluator:
             writer.writerow(row)
 
 
+def model_similarity(model):
+    """The model's own similarity function (its ``similarity_fn_name``), as sentence-transformers 6.3's
+    evaluators use ``model.similarity`` where no function is given."""
+    return similarity_functions(getattr(model, "similarity_fn_name", None) or "cosine")[0]
+
+
 def _encode(model, texts, side: str | None, **kwargs):
     fn = {"query": getattr(model, "encode_query", None), "document": getattr(model, "encode_document", None)}.get(
         side) or model.encode
@@ -227,7 +233,7 @@ class InformationRetrievalEvaluator(SentenceEvaluator):
     def _functions(self, model) -> dict[str, Callable]:
         if self.score_functions is not None:
             return self.score_functions
-        return {model.similarity_fn_name: similarity_functions(model.similarity_fn_name)[0]}
+        return {model.similarity_fn_name: model_similarity(model)}
 
     def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
         functions = self._functions(model)
@@ -544,9 +550,10 @@ def _matthews(labels, predicted) -> float:
     return 0.0 if denominator == 0 else float((tp * tn - fp * fn) / denominator)
 
 
-def _ndcg(relevant: Sequence[int], scores: Sequence[float], k: int) -> float:
+def _ndcg(relevant: Sequence[int], scores: Sequence[float], k: int, known_positives: int | None = None) -> float:
     """NDCG@k of binary relevances ranked by ``scores``, tied scores sharing their positions' discounts (the
-    average gain of a tie group), as scikit-learn's ``ndcg_score``."""
+    average gain of a tie group), as scikit-learn's ``ndcg_score``; with ``known_positives``, the ideal
+    ranking holds that many positives, those missing from the candidates included."""
     relevant, scores = np.asarray(relevant, np.float64), np.asarray(scores, np.float64)
     discount = 1.0 / np.log2(np.arange(len(scores)) + 2)
     discount[k:] = 0.0
@@ -556,16 +563,31 @@ def _ndcg(relevant: Sequence[int], scores: Sequence[float], k: int) -> float:
     for end in list(np.nonzero(np.diff(ranked))[0] + 1) + [len(ranked)]:  # groups of equal scores
         dcg += gains[start:end].mean() * discount[start:end].sum()
         start = end
-    ideal = float(np.sum(np.sort(relevant)[::-1] * discount))
+    if known_positives is None:
+        ideal = float(np.sum(np.sort(relevant)[::-1] * discount))
+    else:
+        ideal = float(np.sum(1.0 / np.log2(np.arange(min(known_positives, k)) + 2)))
     return 0.0 if ideal == 0 else dcg / ideal
 
 
-def _rank_metrics(relevant: list[int], scores, k: int) -> tuple[float, float, float]:
-    """(MRR@k, NDCG@k, average precision) of one query's candidates."""
+def _rank_metrics(relevant: list[int], scores, k: int, known_positives: int | None = None
+                  ) -> tuple[float, float, float]:
+    """(MRR@k, NDCG@k, average precision) of one query's candidates. With ``known_positives`` (how many
+    positives the query has, candidates or not; sentence-transformers 6.3's CrossEncoderRerankingEvaluator),
+    NDCG's ideal ranking holds them all and average precision is scaled by the share of them among the
+    candidates; a query with no positive among its candidates scores 0."""
     scores = np.asarray(scores, np.float64)
+    retrieved = int(np.sum(relevant))
+    if known_positives is not None:
+        if retrieved == 0:
+            return 0.0, 0.0, 0.0
+        known_positives = max(known_positives, retrieved)
     order = np.argsort(-scores, kind="stable")
     mrr = next((1.0 / (rank + 1) for rank, i in enumerate(order[:k]) if relevant[i]), 0.0)
-    return mrr, _ndcg(relevant, scores, k), _average_precision(np.asarray(relevant), scores)
+    ap = _average_precision(np.asarray(relevant), scores)
+    if known_positives is not None:
+        ap *= retrieved / known_positives
+    return mrr, _ndcg(relevant, scores, k, known_positives), ap
 
 
 class RerankingEvaluator(SentenceEvaluator):
@@ -586,7 +608,7 @@ class RerankingEvaluator(SentenceEvaluator):
                 self.samples.append({**sample, "positive": positive, "negative": negative})
         self.at_k = mrr_at_k if mrr_at_k is not None else at_k
         self.name, self.batch_size, self.show_progress_bar = name, batch_size, show_progress_bar
-        self.similarity_fct = similarity_fct or similarity_functions("cosine")[0]
+        self.similarity_fct = similarity_fct  # None: the model's own similarity (sentence-transformers 6.3)
         self.truncate_dim, self.write_csv = truncate_dim, write_csv
         del use_batched_encoding  # always batched: one encode for the queries, one for the documents
         self.csv_file = "RerankingEvaluator" + ("_" + name if name else "") + f"_results_@{self.at_k}.csv"
@@ -598,10 +620,11 @@ class RerankingEvaluator(SentenceEvaluator):
             kw["truncate_dim"] = self.truncate_dim
         queries = _encode(model, [s["query"] for s in self.samples], "query", **kw)
         docs = _encode(model, [d for s in self.samples for d in s["positive"] + s["negative"]], "document", **kw)
+        similarity = self.similarity_fct if self.similarity_fct is not None else model_similarity(model)
         results, offset = [], 0
         for i, sample in enumerate(self.samples):
             n = len(sample["positive"]) + len(sample["negative"])
-            scores = np.asarray(self.similarity_fct(queries[i : i + 1], docs[offset : offset + n]))[0]
+            scores = np.asarray(similarity(queries[i : i + 1], docs[offset : offset + n]))[0]
             offset += n
             results.append(_rank_metrics([1] * len(sample["positive"]) + [0] * len(sample["negative"]), scores,
                                          self.at_k))
@@ -619,7 +642,8 @@ class CrossEncoderRerankingEvaluator(SentenceEvaluator):
     ``samples`` are dicts with "query", "positive" and either "negative" (rank positives + negatives) or
     "documents" (a first-stage ranking to rerank: its own metrics come back as ``base_*``;
     ``always_rerank_positives`` adds the positives it missed). Metrics ``map``, ``mrr@{at_k}``,
-    ``ndcg@{at_k}`` (primary)."""
+    ``ndcg@{at_k}`` (primary); as in sentence-transformers 6.3, MAP and NDCG count every known positive,
+    those missing from ``documents`` included."""
 
     def __init__(self, samples, at_k: int = 10, always_rerank_positives: bool = True, name: str = "",
                  prompt_name: str | None = None, batch_size: int = 64, show_progress_bar: bool = False,
@@ -642,25 +666,21 @@ class CrossEncoderRerankingEvaluator(SentenceEvaluator):
                                  "'documents' in each sample.")
             positive = [sample["positive"]] if isinstance(sample["positive"], str) else list(sample["positive"])
             documents = sample.get("documents")
-            if documents:
+            if documents is not None:  # the first stage's ranking, scored against every known positive
                 found = [int(d in positive) for d in documents]
-                if sum(found) == 0:
-                    base.append((0.0, 0.0, 0.0))
-                else:
-                    found += [1] * (len(positive) - sum(found))  # the positives it missed, ranked last
-                    base.append(_rank_metrics(found, np.arange(len(found), 0, -1), self.at_k))
+                base.append(_rank_metrics(found, np.arange(len(found), 0, -1), self.at_k, len(positive)))
                 if self.always_rerank_positives:
                     docs = positive + [d for d in documents if d not in positive]
                     relevant = [1] * len(positive) + [0] * (len(docs) - len(positive))
                 else:
-                    docs, relevant = list(documents), [int(d in positive) for d in documents]
+                    docs, relevant = list(documents), found
             else:
                 docs = positive + list(sample["negative"])
                 relevant = [1] * len(positive) + [0] * len(sample["negative"])
             if sum(relevant) == 0:
                 meta.append(None)
                 continue
-            meta.append((relevant, len(docs)))
+            meta.append((relevant, len(positive)))
             pairs.extend([sample["query"], d] for d in docs)
         scores = np.asarray(model.predict(pairs, prompt_name=self.prompt_name, batch_size=self.batch_size,
                                           show_progress_bar=self.show_progress_bar)) if pairs else np.zeros(0)
@@ -669,9 +689,9 @@ class CrossEncoderRerankingEvaluator(SentenceEvaluator):
             if entry is None:
                 results.append((0.0, 0.0, 0.0))
                 continue
-            relevant, n = entry
-            results.append(_rank_metrics(relevant, scores[offset : offset + n], self.at_k))
-            offset += n
+            relevant, positives = entry
+            results.append(_rank_metrics(relevant, scores[offset : offset + len(relevant)], self.at_k, positives))
+            offset += len(relevant)
         mrr, ndcg, ap = (float(np.mean(x)) for x in zip(*results)) if results else (0.0, 0.0, 0.0)
         metrics = {"map": ap, f"mrr@{self.at_k}": mrr, f"ndcg@{self.at_k}": ndcg}
         if base:
@@ -717,7 +737,8 @@ class ParaphraseMiningEvaluator(SentenceEvaluator):
         mined = paraphrase_mining(model, self.sentences, show_progress_bar=self.show_progress_bar,
                                   batch_size=self.batch_size, query_chunk_size=self.query_chunk_size,
                                   corpus_chunk_size=self.corpus_chunk_size, max_pairs=self.max_pairs,
-                                  top_k=self.top_k, truncate_dim=self.truncate_dim)
+                                  top_k=self.top_k, truncate_dim=self.truncate_dim,
+                                  score_function=model_similarity(model))
         total = len(self.duplicates)
         extracted = correct = previous = 0
         best = {"f1": 0.0, "precision": 0.0, "recall": 0.0, "threshold": 0.0}

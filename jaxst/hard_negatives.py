@@ -65,8 +65,9 @@ def mine_hard_negatives(
     ``dataset``: a ``datasets.Dataset`` (returns one, with the same column names) or a list of (anchor,
     positive) pairs (returns a list of rows: tuples in the output format's column order). Candidates are
     the ``range_max`` nearest corpus entries (the positives, plus ``corpus`` when given) by the model's
-    similarity of normalized embeddings (``cross_encoder``'s scores instead, when it rescores them for a
-    margin or score filter); the first ``range_min`` are skipped, and ``max_score``, ``min_score``,
+    similarity of normalized embeddings (``cross_encoder``'s scores instead, when one is given: it rescores
+    every candidate and positive), never the query's own text; the first ``range_min`` are skipped, and
+    ``max_score``, ``min_score``,
     ``absolute_margin`` (negative + margin must stay at or below the weakest positive's score) and
     ``relative_margin`` (at or below the positive's score minus that fraction of its magnitude) drop
     candidates. ``sampling_strategy``: "top" (the best remaining) or "random" (Python's ``random``, so
@@ -125,7 +126,7 @@ def mine_hard_negatives(
     query_emb = np.asarray(model.encode_query(queries, batch_size=batch_size, normalize_embeddings=True,
                                               prompt_name=query_prompt_name, prompt=query_prompt,
                                               show_progress_bar=verbose))
-    width = range_max + max_positives
+    width = range_max + max_positives + 1  # room for the positives and the query's own text, both excluded
     k = min(width, len(corpus))
     scores = np.full((n_queries, width), -np.inf, np.float32)
     indices = np.full((n_queries, width), -1, np.int64)
@@ -146,8 +147,7 @@ def mine_hard_negatives(
     positive_scores = np.asarray(model.similarity_pairwise(
         query_emb[rows], corpus_emb[[i for p in positive_indices for i in p]]), np.float32)
 
-    if cross_encoder is not None and (absolute_margin is not None or relative_margin is not None
-                                      or max_score is not None or min_score is not None):
+    if cross_encoder is not None:  # its scores order the candidates, filters or not (sentence-transformers 6.3)
         for q in range(n_queries):
             candidates = [corpus[i] for i in indices[q] if i >= 0]
             rescored = np.asarray(cross_encoder.predict([(queries[q], c) for c in candidates], batch_size=batch_size),
@@ -157,6 +157,11 @@ def mine_hard_negatives(
                                      np.float32)
 
     scores[indices == -1] = -np.inf
+    # a query is never its own negative (unless it is its own positive and positives are included)
+    own = np.asarray([corpus_idx.get(q, -1) for q in queries])
+    if include_positives:
+        own[[queries_idx[q] for q, p in zip(queries_all, positives_all) if q == p]] = -1
+    scores[(indices == own[:, None]) & (own[:, None] >= 0)] = -np.inf
     if not include_positives:
         for q in range(n_queries):
             scores[q, np.isin(indices[q], positive_indices[q])] = -np.inf

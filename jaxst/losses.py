@@ -1,4 +1,4 @@
-"""Training losses as pure functions of embeddings (and labels), matching sentence-transformers 6.2.
+"""Training losses as pure functions of embeddings (and labels), matching sentence-transformers 6.3.
 
     loss = MultipleNegativesRankingLoss()            # the model argument is optional, as a name-compatible no-op
     value = loss([anchors, positives], labels=None)  # (B, D) arrays in, a float32 scalar out
@@ -283,11 +283,15 @@ class CosineSimilarityLoss(Loss):
 
 
 def shrink(embeddings: jax.Array, dim: int) -> jax.Array:
-    """The first ``dim`` dimensions, L2-normalized: a Matryoshka sub-embedding."""
+    """The first ``dim`` dimensions, L2-normalized (half precision in float32, then cast back): a Matryoshka
+    sub-embedding."""
     if dim > embeddings.shape[-1]:
         raise ValueError(f"Dimension {dim} in matryoshka_dims cannot be greater than the model's embedding "
                          f"dimension: {embeddings.shape[-1]}")
-    return normalize(embeddings[..., :dim])
+    x = embeddings[..., :dim]
+    if x.dtype in (jnp.float16, jnp.bfloat16):  # normalized in float32, as sentence-transformers 6.3 does
+        return normalize(x.astype(jnp.float32)).astype(x.dtype)
+    return normalize(x)
 
 
 class MatryoshkaLoss(Loss):
@@ -433,18 +437,21 @@ class GISTEmbedLoss(Loss):
         threshold = guided_pair - (self.margin if self.margin_strategy == "absolute"
                                    else jnp.abs(guided_pair) * self.margin)
 
-        def masked(a, b, ga, gb, keep_diagonal: bool = False):
+        def masked(a, b, ga, gb, diagonal: bool | None = None):
+            """Candidates the guide scores above the pair's own threshold dropped; the diagonal kept (``True``:
+            a's own positive), dropped (``False``: a text is never its own negative, as sentence-transformers
+            6.3 has it) or left to the guide (``None``: a row's own hard negative)."""
             scores = cos_sim(a, b)
             drop = cos_sim(ga, gb) > threshold
-            if keep_diagonal:
-                drop = drop & ~jnp.eye(scores.shape[0], scores.shape[1], dtype=bool)
+            if diagonal is not None:
+                drop = jnp.where(jnp.eye(scores.shape[0], scores.shape[1], dtype=bool), not diagonal, drop)
             return jnp.where(drop, -jnp.inf, scores)
 
-        scores = [masked(anchor, positive, guided[0], guided[1], keep_diagonal=True)]
+        scores = [masked(anchor, positive, guided[0], guided[1], diagonal=True)]
         if self.contrast_anchors:
-            scores.append(masked(anchor, anchor, guided[0], guided[0]))
+            scores.append(masked(anchor, anchor, guided[0], guided[0], diagonal=False))
         if self.contrast_positives:
-            scores.append(masked(positive, positive, guided[1], guided[1]))
+            scores.append(masked(positive, positive, guided[1], guided[1], diagonal=False))
         if len(columns) == 3:
             scores.append(masked(anchor, columns[2], guided[0], guided[2]))
         logits = jnp.concatenate(scores, axis=1) / self.temperature

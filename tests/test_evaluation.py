@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from conftest import read_stsb
 
+from jaxst import util
 from jaxst.evaluation import InformationRetrievalEvaluator, SequentialEvaluator, TripletEvaluator
 
 TOL = 1e-4
@@ -174,11 +175,45 @@ def test_reranking_evaluators(jx_minilm, st_minilm, make_tiny_cross_encoder):
     documents = [{"query": s["query"], "positive": s["positive"],
                   "documents": (s["negative"][:2] + s["positive"] + s["negative"][2:]) if i % 3 else s["negative"]}
                  for i, s in enumerate(samples[:30])]
+    # sentence-transformers 6.3: MAP and NDCG count every known positive, those the first stage missed
+    # included (no longer appended to its ranking); an empty first-stage ranking is a ranking
+    missed = [{"query": s["query"], "positive": s["positive"] + [f"another answer to: {s['query']}"],
+               "documents": s["negative"][:2] + s["positive"] + s["negative"][2:4]} for s in samples[30:45]]
+    missed.append({"query": samples[45]["query"], "positive": samples[45]["positive"], "documents": []})
     for data, kwargs in ((samples[:30], {}), (documents, {"at_k": 5}), (documents, {"always_rerank_positives": False,
-                                                                                   "name": "ce"})):
+                                                                                   "name": "ce"}),
+                         (missed, {}), (missed, {"always_rerank_positives": False, "at_k": 3})):
         ours, ref = CrossEncoderRerankingEvaluator(data, **kwargs), STCERerank(data, **kwargs)
         assert_same_metrics(ours(model), ref(st_model))
         assert ours.primary_metric == ref.primary_metric
+    mine = CrossEncoderRerankingEvaluator(missed[:15], always_rerank_positives=False)(model)
+    assert mine["map"] <= 0.5 and mine["base_map"] <= 0.5  # one of two positives among the candidates
+
+
+def test_evaluators_score_with_the_models_similarity(make_tiny_st):
+    """sentence-transformers 6.3: RerankingEvaluator without a similarity_fct and ParaphraseMiningEvaluator
+    score with the model's own similarity (here dot product over unnormalized embeddings), not cosine."""
+    from sentence_transformers import SentenceTransformer as STSentenceTransformer
+    from sentence_transformers.sentence_transformer.evaluation import ParaphraseMiningEvaluator as STMining
+    from sentence_transformers.sentence_transformer.evaluation import RerankingEvaluator as STRerank
+
+    from jaxst import SentenceTransformer
+    from jaxst.evaluation import ParaphraseMiningEvaluator, RerankingEvaluator
+
+    folder = make_tiny_st(similarity_fn_name="dot")
+    model, st_model = SentenceTransformer(folder), STSentenceTransformer(str(folder), device="cpu")
+    assert model.similarity_fn_name == "dot"
+    samples = _rerank_samples()
+    ours, ref = RerankingEvaluator(samples)(model), STRerank(samples)(st_model)
+    assert_same_metrics(ours, ref)
+    cosine = RerankingEvaluator(samples, similarity_fct=util.cos_sim)(model)
+    assert max(abs(ours[k] - cosine[k]) for k in ours) > 1e-3  # the default is not cosine any more
+    rows = read_stsb("stsb-en-dev.csv")[:200]
+    ids = {text: f"s{i}" for i, text in enumerate(dict.fromkeys(t for a, b, _ in rows for t in (a, b)))}
+    duplicates = [(ids[a], ids[b]) for a, b, score in rows if score >= 4.0]
+    sentences = {i: t for t, i in ids.items()}
+    ours = ParaphraseMiningEvaluator(sentences, duplicates_list=duplicates)(model)
+    assert_same_metrics(ours, STMining(sentences, duplicates_list=duplicates)(st_model))
 
 
 def test_ndcg_and_average_precision_with_ties():

@@ -79,6 +79,40 @@ def test_cross_encoder_rescoring(jx_minilm, st_minilm, data, make_tiny_cross_enc
     ref = st_mine(dataset.select(range(40)), st_minilm, cross_encoder=STCrossEncoder(str(folder), device="cpu"),
                   **kwargs)
     assert_same_dataset(ours, ref)
+    # sentence-transformers 6.3: a given cross-encoder rescores (and so orders) the candidates with no filter set
+    kwargs = dict(corpus=corpus[:200], verbose=False, output_format="n-tuple", output_scores=True, num_negatives=2)
+    ours = util.mine_hard_negatives(dataset.select(range(40)), jx_minilm, cross_encoder=CrossEncoder(str(folder)),
+                                    **kwargs)
+    ref = st_mine(dataset.select(range(40)), st_minilm, cross_encoder=STCrossEncoder(str(folder), device="cpu"),
+                  **kwargs)
+    assert_same_dataset(ours, ref)
+    plain = util.mine_hard_negatives(dataset.select(range(40)), jx_minilm, **kwargs)
+    assert ours.to_dict()["scores"] != plain.to_dict()["scores"]
+
+
+@pytest.mark.parametrize("include_positives", [False, True])
+def test_a_query_is_never_its_own_negative(jx_minilm, st_minilm, data, include_positives):
+    """sentence-transformers 6.3: when the corpus holds a query's own text, it is not among that query's
+    candidates (6.2 mined it as the hardest negative); a pair whose positive is its query keeps it as the
+    positive when positives are included."""
+    from sentence_transformers.util import mine_hard_negatives as st_mine
+
+    pairs, dataset, corpus = data
+    queries = [a for a, _ in pairs[:30]]
+    rows = dataset.select(range(40)).to_dict()
+    rows["query"].append(pairs[40][1])  # a pair whose positive is its own query text
+    rows["answer"].append(pairs[40][1])
+    from datasets import Dataset
+
+    kwargs = dict(corpus=corpus[:200] + queries, verbose=False, num_negatives=3, include_positives=include_positives)
+    ours = util.mine_hard_negatives(Dataset.from_dict(rows), jx_minilm, **kwargs)
+    ref = st_mine(Dataset.from_dict(rows), st_minilm, **kwargs)
+    assert_same_dataset(ours, ref)
+    out = ours.to_dict()
+    negatives = [out[c] for c in out if c.startswith("negative")]
+    for i, anchor in enumerate(out["query"]):
+        if not (include_positives and out["answer"][i] == anchor):  # that one's own text is its positive
+            assert anchor not in [n[i] for n in negatives]
 
 
 def test_bad_input(jx_minilm, data):

@@ -4,7 +4,7 @@ limits on time and output, and a long prompt must be cut before it is tokenized 
 Before: a template of two nested range(100000) loops hung ``predict`` forever, and a template rendering
 170 MB per pair had the process killed at 24 GB (the rendering was tokenized whole, then truncated). Each
 hostile template here has a positive control: the same folder layout with a valid template still scores as
-sentence-transformers 6.2 does (1e-5), and a 1 MB document is cut exactly where sentence-transformers cuts it.
+sentence-transformers 6.3 does (1e-5), and a 1 MB document is cut exactly where sentence-transformers cuts it.
 """
 
 from __future__ import annotations

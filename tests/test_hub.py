@@ -247,7 +247,7 @@ def write_cache(cache: Path, repo_id: str, folder: Path, names: list[str]) -> No
         shutil.copy(folder / name, target)
 
 
-# case -> (the files cached: None for all but `dropped`, the file dropped, what sentence-transformers 6.2 does
+# case -> (the files cached: None for all but `dropped`, the file dropped, what sentence-transformers 6.3 does
 # offline). Without modules.json it logs (INFO, no warning) and builds a Transformer with mean pooling; without a
 # module's config or weights it raises.
 PARTIAL_CACHES = {

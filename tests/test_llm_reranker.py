@@ -1,4 +1,4 @@
-"""CrossEncoder for causal-LM rerankers (Qwen3-Reranker style) against sentence-transformers 6.2's CrossEncoder on
+"""CrossEncoder for causal-LM rerankers (Qwen3-Reranker style) against sentence-transformers 6.3's CrossEncoder on
 seeded tiny random Qwen3ForCausalLM models with what the real ones use: grouped-query attention, q/k RMSNorm,
 tied embeddings (0.6B / 4B) or a separate lm_head (8B), a byte-level BPE tokenizer with "yes" and "no" as
 single tokens, and a chat template that renders (query, document) pairs as Qwen3-Reranker's prompt.

@@ -67,6 +67,9 @@ class StubModel(torch.nn.Module):
     def get_embedding_dimension(self):
         return self.dim
 
+    def _get_untruncated_embedding_dimension(self):  # what 6.3's MatryoshkaLoss asks
+        return self.dim
+
 
 def st_losses():
     from sentence_transformers.sentence_transformer import losses
@@ -378,11 +381,13 @@ def test_mega_batch_margin_loss(margins):
 
 @pytest.mark.parametrize("n_columns", [2, 3])
 @pytest.mark.parametrize("options", [{}, {"margin_strategy": "relative", "margin": 0.05, "temperature": 0.05},
-                                     {"contrast_anchors": False, "contrast_positives": False, "margin": 0.1}])
+                                     {"contrast_anchors": False, "contrast_positives": False, "margin": 0.1},
+                                     {"margin": -1.0}])
 def test_gist_embed_loss(minilm_folder, n_columns, options):
     """A guide's similarities mask the likely false negatives: stub model and guide (with MiniLM's tokenizer, so
     nothing is re-tokenized) hand back random embeddings; the guide's are the model's plus noise, so some
-    in-batch candidates pass the pair's own guide score."""
+    in-batch candidates pass the pair's own guide score. A margin of -1 lifts the threshold above every guide
+    score: only sentence-transformers 6.3's rule drops the anchor-anchor and positive-positive self-pairs."""
     from transformers import AutoTokenizer
 
     losses = st_losses()
@@ -403,3 +408,20 @@ def test_gist_embed_loss(minilm_folder, n_columns, options):
                                                                                       for g in guide_columns]))(
         [jnp.asarray(c) for c in columns])
     assert_same((float(value), [np.asarray(g) for g in grads]), reference)
+
+
+def test_matryoshka_shrinks_half_precision_in_float32():
+    """sentence-transformers 6.3 normalizes a float16 / bfloat16 sub-embedding in float32 and casts it back (6.2
+    normalized in half precision, where float16's sum of squares overflows these rows to inf and zeroes them)."""
+    from sentence_transformers.sentence_transformer.losses.matryoshka import shrink as st_shrink
+
+    r = np.random.default_rng(5)
+    x = (r.normal(size=(64, 768)) * r.uniform(0.1, 30, size=(64, 1))).astype(np.float32)
+    for ours_dtype, torch_dtype, mantissa in ((jnp.bfloat16, torch.bfloat16, 7), (jnp.float16, torch.float16, 10)):
+        ours = jl.shrink(jnp.asarray(x, ours_dtype), 256)
+        ref = st_shrink(torch.tensor(x).to(torch_dtype), 256).float().numpy()
+        assert ours.dtype == ours_dtype and ours.shape == (64, 256)
+        ours = np.asarray(ours, np.float32)
+        ulp = 2.0 ** (np.floor(np.log2(np.maximum(np.abs(ref), 1e-30))) - mantissa)  # one step of the half type
+        assert np.all(np.abs(ours - ref) <= ulp), float(np.max(np.abs(ours - ref) / ulp))
+        np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=2.0 ** -mantissa * 4)

@@ -64,6 +64,20 @@ def test_batch_and_padding_invariance(qwen3):
     check_batch_invariance(st, jx, TEXTS + MORE, tol=TOL)
 
 
+def test_token_embeddings_are_each_texts_real_tokens(qwen3):
+    """encode(output_value="token_embeddings") of a left-padded model: each text's real tokens only, as
+    sentence-transformers 6.3 returns them (``token_emb[attention_mask]``; 6.2 kept a shorter text's leading
+    padding)."""
+    _, st, jx = qwen3
+    texts = TEXTS + MORE
+    ours, ref = jx.encode(texts, output_value="token_embeddings"), st.encode(texts, output_value="token_embeddings")
+    lengths = [int(m.sum()) for m in st.tokenize(texts)["attention_mask"]]
+    assert len(set(lengths)) > 1  # one batch of texts of several lengths: padding to the left of the short ones
+    for text, o, r, n in zip(texts, ours, ref, lengths):
+        assert np.asarray(o).shape == tuple(r.shape) == (n, 64), text
+        assert max_abs(o, r) < TOL, text
+
+
 def test_left_padded_batches_give_the_same_states(qwen3):
     """apply() takes left-padded batches too (what a Hugging Face tokenizer hands over)."""
     _, st, jx = qwen3

@@ -1,7 +1,7 @@
 """The folder format of causal-LM rerankers (Qwen3-Reranker style) and their prompts: what ``CrossEncoder``
 reads beyond the BERT family's, the ``LogitScore`` module and how (query, document) pairs become token ids.
 
-sentence-transformers 6.2 builds such a model from a ``*ForCausalLM`` folder as a ``Transformer`` with
+sentence-transformers 6.3 builds such a model from a ``*ForCausalLM`` folder as a ``Transformer`` with
 ``transformer_task="text-generation"`` and a ``LogitScore(true_token_id=id("yes"), false_token_id=id("no"))``
 module, and saves it so (``modules.json``: Transformer + ``1_LogitScore/config.json``). Its pairs become
 token ids one of two ways, chosen by the Transformer's ``modality_config``:

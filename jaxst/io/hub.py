@@ -7,7 +7,7 @@ A cached snapshot is complete when it holds every file jaxst would download: wit
 ``snapshot_download`` caches, each listed file that ``ALLOW_PATTERNS`` keeps; without one, modules.json and each
 module's files (``_missing_modules``). The missing files of an incomplete snapshot (say one that transformers
 filled: no modules.json) are fetched. Offline (``local_files_only`` or ``HF_HUB_OFFLINE``), or when the Hub fails,
-it is loaded as it is, with a warning, as sentence-transformers 6.2 loads it: without modules.json, as a
+it is loaded as it is, with a warning, as sentence-transformers 6.3 loads it: without modules.json, as a
 Transformer with mean pooling; without a module's config or weights, an error.
 
 Downloads fetch only what jaxst reads: JSON configs, safetensors weights (a module folder's too) and tokenizer
