@@ -27,6 +27,13 @@ def non_negative_int(name: str, value, *, optional: bool = False) -> int | None:
     return _at_least(name, value, 0, "a non-negative integer", optional)
 
 
+def callable_arg(name: str, value):
+    """``value`` when it is callable, else a TypeError naming ``name`` (a loss's similarity or distance)."""
+    if not callable(value):
+        raise TypeError(f"{name} must be callable, got {type(value).__name__}")
+    return value
+
+
 def _at_least(name: str, value, minimum: int, what: str, optional: bool) -> int | None:
     if value is None and optional:
         return None
@@ -35,4 +42,4 @@ def _at_least(name: str, value, minimum: int, what: str, optional: bool) -> int 
     return int(value)
 
 
-__all__ = ["is_int", "non_negative_int", "positive_int"]
+__all__ = ["callable_arg", "is_int", "non_negative_int", "positive_int"]

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxst.checks import non_negative_int, positive_int
+from jaxst.checks import callable_arg, non_negative_int, positive_int
 from jaxst.losses import BinaryCrossEntropyLoss, Loss, identity
 
 EMPTY_SLOT = -1e16  # sentence-transformers' logit for a slot past a query's list
@@ -45,8 +45,7 @@ def _one_label(model, name: str) -> None:
 def _callable(fn, what: str = "activation_fn") -> Callable:
     if fn is None:
         return identity
-    if not callable(fn):
-        raise TypeError(f"{what} must be callable, got {type(fn).__name__}")
+    callable_arg(what, fn)
     return fn
 
 

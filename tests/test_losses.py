@@ -425,3 +425,163 @@ def test_matryoshka_shrinks_half_precision_in_float32():
         ulp = 2.0 ** (np.floor(np.log2(np.maximum(np.abs(ref), 1e-30))) - mantissa)  # one step of the half type
         assert np.all(np.abs(ours - ref) <= ulp), float(np.max(np.abs(ours - ref) / ulp))
         np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=2.0 ** -mantissa * 4)
+
+
+# ------------------------------------------------------------ batch triplet losses (one column, class labels)
+
+BATCH_TRIPLET = ["BatchHardTripletLoss", "BatchHardSoftMarginTripletLoss", "BatchAllTripletLoss",
+                 "BatchSemiHardTripletLoss"]
+CLASS_LABELS = {
+    "pairs-of-four": np.repeat(np.arange(4), 3),  # 12 texts in 4 classes
+    "uneven-with-singletons": np.array([0, 0, 0, 0, 0, 1, 1, 2, 3, 3, 4, 5]),  # texts with no positive
+}
+
+
+@pytest.mark.parametrize("labels", list(CLASS_LABELS))
+@pytest.mark.parametrize("metric, margin", [("euclidean_distance", None), ("euclidean_distance", 0.5),
+                                            ("cosine_distance", 0.2)])
+@pytest.mark.parametrize("name", BATCH_TRIPLET)
+def test_batch_triplet_losses(name, metric, margin, labels):
+    """Value and gradient on 12 random embeddings with class labels, for each distance and a margin that
+    leaves some triplets inactive (the euclidean default of 5 leaves none)."""
+    losses = st_losses()
+    rng = np.random.default_rng(BATCH_TRIPLET.index(name))
+    columns = [rng.normal(size=(12, D)).astype(np.float32)]
+    label_values = CLASS_LABELS[labels][rng.permutation(12)]
+    kwargs = {} if margin is None or name == "BatchHardSoftMarginTripletLoss" else {"margin": margin}
+    ours = getattr(jl, name)(distance_metric=getattr(jl.BatchHardTripletLossDistanceFunction, metric), **kwargs)
+    ref = getattr(losses, name)(StubModel(D), distance_metric=getattr(losses.BatchHardTripletLossDistanceFunction,
+                                                                      metric), **kwargs)
+    assert_same(jax_value_and_grads(ours, columns, label_values),
+                torch_value_and_grads(ref.compute_loss_from_embeddings, columns, label_values))
+
+
+def test_batch_triplet_defaults_and_input_checks():
+    losses = st_losses()
+    for name in BATCH_TRIPLET:
+        ours, ref = getattr(jl, name)(), getattr(losses, name)(StubModel(D))
+        assert ours.triplet_margin == getattr(ref, "triplet_margin", getattr(ref, "margin", None)) == 5
+        assert ours.distance_metric is jl.BatchHardTripletLossDistanceFunction.euclidean_distance
+    semi_hard = losses.BatchSemiHardTripletLoss(StubModel(D), margin=2.0)
+    assert jl.BatchSemiHardTripletLoss(margin=2.0).margin == semi_hard.margin
+    columns = random_columns(2)
+    with pytest.raises(ValueError, match="one column of texts"):
+        jl.BatchHardTripletLoss()(columns, np.arange(B))
+    with pytest.raises(ValueError, match="expects 8 labels"):
+        jl.BatchAllTripletLoss()(columns[:1], np.arange(B + 1))
+    with pytest.raises(ValueError, match="needs labels"):
+        jl.BatchSemiHardTripletLoss()(columns[:1])
+
+
+def test_batch_all_triplet_loss_is_computed_anchor_by_anchor():
+    """A batch of 300 (27 million triplets) with no (B, B, B) array: the same value as the oracle."""
+    losses = st_losses()
+    rng = np.random.default_rng(5)
+    emb = rng.normal(size=(300, D)).astype(np.float32)
+    labels = rng.integers(0, 30, size=300)
+    ours = float(jl.BatchAllTripletLoss(margin=1.0)([jnp.asarray(emb)], jnp.asarray(labels)))
+    ref = float(losses.BatchAllTripletLoss(StubModel(D), margin=1.0).compute_loss_from_embeddings(
+        [torch.from_numpy(emb)], torch.from_numpy(labels)))
+    assert abs(ours - ref) < TOL * max(1.0, abs(ref)), (ours, ref)
+
+
+# ------------------------------------------------------------------- Contrastive and OnlineContrastive
+
+
+@pytest.mark.parametrize("metric", ["COSINE_DISTANCE", "EUCLIDEAN", "MANHATTAN"])
+@pytest.mark.parametrize("kwargs", [{}, {"margin": 3.0, "size_average": False}])
+def test_contrastive_loss(metric, kwargs):
+    losses = st_losses()
+    columns = random_columns(2, seed=21)
+    labels = np.array([1, 0, 0, 1, 1, 0, 1, 0], np.float32)
+    if metric != "COSINE_DISTANCE":
+        kwargs = {**kwargs, "margin": 6.0}  # euclidean distances of N(0, 1) rows in 16 dims are about 5.7
+    ours = jl.ContrastiveLoss(distance_metric=getattr(jl.SiameseDistanceMetric, metric), **kwargs)
+    ref = losses.ContrastiveLoss(StubModel(D), distance_metric=getattr(losses.SiameseDistanceMetric, metric), **kwargs)
+    assert_same(jax_value_and_grads(ours, columns, labels),
+                torch_value_and_grads(ref.compute_loss_from_embeddings, columns, labels))
+
+
+ONLINE_LABELS = {
+    "mixed": [1, 0, 0, 1, 1, 0, 1, 0],
+    "positives-only": [1] * 8,
+    "negatives-only": [0] * 8,
+    "with-a-non-binary-label": [1, 0, 2, 1, 1, 0, 1, 0],
+}
+
+
+@pytest.mark.parametrize("labels", list(ONLINE_LABELS))
+@pytest.mark.parametrize("metric, margin", [("COSINE_DISTANCE", 1.0), ("EUCLIDEAN", 6.0)])
+def test_online_contrastive_loss(metric, margin, labels):
+    losses = st_losses()
+    columns = random_columns(2, seed=22)
+    label_values = np.asarray(ONLINE_LABELS[labels], np.float32)
+    ours = jl.OnlineContrastiveLoss(distance_metric=getattr(jl.SiameseDistanceMetric, metric), margin=margin)
+    ref = losses.OnlineContrastiveLoss(StubModel(D), distance_metric=getattr(losses.SiameseDistanceMetric, metric),
+                                       margin=margin)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert_same(jax_value_and_grads(ours, columns, label_values),
+                    torch_value_and_grads(ref.compute_loss_from_embeddings, columns, label_values))
+
+
+def test_contrastive_losses_warn_once_on_non_binary_labels():
+    columns = random_columns(2, seed=23)
+    for loss in (jl.ContrastiveLoss(), jl.OnlineContrastiveLoss()):
+        with pytest.warns(UserWarning, match="expects binary labels"):
+            loss(columns, np.array([0, 1, 0.5, 1, 0, 1, 0, 1], np.float32))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            loss(columns, np.array([0, 1, 0.5, 1, 0, 1, 0, 1], np.float32))  # once per loss, as the original
+
+
+# --------------------------------------------------------------------- GlobalOrthogonalRegularizationLoss
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"aggregation": "sum", "mean_weight": 0.5},
+                                    {"second_moment_weight": None}, {"mean_weight": 0, "similarity_fct": "dot"}])
+@pytest.mark.parametrize("n_columns", [1, 3])
+def test_global_orthogonal_regularization_loss(kwargs, n_columns):
+    losses = st_losses()
+    columns = [c + 0.5 for c in random_columns(n_columns, seed=24)]  # a shared direction: the mean term matters
+    st_kwargs, jx_kwargs = _similarity(kwargs, True), _similarity(kwargs, False)
+    ours = jl.GlobalOrthogonalRegularizationLoss(**jx_kwargs)
+    ref = losses.GlobalOrthogonalRegularizationLoss(StubModel(D), **st_kwargs)
+    assert_same(jax_value_and_grads(ours, columns),
+                torch_value_and_grads(lambda t, _: sum(ref.compute_loss_from_embeddings(t).values()), columns))
+    ref_parts = ref.compute_loss_from_embeddings([torch.from_numpy(c) for c in columns])
+    our_parts = ours.components([jnp.asarray(c) for c in columns])
+    assert set(our_parts) == set(ref_parts)
+    for key in ref_parts:
+        assert abs(float(our_parts[key]) - float(ref_parts[key])) < TOL
+
+
+def test_global_orthogonal_regularization_checks_its_settings():
+    with pytest.raises(ValueError, match="At least one of mean_weight or second_moment_weight"):
+        jl.GlobalOrthogonalRegularizationLoss(mean_weight=0, second_moment_weight=None)
+    with pytest.raises(ValueError, match="aggregation must be 'mean' or 'sum'"):
+        jl.GlobalOrthogonalRegularizationLoss(aggregation="max")
+    one_row = [jnp.asarray(random_columns(1)[0][:1])]
+    assert float(jl.GlobalOrthogonalRegularizationLoss()(one_row)) == 0.0  # a batch of one: 0, not nan
+
+
+# ------------------------------------------------------------------- CachedMultipleNegativesSymmetricRankingLoss
+
+
+def test_cached_symmetric_ranking_loss_is_the_symmetric_loss():
+    """On embeddings given directly, the cached loss is the symmetric loss (GradCache changes how the model is
+    run, tested in test_cached_losses.py), with sentence-transformers' defaults and directions."""
+    import inspect
+
+    losses = st_losses()
+    columns = random_columns(3, seed=25)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain = losses.MultipleNegativesSymmetricRankingLoss(StubModel(D))
+    ours = jl.CachedMultipleNegativesSymmetricRankingLoss()
+    defaults = inspect.signature(losses.CachedMultipleNegativesSymmetricRankingLoss.__init__).parameters
+    assert (ours.scale, ours.mini_batch_size) == (defaults["scale"].default, defaults["mini_batch_size"].default)
+    assert (ours.directions, ours.partition_mode) == (plain.directions, plain.partition_mode)
+    assert_same(jax_value_and_grads(ours, columns), torch_value_and_grads(plain.compute_loss_from_embeddings, columns))
+    with pytest.raises(ValueError, match="mini_batch_num_tokens is not supported"):
+        jl.CachedMultipleNegativesSymmetricRankingLoss(mini_batch_num_tokens=512)

@@ -169,13 +169,19 @@ def test_cross_encoder_head_dropout_sits_where_transformers_puts_it(make_tiny_cr
 
 # --------------------------------------------------------------------- one step against PyTorch
 
-STEP_LOSSES = {
-    "mnrl-hard-negatives": (3, False, lambda m: jl.MultipleNegativesRankingLoss(),
+STEP_LOSSES = {  # columns, label ("score": the gold score / 5, "class": 0, 1, 2 in turn, "binary": score > 2.5)
+    "mnrl-hard-negatives": (3, None, lambda m: jl.MultipleNegativesRankingLoss(),
                             lambda st, losses: losses.MultipleNegativesRankingLoss(st)),
-    "cosent": (2, True, lambda m: jl.CoSENTLoss(), lambda st, losses: losses.CoSENTLoss(st)),
-    "matryoshka-cosine": (2, True, lambda m: jl.MatryoshkaLoss(m, jl.CosineSimilarityLoss(), [32, 16, 8]),
+    "cosent": (2, "score", lambda m: jl.CoSENTLoss(), lambda st, losses: losses.CoSENTLoss(st)),
+    "matryoshka-cosine": (2, "score", lambda m: jl.MatryoshkaLoss(m, jl.CosineSimilarityLoss(), [32, 16, 8]),
                           lambda st, losses: losses.MatryoshkaLoss(st, losses.CosineSimilarityLoss(st), [32, 16, 8])),
+    "batch-all-triplet": (1, "class", lambda m: jl.BatchAllTripletLoss(margin=1.0),
+                          lambda st, losses: losses.BatchAllTripletLoss(st, margin=1.0)),
+    "online-contrastive": (2, "binary", lambda m: jl.OnlineContrastiveLoss(),
+                           lambda st, losses: losses.OnlineContrastiveLoss(st)),
 }
+STEP_LABELS = {None: lambda i, r: (), "score": lambda i, r: (r[2] / 5.0,), "class": lambda i, r: (i % 3,),
+               "binary": lambda i, r: (int(r[2] > 2.5),)}
 
 
 def torch_features(st, examples, n_texts):
@@ -191,10 +197,10 @@ def test_one_train_step_equals_pytorch_adamw(tiny_folder, case, pack):
     whether the batch is padded per column or packed (fit's default)."""
     from sentence_transformers.sentence_transformer import losses as st_losses
 
-    n_texts, scored, make_jx, make_st = STEP_LOSSES[case]
-    rows = triplets(8) if not scored else scored_pairs(8)
-    examples = [r[:n_texts] + ((r[2] / 5.0,) if scored else ()) for r in rows]
-    labels = torch.tensor([e[-1] for e in examples]) if scored else None
+    n_texts, label, make_jx, make_st = STEP_LOSSES[case]
+    rows = triplets(8) if label is None else scored_pairs(8)
+    examples = [r[:n_texts] + STEP_LABELS[label](i, r) for i, r in enumerate(rows)]
+    labels = torch.tensor([e[-1] for e in examples]) if label else None
     # eps 1e-4: the keys' biases get gradients that are float noise on both sides (softmax ignores them),
     # which Adam's g / (|g| + eps) would blow up to visible steps with a tiny eps.
     lr, betas, eps, weight_decay = 1e-3, (0.9, 0.98), 1e-4, 0.01
