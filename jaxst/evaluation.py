@@ -79,10 +79,20 @@ def _encode(model, texts, side: str | None, **kwargs):
 # ------------------------------------------------ examples and statistics (jaxst.training re-exports them)
 
 
-def example_parts(example) -> tuple[list[str], float | None]:
-    """(texts, label) of one example: a tuple (text, text[, text...][, score]) or an object with
-    ``texts`` and ``label`` (sentence-transformers' InputExample). What ``from_input_examples`` reads here and
-    ``jaxst.training.collate`` reads for training."""
+def _is_vector_label(value) -> bool:
+    """A label that is a vector of numbers: a teacher's embedding or scores (a numpy array, or a list or tuple
+    of numbers)."""
+    if isinstance(value, np.ndarray):
+        return value.ndim >= 1 and np.issubdtype(value.dtype, np.number)
+    return isinstance(value, (list, tuple)) and len(value) > 0 and all(
+        isinstance(v, numbers.Number) and not isinstance(v, bool) for v in value)
+
+
+def example_parts(example) -> tuple[list[str], float | np.ndarray | None]:
+    """(texts, label) of one example: a tuple (text, text[, text...][, label]) or an object with
+    ``texts`` and ``label`` (sentence-transformers' InputExample). The label is a score, or a vector of numbers
+    (a teacher's embedding for MSELoss, its scores for MarginMSELoss). What ``from_input_examples`` reads here
+    and ``jaxst.training.collate`` reads for training."""
     if hasattr(example, "texts"):
         texts, label = list(example.texts), getattr(example, "label", None)
     elif isinstance(example, (tuple, list)):
@@ -90,6 +100,8 @@ def example_parts(example) -> tuple[list[str], float | None]:
         label = None
         if parts and isinstance(parts[-1], numbers.Number) and not isinstance(parts[-1], bool):
             label = float(parts.pop())
+        elif parts and _is_vector_label(parts[-1]):
+            label = np.asarray(parts.pop(), np.float32)
         texts = parts
     else:
         raise TypeError(f"a training example is a tuple (text, text[, ...][, score]), got {type(example).__name__}")

@@ -165,8 +165,10 @@ def test_mini_batches_give_the_same_loss_and_gradients(jx, loss_class):
 
 
 def test_fit_with_listwise_and_in_batch_losses(folder):
+    margins = [(*t, float(i % 3)) for i, t in enumerate(triplets(8))]
     for loss_class, examples in ((cl.ListNetLoss, listwise_examples([3, 4, 2, 3, 5, 1, 2, 4])),
-                                 (cl.MultipleNegativesRankingLoss, triplets(16))):
+                                 (cl.MultipleNegativesRankingLoss, triplets(16)), (cl.MarginMSELoss, margins),
+                                 (cl.MSELoss, [(a, b, s / 5) for a, b, s in ROWS[:8]])):
         model = jaxst.CrossEncoder(folder)
         before = jax.tree.map(np.array, model.params)  # fit trains in place: keep a copy
         history = training.fit(model, examples, loss_class(model), batch_size=8, learning_rate=1e-3, warmup_steps=0,
@@ -200,3 +202,125 @@ def test_bad_input(jx):
         cl.LambdaLoss(reduction_log="ten")
     with pytest.raises(ValueError, match="num_negatives"):
         cl.MultipleNegativesRankingLoss(num_negatives=-1)
+
+
+# ------------------------------------------------------------ sentence-transformers 6.3's other cross-encoder losses
+
+
+def distinct_label_examples(sizes, seed=0):
+    """Listwise examples whose labels never tie (a list sorted by label then has one order)."""
+    return [(q, d, [float(x) for x in np.random.default_rng([seed, i]).permutation(len(d)) / 2])
+            for i, (q, d, _) in enumerate(listwise_examples(sizes, seed))]
+
+
+LISTWISE_63 = {
+    "ranknet": (lambda m: m.RankNetLoss, {}, False),
+    "ranknet-k2-natural": (lambda m: m.RankNetLoss, {"k": 2, "reduction_log": "natural"}, False),
+    "listmle": (lambda m: m.ListMLELoss, {}, False),
+    "listmle-by-label": (lambda m: m.ListMLELoss, {"respect_input_order": False}, True),
+    "plistmle": (lambda m: m.PListMLELoss, {}, False),
+    "plistmle-by-label": (lambda m: m.PListMLELoss, {"respect_input_order": False}, True),
+    "plistmle-unweighted": (lambda m: m.PListMLELoss, {"lambda_weight": None}, False),
+    "adrmse": (lambda m: m.ADRMSELoss, {}, False),
+    "adrmse-alpha-3": (lambda m: m.ADRMSELoss, {"alpha": 3.0}, False),
+}
+
+
+@pytest.mark.parametrize("case", list(LISTWISE_63))
+def test_listwise_losses_of_6_3_equal_sentence_transformers(st, jx, case):
+    from sentence_transformers.cross_encoder import losses as st_losses
+
+    make, options, distinct = LISTWISE_63[case]
+    sizes = [4, 6, 2, 5]
+    examples = distinct_label_examples(sizes, seed=9) if distinct else listwise_examples(sizes, seed=9)
+    batch = training.collate(jx, examples)
+    ref = assert_same_as_sentence_transformers(st, jx, make(st_losses)(st, **options), make(cl)(jx, **options),
+                                               batch, *st_listwise(examples))
+    assert ref != 0.0
+
+
+def test_pointwise_mse_equals_sentence_transformers(st, jx):
+    from sentence_transformers.cross_encoder import losses as st_losses
+
+    rows = ROWS[:8]
+    for torch_act, jax_act in ((torch.nn.Identity(), None), (torch.nn.Sigmoid(), jax.nn.sigmoid)):
+        examples = [(a, b, s / 5) for a, b, s in rows]
+        batch = training.collate(jx, examples)
+        assert_same_as_sentence_transformers(
+            st, jx, st_losses.MSELoss(st, activation_fn=torch_act), cl.MSELoss(jx, activation_fn=jax_act), batch,
+            [[a for a, _, _ in rows], [b for _, b, _ in rows]], torch.tensor([s / 5 for *_, s in rows]))
+
+
+@pytest.mark.parametrize("label_form", ["margin", "margins", "scores"])
+def test_margin_mse_equals_sentence_transformers(st, jx, label_form):
+    """(query, positive, negative[, negative], label) examples: the margin, the margins, or the teacher's scores."""
+    from sentence_transformers.cross_encoder import losses as st_losses
+
+    n_negatives = 1 if label_form == "margin" else 2
+    rng = np.random.default_rng(11)
+    rows = [(a, b, *(ROWS[20 + 3 * i + j][1] for j in range(n_negatives))) for i, (a, b, _) in enumerate(ROWS[:6])]
+    labels = {"margin": rng.normal(size=6), "margins": rng.normal(size=(6, 2)),
+              "scores": rng.normal(size=(6, 3))}[label_form].astype(np.float32) * 2
+    examples = [(*r, lab if lab.ndim else float(lab)) for r, lab in zip(rows, labels)]
+    loss = cl.MarginMSELoss(jx)
+    batch = training.collate(jx, examples, loss=loss)
+    assert batch["labels"]["scores"].shape == (6, n_negatives + 1)
+    assert_same_as_sentence_transformers(st, jx, st_losses.MarginMSELoss(st), loss, batch,
+                                         [list(c) for c in zip(*rows)], torch.from_numpy(labels))
+    with pytest.raises(ValueError, match="does not match expected shape"):
+        loss.lists([(*rows[0], np.zeros(n_negatives + 2, np.float32))])
+
+
+@pytest.fixture(scope="module")
+def three_labels(make_tiny_cross_encoder):
+    from sentence_transformers import CrossEncoder
+
+    folder = make_tiny_cross_encoder("bert", num_labels=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        st = CrossEncoder(str(folder), device="cpu")
+    st.eval()
+    return st, jaxst.CrossEncoder(folder)
+
+
+@pytest.mark.parametrize("options", [{}, {"label_smoothing": 0.1, "weight": [0.5, 1.0, 2.0]},
+                                     {"reduction": "sum", "ignore_index": 2}])
+def test_cross_entropy_equals_sentence_transformers(three_labels, options):
+    from sentence_transformers.cross_encoder import losses as st_losses
+
+    st, jx = three_labels
+    rows = ROWS[:9]
+    classes = [i % 3 for i in range(9)]
+    batch = training.collate(jx, [(a, b, c) for (a, b, _), c in zip(rows, classes)])
+    st_options = {k: torch.tensor(v) if k == "weight" else v for k, v in options.items()}
+    assert_same_as_sentence_transformers(
+        st, jx, st_losses.CrossEntropyLoss(st, **st_options), cl.CrossEntropyLoss(jx, **options), batch,
+        [[a for a, _, _ in rows], [b for _, b, _ in rows]], torch.tensor(classes))
+
+
+def test_cached_multiple_negatives_ranking_equals_sentence_transformers(st, jx):
+    from sentence_transformers.cross_encoder import losses as st_losses
+
+    examples = triplets(4)
+    loss = cl.CachedMultipleNegativesRankingLoss(jx, num_negatives=None, mini_batch_size=5)
+    batch = training.collate(jx, examples, loss=loss)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        st_loss = st_losses.CachedMultipleNegativesRankingLoss(st, num_negatives=None, mini_batch_size=5)
+    assert_same_as_sentence_transformers(st, jx, st_loss, loss, batch, [list(c) for c in zip(*examples)], None)
+
+
+def test_6_3_cross_encoder_losses_keep_sentence_transformers_arguments():
+    import inspect
+
+    from sentence_transformers.cross_encoder import losses as st_losses
+
+    for name in ("RankNetLoss", "ListMLELoss", "PListMLELoss", "ADRMSELoss", "MSELoss", "MarginMSELoss",
+                 "CrossEntropyLoss", "CachedMultipleNegativesRankingLoss"):
+        theirs = inspect.signature(getattr(st_losses, name).__init__).parameters
+        ours = inspect.signature(getattr(cl, name).__init__).parameters
+        named = [a for a, p in theirs.items() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        assert list(ours)[:len(named)] == named, name
+        for arg in named:
+            if isinstance(theirs[arg].default, (int, float, str, type(None))):
+                assert ours[arg].default == theirs[arg].default, (name, arg)

@@ -585,3 +585,39 @@ def test_cached_symmetric_ranking_loss_is_the_symmetric_loss():
     assert_same(jax_value_and_grads(ours, columns), torch_value_and_grads(plain.compute_loss_from_embeddings, columns))
     with pytest.raises(ValueError, match="mini_batch_num_tokens is not supported"):
         jl.CachedMultipleNegativesSymmetricRankingLoss(mini_batch_num_tokens=512)
+
+
+# ------------------------------------------------------------------------------- EmbedDistillLoss, MSELoss
+
+
+@pytest.mark.parametrize("label_shape", ["broadcast", "per-column"])
+@pytest.mark.parametrize("name, kwargs", [("MSELoss", {}), ("EmbedDistillLoss", {}),
+                                          ("EmbedDistillLoss", {"distance_metric": "l2"}),
+                                          ("EmbedDistillLoss", {"distance_metric": "mse"})])
+def test_embedding_distillation_losses(name, kwargs, label_shape):
+    """The student's columns against the teacher's embeddings given as labels, (B, D) for every column or
+    (B, C, D) one per column, as sentence-transformers' forward reads them."""
+    losses = st_losses()
+    columns = random_columns(2, seed=26)
+    rng = np.random.default_rng(27)
+    labels = rng.normal(size=(B, D) if label_shape == "broadcast" else (B, 2, D)).astype(np.float32)
+    teachers = [labels] * 2 if labels.ndim == 2 else [labels[:, i] for i in range(2)]
+    ref = getattr(losses, name)(StubModel(D), **kwargs)
+    ours = getattr(jl, name)(**kwargs)
+    assert_same(jax_value_and_grads(ours, columns, labels),
+                torch_value_and_grads(lambda t, _: ref.compute_loss_from_embeddings(
+                    t, [torch.from_numpy(x) for x in teachers]), columns))
+
+
+def test_embedding_distillation_checks_its_labels():
+    columns = random_columns(2, seed=28)
+    with pytest.raises(ValueError, match="requires pre-computed teacher embeddings as labels"):
+        jl.MSELoss()(columns)
+    with pytest.raises(ValueError, match=r"Number of label columns \(3\) does not match number of input text columns"):
+        jl.MSELoss()(columns, np.zeros((B, 3, D), np.float32))
+    with pytest.raises(ValueError, match="the student's embeddings have 16 dimensions, the teacher's 8"):
+        jl.MSELoss()(columns, np.zeros((B, 8), np.float32))
+    with pytest.raises(ValueError, match="distance_metric must be one of 'mse', 'l2', 'cosine'"):
+        jl.EmbedDistillLoss(distance_metric="dot")
+    with pytest.raises(ValueError, match="projection_dim .* is not supported"):
+        jl.MSELoss(projection_dim=32)

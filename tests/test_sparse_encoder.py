@@ -379,6 +379,123 @@ def test_splade_loss_value_and_gradient(splade_models, monkeypatch, config):
         assert abs(float(got[name]) - float(parts[name])) < TOL
 
 
+# inner sparse loss -> (columns, labels of shape ... or None); the labels are drawn per case
+SPARSE_INNER = {
+    "SparseCoSENTLoss": (2, "scores"),
+    "SparseAnglELoss": (2, "scores"),
+    "SparseCosineSimilarityLoss": (2, "scores"),
+    "SparseDistillKLDivLoss": (3, "teacher"),
+    "SparseMarginMSELoss": (3, "margins"),
+    "SparseTripletLoss": (3, None),
+    "SparseMSELoss": (2, "embeddings"),
+}
+
+
+@pytest.mark.parametrize("inner", sorted(SPARSE_INNER))
+def test_sparse_losses_inside_splade_loss(splade_models, monkeypatch, inner):
+    """Each of sentence-transformers 6.3's sparse losses inside SpladeLoss, on random non-negative (B, V) columns:
+    value, components and every column's gradient equal its SpladeLoss's (fed the same embeddings)."""
+    import sentence_transformers.sparse_encoder.losses.splade as st_splade
+    from sentence_transformers.sparse_encoder import losses as st_losses
+
+    from jaxst import losses as jl
+
+    st = splade_models["max-relu"][1]
+    n_columns, label_kind = SPARSE_INNER[inner]
+    rng = np.random.default_rng(sorted(SPARSE_INNER).index(inner))
+    columns = [np.maximum(rng.standard_normal((8, 64)), 0).astype(np.float32) for _ in range(n_columns)]
+    labels = {None: None, "scores": rng.uniform(0, 1, 8), "teacher": rng.normal(size=(8, 2)) * 3,
+              "margins": rng.normal(size=8) * 3, "embeddings": rng.uniform(0, 1, (8, 64))}[label_kind]
+    labels = None if labels is None else labels.astype(np.float32)
+    t_columns = [torch.tensor(c, requires_grad=True) for c in columns]
+    monkeypatch.setattr(st_splade, "embed_columns", lambda model, features, separate_first=True: t_columns)
+    config = dict(document_regularizer_weight=0.3, query_regularizer_weight=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        st_inner = getattr(st_losses, inner)(st)
+        if inner == "SparseMSELoss":  # SpladeLoss hands 6.3's EmbedDistillLoss its labels as they are; it reads a list
+            st_inner.compute_loss_from_embeddings = (
+                lambda e, t, f=st_inner.compute_loss_from_embeddings: f(e, [t] * len(e)))
+        st_loss = st_losses.SpladeLoss(st, st_inner, **config)
+    parts = st_loss(None, None if labels is None else torch.from_numpy(labels))
+    ref = sum(parts.values())
+    ref.backward()
+    ours = jl.SpladeLoss(loss=getattr(jl, inner)(), **config)
+    value, grads = jax.value_and_grad(lambda c: ours(c, None if labels is None else jnp.asarray(labels)))(
+        [jnp.asarray(c) for c in columns])
+    assert abs(float(value) - float(ref.detach())) < TOL * max(1.0, abs(float(ref.detach())))
+    for g, t in zip(grads, t_columns):
+        assert float(np.max(np.abs(np.asarray(g) - t.grad.numpy()))) < TOL
+    got = ours.components([jnp.asarray(c) for c in columns], None if labels is None else jnp.asarray(labels))
+    assert set(got) == set(parts)
+    for name in parts:
+        assert abs(float(got[name]) - float(parts[name])) < TOL * max(1.0, abs(float(parts[name])))
+
+
+def test_sparse_losses_keep_sentence_transformers_defaults_and_go_inside_splade_or_csr(splade_models):
+    import inspect
+
+    from sentence_transformers.sparse_encoder import losses as st_losses
+
+    from jaxst import losses as jl
+    from jaxst.training import make_loss_fn
+
+    for name in [*SPARSE_INNER, "SparseMultipleNegativesRankingLoss", "CachedSpladeLoss"]:
+        theirs = inspect.signature(getattr(st_losses, name).__init__).parameters
+        ours = inspect.signature(getattr(jl, name).__init__).parameters
+        assert list(ours) == list(theirs), name  # the same arguments in the same order
+        for arg, p in theirs.items():
+            if arg == "gather_across_devices":  # jaxst gathers by default, so N devices give the one-device loss
+                continue
+            if p.default is not inspect.Parameter.empty and isinstance(p.default, (int, float, str, tuple, type(None))):
+                assert ours[arg].default == p.default, (name, arg)
+    model = SparseEncoder(str(splade_models["max-relu"][0]))
+    for name in [n for n in SPARSE_INNER if n != "SparseMSELoss"] + ["SparseMultipleNegativesRankingLoss"]:
+        with pytest.raises(ValueError, match=f"{name} should not be used alone. Use it with SpladeLoss or CSRLoss"):
+            make_loss_fn(model, getattr(jl, name)())
+    make_loss_fn(model, jl.SparseMSELoss())  # a distillation loss of its own, as in sentence-transformers
+    assert model.similarity_fn_name == "dot"
+    jl.SparseCoSENTLoss(model)  # the cosine losses set the model's similarity, as the original's do
+    assert model.similarity_fn_name == "cosine"
+    with pytest.raises(ValueError, match="mini_batch_num_tokens is not supported"):
+        jl.CachedSpladeLoss(loss=jl.SparseMultipleNegativesRankingLoss(), mini_batch_num_tokens=256)
+
+
+def test_cached_splade_loss_equals_sentence_transformers(splade_models):
+    """CachedSpladeLoss through jaxst.training's GradCache path (mini-batches of 2) on a tiny SPLADE model: the
+    value and the parameter gradients of sentence-transformers' CachedSpladeLoss on the same batch."""
+    from sentence_transformers import SparseEncoder as STSparseEncoder
+    from sentence_transformers.sparse_encoder import losses as st_losses
+
+    from jaxst import losses as jl
+    from jaxst.training import collate, make_loss_fn
+
+    folder, _ = splade_models["max-relu"]
+    st = STSparseEncoder(str(folder), device="cpu")
+    st.eval()
+    st[1].training = True
+    pairs = [(a, b) for a, b, _ in read_stsb("stsb-en-train.csv")[:6]]
+    config = dict(document_regularizer_weight=0.03, query_regularizer_weight=0.05)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        st_loss = st_losses.CachedSpladeLoss(st, st_losses.SparseMultipleNegativesRankingLoss(st), mini_batch_size=2,
+                                             **config)
+    features = [st.preprocess([p[i] for p in pairs]) for i in range(2)]
+    ref = st_loss(features, None)
+    ref = sum(ref.values()) if isinstance(ref, dict) else ref
+    ref.backward()
+    model = SparseEncoder(str(folder))
+    loss = jl.CachedSpladeLoss(loss=jl.SparseMultipleNegativesRankingLoss(), mini_batch_size=2, **config)
+    value, grads = jax.jit(jax.value_and_grad(make_loss_fn(model, loss, dropout=False)))(
+        model.params, collate(model, pairs))
+    assert abs(float(value) - float(ref.detach())) < TOL * max(1.0, abs(float(ref.detach())))
+    assert_same_gradients(st, [
+        (grads["head"]["transform"]["dense"]["kernel"], "cls.predictions.transform.dense.weight", True),
+        (grads["encoder"]["encoder"]["layer"][0]["attention"]["self"]["query"]["kernel"],
+         "bert.encoder.layer.0.attention.self.query.weight", True),
+    ])
+
+
 def test_splade_training_step_matches_sentence_transformers(splade_models):
     """One jaxst train step's loss and gradient on a tiny SPLADE model equal sentence-transformers' loss
     and autograd gradient on the same batch (no dropout on either side)."""

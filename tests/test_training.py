@@ -179,9 +179,11 @@ STEP_LOSSES = {  # columns, label ("score": the gold score / 5, "class": 0, 1, 2
                           lambda st, losses: losses.BatchAllTripletLoss(st, margin=1.0)),
     "online-contrastive": (2, "binary", lambda m: jl.OnlineContrastiveLoss(),
                            lambda st, losses: losses.OnlineContrastiveLoss(st)),
+    "mse-distillation": (2, "teacher", lambda m: jl.MSELoss(), lambda st, losses: losses.MSELoss(st)),
 }
 STEP_LABELS = {None: lambda i, r: (), "score": lambda i, r: (r[2] / 5.0,), "class": lambda i, r: (i % 3,),
-               "binary": lambda i, r: (int(r[2] > 2.5),)}
+               "binary": lambda i, r: (int(r[2] > 2.5),),
+               "teacher": lambda i, r: (np.random.default_rng(i).normal(size=32).astype(np.float32),)}
 
 
 def torch_features(st, examples, n_texts):
@@ -200,7 +202,7 @@ def test_one_train_step_equals_pytorch_adamw(tiny_folder, case, pack):
     n_texts, label, make_jx, make_st = STEP_LOSSES[case]
     rows = triplets(8) if label is None else scored_pairs(8)
     examples = [r[:n_texts] + STEP_LABELS[label](i, r) for i, r in enumerate(rows)]
-    labels = torch.tensor([e[-1] for e in examples]) if label else None
+    labels = torch.tensor(np.array([e[-1] for e in examples])) if label else None
     # eps 1e-4: the keys' biases get gradients that are float noise on both sides (softmax ignores them),
     # which Adam's g / (|g| + eps) would blow up to visible steps with a tiny eps.
     lr, betas, eps, weight_decay = 1e-3, (0.9, 0.98), 1e-4, 0.01
@@ -589,6 +591,11 @@ def test_bad_input_is_a_clear_error(tiny_folder):
         training.collate(model, [("a", "b"), ("a", "b", "c")])
     with pytest.raises(ValueError, match="every example"):
         training.collate(model, [("a", "b", 1.0), ("a", "b")])
+    with pytest.raises(ValueError, match=r"label needs the same shape .* got shapes \[\(\), \(3,\)\]"):
+        training.collate(model, [("a", "b", 1.0), ("a", "b", np.ones(3, np.float32))])
+    assert training.collate(model, [("a", [1.0, 2.0]), ("b", (3.0, 4.0))])["labels"].tolist() == [[1, 2], [3, 4]]
+    with pytest.raises(ValueError, match="should not be used alone"):
+        training.make_train_step(model, jl.SparseMultipleNegativesRankingLoss(), optax.adamw(1e-3))
     with pytest.raises(TypeError, match="texts"):
         training.collate(model, [("a", None)])
     with pytest.raises(TypeError, match="jaxst.losses"):

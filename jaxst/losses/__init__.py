@@ -16,7 +16,7 @@ loss of the whole global batch. In-batch-negative losses gather the other device
 """
 
 from jaxst.losses.base import Loss, identity
-from jaxst.losses.distillation import DistillKLDivLoss, MarginMSELoss
+from jaxst.losses.distillation import DistillKLDivLoss, EmbedDistillLoss, MarginMSELoss, MSELoss
 from jaxst.losses.matryoshka import MatryoshkaLoss, shrink
 from jaxst.losses.multi_vector import MultiVectorMultipleNegativesRankingLoss
 from jaxst.losses.pairs import (
@@ -39,9 +39,17 @@ from jaxst.losses.ranking import (
 )
 from jaxst.losses.regularization import GlobalOrthogonalRegularizationLoss
 from jaxst.losses.sparse import (
+    CachedSpladeLoss,
     CSRLoss,
     FlopsLoss,
+    SparseAnglELoss,
+    SparseCoSENTLoss,
+    SparseCosineSimilarityLoss,
+    SparseDistillKLDivLoss,
+    SparseMarginMSELoss,
+    SparseMSELoss,
     SparseMultipleNegativesRankingLoss,
+    SparseTripletLoss,
     SpladeLoss,
     normalized_mean_squared_error,
 )
@@ -66,11 +74,13 @@ __all__ = [
     "CachedGISTEmbedLoss",
     "CachedMultipleNegativesRankingLoss",
     "CachedMultipleNegativesSymmetricRankingLoss",
+    "CachedSpladeLoss",
     "ContrastiveLoss",
     "CoSENTLoss",
     "CosineSimilarityLoss",
     "CSRLoss",
     "DistillKLDivLoss",
+    "EmbedDistillLoss",
     "FlopsLoss",
     "GISTEmbedLoss",
     "GlobalOrthogonalRegularizationLoss",
@@ -78,12 +88,20 @@ __all__ = [
     "MarginMSELoss",
     "MatryoshkaLoss",
     "MegaBatchMarginLoss",
+    "MSELoss",
     "MultipleNegativesRankingLoss",
     "MultipleNegativesSymmetricRankingLoss",
     "MultiVectorMultipleNegativesRankingLoss",
     "OnlineContrastiveLoss",
     "SiameseDistanceMetric",
+    "SparseAnglELoss",
+    "SparseCoSENTLoss",
+    "SparseCosineSimilarityLoss",
+    "SparseDistillKLDivLoss",
+    "SparseMarginMSELoss",
+    "SparseMSELoss",
     "SparseMultipleNegativesRankingLoss",
+    "SparseTripletLoss",
     "SpladeLoss",
     "TripletDistanceMetric",
     "TripletLoss",

@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxst.checks import positive_int
+
 MNRL_DIRECTIONS = ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")
 HARDNESS_MODES = (None, "in_batch_negatives", "hard_negatives", "all_negatives")
 
@@ -47,6 +49,13 @@ def mse(pred, target):
     return jnp.mean((pred - target) ** 2)
 
 
+def cosine_distance(x, y) -> jax.Array:
+    """1 - torch's ``cosine_similarity`` of each row pair (each norm at least 1e-8), as the losses that take a
+    cosine distance compute it."""
+    norms = jnp.maximum(jnp.linalg.norm(x, axis=-1), 1e-8) * jnp.maximum(jnp.linalg.norm(y, axis=-1), 1e-8)
+    return 1.0 - jnp.sum(x * y, axis=-1) / norms
+
+
 def identity(x):
     """The default score transformation and activation of the losses (and of the cross-encoder losses)."""
     return x
@@ -54,6 +63,10 @@ def identity(x):
 
 class Loss:
     """Base: ``__call__`` is the loss of a batch; ``sharded`` this device's share of it on a mesh."""
+
+    # why the training step refuses this loss on its own (a loss that only goes inside another, as the sparse
+    # losses go inside SpladeLoss or CSRLoss); None for a loss that trains by itself
+    standalone_error: str | None = None
 
     def __call__(self, embeddings, labels=None, rng=None) -> jax.Array:
         raise NotImplementedError
@@ -68,6 +81,15 @@ class Loss:
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
         return f"{type(self).__name__}({fields})"
+
+
+def cached_rows(mini_batch_size, mini_batch_num_tokens=None) -> int:
+    """A cached (GradCache) loss's mini-batch: ``mini_batch_size`` rows. sentence-transformers 6.3's
+    ``mini_batch_num_tokens`` (mini-batches by token count) is refused with the reason rather than ignored."""
+    if mini_batch_num_tokens is not None:
+        raise ValueError("mini_batch_num_tokens is not supported: jaxst's GradCache splits a batch by rows "
+                         "(mini_batch_size); collate(..., pack=True, mini_batch_size=...) packs them unpadded")
+    return positive_int("mini_batch_size", mini_batch_size)
 
 
 def embedding_dim(model) -> int | None:

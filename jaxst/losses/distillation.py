@@ -1,4 +1,4 @@
-"""Distillation from a teacher's scores: MarginMSE, DistillKLDiv."""
+"""Distillation from a teacher: its scores (MarginMSE, DistillKLDiv) or its embeddings (EmbedDistill, MSE)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxst.checks import callable_arg
-from jaxst.losses.base import Loss, embedding_columns
+from jaxst.losses.base import Loss, cosine_distance, embedding_columns, mse
 from jaxst.similarity import pairwise_dot_score
 
 
@@ -83,3 +83,72 @@ class DistillKLDivLoss(Loss):
 
     def sharded(self, embeddings, labels, axis_name: str, rng=None) -> jax.Array:
         return self(embeddings, labels, rng) / jax.lax.axis_size(axis_name)
+
+
+# ----------------------------------------------------------- distillation from a teacher's embeddings
+
+
+def _teacher_embeddings(labels, n_columns: int, name: str) -> list[jax.Array]:
+    """The teacher's embeddings, one (B, D) per column: ``labels`` (B, D) is every column's target, (B, C, D)
+    one per column, as sentence-transformers' EmbedDistillLoss reads them."""
+    if labels is None:
+        raise ValueError(f"{name} requires pre-computed teacher embeddings as labels. Compute them once with the "
+                         "teacher and add them to each example as its label.")
+    labels = jax.lax.stop_gradient(jnp.asarray(labels))
+    if labels.ndim == 2:
+        return [labels] * n_columns
+    if labels.ndim == 3:
+        if labels.shape[1] != n_columns:
+            raise ValueError(f"Number of label columns ({labels.shape[1]}) does not match number of input text "
+                             f"columns ({n_columns}). Either pass 3D labels with shape (batch_size, {n_columns}, "
+                             "teacher_dim), or pass 2D labels of shape (batch_size, teacher_dim) to broadcast a "
+                             "single label across all columns.")
+        return [labels[:, i] for i in range(n_columns)]
+    raise ValueError(f"Expected labels to be 2D (batch_size, teacher_dim) or 3D (batch_size, num_columns, "
+                     f"teacher_dim); got {labels.ndim}D.")
+
+
+class EmbedDistillLoss(Loss):
+    """The student's embeddings pulled onto the teacher's (given as labels: (B, D) for every column, or
+    (B, C, D) one per column), by ``distance_metric``: "mse" (mean squared error), "l2" (mean euclidean
+    distance) or "cosine" (mean 1 - cosine, the default); averaged over the columns, as sentence-transformers'
+    EmbedDistillLoss. Its learned ``projection_dim`` (a linear map trained with the model) is not supported
+    yet: the student and teacher dimensions must be equal."""
+
+    def __init__(self, model=None, distance_metric: str = "cosine", projection_dim: int | None = None):
+        del model
+        if distance_metric not in ("mse", "l2", "cosine"):
+            raise ValueError(f"distance_metric must be one of 'mse', 'l2', 'cosine', but got {distance_metric!r}.")
+        if projection_dim is not None:
+            raise ValueError("projection_dim (a projection trained with the model) is not supported in jaxst yet; "
+                             "distil into a student with the teacher's dimension (or add a Dense module)")
+        self.distance_metric, self.projection_dim = distance_metric, projection_dim
+
+    def __call__(self, embeddings, labels=None, rng=None) -> jax.Array:
+        columns = embedding_columns(embeddings, 1, type(self).__name__)
+        teachers = _teacher_embeddings(labels, len(columns), type(self).__name__)
+        losses = []
+        for student, teacher in zip(columns, teachers):
+            if student.shape[-1] != teacher.shape[-1]:
+                raise ValueError(f"{type(self).__name__}: the student's embeddings have {student.shape[-1]} "
+                                 f"dimensions, the teacher's {teacher.shape[-1]}")
+            teacher = teacher.astype(student.dtype)
+            if self.distance_metric == "mse":
+                losses.append(mse(student, teacher))
+            elif self.distance_metric == "l2":
+                losses.append(jnp.mean(jnp.linalg.norm(student - teacher, axis=-1)))
+            else:
+                losses.append(jnp.mean(cosine_distance(student, teacher)))
+        return jnp.mean(jnp.stack(losses))
+
+    def sharded(self, embeddings, labels, axis_name: str, rng=None) -> jax.Array:
+        return self(embeddings, labels, rng) / jax.lax.axis_size(axis_name)  # means over equal-sized shards
+
+
+class MSELoss(EmbedDistillLoss):
+    """Mean squared error between the student's and the teacher's embeddings (sentence-transformers'
+    MSELoss, EmbedDistillLoss with "mse"): the multilingual distillation loss, with the teacher's embeddings
+    of the source sentence as every column's label."""
+
+    def __init__(self, model=None, projection_dim: int | None = None):
+        super().__init__(model, distance_metric="mse", projection_dim=projection_dim)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxst.checks import callable_arg
-from jaxst.losses.base import Loss, embedding_columns, example_labels, identity, mse
+from jaxst.losses.base import Loss, cosine_distance, embedding_columns, example_labels, identity, mse
 from jaxst.similarity import pairwise_angle_sim, pairwise_cos_sim
 
 
@@ -127,18 +127,12 @@ def _pairwise_distance(x, y, p: int) -> jax.Array:
     return jnp.sqrt(jnp.sum(diff * diff, axis=-1)) if p == 2 else jnp.sum(jnp.abs(diff), axis=-1)
 
 
-def _cosine_distance(x, y) -> jax.Array:
-    """1 - torch's ``cosine_similarity`` (each norm at least 1e-8)."""
-    norms = jnp.maximum(jnp.linalg.norm(x, axis=-1), 1e-8) * jnp.maximum(jnp.linalg.norm(y, axis=-1), 1e-8)
-    return 1.0 - jnp.sum(x * y, axis=-1) / norms
-
-
 class SiameseDistanceMetric:
     """The contrastive losses' distances between the two texts of each pair, as sentence-transformers'."""
 
     EUCLIDEAN = staticmethod(lambda x, y: _pairwise_distance(x, y, 2))
     MANHATTAN = staticmethod(lambda x, y: _pairwise_distance(x, y, 1))
-    COSINE_DISTANCE = staticmethod(_cosine_distance)
+    COSINE_DISTANCE = staticmethod(cosine_distance)
 
 
 def _warn_unless_binary(loss, labels, consequence: str) -> None:

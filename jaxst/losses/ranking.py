@@ -8,8 +8,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from jaxst.checks import callable_arg, positive_int
-from jaxst.losses.base import HARDNESS_MODES, MNRL_DIRECTIONS, Loss, embedding_columns, gather
+from jaxst.checks import callable_arg
+from jaxst.losses.base import HARDNESS_MODES, MNRL_DIRECTIONS, Loss, cached_rows, embedding_columns, gather
 from jaxst.similarity import cos_sim
 
 
@@ -131,12 +131,9 @@ class CachedMultipleNegativesRankingLoss(MultipleNegativesRankingLoss):
     def __init__(self, model=None, scale: float = 20.0, similarity_fct: Callable = cos_sim, mini_batch_size: int = 32,
                  mini_batch_num_tokens: int | None = None, gather_across_devices: bool = True,
                  show_progress_bar: bool = False, **kwargs):
-        if mini_batch_num_tokens is not None:
-            raise ValueError("mini_batch_num_tokens is not supported: jaxst's GradCache splits a batch by rows "
-                             "(mini_batch_size); collate(..., pack=True, mini_batch_size=...) packs them unpadded")
         super().__init__(model, scale=scale, similarity_fct=similarity_fct,
                          gather_across_devices=gather_across_devices, **kwargs)
-        self.mini_batch_size = positive_int("mini_batch_size", mini_batch_size)
+        self.mini_batch_size = cached_rows(mini_batch_size, mini_batch_num_tokens)
         del show_progress_bar  # the mini-batches run inside one compiled program
 
 
@@ -216,11 +213,12 @@ class CachedGISTEmbedLoss(GISTEmbedLoss):
     by the mini-batch; the same loss and gradients as the uncached loss."""
 
     def __init__(self, model=None, guide=None, temperature: float = 0.01, mini_batch_size: int = 32,
+                 mini_batch_num_tokens: int | None = None, show_progress_bar: bool = False,
                  margin_strategy: str = "absolute", margin: float = 0.0, contrast_anchors: bool = True,
-                 contrast_positives: bool = True, gather_across_devices: bool = False, show_progress_bar: bool = False):
+                 contrast_positives: bool = True, gather_across_devices: bool = False):
         super().__init__(model, guide, temperature, margin_strategy, margin, contrast_anchors, contrast_positives,
                          gather_across_devices)
-        self.mini_batch_size = positive_int("mini_batch_size", mini_batch_size)
+        self.mini_batch_size = cached_rows(mini_batch_size, mini_batch_num_tokens)
         del show_progress_bar
 
 
@@ -233,9 +231,10 @@ class MegaBatchMarginLoss(Loss):
     and gradients are those of the whole batch either way."""
 
     def __init__(self, model=None, positive_margin: float = 0.8, negative_margin: float = 0.3,
-                 use_mini_batched_version: bool = True, mini_batch_size: int = 50, show_progress_bar: bool = False):
+                 use_mini_batched_version: bool = True, mini_batch_size: int = 50,
+                 mini_batch_num_tokens: int | None = None, show_progress_bar: bool = False):
         del model, show_progress_bar
-        positive_int("mini_batch_size", mini_batch_size)
+        cached_rows(mini_batch_size, mini_batch_num_tokens)
         self.positive_margin, self.negative_margin = float(positive_margin), float(negative_margin)
         self.use_mini_batched_version = bool(use_mini_batched_version)
         self.mini_batch_size = mini_batch_size if use_mini_batched_version else None

@@ -69,7 +69,13 @@ def collate(model, examples: Sequence, seq_multiple: int = SEQ_MULTIPLE, pack: b
     has_label = {lab is not None for _, lab in parts}
     if len(has_label) != 1:
         raise ValueError("either every example in a batch has a label or none has")
-    labels = np.asarray([lab for _, lab in parts], np.float32) if has_label == {True} else None
+    labels = None
+    if has_label == {True}:
+        shapes = {np.shape(lab) for _, lab in parts}
+        if len(shapes) != 1:
+            raise ValueError(f"every example's label needs the same shape (a score, or vectors of one length), "
+                             f"got shapes {sorted(shapes)}")
+        labels = np.asarray([lab for _, lab in parts], np.float32)
     tasks = model.training_tasks(n_texts.pop(), router_mapping)
     if tasks is not None and pack:
         raise ValueError("a routed batch cannot be packed (its columns take different routes): pack=False")

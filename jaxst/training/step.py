@@ -125,6 +125,8 @@ def make_loss_fn(model, loss: Loss, *, dropout: bool = True, mesh: Mesh | None =
     equal the one-device ones on the same global batch. Dropout keys differ per device."""
     if not isinstance(loss, Loss):
         raise TypeError(f"loss must be a jaxst.losses loss, got {type(loss).__name__}")
+    if loss.standalone_error:
+        raise ValueError(loss.standalone_error)
     graphdef = model.graphdef
     inputs = model.training_inputs()
 
