@@ -53,6 +53,8 @@ SCRIPTS = {
               ["--limit", "32", "--test-limit", "48", "--seeds", "0", "1"]),
     "finetune": ("finetune_speed.py", ["--limit", "256", "--seeds", "0", "1", "2", "3", "4"],
                  ["--limit", "64", "--seeds", "0", "--eval-limit", "200"]),
+    "static": ("static_speed.py", ["--texts", "20000", "--repeats", "7"],
+               ["--texts", "200", "--repeats", "1", "--large-batch", "64"]),
     "modern": ("modern_speed.py",
                ["--models", "modernbert-base", "--sentences", "128", "--paragraphs", "16", "--rounds", "2"],
                ["--models", "modernbert-base", "--sentences", "4", "--paragraphs", "2", "--rounds", "1",

@@ -40,6 +40,7 @@ from jaxst.engine import (  # noqa: F401  (the batching names' old home; jaxst.e
 from jaxst.io.export import FolderPlan, save_model
 from jaxst.io.folder import read_json
 from jaxst.io.hub import resolve_model_folder
+from jaxst.io.requirements import check_requirements
 from jaxst.io.tokenizer import Tokenizer
 from jaxst.io.weights import checkpoint_header, params_from_state_dict
 from jaxst.models import ARCHITECTURES, check_layers, encoder_from_hf_config, model_type
@@ -145,6 +146,7 @@ class BaseModel:
             local_files_only=local_files_only,
         )
         self.st_config = read_json(self.model_folder / "config_sentence_transformers.json", required=False)
+        check_requirements(self.st_config.get("requirements"), source=model_name_or_path)  # before any module loads
         self.prompts = dict(base_prompts or {})
         if not isinstance(self.st_config.get("prompts") or {}, dict):
             raise ValueError(f"{self.model_folder / 'config_sentence_transformers.json'}: prompts must be an object "

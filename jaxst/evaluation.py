@@ -14,25 +14,36 @@ the same CSV rows. They work from ``jaxst.training.fit`` and from a user's own l
     ParaphraseMiningEvaluator      average precision and best F1 of mined duplicate pairs
     RerankingEvaluator             MAP / MRR@k / NDCG@k of a bi-encoder ranking each query's candidates
     CrossEncoderRerankingEvaluator the same for a CrossEncoder, with the first stage's base_* metrics
+    CrossEncoderClassificationEvaluator  a CrossEncoder's pair classes: accuracy / F1 / AP (one label), F1s (more)
+    CrossEncoderCorrelationEvaluator     Pearson / Spearman of a CrossEncoder's scores against gold scores
+    LabelAccuracyEvaluator         accuracy of a SoftmaxLoss's classifier on labelled pairs
+    MSEEvaluatorFromDataFrame      a student's MSE to a teacher's embeddings across language pairs
     TranslationEvaluator           how often a sentence's nearest neighbour is its translation
     SequentialEvaluator            several evaluators, one score
+
+Every evaluator embeds through ``SentenceEvaluator.embed_inputs``; ``jaxst.sparse_evaluation``'s SparseEncoder
+evaluators override it (sparse rows, ``max_active_dims``, sparsity statistics) and reuse the rest.
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import numbers
 import os
 from collections.abc import Callable, Iterable, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxst.checks import positive_int
-from jaxst.similarity import similarity_functions
+from jaxst.similarity import as_matrix, similarity_functions
 
 SIMILARITY_NAMES = ("cosine", "dot", "euclidean", "manhattan")
+
+logger = logging.getLogger(__name__)
 
 
 class SentenceEvaluator:
@@ -50,10 +61,29 @@ class SentenceEvaluator:
             self.primary_metric = name + "_" + self.primary_metric
         return {f"{name}_{key}": value for key, value in metrics.items()}
 
-    @staticmethod
-    def _write_csv(output_path: str | None, file: str, headers: list[str], row: list) -> None:
+    def embed_inputs(self, model, sentences, encode_fn_name: str | None = None, **kwargs):
+        """``model``'s embeddings of ``sentences`` with this evaluator's ``batch_size``, ``show_progress_bar`` and
+        ``truncate_dim`` (``kwargs`` add to or override them), by ``encode_query`` / ``encode_document`` for
+        ``encode_fn_name`` "query" / "document" (when the model has them) or ``encode``. Every evaluator embeds
+        through here, as sentence-transformers' do: a subclass changes how (the sparse evaluators)."""
+        kwargs = {"batch_size": self.batch_size, "show_progress_bar": self.show_progress_bar, **kwargs}
+        if getattr(self, "truncate_dim", None) is not None:
+            kwargs.setdefault("truncate_dim", self.truncate_dim)
+        return _encode(model, sentences, encode_fn_name, **kwargs)
+
+    def similarity_of(self, model) -> Callable:
+        """The score function an evaluator uses where none is given: the model's own similarity."""
+        return model_similarity(model)
+
+    def extra_csv_columns(self) -> dict[str, float]:
+        """Columns a subclass appends to every CSV row this evaluator writes (the sparse evaluators' statistics)."""
+        return {}
+
+    def _write_csv(self, output_path: str | None, file: str, headers: list[str], row: list) -> None:
         if output_path is None:
             return
+        extra = self.extra_csv_columns()
+        headers, row = [*headers, *extra], [*row, *extra.values()]
         os.makedirs(output_path, exist_ok=True)
         path = os.path.join(output_path, file)
         new = not os.path.isfile(path)
@@ -134,15 +164,16 @@ def spearman(a, b) -> float:
     return pearson(_ranks(np.asarray(a, np.float64)), _ranks(np.asarray(b, np.float64)))
 
 
-class EmbeddingSimilarityEvaluator:
+class EmbeddingSimilarityEvaluator(SentenceEvaluator):
     """Pearson and Spearman correlation of embedding similarity against gold scores (STSb-style),
     as sentence-transformers' evaluator of the same name: returns ``{"pearson_cosine",
     "spearman_cosine"}`` (for each of ``similarity_fn_names``; the model's similarity by default),
-    prefixed with ``name_`` when a name is given; ``primary_metric`` names the Spearman one."""
+    prefixed with ``name_`` when a name is given; ``primary_metric`` names the Spearman one. With an
+    ``output_path``, ``write_csv`` appends a row to ``similarity_evaluation[_{name}]_results.csv``."""
 
     def __init__(self, sentences1: list[str], sentences2: list[str], scores: list[float], batch_size: int = 16,
                  main_similarity: str | None = None, similarity_fn_names: list[str] | None = None, name: str = "",
-                 show_progress_bar: bool = False):
+                 show_progress_bar: bool = False, write_csv: bool = True):
         if not (len(sentences1) == len(sentences2) == len(scores)):
             raise ValueError(f"sentences1, sentences2 and scores differ in length: "
                              f"{len(sentences1)}, {len(sentences2)}, {len(scores)}")
@@ -151,12 +182,14 @@ class EmbeddingSimilarityEvaluator:
         self.sentences1, self.sentences2 = list(sentences1), list(sentences2)
         self.scores = np.asarray(scores, np.float64)
         self.batch_size = batch_size
-        self.main_similarity = main_similarity
+        self.main_similarity = main_similarity = getattr(main_similarity, "value", main_similarity)
         self.similarity_fn_names = list(similarity_fn_names or ([main_similarity] if main_similarity else []))
         for fn in self.similarity_fn_names:
             similarity_functions(fn)  # validates the name
         self.name = name
         self.show_progress_bar = show_progress_bar
+        self.write_csv = write_csv
+        self.csv_file = "similarity_evaluation" + ("_" + name if name else "") + "_results.csv"
         self.primary_metric = None
 
     @classmethod
@@ -165,22 +198,22 @@ class EmbeddingSimilarityEvaluator:
         return cls([t[0] for t, _ in parts], [t[1] for t, _ in parts], [lab for _, lab in parts], **kwargs)
 
     def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
-        del output_path  # no CSV: the metrics are returned
-        kw = dict(batch_size=self.batch_size, show_progress_bar=self.show_progress_bar)
-        e1, e2 = model.encode(self.sentences1, **kw), model.encode(self.sentences2, **kw)
+        e1, e2 = self.embed_inputs(model, self.sentences1), self.embed_inputs(model, self.sentences2)
         names = self.similarity_fn_names or [model.similarity_fn_name]
         metrics = {}
         for fn in names:
             predicted = np.asarray(similarity_functions(fn)[1](e1, e2), np.float64)
             metrics[f"pearson_{fn}"] = pearson(self.scores, predicted)
             metrics[f"spearman_{fn}"] = spearman(self.scores, predicted)
+        if output_path is not None and self.write_csv:
+            self._write_csv(output_path, self.csv_file,
+                            ["epoch", "steps"] + [f"{fn}_{m}" for fn in names for m in ("pearson", "spearman")],
+                            [epoch, steps] + [metrics[f"{m}_{fn}"] for fn in names for m in ("pearson", "spearman")])
         if len(names) > 1:
             metrics["pearson_max"] = max(metrics[f"pearson_{fn}"] for fn in names)
             metrics["spearman_max"] = max(metrics[f"spearman_{fn}"] for fn in names)
-        primary = f"spearman_{self.main_similarity or (names[0] if len(names) == 1 else 'max')}"
-        prefix = f"{self.name}_" if self.name else ""
-        self.primary_metric = prefix + primary
-        return {prefix + k: v for k, v in metrics.items()}
+        self.primary_metric = f"spearman_{self.main_similarity or (names[0] if len(names) == 1 else 'max')}"
+        return self.prefix_name_to_metrics(metrics, self.name)
 
 
 class InformationRetrievalEvaluator(SentenceEvaluator):
@@ -190,7 +223,10 @@ class InformationRetrievalEvaluator(SentenceEvaluator):
     fn(queries, documents) -> scores}), the top hits of every query over the corpus, embedded and scored
     ``corpus_chunk_size`` documents at a time (ties ordered by corpus id), then accuracy@k, precision@k,
     recall@k, MRR@k, NDCG@k and MAP@k. Metric keys: ``{score function}_{metric}@{k}``, e.g.
-    ``cosine_ndcg@10`` (the primary metric, the best score function's NDCG at the largest k)."""
+    ``cosine_ndcg@10`` (the primary metric, the best score function's NDCG at the largest k).
+    Called with ``corpus_model`` (the model that embeds the corpus; ``model`` by default) or
+    ``corpus_embeddings`` (the corpus already embedded, in ``corpus`` order), as sentence-transformers takes
+    them."""
 
     def __init__(
         self,
@@ -241,15 +277,17 @@ class InformationRetrievalEvaluator(SentenceEvaluator):
         suffix = "_" + name if name else ""
         self.csv_file = f"Information-Retrieval_evaluation{suffix}_results.csv"
         self.predictions_file = f"Information-Retrieval_evaluation{suffix}_predictions.jsonl"
+        self._corpus_id_ranks = None
 
     def _functions(self, model) -> dict[str, Callable]:
         if self.score_functions is not None:
             return self.score_functions
-        return {model.similarity_fn_name: model_similarity(model)}
+        return {model.similarity_fn_name: self.similarity_of(model)}
 
-    def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
+    def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1, *args,
+                 **kwargs) -> dict[str, float]:
         functions = self._functions(model)
-        scores = self.compute_metrics_for(model, functions, output_path)
+        scores = self.compute_metrics_for(model, functions, output_path, *args, **kwargs)
         names = sorted(functions)
         if output_path is not None and self.write_csv:
             headers, row = ["epoch", "steps"], [epoch, steps]
@@ -271,24 +309,24 @@ class InformationRetrievalEvaluator(SentenceEvaluator):
                    for fn, values in scores.items() for metric, per_k in values.items() for k, value in per_k.items()}
         return self.prefix_name_to_metrics(metrics, self.name)
 
-    def compute_metrics_for(self, model, functions: dict[str, Callable], output_path: str | None = None) -> dict:
+    def compute_metrics_for(self, model, functions: dict[str, Callable], output_path: str | None = None,
+                            corpus_model=None, corpus_embeddings=None) -> dict:
         """{score function: {"accuracy@k": {k: value}, ...}} for ``model``."""
         max_k = max(self.mrr_at_k + self.ndcg_at_k + self.accuracy_at_k + self.precision_recall_at_k + self.map_at_k)
-        kw = dict(batch_size=self.batch_size, show_progress_bar=self.show_progress_bar, convert_to_tensor=True)
-        if self.truncate_dim is not None:
-            kw["truncate_dim"] = self.truncate_dim
-        queries = _encode(model, self.queries, "query", prompt=self.query_prompt, prompt_name=self.query_prompt_name,
-                          **kw)
+        corpus_model = model if corpus_model is None else corpus_model
+        queries = self.embed_inputs(model, self.queries, "query", prompt=self.query_prompt,
+                                    prompt_name=self.query_prompt_name, convert_to_tensor=True)
         hits = {fn: [[] for _ in self.queries] for fn in functions}
         for start in range(0, len(self.corpus), self.corpus_chunk_size):
             chunk = self.corpus[start : start + self.corpus_chunk_size]
-            docs = _encode(model, chunk, "document", prompt=self.corpus_prompt, prompt_name=self.corpus_prompt_name,
-                           **kw)
+            if corpus_embeddings is None:
+                docs = self.embed_inputs(corpus_model, chunk, "document", prompt=self.corpus_prompt,
+                                         prompt_name=self.corpus_prompt_name, convert_to_tensor=True)
+            else:
+                docs = corpus_embeddings[start : start + self.corpus_chunk_size]
             for fn, score in functions.items():
-                k = min(max_k, len(chunk))
-                values, idx = jax.lax.top_k(score(queries, docs), k)
-                values, idx = np.asarray(values).tolist(), np.asarray(idx).tolist()
-                for q, (vals, ids) in enumerate(zip(values, idx)):
+                values, idx = self._top_k(score(queries, docs), min(max_k, len(chunk)), start)
+                for q, (vals, ids) in enumerate(zip(values.tolist(), idx.tolist())):
                     found = hits[fn][q]
                     found.extend((v, self.corpus_ids[start + i]) for v, i in zip(vals, ids))
                     found.sort(key=lambda x: (-x[0], x[1]))  # ties by corpus id, as sentence-transformers
@@ -305,6 +343,26 @@ class InformationRetrievalEvaluator(SentenceEvaluator):
                         f.write(json.dumps({"query_id": qid, "query": text, "results": results}) + "\n")
         return {fn: self.compute_metrics([[{"corpus_id": c, "score": s} for s, c in found] for found in hits[fn]])
                 for fn in functions}
+
+    def _top_k(self, scores, k: int, start: int) -> tuple[np.ndarray, np.ndarray]:
+        """Each query's ``k`` best documents of a corpus chunk (from corpus index ``start``): (scores, indices in the
+        chunk). Where more documents than fit tie at the k-th score, the tied ones with the smallest corpus ids
+        are kept, as sentence-transformers 6.3 does, so the metrics do not depend on ``corpus_chunk_size``."""
+        values, idx = jax.lax.top_k(scores, k)
+        threshold = values[:, -1:]
+        values, idx = np.array(values), np.array(idx)  # writable copies
+        tied = np.flatnonzero(np.asarray(jnp.sum(scores >= threshold, axis=1) > k))
+        if len(tied):
+            if self._corpus_id_ranks is None:  # each corpus entry's place in the sorted corpus ids
+                self._corpus_id_ranks = np.empty(len(self.corpus_ids), np.int64)
+                self._corpus_id_ranks[sorted(range(len(self.corpus_ids)), key=self.corpus_ids.__getitem__)] = \
+                    np.arange(len(self.corpus_ids))
+            rows, bound = np.asarray(scores[tied]), np.asarray(threshold[tied])
+            ranks, n = self._corpus_id_ranks[start : start + rows.shape[1]], len(self.corpus_ids)
+            keys = np.where(rows > bound, ranks, np.where(rows == bound, ranks + n, 2 * n))
+            pick = np.argpartition(keys, k - 1, axis=1)[:, :k]
+            idx[tied], values[tied] = pick, np.take_along_axis(rows, pick, axis=1)
+        return values, idx
 
     def compute_metrics(self, queries_result_list: list[list[dict]]) -> dict:
         """The metrics of per-query hit lists ({"corpus_id", "score"}), as sentence-transformers defines them."""
@@ -354,15 +412,21 @@ def _dcg(relevances: Sequence[bool], k: int) -> float:
 class TripletEvaluator(SentenceEvaluator):
     """How often each anchor scores its positive higher than its negative (by more than ``margin``), for each
     of ``similarity_fn_names`` (the model's by default), as sentence-transformers' TripletEvaluator: keys
-    ``{fn}_accuracy`` (and ``max_accuracy`` for several)."""
+    ``{fn}_accuracy`` (and ``max_accuracy`` for several). ``main_distance_function`` is the deprecated name of
+    ``main_similarity_function``."""
 
     def __init__(self, anchors: Sequence[str], positives: Sequence[str], negatives: Sequence[str],
                  main_similarity_function: str | None = None, margin: float | dict[str, float] | None = None,
                  name: str = "", batch_size: int = 16, show_progress_bar: bool = False, write_csv: bool = True,
-                 truncate_dim: int | None = None, similarity_fn_names: list[str] | None = None):
+                 truncate_dim: int | None = None, similarity_fn_names: list[str] | None = None,
+                 main_distance_function: str | None = "deprecated"):
         if not (len(anchors) == len(positives) == len(negatives)):
             raise ValueError(f"anchors, positives and negatives differ in length: {len(anchors)}, {len(positives)}, "
                              f"{len(negatives)}")
+        if main_distance_function != "deprecated" and main_similarity_function is None:
+            main_similarity_function = main_distance_function
+            logger.warning("The 'main_distance_function' parameter is deprecated. Please use "
+                           "'main_similarity_function' instead.")
         self.anchors, self.positives, self.negatives = list(anchors), list(positives), list(negatives)
         self.main_similarity_function = getattr(main_similarity_function, "value", main_similarity_function)
         self.similarity_fn_names = list(similarity_fn_names or ([self.main_similarity_function]
@@ -392,12 +456,9 @@ class TripletEvaluator(SentenceEvaluator):
                    **kwargs)
 
     def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
-        kw = dict(batch_size=self.batch_size, show_progress_bar=self.show_progress_bar)
-        if self.truncate_dim is not None:
-            kw["truncate_dim"] = self.truncate_dim
-        anchors = _encode(model, self.anchors, "query", **kw)
-        positives = _encode(model, self.positives, "document", **kw)
-        negatives = _encode(model, self.negatives, "document", **kw)
+        anchors = self.embed_inputs(model, self.anchors, "query")
+        positives = self.embed_inputs(model, self.positives, "document")
+        negatives = self.embed_inputs(model, self.negatives, "document")
         names = self.similarity_fn_names or [model.similarity_fn_name]
         metrics = {}
         for fn in names:
@@ -431,7 +492,8 @@ class BinaryClassificationEvaluator(SentenceEvaluator):
     accuracy and its threshold, the best F1 with its precision, recall and threshold, average precision and
     Matthews correlation at the F1 threshold; keys ``{fn}_{metric}`` (and ``max_{metric}`` for several)."""
 
-    METRICS = ("accuracy", "accuracy_threshold", "f1", "f1_threshold", "precision", "recall", "ap", "mcc")
+    # the CSV columns per similarity, in sentence-transformers' order
+    METRICS = ("accuracy", "accuracy_threshold", "f1", "precision", "recall", "f1_threshold", "ap", "mcc")
 
     def __init__(self, sentences1: list[str], sentences2: list[str], labels: list[int], name: str = "",
                  batch_size: int = 32, show_progress_bar: bool = False, truncate_dim: int | None = None,
@@ -458,14 +520,11 @@ class BinaryClassificationEvaluator(SentenceEvaluator):
 
     def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
         names = self.similarity_fn_names or [model.similarity_fn_name]
-        kw = dict(batch_size=self.batch_size, show_progress_bar=self.show_progress_bar)
-        if self.truncate_dim is not None:
-            kw["truncate_dim"] = self.truncate_dim
         unique = list(dict.fromkeys(self.sentences1 + self.sentences2))  # each sentence embedded once
-        embeddings = np.asarray(model.encode(unique, **kw))
+        embeddings = as_matrix(self.embed_inputs(model, unique))  # sparse embeddings as dense rows
         row = {text: i for i, text in enumerate(unique)}
-        e1 = embeddings[[row[t] for t in self.sentences1]]
-        e2 = embeddings[[row[t] for t in self.sentences2]]
+        e1 = embeddings[np.asarray([row[t] for t in self.sentences1], np.int32)]
+        e2 = embeddings[np.asarray([row[t] for t in self.sentences2], np.int32)]
         scores = {}
         for fn in names:
             score_fn, higher = _PAIR_SCORES[fn]
@@ -582,8 +641,8 @@ def _ndcg(relevant: Sequence[int], scores: Sequence[float], k: int, known_positi
     return 0.0 if ideal == 0 else dcg / ideal
 
 
-def _rank_metrics(relevant: list[int], scores, k: int, known_positives: int | None = None
-                  ) -> tuple[float, float, float]:
+def rank_metrics(relevant: list[int], scores, k: int, known_positives: int | None = None
+                 ) -> tuple[float, float, float]:
     """(MRR@k, NDCG@k, average precision) of one query's candidates. With ``known_positives`` (how many
     positives the query has, candidates or not; sentence-transformers 6.3's CrossEncoderRerankingEvaluator),
     NDCG's ideal ranking holds them all and average precision is scaled by the share of them among the
@@ -606,7 +665,8 @@ class RerankingEvaluator(SentenceEvaluator):
     """How well a bi-encoder ranks each sample's positives above its negatives (``samples``: dicts with
     "query", "positive" and "negative", each a text or a list), as sentence-transformers' RerankingEvaluator:
     ``map``, ``mrr@{at_k}``, ``ndcg@{at_k}`` (the primary metric). Samples without a positive or a negative
-    are skipped."""
+    are skipped. ``use_batched_encoding``: all queries in one encode and all documents in another (False: each
+    sample's query and documents on their own, to save memory)."""
 
     def __init__(self, samples, at_k: int = 10, name: str = "", similarity_fct: Callable | None = None,
                  batch_size: int = 64, show_progress_bar: bool = False, use_batched_encoding: bool = True,
@@ -622,24 +682,29 @@ class RerankingEvaluator(SentenceEvaluator):
         self.name, self.batch_size, self.show_progress_bar = name, batch_size, show_progress_bar
         self.similarity_fct = similarity_fct  # None: the model's own similarity (sentence-transformers 6.3)
         self.truncate_dim, self.write_csv = truncate_dim, write_csv
-        del use_batched_encoding  # always batched: one encode for the queries, one for the documents
+        self.use_batched_encoding = use_batched_encoding
         self.csv_file = "RerankingEvaluator" + ("_" + name if name else "") + f"_results_@{self.at_k}.csv"
         self.primary_metric = f"ndcg@{self.at_k}"
 
     def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
-        kw = dict(batch_size=self.batch_size, show_progress_bar=self.show_progress_bar)
-        if self.truncate_dim is not None:
-            kw["truncate_dim"] = self.truncate_dim
-        queries = _encode(model, [s["query"] for s in self.samples], "query", **kw)
-        docs = _encode(model, [d for s in self.samples for d in s["positive"] + s["negative"]], "document", **kw)
-        similarity = self.similarity_fct if self.similarity_fct is not None else model_similarity(model)
+        similarity = self.similarity_fct if self.similarity_fct is not None else self.similarity_of(model)
+        if self.use_batched_encoding and self.samples:
+            queries = self.embed_inputs(model, [s["query"] for s in self.samples], "query")
+            docs = self.embed_inputs(model, [d for s in self.samples for d in s["positive"] + s["negative"]],
+                                     "document")
         results, offset = [], 0
         for i, sample in enumerate(self.samples):
             n = len(sample["positive"]) + len(sample["negative"])
-            scores = np.asarray(similarity(queries[i : i + 1], docs[offset : offset + n]))[0]
+            if self.use_batched_encoding:
+                query, candidates = queries[i : i + 1], docs[offset : offset + n]
+            else:
+                query = self.embed_inputs(model, [sample["query"]], "query", show_progress_bar=False)
+                candidates = self.embed_inputs(model, sample["positive"] + sample["negative"], "document",
+                                               show_progress_bar=False)
+            scores = np.asarray(similarity(query, candidates))[0]
             offset += n
-            results.append(_rank_metrics([1] * len(sample["positive"]) + [0] * len(sample["negative"]), scores,
-                                         self.at_k))
+            results.append(rank_metrics([1] * len(sample["positive"]) + [0] * len(sample["negative"]), scores,
+                                        self.at_k))
         mrr, ndcg, ap = (float(np.mean(x)) for x in zip(*results)) if results else (0.0, 0.0, 0.0)
         if output_path is not None and self.write_csv:
             self._write_csv(output_path, self.csv_file, ["epoch", "steps", "MAP", f"MRR@{self.at_k}",
@@ -680,7 +745,7 @@ class CrossEncoderRerankingEvaluator(SentenceEvaluator):
             documents = sample.get("documents")
             if documents is not None:  # the first stage's ranking, scored against every known positive
                 found = [int(d in positive) for d in documents]
-                base.append(_rank_metrics(found, np.arange(len(found), 0, -1), self.at_k, len(positive)))
+                base.append(rank_metrics(found, np.arange(len(found), 0, -1), self.at_k, len(positive)))
                 if self.always_rerank_positives:
                     docs = positive + [d for d in documents if d not in positive]
                     relevant = [1] * len(positive) + [0] * (len(docs) - len(positive))
@@ -702,7 +767,7 @@ class CrossEncoderRerankingEvaluator(SentenceEvaluator):
                 results.append((0.0, 0.0, 0.0))
                 continue
             relevant, positives = entry
-            results.append(_rank_metrics(relevant, scores[offset : offset + len(relevant)], self.at_k, positives))
+            results.append(rank_metrics(relevant, scores[offset : offset + len(relevant)], self.at_k, positives))
             offset += len(relevant)
         mrr, ndcg, ap = (float(np.mean(x)) for x in zip(*results)) if results else (0.0, 0.0, 0.0)
         metrics = {"map": ap, f"mrr@{self.at_k}": mrr, f"ndcg@{self.at_k}": ndcg}
@@ -714,6 +779,136 @@ class CrossEncoderRerankingEvaluator(SentenceEvaluator):
                                                          f"NDCG@{self.at_k}"], [epoch, steps, ap, mrr, ndcg])
         self.primary_metric = f"ndcg@{self.at_k}"
         return self.prefix_name_to_metrics(metrics, self.name)
+
+
+def _default_progress_bar(show_progress_bar: bool | None) -> bool:
+    """``None``: shown when this module logs at INFO or DEBUG (sentence-transformers' evaluators' rule)."""
+    if show_progress_bar is None:
+        return logger.getEffectiveLevel() in (logging.INFO, logging.DEBUG)
+    return bool(show_progress_bar)
+
+
+def epoch_text(epoch: int, steps: int) -> str:
+    if epoch == -1:
+        return ""
+    return f" after epoch {epoch}" if steps == -1 else f" in epoch {epoch} after {steps} steps"
+
+
+def _f1_averages(labels, predicted) -> tuple[float, float, float]:
+    """(macro, micro, weighted) F1 of class predictions over every class in the labels or the predictions,
+    as scikit-learn's ``f1_score`` (micro F1 of single-label classes is the accuracy)."""
+    labels, predicted = np.asarray(labels).ravel(), np.asarray(predicted).ravel()
+    classes = np.union1d(labels, predicted)
+    truth = labels[:, None] == classes[None, :]
+    guess = predicted[:, None] == classes[None, :]
+    tp = np.sum(truth & guess, axis=0).astype(np.float64)
+    support = truth.sum(axis=0).astype(np.float64)
+    denominator = support + guess.sum(axis=0)  # 2tp + fp + fn; never 0 for a class that occurs
+    f1 = np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=denominator > 0)
+    micro = 2 * tp.sum() / denominator.sum() if denominator.sum() else 0.0
+    weighted = float(f1 @ support / support.sum()) if support.sum() else 0.0
+    return float(f1.mean()) if len(f1) else 0.0, float(micro), weighted
+
+
+class CrossEncoderClassificationEvaluator(SentenceEvaluator):
+    """How well a CrossEncoder classifies ``sentence_pairs`` against gold ``labels``, as sentence-transformers'
+    CrossEncoderClassificationEvaluator. A one-label model's scores are thresholded: ``accuracy`` and
+    ``f1`` (with their best thresholds, ``BinaryClassificationEvaluator``'s searches), ``precision``,
+    ``recall`` and ``average_precision`` (primary); labels must be 0 or 1. A model with more labels predicts
+    the argmax class: ``f1_macro`` (primary), ``f1_micro``, ``f1_weighted``."""
+
+    def __init__(self, sentence_pairs: list[list[str]], labels: list[int], *, name: str = "",
+                 prompt_name: str | None = None, batch_size: int = 32, show_progress_bar: bool | None = None,
+                 write_csv: bool = True, **kwargs):
+        del kwargs  # accepted and ignored, as sentence-transformers does
+        if len(sentence_pairs) != len(labels):
+            raise ValueError("sentence_pairs and labels must have the same length")
+        self.sentence_pairs = [list(pair) for pair in sentence_pairs]
+        self.labels = np.asarray(labels)
+        self.name, self.prompt_name, self.batch_size = name, prompt_name, batch_size
+        self.show_progress_bar = _default_progress_bar(show_progress_bar)
+        self.write_csv = write_csv
+        self.csv_file = "CrossEncoderClassificationEvaluator" + ("_" + name if name else "") + "_results.csv"
+
+    def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
+        logger.info(f"CrossEncoderClassificationEvaluator: Evaluating the model on {self.name} dataset"
+                    f"{epoch_text(epoch, steps)}:")
+        scores = np.asarray(model.predict(self.sentence_pairs, prompt_name=self.prompt_name, batch_size=self.batch_size,
+                                          convert_to_numpy=True, show_progress_bar=self.show_progress_bar))
+        if model.num_labels == 1:
+            if not np.isin(self.labels, (0, 1)).all():
+                raise ValueError("CrossEncoderClassificationEvaluator: a model with one label needs labels 0 or 1")
+            scores = scores.reshape(-1)
+            acc, acc_threshold = BinaryClassificationEvaluator.find_best_acc_and_threshold(scores, self.labels, True)
+            f1, precision, recall, f1_threshold = BinaryClassificationEvaluator.find_best_f1_and_threshold(
+                scores, self.labels, True)
+            ap = _average_precision(self.labels, scores)
+            logger.info(f"Accuracy:          {acc * 100:.2f}\t(Threshold: {acc_threshold:.4f})")
+            logger.info(f"F1:                {f1 * 100:.2f}\t(Threshold: {f1_threshold:.4f})")
+            logger.info(f"Precision:         {precision * 100:.2f}")
+            logger.info(f"Recall:            {recall * 100:.2f}")
+            logger.info(f"Average Precision: {ap * 100:.2f}")
+            metrics = {"accuracy": acc, "accuracy_threshold": acc_threshold, "f1": f1, "f1_threshold": f1_threshold,
+                       "precision": precision, "recall": recall, "average_precision": ap}
+            self.csv_headers = ["epoch", "steps", "Accuracy", "Accuracy_Threshold", "F1", "F1_Threshold", "Precision",
+                                "Recall", "Average_Precision"]
+            self.primary_metric = "average_precision"
+        else:
+            f1_macro, f1_micro, f1_weighted = _f1_averages(self.labels, np.argmax(scores, axis=1))
+            logger.info(f"Macro F1:           {f1_macro * 100:.2f}")
+            logger.info(f"Micro F1:           {f1_micro * 100:.2f}")
+            logger.info(f"Weighted F1:        {f1_weighted * 100:.2f}")
+            metrics = {"f1_macro": f1_macro, "f1_micro": f1_micro, "f1_weighted": f1_weighted}
+            self.csv_headers = ["epoch", "steps", "Macro_F1", "Micro_F1", "Weighted_F1"]
+            self.primary_metric = "f1_macro"
+        metrics = {key: float(value) for key, value in metrics.items()}
+        if output_path is not None and self.write_csv:
+            self._write_csv(output_path, self.csv_file, self.csv_headers, [epoch, steps, *metrics.values()])
+        return self.prefix_name_to_metrics(metrics, self.name)
+
+
+class CrossEncoderCorrelationEvaluator(SentenceEvaluator):
+    """Pearson and Spearman correlation of a CrossEncoder's scores for ``sentence_pairs`` against gold
+    ``scores``, as sentence-transformers' CrossEncoderCorrelationEvaluator: ``pearson``, ``spearman``
+    (primary)."""
+
+    def __init__(self, sentence_pairs: list[list[str]], scores: list[float], name: str = "",
+                 prompt_name: str | None = None, batch_size: int = 32, show_progress_bar: bool | None = None,
+                 write_csv: bool = True):
+        if len(sentence_pairs) != len(scores):
+            raise ValueError(f"sentence_pairs ({len(sentence_pairs)}) and scores ({len(scores)}) must have the "
+                             f"same length")
+        self.sentence_pairs = [list(pair) for pair in sentence_pairs]
+        self.scores = list(scores)
+        self.name, self.prompt_name, self.batch_size = name, prompt_name, batch_size
+        self.show_progress_bar = _default_progress_bar(show_progress_bar)
+        self.write_csv = write_csv
+        self.csv_file = "CrossEncoderCorrelationEvaluator" + ("_" + name if name else "") + "_results.csv"
+        self.csv_headers = ["epoch", "steps", "Pearson_Correlation", "Spearman_Correlation"]
+        self.primary_metric = "spearman"
+
+    @classmethod
+    def from_input_examples(cls, examples, **kwargs) -> CrossEncoderCorrelationEvaluator:
+        parts = [example_parts(e) for e in examples]
+        return cls([texts for texts, _ in parts], [label for _, label in parts], **kwargs)
+
+    def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
+        logger.info(f"CrossEncoderCorrelationEvaluator: Evaluating the model on {self.name} dataset"
+                    f"{epoch_text(epoch, steps)}:")
+        if len(self.scores) < 2:
+            raise ValueError("a correlation needs at least two scored pairs")
+        predicted = np.asarray(model.predict(self.sentence_pairs, prompt_name=self.prompt_name,
+                                             batch_size=self.batch_size, convert_to_numpy=True,
+                                             show_progress_bar=self.show_progress_bar), np.float64)
+        if predicted.ndim != 1:
+            raise ValueError(f"CrossEncoderCorrelationEvaluator needs one score per pair (a one-label model), got "
+                             f"scores of shape {predicted.shape}")
+        eval_pearson, eval_spearman = pearson(self.scores, predicted), spearman(self.scores, predicted)
+        logger.info(f"Correlation:\tPearson: {eval_pearson:.4f}\tSpearman: {eval_spearman:.4f}")
+        if output_path is not None and self.write_csv:
+            self._write_csv(output_path, self.csv_file, self.csv_headers, [epoch, steps, eval_pearson, eval_spearman])
+        self.primary_metric = "spearman"
+        return self.prefix_name_to_metrics({"pearson": eval_pearson, "spearman": eval_spearman}, self.name)
 
 
 class ParaphraseMiningEvaluator(SentenceEvaluator):
@@ -750,7 +945,7 @@ class ParaphraseMiningEvaluator(SentenceEvaluator):
                                   batch_size=self.batch_size, query_chunk_size=self.query_chunk_size,
                                   corpus_chunk_size=self.corpus_chunk_size, max_pairs=self.max_pairs,
                                   top_k=self.top_k, truncate_dim=self.truncate_dim,
-                                  score_function=model_similarity(model))
+                                  score_function=self.similarity_of(model))
         total = len(self.duplicates)
         extracted = correct = previous = 0
         best = {"f1": 0.0, "precision": 0.0, "recall": 0.0, "threshold": 0.0}
@@ -799,6 +994,73 @@ def _transitive_closure(pairs: set) -> set:
     return closed
 
 
+class MSEEvaluatorFromDataFrame(SentenceEvaluator):
+    """Knowledge distillation across languages, as sentence-transformers' MSEEvaluatorFromDataFrame: for each
+    (source, target) column pair of ``combinations``, the mean squared error (x100) between the teacher's
+    embeddings of the source texts (computed once, here) and the model's of their translations, over the rows of
+    ``dataframe`` (a list of dicts, column -> text) where both are non-empty; ``negative_mse`` (primary) is minus
+    their mean. ``truncate_dim`` truncates both sides' embeddings."""
+
+    def __init__(self, dataframe: list[dict[str, str]], teacher_model, combinations: list[tuple[str, str]],
+                 batch_size: int = 8, name: str = "", write_csv: bool = True, truncate_dim: int | None = None):
+        self.combinations, self.name, self.batch_size = list(combinations), name, batch_size
+        self.csv_file = "mse_evaluation" + ("_" + name if name else "") + "_results.csv"
+        self.csv_headers = ["epoch", "steps"] + [f"{src}-{trg}" for src, trg in self.combinations]
+        self.primary_metric = "negative_mse"
+        self.write_csv, self.truncate_dim = write_csv, truncate_dim
+        self.data = {}
+        sources: dict[str, None] = {}
+        for src, trg in self.combinations:
+            rows = [(row[src], row[trg]) for row in dataframe if row[src].strip() != "" and row[trg].strip() != ""]
+            self.data[(src, trg)] = ([s for s, _ in rows], [t for _, t in rows])
+            sources.update(dict.fromkeys(s for s, _ in rows))
+        self.show_progress_bar = False
+        embeddings = np.asarray(self.embed_inputs(teacher_model, list(sources), convert_to_numpy=True))
+        self.teacher_embeddings = dict(zip(sources, embeddings))
+
+    def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
+        scores = []
+        for src, trg in self.combinations:
+            sources, targets = self.data[(src, trg)]
+            teacher = np.asarray([self.teacher_embeddings[s] for s in sources])
+            student = np.asarray(self.embed_inputs(model, targets, convert_to_numpy=True))
+            scores.append(float(((teacher - student) ** 2).mean() * 100))
+            logger.info(f"MSE evaluation on {self.name} dataset - {src}-{trg}: MSE (*100): {scores[-1]:4f}")
+        if self.write_csv:
+            self._write_csv(output_path, self.csv_file, self.csv_headers, [epoch, steps, *scores])
+        return self.prefix_name_to_metrics({"negative_mse": -float(np.mean(scores))}, self.name)
+
+
+class LabelAccuracyEvaluator(SentenceEvaluator):
+    """Accuracy of a ``SoftmaxLoss``'s classifier (``softmax_model``) on labelled pairs, as
+    sentence-transformers' LabelAccuracyEvaluator: ``dataloader`` is the examples, ``(text1, text2, label)``
+    tuples or InputExamples (a PyTorch DataLoader over them is read through its ``dataset``); each pair is
+    embedded by the model and classified by the loss's current classifier, ``accuracy`` the share whose
+    argmax is the label."""
+
+    def __init__(self, dataloader, name: str = "", softmax_model=None, write_csv: bool = True):
+        self.dataloader, self.name, self.softmax_model, self.write_csv = dataloader, name, softmax_model, write_csv
+        self.csv_file = "accuracy_evaluation" + ("_" + name if name else "") + "_results.csv"
+        self.csv_headers = ["epoch", "steps", "accuracy"]
+        self.primary_metric = "accuracy"
+
+    def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
+        if self.softmax_model is None or not callable(getattr(self.softmax_model, "logits", None)):
+            raise ValueError("LabelAccuracyEvaluator needs softmax_model: the SoftmaxLoss whose classifier it scores")
+        parts = [example_parts(e) for e in getattr(self.dataloader, "dataset", self.dataloader)]
+        if not parts or any(len(texts) != 2 or label is None for texts, label in parts):
+            raise ValueError("LabelAccuracyEvaluator takes labelled pairs: (text1, text2, label) examples")
+        first = model.encode([texts[0] for texts, _ in parts], convert_to_numpy=True)
+        second = model.encode([texts[1] for texts, _ in parts], convert_to_numpy=True)
+        predicted = np.argmax(np.asarray(self.softmax_model.logits(first, second)), axis=1)
+        correct = int(np.sum(predicted == np.asarray([label for _, label in parts]).astype(np.int64)))
+        accuracy = correct / len(parts)
+        logger.info(f"Accuracy: {accuracy:.4f} ({correct}/{len(parts)})")
+        if self.write_csv:
+            self._write_csv(output_path, self.csv_file, self.csv_headers, [epoch, steps, accuracy])
+        return self.prefix_name_to_metrics({"accuracy": accuracy}, self.name)
+
+
 class MSEEvaluator(SentenceEvaluator):
     """Mean squared error (x 100) between a teacher's embeddings of ``source_sentences`` (computed once, at
     construction) and the model's of ``target_sentences``, reported as ``negative_mse`` (higher is better),
@@ -817,16 +1079,10 @@ class MSEEvaluator(SentenceEvaluator):
         self.write_csv, self.truncate_dim = write_csv, truncate_dim
         self.csv_file = "mse_evaluation_" + name + "_results.csv"
         self.primary_metric = "negative_mse"
-        self.source_embeddings = self._embed(teacher_model, source_sentences)
-
-    def _embed(self, model, sentences) -> np.ndarray:
-        kw = dict(batch_size=self.batch_size, show_progress_bar=self.show_progress_bar)
-        if self.truncate_dim is not None:
-            kw["truncate_dim"] = self.truncate_dim
-        return np.asarray(model.encode(list(sentences), **kw), np.float32)
+        self.source_embeddings = np.asarray(self.embed_inputs(teacher_model, source_sentences), np.float32)
 
     def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
-        target = self._embed(model, self.target_sentences)
+        target = np.asarray(self.embed_inputs(model, self.target_sentences), np.float32)
         mse = float(np.mean((self.source_embeddings - target) ** 2) * 100)
         if output_path is not None and self.write_csv:
             self._write_csv(output_path, self.csv_file, ["epoch", "steps", "MSE"], [epoch, steps, mse])
@@ -852,11 +1108,8 @@ class TranslationEvaluator(SentenceEvaluator):
         self.primary_metric = "mean_accuracy"
 
     def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
-        kw = dict(batch_size=self.batch_size, show_progress_bar=self.show_progress_bar)
-        if self.truncate_dim is not None:
-            kw["truncate_dim"] = self.truncate_dim
-        scores = np.asarray(similarity_functions("cosine")[0](model.encode(self.source_sentences, **kw),
-                                                              model.encode(self.target_sentences, **kw)))
+        scores = np.asarray(similarity_functions("cosine")[0](self.embed_inputs(model, self.source_sentences),
+                                                              self.embed_inputs(model, self.target_sentences)))
         src2trg = [self.target_sentences[i] == self.target_sentences[j] for i, j in enumerate(scores.argmax(1))]
         trg2src = [self.source_sentences[i] == self.source_sentences[j] for i, j in enumerate(scores.argmax(0))]
         if self.print_wrong_matches:
@@ -899,10 +1152,14 @@ class SequentialEvaluator(SentenceEvaluator):
 
 __all__ = [
     "BinaryClassificationEvaluator",
+    "CrossEncoderClassificationEvaluator",
+    "CrossEncoderCorrelationEvaluator",
     "CrossEncoderRerankingEvaluator",
     "EmbeddingSimilarityEvaluator",
     "InformationRetrievalEvaluator",
+    "LabelAccuracyEvaluator",
     "MSEEvaluator",
+    "MSEEvaluatorFromDataFrame",
     "ParaphraseMiningEvaluator",
     "RerankingEvaluator",
     "SentenceEvaluator",
@@ -910,5 +1167,6 @@ __all__ = [
     "TranslationEvaluator",
     "TripletEvaluator",
     "pearson",
+    "rank_metrics",
     "spearman",
 ]

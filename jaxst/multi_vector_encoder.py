@@ -71,7 +71,9 @@ def _query_expansion(config) -> dict | None:
 
 class MultiVectorEncoder(BaseModel):
     """Load a sentence-transformers MultiVectorEncoder (or a Stanford-NLP ColBERT checkpoint) and make
-    per-token embeddings with JAX."""
+    per-token embeddings with JAX. ``token_pooling`` / ``truncate_dim`` (sentence-transformers 6.3): the
+    defaults of ``encode``'s arguments of those names (see ``encode``); ``truncate_dim`` falls back to the saved
+    one and is saved, the pooling is not."""
 
     EXAMPLE_MODEL = "lightonai/GTE-ModernColBERT-v1"
 
@@ -87,6 +89,8 @@ class MultiVectorEncoder(BaseModel):
         local_files_only: bool = False,
         token: bool | str | None = None,
         similarity_fn_name: str | None = None,
+        token_pooling: HierarchicalTokenPooling | None = None,
+        truncate_dim: int | None = None,
         dtype=None,
         mesh=None,
     ):
@@ -106,6 +110,10 @@ class MultiVectorEncoder(BaseModel):
                              "(architectures HF_ColBERT); sentence-transformers would add an untrained projection, "
                              "which jaxst does not build: load a saved MultiVectorEncoder")
         self.apply_dtype(dtype, self._load(specs))
+        # encode's defaults (sentence-transformers 6.3): the pooling is not saved, truncate_dim is (and loads)
+        self.token_pooling = token_pooling
+        self.truncate_dim = positive_int("truncate_dim", truncate_dim if truncate_dim is not None
+                                         else self.st_config.get("truncate_dim"), optional=True)
         config_name = self.st_config.get("similarity_fn_name")
         self.similarity_fn_name = similarity_fn_name or (config_name if config_name in SIMILARITY_FN_NAMES
                                                          else "maxsim")
@@ -211,7 +219,7 @@ class MultiVectorEncoder(BaseModel):
 
         heads, dim = [], encoder_cfg.hidden_size
         mask = MaskSettings()  # no MultiVectorMask: every token kept
-        self.token_pooling = None  # a HierarchicalTokenPooling module at the end of the folder's pipeline
+        self.pipeline_token_pooling = None  # a HierarchicalTokenPooling module at the end of the folder's pipeline
         for spec in specs[1:]:
             if spec.kind in ("dense", "stanford_projection"):
                 if spec.kind == "stanford_projection":
@@ -228,7 +236,7 @@ class MultiVectorEncoder(BaseModel):
                 head, dim = normalize.head(spec.config, dim, spec.path)
                 heads.append(head)
             elif spec.kind == "token_pooling":
-                self.token_pooling = token_pooling_kind.from_spec(spec, last=spec is specs[-1])
+                self.pipeline_token_pooling = token_pooling_kind.from_spec(spec, last=spec is specs[-1])
             elif spec.kind == "multi_vector_mask":
                 mask = MaskSettings.from_config(spec.config)
         self.skiplist_words, self.skiplist_tasks = mask.skiplist_words, mask.skiplist_tasks
@@ -354,7 +362,7 @@ class MultiVectorEncoder(BaseModel):
     def column_tasks(self, n_columns: int) -> list[str]:
         """The task of each training column (``jaxst.training.collate``): the first is the query, the others
         documents, as sentence-transformers' MultiVectorEncoder data collator assigns them."""
-        if self.token_pooling is not None:
+        if self.pipeline_token_pooling is not None:
             raise ValueError("this model pools document tokens with HierarchicalTokenPooling (host-side clustering, "
                              "outside the jitted forward): jaxst trains it without; remove the module to train")
         return ["query"] + ["document"] * (n_columns - 1)
@@ -379,7 +387,8 @@ class MultiVectorEncoder(BaseModel):
         normalize_embeddings: bool = False,
         pool: dict | None = None,
         chunk_size: int | None = None,
-        token_pooling=None,
+        token_pooling: HierarchicalTokenPooling | None = None,
+        truncate_dim: int | None = None,
         task: str | None = None,
         return_padded: bool = False,
         max_batch_tokens: int | None | str = "auto",
@@ -391,7 +400,14 @@ class MultiVectorEncoder(BaseModel):
         Returns one (tokens_i, dim) array per text (jax arrays; numpy with ``convert_to_numpy``): the tokens
         the scoring mask keeps, in order. ``return_padded=True`` (jaxst): ``(embeddings (n, T, dim), mask
         (n, T))`` instead, each row's kept tokens first, what ``jaxst.maxsim`` and the search take directly.
-        ``task``: "query" (prefix, query length, [MASK] expansion) or "document"."""
+        ``task``: "query" (prefix, query length, [MASK] expansion) or "document".
+
+        After the model's own modules (a HierarchicalTokenPooling that ends the folder's pipeline included), in
+        sentence-transformers 6.3's order: ``normalize_embeddings`` L2-normalizes each token vector;
+        ``token_pooling`` (None: the model's ``token_pooling``) pools the texts of the tasks it applies to
+        (documents by default), on top of any pooling in the folder; ``truncate_dim`` (None: the model's
+        ``truncate_dim``) keeps the first ``truncate_dim`` values of every token vector, queries' included, and
+        L2-normalizes them again."""
         if "convert_to_tensor" in kwargs:
             raise ValueError("MultiVectorEncoder.encode() has no `convert_to_tensor`: multi-vector embeddings are "
                              "ragged; it returns a list of arrays (or return_padded=True for a padded array)")
@@ -400,9 +416,13 @@ class MultiVectorEncoder(BaseModel):
         if output_value != "token_embeddings":
             raise ValueError(f"jaxst's MultiVectorEncoder.encode supports output_value='token_embeddings', "
                              f"got {output_value!r}")
-        if token_pooling is not None and not isinstance(token_pooling, HierarchicalTokenPooling):
+        if token_pooling is None:
+            token_pooling = self.token_pooling
+        elif not isinstance(token_pooling, HierarchicalTokenPooling):
             raise TypeError("token_pooling must be a jaxst.multi_vector_encoder.HierarchicalTokenPooling, got "
                             f"{type(token_pooling).__name__}")
+        truncate_dim = positive_int("truncate_dim", truncate_dim if truncate_dim is not None else self.truncate_dim,
+                                    optional=True)
         chunk_size = check_batching(batch_size, max_batch_tokens, chunk_size)
         texts, single, total = text_stream(inputs)
         _check_task(task)
@@ -428,14 +448,20 @@ class MultiVectorEncoder(BaseModel):
             for emb, k in pieces:
                 out[start : start + len(k), : emb.shape[1]] = emb
                 start += len(k)
-        if self.token_pooling is not None and self.token_pooling.applies_to(task):  # the folder's own pooling
-            out, kept = _padded(self.token_pooling.pool([out[i, : kept[i]] for i in range(len(kept))], task=task),
+        folder_pooling = self.pipeline_token_pooling
+        if folder_pooling is not None and folder_pooling.applies_to(task):  # the folder's own pooling
+            out, kept = _padded(folder_pooling.pool([out[i, : kept[i]] for i in range(len(kept))], task=task),
                                 self._embedding_dim)
         if normalize_embeddings:
             out = l2_normalize(out)
         if token_pooling is not None and token_pooling.applies_to(task):
+            if folder_pooling is not None:
+                warnings.warn("This model already includes token pooling in its pipeline. The additional "
+                              "`token_pooling` pools further on top of it (compounding).", stacklevel=2)
             out, kept = _padded(token_pooling.pool([out[i, : kept[i]] for i in range(len(kept))], task=task),
                                 self._embedding_dim)
+        if truncate_dim is not None:  # padding rows stay zero
+            out = l2_normalize(np.ascontiguousarray(out[..., :truncate_dim]))
         width = out.shape[1]
         mask = np.arange(width)[None, :] < kept[:, None]
         if return_padded:
@@ -528,9 +554,22 @@ class MultiVectorEncoder(BaseModel):
         kwargs.setdefault("length_normalize", self.similarity_fn_name == "meanmaxsim")
         return maxsim_pairwise(embeddings1, embeddings2, **kwargs)
 
+    @property
+    def token_pooling(self) -> HierarchicalTokenPooling | None:
+        """The pooling ``encode`` applies when a call passes none (sentence-transformers 6.3's model-level
+        ``token_pooling``; not saved). The folder's own final pooling module is ``pipeline_token_pooling``."""
+        return self._token_pooling
+
+    @token_pooling.setter
+    def token_pooling(self, value) -> None:
+        if value is not None and not isinstance(value, HierarchicalTokenPooling):
+            raise ValueError("token_pooling must be a jaxst.multi_vector_encoder.HierarchicalTokenPooling or None, "
+                             f"got {type(value).__name__}")
+        self._token_pooling = value
+
     def get_embedding_dimension(self) -> int:
-        """The per-token embedding width."""
-        return self._embedding_dim
+        """The per-token embedding width ``encode`` returns (at most ``truncate_dim``, when set)."""
+        return self._embedding_dim if self.truncate_dim is None else min(self.truncate_dim, self._embedding_dim)
 
     # ------------------------------------------------------------------ training hooks (jaxst.training)
 
@@ -543,7 +582,8 @@ class MultiVectorEncoder(BaseModel):
 
     def folder_plan(self):
         """The modules as loaded, each written by its kind file, with this model's current settings: lengths
-        and query expansion, the mask's skiplist, the token pooling; Dense modules say they map token
+        and query expansion, the mask's skiplist, the folder's token pooling, ``truncate_dim`` (the model-level
+        ``token_pooling`` is not saved, as in sentence-transformers 6.3); Dense modules say they map token
         embeddings (PyLate's configs predate the module IO names)."""
         settings = {
             "transformer": {"query_length": self.query_length, "document_length": self.document_length,
@@ -552,12 +592,12 @@ class MultiVectorEncoder(BaseModel):
                                               self.keep_only_token_ids).get_config_dict(),
             "dense": dict(_TOKEN_LEVEL),
         }
-        if self.token_pooling is not None:
-            settings["token_pooling"] = self.token_pooling.get_config_dict()
+        if self.pipeline_token_pooling is not None:
+            settings["token_pooling"] = self.pipeline_token_pooling.get_config_dict()
         plan = sentence_transformer_plan(
             hf_config=self.hf_config, module_specs=self._module_specs, max_seq_length=self.max_seq_length,
             prompts=self.prompts, default_prompt_name=self.default_prompt_name,
-            similarity_fn_name=self.similarity_fn_name, truncate_dim=None, unmapped=self._unmapped_tensors,
+            similarity_fn_name=self.similarity_fn_name, truncate_dim=self.truncate_dim, unmapped=self._unmapped_tensors,
             params=self.params, settings=settings, model_class="MultiVectorEncoder")
         transformer = self._module_specs[0]
         if self._registered_prefixes:  # the saved tokenizer keeps the markers as single special tokens

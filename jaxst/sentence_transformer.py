@@ -17,16 +17,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxst.base import BaseModel
+from jaxst.base import BaseModel, is_int8
 from jaxst.checks import positive_int
 from jaxst.engine import DEFAULT_CHUNK_SIZE, check_batching, text_list, text_stream
 from jaxst.io.export import sentence_transformer_plan, unmapped_tensors
 from jaxst.io.family import modules_family
 from jaxst.io.folder import read_module_list, read_modules
 from jaxst.io.npy import write_embeddings_npy
+from jaxst.io.tokenizer import Tokenizer
 from jaxst.io.weights import open_state_dict
 from jaxst.models import model_type
-from jaxst.modules import param_heads
+from jaxst.modules import param_heads, static_embedding
 from jaxst.modules.pooling import sentence_encoder
 from jaxst.pipeline import forward
 from jaxst.pooling import l2_normalize, truncate
@@ -80,17 +81,19 @@ class SentenceTransformer(BaseModel):
             raise ValueError(f"{model_name_or_path!r} needs remote code (auto_map in a module config); "
                              "jaxst runs no remote code")
         transformer = specs[0]
-        encoder_cfg, encoder_cls = self.load_transformer(transformer.path, transformer.config)
-        module, self._embedding_dim = sentence_encoder(
-            nnx.eval_shape(lambda: encoder_cls(encoder_cfg, rngs=nnx.Rngs(0))), encoder_cfg.hidden_size,
-            [(s.kind, s.config, s.path) for s in specs[1:]], self.model_folder,
-        )
+        if transformer.kind == "static_embedding":
+            module, params, encoder_sd, prefixes = self._load_static(transformer, specs[1:], dtype, load_dtype)
+        else:
+            encoder_cfg, encoder_cls = self.load_transformer(transformer.path, transformer.config)
+            module, self._embedding_dim = sentence_encoder(
+                nnx.eval_shape(lambda: encoder_cls(encoder_cfg, rngs=nnx.Rngs(0))), encoder_cfg.hidden_size,
+                [(s.kind, s.config, s.path) for s in specs[1:]], self.model_folder,
+            )
+            encoder_sd = open_state_dict(transformer.path)
+            prefixes = (f"{encoder_cls.base_model_prefix}.",)  # keys of task checkpoints: "roberta.embeddings..."
+            params = {"encoder": self.load_params(module.encoder, encoder_sd, prefixes, load_dtype)}
         self.graphdef, _ = nnx.split(module, nnx.Param)
         self._include_prompt = module.include_prompt
-
-        encoder_sd = open_state_dict(transformer.path)
-        prefixes = (f"{encoder_cls.base_model_prefix}.",)  # keys of task checkpoints: "roberta.embeddings..."
-        params = {"encoder": self.load_params(module.encoder, encoder_sd, prefixes, load_dtype)}
         for i, spec in param_heads(specs[1:]):  # params["heads"][i]: the Dense modules' weights
             params.setdefault("heads", {})[i] = self.load_params(module.heads[i], open_state_dict(spec.path), (),
                                                                  load_dtype)
@@ -103,6 +106,29 @@ class SentenceTransformer(BaseModel):
 
         self.similarity_fn_name = similarity_fn_name or self.st_config.get("similarity_fn_name") or "cosine"
         self.truncate_dim = truncate_dim if truncate_dim is not None else self.st_config.get("truncate_dim")
+
+    def _load_static(self, spec, heads: list, dtype, load_dtype):
+        """A static model (StaticEmbedding first): its token table as the encoder of a mean-pooling
+        ``SentenceEncoder``, its own tokenizer (no special tokens, no length limit unless its tokenizer.json
+        sets one). Returns (module, params, state dict, key prefixes)."""
+        if is_int8(dtype):
+            raise ValueError("dtype='int8' quantizes a Transformer's dense layers; a StaticEmbedding model has "
+                             "none (its table is a lookup): load it in float32, bfloat16 or float16")
+        state_dict = open_state_dict(spec.path)
+        table = static_embedding.load_weight(state_dict, spec.path)
+        self.tokenizer = Tokenizer.from_folder(spec.path, static_embedding.token_limit(spec.path))
+        self.tokenizer.special_tokens = False
+        self.hf_config = None
+        self._max_tokens = static_embedding.NO_LENGTH_LIMIT
+        self._uses_token_types = False
+        self._fit_vocabulary(table.shape[0], spec.path)
+        module, self._embedding_dim = sentence_encoder(
+            static_embedding.build(*table.shape), table.shape[1],
+            [(s.kind, s.config, s.path) for s in heads], self.model_folder,
+            pooling_modes=static_embedding.POOLING_MODES,
+        )
+        params = {"encoder": self.load_params(module.encoder, {"embedding.weight": table}, (), load_dtype)}
+        return module, params, state_dict, ()
 
     # ------------------------------------------------------------------ functional core
 
@@ -313,7 +339,8 @@ class SentenceTransformer(BaseModel):
 
     def __repr__(self) -> str:
         return (
-            f"SentenceTransformer({str(self.model_folder)!r}, model_type={model_type(self.hf_config)!r}, "
+            f"SentenceTransformer({str(self.model_folder)!r}, "
+            f"model_type={'static_embedding' if self.hf_config is None else model_type(self.hf_config)!r}, "
             f"dim={self._embedding_dim}, max_seq_length={self.max_seq_length})"
         )
 

@@ -33,9 +33,9 @@ from jaxst.io.tokenizer import Tokenizer
 from jaxst.io.weights import open_state_dict
 from jaxst.models import model_type
 from jaxst.models.mlm_head import mlm_head_class
-from jaxst.modules import param_heads, sparse_autoencoder, splade_pooling, static_embedding
+from jaxst.modules import param_heads, sparse_autoencoder, sparse_static_embedding, splade_pooling
 from jaxst.modules.pooling import sentence_encoder
-from jaxst.modules.static_embedding import STATIC_ROUTE, static_forward
+from jaxst.modules.sparse_static_embedding import STATIC_ROUTE, static_forward
 from jaxst.pipeline import forward
 from jaxst.similarity import similarity_functions
 from jaxst.sparse import active_counts, as_rows, dense_to_rows, row_width, rows_to_dense, sparse_similarity, to_bcoo
@@ -138,7 +138,7 @@ class SparseEncoder(BaseModel):
                 raise ValueError(f"{where}: more than one SPLADE route; jaxst supports one Transformer per model")
             self._load_splade(specs)
             return _Route("splade", specs)
-        if kinds == ["static_embedding"]:
+        if kinds == ["sparse_static_embedding"]:
             spec = specs[0]
             tok_cfg = read_json(spec.path / "tokenizer_config.json", required=False)
             max_length = int(tok_cfg.get("model_max_length") or 512)
@@ -191,7 +191,7 @@ class SparseEncoder(BaseModel):
             raise ValueError(f"{self.model_folder}: more than one SparseStaticEmbedding route")
         spec = static[0].specs[0]
         vocab = int(self.params["static"]["embedding"].shape[0])
-        module.static = static_embedding.build(spec.config, vocab)
+        module.static = sparse_static_embedding.build(spec.config, vocab)
         self.graphdef, _ = nnx.split(module, nnx.Param)
 
     @property
@@ -224,7 +224,7 @@ class SparseEncoder(BaseModel):
                 self._unmapped_tensors = unmapped_tensors(encoder_sd, prefixes)
             else:
                 path = route.specs[0].path
-                weight = static_embedding.load_weight(open_state_dict(path), path)
+                weight = sparse_static_embedding.load_weight(open_state_dict(path), path)
                 params["static"] = {"embedding": jax.device_put(weight, self.device)}  # saved as "weight"
         return params
 

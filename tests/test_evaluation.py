@@ -190,6 +190,112 @@ def test_reranking_evaluators(jx_minilm, st_minilm, make_tiny_cross_encoder):
     assert mine["map"] <= 0.5 and mine["base_map"] <= 0.5  # one of two positives among the candidates
 
 
+def _read_csv_rows(path) -> list[list[str]]:
+    import csv
+
+    with open(path, encoding="utf-8", newline="") as f:
+        return list(csv.reader(f))
+
+
+def _cross_encoders(make_tiny_cross_encoder, num_labels: int):
+    """A tiny random cross-encoder in both libraries."""
+    from sentence_transformers import CrossEncoder as STCrossEncoder
+
+    from jaxst import CrossEncoder
+
+    folder = make_tiny_cross_encoder("bert", num_labels=num_labels)
+    return CrossEncoder(str(folder)), STCrossEncoder(str(folder), device="cpu")
+
+
+def test_cross_encoder_classification_evaluator(make_tiny_cross_encoder, tmp_path):
+    """STSb dev pairs, labelled 1 when their score is at least 2.5 for a one-label cross-encoder (accuracy / F1
+    thresholds, AP), and in three classes (< 1.5, < 3.5, the rest) for a three-label one (macro / micro /
+    weighted F1); the CSV rows too."""
+    from sentence_transformers.cross_encoder.evaluation import CrossEncoderClassificationEvaluator as STClassify
+
+    from jaxst.evaluation import CrossEncoderClassificationEvaluator
+
+    rows = read_stsb("stsb-en-dev.csv")[:200]
+    pairs = [[a, b] for a, b, _ in rows]
+    binary = [int(score >= 2.5) for *_, score in rows]
+    three = [0 if score < 1.5 else 1 if score < 3.5 else 2 for *_, score in rows]
+    assert 0 < sum(binary) < len(binary) and set(three) == {0, 1, 2}
+    for num_labels, labels, keys in ((1, binary, 7), (3, three, 3)):
+        model, st_model = _cross_encoders(make_tiny_cross_encoder, num_labels)
+        for kwargs in ({}, {"name": "dev"}):
+            ours, ref = CrossEncoderClassificationEvaluator(pairs, labels, **kwargs), STClassify(pairs, labels,
+                                                                                                 **kwargs)
+            out = tmp_path / f"{num_labels}-{len(kwargs)}"
+            ours_metrics = ours(model, output_path=str(out / "jaxst"), epoch=1, steps=5)
+            ref_metrics = ref(st_model, output_path=str(out / "st"), epoch=1, steps=5)
+            assert len(ours_metrics) == keys
+            assert_same_metrics(ours_metrics, ref_metrics)
+            assert ours.primary_metric == ref.primary_metric
+            ours_csv = _read_csv_rows(out / "jaxst" / ours.csv_file)
+            ref_csv = _read_csv_rows(out / "st" / ref.csv_file)
+            assert ours.csv_file == ref.csv_file and ours_csv[0] == ref_csv[0] and len(ours_csv) == len(ref_csv) == 2
+            assert np.allclose(np.asarray(ours_csv[1], float), np.asarray(ref_csv[1], float), atol=TOL)
+    assert ours.primary_metric == "dev_f1_macro"
+    # the F1 averages on exact predictions, a class predicted but never true and one true but never predicted
+    from sklearn.metrics import f1_score
+
+    from jaxst.evaluation import _f1_averages
+
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        y, p = rng.integers(0, 4, 50), rng.integers(1, 5, 50)
+        expected = [f1_score(y, p, average=a) for a in ("macro", "micro", "weighted")]
+        assert np.allclose(_f1_averages(y, p), expected, atol=1e-12)
+
+
+def test_cross_encoder_correlation_evaluator(make_tiny_cross_encoder):
+    """STSb test pairs and their scores / 5 against a one-label cross-encoder's scores (directly and from
+    InputExamples)."""
+    from sentence_transformers import InputExample
+    from sentence_transformers.cross_encoder.evaluation import CrossEncoderCorrelationEvaluator as STCorrelation
+
+    from jaxst.evaluation import CrossEncoderCorrelationEvaluator
+
+    rows = read_stsb("stsb-en-test.csv")[:300]
+    pairs, scores = [[a, b] for a, b, _ in rows], [score / 5 for *_, score in rows]
+    model, st_model = _cross_encoders(make_tiny_cross_encoder, 1)
+    for kwargs in ({}, {"name": "sts-test"}):
+        ours, ref = CrossEncoderCorrelationEvaluator(pairs, scores, **kwargs), STCorrelation(pairs, scores, **kwargs)
+        ours_metrics = ours(model)
+        assert_same_metrics(ours_metrics, ref(st_model))
+        assert ours.primary_metric == ref.primary_metric
+        assert len(ours_metrics) == 2
+    assert ours.primary_metric == "sts-test_spearman"
+    examples = [InputExample(texts=pair, label=score) for pair, score in zip(pairs[:100], scores)]
+    ours = CrossEncoderCorrelationEvaluator.from_input_examples(examples, name="ie")
+    ref = STCorrelation.from_input_examples(examples, name="ie")
+    assert_same_metrics(ours(model), ref(st_model))
+    assert ours.primary_metric == ref.primary_metric
+
+
+def test_cross_encoder_evaluators_bad_input(make_tiny_cross_encoder):
+    """Mismatched lengths raise (sentence-transformers' correlation evaluator only once called; jaxst's at
+    construction); a one-label model's classification labels must be 0 or 1."""
+    from sentence_transformers.cross_encoder.evaluation import CrossEncoderClassificationEvaluator as STClassify
+    from sentence_transformers.cross_encoder.evaluation import CrossEncoderCorrelationEvaluator as STCorrelation
+
+    from jaxst.evaluation import CrossEncoderClassificationEvaluator, CrossEncoderCorrelationEvaluator
+
+    pairs = [["a cat sits", "a cat is sitting"], ["a man runs", "the sky is blue"], ["dogs bark", "a dog barks"]]
+    for evaluator in (CrossEncoderClassificationEvaluator, STClassify):
+        with pytest.raises(ValueError, match="same length"):
+            evaluator(pairs, [1, 0])
+    model, st_model = _cross_encoders(make_tiny_cross_encoder, 1)
+    with pytest.raises(ValueError, match="same length"):
+        CrossEncoderCorrelationEvaluator(pairs, [0.9, 0.1])
+    with pytest.raises(ValueError):
+        STCorrelation(pairs, [0.9, 0.1])(st_model)
+    with pytest.raises(ValueError, match="labels 0 or 1"):
+        CrossEncoderClassificationEvaluator(pairs, [0, 1, 2])(model)
+    with pytest.raises(ValueError):
+        STClassify(pairs, [0, 1, 2])(st_model)
+
+
 def test_evaluators_score_with_the_models_similarity(make_tiny_st):
     """sentence-transformers 6.3: RerankingEvaluator without a similarity_fct and ParaphraseMiningEvaluator
     score with the model's own similarity (here dot product over unnormalized embeddings), not cosine."""
@@ -271,3 +377,64 @@ def test_bad_input():
         InformationRetrievalEvaluator({"q": "a"}, {"c": "b"}, {})
     with pytest.raises(ValueError, match="positive int"):
         InformationRetrievalEvaluator({"q": "a"}, {"c": "b"}, {"q": {"c"}}, ndcg_at_k=[0])
+
+
+def test_label_accuracy_evaluator(make_tiny_st, tmp_path):
+    """A SoftmaxLoss's classifier scored on labelled pairs: 6.3's accuracy (its DataLoader of InputExamples, or
+    the examples themselves) with the same classifier weights; the CSV row."""
+    import jax.numpy as jnp
+    import torch
+    from sentence_transformers import InputExample
+    from sentence_transformers import SentenceTransformer as STModel
+    from sentence_transformers.sentence_transformer.evaluation import LabelAccuracyEvaluator as STAccuracy
+    from sentence_transformers.sentence_transformer.losses import SoftmaxLoss as STSoftmax
+    from torch.utils.data import DataLoader
+
+    import jaxst
+    from jaxst.evaluation import LabelAccuracyEvaluator
+    from jaxst.losses import SoftmaxLoss
+
+    folder = make_tiny_st()
+    st = STModel(str(folder), device="cpu")
+    jx = jaxst.SentenceTransformer(folder)
+    torch.manual_seed(0)
+    st_loss = STSoftmax(st, st.get_embedding_dimension(), 3)
+    loss = SoftmaxLoss(jx, num_labels=3)
+    loss.params = {"classifier": {"kernel": jnp.asarray(st_loss.classifier.weight.detach().numpy().T),
+                                  "bias": jnp.asarray(st_loss.classifier.bias.detach().numpy())}}
+    rows = read_stsb("stsb-en-dev.csv")[:120]
+    examples = [InputExample(texts=[a, b], label=int(s) % 3) for a, b, s in rows]
+    ref = STAccuracy(DataLoader(examples, batch_size=16), name="dev", softmax_model=st_loss)(st)
+    for data in (DataLoader(examples, batch_size=16), [(a, b, int(s) % 3) for a, b, s in rows]):
+        ours = LabelAccuracyEvaluator(data, name="dev", softmax_model=loss)
+        got = ours(jx, output_path=str(tmp_path), epoch=1, steps=5)
+        assert got.keys() == ref.keys() and abs(got["dev_accuracy"] - ref["dev_accuracy"]) < 1e-9
+        assert ours.primary_metric == "dev_accuracy"
+    assert 0 < ref["dev_accuracy"] < 1  # some right, some wrong: the check can fail
+    lines = (tmp_path / "accuracy_evaluation_dev_results.csv").read_text().splitlines()
+    assert lines[0] == "epoch,steps,accuracy" and lines[1].startswith("1,5,")
+    with pytest.raises(ValueError, match="needs softmax_model"):
+        LabelAccuracyEvaluator(examples)(jx)
+
+
+def test_mse_evaluator_from_dataframe(jx_minilm, st_minilm, tmp_path):
+    """Teacher all-MiniLM-L6-v2, student the same model (English and German columns, empty cells skipped, one
+    truncated run): 6.3's negative_mse and CSV row."""
+    from sentence_transformers.sentence_transformer.evaluation import MSEEvaluatorFromDataFrame as STFromDataFrame
+
+    from jaxst.evaluation import MSEEvaluatorFromDataFrame
+
+    en = [a for a, _, _ in read_stsb("stsb-en-test.csv")[:60]]
+    de = [a for a, _, _ in read_stsb("stsb-de-test.csv")[:60]]
+    rows = [{"en": e, "de": d if i % 7 else "", "en2": e.upper()} for i, (e, d) in enumerate(zip(en, de))]
+    for kwargs in ({"name": "dev"}, {"truncate_dim": 64}):
+        combinations = [("en", "de"), ("en", "en2")]
+        ref = STFromDataFrame(rows, st_minilm, combinations, **kwargs)(st_minilm, output_path=str(tmp_path / "st"))
+        ours = MSEEvaluatorFromDataFrame(rows, jx_minilm, combinations, **kwargs)
+        got = ours(jx_minilm, output_path=str(tmp_path / "jx"))
+        assert got.keys() == ref.keys()
+        assert all(abs(got[k] - ref[k]) < 1e-4 for k in ref) and next(iter(got.values())) < -1e-3
+        assert ours.primary_metric in got
+    ours_rows = (tmp_path / "jx" / "mse_evaluation_dev_results.csv").read_text().splitlines()
+    ref_rows = (tmp_path / "st" / "mse_evaluation_dev_results.csv").read_text().splitlines()
+    assert ours_rows[0] == ref_rows[0] == "epoch,steps,en-de,en-en2"

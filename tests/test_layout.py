@@ -27,7 +27,9 @@ LAYERS = [
     ("engine", {"parallel", "engine"}),
     ("base and facades", {"base", "sentence_transformer", "cross_encoder", "sparse_encoder",
                           "multi_vector_encoder", "index", "hard_negatives", "util", "cli", "__main__"}),
-    ("evaluation", {"evaluation"}),  # evaluators and their statistics: over the families' encode, below training
+    # evaluators and their statistics (the SparseEncoder's over the dense ones): over the families' encode, below
+    # training
+    ("evaluation", {"evaluation", "sparse_evaluation"}),
     ("training", {"training"}),  # the package: optim, step, gradcache, collation, packing, checkpoints, fitting
 ]
 # the facades: thin files over jaxst.base

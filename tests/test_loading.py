@@ -153,3 +153,37 @@ def test_token_budget_splits_long_texts_into_smaller_batches(make_tiny_st, capsy
     for bad in (0, -5, 1.5, "many"):
         with pytest.raises(ValueError, match="max_batch_tokens"):
             model.encode(texts, max_batch_tokens=bad)
+
+
+def with_requirements(folder, path, requirements):
+    out = shutil.copytree(folder, path)
+    config = json.loads((out / "config_sentence_transformers.json").read_text())
+    config["requirements"] = requirements
+    (out / "config_sentence_transformers.json").write_text(json.dumps(config))
+    return out
+
+
+def test_declared_requirements_are_checked_before_loading(make_tiny_st, tmp_path):
+    """sentence-transformers 6.3's "requirements": an unmet one that jaxst runs with (python, numpy, ...) is the
+    same ImportError in both libraries, with the model's reason and a pip command; requirements on the PyTorch
+    stack, which jaxst does not run, are not checked; an unreadable one warns."""
+    folder = make_tiny_st()
+    for i, (requirements, lines) in enumerate((
+        ({"python": ">=99"}, ["- python>=99, but python=="]),
+        ({"numpy": {"specifier": "<1", "reason": "needs the old API"}, "tokenizers": ">=0.1"},
+         ["- numpy<1, but numpy==", "needs the old API", 'pip install -U "numpy<1"']),
+    )):
+        path = with_requirements(folder, tmp_path / f"unmet-{i}", requirements)
+        with pytest.raises(ImportError) as ours:
+            jaxst.SentenceTransformer(path)
+        with pytest.raises(ImportError) as theirs:
+            reference(path)
+        assert str(ours.value).splitlines()[1:] == str(theirs.value).splitlines()[1:]
+        assert all(any(line in row for row in str(ours.value).splitlines()) for line in lines)
+    torch_only = with_requirements(folder, tmp_path / "torch-only", {"torch": ">=99", "transformers": ">=99"})
+    with pytest.raises(ImportError):
+        reference(torch_only)  # sentence-transformers runs on torch: for it they are unmet
+    assert jaxst.SentenceTransformer(torch_only).encode(["a text"]).shape == (1, 32)
+    unreadable = with_requirements(folder, tmp_path / "unreadable", {"numpy": "not a specifier", "jax": 3})
+    with pytest.warns(UserWarning, match="Could not verify"):
+        jaxst.SentenceTransformer(unreadable)

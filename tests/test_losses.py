@@ -64,6 +64,8 @@ class StubModel(torch.nn.Module):
     def forward(self, features):
         return {"sentence_embedding": self.columns[features["column"]]}
 
+    device = torch.device("cpu")
+
     def get_embedding_dimension(self):
         return self.dim
 
@@ -619,5 +621,79 @@ def test_embedding_distillation_checks_its_labels():
         jl.MSELoss()(columns, np.zeros((B, 8), np.float32))
     with pytest.raises(ValueError, match="distance_metric must be one of 'mse', 'l2', 'cosine'"):
         jl.EmbedDistillLoss(distance_metric="dot")
-    with pytest.raises(ValueError, match="projection_dim .* is not supported"):
+    with pytest.raises(ValueError, match="with projection_dim needs the model"):
         jl.MSELoss(projection_dim=32)
+
+
+@pytest.mark.parametrize("distance_metric", ["mse", "cosine"])
+def test_embedding_distillation_with_a_learned_projection(distance_metric, tmp_path):
+    """projection_dim: the loss's own linear map (its params), value and gradients (embeddings' and the
+    projection's) equal 6.3's with its weights; saved and loaded in PyTorch's layout both ways."""
+    losses = st_losses()
+    columns = random_columns(2, seed=30)
+    labels = np.random.default_rng(31).normal(size=(B, 8)).astype(np.float32)
+    ref = losses.EmbedDistillLoss(StubModel(D), distance_metric=distance_metric, projection_dim=8)
+    tensors = [torch.tensor(c, requires_grad=True) for c in columns]
+    value = ref.compute_loss_from_embeddings(tensors, [torch.from_numpy(labels)] * 2)
+    value.backward()
+    ref.save_projection(tmp_path / "theirs.safetensors")
+    ours = jl.EmbedDistillLoss(StubModel(D), distance_metric=distance_metric, projection_dim=8)
+    assert jax.tree.map(np.shape, ours.params) == {"projection": {"kernel": (D, 8), "bias": (8,)}}
+    ours.load_projection(tmp_path / "theirs.safetensors")
+    fn = lambda p, cols: ours.with_params(p)(cols, jnp.asarray(labels))
+    got, (g_params, g_cols) = jax.value_and_grad(fn, argnums=(0, 1))(ours.params, [jnp.asarray(c) for c in columns])
+    assert abs(float(got) - float(value)) < TOL
+    for g, t in zip(g_cols, tensors):
+        assert max_abs(g, t.grad.numpy()) < TOL
+    assert max_abs(g_params["projection"]["kernel"], ref.projection.weight.grad.numpy().T) < TOL
+    assert max_abs(g_params["projection"]["bias"], ref.projection.bias.grad.numpy()) < TOL
+    ours.save_projection(tmp_path / "ours.safetensors")
+    again = losses.EmbedDistillLoss(StubModel(D), distance_metric=distance_metric, projection_dim=8)
+    again.load_projection(tmp_path / "ours.safetensors")
+    assert max_abs(again.projection.weight.detach().numpy(), ref.projection.weight.detach().numpy()) == 0.0
+    with pytest.raises(ValueError, match="does not match the configured projection shape"):
+        jl.EmbedDistillLoss(StubModel(D), projection_dim=4).load_projection(tmp_path / "ours.safetensors")
+
+
+# ------------------------------------------------------------------- SoftmaxLoss (a loss with its own params)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"concatenation_sent_multiplication": True},
+                                    {"concatenation_sent_rep": False, "concatenation_sent_difference": True}])
+def test_softmax_loss(kwargs):
+    """Value and gradients, the embeddings' and the classifier's, equal 6.3's with its classifier's weights."""
+    losses = st_losses()
+    columns = random_columns(2, seed=29)
+    labels = np.array([0, 1, 2, 1, 0, 2, 2, 1])
+    stub = StubModel(D)
+    ref = losses.SoftmaxLoss(stub, D, 3, **kwargs)
+    tensors = [torch.tensor(c, requires_grad=True) for c in columns]
+    stub.columns = tensors
+    value = ref([{"column": 0}, {"column": 1}], torch.tensor(labels))
+    value.backward()
+    ours = jl.SoftmaxLoss(embedding_dimension=D, num_labels=3, **kwargs)
+    assert jax.tree.map(np.shape, ours.params) == {"classifier": {"kernel": tuple(ref.classifier.weight.T.shape),
+                                                                  "bias": (3,)}}
+    params = {"classifier": {"kernel": jnp.asarray(ref.classifier.weight.detach().numpy().T),
+                             "bias": jnp.asarray(ref.classifier.bias.detach().numpy())}}
+    fn = lambda p, cols: ours.with_params(p)(cols, jnp.asarray(labels))
+    got, (g_params, g_cols) = jax.value_and_grad(fn, argnums=(0, 1))(params, [jnp.asarray(c) for c in columns])
+    assert abs(float(got) - float(value)) < TOL
+    for g, t in zip(g_cols, tensors):
+        assert max_abs(g, t.grad.numpy()) < TOL
+    assert max_abs(g_params["classifier"]["kernel"], ref.classifier.weight.grad.numpy().T) < TOL
+    assert max_abs(g_params["classifier"]["bias"], ref.classifier.bias.grad.numpy()) < TOL
+
+
+def test_softmax_loss_initializes_as_pytorch_and_checks_its_settings():
+    loss = jl.SoftmaxLoss(embedding_dimension=D, num_labels=3, seed=1)
+    bound = 1 / np.sqrt(3 * D)
+    kernel = np.asarray(loss.params["classifier"]["kernel"])
+    assert kernel.shape == (3 * D, 3) and np.abs(kernel).max() <= bound and np.abs(kernel).max() > 0.8 * bound
+    assert not np.array_equal(kernel, np.asarray(jl.SoftmaxLoss(embedding_dimension=D, num_labels=3).params[
+        "classifier"]["kernel"]))  # the seed draws it
+    assert jl.SoftmaxLoss(StubModel(D), num_labels=2).embedding_dimension == D  # the model's, when not given
+    assert jl.SoftmaxLoss(sentence_embedding_dimension=D, num_labels=2).embedding_dimension == D  # the old name
+    with pytest.raises(ValueError, match="At least one of concatenation_sent_rep"):
+        jl.SoftmaxLoss(embedding_dimension=D, num_labels=2, concatenation_sent_rep=False,
+                       concatenation_sent_difference=False)

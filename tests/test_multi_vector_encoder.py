@@ -245,6 +245,154 @@ def test_hierarchical_token_pooling(late_models, tmp_path):
         collate(pooled, [("a", "b")])
 
 
+def _ward_heights(embeddings, protected: int) -> np.ndarray:
+    """Every Ward merge height of each document's poolable tokens (scipy on the cosine distances)."""
+    from scipy.cluster.hierarchy import linkage
+    from scipy.spatial.distance import squareform
+
+    heights = []
+    for e in embeddings:
+        x = np.asarray(e, np.float32)[protected:]
+        if len(x) > 1:
+            heights.append(linkage(squareform(np.clip(1 - x @ x.T, 0, 2), checks=False), method="ward")[:, 2])
+    return np.concatenate(heights)
+
+
+def test_token_pooling_max_tokens_and_distance_threshold(late_models):
+    """6.3's other two ways to size the clusters: ``max_tokens`` (at most that many output tokens, protected
+    ones included; shorter documents untouched; 2 with one protected token: one mean) and ``distance_threshold``
+    (the Ward tree cut at a height, so the count follows each document): the same clusters (token counts) and
+    vectors within 1e-5 as sentence-transformers 6.3; the config keys and argument checks of 6.3."""
+    from sentence_transformers.multi_vector_encoder.modules import HierarchicalTokenPooling as STPooling
+
+    from jaxst.multi_vector_encoder import HierarchicalTokenPooling
+
+    folder, st = late_models["colbert"]
+    model = MultiVectorEncoder(str(folder))
+    docs = DOCUMENTS + unique_sentences(read_stsb("stsb-en-test.csv"))[:20]
+    plain = [len(x) for x in model.encode_document(docs)]
+    for kwargs in (dict(max_tokens=6), dict(max_tokens=4, num_protected_tokens=0, normalize_embeddings=False),
+                   dict(max_tokens=2), dict(max_tokens=9, num_protected_tokens=2)):
+        ours = model.encode_document(docs, token_pooling=HierarchicalTokenPooling(**kwargs))
+        assert_same_tokens(ours, st.encode_document(docs, token_pooling=STPooling(**kwargs)))
+        assert [len(x) for x in ours] == [min(n, kwargs["max_tokens"]) for n in plain]
+    heights = _ward_heights(model.encode_document(docs), 1)
+    for threshold in (0.3, 0.8, 1.5):
+        assert np.abs(heights - threshold).min() > 1e-4  # no merge at the cut: the clusters cannot flip
+        kwargs = dict(distance_threshold=threshold)
+        ours = model.encode_document(docs, token_pooling=HierarchicalTokenPooling(**kwargs))
+        assert_same_tokens(ours, st.encode_document(docs, token_pooling=STPooling(**kwargs)))
+        ratios = {round(len(o) / n, 3) for o, n in zip(ours, plain)}
+        assert sum(len(x) for x in ours) < sum(plain) and len(ratios) > 2  # not a fixed factor
+    pooling = HierarchicalTokenPooling(distance_threshold=0.8, num_protected_tokens=0, normalize_embeddings=False)
+    assert pooling.get_config_dict() == STPooling(distance_threshold=0.8, num_protected_tokens=0,
+                                                  normalize_embeddings=False).get_config_dict()
+    for bad in (dict(pool_factor=2, max_tokens=4), dict(max_tokens=4, distance_threshold=0.5),
+                dict(pool_factor=2, distance_threshold=0.5), dict(max_tokens=1), dict(distance_threshold=-1.0),
+                dict(pool_factor=float("inf"))):
+        for cls in (HierarchicalTokenPooling, STPooling):
+            with pytest.raises(ValueError):
+                cls(**bad)
+
+
+def test_calibrate_distance_threshold(late_models):
+    """``HierarchicalTokenPooling.calibrate_distance_threshold`` (a static method in 6.3): on the same document
+    embeddings, the threshold sentence-transformers returns (within 1e-5), None when the budget needs no
+    merge, its errors; pooling with it keeps the average at most the target."""
+    from sentence_transformers.multi_vector_encoder.modules import HierarchicalTokenPooling as STPooling
+
+    from jaxst.multi_vector_encoder import HierarchicalTokenPooling
+
+    _, st = late_models["colbert"]
+    docs = DOCUMENTS + unique_sentences(read_stsb("stsb-en-test.csv"))[:20]
+    ref_embeddings = st.encode_document(docs)
+    arrays = [e.numpy() for e in ref_embeddings]
+    average = sum(len(x) for x in arrays) / len(arrays)
+    calibrate = HierarchicalTokenPooling.calibrate_distance_threshold
+    for target, protected in ((5.3, 1), (average / 2, 0), (3.55, 2), (average - 0.45, 1), (6, 1)):
+        ours = calibrate(arrays, target_tokens=target, num_protected_tokens=protected)
+        ref = STPooling.calibrate_distance_threshold(ref_embeddings, target_tokens=target,
+                                                     num_protected_tokens=protected)
+        assert isinstance(ours, float) and abs(ours - ref) < TOL, (target, protected)
+        pooled = HierarchicalTokenPooling(distance_threshold=ours, num_protected_tokens=protected).pool(arrays)
+        assert target - 1 < sum(len(x) for x in pooled) / len(pooled) <= target  # the merge at the cut included
+    assert calibrate(iter(arrays), target_tokens=average) is None  # a generator, as 6.3 takes an iterable
+    assert STPooling.calibrate_distance_threshold(ref_embeddings, target_tokens=average) is None
+    for bad, message in ((dict(target_tokens=1.5), "at least 2 "),  # the protected token and one mean
+                         (dict(target_tokens=2.5, num_protected_tokens=2), "at least 3 "),
+                         (dict(target_tokens=0), "finite and > 0")):
+        with pytest.raises(ValueError, match=message):
+            calibrate(arrays, **bad)
+        with pytest.raises(ValueError, match=message):
+            STPooling.calibrate_distance_threshold(ref_embeddings, **bad)
+    with pytest.raises(ValueError, match="at least one"):
+        calibrate([], target_tokens=4)
+
+
+def test_model_level_token_pooling_and_truncate_dim(late_models, tmp_path):
+    """``MultiVectorEncoder(token_pooling=, truncate_dim=)`` and the same arguments of encode / encode_query /
+    encode_document (6.3): a per-call value wins over the model's; the pooling applies to the tasks it names
+    (documents, and no task), after the pipeline; truncation applies to every token vector, queries' too, after
+    the pooling, and L2-normalizes again. Within 1e-5 of 6.3 on each combination; truncate_dim is saved and
+    loaded both ways, the pooling is not saved."""
+    from sentence_transformers import MultiVectorEncoder as STMultiVectorEncoder
+    from sentence_transformers.multi_vector_encoder.modules import HierarchicalTokenPooling as STPooling
+
+    from jaxst.multi_vector_encoder import HierarchicalTokenPooling
+
+    folder, _ = late_models["attend-min"]  # the skiplist on both sides, attended [MASK] expansion
+    docs = DOCUMENTS + unique_sentences(read_stsb("stsb-en-test.csv"))[:8]
+    model = MultiVectorEncoder(str(folder), token_pooling=HierarchicalTokenPooling(2), truncate_dim=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        st = STMultiVectorEncoder(str(folder), device="cpu", token_pooling=STPooling(2), truncate_dim=5)
+    assert model.get_embedding_dimension() == 5 == st.get_embedding_dimension()
+    assert_same_tokens(model.encode_document(docs), st.encode_document(docs))
+    assert_same_tokens(model.encode(docs), st.encode(docs))
+    queries = model.encode_query(QUERIES)
+    assert_same_tokens(queries, st.encode_query(QUERIES))
+    full = MultiVectorEncoder(str(folder)).encode_query(QUERIES)
+    assert [len(q) for q in queries] == [len(q) for q in full]  # not pooled, truncated, unit vectors again
+    assert all(np.allclose(np.linalg.norm(np.asarray(q), axis=-1), 1.0, atol=1e-5) for q in queries)
+    assert float(np.linalg.norm(np.asarray(full[0])[:, :5], axis=-1).min()) < 0.99
+    per_call = [  # (jaxst's arguments, sentence-transformers')
+        (dict(truncate_dim=3), dict(truncate_dim=3)),
+        (dict(token_pooling=HierarchicalTokenPooling(max_tokens=4)), dict(token_pooling=STPooling(max_tokens=4))),
+        (dict(token_pooling=HierarchicalTokenPooling(distance_threshold=0.6, tasks=["query", "document"]),
+              truncate_dim=7),
+         dict(token_pooling=STPooling(distance_threshold=0.6, tasks=["query", "document"]), truncate_dim=7)),
+        (dict(normalize_embeddings=True, truncate_dim=8), dict(normalize_embeddings=True, truncate_dim=8)),
+    ]
+    for ours, ref in per_call:
+        assert_same_tokens(model.encode_document(docs, **ours), st.encode_document(docs, **ref))
+        assert_same_tokens(model.encode_query(QUERIES, **ours), st.encode_query(QUERIES, **ref))
+    padded, mask = model.encode_document(docs, truncate_dim=3, return_padded=True)
+    assert padded.shape[-1] == 3 and float(np.abs(np.asarray(padded)[~np.asarray(mask)]).max(initial=0)) == 0
+
+    # without model-level settings: per call only; truncate_dim saved and loaded, the pooling is not
+    plain = MultiVectorEncoder(str(folder))
+    assert plain.token_pooling is None and plain.truncate_dim is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        st_plain = STMultiVectorEncoder(str(folder), device="cpu")
+    assert_same_tokens(plain.encode_document(docs, token_pooling=HierarchicalTokenPooling(2), truncate_dim=5),
+                       st.encode_document(docs))
+    assert_same_tokens(plain.encode_document(docs, truncate_dim=4), st_plain.encode_document(docs, truncate_dim=4))
+    model.save(str(tmp_path / "ours"))
+    st.save(str(tmp_path / "theirs"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reloaded = STMultiVectorEncoder(str(tmp_path / "ours"), device="cpu")
+    assert reloaded.truncate_dim == 5 and reloaded.token_pooling is None
+    assert_same_tokens(MultiVectorEncoder(str(tmp_path / "theirs")).encode_document(docs),
+                       reloaded.encode_document(docs))
+    assert MultiVectorEncoder(str(tmp_path / "theirs"), truncate_dim=6).get_embedding_dimension() == 6
+    with pytest.raises(ValueError, match="truncate_dim"):
+        plain.encode_document(docs, truncate_dim=0)
+    with pytest.raises(ValueError, match="token_pooling"):
+        plain.token_pooling = "half"
+
+
 def test_bad_input(late_models, make_tiny_st):
     folder, _ = late_models["colbert"]
     with pytest.raises(ValueError, match="load it with jaxst.MultiVectorEncoder"):
@@ -312,6 +460,38 @@ def test_contrastive_loss_matches_sentence_transformers(late_models, name):
          "encoder.layer.1.output.dense.weight", True),
         (grads["encoder"]["embeddings"]["word_embeddings"]["embedding"], "embeddings.word_embeddings.weight", False),
     ])
+
+
+def test_contrastive_loss_follows_the_model_similarity(late_models):
+    """6.3's MultiVectorMultipleNegativesRankingLoss without a ``similarity_fct`` scores with the model's
+    similarity: MeanMaxSim for the "meanmaxsim" model (6.2 scored MaxSim whatever the model). jaxst's, given the
+    model and no ``length_normalize``: the same loss and gradients; ``length_normalize=False`` still forces
+    MaxSim, and a ``similarity_fct`` (6.3's calling convention) is used as given."""
+    from jaxst.losses import MultiVectorMultipleNegativesRankingLoss
+    from jaxst.maxsim import maxsim_scores
+    from jaxst.training import collate, make_loss_fn
+
+    folder, _ = late_models["attend-min"]
+    triplets = _triplets(6)
+    st, ref = _st_loss_and_grads(folder, triplets, {"scale": 8.0})
+    model = MultiVectorEncoder(str(folder))
+    assert model.similarity_fn_name == "meanmaxsim"
+    batch = collate(model, triplets)
+    loss = MultiVectorMultipleNegativesRankingLoss(model, scale=8.0)
+    assert loss.length_normalize and MultiVectorMultipleNegativesRankingLoss(MultiVectorEncoder(
+        str(late_models["colbert"][0])), scale=8.0).length_normalize is False
+    value, grads = jax.value_and_grad(make_loss_fn(model, loss, dropout=False))(model.params, batch)
+    assert abs(float(value) - ref) < TOL * max(1.0, abs(ref))
+    assert_same_gradients(st, [(grads["heads"][0]["linear"]["kernel"], "1.linear.weight", True)])
+    maxsim = MultiVectorMultipleNegativesRankingLoss(model, scale=8.0, length_normalize=False)
+    assert abs(float(make_loss_fn(model, maxsim, dropout=False)(model.params, batch)) - ref) > 1e-2
+
+    def mean_scores(queries, documents, queries_mask, documents_mask):
+        return maxsim_scores(queries, queries_mask, documents.reshape(-1, *documents.shape[2:]),
+                             documents_mask.reshape(-1, documents_mask.shape[-1]), length_normalize=True)
+
+    custom = MultiVectorMultipleNegativesRankingLoss(scale=8.0, similarity_fct=mean_scores)
+    assert abs(float(make_loss_fn(model, custom, dropout=False)(model.params, batch)) - ref) < TOL * max(1.0, abs(ref))
 
 
 SHARDED_SCRIPT = """

@@ -228,6 +228,46 @@ def test_one_train_step_equals_pytorch_adamw(tiny_folder, case, pack):
     assert moved < TOL
 
 
+def test_softmax_loss_trains_its_classifier_with_the_model(tiny_folder):
+    """SoftmaxLoss's classifier is the loss's own params: one AdamW step moves the model and the classifier as
+    PyTorch's step over both moves them; fit trains both and hands the classifier back to the loss."""
+    from sentence_transformers.sentence_transformer import losses as st_losses
+
+    rows = scored_pairs(8)
+    examples = [(a, b, i % 3) for i, (a, b, _) in enumerate(rows)]
+    lr, betas, eps, weight_decay = 1e-3, (0.9, 0.98), 1e-4, 0.01
+    st = load_st(tiny_folder).eval()
+    st_loss = st_losses.SoftmaxLoss(st, st.get_embedding_dimension(), 3)
+    kernel, bias = st_loss.classifier.weight.detach().numpy().T.copy(), st_loss.classifier.bias.detach().numpy().copy()
+    opt = torch.optim.AdamW(list(st.parameters()) + list(st_loss.classifier.parameters()), lr=lr, betas=betas,
+                            eps=eps, weight_decay=weight_decay)
+    value = st_loss(torch_features(st, examples, 2), torch.tensor([e[-1] for e in examples]))
+    value.backward()
+    opt.step()
+
+    jx = jaxst.SentenceTransformer(tiny_folder)
+    loss = jl.SoftmaxLoss(jx, num_labels=3)
+    loss.params = {"classifier": {"kernel": jnp.asarray(kernel), "bias": jnp.asarray(bias)}}
+    optimizer = optax.adamw(lr, b1=betas[0], b2=betas[1], eps=eps, weight_decay=weight_decay)
+    step_fn = training.make_train_step(jx, loss, optimizer, dropout=False)
+    with pytest.raises(ValueError, match="trainable_params"):
+        step_fn(training.TrainState.create(jx.params, optimizer), training.collate(jx, examples))
+    state, metrics = step_fn(training.TrainState.create(training.trainable_params(jx, loss), optimizer),
+                             training.collate(jx, examples))
+    assert abs(float(metrics["loss"]) - float(value.detach())) < TOL
+    classifier = state.params["loss"]["classifier"]
+    assert max_abs(classifier["kernel"], st_loss.classifier.weight.detach().numpy().T) < TOL
+    assert max_abs(classifier["bias"], st_loss.classifier.bias.detach().numpy()) < TOL
+    assert max_abs(classifier["kernel"], kernel) > 5e-4  # the step did move it
+    model_params = {k: v for k, v in state.params.items() if k != "loss"}
+    assert assert_params_match_torch(model_params, st[0].auto_model.state_dict(), {"encoder": ""}) < TOL
+
+    before = jax.tree.map(np.array, loss.params)
+    training.fit(jx, examples * 4, loss, batch_size=8, learning_rate=1e-3, warmup_steps=0, show_progress_bar=False)
+    assert set(jx.params) == set(model_params)  # the model's params only, the classifier back with the loss
+    assert max_abs(loss.params["classifier"]["kernel"], before["classifier"]["kernel"]) > 1e-4
+
+
 PACK_CASES = {  # encoder, pooling, include_prompt
     "bert-mean": ("tiny_bert_base", "mean", True),
     "bert-all-poolings": ("tiny_bert_base", ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean",

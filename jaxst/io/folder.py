@@ -55,6 +55,9 @@ def read_json(path: Path, required: bool = True, expect: type = dict):
     return data
 
 
+INPUT_KINDS = ("transformer", "static_embedding")  # the module kinds a sentence pipeline can start with
+
+
 def read_modules(folder: Path) -> list[ModuleSpec]:
     """The module pipeline of a model folder, first module first.
 
@@ -62,8 +65,8 @@ def read_modules(folder: Path) -> list[ModuleSpec]:
     pooling, as in sentence-transformers.
     """
     specs = read_module_list(folder)
-    if not specs or specs[0].kind != "transformer":
-        raise ValueError(f"{Path(folder) / 'modules.json'} must start with a Transformer module")
+    if not specs or specs[0].kind not in INPUT_KINDS:
+        raise ValueError(f"{Path(folder) / 'modules.json'} must start with a Transformer (or StaticEmbedding) module")
     return specs
 
 

@@ -122,11 +122,17 @@ class Tokenizer:
             self._other_lengths.clear()
             self.all_special_ids.update(self.backend.token_to_id(getattr(t, "content", t)) for t in tokens)
 
-    def encode_ids(self, texts: list, pair: list | None = None, add_special_tokens: bool = True,
+    # Whether encoding adds the post-processor's special tokens unless a call says: False for a static model's
+    # tokenizer (StaticEmbedding tokenizes without them), set by its loader
+    special_tokens: bool = True
+
+    def encode_ids(self, texts: list, pair: list | None = None, add_special_tokens: bool | None = None,
                    max_length: int | None = None) -> list:
         """Token ids (and type ids) per text, truncated (to ``max_length`` when given, else the tokenizer's),
         unpadded; ``add_special_tokens=False`` skips the post-processor's special tokens (a rendered chat
-        template has its own)."""
+        template has its own); None: the tokenizer's ``special_tokens``."""
+        if add_special_tokens is None:
+            add_special_tokens = self.special_tokens
         inputs = texts if pair is None else list(zip(texts, pair))
         backend = self.backend if max_length is None else self._truncating_at(max_length)
         encodings = backend.encode_batch(inputs, add_special_tokens=add_special_tokens)

@@ -16,9 +16,15 @@ loss of the whole global batch. In-batch-negative losses gather the other device
 """
 
 from jaxst.losses.base import Loss, identity
+from jaxst.losses.classification import SoftmaxLoss
 from jaxst.losses.distillation import DistillKLDivLoss, EmbedDistillLoss, MarginMSELoss, MSELoss
 from jaxst.losses.matryoshka import MatryoshkaLoss, shrink
-from jaxst.losses.multi_vector import MultiVectorMultipleNegativesRankingLoss
+from jaxst.losses.multi_vector import (
+    CachedMultiVectorMultipleNegativesRankingLoss,
+    MultiVectorDistillKLDivLoss,
+    MultiVectorMarginMSELoss,
+    MultiVectorMultipleNegativesRankingLoss,
+)
 from jaxst.losses.pairs import (
     AnglELoss,
     BinaryCrossEntropyLoss,
@@ -74,6 +80,7 @@ __all__ = [
     "CachedGISTEmbedLoss",
     "CachedMultipleNegativesRankingLoss",
     "CachedMultipleNegativesSymmetricRankingLoss",
+    "CachedMultiVectorMultipleNegativesRankingLoss",
     "CachedSpladeLoss",
     "ContrastiveLoss",
     "CoSENTLoss",
@@ -91,9 +98,12 @@ __all__ = [
     "MSELoss",
     "MultipleNegativesRankingLoss",
     "MultipleNegativesSymmetricRankingLoss",
+    "MultiVectorDistillKLDivLoss",
+    "MultiVectorMarginMSELoss",
     "MultiVectorMultipleNegativesRankingLoss",
     "OnlineContrastiveLoss",
     "SiameseDistanceMetric",
+    "SoftmaxLoss",
     "SparseAnglELoss",
     "SparseCoSENTLoss",
     "SparseCosineSimilarityLoss",

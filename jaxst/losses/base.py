@@ -3,6 +3,7 @@ checks of its inputs."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import jax
@@ -67,6 +68,15 @@ class Loss:
     # why the training step refuses this loss on its own (a loss that only goes inside another, as the sparse
     # losses go inside SpladeLoss or CSRLoss); None for a loss that trains by itself
     standalone_error: str | None = None
+    # the loss's own trainable arrays (SoftmaxLoss's classifier), a pytree trained with the model's params
+    # (``jaxst.training.trainable_params``); None for a loss without any
+    params = None
+
+    def with_params(self, params):
+        """This loss computing with ``params`` in place of its own (the train step's traced ones)."""
+        bound = copy.copy(self)
+        bound.params = params
+        return bound
 
     def __call__(self, embeddings, labels=None, rng=None) -> jax.Array:
         raise NotImplementedError
@@ -90,6 +100,14 @@ def cached_rows(mini_batch_size, mini_batch_num_tokens=None) -> int:
         raise ValueError("mini_batch_num_tokens is not supported: jaxst's GradCache splits a batch by rows "
                          "(mini_batch_size); collate(..., pack=True, mini_batch_size=...) packs them unpadded")
     return positive_int("mini_batch_size", mini_batch_size)
+
+
+def linear_params(in_features: int, out_features: int, rng: np.random.Generator) -> dict:
+    """A linear layer's ``{"kernel": (in, out), "bias": (out,)}`` drawn as PyTorch's ``nn.Linear`` draws them:
+    uniform in +-1/sqrt(in_features)."""
+    bound = 1.0 / np.sqrt(in_features)
+    return {"kernel": jnp.asarray(rng.uniform(-bound, bound, (in_features, out_features)), jnp.float32),
+            "bias": jnp.asarray(rng.uniform(-bound, bound, out_features), jnp.float32)}
 
 
 def embedding_dim(model) -> int | None:

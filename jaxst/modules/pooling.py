@@ -28,16 +28,22 @@ KIND = ModuleKind(
 HEADS = {"dense": dense.head, "normalize": normalize.head}  # the heads a sentence encoder runs after pooling
 
 
-def sentence_encoder(encoder: nnx.Module, hidden_size: int, modules: list, where) -> tuple[SentenceEncoder, int]:
+def sentence_encoder(encoder: nnx.Module, hidden_size: int, modules: list, where,
+                     pooling_modes: tuple[str, ...] | None = None) -> tuple[SentenceEncoder, int]:
     """The abstract ``SentenceEncoder`` over ``encoder`` for the modules after the Transformer, and its
     output dimension. ``modules``: ``(kind, config, path)`` in modules.json order ("pooling", "dense",
     "normalize", "dropout"); exactly one Pooling, before any Dense or Normalize. ``where`` names the
-    model folder in errors."""
+    model folder in errors. ``pooling_modes``: an input module that pools by itself (StaticEmbedding's mean)
+    and so is followed by no Pooling module."""
     pooling, modes, heads, dim = None, (), [], hidden_size
+    if pooling_modes is not None:
+        pooling, modes = {}, tuple(pooling_modes)
     for kind, config, path in modules:
         if kind == "pooling":
             if pooling is not None:
-                raise ValueError(f"{where} has more than one Pooling module")
+                raise ValueError(f"{where} has more than one Pooling module" if pooling_modes is None else
+                                 f"{where}: its input module pools by itself; a Pooling module after it is not "
+                                 "supported")
             pooling, modes = config, pooling_modes_from_config(config)
             dim *= len(modes)
         elif pooling is None and kind != "dropout":

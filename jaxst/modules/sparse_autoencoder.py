@@ -17,7 +17,7 @@ from flax import nnx
 
 from jaxst.modules._kind import ModuleFiles, ModuleKind, SaveContext
 from jaxst.modules._state import Aliased
-from jaxst.modules.static_embedding import static_route
+from jaxst.modules.sparse_static_embedding import static_route
 from jaxst.pipeline import SentenceEncoder
 from jaxst.sparse import sae_normalize, sae_top_k
 

@@ -12,7 +12,7 @@ from flax import nnx
 
 from jaxst.modules._kind import ModuleFiles, ModuleKind, SaveContext
 from jaxst.modules._state import Aliased
-from jaxst.modules.static_embedding import static_route
+from jaxst.modules.sparse_static_embedding import static_route
 from jaxst.sparse import check_splade_pooling, splade_pool
 
 _PATH = "sentence_transformers.sparse_encoder.modules.splade_pooling.SpladePooling"

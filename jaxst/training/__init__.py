@@ -19,7 +19,7 @@ biases and LayerNorm, gradients clipped to norm 1, the learning rate warmed up l
 The package, one file per concern (each name below is importable from ``jaxst.training`` itself):
 
     optim.py        TrainState, default_optimizer, the learning-rate schedules, weight_decay_mask
-    step.py         train_forward, make_loss_fn, make_train_step
+    step.py         train_forward, make_loss_fn, make_train_step, trainable_params (a loss's own params too)
     gradcache.py    cached_embeddings (the cached losses' mini-batched forward)
     collation.py    collate, batch_order (padding; the family's part through the model's training hooks)
     packing.py      pack_columns, pack_chunks
@@ -45,7 +45,7 @@ from jaxst.training.optim import constant_schedule_with_warmup as constant_sched
 from jaxst.training.packing import PACK_ROW as PACK_ROW
 from jaxst.training.packing import pack_chunks, pack_columns
 from jaxst.training.step import TRAINING_OUTPUTS as TRAINING_OUTPUTS
-from jaxst.training.step import make_loss_fn, make_train_step, train_forward
+from jaxst.training.step import make_loss_fn, make_train_step, train_forward, trainable_params
 
 __all__ = [
     "EmbeddingSimilarityEvaluator",
@@ -65,5 +65,6 @@ __all__ = [
     "save_checkpoint",
     "spearman",
     "train_forward",
+    "trainable_params",
     "weight_decay_mask",
 ]

@@ -20,7 +20,7 @@ from jaxst.losses import Loss
 from jaxst.training.checkpoints import checkpoint_manager, restore_checkpoint, save_checkpoint
 from jaxst.training.collation import batch_order, collate
 from jaxst.training.optim import TrainState, default_optimizer
-from jaxst.training.step import make_train_step
+from jaxst.training.step import make_train_step, split_trained, trainable_params
 
 
 def fit(model, train_examples: Sequence, loss: Loss, epochs: int = 1, batch_size: int = 16,
@@ -66,7 +66,8 @@ def fit(model, train_examples: Sequence, loss: Loss, epochs: int = 1, batch_size
     # step donates it to the next (the optimizer update overwrites params and moments), so no second copy of
     # the params is kept; model.params holds the last completed step's params whenever fit hands control out
     step_fn = make_train_step(model, loss, optimizer, dropout=dropout, mesh=mesh, donate=True)
-    state = _donatable(TrainState(model.params, optimizer.init(model.params), jnp.zeros((), jnp.int32)),
+    trained = trainable_params(model, loss)  # the model's params, and a loss's own (SoftmaxLoss's classifier)
+    state = _donatable(TrainState(trained, optimizer.init(trained), jnp.zeros((), jnp.int32)),
                        getattr(loss, "guide", None))
     if mesh is not None:
         state = jax.device_put(state, NamedSharding(mesh, P()))
@@ -82,7 +83,9 @@ def fit(model, train_examples: Sequence, loss: Loss, epochs: int = 1, batch_size
 
     def evaluate(epoch: int, step: int):
         held = model.params  # the model's own params until the first step donates them; a guide's if it is the model
-        model.params = state.params
+        model.params, loss_params = split_trained(state.params, loss)
+        if loss_params is not None:
+            loss.params = loss_params  # an evaluator reading the loss (LabelAccuracyEvaluator) sees this step's
         entry = {"epoch": epoch, "step": step}
         for i, each in enumerate(evaluators):
             result = each(model, epoch=epoch, steps=step)
@@ -140,7 +143,10 @@ def fit(model, train_examples: Sequence, loss: Loss, epochs: int = 1, batch_size
             state = state._replace(params=best["params"])
     finally:
         bar.close()
-        model.params = state.params  # on an error or an interrupt too: the last completed step's params
+        # on an error or an interrupt too: the last completed step's params (and the loss's own, if it has any)
+        model.params, loss_params = split_trained(state.params, loss)
+        if loss_params is not None:
+            loss.params = loss_params
         if any(leaf.is_deleted() for leaf in jax.tree.leaves(state.params) if isinstance(leaf, jax.Array)):
             warnings.warn("fit stopped inside an optimizer step, after it had taken the params to update them in "
                           "place: the model's params are lost; resume from a checkpoint (checkpoint_path=)",

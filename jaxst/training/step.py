@@ -26,6 +26,23 @@ from jaxst.training.optim import TrainState, require_optax
 TRAINING_OUTPUTS = np.True_
 
 
+def _refuse_cached_outputs(name: str, full_outputs: bool, mini_batch_size) -> None:
+    """A ValueError for a loss (``name``) that both reads every model output per column (``needs_outputs``)
+    and sets a ``mini_batch_size``: GradCache here caches (rows, D) sentence embeddings (or a cross-encoder's
+    logits), never a module's full output dicts (a MultiVectorEncoder's per-token ``token_embeddings`` and
+    ``attention_mask``), so the loss cannot be run a mini-batch at a time and is refused rather than trained
+    without the mini-batches it asked for."""
+    if full_outputs and mini_batch_size is not None:
+        raise ValueError(
+            f"{name} reads every model output per column (needs_outputs, e.g. a MultiVectorEncoder's token_embeddings "
+            f"and attention_mask) and sets mini_batch_size={mini_batch_size}, but jaxst's GradCache path "
+            "(jaxst.training.cached_embeddings) caches one (rows, D) sentence embedding per text, not per-token "
+            "outputs, so it cannot embed these columns mini-batch by mini-batch. Build the loss with "
+            "mini_batch_size=None (MultiVectorMarginMSELoss, MultiVectorDistillKLDivLoss: the same loss in one "
+            "forward), or train MultiVectorMultipleNegativesRankingLoss instead of "
+            "CachedMultiVectorMultipleNegativesRankingLoss (the same loss without GradCache's memory bound).")
+
+
 def train_forward(graphdef: nnx.GraphDef, params, features, dropout_rng=None, full_outputs: bool = False,
                   model_state: dict | None = None, mini_batch_size: int | None = None, inputs: dict | None = None):
     """The model in training mode, as a pure function.
@@ -39,7 +56,9 @@ def train_forward(graphdef: nnx.GraphDef, params, features, dropout_rng=None, fu
     updates a buffer column by column; returns ``(outputs, model_state)`` then. ``mini_batch_size``
     (cached losses): the columns' embeddings through ``cached_embeddings``. ``inputs`` (with ``full_outputs``):
     extra entries for each column's batch, the model's ``training_inputs()`` (a SparseEncoder's ``sae_training``
-    flag, so its CSR module returns the reconstructions CSRLoss reads); ``make_loss_fn`` passes them."""
+    flag, so its CSR module returns the reconstructions CSRLoss reads); ``make_loss_fn`` passes them. Passing
+    both ``full_outputs`` and ``mini_batch_size`` is refused (``_refuse_cached_outputs``)."""
+    _refuse_cached_outputs("a loss", full_outputs, mini_batch_size)
     if mini_batch_size is not None and isinstance(features, dict) and not is_packed(features):
         # a cross-encoder's pair batch (listwise losses with a mini_batch_size): its logits, GradCache-style
         return cached_embeddings(graphdef, params, features, mini_batch_size, dropout_rng, output=None)
@@ -111,8 +130,48 @@ def _batch_spec(x, axis: str) -> P:
     return P(axis) if np.ndim(x) >= 1 else P()  # scalars (prompt_length) are the same on every device
 
 
+LOSS_PARAMS = "loss"  # where a loss's own trainable params (SoftmaxLoss's classifier) sit in the trained params
+
+
+def trainable_params(model, loss: Loss) -> dict:
+    """What a train state trains: the model's params, and a loss's own (``loss.params``, e.g. SoftmaxLoss's
+    classifier) under ``"loss"`` beside them when it has any: ``TrainState.create(trainable_params(model, loss),
+    optimizer)``."""
+    if loss.params is None:
+        return model.params
+    return {**model.params, LOSS_PARAMS: loss.params}
+
+
+def split_trained(params, loss: Loss) -> tuple[dict, object]:
+    """``(model params, the loss's params or None)`` of params built by ``trainable_params``."""
+    if loss.params is None:
+        return params, None
+    if not isinstance(params, dict) or LOSS_PARAMS not in params:
+        raise ValueError(f"{type(loss).__name__} trains params of its own: build the state from "
+                         "training.trainable_params(model, loss), which holds them under 'loss'")
+    return {k: v for k, v in params.items() if k != LOSS_PARAMS}, params[LOSS_PARAMS]
+
+
 def make_loss_fn(model, loss: Loss, *, dropout: bool = True, mesh: Mesh | None = None,
                  axis_name: str | None = None, model_state: bool = False) -> Callable:
+    """``loss_fn(params, batch, rng=None) -> scalar`` (see ``_make_loss_fn``); for a loss with params of its own
+    (``loss.params``), ``params`` is ``trainable_params(model, loss)`` and the gradient reaches both."""
+    if isinstance(loss, Loss) and loss.params is not None:
+        if mesh is not None or model_state:
+            raise ValueError(f"{type(loss).__name__} (a loss with params of its own) trains on one device")
+        if loss.standalone_error:
+            raise ValueError(loss.standalone_error)
+
+        def loss_fn(params, batch, rng=None):
+            model_params, loss_params = split_trained(params, loss)
+            return _make_loss_fn(model, loss.with_params(loss_params), dropout=dropout)(model_params, batch, rng)
+
+        return loss_fn
+    return _make_loss_fn(model, loss, dropout=dropout, mesh=mesh, axis_name=axis_name, model_state=model_state)
+
+
+def _make_loss_fn(model, loss: Loss, *, dropout: bool = True, mesh: Mesh | None = None,
+                  axis_name: str | None = None, model_state: bool = False) -> Callable:
     """``loss_fn(params, batch, rng=None) -> scalar``: pure and differentiable.
 
     ``model_state=True`` (losses that read every output, on a model with ``buffers``; one device):
@@ -127,6 +186,8 @@ def make_loss_fn(model, loss: Loss, *, dropout: bool = True, mesh: Mesh | None =
         raise TypeError(f"loss must be a jaxst.losses loss, got {type(loss).__name__}")
     if loss.standalone_error:
         raise ValueError(loss.standalone_error)
+    _refuse_cached_outputs(type(loss).__name__, getattr(loss, "needs_outputs", False),
+                          getattr(loss, "mini_batch_size", None))
     graphdef = model.graphdef
     inputs = model.training_inputs()
 
@@ -219,7 +280,8 @@ def make_train_step(model, loss: Loss, optimizer, *, dropout: bool = True, mesh:
     step)``, so a resumed run draws what an uninterrupted one would. ``metrics``: ``loss`` and
     ``grad_norm`` (before clipping). ``donate=True`` lets XLA update the state in place (the state passed in
     is invalid after the step, as PyTorch's optimizer overwrites its tensors; ``fit`` donates). Params the
-    model lists in ``frozen_params`` (a frozen SparseStaticEmbedding) keep their values."""
+    model lists in ``frozen_params`` (a frozen SparseStaticEmbedding) keep their values. A loss with params of its
+    own (SoftmaxLoss) trains them too: the state's params are ``trainable_params(model, loss)``."""
     optax = require_optax()
 
     # A model's buffers (a CSR model's dead-latent counts) are carried in state.model_state and updated by
@@ -249,6 +311,7 @@ def make_train_step(model, loss: Loss, optimizer, *, dropout: bool = True, mesh:
 
     def step_fn(state: TrainState, batch, rng=None):
         _check_batch(batch)
+        split_trained(state.params, loss)  # a loss with params of its own: they are in the state
         if rng is None and dropout:
             raise ValueError("dropout needs a PRNG key: call step_fn(state, batch, rng), or build the step "
                              "with make_train_step(..., dropout=False)")
