@@ -11,6 +11,7 @@ concurrent call. Each length gets a backend of its own, made once and never chan
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 from pathlib import Path
@@ -135,7 +136,10 @@ class Tokenizer:
             add_special_tokens = self.special_tokens
         inputs = texts if pair is None else list(zip(texts, pair))
         backend = self.backend if max_length is None else self._truncating_at(max_length)
-        encodings = backend.encode_batch(inputs, add_special_tokens=add_special_tokens)
+        # encode_batch_fast: the same ids and type ids without the character offsets nothing here reads (about
+        # 15% of the tokenizer's time); encode_batch on a tokenizers release without it
+        encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+        encodings = encode(inputs, add_special_tokens=add_special_tokens)
         if self.id_rows is not None:
             self.check_ids(encodings)
         return encodings
@@ -155,19 +159,19 @@ class Tokenizer:
 
     def pad(self, encodings, length: int | None = None, rows: int | None = None, types: bool = True) -> dict:
         """Right-pad encodings into (rows, length) int32 arrays; padding rows carry an all-zero mask."""
-        longest = max((len(e.ids) for e in encodings), default=0)
-        length = longest if length is None else length
-        rows = len(encodings) if rows is None else rows
+        token_ids = [e.ids for e in encodings]  # each .ids call builds a Python list: once per encoding
+        rows = len(token_ids) if rows is None else rows
+        lengths = np.zeros(rows, dtype=np.int64)
+        lengths[: len(token_ids)] = [len(t) for t in token_ids]
+        length = int(lengths.max(initial=0)) if length is None else length
+        filled = np.arange(length)[None, :] < lengths[:, None]  # row-major, as the concatenated ids run
         ids = np.full((rows, length), self.pad_id, dtype=np.int32)
-        mask = np.zeros((rows, length), dtype=np.int32)
-        type_ids = np.zeros((rows, length), dtype=np.int32)
-        for r, e in enumerate(encodings):
-            n = len(e.ids)
-            ids[r, :n] = e.ids
-            mask[r, :n] = 1
-            type_ids[r, :n] = e.type_ids
-        out = {"input_ids": ids, "attention_mask": mask}
+        ids[filled] = np.fromiter(itertools.chain.from_iterable(token_ids), np.int32, int(lengths.sum()))
+        out = {"input_ids": ids, "attention_mask": filled.astype(np.int32)}
         if types:
+            type_ids = np.zeros((rows, length), dtype=np.int32)
+            type_ids[filled] = np.fromiter(itertools.chain.from_iterable(e.type_ids for e in encodings), np.int32,
+                                           int(lengths.sum()))
             out["token_type_ids"] = type_ids
         return out
 
