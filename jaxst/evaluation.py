@@ -18,6 +18,7 @@ the same CSV rows. They work from ``jaxst.training.fit`` and from a user's own l
     CrossEncoderCorrelationEvaluator     Pearson / Spearman of a CrossEncoder's scores against gold scores
     LabelAccuracyEvaluator         accuracy of a SoftmaxLoss's classifier on labelled pairs
     MSEEvaluatorFromDataFrame      a student's MSE to a teacher's embeddings across language pairs
+    NanoBEIREvaluator              InformationRetrievalEvaluator over the NanoBEIR tasks, and their mean
     TranslationEvaluator           how often a sentence's nearest neighbour is its translation
     SequentialEvaluator            several evaluators, one score
 
@@ -1061,6 +1062,128 @@ class LabelAccuracyEvaluator(SentenceEvaluator):
         return self.prefix_name_to_metrics({"accuracy": accuracy}, self.name)
 
 
+# NanoBEIR: 13 small BEIR retrieval tasks (sentence-transformers' NanoBEIREvaluator); name -> its split's name
+NANOBEIR_DATASETS = {
+    "climatefever": "ClimateFEVER", "dbpedia": "DBPedia", "fever": "FEVER", "fiqa2018": "FiQA2018",
+    "hotpotqa": "HotpotQA", "msmarco": "MSMARCO", "nfcorpus": "NFCorpus", "nq": "NQ",
+    "quoraretrieval": "QuoraRetrieval", "scidocs": "SCIDOCS", "arguana": "ArguAna", "scifact": "SciFact",
+    "touche2020": "Touche2020",
+}
+
+
+class NanoBEIREvaluator(SentenceEvaluator):
+    """InformationRetrievalEvaluator on each NanoBEIR task and the metrics aggregated over them, as
+    sentence-transformers' NanoBEIREvaluator: every task's metrics under ``Nano{Task}_...``, and ``aggregate_fn``
+    (the mean) of each over the tasks under ``NanoBEIR_{aggregate_key}_...`` (primary: NDCG at the largest k).
+    The tasks are read with ``datasets.load_dataset(dataset_id, subset, split="Nano{Task}")`` for the subsets
+    "corpus", "queries" and "qrels": ``dataset_id`` is a Hub name (sentence-transformers/NanoBEIR-en) or a local
+    folder of the same layout. ``query_prompts`` / ``corpus_prompts``: one prompt, or one per task name."""
+
+    information_retrieval_class = InformationRetrievalEvaluator
+
+    def __init__(self, dataset_names: list[str] | None = None, dataset_id: str = "sentence-transformers/NanoBEIR-en",
+                 mrr_at_k: list[int] = (10,), ndcg_at_k: list[int] = (10,), accuracy_at_k: list[int] = (1, 3, 5, 10),
+                 precision_recall_at_k: list[int] = (1, 3, 5, 10), map_at_k: list[int] = (100,),
+                 show_progress_bar: bool = False, batch_size: int = 32, write_csv: bool = True,
+                 truncate_dim: int | None = None, score_functions: dict[str, Callable] | None = None,
+                 main_score_function: str | None = None, aggregate_fn: Callable = np.mean, aggregate_key: str = "mean",
+                 query_prompts: str | dict[str, str] | None = None, corpus_prompts: str | dict[str, str] | None = None,
+                 write_predictions: bool = False):
+        self.dataset_names = list(NANOBEIR_DATASETS) if dataset_names is None else list(dataset_names)
+        if not self.dataset_names:
+            raise ValueError("dataset_names cannot be empty. Use None to evaluate on all datasets.")
+        unknown = [n for n in self.dataset_names if n.lower() not in NANOBEIR_DATASETS]
+        if unknown:
+            raise ValueError(f"Dataset(s) {unknown} are not valid NanoBEIR datasets. Valid dataset names are: "
+                             f"{list(NANOBEIR_DATASETS)}")
+        self.query_prompts = self._per_task(query_prompts, "query")
+        self.corpus_prompts = self._per_task(corpus_prompts, "corpus")
+        self.dataset_id, self.aggregate_fn, self.aggregate_key = dataset_id, aggregate_fn, aggregate_key
+        self.write_csv, self.show_progress_bar, self.truncate_dim = write_csv, show_progress_bar, truncate_dim
+        self.score_functions = dict(score_functions) if score_functions else None
+        self.main_score_function = getattr(main_score_function, "value", main_score_function)
+        self.name = f"NanoBEIR_{aggregate_key}" + (f"_{truncate_dim}" if truncate_dim else "")
+        self.ks = {"accuracy": list(accuracy_at_k), "precision_recall": list(precision_recall_at_k),
+                   "mrr": list(mrr_at_k), "ndcg": list(ndcg_at_k), "map": list(map_at_k)}
+        options = dict(mrr_at_k=mrr_at_k, ndcg_at_k=ndcg_at_k, accuracy_at_k=accuracy_at_k,
+                       precision_recall_at_k=precision_recall_at_k, map_at_k=map_at_k,
+                       show_progress_bar=show_progress_bar, batch_size=batch_size, write_csv=write_csv,
+                       truncate_dim=truncate_dim, score_functions=score_functions,
+                       main_score_function=main_score_function, write_predictions=write_predictions)
+        self.evaluators = [self._task(name, **options) for name in self.dataset_names]
+        self.csv_file = f"NanoBEIR_evaluation_{aggregate_key}_results.csv"
+
+    def _per_task(self, prompts, side: str) -> dict | None:
+        if prompts is None or isinstance(prompts, dict) and not prompts:
+            return None
+        if isinstance(prompts, str):
+            return {name: prompts for name in self.dataset_names}
+        missing = [name for name in self.dataset_names if name not in prompts]
+        if missing:
+            raise ValueError(f"The following datasets are missing {side} prompts: {missing}")
+        return dict(prompts)
+
+    def _split(self, subset: str, split: str, columns: list[str]):
+        try:
+            from datasets import load_dataset
+        except ImportError as e:
+            raise ValueError("datasets is not available. Please install it to use the NanoBEIREvaluator via "
+                             "`pip install datasets`.") from e
+        try:
+            data = load_dataset(self.dataset_id, subset, split=split)
+        except Exception as e:
+            raise ValueError(f"Could not load subset '{subset}' split '{split}' from dataset "
+                             f"'{self.dataset_id}'.") from e
+        if missing := set(columns) - set(data.column_names):
+            raise ValueError(f"Subset '{subset}' split '{split}' from dataset '{self.dataset_id}' is missing "
+                             f"required columns: {sorted(missing)}.")
+        return data
+
+    def _task(self, name: str, **options):
+        split = f"Nano{NANOBEIR_DATASETS[name.lower()]}"
+        corpus = {row["_id"]: row["text"] for row in self._split("corpus", split, ["_id", "text"]) if row["text"]}
+        queries = {row["_id"]: row["text"] for row in self._split("queries", split, ["_id", "text"]) if row["text"]}
+        qrels: dict[str, set] = {}
+        for row in self._split("qrels", split, ["query-id", "corpus-id"]):
+            ids = row["corpus-id"]
+            qrels.setdefault(row["query-id"], set()).update(ids if isinstance(ids, list) else [ids])
+        if self.query_prompts is not None:
+            options["query_prompt"] = self.query_prompts.get(name)
+        if self.corpus_prompts is not None:
+            options["corpus_prompt"] = self.corpus_prompts.get(name)
+        return self.information_retrieval_class(queries=queries, corpus=corpus, relevant_docs=qrels,
+                                                name=split + (f"_{self.truncate_dim}" if self.truncate_dim else ""),
+                                                **options)
+
+    def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1, *args,
+                 **kwargs) -> dict[str, float]:
+        per_task, per_metric = {}, {}
+        for evaluator in self.evaluators:
+            for key, value in evaluator(model, output_path, epoch, steps).items():
+                per_task[key] = value
+                per_metric.setdefault(key.removeprefix(f"{evaluator.name}_"), []).append(value)
+        aggregated = {metric: float(self.aggregate_fn(values)) for metric, values in per_metric.items()}
+        names = sorted(self.score_functions) if self.score_functions else [model.similarity_fn_name]
+        if self.write_csv and output_path is not None:
+            headers, row = ["epoch", "steps"], [epoch, steps]
+            for fn in names:
+                for metric, key in (("Accuracy", "accuracy"), ("Precision-Recall", "precision_recall"),
+                                    ("MRR", "mrr"), ("NDCG", "ndcg"), ("MAP", "map")):
+                    for k in self.ks[key]:
+                        if key == "precision_recall":
+                            headers += [f"{fn}-Precision@{k}", f"{fn}-Recall@{k}"]
+                            row += [aggregated[f"{fn}_precision@{k}"], aggregated[f"{fn}_recall@{k}"]]
+                        else:
+                            headers.append(f"{fn}-{metric}@{k}")
+                            row.append(aggregated[f"{fn}_{key}@{k}"])
+            self._write_csv(output_path, self.csv_file, headers, row)
+        top = max(self.ks["ndcg"])
+        main = self.main_score_function or max(names, key=lambda fn: aggregated[f"{fn}_ndcg@{top}"])
+        self.primary_metric = f"{main}_ndcg@{top}"
+        per_task.update(self.prefix_name_to_metrics(aggregated, self.name))
+        return per_task
+
+
 class MSEEvaluator(SentenceEvaluator):
     """Mean squared error (x 100) between a teacher's embeddings of ``source_sentences`` (computed once, at
     construction) and the model's of ``target_sentences``, reported as ``negative_mse`` (higher is better),
@@ -1160,6 +1283,7 @@ __all__ = [
     "LabelAccuracyEvaluator",
     "MSEEvaluator",
     "MSEEvaluatorFromDataFrame",
+    "NanoBEIREvaluator",
     "ParaphraseMiningEvaluator",
     "RerankingEvaluator",
     "SentenceEvaluator",

@@ -438,3 +438,53 @@ def test_mse_evaluator_from_dataframe(jx_minilm, st_minilm, tmp_path):
     ours_rows = (tmp_path / "jx" / "mse_evaluation_dev_results.csv").read_text().splitlines()
     ref_rows = (tmp_path / "st" / "mse_evaluation_dev_results.csv").read_text().splitlines()
     assert ours_rows[0] == ref_rows[0] == "epoch,steps,en-de,en-en2"
+
+
+def nanobeir_folder(path, tasks=("SciFact", "NFCorpus")):
+    """A local datasets folder with NanoBEIR's layout (subsets corpus / queries / qrels, a split per task), built
+    from STSb pairs: each pair's first text a query, its second the relevant document."""
+    from datasets import Dataset
+
+    rows = read_stsb("stsb-en-dev.csv")
+    configs = {"corpus": [], "queries": [], "qrels": []}
+    for t, task in enumerate(tasks):
+        part = rows[t * 150:(t + 1) * 150]
+        tables = {
+            "corpus": {"_id": [f"d{i}" for i in range(len(part))] + ["empty"], "text": [b for _, b, _ in part] + [""]},
+            "queries": {"_id": [f"q{i}" for i in range(60)], "text": [a for a, _, _ in part[:60]]},
+            "qrels": {"query-id": [f"q{i}" for i in range(60)], "corpus-id": [f"d{i}" for i in range(60)]},
+        }
+        for subset, table in tables.items():
+            (path / subset).mkdir(parents=True, exist_ok=True)
+            Dataset.from_dict(table).to_parquet(str(path / subset / f"Nano{task}.parquet"))
+            configs[subset].append(f"  - split: Nano{task}\n    path: {subset}/Nano{task}.parquet")
+    yaml = "".join(f"- config_name: {subset}\n  data_files:\n" + "\n".join(entries) + "\n"
+                   for subset, entries in configs.items())
+    (path / "README.md").write_text(f"---\nconfigs:\n{yaml}---\n")
+    return path
+
+
+def test_nanobeir_evaluator_on_a_local_folder(jx_minilm, st_minilm, tmp_path):
+    """NanoBEIREvaluator over two tasks read from a local datasets folder of NanoBEIR's layout: every task's and
+    the mean's metrics, the primary metric and the CSV row equal 6.3's; bad names and prompts are refused."""
+    from sentence_transformers.sentence_transformer.evaluation import NanoBEIREvaluator as STNanoBEIR
+
+    from jaxst.evaluation import NanoBEIREvaluator
+
+    folder = nanobeir_folder(tmp_path / "nanobeir")
+    for kwargs in ({}, {"query_prompts": {"scifact": "query: ", "nfcorpus": ""}, "truncate_dim": 128,
+                        "ndcg_at_k": [5, 10], "aggregate_key": "avg"}):
+        ref_eval = STNanoBEIR(["scifact", "nfcorpus"], dataset_id=str(folder), **kwargs)
+        ref = ref_eval(st_minilm, output_path=str(tmp_path / "st"))
+        ours = NanoBEIREvaluator(["scifact", "nfcorpus"], dataset_id=str(folder), **kwargs)
+        got = ours(jx_minilm, output_path=str(tmp_path / "jx"))
+        assert_same_metrics(got, ref)
+        assert ours.primary_metric == ref_eval.primary_metric
+    assert (tmp_path / "jx" / "NanoBEIR_evaluation_mean_results.csv").read_text().splitlines()[0] == \
+        (tmp_path / "st" / "NanoBEIR_evaluation_mean_results.csv").read_text().splitlines()[0]
+    with pytest.raises(ValueError, match="not valid NanoBEIR datasets"):
+        NanoBEIREvaluator(["scifact", "nosuchtask"], dataset_id=str(folder))
+    with pytest.raises(ValueError, match="missing query prompts: \\['nfcorpus'\\]"):
+        NanoBEIREvaluator(["scifact", "nfcorpus"], dataset_id=str(folder), query_prompts={"scifact": "q: "})
+    with pytest.raises(ValueError, match="Could not load subset 'corpus' split 'NanoFEVER'"):
+        NanoBEIREvaluator(["fever"], dataset_id=str(folder))

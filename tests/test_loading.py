@@ -187,3 +187,33 @@ def test_declared_requirements_are_checked_before_loading(make_tiny_st, tmp_path
     unreadable = with_requirements(folder, tmp_path / "unreadable", {"numpy": "not a specifier", "jax": 3})
     with pytest.warns(UserWarning, match="Could not verify"):
         jaxst.SentenceTransformer(unreadable)
+
+
+def test_layer_norm_module_loads_encodes_and_saves(tiny_bert_base, tmp_path):
+    """sentence-transformers' LayerNorm head (after Pooling, before a Dense), with a trained-looking scale and
+    shift: the same embeddings, and a save that sentence-transformers reads back."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Transformer
+    from sentence_transformers.sentence_transformer.modules import Dense, LayerNorm, Pooling
+
+    torch.manual_seed(4)
+    transformer = Transformer(str(tiny_bert_base), max_seq_length=64)
+    norm = LayerNorm(32)
+    with torch.no_grad():
+        norm.norm.weight.uniform_(0.5, 1.5)
+        norm.norm.bias.uniform_(-0.3, 0.3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        st = SentenceTransformer(modules=[transformer, Pooling(32), norm, Dense(32, 16)], device="cpu")
+    st.save(str(tmp_path / "st"))
+    model = jaxst.SentenceTransformer(tmp_path / "st")
+    assert max_abs(model.encode(TEXTS), st.encode(TEXTS)) < 1e-5
+    model.save(tmp_path / "jx")
+    modules = json.loads((tmp_path / "jx" / "modules.json").read_text())
+    assert [m["type"].rsplit(".", 1)[-1] for m in modules] == ["Transformer", "Pooling", "LayerNorm", "Dense"]
+    assert max_abs(reference(tmp_path / "jx").encode(TEXTS), st.encode(TEXTS)) < 1e-5
+    config = json.loads((tmp_path / "st" / "2_LayerNorm" / "config.json").read_text())
+    config["dimension"] = 8
+    (tmp_path / "st" / "2_LayerNorm" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="LayerNorm dimension 8 != input dim 32"):
+        jaxst.SentenceTransformer(tmp_path / "st")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from flax import nnx
 
-from jaxst.modules import dense, normalize
+from jaxst.modules import dense, layer_norm, normalize
 from jaxst.modules._kind import ModuleFiles, ModuleKind, SaveContext
 from jaxst.pipeline import SentenceEncoder
 from jaxst.pooling import pooling_modes_from_config
@@ -25,7 +25,8 @@ KIND = ModuleKind(
     save="jaxst.modules.pooling:save",
 )
 
-HEADS = {"dense": dense.head, "normalize": normalize.head}  # the heads a sentence encoder runs after pooling
+HEADS = {"dense": dense.head, "normalize": normalize.head,  # the heads a sentence encoder runs after pooling
+         "layer_norm": layer_norm.head}
 
 
 def sentence_encoder(encoder: nnx.Module, hidden_size: int, modules: list, where,
