@@ -24,38 +24,63 @@ def is_packed(batch) -> bool:
 
 
 class SentenceEncoder(nnx.Module):
-    """encoder + pooling + the modules after it (Dense, Normalize), in modules.json order."""
+    """encoder + pooling + the modules after it (Dense, Normalize), in modules.json order. ``token_heads``: how
+    many of ``heads`` come before the pooling (a WeightedLayerPooling, which mixes the encoder's layers)."""
 
     def __init__(self, encoder: nnx.Module, pooling_modes: tuple[str, ...], include_prompt: bool = True,
-                 heads: list[nnx.Module] | None = None):
+                 heads: list[nnx.Module] | None = None, token_heads: int = 0):
         self.encoder = encoder
         self.pooling_modes = tuple(pooling_modes)
         self.include_prompt = include_prompt
         self.heads = nnx.List(heads or [])
+        self.token_heads = int(token_heads)
 
-    def __call__(self, batch: dict, dropout_rng=None) -> dict:
-        """``dropout_rng``: a PRNG key to run the encoder with training dropout; None for inference.
-
-        A packed batch (``jaxst.training.pack_columns``) holds several texts per row; its token states are
-        gathered back into one right-padded row per text before pooling, so every pooling mode
-        and head sees what it would for the unpacked batch."""
+    def _encode(self, batch: dict, dropout_rng, all_layers: bool):
+        """``(mask, token states)``: (B, T, H) float32 states, or with ``all_layers`` a tuple of every layer's
+        (``jaxst.models.layers.layer_states``). A packed batch (``jaxst.training.pack_columns``) holds several
+        texts per row; its token states are gathered back into one right-padded row per text."""
+        layers = {"all_layers": True} if all_layers else {}  # encoders without layers (static) take no flag
         if is_packed(batch):
             segments = batch["segment_ids"]  # (rows, R): the text each token belongs to, -1 for padding
             same_text = (segments[:, :, None] == segments[:, None, :]) & (segments[:, None, :] >= 0)
-            packed = self.encoder(batch["input_ids"], same_text, batch.get("token_type_ids"),
-                                  dropout_rng=dropout_rng, positions=batch["positions"])  # (rows, R, H)
+            out = self.encoder(batch["input_ids"], same_text, batch.get("token_type_ids"),
+                               dropout_rng=dropout_rng, positions=batch["positions"], **layers)  # (rows, R, H)
             index = batch["unpack_index"]  # (columns, B, R) -> flat token slots
             mask = batch["attention_mask"].reshape(-1, index.shape[-1])  # (columns * B, R)
-            tokens = packed.reshape(-1, packed.shape[-1])[index.reshape(mask.shape)]  # (columns * B, R, H)
+
+            def unpack(packed):  # (rows, R, H) -> (columns * B, R, H)
+                return packed.reshape(-1, packed.shape[-1])[index.reshape(mask.shape)].astype(jnp.float32)
         else:
             mask = batch["attention_mask"]
-            tokens = self.encoder(batch["input_ids"], mask, batch.get("token_type_ids"), dropout_rng=dropout_rng)
-        tokens = tokens.astype(jnp.float32)  # pooling and heads in float32, whatever the encoder computed in
+            out = self.encoder(batch["input_ids"], mask, batch.get("token_type_ids"), dropout_rng=dropout_rng,
+                               **layers)
+
+            def unpack(states):  # pooling and heads in float32, whatever the encoder computed in
+                return states.astype(jnp.float32)
+        return mask, tuple(map(unpack, out)) if all_layers else unpack(out)
+
+    def _sentence(self, tokens, mask, batch: dict):
         prompt_length = None if self.include_prompt else batch.get("prompt_length")
         x = pool(tokens, mask, self.pooling_modes, prompt_length)  # (B, H * len(modes))
-        for head in self.heads:
+        for head in self.heads[self.token_heads:]:
             x = head(x)
-        return {"sentence_embedding": x, "token_embeddings": tokens}
+        return x
+
+    def __call__(self, batch: dict, dropout_rng=None, all_layers: bool = False) -> dict:
+        """``dropout_rng``: a PRNG key to run the encoder with training dropout; None for inference.
+        ``all_layers``: also ``layer_embeddings`` (S, B, D), the sentence embedding the pooling and heads make
+        from each of the encoder's hidden states (the embedding output first, the last one the
+        ``sentence_embedding`` itself), what AdaptiveLayerLoss trains."""
+        mask, out = self._encode(batch, dropout_rng, all_layers or self.token_heads > 0)
+        states = out if isinstance(out, tuple) else None
+        tokens = out if states is None else states[-1]
+        for head in self.heads[:self.token_heads]:
+            tokens = head(states)
+        x = self._sentence(tokens, mask, batch)
+        result = {"sentence_embedding": x, "token_embeddings": tokens}
+        if all_layers:
+            result["layer_embeddings"] = jnp.stack([self._sentence(s, mask, batch) for s in states[:-1]] + [x])
+        return result
 
 
 class MultiVectorModule(nnx.Module):

@@ -88,6 +88,7 @@ class SentenceTransformer(BaseModel):
             module, self._embedding_dim = sentence_encoder(
                 nnx.eval_shape(lambda: encoder_cls(encoder_cfg, rngs=nnx.Rngs(0))), encoder_cfg.hidden_size,
                 [(s.kind, s.config, s.path) for s in specs[1:]], self.model_folder,
+                hidden_states=bool(self.hf_config.get("output_hidden_states", False)),
             )
             encoder_sd = open_state_dict(transformer.path)
             prefixes = (f"{encoder_cls.base_model_prefix}.",)  # keys of task checkpoints: "roberta.embeddings..."

@@ -103,7 +103,8 @@ def test_every_type_jaxst_reads_and_writes_is_covered():
         assert folder.MODULE_KINDS[name] == kind
     assert folder.MODULE_KINDS["StaticEmbedding"] == "static_embedding"  # read since: static models
     assert folder.MODULE_KINDS["LayerNorm"] == "layer_norm"  # and LayerNorm heads
-    assert set(folder.MODULE_KINDS) == set(READ_BEFORE) | {"StaticEmbedding", "LayerNorm"}
+    assert folder.MODULE_KINDS["WeightedLayerPooling"] == "weighted_layer_pooling"  # and the layer mixer
+    assert set(folder.MODULE_KINDS) == set(READ_BEFORE) | {"StaticEmbedding", "LayerNorm", "WeightedLayerPooling"}
     for kind, path in WRITTEN_BEFORE.items():
         assert export.MODULE_TYPES[kind] == path
     for kind, path in SPARSE_WRITTEN_BEFORE.items():
@@ -113,7 +114,8 @@ def test_every_type_jaxst_reads_and_writes_is_covered():
     assert set(folder.SPARSE_KINDS) == {"splade_pooling", "sparse_static_embedding", "sparse_autoencoder", "router"}
     assert set(folder.MULTI_VECTOR_KINDS) == {"multi_vector_mask", "token_pooling"}
     assert folder.CONFIG_FILES == {"transformer": "sentence_bert_config.json", "router": "router_config.json"}
-    assert set(folder.REQUIRED_CONFIGS) == {"pooling", "dense", "logit_score", "splade_pooling", "router", "layer_norm"}
+    assert set(folder.REQUIRED_CONFIGS) == {"pooling", "dense", "logit_score", "splade_pooling", "router", "layer_norm",
+                                            "weighted_layer_pooling"}
     assert modules_family(["transformer", "logit_score"]) == "CrossEncoder"
     assert modules.family_kinds("CrossEncoder") == ("logit_score",)
 

@@ -26,6 +26,7 @@ RULES = (  # (flax suffix, torch suffix, transpose)
     ("bias", "bias", False),
     ("pre_bias", "pre_bias", False),  # SparseAutoEncoder's own parameters, named as PyTorch names them
     ("latent_bias", "latent_bias", False),
+    ("layer_weights", "layer_weights", False),  # WeightedLayerPooling's
 )
 
 

@@ -23,6 +23,7 @@ from jaxst.models.layers import (
     DenseResidualNorm,
     activation,
     dropout,
+    layer_states,
     multi_head_attention,
     split_rng,
 )
@@ -131,10 +132,12 @@ class BertEncoder(nnx.Module):
     def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
         self.layer = nnx.List([BertLayer(cfg, rngs=rngs) for _ in range(cfg.num_hidden_layers)])
 
-    def __call__(self, x, mask, dropout_rng=None):
+    def __call__(self, x, mask, dropout_rng=None, all_layers=False):
+        states = [x]
         for layer, rng in zip(self.layer, split_rng(dropout_rng, len(self.layer))):
             x = layer(x, mask, rng)
-        return x
+            states.append(x)
+        return layer_states(states, x, all_layers)
 
 
 class BertModel(nnx.Module):
@@ -150,7 +153,8 @@ class BertModel(nnx.Module):
         self.embeddings = BertEmbeddings(cfg, rngs=rngs)
         self.encoder = BertEncoder(cfg, rngs=rngs)
 
-    def __call__(self, input_ids, attention_mask, token_type_ids=None, dropout_rng=None, positions=None):
+    def __call__(self, input_ids, attention_mask, token_type_ids=None, dropout_rng=None, positions=None,
+                 all_layers=False):
         """``dropout_rng``: a PRNG key to train with dropout; None (the default) for inference.
         ``attention_mask`` (B, T), or (B, T, T) with ``positions`` (B, T) for packed batches: several
         texts per row, each token seeing only its own text and numbered from 0 within it."""
@@ -159,4 +163,4 @@ class BertModel(nnx.Module):
         mask = attention_mask.astype(bool)  # (B, T) or (B, T, T)
         emb_rng, enc_rng = split_rng(dropout_rng, 2)
         x = self.embeddings(input_ids, attention_mask, token_type_ids, emb_rng, positions)
-        return self.encoder(x, mask, enc_rng)
+        return self.encoder(x, mask, enc_rng, all_layers)

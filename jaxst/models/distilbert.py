@@ -14,7 +14,7 @@ import dataclasses
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxst.models.layers import activation, dropout, multi_head_attention, split_rng
+from jaxst.models.layers import activation, dropout, layer_states, multi_head_attention, split_rng
 
 EPS = 1e-12  # DistilBERT's LayerNorms all use this; the config has no field for it
 
@@ -103,10 +103,12 @@ class DistilBertTransformer(nnx.Module):
     def __init__(self, cfg: DistilBertConfig, *, rngs: nnx.Rngs):
         self.layer = nnx.List([DistilBertBlock(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
 
-    def __call__(self, x, mask, dropout_rng=None):
+    def __call__(self, x, mask, dropout_rng=None, all_layers=False):
+        states = [x]
         for layer, rng in zip(self.layer, split_rng(dropout_rng, len(self.layer))):
             x = layer(x, mask, rng)
-        return x
+            states.append(x)
+        return layer_states(states, x, all_layers)
 
 
 class DistilBertModel(nnx.Module):
@@ -122,8 +124,9 @@ class DistilBertModel(nnx.Module):
         self.embeddings = DistilBertEmbeddings(cfg, rngs=rngs)
         self.transformer = DistilBertTransformer(cfg, rngs=rngs)
 
-    def __call__(self, input_ids, attention_mask, token_type_ids=None, dropout_rng=None, positions=None):
+    def __call__(self, input_ids, attention_mask, token_type_ids=None, dropout_rng=None, positions=None,
+                 all_layers=False):
         """``attention_mask`` (B, T), or (B, T, T) with ``positions`` for packed batches."""
         emb_rng, enc_rng = split_rng(dropout_rng, 2)
         x = self.embeddings(input_ids, emb_rng, positions)
-        return self.transformer(x, attention_mask.astype(bool), enc_rng)
+        return self.transformer(x, attention_mask.astype(bool), enc_rng, all_layers)

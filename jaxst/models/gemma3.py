@@ -33,6 +33,7 @@ from jaxst.models.layers import (
     GatedMLP,
     QKNormAttention,
     RMSNorm,
+    layer_states,
     positions_from_mask,
     rope_tables,
     split_rng,
@@ -155,7 +156,8 @@ class Gemma3Model(nnx.Module):
         self.layers = nnx.List([Gemma3DecoderLayer(cfg, s, rngs=rngs) for s in self.sliding])
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, rngs=rngs, zero_centered=True)
 
-    def __call__(self, input_ids, attention_mask, token_type_ids=None, dropout_rng=None, positions=None):
+    def __call__(self, input_ids, attention_mask, token_type_ids=None, dropout_rng=None, positions=None,
+                 all_layers=False):
         """``attention_mask`` (B, T), or (B, T, T) with ``positions`` (B, T) for packed batches (several texts
         per row, each token seeing only its own text, numbered from 0 within it)."""
         cfg = self.cfg
@@ -165,9 +167,11 @@ class Gemma3Model(nnx.Module):
                   True: rope_tables(positions, cfg.head_dim, cfg.rope_local_theta)}
         x = self.embed_tokens(input_ids)  # (B, T, H)
         x = x * jnp.asarray(np.float32(cfg.hidden_size**0.5), x.dtype)  # a float32 scalar cast to x's dtype
+        states = [x]
         for layer, sliding, rng in zip(self.layers, self.sliding, split_rng(dropout_rng, len(self.layers))):
             x = layer(x, attention_mask, *tables[sliding], rng)
-        return self.norm(x)
+            states.append(x)
+        return layer_states(states, self.norm(x), all_layers)
 
 
 __all__ = ["Gemma3Config", "Gemma3Model", "default_layer_types"]

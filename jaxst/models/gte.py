@@ -24,7 +24,7 @@ import dataclasses
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxst.models.layers import activation, dropout, positions_from_mask, rope_tables, split_rng
+from jaxst.models.layers import activation, dropout, layer_states, positions_from_mask, rope_tables, split_rng
 from jaxst.models.nomic_bert import NomicBertConfig, rotary_self_attention
 
 
@@ -108,10 +108,12 @@ class GteEncoder(nnx.Module):
     def __init__(self, cfg: GteConfig, *, rngs: nnx.Rngs):
         self.layer = nnx.List([GteLayer(cfg, rngs=rngs) for _ in range(cfg.num_hidden_layers)])
 
-    def __call__(self, x, mask, cos, sin, dropout_rng=None):
+    def __call__(self, x, mask, cos, sin, dropout_rng=None, all_layers=False):
+        states = [x]
         for layer, rng in zip(self.layer, split_rng(dropout_rng, len(self.layer))):
             x = layer(x, mask, cos, sin, rng)
-        return x
+            states.append(x)
+        return layer_states(states, x, all_layers)
 
 
 class GteModel(nnx.Module):
@@ -127,7 +129,8 @@ class GteModel(nnx.Module):
         self.embeddings = GteEmbeddings(cfg, rngs=rngs)
         self.encoder = GteEncoder(cfg, rngs=rngs)
 
-    def __call__(self, input_ids, attention_mask, token_type_ids=None, dropout_rng=None, positions=None):
+    def __call__(self, input_ids, attention_mask, token_type_ids=None, dropout_rng=None, positions=None,
+                 all_layers=False):
         """As ``NomicBertModel.__call__``: ``attention_mask`` (B, T), or (B, T, T) with ``positions`` (B, T) for
         packed batches; ``dropout_rng`` to train with dropout."""
         cfg = self.cfg
@@ -136,7 +139,7 @@ class GteModel(nnx.Module):
         cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta, cfg.rope_factor)
         emb_rng, enc_rng = split_rng(dropout_rng, 2)
         x = self.embeddings(input_ids, token_type_ids, emb_rng)
-        return self.encoder(x, attention_mask, cos, sin, enc_rng)
+        return self.encoder(x, attention_mask, cos, sin, enc_rng, all_layers)
 
 
 __all__ = ["GteConfig", "GteModel"]

@@ -87,6 +87,13 @@ def dropout(x, rate: float, rng):
     return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
 
 
+def layer_states(states: list, final, all_layers: bool):
+    """An encoder's output: ``final`` (B, T, H), or with ``all_layers`` every layer's as transformers'
+    ``output_hidden_states`` gives them: the input of the first layer, each layer's output, and ``final`` (the
+    last layer's output after any final norm) in place of the last (``states``: the first two, in order)."""
+    return (*states[:-1], final) if all_layers else final
+
+
 def split_rng(rng, n: int) -> tuple:
     """``n`` independent keys from ``rng``, or ``n`` Nones when there is no key (no dropout)."""
     return (None,) * n if rng is None else tuple(jax.random.split(rng, n))

@@ -35,6 +35,7 @@ from jaxst.models.layers import (
     apply_rope,
     attention,
     dropout,
+    layer_states,
     positions_from_mask,
     rope_tables,
     split_rng,
@@ -186,7 +187,8 @@ class ModernBertModel(nnx.Module):
         self.layers = nnx.List([ModernBertEncoderLayer(cfg, i, rngs=rngs) for i in range(cfg.num_hidden_layers)])
         self.final_norm = layer_norm(cfg, rngs)
 
-    def __call__(self, input_ids, attention_mask, token_type_ids=None, dropout_rng=None, positions=None):
+    def __call__(self, input_ids, attention_mask, token_type_ids=None, dropout_rng=None, positions=None,
+                 all_layers=False):
         """``attention_mask`` (B, T), or (B, T, T) with ``positions`` (B, T) for packed batches (several texts
         per row, each token seeing only its own text, numbered from 0 within it)."""
         cfg = self.cfg
@@ -196,9 +198,11 @@ class ModernBertModel(nnx.Module):
                 True: rope_tables(positions, cfg.head_dim, cfg.local_rope_theta)}
         emb_rng, *layer_rngs = split_rng(dropout_rng, len(self.layers) + 1)
         x = self.embeddings(input_ids, emb_rng)  # (B, T, H)
+        states = [x]
         for layer, rng in zip(self.layers, layer_rngs):
             x = layer(x, attention_mask, *rope[layer.local], rng)
-        return self.final_norm(x)
+            states.append(x)
+        return layer_states(states, self.final_norm(x), all_layers)
 
 
 __all__ = ["ModernBertConfig", "ModernBertModel"]

@@ -29,6 +29,7 @@ from jaxst.models.layers import (
     DenseResidualNorm,
     activation,
     dropout,
+    layer_states,
     multi_head_attention,
     split_rng,
 )
@@ -161,11 +162,13 @@ class MPNetEncoder(nnx.Module):
         buckets = relative_position_bucket(positions[None, :] - positions[:, None])  # (T, T), host constant
         return jnp.transpose(self.relative_attention_bias(jnp.asarray(buckets)), (2, 0, 1))[None]
 
-    def __call__(self, x, mask, dropout_rng=None):
+    def __call__(self, x, mask, dropout_rng=None, all_layers=False):
         bias = self.position_bias(x.shape[1])
+        states = [x]
         for layer, rng in zip(self.layer, split_rng(dropout_rng, len(self.layer))):
             x = layer(x, mask, bias, rng)
-        return x
+            states.append(x)
+        return layer_states(states, x, all_layers)
 
 
 class MPNetModel(nnx.Module):
@@ -181,11 +184,13 @@ class MPNetModel(nnx.Module):
         self.embeddings = MPNetEmbeddings(cfg, rngs=rngs)
         self.encoder = MPNetEncoder(cfg, rngs=rngs)
 
-    def __call__(self, input_ids, attention_mask, token_type_ids=None, dropout_rng=None, positions=None):
+    def __call__(self, input_ids, attention_mask, token_type_ids=None, dropout_rng=None, positions=None,
+                 all_layers=False):
         """``dropout_rng``: a PRNG key to train with dropout; None (the default) for inference.
         Packed batches: ``attention_mask`` (B, T, T) and ``positions`` as for ``BertModel``. The
         relative position bias needs nothing more: within a text, key-minus-query distances are the
         same packed or not, and across texts attention is masked."""
         del token_type_ids  # accepted for a uniform signature; MPNet has none
         emb_rng, enc_rng = split_rng(dropout_rng, 2)
-        return self.encoder(self.embeddings(input_ids, emb_rng, positions), attention_mask.astype(bool), enc_rng)
+        return self.encoder(self.embeddings(input_ids, emb_rng, positions), attention_mask.astype(bool), enc_rng,
+                            all_layers)

@@ -28,6 +28,7 @@ from jaxst.models.layers import (
     apply_rope,
     attention,
     dropout,
+    layer_states,
     positions_from_mask,
     rope_tables,
     split_rng,
@@ -144,10 +145,12 @@ class NomicBertEncoder(nnx.Module):
     def __init__(self, cfg: NomicBertConfig, *, rngs: nnx.Rngs):
         self.layers = nnx.List([NomicBertBlock(cfg, rngs=rngs) for _ in range(cfg.num_hidden_layers)])
 
-    def __call__(self, x, mask, cos, sin, dropout_rng=None):
+    def __call__(self, x, mask, cos, sin, dropout_rng=None, all_layers=False):
+        states = [x]
         for layer, rng in zip(self.layers, split_rng(dropout_rng, len(self.layers))):
             x = layer(x, mask, cos, sin, rng)
-        return x
+            states.append(x)
+        return layer_states(states, x, all_layers)
 
 
 class NomicBertModel(nnx.Module):
@@ -162,7 +165,8 @@ class NomicBertModel(nnx.Module):
         self.emb_ln = nnx.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps, rngs=rngs)
         self.encoder = NomicBertEncoder(cfg, rngs=rngs)
 
-    def __call__(self, input_ids, attention_mask, token_type_ids=None, dropout_rng=None, positions=None):
+    def __call__(self, input_ids, attention_mask, token_type_ids=None, dropout_rng=None, positions=None,
+                 all_layers=False):
         """``dropout_rng``: a PRNG key to train with dropout; None (the default) for inference.
         ``attention_mask`` (B, T), or (B, T, T) with ``positions`` (B, T) for packed batches (several texts
         per row, each token seeing only its own text, numbered from 0 within it)."""
@@ -174,7 +178,7 @@ class NomicBertModel(nnx.Module):
         cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta, cfg.rope_factor)
         emb_rng, enc_rng = split_rng(dropout_rng, 2)
         x = dropout(self.emb_ln(self.embeddings(input_ids, token_type_ids)), cfg.hidden_dropout_prob, emb_rng)
-        return self.encoder(x, attention_mask, cos, sin, enc_rng)
+        return self.encoder(x, attention_mask, cos, sin, enc_rng, all_layers)
 
 
 __all__ = ["NomicBertConfig", "NomicBertModel", "rope_from_hf", "rotary_self_attention"]

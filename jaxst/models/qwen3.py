@@ -25,6 +25,7 @@ from jaxst.models.layers import (
     GatedMLP,
     QKNormAttention,
     RMSNorm,
+    layer_states,
     positions_from_mask,
     rope_tables,
     split_rng,
@@ -116,7 +117,8 @@ class Qwen3Model(nnx.Module):
         self.layers = nnx.List([Qwen3DecoderLayer(cfg, s, rngs=rngs) for s in sliding])
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, rngs=rngs)
 
-    def __call__(self, input_ids, attention_mask, token_type_ids=None, dropout_rng=None, positions=None):
+    def __call__(self, input_ids, attention_mask, token_type_ids=None, dropout_rng=None, positions=None,
+                 all_layers=False):
         """``attention_mask`` (B, T), or (B, T, T) with ``positions`` (B, T) for packed batches (several texts
         per row, each token seeing only its own text, numbered from 0 within it)."""
         if positions is None:
@@ -126,9 +128,11 @@ class Qwen3Model(nnx.Module):
         if self.cfg.pad_token_id is not None:  # nn.Embedding(padding_idx=...): no gradient into that row, as in
             frozen = (input_ids == self.cfg.pad_token_id)[..., None]  # torch, where EOS (a real token) is the pad
             x = jnp.where(frozen, jax.lax.stop_gradient(x), x)
+        states = [x]
         for layer, rng in zip(self.layers, split_rng(dropout_rng, len(self.layers))):
             x = layer(x, attention_mask, cos, sin, rng)
-        return self.norm(x)
+            states.append(x)
+        return layer_states(states, self.norm(x), all_layers)
 
 
 __all__ = ["Qwen3Config", "Qwen3Model"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from flax import nnx
 
-from jaxst.modules import dense, layer_norm, normalize
+from jaxst.modules import dense, layer_norm, normalize, weighted_layer_pooling
 from jaxst.modules._kind import ModuleFiles, ModuleKind, SaveContext
 from jaxst.pipeline import SentenceEncoder
 from jaxst.pooling import pooling_modes_from_config
@@ -30,13 +30,16 @@ HEADS = {"dense": dense.head, "normalize": normalize.head,  # the heads a senten
 
 
 def sentence_encoder(encoder: nnx.Module, hidden_size: int, modules: list, where,
-                     pooling_modes: tuple[str, ...] | None = None) -> tuple[SentenceEncoder, int]:
+                     pooling_modes: tuple[str, ...] | None = None,
+                     hidden_states: bool = False) -> tuple[SentenceEncoder, int]:
     """The abstract ``SentenceEncoder`` over ``encoder`` for the modules after the Transformer, and its
     output dimension. ``modules``: ``(kind, config, path)`` in modules.json order ("pooling", "dense",
     "normalize", "dropout"); exactly one Pooling, before any Dense or Normalize. ``where`` names the
     model folder in errors. ``pooling_modes``: an input module that pools by itself (StaticEmbedding's mean)
-    and so is followed by no Pooling module."""
-    pooling, modes, heads, dim = None, (), [], hidden_size
+    and so is followed by no Pooling module. A WeightedLayerPooling may come before the Pooling (a head that
+    mixes the encoder's layers); ``hidden_states``: the Transformer's config.json sets ``output_hidden_states``,
+    without which that module changes nothing, as in sentence-transformers."""
+    pooling, modes, heads, dim, token_heads = None, (), [], hidden_size, 0
     if pooling_modes is not None:
         pooling, modes = {}, tuple(pooling_modes)
     for kind, config, path in modules:
@@ -47,6 +50,10 @@ def sentence_encoder(encoder: nnx.Module, hidden_size: int, modules: list, where
                                  "supported")
             pooling, modes = config, pooling_modes_from_config(config)
             dim *= len(modes)
+        elif kind == "weighted_layer_pooling" and pooling is None and not heads and pooling_modes is None:
+            head, dim = weighted_layer_pooling.head(config, dim, path, hidden_states=hidden_states)
+            heads.append(head)
+            token_heads = 1
         elif pooling is None and kind != "dropout":
             raise ValueError(f"{where}: a {kind} module before Pooling is not supported")
         elif kind in HEADS:
@@ -54,7 +61,7 @@ def sentence_encoder(encoder: nnx.Module, hidden_size: int, modules: list, where
             heads.append(head)
     if pooling is None:
         raise ValueError(f"{where} has no Pooling module; jaxst needs one to make sentence embeddings")
-    return SentenceEncoder(encoder, modes, bool(pooling.get("include_prompt", True)), heads), dim
+    return SentenceEncoder(encoder, modes, bool(pooling.get("include_prompt", True)), heads, token_heads), dim
 
 
 def save(spec, context: SaveContext) -> ModuleFiles:
