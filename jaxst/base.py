@@ -42,7 +42,7 @@ from jaxst.io.folder import read_json
 from jaxst.io.hub import resolve_model_folder
 from jaxst.io.requirements import check_requirements
 from jaxst.io.tokenizer import Tokenizer
-from jaxst.io.weights import checkpoint_header, params_from_state_dict
+from jaxst.io.weights import checkpoint_header, open_state_dict, params_from_state_dict
 from jaxst.models import ARCHITECTURES, check_layers, encoder_from_hf_config, model_type
 from jaxst.models.int8 import CALIBRATION_TEXTS, calibrate, quantize_module
 from jaxst.parallel import data_mesh, replicated, resolve_device, resolve_devices
@@ -248,6 +248,17 @@ class BaseModel:
             return jax.device_put(array, self.device)
 
         return params_from_state_dict(module, state_dict, prefixes, place)
+
+    def transformer_checkpoint(self, name_or_path: str | os.PathLike | None = None) -> tuple[dict, object]:
+        """``(config.json, state dict)`` of a transformers folder or Hub name (None: this model's own Transformer
+        module), the state dict read lazily with PyTorch names: for a loss that builds a second network from a
+        checkpoint (DenoisingAutoEncoderLoss's decoder), which cannot read files itself (losses sit above io)."""
+        if name_or_path is None:
+            specs = getattr(self, "_module_specs", None)
+            folder = specs[0].path if specs else self.model_folder
+        else:
+            folder = resolve_model_folder(name_or_path)
+        return read_json(folder / "config.json"), open_state_dict(folder)
 
     def quantize_encoder(self, module, params: dict) -> dict:
         """``dtype="int8"``: the encoder's dense layers become ``Int8Linear`` (``jaxst.models.int8``: weights

@@ -1,14 +1,17 @@
 """The multi-vector (ColBERT) losses added after MultiVectorMultipleNegativesRankingLoss, against
 sentence-transformers 6.3's on the same random token embeddings with padded masks: value and gradient with
-respect to each column's token embeddings, within 1e-5; their constructor arguments; and the training step's
-refusal of a loss that reads every model output and sets a mini_batch_size (GradCache caches sentence
-embeddings only). The originals embed through ``model(features, task=...)``: here a stub model hands back the
-given token embeddings and masks (one feature dict per column), so torch autograd reaches them; the cached
-loss is compared through its ``calculate_loss`` (the loss of given embeddings, GradCache's first pass)."""
+respect to each column's token embeddings, within 1e-5; their constructor arguments. The originals embed through
+``model(features, task=...)``: here a stub model hands back the given token embeddings and masks (one feature dict
+per column), so torch autograd reaches them; the cached loss is compared through its ``calculate_loss`` (the loss
+of given embeddings, GradCache's first pass). The wrappers (MultiVectorMatryoshkaLoss, MultiVectorTokenPoolingLoss)
+go through the stub's forward as the originals patch it. On a tiny late-interaction model, through
+jaxst.training: the parameter gradients of 6.3's forward, GradCache with per-token outputs (the cached loss
+trained with a mini_batch_size) included, and one ``fit`` step with each new loss."""
 
 from __future__ import annotations
 
 import inspect
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +26,16 @@ from jaxst.maxsim import maxsim_scores
 TOL = 1e-5
 B, D, QUERY_TOKENS = 6, 8, 5
 DOC_TOKENS = (7, 4, 9, 6)  # each document column padded to its own width, as ST pads per column
+
+
+@pytest.fixture(scope="module")
+def late_model(tiny_backbone, tmp_path_factory):
+    """The folder of a tiny late-interaction model (8-dim token vectors, documents up to 20 tokens)."""
+    from conftest import build_late_interaction
+
+    folder = tmp_path_factory.mktemp("mv-losses")
+    build_late_interaction(tiny_backbone, folder, query_length=10, document_length=20)
+    return folder
 
 
 def random_columns(n_documents: int, seed: int = 0):
@@ -46,13 +59,15 @@ def random_columns(n_documents: int, seed: int = 0):
 
 
 def jax_value_and_grads(loss, columns, labels=None):
+    """The loss's value and each column's token-embedding gradient, compiled (one program: faster than eager)."""
     masks = [jnp.asarray(m) for _, m in columns]
 
-    def fn(embs):
+    def fn(embs, labels):
         outputs = [{"token_embeddings": e, "attention_mask": m} for e, m in zip(embs, masks)]
-        return loss(outputs, None if labels is None else jnp.asarray(labels))
+        return loss(outputs, labels)
 
-    value, grads = jax.value_and_grad(fn)([jnp.asarray(e) for e, _ in columns])
+    value, grads = jax.jit(jax.value_and_grad(fn))([jnp.asarray(e) for e, _ in columns],
+                                                   None if labels is None else jnp.asarray(labels))
     return float(value), [np.asarray(g) for g in grads]
 
 
@@ -61,10 +76,16 @@ class StubMultiVectorEncoder(torch.nn.Module):
     token embeddings and scoring mask; its similarity and similarity_pairwise score MaxSim (MeanMaxSim when
     ``similarity_fn_name`` is "meanmaxsim"), as the model's."""
 
+    use_kernels = False  # read by 6.3's MultiVectorTokenPoolingLoss
+    _token_pooling_kernel_config = None
+
     def __init__(self, similarity_fn_name: str = "maxsim"):
         super().__init__()
         self.similarity_fn_name = similarity_fn_name
         self.columns: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def _get_untruncated_embedding_dimension(self):  # read by 6.3's MultiVectorMatryoshkaLoss
+        return D
 
     def forward(self, features, task=None):
         emb, mask = self.columns[features["column"]]
@@ -301,13 +322,13 @@ def test_constructor_arguments_match_sentence_transformers(name):
     assert [p.default for p in ours[1:]] == [p.default for p in theirs[1:]]
 
 
-def test_training_refuses_outputs_losses_with_a_mini_batch_size():
-    """jaxst's GradCache caches sentence embeddings, not per-token outputs: a loss with needs_outputs and a
-    mini_batch_size is refused by name and reason at the training step, never trained without its
-    mini-batches; the same losses with mini_batch_size None pass that check."""
-    from jaxst.training import make_loss_fn, make_train_step, train_forward
+def test_training_takes_outputs_losses_with_a_mini_batch_size():
+    """A loss that reads every model output per column and sets a mini_batch_size trains through GradCache (the
+    per-token outputs cached): no longer refused. Refused: such a loss on a model whose forward updates buffers
+    (model_state: GradCache runs each mini-batch twice), and a packed batch for it."""
+    from jaxst.training import make_loss_fn, train_forward
 
-    class NoModel:  # the refusal comes before the model is read
+    class NoModel:  # the checks come before the model is read
         graphdef = None
 
         def training_inputs(self):
@@ -317,27 +338,28 @@ def test_training_refuses_outputs_losses_with_a_mini_batch_size():
             return {}
 
     for loss in (jl.CachedMultiVectorMultipleNegativesRankingLoss(mini_batch_size=4),
-                 jl.MultiVectorMarginMSELoss(mini_batch_size=4), jl.MultiVectorDistillKLDivLoss(mini_batch_size=4)):
-        with pytest.raises(ValueError, match=f"{type(loss).__name__} reads every model output .* GradCache"):
-            make_loss_fn(NoModel(), loss)
-        with pytest.raises(ValueError, match="GradCache"):
-            make_train_step(NoModel(), loss, None)
-    with pytest.raises(ValueError, match="cannot embed these columns mini-batch by mini-batch"):
-        train_forward(None, None, [{}], full_outputs=True, mini_batch_size=4)
-    for loss in (jl.MultiVectorMarginMSELoss(), jl.MultiVectorDistillKLDivLoss()):
+                 jl.MultiVectorMarginMSELoss(mini_batch_size=4), jl.MultiVectorDistillKLDivLoss(mini_batch_size=4),
+                 jl.MultiVectorMatryoshkaLoss(None, jl.CachedMultiVectorMultipleNegativesRankingLoss(), [8, 4])):
         assert callable(make_loss_fn(NoModel(), loss))
+        with pytest.raises(ValueError, match=f"{type(loss).__name__} reads the model's outputs .*\\(model_state\\)"):
+            make_loss_fn(NoModel(), loss, model_state=True)
+    with pytest.raises(ValueError, match="updates buffers"):
+        train_forward(None, None, [{}], full_outputs=True, model_state={}, mini_batch_size=4)
+    with pytest.raises(ValueError, match="unpacked column batches"):
+        train_forward(None, None, {"unpack_index": np.zeros((2, 4), np.int32)}, full_outputs=True, mini_batch_size=4)
 
 
-def test_distillation_losses_train_like_sentence_transformers(tiny_backbone, tmp_path):
+def test_distillation_losses_train_like_sentence_transformers(late_model):
     """Through jaxst.training (collate's vector labels, the model's per-token outputs): the value and the
-    parameter gradients of 6.3's forward on a tiny late-interaction model, for both distillation losses."""
-    from conftest import assert_same_gradients, build_late_interaction, read_stsb
+    parameter gradients of 6.3's forward on a tiny late-interaction model, for both distillation losses, in one
+    forward and (the KL loss) through GradCache with its mini_batch_size."""
+    from conftest import assert_same_gradients, read_stsb
     from sentence_transformers import MultiVectorEncoder as STMultiVectorEncoder
 
     from jaxst import MultiVectorEncoder
     from jaxst.training import collate, make_loss_fn
 
-    build_late_interaction(tiny_backbone, tmp_path, query_length=10, document_length=20)
+    tmp_path = late_model
     rows = read_stsb("stsb-en-train.csv")[:4]
     scores = np.random.default_rng(40).normal(size=(len(rows), 3)).astype(np.float32) * 3
     examples = [(a, b, rows[(i + 1) % 4][1], rows[(i + 2) % 4][0], list(map(float, s)))
@@ -357,10 +379,306 @@ def test_distillation_losses_train_like_sentence_transformers(tiny_backbone, tmp
         ref = getattr(st_mv_losses(), theirs)(st, **kwargs)(features, torch.tensor(scores))
         ref.backward()
         ref = float(ref.detach())
-        value, grads = jax.value_and_grad(make_loss_fn(model, ours, dropout=False))(model.params, batch)
-        assert abs(float(value) - ref) < TOL * max(1.0, abs(ref)), theirs
+        for chunked in (None, 3) if kwargs else (None,):  # 3 of 4 rows: GradCache, a padded last mini-batch
+            ours.mini_batch_size = chunked
+            value, grads = jax.jit(jax.value_and_grad(make_loss_fn(model, ours, dropout=False)))(model.params, batch)
+            assert abs(float(value) - ref) < TOL * max(1.0, abs(ref)), theirs
+            assert_same_gradients(st, [
+                (grads["heads"][0]["linear"]["kernel"], "1.linear.weight", True),
+                (grads["encoder"]["encoder"]["layer"][1]["output"]["dense"]["kernel"],
+                 "encoder.layer.1.output.dense.weight", True),
+            ])
+
+
+# ------------------------------------------------- MultiVectorMatryoshkaLoss, MultiVectorTokenPoolingLoss
+
+
+def st_pooling(**kwargs):
+    from sentence_transformers.multi_vector_encoder.modules import HierarchicalTokenPooling
+
+    return HierarchicalTokenPooling(**kwargs)
+
+
+def jx_pooling(**kwargs):
+    from jaxst.multi_vector_encoder import HierarchicalTokenPooling
+
+    return HierarchicalTokenPooling(**kwargs)
+
+
+# each pooling's settings: clustering by factor (fractional too), by a token budget, by a distance cut; no
+# protected token with raw means; pooled queries; and the factor-1 pooling that only normalizes
+POOLINGS = [{"pool_factor": 2}, {"pool_factor": 1.5, "num_protected_tokens": 0, "normalize_embeddings": False},
+            {"max_tokens": 3}, {"distance_threshold": 1.2}, {"pool_factor": 3, "tasks": ["query", "document"]}, {}]
+
+
+@pytest.mark.parametrize("inner", ["mnrl", "kl"])
+def test_matryoshka_loss(inner):
+    """Each column's token vectors cut to each dim and L2-normalized, the wrapped loss summed with the weights (dims
+    given in any order: sorted largest first with their weights)."""
+    columns = random_columns(3, seed=50)
+    labels = None if inner == "mnrl" else np.random.default_rng(51).normal(size=(B, 3)).astype(np.float32)
+    ours_inner = jl.MultiVectorMultipleNegativesRankingLoss() if inner == "mnrl" else jl.MultiVectorDistillKLDivLoss()
+    ours = jl.MultiVectorMatryoshkaLoss(None, ours_inner, [3, 8, 5], [2.0, 1.0, 0.5])
+    assert ours.matryoshka_dims == (8, 5, 3) and ours.matryoshka_weights == (1.0, 0.5, 2.0)
+
+    def theirs(m):
+        wrapped = (st_mv_losses().MultiVectorMultipleNegativesRankingLoss(m) if inner == "mnrl"
+                   else st_mv_losses().MultiVectorDistillKLDivLoss(m))
+        return st_mv_losses().MultiVectorMatryoshkaLoss(m, wrapped, [3, 8, 5], [2.0, 1.0, 0.5])
+
+    ref = torch_value_and_grads(theirs, columns, labels)
+    assert_same(jax_value_and_grads(ours, columns, labels), ref)
+    full = jax_value_and_grads(ours_inner, columns, labels)
+    assert abs(full[0] - ref[0]) > 1e-3  # the cut dims count
+
+
+@pytest.mark.parametrize("settings", POOLINGS)
+def test_token_pooling_loss_each_pooling(settings):
+    """One pooling variant at a time against 6.3's: documents (or, with tasks, queries too) clustered by Ward
+    linkage, each cluster its mean (straight-through gradient: each member gets the full gradient), normalized."""
+    columns = random_columns(2, seed=60)
+    ours = jl.MultiVectorTokenPoolingLoss(None, jl.MultiVectorMultipleNegativesRankingLoss(), [jx_pooling(**settings)])
+    ref = torch_value_and_grads(lambda m: st_mv_losses().MultiVectorTokenPoolingLoss(
+        m, st_mv_losses().MultiVectorMultipleNegativesRankingLoss(m), [st_pooling(**settings)]), columns)
+    assert_same(jax_value_and_grads(ours, columns), ref)
+
+
+@pytest.mark.parametrize("settings", POOLINGS[:4])
+def test_token_pooling_pools_like_the_original_module(settings):
+    """``pool_token_outputs`` gives 6.3's module output in training: the same pooled tokens in the same slots and
+    the same mask (their width may differ: ours keeps the input's, masked), and the straight-through gradient."""
+    from jaxst.losses.multi_vector import pool_token_outputs
+
+    emb, mask = random_columns(1, seed=61)[1]
+    module = st_pooling(**settings)
+    x = torch.tensor(emb, requires_grad=True)
+    out = module({"token_embeddings": x, "attention_mask": torch.tensor(mask)}, task="document")
+    width = out["attention_mask"].shape[1]
+    weights = np.random.default_rng(62).normal(size=(B, width, D)).astype(np.float32)
+    (out["token_embeddings"] * torch.tensor(weights)).sum().backward()
+
+    def pooled(e):
+        return pool_token_outputs(jx_pooling(**settings), e, jnp.asarray(mask))
+
+    tokens, new_mask = pooled(jnp.asarray(emb))
+    grad = jax.grad(lambda e: jnp.sum(pooled(e)[0][:, :width] * weights))(jnp.asarray(emb))
+    np.testing.assert_array_equal(np.asarray(new_mask[:, :width]), out["attention_mask"].numpy())
+    assert not np.asarray(new_mask[:, width:]).any()
+    assert max_abs(np.where(np.asarray(new_mask)[:, :width, None], tokens[:, :width], 0),
+                   out["token_embeddings"].detach()) < TOL
+    assert max_abs(grad, x.grad) < TOL and np.abs(x.grad.numpy()).max() > 1e-2
+    assert out["attention_mask"].sum() < mask.sum()  # it pooled
+
+
+def test_token_pooling_loss_variants_with_matryoshka_inside():
+    """Several variants (None: unpooled) with weights over a MultiVectorMatryoshkaLoss: pooling first, then the
+    cut, as 6.3 composes them (and as encode applies them)."""
+    columns = random_columns(3, seed=70)
+    settings = [None, {"pool_factor": 2}, {"max_tokens": 2, "num_protected_tokens": 0}]
+    ours = jl.MultiVectorTokenPoolingLoss(
+        None, jl.MultiVectorMatryoshkaLoss(None, jl.MultiVectorMultipleNegativesRankingLoss(scale=4.0), [8, 4]),
+        [None if k is None else jx_pooling(**k) for k in settings], weights=[1.0, 0.5, 2.0])
+
+    def theirs(m):
+        inner = st_mv_losses().MultiVectorMatryoshkaLoss(
+            m, st_mv_losses().MultiVectorMultipleNegativesRankingLoss(m, scale=4.0), [8, 4])
+        return st_mv_losses().MultiVectorTokenPoolingLoss(
+            m, inner, [None if k is None else st_pooling(**k) for k in settings], weights=[1.0, 0.5, 2.0])
+
+    assert_same(jax_value_and_grads(ours, columns), torch_value_and_grads(theirs, columns))
+
+
+def subset_sums(parts: list[float], k: int) -> dict:
+    from itertools import combinations
+
+    return {c: sum(parts[i] for i in c) for c in combinations(range(len(parts)), k)}
+
+
+def test_n_dims_and_n_poolings_per_step_draw_from_the_key():
+    """n_dims_per_step / n_poolings_per_step > 0: each key sums exactly that many variants (the value is one of
+    the sums of that many single-variant losses), different keys draw different ones, the same key the same;
+    -1 or a count >= the variants sums all of them; no key is refused."""
+    columns = random_columns(2, seed=80)
+    outputs = [{"token_embeddings": jnp.asarray(e), "attention_mask": jnp.asarray(m)} for e, m in columns]
+    mnrl = jl.MultiVectorMultipleNegativesRankingLoss()
+    dims, weights = [8, 6, 4, 2], [1.0, 0.7, 0.4, 0.3]
+    poolings = [None, jx_pooling(pool_factor=2), jx_pooling(max_tokens=2), jx_pooling(pool_factor=1.5)]
+    cases = [
+        (lambda n: jl.MultiVectorMatryoshkaLoss(None, mnrl, dims, weights, n_dims_per_step=n),
+         [float(jl.MultiVectorMatryoshkaLoss(None, mnrl, [d], [w])(outputs)) for d, w in zip(dims, weights)]),
+        (lambda n: jl.MultiVectorTokenPoolingLoss(None, mnrl, poolings, weights=weights, n_poolings_per_step=n),
+         [float(jl.MultiVectorTokenPoolingLoss(None, mnrl, [p], weights=[w])(outputs))
+          for p, w in zip(poolings, weights)]),
+    ]
+    for make, parts in cases:
+        assert len({round(v, 4) for v in parts}) == len(parts)  # the variants differ
+        for k in (1, 2):
+            sums = subset_sums(parts, k)
+            drawn = set()
+            step = jax.jit(lambda key, k=k: make(k)(outputs, rng=key))  # noqa: B023 (called in this iteration)
+            for seed in range(8):
+                value = float(step(jax.random.key(seed)))
+                (picked,) = [c for c, v in sums.items() if abs(v - value) < 1e-4]
+                drawn.add(picked)
+                assert float(step(jax.random.key(seed))) == value
+            assert len(drawn) > 1, k
+            with pytest.raises(ValueError, match="needs an rng key"):
+                make(k)(outputs)
+        for k in (-1, 4):
+            assert abs(float(make(k)(outputs)) - sum(parts)) < 1e-4
+
+
+def test_wrapper_arguments_and_bad_input():
+    """6.3's argument names, kinds and defaults (jaxst's model, loss and dims default to None / empty, as
+    MatryoshkaLoss's: the wrappers run on outputs given directly); the checks of 6.3 with its messages."""
+    for name in ("MultiVectorMatryoshkaLoss", "MultiVectorTokenPoolingLoss"):
+        ours = list(inspect.signature(getattr(jl, name)).parameters.values())
+        theirs = list(inspect.signature(getattr(st_mv_losses(), name)).parameters.values())
+        assert [(p.name, p.kind) for p in ours] == [(p.name, p.kind) for p in theirs]
+        assert [p.default for p in ours if p.name in ("model", "loss")] == [None, None]
+        assert [p.default for p in ours[3:]] == [p.default for p in theirs[3:]]
+    mnrl = jl.MultiVectorMultipleNegativesRankingLoss()
+    pooled = jl.MultiVectorTokenPoolingLoss(None, mnrl, [None])
+    with pytest.raises(ValueError, match="MultiVectorTokenPoolingLoss must wrap MultiVectorMatryoshkaLoss"):
+        jl.MultiVectorMatryoshkaLoss(None, pooled, [8])
+    for bad in (jl.MultipleNegativesRankingLoss(), None):
+        with pytest.raises(TypeError, match="wraps a multi-vector loss"):
+            jl.MultiVectorMatryoshkaLoss(None, bad, [8])
+        with pytest.raises(TypeError, match="wraps a multi-vector loss"):
+            jl.MultiVectorTokenPoolingLoss(None, bad, [None])
+    with pytest.raises(ValueError, match="at least one dimension"):
+        jl.MultiVectorMatryoshkaLoss(None, mnrl, [])
+    with pytest.raises(ValueError, match="must be > 0"):
+        jl.MultiVectorMatryoshkaLoss(None, mnrl, [8, 0])
+    with pytest.raises(ValueError, match="same length as matryoshka_dims"):
+        jl.MultiVectorMatryoshkaLoss(None, mnrl, [8, 4], [1.0])
+
+    class Truncated:  # a model of 8-dim token vectors truncated to 4: the untruncated dimension counts, as in 6.3
+        _embedding_dim = 8
+
+        def get_embedding_dimension(self):
+            return 4
+
+    with pytest.raises(ValueError, match="cannot exceed the model's embedding dimension of 8"):
+        jl.MultiVectorMatryoshkaLoss(Truncated(), mnrl, [16, 8])
+    with pytest.warns(UserWarning, match="embedding dimension 8 is not included"):
+        jl.MultiVectorMatryoshkaLoss(Truncated(), mnrl, [6, 4])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the full dimension included: no warning
+        jl.MultiVectorMatryoshkaLoss(Truncated(), mnrl, [8, 4])
+    with pytest.raises(ValueError, match="at least one token pooling"):
+        jl.MultiVectorTokenPoolingLoss(None, mnrl, [])
+    with pytest.raises(ValueError, match="must be a HierarchicalTokenPooling .* or None, got str"):
+        jl.MultiVectorTokenPoolingLoss(None, mnrl, [None, "hierarchical"])
+    with pytest.raises(ValueError, match="one weight per pooling variant"):
+        jl.MultiVectorTokenPoolingLoss(None, mnrl, [None, jx_pooling(pool_factor=2)], weights=[1.0])
+    with pytest.raises(TypeError, match="one dict of MultiVectorEncoder outputs"):
+        pooled([np.zeros((2, 3, 4), np.float32)])
+    cached = jl.CachedMultiVectorMultipleNegativesRankingLoss(mini_batch_size=3)
+    wrapped = jl.MultiVectorTokenPoolingLoss(None, jl.MultiVectorMatryoshkaLoss(None, cached, [8]), [None])
+    assert wrapped.mini_batch_size == 3 and wrapped.needs_outputs  # the training step runs GradCache for it
+    assert pooled.mini_batch_size is None
+
+
+# ------------------------------------------------------------------ through jaxst.training on a tiny model
+
+
+def st_reference(st, loss, texts_per_column):
+    """6.3's loss forward and backward on the model ``st`` (gradients zeroed first; columns: query, documents)."""
+    st.zero_grad()
+    features = []
+    for i, texts in enumerate(texts_per_column):
+        task = "query" if i == 0 else "document"
+        f = st.preprocess(texts, task=task)
+        f["task"] = task
+        features.append(f)
+    value = loss(features, None)
+    value.backward()
+    return float(value.detach())
+
+
+def triplets(n: int) -> list[tuple[str, str, str]]:
+    from conftest import read_stsb
+
+    rows = read_stsb("stsb-en-train.csv")[:n]
+    return [(a, b, rows[(i + 1) % n][1]) for i, (a, b, _) in enumerate(rows)]
+
+
+def loss_pairs():
+    """(name, jaxst loss, 6.3 loss from its model): the new losses composed (pooling, then the Matryoshka cut), the
+    cached loss with a mini_batch_size of 2 (5 rows: a padded last mini-batch) alone and inside both wrappers."""
+    L = st_mv_losses()
+    return [
+        ("pooling-matryoshka", jl.MultiVectorTokenPoolingLoss(None, jl.MultiVectorMatryoshkaLoss(
+            None, jl.MultiVectorMultipleNegativesRankingLoss(), [8, 4], [1, 2]),
+            [None, jx_pooling(pool_factor=2), jx_pooling(max_tokens=4)]),
+         lambda m: L.MultiVectorTokenPoolingLoss(m, L.MultiVectorMatryoshkaLoss(
+             m, L.MultiVectorMultipleNegativesRankingLoss(m), [8, 4], [1, 2]),
+             [None, st_pooling(pool_factor=2), st_pooling(max_tokens=4)])),
+        ("cached", jl.CachedMultiVectorMultipleNegativesRankingLoss(mini_batch_size=2),
+         lambda m: L.CachedMultiVectorMultipleNegativesRankingLoss(m, mini_batch_size=2)),
+        ("cached-wrapped", jl.MultiVectorTokenPoolingLoss(None, jl.MultiVectorMatryoshkaLoss(
+            None, jl.CachedMultiVectorMultipleNegativesRankingLoss(mini_batch_size=2), [8, 4]),
+            [None, jx_pooling(pool_factor=2)], weights=[1, 0.5]),
+         lambda m: L.MultiVectorTokenPoolingLoss(m, L.MultiVectorMatryoshkaLoss(
+             m, L.CachedMultiVectorMultipleNegativesRankingLoss(m, mini_batch_size=2), [8, 4]),
+             [None, st_pooling(pool_factor=2)], weights=[1, 0.5])),
+    ]
+
+
+def test_new_losses_train_like_sentence_transformers(late_model):
+    """Through jaxst.training on a tiny late-interaction model: the value and parameter gradients of 6.3's
+    forward (its GradCache for the cached loss), each within 1e-5; the cached loss trained through jaxst's
+    GradCache (per-token outputs cached, mini-batches of 2) also equals jaxst's uncached loss."""
+    from conftest import assert_same_gradients
+    from sentence_transformers import MultiVectorEncoder as STMultiVectorEncoder
+
+    from jaxst import MultiVectorEncoder
+    from jaxst.training import collate, make_loss_fn
+
+    examples = triplets(5)
+    model = MultiVectorEncoder(str(late_model))
+    batch = collate(model, examples)
+    st = STMultiVectorEncoder(str(late_model), device="cpu")
+    st.eval()  # no dropout on either side
+    columns = [[e[i] for e in examples] for i in range(3)]
+
+    def ours(loss):
+        return jax.jit(jax.value_and_grad(make_loss_fn(model, loss, dropout=False)))(model.params, batch)
+
+    for name, loss, theirs in loss_pairs():
+        ref = st_reference(st, theirs(st), columns)
+        value, grads = ours(loss)
+        assert abs(float(value) - ref) < TOL * max(1.0, abs(ref)), name
         assert_same_gradients(st, [
             (grads["heads"][0]["linear"]["kernel"], "1.linear.weight", True),
             (grads["encoder"]["encoder"]["layer"][1]["output"]["dense"]["kernel"],
              "encoder.layer.1.output.dense.weight", True),
+            (grads["encoder"]["embeddings"]["word_embeddings"]["embedding"], "embeddings.word_embeddings.weight",
+             False),
         ])
+        if name == "cached":
+            uncached_value, uncached = ours(jl.MultiVectorMultipleNegativesRankingLoss())
+            assert abs(float(value) - float(uncached_value)) < 1e-6
+            gaps = [max_abs(a, b) / max(1.0, float(np.abs(np.asarray(b)).max()))
+                    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(uncached))]
+            assert max(gaps) < 1e-5
+
+
+def test_fit_runs_a_step_with_each_new_loss(late_model):
+    """``fit`` trains one step (dropout on, the draws from its keys) with the new losses composed:
+    MultiVectorTokenPoolingLoss (n_poolings_per_step) over MultiVectorMatryoshkaLoss (n_dims_per_step) over the
+    cached loss, whose mini_batch_size of 2 runs GradCache with per-token outputs; a finite loss, and the
+    params move."""
+    from jaxst import MultiVectorEncoder
+    from jaxst.training import fit
+
+    loss = jl.MultiVectorTokenPoolingLoss(None, jl.MultiVectorMatryoshkaLoss(
+        None, jl.CachedMultiVectorMultipleNegativesRankingLoss(mini_batch_size=2), [8, 4, 2], n_dims_per_step=1),
+        [None, jx_pooling(pool_factor=2)], n_poolings_per_step=1)
+    model = MultiVectorEncoder(str(late_model))
+    before = np.asarray(model.params["heads"][0]["linear"]["kernel"]).copy()
+    history = fit(model, triplets(4), loss, batch_size=4, warmup_steps=0, learning_rate=1e-3,
+                  show_progress_bar=False)
+    assert len(history["loss"]) == 1 and np.isfinite(history["loss"][0])
+    assert np.abs(np.asarray(model.params["heads"][0]["linear"]["kernel"]) - before).max() > 0

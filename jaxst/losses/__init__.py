@@ -15,6 +15,7 @@ loss of the whole global batch. In-batch-negative losses gather the other device
 ``all_gather`` (whose transpose routes their gradients home), so every device sees every negative.
 """
 
+from jaxst.losses.adaptive_layer import AdaptiveLayerLoss, Matryoshka2dLoss
 from jaxst.losses.base import Loss, identity
 from jaxst.losses.classification import SoftmaxLoss
 from jaxst.losses.distillation import DistillKLDivLoss, EmbedDistillLoss, MarginMSELoss, MSELoss
@@ -23,7 +24,9 @@ from jaxst.losses.multi_vector import (
     CachedMultiVectorMultipleNegativesRankingLoss,
     MultiVectorDistillKLDivLoss,
     MultiVectorMarginMSELoss,
+    MultiVectorMatryoshkaLoss,
     MultiVectorMultipleNegativesRankingLoss,
+    MultiVectorTokenPoolingLoss,
 )
 from jaxst.losses.pairs import (
     AnglELoss,
@@ -68,8 +71,16 @@ from jaxst.losses.triplet import (
     TripletDistanceMetric,
     TripletLoss,
 )
+from jaxst.losses.unsupervised import (
+    ContrastiveTensionDataLoader,
+    ContrastiveTensionLoss,
+    ContrastiveTensionLossInBatchNegatives,
+    DenoisingAutoEncoderDataset,
+    DenoisingAutoEncoderLoss,
+)
 
 __all__ = [
+    "AdaptiveLayerLoss",
     "AnglELoss",
     "BatchAllTripletLoss",
     "BatchHardSoftMarginTripletLoss",
@@ -83,9 +94,14 @@ __all__ = [
     "CachedMultiVectorMultipleNegativesRankingLoss",
     "CachedSpladeLoss",
     "ContrastiveLoss",
+    "ContrastiveTensionDataLoader",
+    "ContrastiveTensionLoss",
+    "ContrastiveTensionLossInBatchNegatives",
     "CoSENTLoss",
     "CosineSimilarityLoss",
     "CSRLoss",
+    "DenoisingAutoEncoderDataset",
+    "DenoisingAutoEncoderLoss",
     "DistillKLDivLoss",
     "EmbedDistillLoss",
     "FlopsLoss",
@@ -93,6 +109,7 @@ __all__ = [
     "GlobalOrthogonalRegularizationLoss",
     "Loss",
     "MarginMSELoss",
+    "Matryoshka2dLoss",
     "MatryoshkaLoss",
     "MegaBatchMarginLoss",
     "MSELoss",
@@ -100,7 +117,9 @@ __all__ = [
     "MultipleNegativesSymmetricRankingLoss",
     "MultiVectorDistillKLDivLoss",
     "MultiVectorMarginMSELoss",
+    "MultiVectorMatryoshkaLoss",
     "MultiVectorMultipleNegativesRankingLoss",
+    "MultiVectorTokenPoolingLoss",
     "OnlineContrastiveLoss",
     "SiameseDistanceMetric",
     "SoftmaxLoss",

@@ -10,22 +10,30 @@ convention, ``similarity_fct(queries, documents, queries_mask=..., documents_mas
 scores MaxSim, or MeanMaxSim when ``model`` is a MultiVectorEncoder whose ``similarity_fn_name`` is
 "meanmaxsim" (the original's ``model.similarity`` / ``model.similarity_pairwise``).
 
-A loss with ``needs_outputs`` cannot run through jaxst's GradCache path, which caches one sentence embedding
-per text, not per-token outputs: the training step refuses a multi-vector loss whose ``mini_batch_size`` is
-set (see ``jaxst.training.step``), rather than ignore it.
+A loss with a ``mini_batch_size`` trains through jaxst's GradCache (``jaxst.training.cached_embeddings``): each
+column embedded that many rows at a time with its per-token outputs cached, the loss computed once on the full
+outputs, its gradients sent back a mini-batch at a time; the same value and gradients as one forward.
+
+``MultiVectorMatryoshkaLoss`` and ``MultiVectorTokenPoolingLoss`` wrap any of these losses (a cached one too): they
+change the outputs (truncated and normalized token dims; token pooling of the documents with straight-through
+gradients) and sum the wrapped loss over the variants.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxst.checks import callable_arg, positive_int
-from jaxst.losses.base import Loss, cached_rows, gather, mse
+from jaxst.losses.base import Loss, cached_rows, embedding_dim, gather, mse
 from jaxst.losses.distillation import distill_kl_div, distill_temperatures, teacher_margins, teacher_scores
+from jaxst.losses.matryoshka import MatryoshkaLoss, shrink
 from jaxst.maxsim import maxsim_scores
+from jaxst.pooling import normalize
 
 
 def _token_columns(outputs, minimum: int, name: str) -> list[tuple[jax.Array, jax.Array]]:
@@ -117,11 +125,10 @@ class CachedMultiVectorMultipleNegativesRankingLoss(MultiVectorMultipleNegatives
     value and gradients as the uncached loss (the scores in one product; ``score_mini_batch_size``, the
     original's query chunking of the scoring, changes no number). ``similarity_fct``: see the module.
 
-    Training it is refused: jaxst's GradCache (``jaxst.training.cached_embeddings``) caches (rows, D) sentence
-    embeddings, not a MultiVectorEncoder's per-token outputs, so the training step cannot embed the columns
-    ``mini_batch_size`` rows at a time for this loss and says so; train ``MultiVectorMultipleNegativesRankingLoss``
-    (the same loss, without the memory bound) instead. ``mini_batch_num_tokens`` is refused as by jaxst's
-    other cached losses; ``show_progress_bar`` has no bar to show."""
+    In training (``jaxst.training``) each column is embedded ``mini_batch_size`` rows at a time through GradCache
+    with its per-token outputs cached (see the module): the uncached loss's value and gradients with the memory
+    of a mini-batch under differentiation. ``mini_batch_num_tokens`` is refused as by jaxst's other cached
+    losses; ``show_progress_bar`` has no bar to show."""
 
     def __init__(self, model=None, *, scale: float = 1.0, similarity_fct: Callable | None = None,
                  mini_batch_size: int = 32, mini_batch_num_tokens: int | None = None,
@@ -142,8 +149,8 @@ class MultiVectorMarginMSELoss(Loss):
     negative or (B, n_negatives), or the teacher's scores (B, n_negatives + 1) whose margins are taken
     (``MarginMSELoss``'s rule). ``similarity_fct``: a pairwise score, ``similarity_fct(queries (B, S, D),
     documents (B, T, D), queries_mask=, documents_mask=) -> (B,)``; None: MaxSim (see the module).
-    ``mini_batch_size`` (the original's chunked document forward: the same numbers) cannot run in jaxst's
-    training step, which refuses it rather than ignore it; leave it None to train."""
+    ``mini_batch_size`` (the original's chunked document forward): jaxst's training embeds the columns that many
+    rows at a time through GradCache (see the module), the same numbers."""
 
     needs_outputs = True
 
@@ -179,7 +186,7 @@ class MultiVectorDistillKLDivLoss(Loss):
     ``student_temperature`` / ``teacher_temperature`` override it). ``outputs``: [queries, document_1, ...,
     document_N], N >= 2 (see the module). ``similarity_fct``: ``similarity_fct(queries (B, S, D), documents
     (B, N, T, D), queries_mask=, documents_mask=) -> (B, N)``; None: MaxSim. ``mini_batch_size``: as in
-    ``MultiVectorMarginMSELoss`` (refused by the training step; leave it None to train)."""
+    ``MultiVectorMarginMSELoss``."""
 
     needs_outputs = True
 
@@ -205,3 +212,194 @@ class MultiVectorDistillKLDivLoss(Loss):
 
     def sharded(self, outputs, labels, axis_name: str, rng=None) -> jax.Array:
         return self(outputs, labels, rng) / jax.lax.axis_size(axis_name)
+
+
+# ------------------------------------------------------------------ wrappers: Matryoshka dims and token pooling
+
+
+def _wrapped_loss(loss, name: str) -> Loss:
+    """The multi-vector loss a wrapper sums over its variants: a jaxst loss that reads the model's outputs."""
+    if not isinstance(loss, Loss) or not getattr(loss, "needs_outputs", False):
+        raise TypeError(f"{name} wraps a multi-vector loss (a jaxst loss that reads the model's token outputs, e.g. "
+                        f"MultiVectorMultipleNegativesRankingLoss), got {type(loss).__name__}")
+    return loss
+
+
+def _output_columns(outputs, name: str) -> list[dict]:
+    """Each column's output dict, checked (``_token_columns``), its entries kept."""
+    _token_columns(outputs, 1, name)
+    return [dict(o) for o in outputs]
+
+
+class MultiVectorMatryoshkaLoss(MatryoshkaLoss):
+    """sum_i weight_i * loss(outputs with each token embedding cut to its first dim_i dimensions and
+    L2-normalized) (sentence-transformers 6.3's ``MultiVectorMatryoshkaLoss``, its arguments): a late-interaction
+    model trained to score with shorter token vectors (Jina-ColBERT-v2); truncate and normalize the same way at
+    inference. ``loss``: a multi-vector loss (a cached one too: the cut is applied to the cached outputs); wrap
+    this loss in ``MultiVectorTokenPoolingLoss``, not the other way round, so pooling precedes truncation as in
+    ``encode``. ``matryoshka_dims`` are sorted largest first with their weights (default 1 each); none may
+    exceed the model's (untruncated) token dimension, and a warning says when that dimension is missing from
+    them. ``n_dims_per_step`` > 0 sums a random subset of that many dims per step, drawn from the ``rng`` key the
+    train step passes (the original draws with Python's ``random``)."""
+
+    needs_outputs = True
+
+    def __init__(self, model=None, loss: Loss | None = None, matryoshka_dims: Sequence[int] = (),
+                 matryoshka_weights: Sequence[float] | None = None, n_dims_per_step: int = -1):
+        name = type(self).__name__
+        if isinstance(loss, MultiVectorTokenPoolingLoss):
+            raise ValueError("MultiVectorTokenPoolingLoss must wrap MultiVectorMatryoshkaLoss so token pooling "
+                             "happens before truncation, matching MultiVectorEncoder.encode().")
+        super().__init__(None, _wrapped_loss(loss, name), matryoshka_dims, matryoshka_weights, n_dims_per_step)
+        model_dim = getattr(model, "_embedding_dim", None) or embedding_dim(model)  # before the model's truncate_dim
+        if model_dim is not None:
+            if any(d > model_dim for d in self.matryoshka_dims):
+                raise ValueError(f"Dimensions in matryoshka_dims cannot exceed the model's embedding dimension "
+                                 f"of {model_dim}.")
+            if model_dim not in self.matryoshka_dims:
+                warnings.warn(f"The model's embedding dimension {model_dim} is not included in matryoshka_dims: "
+                              f"{list(self.matryoshka_dims)}, so the full dimension is not trained; include it.",
+                              UserWarning, stacklevel=2)
+
+    @property
+    def mini_batch_size(self) -> int | None:
+        """The wrapped loss's (a cached one's GradCache mini-batch), which the training step reads."""
+        return getattr(self.loss, "mini_batch_size", None)
+
+    def _sum(self, outputs, inner, rng) -> jax.Array:
+        columns = _output_columns(outputs, type(self).__name__)
+        total = 0.0
+        for dim, weight, on in zip(self.matryoshka_dims, self.matryoshka_weights, self._chosen(rng)):
+            cut = [{**c, **{k: shrink(c[k], dim) for k in ("token_embeddings", "sentence_embedding") if k in c}}
+                   for c in columns]
+            total = total + on * weight * inner(cut, self._inner_rng(rng))
+        return total
+
+    def __call__(self, outputs, labels=None, rng=None) -> jax.Array:
+        return self._sum(outputs, lambda cut, r: self.loss(cut, labels, r), rng)
+
+    def sharded(self, outputs, labels, axis_name: str, rng=None) -> jax.Array:
+        return self._sum(outputs, lambda cut, r: self.loss.sharded(cut, labels, axis_name, r), rng)
+
+
+def _cluster_ids(pooling, tokens: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Host side of ``pool_token_outputs``: each row's first ``lengths[row]`` of (B, T, D) tokens clustered by
+    ``pooling.cluster_labels`` (encode's rule) -> cluster ids (B, T) int32 (-1 past the row's tokens) and
+    each row's cluster count (B,) int32."""
+    ids = np.full(tokens.shape[:2], -1, np.int32)
+    counts = np.zeros(len(lengths), np.int32)
+    for row, n in enumerate(np.asarray(lengths).tolist()):
+        labels = pooling.cluster_labels(tokens[row, :n])
+        ids[row, :n] = labels
+        counts[row] = int(labels.max(initial=-1)) + 1
+    return ids, counts
+
+
+def pool_token_outputs(pooling, token_embeddings: jax.Array, attention_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """A ``HierarchicalTokenPooling`` applied in training, as sentence-transformers 6.3's module applies it: padded
+    (B, T, D) token embeddings and their (B, T) scoring mask -> pooled (B, T, D) and the new mask (B, T) bool.
+
+    Each row's scored tokens are gathered in order (mask holes dropped); the first ``num_protected_tokens`` stay;
+    the rest are clustered on the host (Ward linkage of their cosine distances; ``jax.pure_callback``, no
+    gradient, as the original's assignments have none) and each cluster becomes its mean, with the
+    straight-through estimator: every member gets the full gradient of its cluster's output, not divided by the
+    cluster size. Then ``normalize_embeddings`` L2-normalizes every output token. A pooling that clusters
+    nothing (``pool_factor`` 1, no ``max_tokens`` or ``distance_threshold``) only normalizes. The output keeps
+    the input's width T: pooled tokens first, the rest masked."""
+    mask = attention_mask != 0
+    if pooling.pool_factor <= 1 and pooling.max_tokens is None and pooling.distance_threshold is None:
+        return (normalize(token_embeddings) if pooling.normalize_embeddings else token_embeddings), mask
+    b, t, d = token_embeddings.shape
+    lengths = mask.sum(axis=1).astype(jnp.int32)
+    order = jnp.argsort(~mask, axis=1, stable=True)  # each row's scored tokens first, in order
+    valid = jnp.arange(t)[None] < lengths[:, None]
+    tokens = jnp.where(valid[..., None], jnp.take_along_axis(token_embeddings, order[..., None], axis=1), 0)
+    protected = min(pooling.num_protected_tokens, t)
+    pooled, pooled_lengths = tokens, lengths
+    if t > protected:
+        poolable = tokens[:, protected:]  # (B, P, D), zero past each row's tokens
+        poolable_lengths = jnp.maximum(lengths - protected, 0)
+        shapes = (jax.ShapeDtypeStruct(poolable.shape[:2], jnp.int32), jax.ShapeDtypeStruct((b,), jnp.int32))
+        labels, counts = jax.pure_callback(lambda x, n: _cluster_ids(pooling, x, n), shapes,
+                                           jax.lax.stop_gradient(poolable), poolable_lengths, vmap_method="sequential")
+        clusters = poolable.shape[1]  # at most one cluster per token; label -1 (padding) is dropped
+        sums = jax.vmap(lambda x, ids: jax.ops.segment_sum(x, ids, num_segments=clusters))(poolable, labels)
+        sizes = jax.vmap(lambda ids: jax.ops.segment_sum(jnp.ones(ids.shape, sums.dtype), ids,
+                                                         num_segments=clusters))(labels)
+        means = sums / jnp.maximum(sizes, 1)[..., None]
+        means = jax.lax.stop_gradient(means) + (sums - jax.lax.stop_gradient(sums))  # straight-through
+        pooled = jnp.concatenate([tokens[:, :protected], means], axis=1)
+        pooled_lengths = jnp.minimum(lengths, protected) + counts
+    if pooling.normalize_embeddings:
+        pooled = normalize(pooled)
+    return pooled, jnp.arange(t)[None] < pooled_lengths[:, None]
+
+
+class MultiVectorTokenPoolingLoss(Loss):
+    """sum_i weight_i * loss(outputs with the documents pooled by token_poolings[i]) (sentence-transformers 6.3's
+    ``MultiVectorTokenPoolingLoss``, its arguments; Learn to Pool): a late-interaction model trained to score
+    well after ``HierarchicalTokenPooling`` shrinks its documents. The outputs are computed once; each variant
+    pools them with ``pool_token_outputs`` (cluster means with straight-through gradients). ``token_poolings``:
+    ``jaxst.multi_vector_encoder.HierarchicalTokenPooling`` entries, or None for the unpooled outputs (include it
+    to keep training unpooled retrieval); each applies to the columns of its ``tasks`` (column 0 is the query,
+    the others documents: the task 6.3's collator stamps on unrouted columns). ``weights`` default to 1 each;
+    ``n_poolings_per_step`` > 0 sums a random subset of that many variants per step, drawn from the ``rng`` key
+    the train step passes. ``loss``: a multi-vector loss, a cached one or a ``MultiVectorMatryoshkaLoss`` too
+    (so pooling precedes truncation, as in ``encode``)."""
+
+    needs_outputs = True
+
+    def __init__(self, model=None, loss: Loss | None = None, token_poolings: Sequence = (), *,
+                 weights: Sequence[float] | None = None, n_poolings_per_step: int = -1):
+        self.loss = _wrapped_loss(loss, type(self).__name__)
+        token_poolings = list(token_poolings)
+        if not token_poolings:
+            raise ValueError("You must provide at least one token pooling in token_poolings.")
+        for pooling in token_poolings:
+            if pooling is not None and not callable(getattr(pooling, "cluster_labels", None)):
+                raise ValueError("Every entry of token_poolings must be a HierarchicalTokenPooling "
+                                 f"(jaxst.multi_vector_encoder) or None, got {type(pooling).__name__}.")
+        if weights is None:
+            weights = [1] * len(token_poolings)
+        elif len(weights) != len(token_poolings):
+            raise ValueError("weights must have one weight per pooling variant.")
+        self.token_poolings = tuple(token_poolings)
+        self.weights = tuple(weights)
+        self.n_poolings_per_step = int(n_poolings_per_step)
+
+    @property
+    def mini_batch_size(self) -> int | None:
+        """The wrapped loss's (a cached one's GradCache mini-batch), which the training step reads."""
+        return getattr(self.loss, "mini_batch_size", None)
+
+    def _chosen(self, rng) -> list[jax.Array | float]:
+        """One multiplier per variant: 1 for each, or 1 for a random n_poolings_per_step of them and 0 else."""
+        n = len(self.token_poolings)
+        if not 0 < self.n_poolings_per_step < n:
+            return [1.0] * n
+        if rng is None:
+            raise ValueError(f"{type(self).__name__} with n_poolings_per_step > 0 needs an rng key to choose the "
+                             "poolings")
+        picked = jax.random.choice(rng, n, (self.n_poolings_per_step,), replace=False)
+        mask = jnp.zeros(n).at[picked].set(1.0)
+        return [mask[i] for i in range(n)]
+
+    def _sum(self, outputs, inner, rng) -> jax.Array:
+        columns = _output_columns(outputs, type(self).__name__)
+        inner_rng = None if rng is None else jax.random.fold_in(rng, 1)
+        total = 0.0
+        for pooling, weight, on in zip(self.token_poolings, self.weights, self._chosen(rng)):
+            pooled = []
+            for i, column in enumerate(columns):
+                if pooling is not None and pooling.applies_to("query" if i == 0 else "document"):
+                    emb, mask = pool_token_outputs(pooling, column["token_embeddings"], column["attention_mask"])
+                    column = {**column, "token_embeddings": emb, "attention_mask": mask}
+                pooled.append(column)
+            total = total + on * weight * inner(pooled, inner_rng)
+        return total
+
+    def __call__(self, outputs, labels=None, rng=None) -> jax.Array:
+        return self._sum(outputs, lambda pooled, r: self.loss(pooled, labels, r), rng)
+
+    def sharded(self, outputs, labels, axis_name: str, rng=None) -> jax.Array:
+        return self._sum(outputs, lambda pooled, r: self.loss.sharded(pooled, labels, axis_name, r), rng)

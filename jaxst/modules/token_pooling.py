@@ -100,18 +100,28 @@ class HierarchicalTokenPooling:
             wanted = int(n // self.pool_factor)
         return min(max(wanted, 1), n)
 
-    def _pool_one(self, embedding: np.ndarray) -> np.ndarray:
+    def cluster_labels(self, tokens: np.ndarray) -> np.ndarray:
+        """Dense cluster ids (0 to clusters - 1, in scipy's label order) of (n, dim) tokens to pool: Ward linkage
+        on their cosine distances, cut at this pooling's cluster count or distance; each token its own cluster
+        when nothing merges (n <= 1, or a count >= n). ``pool`` and training's ``MultiVectorTokenPoolingLoss``
+        (``jaxst.losses.multi_vector.pool_token_outputs``) both cluster here."""
         from scipy.cluster import hierarchy
 
+        n = len(tokens)
+        if n <= 1 or (self.distance_threshold is None and self._clusters(n) >= n):
+            return np.arange(n)
+        linkage = _ward_linkage(np.asarray(tokens, np.float32))
+        if self.distance_threshold is None:
+            labels = hierarchy.fcluster(linkage, t=self._clusters(n), criterion="maxclust")
+        else:
+            labels = hierarchy.fcluster(linkage, t=self.distance_threshold, criterion="distance")
+        return np.unique(labels, return_inverse=True)[1]
+
+    def _pool_one(self, embedding: np.ndarray) -> np.ndarray:
         protected, to_pool = embedding[: self.num_protected_tokens], embedding[self.num_protected_tokens:]
         n = len(to_pool)
         if n > 1 and (self.distance_threshold is not None or self._clusters(n) < n):
-            linkage = _ward_linkage(to_pool)
-            if self.distance_threshold is None:
-                labels = hierarchy.fcluster(linkage, t=self._clusters(n), criterion="maxclust")
-            else:
-                labels = hierarchy.fcluster(linkage, t=self.distance_threshold, criterion="distance")
-            _, inverse = np.unique(labels, return_inverse=True)  # dense cluster ids, in label order
+            inverse = self.cluster_labels(to_pool)
             sums = np.zeros((int(inverse.max()) + 1, to_pool.shape[1]), np.float32)
             np.add.at(sums, inverse, to_pool)
             counts = np.bincount(inverse).astype(np.float32)

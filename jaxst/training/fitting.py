@@ -107,9 +107,10 @@ def fit(model, train_examples: Sequence, loss: Loss, epochs: int = 1, batch_size
         model.params = held  # the next step donates state.params
 
     # packing (texts end to end) feeds losses that read embeddings (cached ones in packed mini-batches); not
-    # full-output losses (CSR, multi-vector), columns tokenized per task (the model's training_tasks) or guided
-    # losses
-    pack = mesh is None and not getattr(loss, "needs_outputs", False) and not getattr(loss, "needs_guide", False)
+    # full-output losses (CSR, multi-vector), columns tokenized per task (the model's training_tasks), guided
+    # losses or losses that run the model themselves (runs_model: ContrastiveTension, DenoisingAutoEncoder)
+    pack = mesh is None and not any(getattr(loss, flag, False) for flag in ("needs_outputs", "needs_guide",
+                                                                            "runs_model"))
     mini_batch_size = getattr(loss, "mini_batch_size", None)
     start = int(state.step)
     bar = tqdm(total=total_steps, initial=start, desc="Training", disable=not show_progress_bar)

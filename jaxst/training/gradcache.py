@@ -14,7 +14,8 @@ from jaxst.pipeline import is_packed
 def cached_embeddings(graphdef: nnx.GraphDef, params, batch: dict, mini_batch_size: int, dropout_rng=None,
                       output: str | None = "sentence_embedding"):
     """(rows, D) sentence embeddings (``output``: the module's output under that key; None: the output itself,
-    a cross-encoder's (rows, labels) logits) of a tokenized batch, computed ``mini_batch_size`` rows at a time, with
+    a cross-encoder's (rows, labels) logits or a MultiVectorEncoder's dict of per-token outputs, each entry (rows,
+    ...)) of a tokenized batch, computed ``mini_batch_size`` rows at a time, with
     GradCache's memory bound under differentiation: the forward keeps no activations (``lax.map`` over the
     mini-batches), and the backward gets the loss's gradient for every embedding, then re-runs each
     mini-batch under ``jax.vjp`` with its slice of it and adds up the parameter gradients. The result and
@@ -38,7 +39,7 @@ def cached_embeddings(graphdef: nnx.GraphDef, params, batch: dict, mini_batch_si
         return x.reshape(steps, mini_batch_size, *x.shape[1:])
 
     out = _cached_map(graphdef, params, {k: chunked(v) for k, v in arrays.items()}, scalars, dropout_rng, output)
-    return out.reshape(steps * mini_batch_size, -1)[:rows]
+    return jax.tree.map(lambda x: x.reshape(steps * mini_batch_size, *x.shape[2:])[:rows], out)
 
 
 def _cached_map(graphdef: nnx.GraphDef, params, chunks: dict, scalars: dict, dropout_rng, output):
@@ -63,11 +64,17 @@ def _cached_map(graphdef: nnx.GraphDef, params, chunks: dict, scalars: dict, dro
 
         def step(total, xs):
             chunk, i, g = xs
-            _, vjp = jax.vjp(lambda q: apply(q, chunk, i), p)
+            _, vjp = jax.vjp(lambda q: _differentiable(apply(q, chunk, i)), p)
             return jax.tree.map(jnp.add, total, vjp(g)[0]), None
 
-        grads, _ = jax.lax.scan(step, jax.tree.map(jnp.zeros_like, p), (chunks, index, cotangent))
+        grads, _ = jax.lax.scan(step, jax.tree.map(jnp.zeros_like, p), (chunks, index, _differentiable(cotangent)))
         return grads, jax.tree.map(lambda x: np.zeros(x.shape, jax.dtypes.float0), chunks)
 
     embed.defvjp(embed_fwd, embed_bwd)
     return embed(params, chunks)
+
+
+def _differentiable(tree) -> list:
+    """The floating leaves of an output (or of its cotangent): a mask or other integer output has no gradient
+    (its cotangent is float0) and stays out of the backward."""
+    return [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]

@@ -26,25 +26,21 @@ from jaxst.training.optim import TrainState, require_optax
 TRAINING_OUTPUTS = np.True_
 
 
-def _refuse_cached_outputs(name: str, full_outputs: bool, mini_batch_size) -> None:
-    """A ValueError for a loss (``name``) that both reads every model output per column (``needs_outputs``)
-    and sets a ``mini_batch_size``: GradCache here caches (rows, D) sentence embeddings (or a cross-encoder's
-    logits), never a module's full output dicts (a MultiVectorEncoder's per-token ``token_embeddings`` and
-    ``attention_mask``), so the loss cannot be run a mini-batch at a time and is refused rather than trained
-    without the mini-batches it asked for."""
-    if full_outputs and mini_batch_size is not None:
+def _refuse_cached_outputs(name: str, tracked: bool, mini_batch_size) -> None:
+    """A ValueError for a loss (``name``) whose forward updates the model's buffers (``tracked``: ``model_state``,
+    a CSR model's dead-latent counts) and that sets a ``mini_batch_size``: GradCache runs each mini-batch twice
+    (once to cache, once in the backward), so the buffers would not follow the column-by-column updates of one
+    forward; it is refused rather than trained with other buffer updates."""
+    if tracked and mini_batch_size is not None:
         raise ValueError(
-            f"{name} reads every model output per column (needs_outputs, e.g. a MultiVectorEncoder's token_embeddings "
-            f"and attention_mask) and sets mini_batch_size={mini_batch_size}, but jaxst's GradCache path "
-            "(jaxst.training.cached_embeddings) caches one (rows, D) sentence embedding per text, not per-token "
-            "outputs, so it cannot embed these columns mini-batch by mini-batch. Build the loss with "
-            "mini_batch_size=None (MultiVectorMarginMSELoss, MultiVectorDistillKLDivLoss: the same loss in one "
-            "forward), or train MultiVectorMultipleNegativesRankingLoss instead of "
-            "CachedMultiVectorMultipleNegativesRankingLoss (the same loss without GradCache's memory bound).")
+            f"{name} reads the model's outputs on a model whose forward updates buffers (model_state) and sets "
+            f"mini_batch_size={mini_batch_size}, but jaxst's GradCache path (jaxst.training.cached_embeddings) runs "
+            "each mini-batch twice and cannot carry those updates; build the loss with mini_batch_size=None.")
 
 
 def train_forward(graphdef: nnx.GraphDef, params, features, dropout_rng=None, full_outputs: bool = False,
-                  model_state: dict | None = None, mini_batch_size: int | None = None, inputs: dict | None = None):
+                  model_state: dict | None = None, mini_batch_size: int | None = None, inputs: dict | None = None,
+                  all_layers: bool = False):
     """The model in training mode, as a pure function.
 
     ``features``: for a SentenceTransformer, a list of tokenized batches, one per input column ->
@@ -54,18 +50,28 @@ def train_forward(graphdef: nnx.GraphDef, params, features, dropout_rng=None, fu
     ``model_state`` (with ``full_outputs``; a model's ``buffers``): each entry goes into the first column's
     batch, the module returns it updated under the same key, and that feeds the next column, as PyTorch
     updates a buffer column by column; returns ``(outputs, model_state)`` then. ``mini_batch_size``
-    (cached losses): the columns' embeddings through ``cached_embeddings``. ``inputs`` (with ``full_outputs``):
+    (cached losses): the columns' embeddings through ``cached_embeddings`` (with ``full_outputs``: each column's
+    whole output dict, a MultiVectorEncoder's per-token outputs, column by column). ``inputs`` (with ``full_outputs``):
     extra entries for each column's batch, the model's ``training_inputs()`` (a SparseEncoder's ``sae_training``
     flag, so its CSR module returns the reconstructions CSRLoss reads); ``make_loss_fn`` passes them. Passing
-    both ``full_outputs`` and ``mini_batch_size`` is refused (``_refuse_cached_outputs``)."""
-    _refuse_cached_outputs("a loss", full_outputs, mini_batch_size)
+    ``model_state`` with a ``mini_batch_size`` is refused (``_refuse_cached_outputs``). ``all_layers`` (losses
+    with ``needs_layers``, a SentenceTransformer's): each column's sentence embeddings from every layer of the
+    encoder, (S, B, D) (``SentenceEncoder(all_layers=True)``)."""
+    _refuse_cached_outputs("a loss", full_outputs and model_state is not None, mini_batch_size)
+    if all_layers:
+        return _layer_embeddings(nnx.merge(graphdef, params), features, dropout_rng)
+    if mini_batch_size is not None and full_outputs:  # each column's output dict, GradCache-style
+        if not isinstance(features, (list, tuple)) or is_packed(features):
+            raise ValueError("this loss reads every model output per column: build unpacked column batches")
+        return [cached_embeddings(graphdef, params, {**f, **(inputs or {})}, mini_batch_size, k, output=None)
+                for f, k in zip(features, split_rng(dropout_rng, len(features)))]
     if mini_batch_size is not None and isinstance(features, dict) and not is_packed(features):
         # a cross-encoder's pair batch (listwise losses with a mini_batch_size): its logits, GradCache-style
         return cached_embeddings(graphdef, params, features, mini_batch_size, dropout_rng, output=None)
     if mini_batch_size is not None and is_packed(features) and "order" in features:  # packed mini-batches
         return list(cached_embeddings(graphdef, params, features, mini_batch_size, dropout_rng))
     if mini_batch_size is not None:
-        if full_outputs or not isinstance(features, (list, tuple)) or is_packed(features) or not _stackable(features):
+        if not isinstance(features, (list, tuple)) or is_packed(features) or not _stackable(features):
             raise ValueError("a cached loss embeds unpacked columns of one padded length, or packed mini-batches: "
                              "build the batch with collate(model, examples) or collate(model, examples, pack=True, "
                              "mini_batch_size=loss.mini_batch_size)")
@@ -98,6 +104,33 @@ def train_forward(graphdef: nnx.GraphDef, params, features, dropout_rng=None, fu
         return jnp.split(embeddings, np.cumsum(rows)[:-1])
     keys = split_rng(dropout_rng, len(features))
     return [module(dict(f), dropout_rng=k)["sentence_embedding"] for f, k in zip(features, keys)]
+
+
+def _layer_embeddings(module, features, dropout_rng) -> list[jax.Array]:
+    """Each column's (S, B, D) sentence embeddings from every encoder layer (``train_forward(all_layers=True)``)."""
+    if not hasattr(module, "token_heads"):
+        raise ValueError("a loss that reads every layer (AdaptiveLayerLoss, Matryoshka2dLoss) trains a "
+                         f"SentenceTransformer; this model's module is a {type(module).__name__}")
+    if module.token_heads:
+        raise ValueError("the model's WeightedLayerPooling mixes every layer into its token embeddings, so a "
+                         "loss on single layers (AdaptiveLayerLoss, Matryoshka2dLoss) cannot train it")
+
+    def layers(batch, rng):
+        return module(dict(batch), dropout_rng=rng, all_layers=True)["layer_embeddings"]
+
+    if is_packed(features):
+        if "order" in features:
+            raise ValueError("a batch packed into mini-batches needs a cached loss; build it with "
+                             "collate(model, examples, pack=True)")
+        stacked = layers(features, dropout_rng)  # (S, columns * B, D)
+        columns = features["unpack_index"].shape[0]
+        return list(jnp.moveaxis(stacked.reshape(stacked.shape[0], columns, -1, stacked.shape[-1]), 1, 0))
+    if not isinstance(features, (list, tuple)):
+        raise ValueError("a loss that reads every layer takes a list of column batches: collate(model, examples)")
+    if _stackable(features):
+        merged, rows = _merge_columns(features)
+        return jnp.split(layers(merged, dropout_rng), np.cumsum(rows)[:-1], axis=1)
+    return [layers(f, k) for f, k in zip(features, split_rng(dropout_rng, len(features)))]
 
 
 def _merge_columns(features) -> tuple[dict, list[int]]:
@@ -186,8 +219,7 @@ def _make_loss_fn(model, loss: Loss, *, dropout: bool = True, mesh: Mesh | None 
         raise TypeError(f"loss must be a jaxst.losses loss, got {type(loss).__name__}")
     if loss.standalone_error:
         raise ValueError(loss.standalone_error)
-    _refuse_cached_outputs(type(loss).__name__, getattr(loss, "needs_outputs", False),
-                          getattr(loss, "mini_batch_size", None))
+    _refuse_cached_outputs(type(loss).__name__, model_state, getattr(loss, "mini_batch_size", None))
     graphdef = model.graphdef
     inputs = model.training_inputs()
 
@@ -197,7 +229,8 @@ def _make_loss_fn(model, loss: Loss, *, dropout: bool = True, mesh: Mesh | None 
             drop_rng = jax.random.fold_in(drop_rng, device_index)
         return train_forward(graphdef, params, features, drop_rng if dropout else None,
                              full_outputs=getattr(loss, "needs_outputs", False), model_state=state,
-                             mini_batch_size=getattr(loss, "mini_batch_size", None), inputs=inputs), loss_rng
+                             mini_batch_size=getattr(loss, "mini_batch_size", None), inputs=inputs,
+                             all_layers=getattr(loss, "needs_layers", False)), loss_rng
 
     if model_state:
         if mesh is not None:
@@ -208,6 +241,22 @@ def _make_loss_fn(model, loss: Loss, *, dropout: bool = True, mesh: Mesh | None 
         def loss_fn(params, batch, rng=None):
             (out, state), loss_rng = outputs(params, batch["features"], rng, state=batch["model_state"])
             return loss(out, batch.get("labels"), loss_rng), state
+
+        return loss_fn
+
+    if getattr(loss, "runs_model", False):  # it embeds each column itself (a second copy's params, a decoder)
+        if mesh is not None:
+            raise ValueError(f"{type(loss).__name__} runs the model itself, on one device; build it without a mesh")
+
+        def embed(params, features, dropout_rng=None):
+            """(B, D) sentence embeddings of one tokenized column under ``params`` (the model's, or a copy's)."""
+            return train_forward(graphdef, params, [features], dropout_rng)[0]
+
+        def loss_fn(params, batch, rng=None):
+            if is_packed(batch["features"]):
+                raise ValueError(f"{type(loss).__name__} embeds each column itself: build the batch unpacked, "
+                                 "collate(model, examples)")
+            return loss.batch_loss(embed, params, batch, rng if dropout else None)
 
         return loss_fn
 
