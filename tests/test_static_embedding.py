@@ -186,3 +186,157 @@ def test_fit_trains_a_static_model_and_saves_it(static_folders, tmp_path):
     model.save(tmp_path / "trained")
     st = SentenceTransformer(str(tmp_path / "trained"), device="cpu")
     assert float(np.abs(st.encode(SENTENCES[:20]) - after).max()) < TOL
+
+
+# ---------------------------------------------------------------------------- built from model2vec
+
+
+LONG = "word " * 600  # past model2vec's 512-token truncation, which both keep
+M2V_TEXTS = SENTENCES + [LONG]
+
+
+@pytest.fixture(scope="module")
+def model2vec_folders(minilm_folder, tmp_path_factory):
+    """layout -> a model2vec folder (model2vec's own save_pretrained) over all-MiniLM-L6-v2's tokenizer: "plain"
+    (a row per token) and "quantized" (vocabulary-quantized: rows picked by a token mapping, per-token weights)."""
+    from model2vec import StaticModel
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(minilm_folder / "tokenizer.json"))
+    vocab = tokenizer.get_vocab_size()
+    rng = np.random.default_rng(5)
+    models = {
+        "plain": StaticModel(rng.normal(size=(vocab, 24)).astype(np.float32), tokenizer),
+        "quantized": StaticModel(rng.normal(size=(700, 24)).astype(np.float32), tokenizer,
+                                 token_mapping=rng.integers(0, 700, size=vocab),
+                                 weights=rng.uniform(0.1, 2.0, size=vocab).astype(np.float32)),
+    }
+    out = {}
+    for name, model in models.items():
+        out[name] = tmp_path_factory.mktemp(f"model2vec-{name}")
+        model.save_pretrained(out[name])
+    return out
+
+
+@pytest.mark.parametrize("layout", ["plain", "quantized"])
+def test_from_model2vec_equals_sentence_transformers(model2vec_folders, layout, tmp_path):
+    """6.3's ``StaticEmbedding.from_model2vec`` in a SentenceTransformer, and jaxst's module saved and loaded: the
+    same table, tokenizer (no padding, model2vec's 512-token truncation) and embeddings."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import StaticEmbedding as STStaticEmbedding
+
+    from jaxst.modules.static_embedding import StaticEmbedding
+
+    folder = model2vec_folders[layout]
+    st = SentenceTransformer(modules=[STStaticEmbedding.from_model2vec(str(folder))], device="cpu")
+    static = StaticEmbedding.from_model2vec(folder)
+    assert np.array_equal(np.asarray(static.embedding.embedding[...]), st[0].embedding.weight.detach().numpy())
+    assert static.tokenizer.padding is None and static.tokenizer.truncation["max_length"] == 512
+    assert static.save(tmp_path / "jx") == (tmp_path / "jx").resolve()
+    model = jaxst.SentenceTransformer(tmp_path / "jx")
+    assert model.max_seq_length == 512 and model.get_embedding_dimension() == 24
+    ref, ours = st.encode(M2V_TEXTS), model.encode(M2V_TEXTS)
+    assert ours.shape == ref.shape and float(np.abs(ours - ref).max()) < TOL
+    assert model.tokenize([LONG])["input_ids"].shape == (1, 512)  # truncated where model2vec truncates
+    reread = SentenceTransformer(str(tmp_path / "jx"), device="cpu")  # the saved folder, as 6.3 reads it
+    assert float(np.abs(reread.encode(M2V_TEXTS) - ref).max()) < TOL
+
+
+def test_from_model2vec_gives_a_hub_name_to_model2vecs_loader(model2vec_folders, monkeypatch):
+    """A name that is no local folder goes to model2vec's ``StaticModel.from_pretrained`` as given (offline here:
+    the loader is replaced by one that records the name and reads a local folder)."""
+    import model2vec
+
+    from jaxst.modules.static_embedding import StaticEmbedding
+
+    load, asked = model2vec.StaticModel.from_pretrained, []
+
+    def from_pretrained(path, *args, **kwargs):
+        asked.append(path)
+        return load(model2vec_folders["quantized"])
+
+    monkeypatch.setattr(model2vec.StaticModel, "from_pretrained", from_pretrained)
+    static = StaticEmbedding.from_model2vec("minishlab/potion-base-8M")
+    assert asked == ["minishlab/potion-base-8M"]
+    assert np.array_equal(np.asarray(static.embedding.embedding[...]),
+                          np.asarray(StaticEmbedding.from_model2vec(model2vec_folders["quantized"])
+                                     .embedding.embedding[...]))
+
+
+@pytest.fixture(scope="module")
+def small_vocab_bert(minilm_folder, tmp_path_factory):
+    """A seeded random 2-layer BERT (hidden 32) with all-MiniLM-L6-v2's tokenizer cut to its first 3,000 ids
+    (special and [unusedN] tokens, single characters and the commonest words): distill runs one forward pass per
+    token, so a small vocabulary keeps it fast."""
+    from transformers import BertConfig, BertModel
+
+    vocab_size = 3000
+    folder = tmp_path_factory.mktemp("small-vocab-bert")
+    tokenizer = json.loads((minilm_folder / "tokenizer.json").read_text())
+    tokenizer["model"]["vocab"] = {t: i for t, i in tokenizer["model"]["vocab"].items() if i < vocab_size}
+    assert all(t["id"] < vocab_size for t in tokenizer["added_tokens"])
+    (folder / "tokenizer.json").write_text(json.dumps(tokenizer))
+    lines = (minilm_folder / "vocab.txt").read_text().splitlines()[:vocab_size]
+    (folder / "vocab.txt").write_text("\n".join(lines) + "\n")
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(minilm_folder / name, folder / name)
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=64, max_position_embeddings=128, initializer_range=0.2)
+              ).eval().save_pretrained(folder)
+    return folder
+
+
+def test_from_distillation_equals_sentence_transformers(small_vocab_bert, tmp_path):
+    """model2vec's distill of a small BERT folder (offline: a local folder asks the Hub nothing), called by 6.3
+    and by jaxst with the same arguments: the same table bit for bit (distill is deterministic: a forward pass
+    per token in eval mode, PCA by an eigendecomposition), embeddings within 1e-5. model2vec 0.10's distill
+    takes neither ``apply_zipf`` nor ``use_subword``: both drop them with a warning."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import StaticEmbedding as STStaticEmbedding
+
+    from jaxst.modules.static_embedding import StaticEmbedding
+
+    options = {"pca_dims": 16, "sif_coefficient": 1e-3}
+    st = SentenceTransformer(modules=[STStaticEmbedding.from_distillation(str(small_vocab_bert), **options)],
+                             device="cpu")
+    with pytest.warns(UserWarning, match="takes no 'apply_zipf', 'use_subword'"):
+        static = StaticEmbedding.from_distillation(small_vocab_bert, **options)
+    table = np.asarray(static.embedding.embedding[...])
+    assert table.shape == (st[0].num_embeddings, 16) and table.shape[0] < 2100  # the ~990 [unusedN] removed
+    assert np.array_equal(table, st[0].embedding.weight.detach().numpy())
+    static.save(tmp_path / "distilled")
+    model = jaxst.SentenceTransformer(tmp_path / "distilled")
+    texts = M2V_TEXTS[:100] + ["", LONG]
+    ref, ours = st.encode(texts), model.encode(texts)
+    assert float(np.abs(ref).max()) > 0.1 and float(np.abs(ours - ref).max()) < 1e-5
+
+
+def test_model2vec_missing_and_a_module_without_tokenizer_are_clear_errors(monkeypatch, tmp_path):
+    import sys
+
+    from jaxst.modules.static_embedding import StaticEmbedding
+
+    monkeypatch.setitem(sys.modules, "model2vec.distill", None)  # an import of it raises ImportError
+    with pytest.raises(ImportError, match=r"`pip install model2vec\[distill\]`"):
+        StaticEmbedding.from_distillation("any-model")
+    monkeypatch.setitem(sys.modules, "model2vec", None)
+    with pytest.raises(ImportError, match=r"`pip install model2vec`"):
+        StaticEmbedding.from_model2vec("any-model")
+    with pytest.raises(ValueError, match="has no tokenizer"):
+        StaticEmbedding(4, 2).save(tmp_path / "nothing")
+    assert not (tmp_path / "nothing").exists()
+
+
+def test_a_built_static_embedding_saves_into_a_new_folder_only(model2vec_folders, tmp_path):
+    from jaxst.modules.static_embedding import StaticEmbedding
+
+    static = StaticEmbedding.from_model2vec(model2vec_folders["plain"])
+    (tmp_path / "empty").mkdir()
+    static.save(tmp_path / "empty")  # an empty folder is a new one
+    before = (tmp_path / "empty" / "model.safetensors").read_bytes()
+    with pytest.raises(FileExistsError, match="not an empty folder"):
+        static.save(tmp_path / "empty")
+    assert (tmp_path / "empty" / "model.safetensors").read_bytes() == before
+    assert sorted(p.name for p in (tmp_path / "empty").iterdir()) == ["model.safetensors", "modules.json",
+                                                                     "tokenizer.json"]

@@ -10,11 +10,20 @@ No config file. Tensors (``model.safetensors``): ``embedding.weight`` (vocab, di
 ``embeddings`` (with its optional ``mapping`` of tokens to rows and per-token ``weights``) is folded into that
 table on load. Saved: ``model.safetensors`` and ``tokenizer.json`` at the folder's root, as
 sentence-transformers 6 saves it.
+
+Built in code, as sentence-transformers 6.3 builds one: ``StaticEmbedding.from_model2vec`` (a model2vec model,
+folder or Hub name) and ``StaticEmbedding.from_distillation`` (model2vec's distillation of a transformer) give a
+module with its table and tokenizer; its ``save`` writes the one-module folder that ``jaxst.SentenceTransformer``
+(and sentence-transformers) load. jaxst's facades load folders only (no ``SentenceTransformer(modules=[...])``),
+so that folder is the way from the module to a model. ``model2vec`` is an optional package, imported on use.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
+import os
+import warnings
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -51,9 +60,87 @@ class StaticEmbedding(nnx.Module):
 
     def __init__(self, vocab: int, dim: int):
         self.embedding = Table(vocab, dim)
+        self.tokenizer = None  # a ``tokenizers.Tokenizer`` where built in code (from_model2vec, from_distillation)
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, dropout_rng=None, positions=None):
         return jnp.take(self.embedding.embedding[...], input_ids, axis=0)
+
+    @classmethod
+    def from_model2vec(cls, model_id_or_path: str | os.PathLike) -> StaticEmbedding:
+        """A model2vec model (a local folder, or a Hub name through model2vec's own loader) as a StaticEmbedding:
+        its table folded (``fold_model2vec``) and its tokenizer, as sentence-transformers 6.3 builds it."""
+        try:
+            from model2vec import StaticModel
+        except ImportError:
+            raise ImportError("StaticEmbedding.from_model2vec needs the `model2vec` package: "
+                              "`pip install model2vec`") from None
+        path = os.fspath(model_id_or_path) if isinstance(model_id_or_path, os.PathLike) else model_id_or_path
+        return cls._from_static_model(StaticModel.from_pretrained(path))
+
+    @classmethod
+    def from_distillation(cls, model_name: str | os.PathLike, vocabulary: list[str] | None = None,
+                          device: str | None = None, pca_dims: int | None = 256, apply_zipf: bool = True,
+                          sif_coefficient: float | None = 1e-4, token_remove_pattern: str | None = r"\[unused\d+\]",
+                          quantize_to: str = "float32", use_subword: bool = True, **kwargs) -> StaticEmbedding:
+        """A StaticEmbedding distilled from a transformer (Hub name or folder) by model2vec's ``distill``: every
+        vocabulary token's output vector, PCA to ``pca_dims``, SIF-weighted by ``sif_coefficient``. ``device``
+        is the torch device distill runs on (None: model2vec picks). The arguments are sentence-transformers
+        6.3's; those the installed model2vec's ``distill`` does not take (0.10 has no ``apply_zipf`` and
+        ``use_subword``) are dropped with a warning, as there. ``kwargs`` go to ``distill`` too."""
+        try:
+            from model2vec.distill import distill
+        except ImportError:
+            raise ImportError("StaticEmbedding.from_distillation needs the `model2vec` package with its distill "
+                              "extra: `pip install model2vec[distill]`") from None
+        model_name = os.fspath(model_name) if isinstance(model_name, os.PathLike) else model_name
+        arguments = {"vocabulary": vocabulary, "device": device, "pca_dims": pca_dims, "apply_zipf": apply_zipf,
+                     "use_subword": use_subword, "quantize_to": quantize_to, "sif_coefficient": sif_coefficient,
+                     "token_remove_pattern": token_remove_pattern, **kwargs}
+        accepted = set(inspect.signature(distill).parameters) - {"model_name"}
+        if dropped := [name for name in arguments if name not in accepted]:
+            warnings.warn(f"the installed model2vec's distill takes no {', '.join(map(repr, dropped))}: "
+                          "distilling without them (a newer model2vec may take them)", stacklevel=2)
+        return cls._from_static_model(
+            distill(model_name, **{k: v for k, v in arguments.items() if k in accepted}))
+
+    @classmethod
+    def _from_static_model(cls, static_model) -> StaticEmbedding:
+        """A model2vec ``StaticModel`` as a StaticEmbedding: its folded float32 table, and a copy of its tokenizer
+        without padding (its truncation kept: model2vec truncates to its ``max_length``, 512 by default, and
+        sentence-transformers keeps that)."""
+        from tokenizers import Tokenizer as HFTokenizer
+
+        table = fold_model2vec(static_model.embedding, getattr(static_model, "token_mapping", None),
+                               getattr(static_model, "weights", None))
+        module = cls(*table.shape)
+        module.embedding.embedding[...] = jnp.asarray(table)
+        module.tokenizer = HFTokenizer.from_str(static_model.tokenizer.to_str())
+        module.tokenizer.no_padding()
+        return module
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the model of this one module as sentence-transformers 6 saves ``SentenceTransformer(
+        modules=[static_embedding])``: ``modules.json``, ``model.safetensors`` (``embedding.weight``) and
+        ``tokenizer.json`` at the folder's root; ``jaxst.SentenceTransformer(path)`` loads it. Returns the folder.
+
+        Into a new or empty folder only, and not atomically: the atomic folder writer is io's, above this registry
+        (``tests/test_layout.py``); a loaded model's ``save`` goes through it."""
+        from safetensors.numpy import save_file
+
+        if self.tokenizer is None:
+            raise ValueError("this StaticEmbedding has no tokenizer (it is a loaded model's encoder): save the "
+                             "model instead, or build the module with from_model2vec / from_distillation")
+        folder = Path(os.path.expanduser(os.fspath(path)))
+        if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+            raise FileExistsError(f"{folder} exists and is not an empty folder: save a built StaticEmbedding into "
+                                  "a new folder")
+        folder.mkdir(parents=True, exist_ok=True)
+        table = np.asarray(self.embedding.embedding[...], np.float32)
+        save_file({"embedding.weight": table}, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        self.tokenizer.save(str(folder / "tokenizer.json"))
+        modules = [{"idx": 0, "name": "0", "path": "", "type": KIND.type_path}]
+        (folder / "modules.json").write_text(json.dumps(modules, indent=2) + "\n", encoding="utf-8")
+        return folder.resolve()
 
 
 def token_limit(folder) -> int:
