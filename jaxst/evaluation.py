@@ -19,6 +19,7 @@ the same CSV rows. They work from ``jaxst.training.fit`` and from a user's own l
     LabelAccuracyEvaluator         accuracy of a SoftmaxLoss's classifier on labelled pairs
     MSEEvaluatorFromDataFrame      a student's MSE to a teacher's embeddings across language pairs
     NanoBEIREvaluator              InformationRetrievalEvaluator over the NanoBEIR tasks, and their mean
+    CrossEncoderNanoBEIREvaluator  CrossEncoderRerankingEvaluator of each NanoBEIR task's BM25 top-k, and their mean
     TranslationEvaluator           how often a sentence's nearest neighbour is its translation
     SequentialEvaluator            several evaluators, one score
 
@@ -432,21 +433,21 @@ class TripletEvaluator(SentenceEvaluator):
         self.main_similarity_function = getattr(main_similarity_function, "value", main_similarity_function)
         self.similarity_fn_names = list(similarity_fn_names or ([self.main_similarity_function]
                                                                  if self.main_similarity_function else []))
-        unknown = sorted(set(self.similarity_fn_names) - set(SIMILARITY_NAMES))
+        known = list(self._get_similarity_functions())
+        unknown = sorted(set(self.similarity_fn_names) - set(known))
         if unknown:
-            raise ValueError(f"`similarity_fn_names` got unexpected names {unknown}, expected names in "
-                             f"{list(SIMILARITY_NAMES)}.")
+            raise ValueError(f"`similarity_fn_names` got unexpected names {unknown}, expected names in {known}.")
         if margin is None:
             margin = 0.0
         if isinstance(margin, (int, float)):
-            self.margin = {k: float(margin) for k in SIMILARITY_NAMES}
+            self.margin = {k: float(margin) for k in known}
         elif isinstance(margin, dict):
-            unknown = sorted(set(margin) - set(SIMILARITY_NAMES))
+            unknown = sorted(set(margin) - set(known))
             if unknown:
-                raise ValueError(f"`margin` got unexpected keys {unknown}, expected keys in {list(SIMILARITY_NAMES)}.")
-            self.margin = {**{k: 0.0 for k in SIMILARITY_NAMES}, **margin}
+                raise ValueError(f"`margin` got unexpected keys {unknown}, expected keys in {known}.")
+            self.margin = {**{k: 0.0 for k in known}, **margin}
         else:
-            raise ValueError(f"`margin` should be a float or a dictionary with keys in {list(SIMILARITY_NAMES)}.")
+            raise ValueError(f"`margin` should be a float or a dictionary with keys in {known}.")
         self.name, self.batch_size, self.show_progress_bar = name, batch_size, show_progress_bar
         self.write_csv, self.truncate_dim = write_csv, truncate_dim
         self.csv_file = "triplet_evaluation" + ("_" + name if name else "") + "_results.csv"
@@ -461,10 +462,10 @@ class TripletEvaluator(SentenceEvaluator):
         positives = self.embed_inputs(model, self.positives, "document")
         negatives = self.embed_inputs(model, self.negatives, "document")
         names = self.similarity_fn_names or [model.similarity_fn_name]
+        functions = self._get_similarity_functions()
         metrics = {}
         for fn in names:
-            pairwise = similarity_functions(fn)[1]
-            pos, neg = np.asarray(pairwise(anchors, positives)), np.asarray(pairwise(anchors, negatives))
+            pos, neg = (np.asarray(x) for x in functions[fn](anchors, positives, negatives))
             metrics[f"{fn}_accuracy"] = float(np.mean(pos > neg + self.margin[fn]))
         if output_path is not None and self.write_csv:
             self._write_csv(output_path, self.csv_file, ["epoch", "steps"] + [f"accuracy_{fn}" for fn in names],
@@ -476,6 +477,14 @@ class TripletEvaluator(SentenceEvaluator):
         else:
             self.primary_metric = "max_accuracy" if len(names) > 1 else f"{names[0]}_accuracy"
         return self.prefix_name_to_metrics(metrics, self.name)
+
+    def _get_similarity_functions(self) -> dict[str, Callable]:
+        """{name: fn(anchors, positives, negatives) -> (positive scores, negative scores)}: the similarities
+        ``similarity_fn_names`` and ``margin`` may name (sentence-transformers' hook; the multi-vector
+        evaluator's are MaxSim's)."""
+        pairwise_of = {name: similarity_functions(name)[1] for name in SIMILARITY_NAMES}
+        return {name: lambda a, p, n, pairwise=pairwise_of[name]: (pairwise(a, p), pairwise(a, n))
+                for name in SIMILARITY_NAMES}
 
 
 # score function per name: (pairwise score, whether a higher score means "more similar")
@@ -1071,6 +1080,50 @@ NANOBEIR_DATASETS = {
 }
 
 
+def _nanobeir_names(dataset_names: list[str] | None, default: list[str]) -> list[str]:
+    """``dataset_names`` (``default`` for None), checked against NanoBEIR's task names."""
+    names = list(default) if dataset_names is None else list(dataset_names)
+    if not names:
+        raise ValueError("dataset_names cannot be empty. Use None to evaluate on all datasets.")
+    unknown = [n for n in names if n.lower() not in NANOBEIR_DATASETS]
+    if unknown:
+        raise ValueError(f"Dataset(s) {unknown} are not valid NanoBEIR datasets. Valid dataset names are: "
+                         f"{list(NANOBEIR_DATASETS)}")
+    return names
+
+
+def _nanobeir_split(dataset_id: str, subset: str, split: str, columns: list[str], evaluator: str):
+    """``datasets.load_dataset(dataset_id, subset, split=split)`` (a Hub name or a local folder), with
+    ``columns`` required; ``evaluator`` names the caller in the errors."""
+    try:
+        from datasets import load_dataset
+    except ImportError as e:
+        raise ValueError(f"datasets is not available. Please install it to use the {evaluator} via "
+                         "`pip install datasets`.") from e
+    try:
+        data = load_dataset(dataset_id, subset, split=split)
+    except Exception as e:
+        raise ValueError(f"Could not load subset '{subset}' split '{split}' from dataset '{dataset_id}'.") from e
+    if missing := set(columns) - set(data.column_names):
+        raise ValueError(f"Subset '{subset}' split '{split}' from dataset '{dataset_id}' is missing "
+                         f"required columns: {sorted(missing)}.")
+    return data
+
+
+def _nanobeir_task(dataset_id: str, split: str, evaluator: str) -> tuple[dict, dict, dict[str, set]]:
+    """One NanoBEIR task's ``(corpus, queries, qrels)``: id -> text (empty texts kept) for the first two,
+    query id -> the set of its relevant corpus ids (a qrels row holds one id or a list)."""
+    corpus = {row["_id"]: row["text"] for row in _nanobeir_split(dataset_id, "corpus", split, ["_id", "text"],
+                                                                 evaluator)}
+    queries = {row["_id"]: row["text"] for row in _nanobeir_split(dataset_id, "queries", split, ["_id", "text"],
+                                                                  evaluator)}
+    qrels: dict[str, set] = {}
+    for row in _nanobeir_split(dataset_id, "qrels", split, ["query-id", "corpus-id"], evaluator):
+        ids = row["corpus-id"]
+        qrels.setdefault(row["query-id"], set()).update(ids if isinstance(ids, list) else [ids])
+    return corpus, queries, qrels
+
+
 class NanoBEIREvaluator(SentenceEvaluator):
     """InformationRetrievalEvaluator on each NanoBEIR task and the metrics aggregated over them, as
     sentence-transformers' NanoBEIREvaluator: every task's metrics under ``Nano{Task}_...``, and ``aggregate_fn``
@@ -1089,13 +1142,7 @@ class NanoBEIREvaluator(SentenceEvaluator):
                  main_score_function: str | None = None, aggregate_fn: Callable = np.mean, aggregate_key: str = "mean",
                  query_prompts: str | dict[str, str] | None = None, corpus_prompts: str | dict[str, str] | None = None,
                  write_predictions: bool = False):
-        self.dataset_names = list(NANOBEIR_DATASETS) if dataset_names is None else list(dataset_names)
-        if not self.dataset_names:
-            raise ValueError("dataset_names cannot be empty. Use None to evaluate on all datasets.")
-        unknown = [n for n in self.dataset_names if n.lower() not in NANOBEIR_DATASETS]
-        if unknown:
-            raise ValueError(f"Dataset(s) {unknown} are not valid NanoBEIR datasets. Valid dataset names are: "
-                             f"{list(NANOBEIR_DATASETS)}")
+        self.dataset_names = _nanobeir_names(dataset_names, list(NANOBEIR_DATASETS))
         self.query_prompts = self._per_task(query_prompts, "query")
         self.corpus_prompts = self._per_task(corpus_prompts, "corpus")
         self.dataset_id, self.aggregate_fn, self.aggregate_key = dataset_id, aggregate_fn, aggregate_key
@@ -1123,37 +1170,23 @@ class NanoBEIREvaluator(SentenceEvaluator):
             raise ValueError(f"The following datasets are missing {side} prompts: {missing}")
         return dict(prompts)
 
-    def _split(self, subset: str, split: str, columns: list[str]):
-        try:
-            from datasets import load_dataset
-        except ImportError as e:
-            raise ValueError("datasets is not available. Please install it to use the NanoBEIREvaluator via "
-                             "`pip install datasets`.") from e
-        try:
-            data = load_dataset(self.dataset_id, subset, split=split)
-        except Exception as e:
-            raise ValueError(f"Could not load subset '{subset}' split '{split}' from dataset "
-                             f"'{self.dataset_id}'.") from e
-        if missing := set(columns) - set(data.column_names):
-            raise ValueError(f"Subset '{subset}' split '{split}' from dataset '{self.dataset_id}' is missing "
-                             f"required columns: {sorted(missing)}.")
-        return data
-
     def _task(self, name: str, **options):
         split = f"Nano{NANOBEIR_DATASETS[name.lower()]}"
-        corpus = {row["_id"]: row["text"] for row in self._split("corpus", split, ["_id", "text"]) if row["text"]}
-        queries = {row["_id"]: row["text"] for row in self._split("queries", split, ["_id", "text"]) if row["text"]}
-        qrels: dict[str, set] = {}
-        for row in self._split("qrels", split, ["query-id", "corpus-id"]):
-            ids = row["corpus-id"]
-            qrels.setdefault(row["query-id"], set()).update(ids if isinstance(ids, list) else [ids])
+        corpus, queries, qrels = _nanobeir_task(self.dataset_id, split, "NanoBEIREvaluator")
+        corpus = {cid: text for cid, text in corpus.items() if text}
+        queries = {qid: text for qid, text in queries.items() if text}
         if self.query_prompts is not None:
             options["query_prompt"] = self.query_prompts.get(name)
         if self.corpus_prompts is not None:
             options["corpus_prompt"] = self.corpus_prompts.get(name)
         return self.information_retrieval_class(queries=queries, corpus=corpus, relevant_docs=qrels,
-                                                name=split + (f"_{self.truncate_dim}" if self.truncate_dim else ""),
-                                                **options)
+                                                name=self._get_human_readable_name(name), **options)
+
+    def _get_human_readable_name(self, dataset_name: str) -> str:
+        """A task's evaluator name, ``Nano{Task}[_{truncate_dim}]`` (sentence-transformers' hook: the
+        multi-vector evaluator appends its pooling)."""
+        split = f"Nano{NANOBEIR_DATASETS[dataset_name.lower()]}"
+        return split + (f"_{self.truncate_dim}" if self.truncate_dim else "")
 
     def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1, *args,
                  **kwargs) -> dict[str, float]:
@@ -1180,6 +1213,85 @@ class NanoBEIREvaluator(SentenceEvaluator):
         top = max(self.ks["ndcg"])
         main = self.main_score_function or max(names, key=lambda fn: aggregated[f"{fn}_ndcg@{top}"])
         self.primary_metric = f"{main}_ndcg@{top}"
+        per_task.update(self.prefix_name_to_metrics(aggregated, self.name))
+        return per_task
+
+
+class CrossEncoderNanoBEIREvaluator(SentenceEvaluator):
+    """A CrossEncoder reranking each NanoBEIR task's BM25 top ``rerank_k`` documents, as sentence-transformers 6.3's
+    CrossEncoderNanoBEIREvaluator: a CrossEncoderRerankingEvaluator per task (the "bm25" subset's ranked
+    "corpus-ids" as its ``documents``, the qrels as its positives; ``always_rerank_positives`` adds the positives
+    BM25 missed) with metrics ``map``, ``mrr@{at_k}``, ``ndcg@{at_k}`` and BM25's own ``base_*`` under
+    ``Nano{Task}_R{rerank_k}_...``, and ``aggregate_fn`` of each over the tasks under
+    ``NanoBEIR_R{rerank_k}_{aggregate_key}_...`` (primary: ``ndcg@{at_k}``). The tasks are read as
+    NanoBEIREvaluator reads them, plus the "bm25" subset (columns "query-id" and "corpus-ids");
+    ``dataset_names=None`` takes every task but arguana and touche2020 (argument retrieval, a different task)."""
+
+    def __init__(self, dataset_names: list[str] | None = None, dataset_id: str = "sentence-transformers/NanoBEIR-en",
+                 rerank_k: int = 100, at_k: int = 10, always_rerank_positives: bool = True,
+                 prompt_name: str | None = None, batch_size: int = 32, show_progress_bar: bool = False,
+                 write_csv: bool = True, aggregate_fn: Callable = np.mean, aggregate_key: str = "mean"):
+        default = [name for name in NANOBEIR_DATASETS if name not in ("arguana", "touche2020")]
+        self.dataset_names = _nanobeir_names(dataset_names, default)
+        self.dataset_id, self.rerank_k, self.at_k = dataset_id, positive_int("rerank_k", rerank_k), at_k
+        self.always_rerank_positives, self.prompt_name = always_rerank_positives, prompt_name
+        self.batch_size, self.show_progress_bar, self.write_csv = batch_size, show_progress_bar, write_csv
+        self.aggregate_fn, self.aggregate_key = aggregate_fn, aggregate_key
+        self.name = f"NanoBEIR_R{self.rerank_k}_{aggregate_key}"
+        options = dict(at_k=at_k, always_rerank_positives=always_rerank_positives, prompt_name=prompt_name,
+                       show_progress_bar=show_progress_bar, batch_size=batch_size, write_csv=write_csv)
+        self.evaluators = [self._task(name, **options) for name in self.dataset_names]
+        self.csv_file = f"NanoBEIR_evaluation_{aggregate_key}_results.csv"
+        self.csv_headers = ["epoch", "steps", "MAP", f"MRR@{at_k}", f"NDCG@{at_k}"]
+        self.primary_metric = f"ndcg@{at_k}"
+
+    def _get_human_readable_name(self, dataset_name: str) -> str:
+        """A task's evaluator name, ``Nano{Task}_R{rerank_k}``."""
+        return f"Nano{NANOBEIR_DATASETS[dataset_name.lower()]}_R{self.rerank_k}"
+
+    def _task(self, name: str, **options) -> CrossEncoderRerankingEvaluator:
+        split = f"Nano{NANOBEIR_DATASETS[name.lower()]}"
+        corpus, queries, qrels = _nanobeir_task(self.dataset_id, split, "CrossEncoderNanoBEIREvaluator")
+        bm25 = _nanobeir_split(self.dataset_id, "bm25", split, ["query-id", "corpus-ids"],
+                               "CrossEncoderNanoBEIREvaluator")
+
+        def texts(ids, table: dict, what: str) -> list[str]:
+            if missing := [i for i in ids if i not in table]:
+                raise ValueError(f"{split}: {what} {missing[:5]} of dataset '{self.dataset_id}' not found")
+            return [table[i] for i in ids]
+
+        samples = []
+        for row in bm25:
+            qid = row["query-id"]
+            if qid not in qrels:
+                raise ValueError(f"{split}: query id {qid!r} of the bm25 subset of dataset '{self.dataset_id}' has "
+                                 "no qrels")
+            samples.append({"query": texts([qid], queries, "the bm25 subset's query ids")[0],
+                            "positive": texts(qrels[qid], corpus, "the qrels' corpus ids"),
+                            "documents": texts(row["corpus-ids"][: self.rerank_k], corpus,
+                                               "the bm25 subset's corpus ids")})
+        return CrossEncoderRerankingEvaluator(samples, name=self._get_human_readable_name(name), **options)
+
+    def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1, *args,
+                 **kwargs) -> dict[str, float]:
+        logger.info(f"NanoBEIR Evaluation of the model on {self.dataset_names} dataset{epoch_text(epoch, steps)}:")
+        per_task, per_metric = {}, {}
+        for evaluator in self.evaluators:
+            logger.info(f"Evaluating {evaluator.name}")
+            for key, value in evaluator(model, output_path, epoch, steps).items():
+                per_task[key] = value
+                per_metric.setdefault(key.removeprefix(f"{evaluator.name}_"), []).append(value)
+        aggregated = {metric: float(self.aggregate_fn(values)) for metric, values in per_metric.items()}
+        k = self.at_k
+        if output_path is not None and self.write_csv:
+            self._write_csv(output_path, self.csv_file, self.csv_headers,
+                            [epoch, steps, aggregated["map"], aggregated[f"mrr@{k}"], aggregated[f"ndcg@{k}"]])
+        logger.info("CrossEncoderNanoBEIREvaluator: Aggregated Results:")
+        logger.info(f"{' ' * len(str(k))}       Base  -> Reranked")
+        for label, metric in (("MAP", "map"), (f"MRR@{k}", f"mrr@{k}"), (f"NDCG@{k}", f"ndcg@{k}")):
+            logger.info(f"{label + ':':<{len(str(k)) + 6}} {aggregated[f'base_{metric}'] * 100:.2f} -> "
+                        f"{aggregated[metric] * 100:.2f}")
+        self.primary_metric = f"ndcg@{k}"
         per_task.update(self.prefix_name_to_metrics(aggregated, self.name))
         return per_task
 
@@ -1277,6 +1389,7 @@ __all__ = [
     "BinaryClassificationEvaluator",
     "CrossEncoderClassificationEvaluator",
     "CrossEncoderCorrelationEvaluator",
+    "CrossEncoderNanoBEIREvaluator",
     "CrossEncoderRerankingEvaluator",
     "EmbeddingSimilarityEvaluator",
     "InformationRetrievalEvaluator",

@@ -11,6 +11,8 @@ without a given function use the model's own ``similarity``, which scores sparse
     SparseBinaryClassificationEvaluator  accuracy / F1 / AP / MCC by threshold + active_dims, sparsity_ratio
     SparseInformationRetrievalEvaluator  accuracy / precision / recall / MRR / NDCG / MAP@k + query_* and
                                          corpus_* statistics (the corpus's weighted by chunk size) and avg_flops
+    SparseNanoBEIREvaluator              SparseInformationRetrievalEvaluator over the NanoBEIR tasks, their mean,
+                                         and the statistics weighted by task size (avg_flops over all tasks)
     SparseMSEEvaluator                   negative_mse against a teacher (dense rows) + active_dims, sparsity_ratio
     SparseRerankingEvaluator             MAP / MRR@k / NDCG@k + query_* and corpus_* statistics
     SparseTranslationEvaluator           src2trg / trg2src / mean accuracy + active_dims, sparsity_ratio
@@ -32,6 +34,7 @@ from jaxst.evaluation import (
     EmbeddingSimilarityEvaluator,
     InformationRetrievalEvaluator,
     MSEEvaluator,
+    NanoBEIREvaluator,
     RerankingEvaluator,
     SentenceEvaluator,
     TranslationEvaluator,
@@ -220,6 +223,77 @@ class SparseInformationRetrievalEvaluator(_QueryCorpusStats, InformationRetrieva
         return stats
 
 
+class SparseNanoBEIREvaluator(NanoBEIREvaluator):
+    """``NanoBEIREvaluator`` over ``SparseInformationRetrievalEvaluator`` (sparse rows with ``max_active_dims``:
+    None keeps the model's own; it suffixes the names, ``Nano{Task}_{max_active_dims}`` and
+    ``NanoBEIR_{aggregate_key}_{max_active_dims}``), as sentence-transformers 6.3's SparseNanoBEIREvaluator:
+    every task's metrics and statistics, their ``aggregate_fn`` over the tasks, except that the aggregated
+    ``query_active_dims``, ``query_sparsity_ratio``, ``corpus_active_dims`` and ``corpus_sparsity_ratio`` are
+    the tasks' weighted by their numbers of queries / documents, and ``avg_flops`` is that of all the tasks'
+    queries and documents together (the dot product of the mean query and mean document activity); those five
+    are appended to the CSV row and kept in ``sparsity_stats``."""
+
+    information_retrieval_class = SparseInformationRetrievalEvaluator
+
+    def __init__(self, dataset_names: list[str] | None = None, dataset_id: str = "sentence-transformers/NanoBEIR-en",
+                 mrr_at_k: list[int] = (10,), ndcg_at_k: list[int] = (10,), accuracy_at_k: list[int] = (1, 3, 5, 10),
+                 precision_recall_at_k: list[int] = (1, 3, 5, 10), map_at_k: list[int] = (100,),
+                 show_progress_bar: bool = False, batch_size: int = 32, write_csv: bool = True,
+                 max_active_dims: int | None = None, score_functions: dict[str, Callable] | None = None,
+                 main_score_function: str | None = None, aggregate_fn: Callable = np.mean, aggregate_key: str = "mean",
+                 query_prompts: str | dict[str, str] | None = None, corpus_prompts: str | dict[str, str] | None = None,
+                 write_predictions: bool = False):
+        self.max_active_dims = max_active_dims
+        self.sparsity_stats: dict[str, float] = {}
+        super().__init__(dataset_names=dataset_names, dataset_id=dataset_id, mrr_at_k=mrr_at_k, ndcg_at_k=ndcg_at_k,
+                         accuracy_at_k=accuracy_at_k, precision_recall_at_k=precision_recall_at_k,
+                         map_at_k=map_at_k, show_progress_bar=show_progress_bar, batch_size=batch_size,
+                         write_csv=write_csv, score_functions=score_functions,
+                         main_score_function=main_score_function, aggregate_fn=aggregate_fn,
+                         aggregate_key=aggregate_key, query_prompts=query_prompts, corpus_prompts=corpus_prompts,
+                         write_predictions=write_predictions)
+        if max_active_dims is not None:
+            self.name += f"_{max_active_dims}"
+
+    def _get_human_readable_name(self, dataset_name: str) -> str:
+        name = super()._get_human_readable_name(dataset_name)
+        return name + (f"_{self.max_active_dims}" if self.max_active_dims is not None else "")
+
+    def _task(self, name: str, **options):
+        options.pop("truncate_dim", None)
+        return super()._task(name, max_active_dims=self.max_active_dims, **options)
+
+    def aggregated_sparsity(self) -> dict[str, float]:
+        """The tasks' statistics of their last call, aggregated: each ``query_*`` / ``corpus_*`` weighted by the
+        task's number of queries / documents, ``avg_flops`` from the activity counts of all of them."""
+        lengths = {"query": [len(e.queries) for e in self.evaluators],
+                   "corpus": [len(e.corpus) for e in self.evaluators]}
+        stats = {}
+        for key in self.evaluators[0].sparsity_stats:
+            if key != "avg_flops":
+                weights = lengths[key.split("_")[0]]
+                stats[key] = sum(e.sparsity_stats[key] * n for e, n in zip(self.evaluators, weights)) / sum(weights)
+        mean = {prefix: sum(e._counts[prefix] for e in self.evaluators) / sum(lengths[prefix])
+                for prefix in ("query", "corpus")}
+        stats["avg_flops"] = float(np.dot(mean["query"], mean["corpus"]))
+        return stats
+
+    def extra_csv_columns(self) -> dict[str, float]:
+        return self.aggregated_sparsity()  # called once the tasks ran: the row of this call
+
+    def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1, *args,
+                 **kwargs) -> dict[str, float]:
+        metrics = super().__call__(model, output_path, epoch, steps, *args, **kwargs)
+        self.sparsity_stats = self.aggregated_sparsity()
+        logger.info(f"Model Query Sparsity: Active Dimensions: {self.sparsity_stats['query_active_dims']:.1f}, "
+                    f"Sparsity Ratio: {self.sparsity_stats['query_sparsity_ratio']:.4f}")
+        logger.info(f"Model Corpus Sparsity: Active Dimensions: {self.sparsity_stats['corpus_active_dims']:.1f}, "
+                    f"Sparsity Ratio: {self.sparsity_stats['corpus_sparsity_ratio']:.4f}")
+        logger.info(f"Average FLOPS: {self.sparsity_stats['avg_flops']:.2f}")
+        metrics.update(self.prefix_name_to_metrics(self.sparsity_stats, self.name))
+        return metrics
+
+
 class SparseMSEEvaluator(_SparseEvaluator, MSEEvaluator):
     """``MSEEvaluator`` for SparseEncoders: the mean squared error (x 100) between a teacher's embeddings of
     ``source_sentences`` and the model's of ``target_sentences`` (both as dense rows, as sentence-transformers
@@ -369,6 +443,7 @@ __all__ = [
     "SparseEmbeddingSimilarityEvaluator",
     "SparseInformationRetrievalEvaluator",
     "SparseMSEEvaluator",
+    "SparseNanoBEIREvaluator",
     "SparseRerankingEvaluator",
     "SparseTranslationEvaluator",
     "SparseTripletEvaluator",

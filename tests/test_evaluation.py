@@ -440,24 +440,49 @@ def test_mse_evaluator_from_dataframe(jx_minilm, st_minilm, tmp_path):
     assert ours_rows[0] == ref_rows[0] == "epoch,steps,en-de,en-en2"
 
 
-def nanobeir_folder(path, tasks=("SciFact", "NFCorpus")):
+def nanobeir_folder(path, tasks=("SciFact", "NFCorpus"), bm25: int | None = None, sizes=None, start: int = 0):
     """A local datasets folder with NanoBEIR's layout (subsets corpus / queries / qrels, a split per task), built
-    from STSb pairs: each pair's first text a query, its second the relevant document."""
+    from STSb dev pairs from row ``start`` on: each pair's first text a query, its second the relevant document
+    (rows 500-849 repeat no second text: no tie left to float noise). ``sizes``: (documents, queries) per task,
+    (150, 60) each by default. ``bm25``: also the "bm25" subset sentence-transformers 6.3's
+    CrossEncoderNanoBEIREvaluator reads ("query-id", and "corpus-ids": that many ranked corpus ids per query, the
+    positive at a varying rank or missing), and a second relevant document for the first ten queries.
+    Returns the folder: ``path`` with a hash of the content appended to its name, since ``datasets`` caches a
+    local folder's subsets by the folder's name alone (another folder of that name would read stale data)."""
+    import hashlib
+
     from datasets import Dataset
 
     rows = read_stsb("stsb-en-dev.csv")
-    configs = {"corpus": [], "queries": [], "qrels": []}
+    splits = {}  # (subset, task) -> table
     for t, task in enumerate(tasks):
-        part = rows[t * 150:(t + 1) * 150]
+        n_docs, n_queries = sizes[t] if sizes else (150, 60)
+        part, start = rows[start:start + n_docs], start + n_docs
+        qids = [f"q{i}" for i in range(n_queries)]
         tables = {
             "corpus": {"_id": [f"d{i}" for i in range(len(part))] + ["empty"], "text": [b for _, b, _ in part] + [""]},
-            "queries": {"_id": [f"q{i}" for i in range(60)], "text": [a for a, _, _ in part[:60]]},
-            "qrels": {"query-id": [f"q{i}" for i in range(60)], "corpus-id": [f"d{i}" for i in range(60)]},
+            "queries": {"_id": qids, "text": [a for a, _, _ in part[:n_queries]]},
+            "qrels": {"query-id": list(qids), "corpus-id": [f"d{i}" for i in range(n_queries)]},
         }
-        for subset, table in tables.items():
-            (path / subset).mkdir(parents=True, exist_ok=True)
-            Dataset.from_dict(table).to_parquet(str(path / subset / f"Nano{task}.parquet"))
-            configs[subset].append(f"  - split: Nano{task}\n    path: {subset}/Nano{task}.parquet")
+        if bm25:
+            extra = range(min(10, n_queries))
+            tables["qrels"]["query-id"] += [f"q{i}" for i in extra]
+            tables["qrels"]["corpus-id"] += [f"d{n_docs - 1 - i}" for i in extra]
+            rng = np.random.default_rng(t)
+            rankings = []
+            for i in range(n_queries):
+                ranking = [f"d{j}" for j in rng.permutation(n_docs) if j != i][:bm25]
+                if i % 7:  # else BM25 missed the positive
+                    ranking.insert(i % (bm25 + 3), f"d{i}")
+                rankings.append(ranking[:bm25])
+            tables["bm25"] = {"query-id": list(qids), "corpus-ids": rankings}
+        splits.update({(subset, task): table for subset, table in tables.items()})
+    path = path.with_name(f"{path.name}-{hashlib.sha256(repr(splits).encode()).hexdigest()[:16]}")
+    configs: dict[str, list[str]] = {}
+    for (subset, task), table in splits.items():
+        (path / subset).mkdir(parents=True, exist_ok=True)
+        Dataset.from_dict(table).to_parquet(str(path / subset / f"Nano{task}.parquet"))
+        configs.setdefault(subset, []).append(f"  - split: Nano{task}\n    path: {subset}/Nano{task}.parquet")
     yaml = "".join(f"- config_name: {subset}\n  data_files:\n" + "\n".join(entries) + "\n"
                    for subset, entries in configs.items())
     (path / "README.md").write_text(f"---\nconfigs:\n{yaml}---\n")
@@ -488,3 +513,55 @@ def test_nanobeir_evaluator_on_a_local_folder(jx_minilm, st_minilm, tmp_path):
         NanoBEIREvaluator(["scifact", "nfcorpus"], dataset_id=str(folder), query_prompts={"scifact": "q: "})
     with pytest.raises(ValueError, match="Could not load subset 'corpus' split 'NanoFEVER'"):
         NanoBEIREvaluator(["fever"], dataset_id=str(folder))
+
+
+def test_cross_encoder_nanobeir_evaluator(make_tiny_cross_encoder, tmp_path):
+    """CrossEncoderNanoBEIREvaluator over two tasks of a local NanoBEIR folder with a "bm25" subset (12 ranked ids
+    per query, some missing the positive, some queries with two positives): the same constructor arguments, every
+    task's and the mean's metrics (base_* included) in the same order, the primary metric and the CSV rows as
+    6.3's, by default and with a shorter rerank_k, another at_k, only the positives BM25 found, a custom
+    aggregation; bad names and a folder without the bm25 subset are refused."""
+    import inspect
+
+    from sentence_transformers.cross_encoder.evaluation import CrossEncoderNanoBEIREvaluator as STCENanoBEIR
+
+    from jaxst.evaluation import CrossEncoderNanoBEIREvaluator
+
+    def params(fn):
+        return [(p.name, tuple(p.default) if isinstance(p.default, list) else p.default, p.kind)
+                for p in inspect.signature(fn).parameters.values()]
+
+    assert params(CrossEncoderNanoBEIREvaluator.__init__) == params(STCENanoBEIR.__init__)
+    assert params(CrossEncoderNanoBEIREvaluator.__call__) == params(STCENanoBEIR.__call__)
+    folder = nanobeir_folder(tmp_path / "nanobeir", bm25=12, sizes=((60, 20), (50, 16)), start=500)
+    model, st_model = _cross_encoders(make_tiny_cross_encoder, 1)
+    names = ["scifact", "NFCorpus"]
+    for i, kwargs in enumerate(({}, {"rerank_k": 5, "at_k": 3, "always_rerank_positives": False,
+                                     "aggregate_key": "median", "aggregate_fn": np.median, "batch_size": 16})):
+        out = tmp_path / str(i)
+        ref_eval = STCENanoBEIR(names, dataset_id=str(folder), **kwargs)
+        ref = ref_eval(st_model, output_path=str(out / "st"), epoch=2, steps=7)
+        ours = CrossEncoderNanoBEIREvaluator(names, dataset_id=str(folder), **kwargs)
+        got = ours(model, output_path=str(out / "jx"), epoch=2, steps=7)
+        assert_same_metrics(got, ref)
+        assert list(got) == list(ref) and len(got) == 18
+        assert ours.primary_metric == ref_eval.primary_metric and ours.primary_metric in got
+        assert ours.csv_file == ref_eval.csv_file
+        for file in sorted(p.name for p in (out / "st").iterdir()):  # the aggregate's and each task's
+            ours_csv, ref_csv = _read_csv_rows(out / "jx" / file), _read_csv_rows(out / "st" / file)
+            assert ours_csv[0] == ref_csv[0] and len(ours_csv) == len(ref_csv) == 2
+            assert np.allclose(np.asarray(ours_csv[1], float), np.asarray(ref_csv[1], float), atol=TOL)
+        assert len(list((out / "jx").iterdir())) == 3
+    assert ours.primary_metric == "NanoBEIR_R5_median_ndcg@3"
+    assert 0 < got["NanoSciFact_R5_base_map"] < 1 and 0 < got["NanoSciFact_R5_map"] < 1  # BM25 missed some
+    with pytest.raises(ValueError, match="not valid NanoBEIR datasets"):
+        CrossEncoderNanoBEIREvaluator(["scifact", "nosuchtask"], dataset_id=str(folder))
+    with pytest.raises(ValueError, match="dataset_names cannot be empty"):
+        CrossEncoderNanoBEIREvaluator([], dataset_id=str(folder))
+    with pytest.raises(ValueError, match="rerank_k must be a positive integer"):
+        CrossEncoderNanoBEIREvaluator(names, dataset_id=str(folder), rerank_k=0)
+    with pytest.raises(ValueError, match="Could not load subset 'bm25' split 'NanoSciFact'"):
+        CrossEncoderNanoBEIREvaluator(["scifact"], dataset_id=str(nanobeir_folder(tmp_path / "no-bm25")))
+    # None: every task but arguana and touche2020, the first of them climatefever
+    with pytest.raises(ValueError, match="split 'NanoClimateFEVER'"):
+        CrossEncoderNanoBEIREvaluator(dataset_id=str(folder))

@@ -29,7 +29,7 @@ LAYERS = [
                           "multi_vector_encoder", "index", "hard_negatives", "util", "cli", "__main__"}),
     # evaluators and their statistics (the SparseEncoder's over the dense ones): over the families' encode, below
     # training
-    ("evaluation", {"evaluation", "sparse_evaluation"}),
+    ("evaluation", {"evaluation", "sparse_evaluation", "multi_vector_evaluation"}),
     ("training", {"training"}),  # the package: optim, step, gradcache, collation, packing, checkpoints, fitting
 ]
 # the facades: thin files over jaxst.base

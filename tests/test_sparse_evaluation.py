@@ -16,7 +16,7 @@ import json
 import numpy as np
 import pytest
 from conftest import read_stsb, save_tiny_splade
-from test_evaluation import assert_same_metrics, retrieval_task
+from test_evaluation import assert_same_metrics, nanobeir_folder, retrieval_task
 
 from jaxst import SparseEncoder
 from jaxst import sparse_evaluation as ours_module
@@ -28,7 +28,8 @@ HALF = len(ROWS) // 2  # a second configuration of an evaluator runs on the firs
 ALL_FNS = ["cosine", "dot", "euclidean", "manhattan"]
 EVALUATORS = ["SparseEmbeddingSimilarityEvaluator", "SparseBinaryClassificationEvaluator",
               "SparseInformationRetrievalEvaluator", "SparseMSEEvaluator", "SparseRerankingEvaluator",
-              "SparseTranslationEvaluator", "SparseTripletEvaluator", "ReciprocalRankFusionEvaluator"]
+              "SparseTranslationEvaluator", "SparseTripletEvaluator", "ReciprocalRankFusionEvaluator",
+              "SparseNanoBEIREvaluator"]
 
 
 @pytest.fixture(scope="module")
@@ -146,6 +147,26 @@ def test_sparse_mse_evaluator(splade, tmp_path):
     jx, st = splade
     kwargs = dict(source_sentences=S1, target_sentences=S2, name="mse", batch_size=16, max_active_dims=48)
     check("SparseMSEEvaluator", splade, tmp_path, dict(kwargs, teacher_model=jx), dict(kwargs, teacher_model=st))
+
+
+def test_sparse_nanobeir_evaluator(splade, tmp_path):
+    """SparseNanoBEIREvaluator over two tasks of different sizes read from a local NanoBEIR folder: every task's
+    metrics and statistics, the aggregated ones (query_* / corpus_* weighted by the tasks' sizes, avg_flops over
+    all of them), the primary metric, sparsity_stats and the CSV rows (the statistics appended) as 6.3's; then
+    with max_active_dims (in every name), another aggregate key, two NDCG@k and query prompts."""
+    folder = nanobeir_folder(tmp_path / "nanobeir", sizes=((70, 30), (40, 12)), start=500)
+    base = dict(dataset_names=["scifact", "NFCorpus"], dataset_id=str(folder), batch_size=16)
+    metrics = check("SparseNanoBEIREvaluator", splade, tmp_path / "a", base)
+    stats = ("query_active_dims", "query_sparsity_ratio", "corpus_active_dims", "corpus_sparsity_ratio", "avg_flops")
+    assert list(metrics)[-len(stats):] == [f"NanoBEIR_mean_{key}" for key in stats]
+    for key in ("query_active_dims", "corpus_active_dims", "avg_flops"):  # not the tasks' plain mean
+        per_task = [metrics[f"NanoSciFact_{key}"], metrics[f"NanoNFCorpus_{key}"]]
+        assert abs(metrics[f"NanoBEIR_mean_{key}"] - np.mean(per_task)) > 1e-3, key
+    kwargs = dict(base, max_active_dims=16, aggregate_key="avg", ndcg_at_k=[5, 10],
+                  query_prompts={"scifact": "query: ", "NFCorpus": ""})
+    metrics = check("SparseNanoBEIREvaluator", splade, tmp_path / "b", kwargs)
+    assert "NanoSciFact_16_dot_ndcg@5" in metrics and metrics["NanoBEIR_avg_16_query_active_dims"] <= 16
+    assert ours_module.SparseNanoBEIREvaluator(**kwargs).primary_metric is None  # named by the first call
 
 
 def negatives(i: int, count: int, shift: int = 1) -> list[str]:
