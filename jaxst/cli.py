@@ -8,6 +8,7 @@
     jaxst search "pasta" --corpus corpus.txt --sparse --model naver/splade-v3
     jaxst convert NAME_OR_FOLDER ckpt        (any family -> a native orbax params checkpoint)
     jaxst convert ckpt st-folder             (... and back to a sentence-transformers folder)
+    jaxst serve all-MiniLM-L6-v2 cross-encoder/ms-marco-MiniLM-L6-v2 --port 8080   (HTTP: jaxst.serve)
 
 Input files, stdin and queries must be UTF-8, one text per line (anything else is an error, never a
 text with replacement characters). Outputs are written atomically, and only over regular files or new
@@ -483,6 +484,41 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from jaxst.serve import create_app, served_name
+    except ImportError as e:
+        raise CliError(f"jaxst serve needs the serve extra (pip install 'jaxst[serve]'): {_one_line(e)}") from e
+    if args.served_model_name and len(args.served_model_name) != len(args.models):
+        raise CliError(f"--served-model-name was given {len(args.served_model_name)} times for "
+                       f"{len(args.models)} models; give it once per model, in order")
+    names = args.served_model_name or [served_name(m) for m in args.models]
+    if len(set(names)) != len(names):
+        raise CliError(f"two models would be served under one name: {names}; use --served-model-name")
+    models = {}
+    for name, src in zip(names, args.models):
+        try:
+            models[name] = load_family_model(src, args.family)
+        except Exception as e:  # missing folder, offline, unsupported model...
+            raise CliError(f"cannot load model {src!r}: {_one_line(e)}") from e
+    api_key = args.api_key or os.environ.get("JAXST_API_KEY") or None
+    try:
+        app = create_app(models, max_batch_tokens=args.max_batch_tokens, max_batch_size=args.max_batch_size,
+                         max_concurrent_requests=args.max_concurrent_requests,
+                         max_client_batch_size=args.max_client_batch_size, api_key=api_key,
+                         max_body_bytes=args.max_body_bytes)
+    except ValueError as e:  # e.g. a family the server does not serve yet
+        raise CliError(str(e)) from e
+    print(f"jaxst: serving {', '.join(names)} on http://{args.host}:{args.port}", file=sys.stderr)
+    # uvicorn's own SIGINT/SIGTERM handling: stop accepting, finish in-flight requests (at most
+    # --graceful-timeout seconds), then the app's lifespan ends the batch workers
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                timeout_graceful_shutdown=args.graceful_timeout)
+    return 0
+
+
 def _family_arg(value: str) -> str:
     try:
         return family_name(value)
@@ -566,6 +602,37 @@ def build_parser() -> argparse.ArgumentParser:
                       help="write into OUT even if it is a non-empty folder (a model there is replaced, "
                            "other files are kept)")
     conv.set_defaults(func=cmd_convert)
+
+    srv = sub.add_parser(
+        "serve", help="serve embedding and reranking models over HTTP, with dynamic batching",
+        description="Serve models over HTTP (OpenAI /v1/embeddings, text-embeddings-inference /embed and /rerank, "
+                    "Cohere-style /v1/rerank, /health, /info, /metrics). Concurrent requests are batched per model "
+                    "within a token budget and a size cap. SIGTERM stops accepting and drains in-flight requests.",
+    )
+    srv.add_argument("models", nargs="+", metavar="MODEL",
+                     help="Hub names or folders (SentenceTransformer or CrossEncoder, detected)")
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    srv.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
+    srv.add_argument("--served-model-name", action="append", default=None, metavar="NAME",
+                     help="the name a request's `model` uses, once per MODEL in order (default: the Hub name as "
+                          "written, a folder's last path component)")
+    srv.add_argument("--api-key", default=None,
+                     help="require `Authorization: Bearer KEY` (default: $JAXST_API_KEY; none: open)")
+    srv.add_argument("--family", type=_family_arg, default="auto", metavar="FAMILY",
+                     help="load every MODEL as this class (default: detected from its files)")
+    srv.add_argument("--max-batch-tokens", type=_positive_int, default=16384,
+                     help="tokens one batch may hold (default: 16384)")
+    srv.add_argument("--max-batch-size", type=_positive_int, default=64, help="texts per batch (default: 64)")
+    srv.add_argument("--max-concurrent-requests", type=_positive_int, default=512,
+                     help="requests a model's queue holds before answering 429 (default: 512)")
+    srv.add_argument("--max-client-batch-size", type=_positive_int, default=64,
+                     help="texts one request may send (default: 64)")
+    srv.add_argument("--max-body-bytes", type=_positive_int, default=2 * 1024 * 1024,
+                     help="request body limit in bytes (default: 2 MiB)")
+    srv.add_argument("--graceful-timeout", type=_positive_int, default=30,
+                     help="seconds SIGTERM waits for in-flight requests (default: 30)")
+    srv.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    srv.set_defaults(func=cmd_serve)
     return parser
 
 
