@@ -1,0 +1,305 @@
+"""``jaxst serve``: the real server (uvicorn on a loopback port, in a background thread), the official ``openai``
+client and ``httpx``; no mocks. The tiny dense model and the tiny cross-encoder from conftest."""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import contextlib
+import json
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+httpx = pytest.importorskip("httpx")
+openai = pytest.importorskip("openai")
+uvicorn = pytest.importorskip("uvicorn")
+pytest.importorskip("starlette")
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+from jaxst.serve import create_app, served_name  # noqa: E402
+
+TIMEOUT = 20.0
+TEXTS = ["A man is eating pasta.", "A woman plays the violin on a stage in front of a large crowd.",
+         "Two dogs run across a snowy field.", "The stock market fell sharply today.", "Hi"]
+DOCS = ["A man is eating food.", "A monkey plays drums.", "Someone is riding a white horse.",
+        "The new movie is awesome.", "A man is eating a piece of bread.", "Pasta with tomato sauce."]
+
+
+@contextlib.contextmanager
+def running(app):
+    """Serve ``app`` with uvicorn on 127.0.0.1 (a port the OS picks) in a thread; yields the base URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + TIMEOUT
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(TIMEOUT)
+        sock.close()
+        assert not thread.is_alive(), "the server did not stop"
+
+
+@pytest.fixture(scope="module")
+def folders(make_tiny_st, make_tiny_cross_encoder):
+    return {"dense": make_tiny_st(prompts={"query": "query: "}), "ce": make_tiny_cross_encoder()}
+
+
+@pytest.fixture(scope="module")
+def models(folders):
+    from jaxst import CrossEncoder, SentenceTransformer
+
+    return {"dense": SentenceTransformer(str(folders["dense"])), "ce": CrossEncoder(str(folders["ce"]))}
+
+
+@pytest.fixture(scope="module")
+def server(models):
+    app = create_app(models, max_client_batch_size=8, max_body_bytes=64 * 1024)
+    with running(app) as url:
+        yield url, app
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with httpx.Client(base_url=server[0], timeout=TIMEOUT) as c:
+        yield c
+
+
+def test_openai_client_embeddings_equal_encode(server, models):
+    url, _ = server
+    oa = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", timeout=TIMEOUT, max_retries=0)
+    expected = models["dense"].encode(TEXTS)
+    for fmt in ("float", "base64", openai.NOT_GIVEN):  # the client asks for base64 by default and decodes it
+        response = oa.embeddings.create(model="dense", input=TEXTS, encoding_format=fmt)
+        rows = [d.embedding for d in sorted(response.data, key=lambda d: d.index)]
+        if fmt == "base64":  # asked for explicitly, the client hands the strings over as they came
+            rows = [np.frombuffer(base64.b64decode(row), dtype="<f4") for row in rows]
+        got = np.array(rows, np.float32)
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+        assert response.model == "dense"
+        n_tokens = sum(len(e.ids) for e in models["dense"].tokenizer.encode_ids(TEXTS))
+        assert response.usage.prompt_tokens == response.usage.total_tokens == n_tokens
+    single = oa.embeddings.create(model="dense", input=TEXTS[0], encoding_format="float")
+    np.testing.assert_allclose(single.data[0].embedding, expected[0], atol=1e-6)
+
+
+def test_base64_and_dimensions_round_trip(client, models):
+    model = models["dense"]
+    r = client.post("/v1/embeddings", json={"model": "dense", "input": TEXTS, "encoding_format": "base64",
+                                            "dimensions": 8})
+    assert r.status_code == 200, r.text
+    rows = [np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4") for d in r.json()["data"]]
+    assert all(row.shape == (8,) for row in rows)
+    np.testing.assert_allclose(np.stack(rows), model.encode(TEXTS, truncate_dim=8), atol=1e-6)
+    # TEI's /embed: normalized by default, prompt_name, dimensions
+    r = client.post("/embed", json={"inputs": TEXTS, "prompt_name": "query", "dimensions": 16})
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose(
+        np.array(r.json()), model.encode(TEXTS, prompt_name="query", truncate_dim=16, normalize_embeddings=True),
+        atol=1e-6)
+    r = client.post("/embed", json={"inputs": TEXTS[0], "normalize": False})
+    np.testing.assert_allclose(np.array(r.json()), model.encode(TEXTS[:1]), atol=1e-6)
+
+
+def test_concurrent_single_text_requests_get_their_own_rows_in_batches(server, models):
+    url, app = server
+    texts = [f"sentence number {i} about {'cats' if i % 2 else 'the weather'} " + "word " * (i % 7)
+             for i in range(50)]
+    expected = models["dense"].encode(texts)
+    batcher = app.state.batchers["dense"]
+
+    def count_batches() -> float:
+        text = httpx.get(f"{url}/metrics", timeout=TIMEOUT).text
+        return sum(s.value for f in text_string_to_metric_families(text) if f.name == "jaxst_batch_size"
+                   for s in f.samples if s.name == "jaxst_batch_size_count" and s.labels["model"] == "dense")
+
+    before = count_batches()
+    batcher.pause()  # hold the worker until all 50 requests are queued: they must then run as a few batches
+
+    def one(i: int):
+        with httpx.Client(base_url=url, timeout=TIMEOUT) as c:
+            r = c.post("/v1/embeddings", json={"model": "dense", "input": texts[i], "encoding_format": "float"})
+        assert r.status_code == 200, r.text
+        return i, np.array(r.json()["data"][0]["embedding"], np.float32)
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(50) as pool:
+            futures = [pool.submit(one, i) for i in range(50)]
+            deadline = time.monotonic() + TIMEOUT
+            while batcher.pending < 50 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert batcher.pending == 50
+            batcher.resume()
+            results = [f.result(timeout=TIMEOUT) for f in futures]
+    finally:
+        batcher.resume()
+    for i, row in results:
+        np.testing.assert_allclose(row, expected[i], atol=1e-6, err_msg=f"request {i}")
+    assert count_batches() - before == 1  # 50 texts, max_batch_size 64, within the token budget: one batch
+
+
+def test_rerank_equals_cross_encoder_rank(client, models):
+    ce = models["ce"]
+    query = "A man is eating pasta."
+    expected = ce.rank(query, DOCS, return_documents=True)
+    r = client.post("/v1/rerank", json={"model": "ce", "query": query, "documents": DOCS, "return_documents": True})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [x["index"] for x in results] == [e["corpus_id"] for e in expected]
+    np.testing.assert_allclose([x["relevance_score"] for x in results], [e["score"] for e in expected], atol=1e-6)
+    assert [x["document"]["text"] for x in results] == [e["text"] for e in expected]
+    assert r.json()["usage"]["total_tokens"] > 0
+    r = client.post("/v1/rerank", json={"query": query, "documents": [{"text": d} for d in DOCS], "top_n": 2})
+    assert [x["index"] for x in r.json()["results"]] == [e["corpus_id"] for e in expected[:2]]
+    # TEI's /rerank: texts, raw_scores, return_text
+    r = client.post("/rerank", json={"query": query, "texts": DOCS, "return_text": True})
+    assert r.status_code == 200, r.text
+    assert [(x["index"], x["text"]) for x in r.json()] == [(e["corpus_id"], e["text"]) for e in expected]
+    np.testing.assert_allclose([x["score"] for x in r.json()], [e["score"] for e in expected], atol=1e-6)
+    r = client.post("/rerank", json={"query": query, "texts": DOCS, "raw_scores": True})
+    raw = ce.predict([(query, d) for d in DOCS], activation_fn=lambda x: x)
+    np.testing.assert_allclose(sorted((x["score"] for x in r.json()), reverse=True), np.sort(raw)[::-1], atol=1e-6)
+
+
+@pytest.mark.parametrize("path, body, status, words", [
+    ("/v1/embeddings", b"{not json", 400, "malformed JSON"),
+    ("/v1/embeddings", b"[1, 2]", 422, "JSON object"),
+    ("/v1/embeddings", {"model": "dense", "input": 5}, 422, "string or a list"),
+    ("/v1/embeddings", {"model": "dense", "input": ["ok", None]}, 422, "[1] must be a string"),
+    ("/v1/embeddings", {"model": "dense", "input": [[101, 102]]}, 422, "token-id"),
+    ("/v1/embeddings", {"model": "dense", "input": []}, 422, "empty"),
+    ("/v1/embeddings", {"model": "dense", "input": ""}, 422, "empty"),
+    ("/v1/embeddings", {"model": "dense", "input": ["x"] * 9}, 422, "at most 8"),
+    ("/v1/embeddings", {"model": "dense", "input": "x", "encoding_format": "int8"}, 422, "encoding_format"),
+    ("/v1/embeddings", {"model": "dense", "input": "x", "dimensions": 0}, 422, "dimensions"),
+    ("/v1/embeddings", {"model": "dense", "input": "x", "dimensions": 10_000}, 422, "dimensions"),
+    ("/v1/embeddings", {"model": "nope", "input": "x"}, 404, "not served"),
+    ("/v1/embeddings", {"model": "ce", "input": "x"}, 422, "reranker"),
+    ("/embed", {"inputs": "x", "prompt_name": "nope"}, 422, "prompt_name"),
+    ("/embed", {"inputs": "x", "normalize": "yes"}, 422, "boolean"),
+    ("/embed", {"inputs": "word " * 200}, 413, "truncate"),
+    ("/v1/rerank", {"query": "q", "documents": "one doc"}, 422, "list"),
+    ("/v1/rerank", {"documents": ["d"]}, 422, "query"),
+    ("/v1/rerank", {"query": "q", "documents": ["d"], "top_n": -1}, 422, "top_n"),
+    ("/rerank", {"model": "dense", "query": "q", "texts": ["d"]}, 422, "embedding model"),
+])
+def test_bad_input_is_a_4xx_with_a_message(client, path, body, status, words):
+    r = client.post(path, content=body, headers={"content-type": "application/json"}) if isinstance(body, bytes) \
+        else client.post(path, json=body)
+    assert r.status_code == status, r.text
+    assert words in r.json()["error"]["message"]
+
+
+def test_overlong_input_is_truncated_when_asked(client, models):
+    text = "word " * 200
+    r = client.post("/embed", json={"inputs": text, "truncate": True, "normalize": False})
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose(np.array(r.json()), models["dense"].encode([text]), atol=1e-6)
+
+
+def test_body_over_the_limit_is_413(client):
+    r = client.post("/v1/embeddings", json={"model": "dense", "input": "x" * (100 * 1024)})
+    assert r.status_code == 413 and "limit" in r.json()["error"]["message"]
+
+    def chunks():  # no Content-Length: the limit holds while reading
+        for _ in range(100):
+            yield b" " * 1024
+
+    r = client.post("/v1/embeddings", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+
+
+def test_health_info_models_and_metrics(client):
+    assert client.get("/health").json() == {"status": "ok"}
+    info = client.get("/info").json()
+    assert {m["id"]: m["kind"] for m in info["models"]} == {"dense": "embedding", "ce": "reranker"}
+    assert info["max_client_batch_size"] == 8
+    assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["dense", "ce"]
+    r = client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    families = {f.name: f for f in text_string_to_metric_families(r.text)}
+    for name in ("jaxst_requests", "jaxst_request_duration_seconds", "jaxst_batch_size", "jaxst_batch_tokens",
+                 "jaxst_queue_depth", "jaxst_input_tokens", "jaxst_queue_duration_seconds",
+                 "jaxst_inference_duration_seconds"):
+        assert name in families, name
+    ok = [s for s in families["jaxst_requests"].samples
+          if s.labels.get("route") == "/v1/embeddings" and s.labels.get("status") == "200"]
+    assert ok and ok[0].value > 0
+
+
+def test_api_key_and_full_queue(folders):
+    from jaxst import SentenceTransformer
+
+    app = create_app({"dense": SentenceTransformer(str(folders["dense"]))}, api_key="s3cret",
+                     max_concurrent_requests=2)
+    batcher = app.state.batchers["dense"]
+    with running(app) as url:
+        body = {"model": "dense", "input": "A man is eating pasta."}
+        with httpx.Client(base_url=url, timeout=TIMEOUT) as c:
+            assert c.post("/v1/embeddings", json=body).status_code == 401
+            r = c.post("/v1/embeddings", json=body, headers={"Authorization": "Bearer wrong"})
+            assert r.status_code == 401 and "API key" in r.json()["error"]["message"]
+            assert c.get("/metrics").status_code == 401
+            assert c.get("/health").status_code == 200  # probes stay open
+            oa = openai.OpenAI(base_url=f"{url}/v1", api_key="s3cret", timeout=TIMEOUT, max_retries=0)
+            assert len(oa.embeddings.create(model="dense", input="hello").data[0].embedding) == 32
+
+            auth = {"Authorization": "Bearer s3cret"}
+            batcher.pause()
+            try:
+                with concurrent.futures.ThreadPoolExecutor(2) as pool:
+                    def post():
+                        with httpx.Client(base_url=url, timeout=TIMEOUT) as c2:
+                            return c2.post("/v1/embeddings", json=body, headers=auth)
+
+                    held = [pool.submit(post) for _ in range(2)]
+                    deadline = time.monotonic() + TIMEOUT
+                    while batcher.pending < 2 and time.monotonic() < deadline:
+                        time.sleep(0.01)
+                    r = c.post("/v1/embeddings", json=body, headers=auth)
+                    assert r.status_code == 429, r.text
+                    assert r.headers["retry-after"] == "1" and "retry" in r.json()["error"]["message"]
+                    with pytest.raises(openai.RateLimitError):
+                        oa.embeddings.create(model="dense", input="hello")
+                    batcher.resume()
+                    assert [f.result(timeout=TIMEOUT).status_code for f in held] == [200, 200]
+            finally:
+                batcher.resume()
+            assert c.post("/v1/embeddings", json=body, headers=auth).status_code == 200
+
+
+def test_create_app_and_cli_refuse_bad_setups(folders, tmp_path, capsys):
+    from jaxst.cli import main
+
+    with pytest.raises(ValueError, match="non-empty dict"):
+        create_app({})
+    with pytest.raises(ValueError, match="max_batch_size"):
+        create_app({"x": object()}, max_batch_size=0)
+    with pytest.raises(ValueError, match="not served yet"):
+        create_app({"x": object()})
+    assert served_name(str(folders["dense"])) == folders["dense"].name
+    assert served_name("sentence-transformers/all-MiniLM-L6-v2") == "sentence-transformers/all-MiniLM-L6-v2"
+    assert main(["serve", str(folders["dense"]), "--served-model-name", "a", "--served-model-name", "b"]) == 2
+    assert "once per model" in capsys.readouterr().err
+    assert main(["serve", str(folders["dense"]), str(folders["dense"])]) == 2
+    assert "one name" in capsys.readouterr().err
+    assert main(["serve", str(tmp_path / "missing")]) == 2
+    assert "cannot load model" in capsys.readouterr().err
+
+
+def test_json_error_bodies_are_json(client):
+    r = client.post("/v1/embeddings", content=b"\xff\xfe", headers={"content-type": "application/json"})
+    assert r.status_code == 400
+    assert json.loads(r.text)["error"]["code"] == 400
