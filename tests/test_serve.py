@@ -303,3 +303,78 @@ def test_json_error_bodies_are_json(client):
     r = client.post("/v1/embeddings", content=b"\xff\xfe", headers={"content-type": "application/json"})
     assert r.status_code == 400
     assert json.loads(r.text)["error"]["code"] == 400
+
+
+def test_shutdown_drains_in_flight_requests(folders, models):
+    """What uvicorn does on SIGTERM (``should_exit``): stop accepting, let a queued request finish, then stop."""
+    from jaxst import SentenceTransformer
+
+    app = create_app({"dense": SentenceTransformer(str(folders["dense"]))})
+    batcher = app.state.batchers["dense"]
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=10))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        batcher.pause()
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            held = pool.submit(httpx.post, f"{url}/v1/embeddings", json={"model": "dense", "input": TEXTS[1],
+                               "encoding_format": "float"}, timeout=TIMEOUT)
+            while batcher.pending < 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            server.should_exit = True
+            time.sleep(0.3)
+            assert thread.is_alive()  # waiting for the request in flight
+            batcher.resume()
+            r = held.result(timeout=TIMEOUT)
+        assert r.status_code == 200
+        np.testing.assert_allclose(r.json()["data"][0]["embedding"], models["dense"].encode(TEXTS[1]), atol=1e-6)
+        thread.join(TIMEOUT)
+        assert not thread.is_alive() and not batcher.alive
+    finally:
+        batcher.resume()
+        server.should_exit = True
+        thread.join(TIMEOUT)
+        sock.close()
+
+
+def test_cli_serves_and_exits_on_sigterm(folders):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    proc = subprocess.Popen([sys.executable, "-m", "jaxst", "serve", str(folders["dense"]), "--port", str(port),
+                             "--served-model-name", "tiny", "--log-level", "warning"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "JAXST_API_KEY": "k"})
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.communicate(timeout=TIMEOUT)[1].decode()
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, "jaxst serve did not come up"
+            time.sleep(0.1)
+        headers = {"Authorization": "Bearer k"}
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/embeddings", json={"model": "tiny", "input": "hello"},
+                       headers=headers, timeout=TIMEOUT)
+        assert r.status_code == 200, r.text
+        assert httpx.post(f"http://127.0.0.1:{port}/v1/embeddings", json={"model": "tiny", "input": "hello"},
+                          timeout=TIMEOUT).status_code == 401
+        proc.send_signal(signal.SIGTERM)
+        # uvicorn shuts down gracefully, then re-raises the signal it caught: the process ends by SIGTERM
+        assert proc.wait(timeout=TIMEOUT) in (0, -signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(TIMEOUT)
