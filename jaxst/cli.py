@@ -412,15 +412,16 @@ def family_name(value: str) -> str:
 
 
 def load_family_model(name_or_path, family: str = "auto", *, revision: str | None = None,
-                      cache_folder: str | None = None):
-    """A jaxst model of ``family`` (``"auto"``: ``jaxst.io.family.detect_family``) by Hub name or folder."""
+                      cache_folder: str | None = None, dtype: str | None = None):
+    """A jaxst model of ``family`` (``"auto"``: ``jaxst.io.family.detect_family``) by Hub name or folder;
+    ``dtype`` as the families' constructors take it (None: float32)."""
     import jaxst
     from jaxst.io.family import detect_family
 
     family = family_name(family)
     if family == "auto":
         family = detect_family(name_or_path, revision=revision, cache_folder=cache_folder)
-    return getattr(jaxst, family)(name_or_path, revision=revision, cache_folder=cache_folder)
+    return getattr(jaxst, family)(name_or_path, revision=revision, cache_folder=cache_folder, dtype=dtype)
 
 
 def convert(src, out, *, to: str = "auto", family: str = "auto", revision: str | None = None,
@@ -500,7 +501,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     models = {}
     for name, src in zip(names, args.models):
         try:
-            models[name] = load_family_model(src, args.family)
+            models[name] = load_family_model(src, args.family, dtype=args.dtype)
         except Exception as e:  # missing folder, offline, unsupported model...
             raise CliError(f"cannot load model {src!r}: {_one_line(e)}") from e
     api_key = args.api_key or os.environ.get("JAXST_API_KEY") or None
@@ -508,7 +509,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         app = create_app(models, max_batch_tokens=args.max_batch_tokens, max_batch_size=args.max_batch_size,
                          max_concurrent_requests=args.max_concurrent_requests,
                          max_client_batch_size=args.max_client_batch_size, api_key=api_key,
-                         max_body_bytes=args.max_body_bytes)
+                         max_body_bytes=args.max_body_bytes, warmup_lengths=args.warmup_lengths)
     except ValueError as e:  # e.g. a family the server does not serve yet
         raise CliError(str(e)) from e
     print(f"jaxst: serving {', '.join(names)} on http://{args.host}:{args.port}", file=sys.stderr)
@@ -517,6 +518,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                 timeout_graceful_shutdown=args.graceful_timeout)
     return 0
+
+
+SERVE_DTYPES = ("float32", "bfloat16", "float16", "int8")
+DEFAULT_WARMUP_LENGTHS = (16, 32, 64)
+
+
+def _length_list(value: str) -> tuple[int, ...]:
+    if value.strip() in ("", "0"):
+        return ()
+    try:
+        lengths = tuple(int(x) for x in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected token lengths like 16,32,64, got {value!r}") from None
+    if any(n < 1 for n in lengths):
+        raise argparse.ArgumentTypeError(f"token lengths must be positive, got {value!r}")
+    return lengths
 
 
 def _family_arg(value: str) -> str:
@@ -629,6 +646,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="texts one request may send (default: 64)")
     srv.add_argument("--max-body-bytes", type=_positive_int, default=2 * 1024 * 1024,
                      help="request body limit in bytes (default: 2 MiB)")
+    srv.add_argument("--dtype", choices=SERVE_DTYPES, default="float32",
+                     help="weights: float32 (default), bfloat16, float16, or int8 (dense layers in int8 on the "
+                          "CPU; see the README's int8 section)")
+    srv.add_argument("--warmup-lengths", type=_length_list, default=DEFAULT_WARMUP_LENGTHS, metavar="N,N,...",
+                     help="before accepting requests, compile batches of 1, 2, 4 ... --max-batch-size texts of "
+                          "each of these token lengths, so the first requests are not slow (the persistent "
+                          "compilation cache keeps them for the next start); '' or 0: no warm-up (default: "
+                          f"{','.join(map(str, DEFAULT_WARMUP_LENGTHS))})")
     srv.add_argument("--graceful-timeout", type=_positive_int, default=30,
                      help="seconds SIGTERM waits for in-flight requests (default: 30)")
     srv.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))

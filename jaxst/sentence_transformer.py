@@ -284,16 +284,33 @@ class SentenceTransformer(BaseModel):
         emb = truncate(emb, truncate_dim)
         return l2_normalize(emb) if normalize_embeddings else emb
 
-    def _run(self, texts, total: int | None, prompt: str | None, keep_tokens: bool, **batching):
+    def encode_tokenized(self, encodings: list, prompt: str | None = None, batch_size: int = 32,
+                         max_batch_tokens: int | None | str = "auto") -> np.ndarray:
+        """The (n, D) float32 sentence embeddings of texts already tokenized: ``self.tokenizer.encode_ids``'
+        encodings of the texts with ``prompt`` in front (or anything with ``ids`` and ``type_ids``, e.g. token
+        ids a client sent), batched as ``encode`` batches them. A server tokenizes each request once, to count
+        its tokens, and runs those encodings here instead of tokenizing the texts again."""
+        encodings = list(encodings)
+        chunks = self._run(iter(encodings), len(encodings), prompt, False, tokenized=True, batch_size=batch_size,
+                           max_batch_tokens=max_batch_tokens, chunk_size=max(len(encodings), 1),
+                           show_progress_bar=False, device=None, pool=None)
+        pieces = list(chunks)
+        return np.concatenate(pieces) if pieces else np.empty((0, self._embedding_dim), np.float32)
+
+    def _run(self, texts, total: int | None, prompt: str | None, keep_tokens: bool, tokenized: bool = False,
+             **batching):
         """The texts through the engine (``BaseModel.encode_chunks``), one result per chunk of ``chunk_size``
         texts, in input order: the (N, D) float32 sentence embeddings (numpy), or with ``keep_tokens`` one
         dict per text holding its token embeddings without padding. Texts are sorted by token count (not
-        characters, as sentence-transformers does): every batch holds texts of nearly one length."""
+        characters, as sentence-transformers does): every batch holds texts of nearly one length.
+        ``tokenized``: ``texts`` are encodings already (``encode_tokenized``)."""
         extra = {}
         if prompt and not self._include_prompt:
             extra["prompt_length"] = np.int32(self.tokenizer.prompt_length(prompt))
 
-        def tokenize(chunk: list[str]) -> list:
+        def tokenize(chunk: list) -> list:
+            if tokenized:
+                return chunk
             return self.tokenizer.encode_ids([prompt + t for t in chunk] if prompt else chunk) if chunk else []
 
         if keep_tokens:  # every output stays on the device, as it is returned

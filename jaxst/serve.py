@@ -1,33 +1,51 @@
-"""``jaxst serve``: an HTTP server for embedding and reranking models, with dynamic batching.
+"""``jaxst serve``: an HTTP server for the four model families, with dynamic batching.
 
     from jaxst.serve import create_app
     app = create_app({"minilm": SentenceTransformer("all-MiniLM-L6-v2"),
                       "reranker": CrossEncoder("cross-encoder/ms-marco-MiniLM-L6-v2")})
     uvicorn.run(app, host="127.0.0.1", port=8080)
 
-Routes (a request's ``model`` names a served model; it may be left out when one model of the right kind is served):
+Routes (a request's ``model`` names a served model; it may be left out when one model of the right kind is served).
+Which family a route takes is its kind in ``FAMILIES``: embedding (SentenceTransformer), sparse (SparseEncoder),
+multi_vector (MultiVectorEncoder), reranker (CrossEncoder, LLM rerankers included).
 
-- ``POST /v1/embeddings``: OpenAI's shape (``input`` a string or a list of strings, ``model``, ``encoding_format``
-  ``float`` or ``base64`` (little-endian float32), ``dimensions`` as Matryoshka truncation, ``usage``);
-- ``POST /embed``: text-embeddings-inference's shape (``inputs``, ``normalize`` (default true), ``truncate``
-  (default false: an input over the model's length is refused with 413), ``prompt_name``, ``dimensions``);
+- ``POST /v1/embeddings`` (also ``/embeddings``), embedding: OpenAI's shape (``input`` a string, a list of strings,
+  a list of token ids or a list of such lists; ``model``, ``encoding_format`` ``float`` or ``base64``
+  (little-endian float32), ``dimensions`` as Matryoshka truncation, ``usage``); texts are truncated to the
+  model's length, token ids over it are refused (413);
+- ``POST /embed``, embedding: text-embeddings-inference's shape (``inputs``, ``normalize`` (default true),
+  ``truncate`` (default false: an input over the model's length is refused with 413), ``prompt_name``,
+  ``dimensions``);
+- ``POST /embed_sparse``, sparse: per text a list of ``{index, value}`` (its non-zero dimensions, by index);
+- ``POST /embed_all``, multi_vector or embedding: per text its token embeddings (a multi-vector model's kept
+  tokens; ``task`` "query" / "document" as ``encode_query`` / ``encode_document``);
+- ``POST /similarity``, embedding: ``{"inputs": {"source_sentence", "sentences"}}``, the model's similarity of
+  the source to each sentence;
+- ``POST /tokenize``, any: per text ``{id, text, special, start, stop}`` (character offsets;
+  ``add_special_tokens``, ``prompt_name``);
 - ``POST /rerank`` (text-embeddings-inference: ``query``, ``texts``, ``raw_scores``, ``return_text``; a list of
   ``{index, score[, text]}``) and ``POST /v1/rerank`` (Cohere / Jina: ``query``, ``documents``, ``top_n``,
-  ``return_documents``; ``results`` of ``{index, relevance_score[, document]}``), for CrossEncoders;
+  ``return_documents``; ``results`` of ``{index, relevance_score[, document]}``), reranker;
 - ``GET /health``, ``GET /info``, ``GET /v1/models``, ``GET /metrics`` (Prometheus' text format, one registry per
   app).
 
-Batching: each model has one queue and one worker thread. A request is validated and tokenized (for its token
-count; off the event loop) and queued; the worker takes the oldest request and every queued request that can share
-its ``encode`` call (the same prompt, or the same score activation) while the batch stays within ``max_batch_size``
-texts and ``max_batch_tokens`` tokens, runs them through one ``model.encode`` / ``model.predict`` call (whose
-engine sorts by length and runs the length buckets it compiles), and hands each request its own rows. A model's
-queue holds at most ``max_concurrent_requests`` requests; past that a request gets 429 with ``Retry-After``.
+Batching: each model has one queue and one worker thread. A request is validated and tokenized (off the event
+loop) and queued; the worker takes the oldest request and every queued request that can share its call (the same
+output and prompt, or the same score activation) while the batch stays within ``max_batch_size`` texts and
+``max_batch_tokens`` tokens, runs them through one call of the model (whose engine sorts by length and runs the
+length buckets it compiles), and hands each request its own rows. Sentence embeddings run the encodings the
+request was counted with (``SentenceTransformer.encode_tokenized``): a text is tokenized once. A model's queue
+holds at most ``max_concurrent_requests`` requests; past that a request gets 429 with ``Retry-After``.
+
+Start: with ``warmup_lengths`` every model runs batches of 1, 2, 4 ... ``max_batch_size`` texts of each of those
+token lengths before the server accepts a request, so the shapes short requests meet are compiled; JAX's
+persistent compilation cache (``jaxst.compilation_cache``, on by default) keeps them for the next start.
 
 Bad input is a 4xx JSON error ``{"error": {"message", "type", "code"}}``, never a 500: malformed JSON 400, wrong
-types / empty input / too many texts / unknown prompt 422, unknown model 404, body over ``max_body_bytes`` 413,
-missing or wrong bearer key (when ``api_key`` is set; ``/health`` stays open) 401. An error inside a batch fails
-the requests of that batch, never the worker.
+types / empty input / too many texts / unknown prompt / a route the model's family does not serve 422, unknown
+model 404, body over ``max_body_bytes`` or an input over the model's length (unless truncated) 413, missing or
+wrong bearer key (when ``api_key`` is set; ``/health`` stays open) 401. An error inside a batch fails the requests
+of that batch, never the worker.
 """
 
 from __future__ import annotations
@@ -241,59 +259,166 @@ class _Metrics:
 # ---------------------------------------------------------------------------------------- served models
 
 
-def _family(model) -> str:
-    from jaxst.cross_encoder import CrossEncoder
-    from jaxst.sentence_transformer import SentenceTransformer
-
-    if isinstance(model, SentenceTransformer):
-        return "embedding"
-    if isinstance(model, CrossEncoder):
-        return "reranker"
-    raise ValueError(f"jaxst serve serves SentenceTransformer and CrossEncoder models; {type(model).__name__} "
-                     "is not served yet")
-
-
 def _identity(x):
     return x
 
 
+@dataclass
+class TokenIds:
+    """Token ids a client sent in place of a text: what the engine pads, as a tokenizer's encoding."""
+
+    ids: list[int]
+
+    @property
+    def type_ids(self) -> list[int]:
+        return [0] * len(self.ids)
+
+
 class _Served:
-    """A model with its family and its batcher."""
+    """A served model: its family's kind (which routes take it), its batcher, and how a batch runs.
+
+    One subclass per family, in ``FAMILIES``. ``run(key, items)`` runs one batch: ``key`` is the tuple that
+    lets requests share a call (its first entry names the output), ``items`` the requests' texts (or pairs,
+    or encodings) in order; it returns one row per item."""
+
+    kind = ""
 
     def __init__(self, name: str, model, limits: dict, metrics: _Metrics):
-        self.name, self.model, self.kind = name, model, _family(model)
+        self.name, self.model = name, model
         self.batch_size = limits["max_batch_size"]
-        self.batcher = Batcher(name, self._run, metrics=metrics, **limits)
+        self.batcher = Batcher(name, self.run, metrics=metrics, **limits)
 
     @property
     def max_input_length(self) -> int:
         return int(self.model.max_seq_length)
 
     def info(self) -> dict:
-        out = {"id": self.name, "kind": self.kind, "family": type(self.model).__name__,
-               "max_input_length": self.max_input_length}
-        if self.kind == "embedding":
-            out["dimension"] = int(self.model.get_embedding_dimension())
-            out["prompts"] = sorted(self.model.prompts)
-        return out
+        return {"id": self.name, "kind": self.kind, "family": type(self.model).__name__,
+                "max_input_length": self.max_input_length, "prompts": sorted(getattr(self.model, "prompts", {}))}
 
-    def _run(self, key: tuple, items: list):
-        if self.kind == "embedding":
-            (prompt,) = key
-            return self.model.encode(items, prompt=prompt, batch_size=self.batch_size, convert_to_numpy=True)
-        (raw,) = key
+    def run(self, key: tuple, items: list):
+        raise NotImplementedError
+
+    def prompt(self, prompt_name: str | None) -> str | None:
+        """The prompt text of ``prompt_name`` (422 if the model has none such), else the model's default."""
+        prompts = self.model.prompts
+        if prompt_name is not None:
+            if prompt_name not in prompts:
+                raise ClientError(422, f"prompt_name {prompt_name!r} is not one of the model's prompts "
+                                       f"{sorted(prompts)}")
+            return prompts[prompt_name]
+        default = getattr(self.model, "default_prompt_name", None)
+        return prompts.get(default) if default is not None else None
+
+    def tokenize(self, texts: list[str], prompt: str | None) -> list:
+        """The texts' encodings (``prompt`` in front), as the model's ``encode`` tokenizes them; off the loop."""
+        return self.model.tokenizer.encode_ids([prompt + t for t in texts] if prompt else texts)
+
+    def warm_key_items(self, text: str, rows: int) -> tuple[tuple, list]:
+        """A batch of ``rows`` copies of ``text`` in the shape ``run`` takes (warm-up)."""
+        return (None, None), [text] * rows
+
+    def warm_up(self, lengths, max_rows: int) -> int:
+        """Compile the shapes short requests meet: for each token length, batches of 1, 2, 4 ... up to
+        ``max_rows`` texts. Returns the batches run."""
+        word = "hello"
+        runs = 0
+        for length in lengths:
+            text = " ".join([word] * max(1, int(length) - 2))
+            rows = 1
+            while rows <= max_rows:
+                self.run(*self.warm_key_items(text, rows))
+                runs += 1
+                rows *= 2
+        return runs
+
+
+class _Dense(_Served):
+    """A SentenceTransformer: sentence embeddings (``/v1/embeddings``, ``/embed``, ``/similarity``) and token
+    embeddings (``/embed_all``). Sentence embeddings run the encodings the request was counted with
+    (``encode_tokenized``): each text is tokenized once."""
+
+    kind = "embedding"
+
+    def info(self) -> dict:
+        return super().info() | {"dimension": int(self.model.get_embedding_dimension())}
+
+    def run(self, key: tuple, items: list):
+        output, prompt = key
+        if output == "tokens":
+            return self.model.encode(items, prompt=prompt, batch_size=self.batch_size,
+                                     output_value="token_embeddings")
+        return self.model.encode_tokenized(items, prompt, batch_size=self.batch_size)
+
+    def warm_key_items(self, text: str, rows: int) -> tuple[tuple, list]:
+        return ("sentence", None), self.tokenize([text], None) * rows
+
+
+class _Sparse(_Served):
+    """A SparseEncoder: ``/embed_sparse``, each row the (index, value) pairs of its non-zero dimensions."""
+
+    kind = "sparse"
+
+    def run(self, key: tuple, items: list):
+        _, prompt = key
+        out = self.model.encode(items, prompt=prompt, batch_size=self.batch_size)  # a BCOO, fixed-width rows
+        values, indices = np.asarray(out.data, np.float32), np.asarray(out.indices)[..., 0]
+        vocab = out.shape[1]
+        rows = []
+        for v, i in zip(values, indices):
+            keep = (i < vocab) & (v != 0)
+            order = np.argsort(i[keep], kind="stable")
+            rows.append((i[keep][order], v[keep][order]))
+        return rows
+
+    def info(self) -> dict:
+        return super().info() | {"dimension": int(self.model.get_embedding_dimension())}
+
+
+class _MultiVector(_Served):
+    """A MultiVectorEncoder: ``/embed_all``, one (tokens, dim) matrix per text (the tokens its mask keeps)."""
+
+    kind = "multi_vector"
+
+    def run(self, key: tuple, items: list):
+        _, prompt, task = key
+        return self.model.encode(items, prompt=prompt, batch_size=self.batch_size, convert_to_numpy=True,
+                                 task=task)
+
+    def warm_key_items(self, text: str, rows: int) -> tuple[tuple, list]:
+        return ("tokens", None, None), [text] * rows
+
+
+class _Reranker(_Served):
+    """A CrossEncoder (LLM rerankers included): ``/rerank``, ``/v1/rerank``; items are (query, document)."""
+
+    kind = "reranker"
+
+    def run(self, key: tuple, items: list):
+        _, raw = key
         return self.model.predict(items, batch_size=self.batch_size, activation_fn=_identity if raw else None,
                                   convert_to_numpy=True)
 
-    # tokenizing, off the event loop: token counts for usage and the token budget, and what was truncated
-
-    def count_text_tokens(self, texts: list[str], prompt: str | None) -> tuple[list[int], list[bool]]:
-        encodings = self.model.tokenizer.encode_ids([prompt + t for t in texts] if prompt else texts)
-        return [len(e.ids) for e in encodings], [bool(e.overflowing) for e in encodings]
+    def warm_key_items(self, text: str, rows: int) -> tuple[tuple, list]:
+        return ("scores", False), [(text, text)] * rows
 
     def count_pair_tokens(self, pairs: list[tuple[str, str]]) -> list[int]:
         batch = self.model.tokenize(pairs)
         return [int(n) for n in batch["attention_mask"].sum(axis=1)]
+
+
+# family class name -> how it is served
+FAMILIES = {"SentenceTransformer": _Dense, "SparseEncoder": _Sparse, "MultiVectorEncoder": _MultiVector,
+            "CrossEncoder": _Reranker}
+
+
+def _served(name: str, model, limits: dict, metrics: _Metrics) -> _Served:
+    import jaxst
+
+    for family, cls in FAMILIES.items():
+        if isinstance(model, getattr(jaxst, family)):
+            return cls(name, model, limits, metrics)
+    raise ValueError(f"jaxst serve serves {', '.join(FAMILIES)} models; {name!r} is a {type(model).__name__}")
 
 
 # ---------------------------------------------------------------------------------------- request parsing
@@ -323,12 +448,18 @@ async def _read_json(request, limit: int):
     return data
 
 
-def _texts(value, field_name: str, limit: int) -> tuple[list[str], bool]:
-    """A string or a non-empty list of non-empty strings (at most ``limit``); returns (texts, single)."""
+def _texts(value, field_name: str, limit: int, token_ids: bool = False) -> tuple[list, bool]:
+    """A string or a non-empty list of non-empty strings (at most ``limit``); returns (texts, single). With
+    ``token_ids`` (OpenAI's ``input``) also a list of token ids, or a list of such lists: ``TokenIds`` items."""
+    if token_ids and isinstance(value, list) and value and all(_is_id(x) for x in value):
+        value = [value]  # one text as token ids
+        single = True
+    else:
+        single = isinstance(value, str)
     if isinstance(value, str):
-        texts, single = [value], True
+        texts = [value]
     elif isinstance(value, list):
-        texts, single = value, False
+        texts = value
     elif value is None:
         raise ClientError(422, f"`{field_name}` is required")
     else:
@@ -338,14 +469,28 @@ def _texts(value, field_name: str, limit: int) -> tuple[list[str], bool]:
     if len(texts) > limit:
         raise ClientError(422, f"`{field_name}` holds {len(texts)} texts; at most {limit} per request "
                                "(max_client_batch_size)")
+    out = []
     for i, t in enumerate(texts):
+        if isinstance(t, list) and all(_is_id(x) for x in t):
+            if not token_ids:
+                raise ClientError(422, f"`{field_name}`: token-id input is not supported here; send text")
+            if not t:
+                raise ClientError(422, f"`{field_name}`[{i}] is an empty list of token ids")
+            out.append(TokenIds(list(t)))
+            continue
         if not isinstance(t, str):
-            if isinstance(t, int) or (isinstance(t, list) and all(isinstance(x, int) for x in t)):
-                raise ClientError(422, f"`{field_name}`: token-id input is not supported; send text")
-            raise ClientError(422, f"`{field_name}`[{i}] must be a string, got {type(t).__name__}")
+            raise ClientError(422, f"`{field_name}`[{i}] must be a string"
+                                   f"{' or a list of token ids' if token_ids else ''}, got {type(t).__name__}")
         if not t:
             raise ClientError(422, f"`{field_name}`[{i}] is an empty string")
-    return texts, single
+        out.append(t)
+    if len({isinstance(t, TokenIds) for t in out}) > 1:
+        raise ClientError(422, f"`{field_name}` mixes texts and token ids; send one kind per request")
+    return out, single
+
+
+def _is_id(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _flag(data: dict, name: str, default: bool) -> bool:
@@ -393,8 +538,9 @@ def create_app(
     max_client_batch_size: int = DEFAULT_MAX_CLIENT_BATCH_SIZE,
     api_key: str | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    warmup_lengths=(),
 ):
-    """A Starlette app serving ``models`` (``{name: SentenceTransformer | CrossEncoder}``); see the module doc.
+    """A Starlette app serving ``models`` (``{name: model}``, any of the four families); see the module doc.
 
     Each model gets a worker thread, started and stopped with the app's lifespan (uvicorn runs it; on SIGTERM
     uvicorn stops accepting, lets in-flight requests finish, then the workers finish their queues and end).
@@ -412,6 +558,9 @@ def create_app(
                         ("max_client_batch_size", max_client_batch_size), ("max_body_bytes", max_body_bytes)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    warmup_lengths = tuple(warmup_lengths or ())
+    if any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in warmup_lengths):
+        raise ValueError(f"warmup_lengths must be positive integers, got {warmup_lengths!r}")
     if api_key is not None and (not isinstance(api_key, str) or not api_key):
         raise ValueError("api_key must be a non-empty string or None")
 
@@ -422,23 +571,24 @@ def create_app(
     for name, model in models.items():
         if not isinstance(name, str) or not name:
             raise ValueError(f"model names must be non-empty strings, got {name!r}")
-        served[name] = _Served(name, model, limits, metrics)
+        served[name] = _served(name, model, limits, metrics)
     expected_auth = None if api_key is None else f"Bearer {api_key}".encode()
 
-    def pick(data: dict, kind: str) -> _Served:
+    def pick(data: dict, *kinds: str) -> _Served:
         name = _string(data, "model")
         if name is None:
-            of_kind = [s for s in served.values() if s.kind == kind]
+            of_kind = [s for s in served.values() if s.kind in kinds]
             if len(of_kind) == 1:
                 return of_kind[0]
-            raise ClientError(422, f"`model` is required: this server has {len(of_kind)} {kind} models "
-                                   f"({', '.join(s.name for s in of_kind)})")
+            raise ClientError(422, f"`model` is required: this server has {len(of_kind)} {' or '.join(kinds)} "
+                                   f"models ({', '.join(s.name for s in of_kind)})")
         s = served.get(name)
         if s is None:
             raise ClientError(404, f"model {name!r} is not served here; served: {', '.join(served)}",
                               "model_not_found")
-        if s.kind != kind:
-            raise ClientError(422, f"model {name!r} is a {s.kind} model; this route needs a {kind} model")
+        if s.kind not in kinds:
+            raise ClientError(422, f"model {name!r} is a {s.kind} model ({type(s.model).__name__}); this route "
+                                   f"needs a {' or '.join(kinds)} model")
         return s
 
     async def submit(s: _Served, items: list, key: tuple, tokens: int):
@@ -449,45 +599,59 @@ def create_app(
         metrics.tokens.labels(s.name).inc(tokens)
         return await job.future
 
-    async def embed_rows(data: dict, s: _Served, texts: list[str], *, truncate: bool, prompt_name: str | None,
+    def check_ids(s: _Served, items: list) -> None:
+        tokenizer = s.model.tokenizer
+        rows = tokenizer.id_rows or tokenizer.backend.get_vocab_size(with_added_tokens=True)
+        for i, item in enumerate(items):
+            bad = next((t for t in item.ids if not 0 <= t < rows), None)
+            if bad is not None:
+                raise ClientError(422, f"input {i}: token id {bad} is outside the model's vocabulary of {rows}")
+            if len(item.ids) > s.max_input_length:
+                raise ClientError(413, f"input {i} has {len(item.ids)} token ids, over the model's "
+                                       f"{s.max_input_length}", "input_too_long")
+
+    async def encodings(s: _Served, texts: list, prompt: str | None, truncate: bool) -> list:
+        """The request's texts tokenized (off the event loop; 413 for a text over the model's length unless
+        ``truncate``), or its token ids checked."""
+        if isinstance(texts[0], TokenIds):
+            check_ids(s, texts)
+            return texts
+        out = await run_in_threadpool(s.tokenize, texts, prompt)
+        if not truncate:
+            over = next((i for i, e in enumerate(out) if e.overflowing), None)
+            if over is not None:
+                raise ClientError(413, f"input {over} is over the model's {s.max_input_length} tokens; send "
+                                       "`truncate: true` to truncate it", "input_too_long")
+        return out
+
+    async def embed_rows(s: _Served, texts: list, *, truncate: bool, prompt_name: str | None,
                          dimensions: int | None, normalize: bool) -> tuple[np.ndarray, int]:
-        model = s.model
-        if prompt_name is not None:
-            if prompt_name not in model.prompts:
-                raise ClientError(422, f"prompt_name {prompt_name!r} is not one of the model's prompts "
-                                       f"{sorted(model.prompts)}")
-            prompt = model.prompts[prompt_name]
-        elif model.default_prompt_name is not None:
-            prompt = model.prompts.get(model.default_prompt_name)
-        else:
-            prompt = None
-        dim = int(model.get_embedding_dimension())
+        if isinstance(texts[0], TokenIds) and prompt_name is not None:
+            raise ClientError(422, "`prompt_name` needs text input; token ids are encoded as they are")
+        prompt = None if isinstance(texts[0], TokenIds) else s.prompt(prompt_name)
+        dim = int(s.model.get_embedding_dimension())
         if dimensions is not None and dimensions > dim:
             raise ClientError(422, f"`dimensions` {dimensions} is over the model's {dim}")
-        lengths, truncated = await run_in_threadpool(s.count_text_tokens, texts, prompt)
-        if not truncate and any(truncated):
-            i = truncated.index(True)
-            raise ClientError(413, f"input {i} is over the model's {s.max_input_length} tokens; send "
-                                   "`truncate: true` to truncate it", "input_too_long")
-        rows = await submit(s, texts, (prompt,), sum(lengths))
-        rows = np.asarray(rows, dtype=np.float32)
+        items = await encodings(s, texts, prompt, truncate)
+        tokens = sum(len(e.ids) for e in items)
+        rows = np.asarray(await submit(s, items, ("sentence", prompt), tokens), dtype=np.float32)
         if dimensions is not None:
             rows = rows[:, :dimensions]
         if normalize:
             rows = _normalize(rows)
-        return rows, sum(lengths)
+        return rows, tokens
 
     # ------------------------------------------------------------------ handlers
 
     async def openai_embeddings(request: Request):
         data = await _read_json(request, max_body_bytes)
         s = pick(data, "embedding")
-        texts, _ = _texts(data.get("input"), "input", max_client_batch_size)
+        texts, _ = _texts(data.get("input"), "input", max_client_batch_size, token_ids=True)
         fmt = _string(data, "encoding_format") or "float"
         if fmt not in ("float", "base64"):
             raise ClientError(422, f"`encoding_format` must be 'float' or 'base64', got {fmt!r}")
         dimensions = _optional_int(data, "dimensions")
-        rows, tokens = await embed_rows(data, s, texts, truncate=True, prompt_name=_string(data, "prompt_name"),
+        rows, tokens = await embed_rows(s, texts, truncate=True, prompt_name=_string(data, "prompt_name"),
                                         dimensions=dimensions, normalize=False)
         if fmt == "base64":
             encoded = [base64.b64encode(row.astype("<f4").tobytes()).decode("ascii") for row in rows]
@@ -504,11 +668,72 @@ def create_app(
         data = await _read_json(request, max_body_bytes)
         s = pick(data, "embedding")
         texts, _ = _texts(data.get("inputs"), "inputs", max_client_batch_size)
-        rows, _ = await embed_rows(data, s, texts, truncate=_flag(data, "truncate", False),
+        rows, _ = await embed_rows(s, texts, truncate=_flag(data, "truncate", False),
                                    prompt_name=_string(data, "prompt_name"),
                                    dimensions=_optional_int(data, "dimensions"),
                                    normalize=_flag(data, "normalize", True))
         return JSONResponse(rows.tolist())
+
+    async def tei_embed_sparse(request: Request):
+        data = await _read_json(request, max_body_bytes)
+        s = pick(data, "sparse")
+        texts, _ = _texts(data.get("inputs"), "inputs", max_client_batch_size)
+        prompt = s.prompt(_string(data, "prompt_name"))
+        items = await encodings(s, texts, prompt, _flag(data, "truncate", False))
+        rows = await submit(s, texts, ("sparse", prompt), sum(len(e.ids) for e in items))
+        return JSONResponse([[{"index": int(i), "value": float(v)} for i, v in zip(*row)] for row in rows])
+
+    async def tei_embed_all(request: Request):
+        data = await _read_json(request, max_body_bytes)
+        s = pick(data, "multi_vector", "embedding")
+        texts, _ = _texts(data.get("inputs"), "inputs", max_client_batch_size)
+        prompt = s.prompt(_string(data, "prompt_name"))
+        items = await encodings(s, texts, prompt, _flag(data, "truncate", False))
+        if s.kind == "multi_vector":
+            task = _string(data, "task")
+            if task not in (None, "query", "document"):
+                raise ClientError(422, f"`task` must be 'query' or 'document', got {task!r}")
+            key = ("tokens", prompt, task)
+        else:
+            key = ("tokens", prompt)
+        rows = await submit(s, texts, key, sum(len(e.ids) for e in items))
+        return JSONResponse([np.asarray(row, np.float32).tolist() for row in rows])
+
+    async def tei_similarity(request: Request):
+        data = await _read_json(request, max_body_bytes)
+        s = pick(data, "embedding")
+        inputs = data.get("inputs")
+        if not isinstance(inputs, dict):
+            raise ClientError(422, "`inputs` must be an object {source_sentence, sentences}")
+        source = _string(inputs, "source_sentence", required=True)
+        if not source:
+            raise ClientError(422, "`source_sentence` is an empty string")
+        sentences, single = _texts(inputs.get("sentences"), "sentences", max_client_batch_size - 1)
+        if single:
+            raise ClientError(422, "`sentences` must be a list of strings")
+        rows, _ = await embed_rows(s, [source, *sentences], truncate=_flag(data, "truncate", False),
+                                   prompt_name=_string(data, "prompt_name"), dimensions=None, normalize=False)
+        sim = np.asarray(s.model.similarity(rows[:1], rows[1:]), np.float32)[0]
+        return JSONResponse([float(x) for x in sim])
+
+    async def tei_tokenize(request: Request):
+        data = await _read_json(request, max_body_bytes)
+        s = pick(data, *{x.kind for x in served.values()})
+        texts, _ = _texts(data.get("inputs"), "inputs", max_client_batch_size)
+        prompt = s.prompt(_string(data, "prompt_name")) if s.kind != "reranker" else None
+        special = _flag(data, "add_special_tokens", True)
+        tokenizer = s.model.tokenizer
+
+        def tokenize():
+            full = [prompt + t for t in texts] if prompt else texts
+            out = []
+            for text, e in zip(full, tokenizer.backend.encode_batch(full, add_special_tokens=special)):
+                out.append([{"id": int(i), "text": text[a:b] if b > a else tok,
+                             "special": int(i) in tokenizer.all_special_ids, "start": a, "stop": b}
+                            for i, tok, (a, b) in zip(e.ids, e.tokens, e.offsets)])
+            return out
+
+        return JSONResponse(await run_in_threadpool(tokenize))
 
     async def scores(data: dict, s: _Served, docs_field: str) -> tuple[str, list[str], np.ndarray, int]:
         query = _string(data, "query", required=True)
@@ -524,7 +749,7 @@ def create_app(
         pairs = [(query, d) for d in docs]
         lengths = await run_in_threadpool(s.count_pair_tokens, pairs)
         raw = _flag(data, "raw_scores", False)
-        result = await submit(s, pairs, (raw,), sum(lengths))
+        result = await submit(s, pairs, ("scores", raw), sum(lengths))
         return query, docs, np.asarray(result, dtype=np.float32).reshape(len(docs)), sum(lengths)
 
     def reranker(data: dict) -> _Served:
@@ -602,8 +827,20 @@ def create_app(
 
         return wrapped
 
+    def warm_up():
+        import logging
+
+        log = logging.getLogger("jaxst.serve")
+        for s in served.values():
+            start = time.perf_counter()
+            runs = s.warm_up(warmup_lengths, max_batch_size)
+            log.warning("jaxst serve: warmed up %s (%d batch shapes) in %.1f s", s.name, runs,
+                        time.perf_counter() - start)
+
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        if warmup_lengths:
+            await run_in_threadpool(warm_up)
         for s in served.values():
             s.batcher.start()
         try:
@@ -615,6 +852,10 @@ def create_app(
         Route("/v1/embeddings", endpoint("/v1/embeddings", openai_embeddings), methods=["POST"]),
         Route("/embeddings", endpoint("/embeddings", openai_embeddings), methods=["POST"]),
         Route("/embed", endpoint("/embed", tei_embed), methods=["POST"]),
+        Route("/embed_sparse", endpoint("/embed_sparse", tei_embed_sparse), methods=["POST"]),
+        Route("/embed_all", endpoint("/embed_all", tei_embed_all), methods=["POST"]),
+        Route("/similarity", endpoint("/similarity", tei_similarity), methods=["POST"]),
+        Route("/tokenize", endpoint("/tokenize", tei_tokenize), methods=["POST"]),
         Route("/rerank", endpoint("/rerank", tei_rerank), methods=["POST"]),
         Route("/v1/rerank", endpoint("/v1/rerank", v1_rerank), methods=["POST"]),
         Route("/health", endpoint("/health", health, open_route=True), methods=["GET"]),

@@ -1,8 +1,10 @@
 """``jaxst serve``: the real server (uvicorn on a loopback port, in a background thread), the official ``openai``
-client and ``httpx``; no mocks. The tiny dense model and the tiny cross-encoder from conftest."""
+client and ``httpx``; no mocks. One tiny model of each family from conftest: dense, sparse (SPLADE), multi-vector,
+cross-encoder, and an LLM reranker (Qwen3 with a chat template)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import concurrent.futures
 import contextlib
@@ -16,7 +18,9 @@ import numpy as np
 import openai
 import pytest
 import uvicorn
+from conftest import build_late_interaction, save_tiny_splade
 from prometheus_client.parser import text_string_to_metric_families
+from test_llm_reranker import TEMPLATE
 
 from jaxst.serve import create_app, served_name
 
@@ -51,15 +55,26 @@ def running(app):
 
 
 @pytest.fixture(scope="module")
-def folders(make_tiny_st, make_tiny_cross_encoder):
-    return {"dense": make_tiny_st(prompts={"query": "query: "}), "ce": make_tiny_cross_encoder()}
+def folders(make_tiny_st, make_tiny_cross_encoder, tmp_path_factory, minilm_folder, tiny_backbone,
+            tiny_qwen3_rerankers):
+    import shutil
+
+    llm = tmp_path_factory.mktemp("serve-llm-reranker")
+    shutil.copytree(tiny_qwen3_rerankers[True], llm, dirs_exist_ok=True)
+    (llm / "chat_template.jinja").write_text(TEMPLATE, encoding="utf-8")
+    mv = tmp_path_factory.mktemp("serve-multi-vector")
+    build_late_interaction(tiny_backbone, mv, expansion={"strategy": "fixed", "length": 16}, skiplist=[".", ","])
+    return {"dense": make_tiny_st(prompts={"query": "query: "}), "ce": make_tiny_cross_encoder(),
+            "sparse": save_tiny_splade(tmp_path_factory, minilm_folder, "serve-splade"), "mv": mv, "llm": llm}
 
 
 @pytest.fixture(scope="module")
 def models(folders):
-    from jaxst import CrossEncoder, SentenceTransformer
+    from jaxst import CrossEncoder, MultiVectorEncoder, SentenceTransformer, SparseEncoder
 
-    return {"dense": SentenceTransformer(str(folders["dense"])), "ce": CrossEncoder(str(folders["ce"]))}
+    return {"dense": SentenceTransformer(str(folders["dense"])), "ce": CrossEncoder(str(folders["ce"])),
+            "sparse": SparseEncoder(str(folders["sparse"])), "mv": MultiVectorEncoder(str(folders["mv"])),
+            "llm": CrossEncoder(str(folders["llm"]), max_length=224)}
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +128,9 @@ def test_base64_and_dimensions_round_trip(client, models):
 
 def test_concurrent_single_text_requests_get_their_own_rows_in_batches(server, models):
     url, app = server
+    n = 200
     texts = [f"sentence number {i} about {'cats' if i % 2 else 'the weather'} " + "word " * (i % 7)
-             for i in range(50)]
+             for i in range(n)]
     expected = models["dense"].encode(texts)
     batcher = app.state.batchers["dense"]
 
@@ -124,28 +140,32 @@ def test_concurrent_single_text_requests_get_their_own_rows_in_batches(server, m
                    for s in f.samples if s.name == "jaxst_batch_size_count" and s.labels["model"] == "dense")
 
     before = count_batches()
-    batcher.pause()  # hold the worker until all 50 requests are queued: they must then run as a few batches
+    batcher.pause()  # hold the worker until all 200 requests are queued: they must then run as a few batches
 
-    def one(i: int):
-        with httpx.Client(base_url=url, timeout=TIMEOUT) as c:
-            r = c.post("/v1/embeddings", json={"model": "dense", "input": texts[i], "encoding_format": "float"})
+    async def one(c: httpx.AsyncClient, i: int):
+        r = await c.post("/v1/embeddings", json={"model": "dense", "input": texts[i], "encoding_format": "float"})
         assert r.status_code == 200, r.text
         return i, np.array(r.json()["data"][0]["embedding"], np.float32)
 
-    try:
-        with concurrent.futures.ThreadPoolExecutor(50) as pool:
-            futures = [pool.submit(one, i) for i in range(50)]
+    async def all_requests():  # 200 connections at once, from one event loop
+        async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT, limits=httpx.Limits(max_connections=n)) as c:
+            tasks = [asyncio.create_task(one(c, i)) for i in range(n)]
             deadline = time.monotonic() + TIMEOUT
-            while batcher.pending < 50 and time.monotonic() < deadline:
-                time.sleep(0.01)
-            assert batcher.pending == 50
+            while batcher.pending < n and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            assert batcher.pending == n
             batcher.resume()
-            results = [f.result(timeout=TIMEOUT) for f in futures]
+            return await asyncio.gather(*tasks)
+
+    try:
+        results = asyncio.run(all_requests())
     finally:
         batcher.resume()
     for i, row in results:
         np.testing.assert_allclose(row, expected[i], atol=1e-6, err_msg=f"request {i}")
-    assert count_batches() - before == 1  # 50 texts, max_batch_size 64, within the token budget: one batch
+    assert len({i for i, _ in results}) == n
+    # 200 texts of ~10-20 tokens, max_batch_size 64, within the token budget: four batches
+    assert count_batches() - before == 4
 
 
 def test_rerank_equals_cross_encoder_rank(client, models):
@@ -159,14 +179,15 @@ def test_rerank_equals_cross_encoder_rank(client, models):
     np.testing.assert_allclose([x["relevance_score"] for x in results], [e["score"] for e in expected], atol=1e-6)
     assert [x["document"]["text"] for x in results] == [e["text"] for e in expected]
     assert r.json()["usage"]["total_tokens"] > 0
-    r = client.post("/v1/rerank", json={"query": query, "documents": [{"text": d} for d in DOCS], "top_n": 2})
+    r = client.post("/v1/rerank", json={"model": "ce", "query": query, "documents": [{"text": d} for d in DOCS],
+                                        "top_n": 2})
     assert [x["index"] for x in r.json()["results"]] == [e["corpus_id"] for e in expected[:2]]
     # TEI's /rerank: texts, raw_scores, return_text
-    r = client.post("/rerank", json={"query": query, "texts": DOCS, "return_text": True})
+    r = client.post("/rerank", json={"model": "ce", "query": query, "texts": DOCS, "return_text": True})
     assert r.status_code == 200, r.text
     assert [(x["index"], x["text"]) for x in r.json()] == [(e["corpus_id"], e["text"]) for e in expected]
     np.testing.assert_allclose([x["score"] for x in r.json()], [e["score"] for e in expected], atol=1e-6)
-    r = client.post("/rerank", json={"query": query, "texts": DOCS, "raw_scores": True})
+    r = client.post("/rerank", json={"model": "ce", "query": query, "texts": DOCS, "raw_scores": True})
     raw = ce.predict([(query, d) for d in DOCS], activation_fn=lambda x: x)
     np.testing.assert_allclose(sorted((x["score"] for x in r.json()), reverse=True), np.sort(raw)[::-1], atol=1e-6)
 
@@ -176,7 +197,17 @@ def test_rerank_equals_cross_encoder_rank(client, models):
     ("/v1/embeddings", b"[1, 2]", 422, "JSON object"),
     ("/v1/embeddings", {"model": "dense", "input": 5}, 422, "string or a list"),
     ("/v1/embeddings", {"model": "dense", "input": ["ok", None]}, 422, "[1] must be a string"),
-    ("/v1/embeddings", {"model": "dense", "input": [[101, 102]]}, 422, "token-id"),
+    ("/v1/embeddings", {"model": "dense", "input": [[101, 10**9]]}, 422, "outside the model's vocabulary"),
+    ("/v1/embeddings", {"model": "dense", "input": [[101] * 200]}, 413, "token ids"),
+    ("/v1/embeddings", {"model": "dense", "input": ["ok", [101]]}, 422, "mixes"),
+    ("/v1/embeddings", {"model": "dense", "input": [[101]], "prompt_name": "query"}, 422, "needs text"),
+    ("/embed", {"model": "dense", "inputs": [[101, 102]]}, 422, "token-id"),
+    ("/embed_sparse", {"model": "dense", "inputs": "x"}, 422, "sparse"),
+    ("/embed_all", {"model": "ce", "inputs": "x"}, 422, "multi_vector or embedding"),
+    ("/embed_all", {"model": "mv", "inputs": "x", "task": "both"}, 422, "task"),
+    ("/similarity", {"model": "dense", "inputs": "x"}, 422, "source_sentence"),
+    ("/similarity", {"model": "dense", "inputs": {"source_sentence": "x", "sentences": "y"}}, 422, "list"),
+    ("/tokenize", {"inputs": "x"}, 422, "`model` is required"),
     ("/v1/embeddings", {"model": "dense", "input": []}, 422, "empty"),
     ("/v1/embeddings", {"model": "dense", "input": ""}, 422, "empty"),
     ("/v1/embeddings", {"model": "dense", "input": ["x"] * 9}, 422, "at most 8"),
@@ -188,9 +219,10 @@ def test_rerank_equals_cross_encoder_rank(client, models):
     ("/embed", {"inputs": "x", "prompt_name": "nope"}, 422, "prompt_name"),
     ("/embed", {"inputs": "x", "normalize": "yes"}, 422, "boolean"),
     ("/embed", {"inputs": "word " * 200}, 413, "truncate"),
-    ("/v1/rerank", {"query": "q", "documents": "one doc"}, 422, "list"),
-    ("/v1/rerank", {"documents": ["d"]}, 422, "query"),
-    ("/v1/rerank", {"query": "q", "documents": ["d"], "top_n": -1}, 422, "top_n"),
+    ("/v1/rerank", {"model": "ce", "query": "q", "documents": "one doc"}, 422, "list"),
+    ("/v1/rerank", {"model": "ce", "documents": ["d"]}, 422, "query"),
+    ("/v1/rerank", {"model": "ce", "query": "q", "documents": ["d"], "top_n": -1}, 422, "top_n"),
+    ("/v1/rerank", {"query": "q", "documents": ["d"]}, 422, "2 reranker models"),
     ("/rerank", {"model": "dense", "query": "q", "texts": ["d"]}, 422, "embedding model"),
 ])
 def test_bad_input_is_a_4xx_with_a_message(client, path, body, status, words):
@@ -222,9 +254,12 @@ def test_body_over_the_limit_is_413(client):
 def test_health_info_models_and_metrics(client):
     assert client.get("/health").json() == {"status": "ok"}
     info = client.get("/info").json()
-    assert {m["id"]: m["kind"] for m in info["models"]} == {"dense": "embedding", "ce": "reranker"}
+    assert {m["id"]: m["kind"] for m in info["models"]} == {
+        "dense": "embedding", "ce": "reranker", "sparse": "sparse", "mv": "multi_vector", "llm": "reranker"}
+    assert {m["id"]: m.get("dimension") for m in info["models"]} == {
+        "dense": 32, "ce": None, "sparse": 30522, "mv": None, "llm": None}
     assert info["max_client_batch_size"] == 8
-    assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["dense", "ce"]
+    assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["dense", "ce", "sparse", "mv", "llm"]
     r = client.get("/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     families = {f.name: f for f in text_string_to_metric_families(r.text)}
@@ -285,8 +320,10 @@ def test_create_app_and_cli_refuse_bad_setups(folders, tmp_path, capsys):
         create_app({})
     with pytest.raises(ValueError, match="max_batch_size"):
         create_app({"x": object()}, max_batch_size=0)
-    with pytest.raises(ValueError, match="not served yet"):
+    with pytest.raises(ValueError, match="'x' is a object"):
         create_app({"x": object()})
+    with pytest.raises(ValueError, match="warmup_lengths"):
+        create_app({"x": object()}, warmup_lengths=(0,))
     assert served_name(str(folders["dense"])) == folders["dense"].name
     assert served_name("sentence-transformers/all-MiniLM-L6-v2") == "sentence-transformers/all-MiniLM-L6-v2"
     assert main(["serve", str(folders["dense"]), "--served-model-name", "a", "--served-model-name", "b"]) == 2
@@ -352,7 +389,8 @@ def test_cli_serves_and_exits_on_sigterm(folders):
     port = sock.getsockname()[1]
     sock.close()
     proc = subprocess.Popen([sys.executable, "-m", "jaxst", "serve", str(folders["dense"]), "--port", str(port),
-                             "--served-model-name", "tiny", "--log-level", "warning"],
+                             "--served-model-name", "tiny", "--log-level", "warning", "--warmup-lengths", "8,16",
+                             "--max-batch-size", "4"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "JAXST_API_KEY": "k"})
     try:
         deadline = time.monotonic() + 60
@@ -372,7 +410,102 @@ def test_cli_serves_and_exits_on_sigterm(folders):
         proc.send_signal(signal.SIGTERM)
         # uvicorn shuts down gracefully, then re-raises the signal it caught: the process ends by SIGTERM
         assert proc.wait(timeout=TIMEOUT) in (0, -signal.SIGTERM)
+        # the warm-up ran before the server accepted: 2 lengths x batches of 1, 2 and 4 texts
+        assert "warmed up tiny (6 batch shapes)" in proc.stderr.read().decode()
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(TIMEOUT)
+
+
+def test_token_id_input_equals_encode(server, models):
+    url, _ = server
+    model = models["dense"]
+    ids = [e.ids for e in model.tokenizer.encode_ids(TEXTS)]
+    oa = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", timeout=TIMEOUT, max_retries=0)
+    response = oa.embeddings.create(model="dense", input=ids, encoding_format="float")
+    got = np.array([d.embedding for d in sorted(response.data, key=lambda d: d.index)], np.float32)
+    np.testing.assert_allclose(got, model.encode(TEXTS), atol=1e-6)
+    assert response.usage.prompt_tokens == sum(len(i) for i in ids)
+    single = oa.embeddings.create(model="dense", input=ids[1], encoding_format="float")  # one text as ids
+    np.testing.assert_allclose(single.data[0].embedding, model.encode(TEXTS[1]), atol=1e-6)
+
+
+def test_sparse_embeddings_equal_encode(client, models):
+    model = models["sparse"]
+    r = client.post("/embed_sparse", json={"inputs": TEXTS})
+    assert r.status_code == 200, r.text
+    dense = np.asarray(model.encode(TEXTS, convert_to_sparse_tensor=False))
+    assert len(r.json()) == len(TEXTS)
+    for row, want in zip(r.json(), dense):
+        index = [x["index"] for x in row]
+        assert index == sorted(index) and index == np.flatnonzero(want).tolist()
+        np.testing.assert_allclose([x["value"] for x in row], want[index], atol=1e-6)
+    r = client.post("/embed_sparse", json={"inputs": "word " * 100})
+    assert r.status_code == 413 and "truncate" in r.json()["error"]["message"]
+    r = client.post("/embed_sparse", json={"inputs": "word " * 100, "truncate": True})
+    want = np.asarray(model.encode(["word " * 100], convert_to_sparse_tensor=False))[0]
+    assert [x["index"] for x in r.json()[0]] == np.flatnonzero(want).tolist()
+
+
+def test_token_embeddings_equal_encode(client, models):
+    mv = models["mv"]
+    for task, expected in ((None, mv.encode(TEXTS, convert_to_numpy=True)),
+                           ("query", mv.encode_query(TEXTS, convert_to_numpy=True))):
+        r = client.post("/embed_all", json={"model": "mv", "inputs": TEXTS} | ({"task": task} if task else {}))
+        assert r.status_code == 200, r.text
+        assert len(r.json()) == len(TEXTS)
+        for got, want in zip(r.json(), expected):
+            np.testing.assert_allclose(np.array(got, np.float32), want, atol=1e-6)
+    dense = models["dense"]
+    r = client.post("/embed_all", json={"model": "dense", "inputs": TEXTS[:2]})
+    for got, want in zip(r.json(), dense.encode(TEXTS[:2], output_value="token_embeddings")):
+        np.testing.assert_allclose(np.array(got, np.float32), np.asarray(want), atol=1e-6)
+
+
+def test_llm_reranker_equals_rank(client, models):
+    llm = models["llm"]
+    query = "A man is eating something."
+    expected = llm.rank(query, DOCS, return_documents=True)
+    r = client.post("/v1/rerank", json={"model": "llm", "query": query, "documents": DOCS, "top_n": 4,
+                                        "return_documents": True})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [x["index"] for x in results] == [e["corpus_id"] for e in expected[:4]]
+    np.testing.assert_allclose([x["relevance_score"] for x in results], [e["score"] for e in expected[:4]],
+                               atol=1e-6)
+    assert [x["document"]["text"] for x in results] == [e["text"] for e in expected[:4]]
+
+
+def test_similarity_and_tokenize(client, models):
+    model = models["dense"]
+    r = client.post("/similarity", json={"inputs": {"source_sentence": TEXTS[0], "sentences": TEXTS[1:]}})
+    assert r.status_code == 200, r.text
+    want = np.asarray(model.similarity(model.encode(TEXTS[:1]), model.encode(TEXTS[1:])))[0]
+    np.testing.assert_allclose(r.json(), want, atol=1e-6)
+    for name in ("dense", "sparse", "ce"):
+        tokenizer = models[name].tokenizer
+        for special in (True, False):
+            r = client.post("/tokenize", json={"model": name, "inputs": TEXTS[:2], "add_special_tokens": special})
+            assert r.status_code == 200, r.text
+            for row, text, e in zip(r.json(), TEXTS, tokenizer.backend.encode_batch(TEXTS[:2],
+                                                                                     add_special_tokens=special)):
+                assert [t["id"] for t in row] == e.ids
+                assert [t["special"] for t in row] == [i in tokenizer.all_special_ids for i in e.ids]
+                assert any(t["special"] for t in row) == special
+                assert all(text[t["start"]: t["stop"]] == t["text"] for t in row if not t["special"])
+    r = client.post("/tokenize", json={"model": "dense", "inputs": "hello", "prompt_name": "query"})
+    assert [t["id"] for t in r.json()[0]] == models["dense"].tokenizer.encode_ids(["query: hello"])[0].ids
+
+
+def test_warm_up_compiles_before_the_first_request(folders, caplog):
+    from jaxst import SentenceTransformer
+
+    model = SentenceTransformer(str(folders["dense"]))
+    app = create_app({"dense": model}, warmup_lengths=(8,), max_batch_size=2)
+    with caplog.at_level("WARNING", logger="jaxst.serve"), running(app) as url:
+        r = httpx.post(f"{url}/v1/embeddings", json={"input": TEXTS[:3]}, timeout=TIMEOUT)
+        assert r.status_code == 200, r.text
+        np.testing.assert_allclose([d["embedding"] for d in r.json()["data"]], model.encode(TEXTS[:3]), atol=1e-6)
+    # one length x batches of 1 and 2 texts, before the server took its first request
+    assert "warmed up dense (2 batch shapes)" in caplog.text
