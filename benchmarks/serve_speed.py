@@ -220,7 +220,7 @@ class Server:
             text = self.log.read_text(errors="replace").splitlines()
         except (OSError, AttributeError):
             return "(no log)"
-        return "\n".join("    " + line for line in text[-lines:])
+        return "\n".join("    " + line for line in text[-lines:]) or "    (its output was empty)"
 
     def signal(self, sig: int) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -517,8 +517,16 @@ def main() -> None:
             print(f"model: {NAME} ({folder}); {args.clients} clients; {args.duration:g} s per run after "
                   f"{args.warmup:g} s of warm-up per workload; workloads: {shapes}; medians of {args.rounds} rounds, "
                   "server order flipped every round, the other servers SIGSTOPped meanwhile", flush=True)
-            for s in servers:
-                s.start(Path(tmp), args.start_timeout)
+            failed = []
+            for s in list(servers):
+                try:
+                    s.start(Path(tmp), args.start_timeout)
+                except RuntimeError as e:  # the others still run; the exit status says it
+                    print(f"  FAILED: {e}", flush=True)
+                    s.stop()
+                    servers.remove(s)
+                    failed.append(s.label)
+                    continue
                 for b in batches:
                     warm = measure(s, reqs[s.key][b], args.clients, args.warmup)
                     if warm.errors:
@@ -527,7 +535,10 @@ def main() -> None:
                 s.pause()
                 print(f"  {s.label:<11} {s.describe}: ready in {s.started_in:.1f} s, port {s.port}", flush=True)
 
+            if not servers:
+                sys.exit(f"no server started ({', '.join(failed)} failed)")
             runs: dict[tuple[str, int], list[Run]] = {(s.key, b): [] for s in servers for b in batches}
+            memory = {}
             for r in range(args.rounds):
                 order = servers if r % 2 == 0 else servers[::-1]
                 for s in order:
@@ -544,6 +555,8 @@ def main() -> None:
                 s.stop()
 
     report(servers, batches, runs, memory, args.clients)
+    if failed:
+        sys.exit(f"not measured (failed to start): {', '.join(failed)}")
 
 
 def report(servers: list[Server], batches: list[int], runs, memory, clients: int) -> None:

@@ -332,6 +332,15 @@ def test_create_app_and_cli_refuse_bad_setups(folders, tmp_path, capsys):
     assert "one name" in capsys.readouterr().err
     assert main(["serve", str(tmp_path / "missing")]) == 2
     assert "cannot load model" in capsys.readouterr().err
+    from jaxst.cli import build_parser, load_family_model
+
+    args = build_parser().parse_args(["serve", "m", "--dtype", "int8", "--warmup-lengths", "0"])
+    assert (args.dtype, args.warmup_lengths) == ("int8", ())
+    assert build_parser().parse_args(["serve", "m", "--warmup-lengths", "8,128"]).warmup_lengths == (8, 128)
+    for bad in (["--warmup-lengths", "8,x"], ["--warmup-lengths", "-8"], ["--dtype", "int4"]):
+        assert main(["serve", "m", *bad]) == 2
+        assert bad[0] in capsys.readouterr().err
+    assert load_family_model(str(folders["dense"]), dtype="int8").dtype == np.int8  # what --dtype int8 serves
 
 
 def test_json_error_bodies_are_json(client):
