@@ -2,13 +2,14 @@
 load over loopback, all serving all-MiniLM-L6-v2 from the same folder on this machine.
 
     python benchmarks/serve_speed.py [--servers jaxst,jaxst-int8,infinity,st] [--clients 32] [--duration 10]
-                                     [--warmup 3] [--rounds 3] [--batches 1,32] [--infinity-venv /work/venvs/infinity]
+                                     [--warmup 5] [--rounds 3] [--batches 1,32] [--infinity-venv /work/venvs/infinity]
 
 The servers, each a subprocess on 127.0.0.1 (a free port, its own process group, HF_HUB_OFFLINE=1, the thread
 settings this process has: no OMP_NUM_THREADS or the like is set or changed here):
 
-- ``jaxst``: ``python -m jaxst serve FOLDER`` (float32, this interpreter), its defaults (dynamic batching up to 64
-  texts / 16384 tokens; shapes compiled at start-up by --warmup-lengths);
+- ``jaxst``: ``python -m jaxst serve FOLDER`` (float32, this interpreter), its defaults (dynamic batching: a model
+  call takes up to 256 queued texts / 16384 tokens, sorted by length into forward passes of 8 rows; the shapes of
+  inputs up to 64 tokens compiled at start-up, ``--warmup-tokens``);
 - ``jaxst-int8``: the same with ``--dtype int8``;
 - ``infinity``: ``infinity_emb v2 --engine torch --device cpu`` (infinity-emb's dynamic batching, batch size 32;
   its defaults: no torch.compile, no vector disk cache, BetterTransformer only where optimum is installed, and it
@@ -25,8 +26,12 @@ it and the baseline run from a venv of their own, never from jaxst's. What worke
     /work/venvs/infinity/bin/pip install torch==2.13.0            # first: the CPU build (torch.version.cuda is None)
     /work/venvs/infinity/bin/pip install "infinity-emb[server,torch]==0.0.78" torch==2.13.0
 
-(the second brings fastapi, uvicorn[standard] and sentence-transformers with it). A server whose program is
-missing is skipped with the reason; ``--servers`` picks them.
+(the second brings fastapi, uvicorn[standard] and sentence-transformers with it). Here torch==2.13.0 resolved to
+2.13.0+cpu from the machine's local wheel folder (pip's find-links); where there is none, the CPU build comes
+with ``--index-url https://download.pytorch.org/whl/cpu``, as PyPI's Linux torch wheels pull in CUDA. A server
+whose program is missing is skipped with the reason; ``--servers`` picks them. Each server's line says which HTTP
+parser its uvicorn uses: httptools where installed (jaxst's serve extra and the infinity venv install it), else
+the pure-Python h11, which costs CPU per request.
 
 Load: one client process (this one: raw HTTP/1.1 over asyncio streams with keep-alive, uvloop where installed,
 to leave the two cores to the servers), ``--clients`` workers each sending OpenAI-shaped requests ``{"model",
@@ -35,9 +40,10 @@ request), texts drawn from STSb's test and dev sentences with a seeded rng, the 
 Every response is checked (status 200, one embedding of 384 floats per input); a failure counts as an error and
 is printed, never dropped silently. A run's throughput is what completed over the time until the last worker's
 last request came back (requests in flight at the deadline are waited for); latency is per request, send to last
-byte. Each server is warmed up right after it starts with ``--warmup`` seconds of each workload (jaxst compiles
-the shapes the load brings there). While one server is measured the others are stopped (SIGSTOP, resumed with
-SIGCONT for their turn), so an idle server's threads cannot take CPU from it.
+byte. Each server is warmed up right after it starts with ``--warmup`` seconds of each workload (jaxst has
+compiled its shapes before it accepts: its start-up time is printed). While one server is
+measured the others are stopped (SIGSTOP, resumed with SIGCONT for their turn), so an idle server's threads
+cannot take CPU from it.
 
 ``--rounds`` rounds, each one run of every (server, workload), the server order flipped every round. Reported
 per server and workload: the median over rounds of sentences/s, requests/s, p50 and p99 latency, the errors of all
@@ -465,7 +471,7 @@ def main() -> None:
     parser.add_argument("--servers", default=",".join(SERVERS), help=f"comma-separated, of {', '.join(SERVERS)}")
     parser.add_argument("--clients", type=int, default=32, help="concurrent client workers")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per run")
-    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of each workload after a server starts")
+    parser.add_argument("--warmup", type=float, default=5.0, help="seconds of each workload after a server starts")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batches", default="1,32", help="sentences per request, one workload each")
     parser.add_argument("--requests", type=int, default=2000, help="distinct requests drawn per workload")

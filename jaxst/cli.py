@@ -45,14 +45,18 @@ class _ArgumentParser(argparse.ArgumentParser):
         raise CliError(f"{message} (see '{self.prog} --help')")
 
 
-def _positive_int(value: str) -> int:
+def _positive_int(value: str, minimum: int = 1) -> int:
     try:
         n = int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {n}")
+    if n < minimum:
+        raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {n}")
     return n
+
+
+def _non_negative_int(value: str) -> int:
+    return _positive_int(value, minimum=0)
 
 
 @functools.lru_cache(maxsize=4)
@@ -509,7 +513,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         app = create_app(models, max_batch_tokens=args.max_batch_tokens, max_batch_size=args.max_batch_size,
                          max_concurrent_requests=args.max_concurrent_requests,
                          max_client_batch_size=args.max_client_batch_size, api_key=api_key,
-                         max_body_bytes=args.max_body_bytes, warmup_lengths=args.warmup_lengths)
+                         max_body_bytes=args.max_body_bytes, batch_size=args.batch_size,
+                         warmup_tokens=args.warmup_tokens)
     except ValueError as e:  # e.g. a family the server does not serve yet
         raise CliError(str(e)) from e
     print(f"jaxst: serving {', '.join(names)} on http://{args.host}:{args.port}", file=sys.stderr)
@@ -521,19 +526,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 SERVE_DTYPES = ("float32", "bfloat16", "float16", "int8")
-DEFAULT_WARMUP_LENGTHS = (16, 32, 64)
-
-
-def _length_list(value: str) -> tuple[int, ...]:
-    if value.strip() in ("", "0"):
-        return ()
-    try:
-        lengths = tuple(int(x) for x in value.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected token lengths like 16,32,64, got {value!r}") from None
-    if any(n < 1 for n in lengths):
-        raise argparse.ArgumentTypeError(f"token lengths must be positive, got {value!r}")
-    return lengths
+DEFAULT_WARMUP_TOKENS = 64
 
 
 def _family_arg(value: str) -> str:
@@ -639,7 +632,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="load every MODEL as this class (default: detected from its files)")
     srv.add_argument("--max-batch-tokens", type=_positive_int, default=16384,
                      help="tokens one batch may hold (default: 16384)")
-    srv.add_argument("--max-batch-size", type=_positive_int, default=64, help="texts per batch (default: 64)")
+    srv.add_argument("--max-batch-size", type=_positive_int, default=256,
+                     help="texts one model call takes from the queue, split by length into forward passes "
+                          "(default: 256)")
+    srv.add_argument("--batch-size", type=_positive_int, default=8,
+                     help="rows of one forward pass: small batches of texts sorted by length pad little "
+                          "(default: 8)")
     srv.add_argument("--max-concurrent-requests", type=_positive_int, default=512,
                      help="requests a model's queue holds before answering 429 (default: 512)")
     srv.add_argument("--max-client-batch-size", type=_positive_int, default=64,
@@ -649,11 +647,11 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--dtype", choices=SERVE_DTYPES, default="float32",
                      help="weights: float32 (default), bfloat16, float16, or int8 (dense layers in int8 on the "
                           "CPU; see the README's int8 section)")
-    srv.add_argument("--warmup-lengths", type=_length_list, default=DEFAULT_WARMUP_LENGTHS, metavar="N,N,...",
-                     help="before accepting requests, compile batches of 1, 2, 4 ... --max-batch-size texts of "
-                          "each of these token lengths, so the first requests are not slow (the persistent "
-                          "compilation cache keeps them for the next start); '' or 0: no warm-up (default: "
-                          f"{','.join(map(str, DEFAULT_WARMUP_LENGTHS))})")
+    srv.add_argument("--warmup-tokens", type=_non_negative_int, default=DEFAULT_WARMUP_TOKENS, metavar="N",
+                     help="before accepting requests, compile the batch shapes of inputs up to N tokens (every "
+                          "padded length, batches of 1, 2, 4 ... --batch-size), so they are not compiled under "
+                          "load; the persistent compilation cache keeps them for the next start; 0: no warm-up "
+                          f"(default: {DEFAULT_WARMUP_TOKENS})")
     srv.add_argument("--graceful-timeout", type=_positive_int, default=30,
                      help="seconds SIGTERM waits for in-flight requests (default: 30)")
     srv.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))

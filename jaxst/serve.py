@@ -32,14 +32,16 @@ multi_vector (MultiVectorEncoder), reranker (CrossEncoder, LLM rerankers include
 Batching: each model has one queue and one worker thread. A request is validated and tokenized (off the event
 loop) and queued; the worker takes the oldest request and every queued request that can share its call (the same
 output and prompt, or the same score activation) while the batch stays within ``max_batch_size`` texts and
-``max_batch_tokens`` tokens, runs them through one call of the model (whose engine sorts by length and runs the
-length buckets it compiles), and hands each request its own rows. Sentence embeddings run the encodings the
+``max_batch_tokens`` tokens, runs them through one call of the model (whose engine sorts them by length into
+forward passes of at most ``batch_size`` rows, on the length buckets it compiles), and hands each request its own
+rows. Sentence embeddings run the encodings the
 request was counted with (``SentenceTransformer.encode_tokenized``): a text is tokenized once. A model's queue
 holds at most ``max_concurrent_requests`` requests; past that a request gets 429 with ``Retry-After``.
 
-Start: with ``warmup_lengths`` every model runs batches of 1, 2, 4 ... ``max_batch_size`` texts of each of those
-token lengths before the server accepts a request, so the shapes short requests meet are compiled; JAX's
-persistent compilation cache (``jaxst.compilation_cache``, on by default) keeps them for the next start.
+Start: with ``warmup_tokens`` every model runs, before the server accepts a request, batches of 1, 2, 4 ...
+``batch_size`` inputs at every padded length of the engine's grid up to that many tokens, so the shapes such
+requests meet are compiled, not met under load; JAX's persistent compilation cache (``jaxst.compilation_cache``,
+on by default) keeps the compiled programs for the next start.
 
 Bad input is a 4xx JSON error ``{"error": {"message", "type", "code"}}``, never a 500: malformed JSON 400, wrong
 types / empty input / too many texts / unknown prompt / a route the model's family does not serve 422, unknown
@@ -63,7 +65,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 DEFAULT_MAX_BATCH_TOKENS = 16384
-DEFAULT_MAX_BATCH_SIZE = 64
+DEFAULT_MAX_BATCH_SIZE = 256  # texts one model call takes from the queue (its engine splits them, sorted by length)
+# Rows of one forward pass (the engine's batch_size). Small: the engine sorts a call's texts by length, so small
+# forward batches pad little; measured on 2 AMD EPYC cores (AVX2), 32 to 128 STSb sentences encode 1.2-1.8x faster
+# 8 rows at a time than 32 (benchmarks/README.md, Serving).
+DEFAULT_BATCH_SIZE = 8
 DEFAULT_MAX_CONCURRENT_REQUESTS = 512
 DEFAULT_MAX_CLIENT_BATCH_SIZE = 64
 DEFAULT_MAX_BODY_BYTES = 2 * 1024 * 1024
@@ -283,9 +289,9 @@ class _Served:
 
     kind = ""
 
-    def __init__(self, name: str, model, limits: dict, metrics: _Metrics):
+    def __init__(self, name: str, model, limits: dict, metrics: _Metrics, batch_size: int):
         self.name, self.model = name, model
-        self.batch_size = limits["max_batch_size"]
+        self.batch_size = batch_size
         self.batcher = Batcher(name, self.run, metrics=metrics, **limits)
 
     @property
@@ -314,21 +320,26 @@ class _Served:
         """The texts' encodings (``prompt`` in front), as the model's ``encode`` tokenizes them; off the loop."""
         return self.model.tokenizer.encode_ids([prompt + t for t in texts] if prompt else texts)
 
-    def warm_key_items(self, text: str, rows: int) -> tuple[tuple, list]:
-        """A batch of ``rows`` copies of ``text`` in the shape ``run`` takes (warm-up)."""
-        return (None, None), [text] * rows
+    def warm_key_items(self, length: int, rows: int) -> tuple[tuple, list]:
+        """A batch of ``rows`` inputs of about ``length`` tokens, in the shape ``run`` takes (warm-up)."""
+        return (None, None), [_words(length - 2)] * rows
 
-    def warm_up(self, lengths, max_rows: int) -> int:
-        """Compile the shapes short requests meet: for each token length, batches of 1, 2, 4 ... up to
-        ``max_rows`` texts. Returns the batches run."""
-        word = "hello"
+    def warm_up(self, max_tokens: int) -> int:
+        """Compile the shapes requests of up to ``max_tokens`` tokens meet: every padded length of the engine's
+        grid up to there (``jaxst.engine.seq_bucket``), in batches of 1, 2, 4 ... ``batch_size`` rows. Returns
+        the batches run."""
+        from jaxst.engine import seq_bucket
+
+        top = min(max_tokens, self.max_input_length)
+        lengths = sorted({seq_bucket(n, top) for n in range(1, top + 1)})
         runs = 0
         for length in lengths:
-            text = " ".join([word] * max(1, int(length) - 2))
             rows = 1
-            while rows <= max_rows:
-                self.run(*self.warm_key_items(text, rows))
+            while True:
+                self.run(*self.warm_key_items(length, min(rows, self.batch_size)))
                 runs += 1
+                if rows >= self.batch_size:
+                    break
                 rows *= 2
         return runs
 
@@ -350,8 +361,9 @@ class _Dense(_Served):
                                      output_value="token_embeddings")
         return self.model.encode_tokenized(items, prompt, batch_size=self.batch_size)
 
-    def warm_key_items(self, text: str, rows: int) -> tuple[tuple, list]:
-        return ("sentence", None), self.tokenize([text], None) * rows
+    def warm_key_items(self, length: int, rows: int) -> tuple[tuple, list]:
+        ids = self.tokenize(["hello"], None)[0].ids  # exactly ``length`` ids: [first] hello ... hello [last]
+        return ("sentence", None), [TokenIds(ids[:1] + [ids[len(ids) // 2]] * max(length - 2, 0) + ids[-1:])] * rows
 
 
 class _Sparse(_Served):
@@ -385,8 +397,8 @@ class _MultiVector(_Served):
         return self.model.encode(items, prompt=prompt, batch_size=self.batch_size, convert_to_numpy=True,
                                  task=task)
 
-    def warm_key_items(self, text: str, rows: int) -> tuple[tuple, list]:
-        return ("tokens", None, None), [text] * rows
+    def warm_key_items(self, length: int, rows: int) -> tuple[tuple, list]:
+        return ("tokens", None, None), [_words(length - 2)] * rows
 
 
 class _Reranker(_Served):
@@ -399,8 +411,9 @@ class _Reranker(_Served):
         return self.model.predict(items, batch_size=self.batch_size, activation_fn=_identity if raw else None,
                                   convert_to_numpy=True)
 
-    def warm_key_items(self, text: str, rows: int) -> tuple[tuple, list]:
-        return ("scores", False), [(text, text)] * rows
+    def warm_key_items(self, length: int, rows: int) -> tuple[tuple, list]:
+        half = _words((length - 3) // 2)
+        return ("scores", False), [(half, half)] * rows
 
     def count_pair_tokens(self, pairs: list[tuple[str, str]]) -> list[int]:
         batch = self.model.tokenize(pairs)
@@ -412,12 +425,17 @@ FAMILIES = {"SentenceTransformer": _Dense, "SparseEncoder": _Sparse, "MultiVecto
             "CrossEncoder": _Reranker}
 
 
-def _served(name: str, model, limits: dict, metrics: _Metrics) -> _Served:
+def _words(n: int) -> str:
+    """A text of about ``n`` tokens for most tokenizers (warm-up input)."""
+    return " ".join(["hello"] * max(n, 1))
+
+
+def _served(name: str, model, limits: dict, metrics: _Metrics, batch_size: int) -> _Served:
     import jaxst
 
     for family, cls in FAMILIES.items():
         if isinstance(model, getattr(jaxst, family)):
-            return cls(name, model, limits, metrics)
+            return cls(name, model, limits, metrics, batch_size)
     raise ValueError(f"jaxst serve serves {', '.join(FAMILIES)} models; {name!r} is a {type(model).__name__}")
 
 
@@ -538,7 +556,8 @@ def create_app(
     max_client_batch_size: int = DEFAULT_MAX_CLIENT_BATCH_SIZE,
     api_key: str | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-    warmup_lengths=(),
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    warmup_tokens: int = 0,
 ):
     """A Starlette app serving ``models`` (``{name: model}``, any of the four families); see the module doc.
 
@@ -555,12 +574,12 @@ def create_app(
         raise ValueError("create_app needs a non-empty dict {name: model}")
     for name, value in (("max_batch_tokens", max_batch_tokens), ("max_batch_size", max_batch_size),
                         ("max_concurrent_requests", max_concurrent_requests),
-                        ("max_client_batch_size", max_client_batch_size), ("max_body_bytes", max_body_bytes)):
+                        ("max_client_batch_size", max_client_batch_size), ("max_body_bytes", max_body_bytes),
+                        ("batch_size", batch_size)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    warmup_lengths = tuple(warmup_lengths or ())
-    if any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in warmup_lengths):
-        raise ValueError(f"warmup_lengths must be positive integers, got {warmup_lengths!r}")
+    if not isinstance(warmup_tokens, int) or isinstance(warmup_tokens, bool) or warmup_tokens < 0:
+        raise ValueError(f"warmup_tokens must be an integer >= 0, got {warmup_tokens!r}")
     if api_key is not None and (not isinstance(api_key, str) or not api_key):
         raise ValueError("api_key must be a non-empty string or None")
 
@@ -571,7 +590,7 @@ def create_app(
     for name, model in models.items():
         if not isinstance(name, str) or not name:
             raise ValueError(f"model names must be non-empty strings, got {name!r}")
-        served[name] = _served(name, model, limits, metrics)
+        served[name] = _served(name, model, limits, metrics, batch_size)
     expected_auth = None if api_key is None else f"Bearer {api_key}".encode()
 
     def pick(data: dict, *kinds: str) -> _Served:
@@ -791,7 +810,7 @@ def create_app(
         return JSONResponse({
             "model_id": first.name, "model_type": first.kind, "max_input_length": first.max_input_length,
             "models": [s.info() for s in served.values()],
-            "max_batch_tokens": max_batch_tokens, "max_batch_size": max_batch_size,
+            "max_batch_tokens": max_batch_tokens, "max_batch_size": max_batch_size, "batch_size": batch_size,
             "max_concurrent_requests": max_concurrent_requests, "max_client_batch_size": max_client_batch_size,
             "max_body_bytes": max_body_bytes, "version": __version__,
         })
@@ -833,13 +852,13 @@ def create_app(
         log = logging.getLogger("jaxst.serve")
         for s in served.values():
             start = time.perf_counter()
-            runs = s.warm_up(warmup_lengths, max_batch_size)
+            runs = s.warm_up(warmup_tokens)
             log.warning("jaxst serve: warmed up %s (%d batch shapes) in %.1f s", s.name, runs,
                         time.perf_counter() - start)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        if warmup_lengths:
+        if warmup_tokens:
             await run_in_threadpool(warm_up)
         for s in served.values():
             s.batcher.start()

@@ -79,7 +79,7 @@ def models(folders):
 
 @pytest.fixture(scope="module")
 def server(models):
-    app = create_app(models, max_client_batch_size=8, max_body_bytes=64 * 1024)
+    app = create_app(models, max_client_batch_size=8, max_body_bytes=64 * 1024, max_batch_size=64)
     with running(app) as url:
         yield url, app
 
@@ -164,7 +164,7 @@ def test_concurrent_single_text_requests_get_their_own_rows_in_batches(server, m
     for i, row in results:
         np.testing.assert_allclose(row, expected[i], atol=1e-6, err_msg=f"request {i}")
     assert len({i for i, _ in results}) == n
-    # 200 texts of ~10-20 tokens, max_batch_size 64, within the token budget: four batches
+    # 200 texts of ~10-20 tokens, max_batch_size 64, within the token budget: four model calls
     assert count_batches() - before == 4
 
 
@@ -322,8 +322,10 @@ def test_create_app_and_cli_refuse_bad_setups(folders, tmp_path, capsys):
         create_app({"x": object()}, max_batch_size=0)
     with pytest.raises(ValueError, match="'x' is a object"):
         create_app({"x": object()})
-    with pytest.raises(ValueError, match="warmup_lengths"):
-        create_app({"x": object()}, warmup_lengths=(0,))
+    with pytest.raises(ValueError, match="warmup_tokens"):
+        create_app({"x": object()}, warmup_tokens=-1)
+    with pytest.raises(ValueError, match="batch_size"):
+        create_app({"x": object()}, batch_size=0)
     assert served_name(str(folders["dense"])) == folders["dense"].name
     assert served_name("sentence-transformers/all-MiniLM-L6-v2") == "sentence-transformers/all-MiniLM-L6-v2"
     assert main(["serve", str(folders["dense"]), "--served-model-name", "a", "--served-model-name", "b"]) == 2
@@ -334,10 +336,9 @@ def test_create_app_and_cli_refuse_bad_setups(folders, tmp_path, capsys):
     assert "cannot load model" in capsys.readouterr().err
     from jaxst.cli import build_parser, load_family_model
 
-    args = build_parser().parse_args(["serve", "m", "--dtype", "int8", "--warmup-lengths", "0"])
-    assert (args.dtype, args.warmup_lengths) == ("int8", ())
-    assert build_parser().parse_args(["serve", "m", "--warmup-lengths", "8,128"]).warmup_lengths == (8, 128)
-    for bad in (["--warmup-lengths", "8,x"], ["--warmup-lengths", "-8"], ["--dtype", "int4"]):
+    args = build_parser().parse_args(["serve", "m", "--dtype", "int8", "--warmup-tokens", "0"])
+    assert (args.dtype, args.warmup_tokens, args.batch_size, args.max_batch_size) == ("int8", 0, 8, 256)
+    for bad in (["--warmup-tokens", "x"], ["--warmup-tokens", "-8"], ["--dtype", "int4"], ["--batch-size", "0"]):
         assert main(["serve", "m", *bad]) == 2
         assert bad[0] in capsys.readouterr().err
     assert load_family_model(str(folders["dense"]), dtype="int8").dtype == np.int8  # what --dtype int8 serves
@@ -398,8 +399,8 @@ def test_cli_serves_and_exits_on_sigterm(folders):
     port = sock.getsockname()[1]
     sock.close()
     proc = subprocess.Popen([sys.executable, "-m", "jaxst", "serve", str(folders["dense"]), "--port", str(port),
-                             "--served-model-name", "tiny", "--log-level", "warning", "--warmup-lengths", "8,16",
-                             "--max-batch-size", "4"],
+                             "--served-model-name", "tiny", "--log-level", "warning", "--warmup-tokens", "8",
+                             "--batch-size", "4"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "JAXST_API_KEY": "k"})
     try:
         deadline = time.monotonic() + 60
@@ -419,7 +420,7 @@ def test_cli_serves_and_exits_on_sigterm(folders):
         proc.send_signal(signal.SIGTERM)
         # uvicorn shuts down gracefully, then re-raises the signal it caught: the process ends by SIGTERM
         assert proc.wait(timeout=TIMEOUT) in (0, -signal.SIGTERM)
-        # the warm-up ran before the server accepted: 2 lengths x batches of 1, 2 and 4 texts
+        # the warm-up ran before the server accepted: padded lengths 4 and 8 x batches of 1, 2 and 4 texts
         assert "warmed up tiny (6 batch shapes)" in proc.stderr.read().decode()
     finally:
         if proc.poll() is None:
@@ -511,10 +512,10 @@ def test_warm_up_compiles_before_the_first_request(folders, caplog):
     from jaxst import SentenceTransformer
 
     model = SentenceTransformer(str(folders["dense"]))
-    app = create_app({"dense": model}, warmup_lengths=(8,), max_batch_size=2)
+    app = create_app({"dense": model}, warmup_tokens=8, batch_size=2)
     with caplog.at_level("WARNING", logger="jaxst.serve"), running(app) as url:
         r = httpx.post(f"{url}/v1/embeddings", json={"input": TEXTS[:3]}, timeout=TIMEOUT)
         assert r.status_code == 200, r.text
         np.testing.assert_allclose([d["embedding"] for d in r.json()["data"]], model.encode(TEXTS[:3]), atol=1e-6)
-    # one length x batches of 1 and 2 texts, before the server took its first request
-    assert "warmed up dense (2 batch shapes)" in caplog.text
+    # the padded lengths 4 and 8 x batches of 1 and 2 texts, before the server took its first request
+    assert "warmed up dense (4 batch shapes)" in caplog.text
