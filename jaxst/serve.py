@@ -288,6 +288,7 @@ class _Served:
     or encodings) in order; it returns one row per item."""
 
     kind = ""
+    has_dimension = False  # one embedding dimension to report in /info
 
     def __init__(self, name: str, model, limits: dict, metrics: _Metrics, batch_size: int):
         self.name, self.model = name, model
@@ -299,22 +300,22 @@ class _Served:
         return int(self.model.max_seq_length)
 
     def info(self) -> dict:
-        return {"id": self.name, "kind": self.kind, "family": type(self.model).__name__,
-                "max_input_length": self.max_input_length, "prompts": sorted(getattr(self.model, "prompts", {}))}
+        out = {"id": self.name, "kind": self.kind, "family": type(self.model).__name__,
+               "max_input_length": self.max_input_length, "prompts": sorted(getattr(self.model, "prompts", {}))}
+        if self.has_dimension:
+            out["dimension"] = int(self.model.get_embedding_dimension())
+        return out
 
     def run(self, key: tuple, items: list):
         raise NotImplementedError
 
     def prompt(self, prompt_name: str | None) -> str | None:
-        """The prompt text of ``prompt_name`` (422 if the model has none such), else the model's default."""
-        prompts = self.model.prompts
-        if prompt_name is not None:
-            if prompt_name not in prompts:
-                raise ClientError(422, f"prompt_name {prompt_name!r} is not one of the model's prompts "
-                                       f"{sorted(prompts)}")
-            return prompts[prompt_name]
-        default = getattr(self.model, "default_prompt_name", None)
-        return prompts.get(default) if default is not None else None
+        """The prompt text of ``prompt_name`` (422 if the model has none such), else the model's default: what
+        the model's ``encode`` resolves."""
+        try:
+            return self.model._resolve_prompt(None, prompt_name)
+        except ValueError as e:
+            raise ClientError(422, f"prompt_name: {e}") from None
 
     def tokenize(self, texts: list[str], prompt: str | None) -> list:
         """The texts' encodings (``prompt`` in front), as the model's ``encode`` tokenizes them; off the loop."""
@@ -350,9 +351,7 @@ class _Dense(_Served):
     (``encode_tokenized``): each text is tokenized once."""
 
     kind = "embedding"
-
-    def info(self) -> dict:
-        return super().info() | {"dimension": int(self.model.get_embedding_dimension())}
+    has_dimension = True
 
     def run(self, key: tuple, items: list):
         output, prompt = key
@@ -370,6 +369,7 @@ class _Sparse(_Served):
     """A SparseEncoder: ``/embed_sparse``, each row the (index, value) pairs of its non-zero dimensions."""
 
     kind = "sparse"
+    has_dimension = True
 
     def run(self, key: tuple, items: list):
         _, prompt = key
@@ -382,9 +382,6 @@ class _Sparse(_Served):
             order = np.argsort(i[keep], kind="stable")
             rows.append((i[keep][order], v[keep][order]))
         return rows
-
-    def info(self) -> dict:
-        return super().info() | {"dimension": int(self.model.get_embedding_dimension())}
 
 
 class _MultiVector(_Served):
