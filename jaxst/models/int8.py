@@ -12,7 +12,10 @@ input channels tens of times larger than the rest (LayerNorm gains), which would
 scale for themselves; as SmoothQuant does, each layer divides its input channels by
 s_j = sqrt(max|x_j| / max|w_j|) and multiplies the weight rows by the same s_j (the product is
 unchanged; both sides are then as easy to quantize). max|x_j| comes from one calibration pass at load
-over ``CALIBRATION_TEXTS``: the outlier channels are a property of the model, not of the text.
+over ``CALIBRATION_TEXTS``: the outlier channels are a property of the model, not of the text. It is
+floored at the layer's mean over channels, so that smoothing only ever pulls the loud channels down:
+a channel that was quiet on the calibration texts may not be on others, and amplifying it would let
+one such value set its token's whole range.
 
 The integer product runs as one native AVX-512 VNNI pass on a single CPU device whose CPU has it,
 and as XLA's int8 dot everywhere else (``JAXST_NATIVE=0``, other CPUs, accelerators): integer sums
@@ -193,8 +196,13 @@ def int8_params(kernel: np.ndarray, bias: np.ndarray | None, input_absmax: np.nd
     kernel = np.asarray(kernel, np.float32)
     smooth = np.ones(kernel.shape[0], np.float32)
     if input_absmax is not None:
+        # A channel that stayed quiet in calibration is smoothed as the layer's average channel, not amplified:
+        # calibration cannot promise it stays quiet, and one of its values 20x past the calibrated max, amplified
+        # by 1/s_j, would set the whole token's quantization range (all-mpnet-base-v2's FFN inputs do that).
+        absmax = np.asarray(input_absmax, np.float32)
+        absmax = np.maximum(absmax, absmax.mean())
         w = np.maximum(np.abs(kernel).max(axis=1), 1e-5)
-        smooth = np.sqrt(np.maximum(np.asarray(input_absmax, np.float32), 1e-5) / w).astype(np.float32)
+        smooth = np.sqrt(np.maximum(absmax, 1e-5) / w).astype(np.float32)
     q, scale = quantize_weights(kernel * smooth[:, None])
     packed, correction = native.pack_int8_weights(q)
     params = {"packed": packed, "correction": correction, "scale": scale, "smooth": (1.0 / smooth).astype(np.float32)}
