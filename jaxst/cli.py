@@ -8,6 +8,7 @@
     jaxst search "pasta" --corpus corpus.txt --sparse --model naver/splade-v3
     jaxst convert NAME_OR_FOLDER ckpt        (any family -> a native orbax params checkpoint)
     jaxst convert ckpt st-folder             (... and back to a sentence-transformers folder)
+    jaxst encode-corpus docs/*.jsonl -o corpus-emb --id-column id     (Parquet shards + manifest, resumable)
     jaxst serve all-MiniLM-L6-v2 cross-encoder/ms-marco-MiniLM-L6-v2 --port 8080   (HTTP: jaxst.serve)
 
 Input files, stdin and queries must be UTF-8, one text per line (anything else is an error, never a
@@ -287,6 +288,48 @@ def cmd_encode(args: argparse.Namespace) -> int:
         f"(shape {tuple(embeddings.shape)}, {embeddings.dtype})",
         file=sys.stderr,
     )
+    return 0
+
+
+def cmd_encode_corpus(args: argparse.Namespace) -> int:
+    """``jaxst.corpus.encode_corpus`` over the inputs into ``args.output`` (Parquet shards and a manifest),
+    resuming a run that stopped; under ``jax.distributed`` when a coordinator is given."""
+    from jaxst import corpus
+
+    distributed = (args.coordinator_address, args.num_processes, args.process_id)
+    if any(v is not None for v in distributed):
+        if any(v is None for v in distributed):
+            raise CliError("--coordinator-address, --num-processes and --process-id go together")
+        if not args.process_id < args.num_processes:
+            raise CliError(f"--process-id {args.process_id} must be below --num-processes {args.num_processes}")
+        import jax
+
+        jax.distributed.initialize(coordinator_address=args.coordinator_address, num_processes=args.num_processes,
+                                   process_id=args.process_id)
+    try:
+        paths = corpus.expand_inputs(args.inputs)
+    except corpus.CorpusError as e:
+        raise CliError(str(e)) from e
+    from jaxst import SentenceTransformer
+
+    try:
+        model = SentenceTransformer(args.model, dtype=args.dtype if args.dtype != "float32" else None)
+    except Exception as e:
+        raise CliError(f"cannot load model {args.model!r}: {_one_line(e)}{_family_hint(args.model)}") from e
+    try:
+        summary = corpus.encode_corpus(
+            model, paths, args.output, text_column=args.text_column, id_column=args.id_column,
+            shard_size=args.shard_size, batch_size=args.batch_size, precision=args.precision,
+            normalize_embeddings=args.normalize, truncate_dim=args.truncate_dim, prompt_name=args.prompt_name,
+            show_progress_bar=not args.quiet, model_name=args.model,
+        )
+    except (corpus.CorpusError, ValueError, TypeError) as e:
+        raise CliError(_one_line(e)) from e
+    rate = summary["texts"] / max(summary["seconds"], 1e-9)
+    state = "complete" if summary["complete"] else "this process' shards done, waiting for the others' shards"
+    print(f"jaxst: {summary['texts']} texts ({summary['tokens']} tokens) embedded in {summary['seconds']:.1f} s "
+          f"({rate:.1f} texts/s); shards: {summary['shards_written']} written, {summary['shards_skipped']} already "
+          f"there, {summary['shards']} in all -> {args.output} ({state})", file=sys.stderr)
     return 0
 
 
@@ -571,6 +614,41 @@ def build_parser() -> argparse.ArgumentParser:
                      help="output precision (default: float32); int8/uint8 ranges come from the input itself")
     enc.add_argument("--prompt-name", default=None, help="name of one of the model's prompts, e.g. 'query'")
     enc.set_defaults(func=cmd_encode)
+
+    corp = sub.add_parser(
+        "encode-corpus", help="embed a corpus (JSONL/CSV/Parquet files) into Parquet shards, resumably",
+        description="Embed every text of the inputs into OUTPUT: Parquet shards (id, chunk, embedding) and a "
+                    "manifest.json. Streamed shard by shard (memory does not grow with the corpus); each shard is "
+                    "written atomically, so the same command after a crash or kill goes on where it stopped. A run "
+                    "with other settings than the manifest's is refused. Several processes or hosts: the same "
+                    "command on each with --coordinator-address, --num-processes and its --process-id "
+                    "(jax.distributed); each embeds its own shards.",
+    )
+    corp.add_argument("inputs", nargs="+", metavar="INPUT",
+                      help="JSONL, CSV, TSV or Parquet files, globs, or saved datasets folders")
+    corp.add_argument("-o", "--output", required=True, metavar="DIR", help="the output folder")
+    corp.add_argument("--model", "-m", default=DEFAULT_MODEL,
+                      help=f"Hub name or local folder of a sentence-transformers model (default: {DEFAULT_MODEL})")
+    corp.add_argument("--text-column", default="text", help="the column holding the texts (default: text)")
+    corp.add_argument("--id-column", default=None,
+                      help="the column holding the ids (default: none; ids are the row numbers 0, 1, ...)")
+    corp.add_argument("--shard-size", type=_positive_int, default=10_000,
+                      help="texts per shard: the unit of resuming and of memory (default: 10000)")
+    corp.add_argument("--batch-size", type=_positive_int, default=32, help="texts per batch (default: 32)")
+    corp.add_argument("--precision", choices=PRECISIONS, default="float32",
+                      help="output precision (default: float32); int8/uint8 ranges come from the corpus' first "
+                           "1000 texts")
+    corp.add_argument("--normalize", action="store_true", help="L2-normalize the embeddings")
+    corp.add_argument("--truncate-dim", type=_positive_int, default=None, help="Matryoshka truncation")
+    corp.add_argument("--prompt-name", default=None, help="name of one of the model's prompts, e.g. 'document'")
+    corp.add_argument("--dtype", choices=SERVE_DTYPES, default="float32",
+                      help="weights: float32 (default), bfloat16, float16, or int8 (see the README's int8 section)")
+    corp.add_argument("--coordinator-address", default=None, metavar="HOST:PORT",
+                      help="jax.distributed: process 0's address, the same on every process")
+    corp.add_argument("--num-processes", type=_positive_int, default=None, help="jax.distributed: process count")
+    corp.add_argument("--process-id", type=_non_negative_int, default=None, help="jax.distributed: this process")
+    corp.add_argument("--quiet", action="store_true", help="no progress bar")
+    corp.set_defaults(func=cmd_encode_corpus)
 
     srch = sub.add_parser(
         "search", help="find the corpus lines most similar to each query",

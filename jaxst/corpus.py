@@ -1,0 +1,548 @@
+"""Embed a whole corpus into a folder of Parquet shards: streamed, resumable, spread over processes and hosts.
+
+    inputs (JSONL / CSV / Parquet files, globs, or a saved ``datasets`` folder)
+      ──read record by record──▶ rows (id, text), numbered 0, 1, 2 ... in input order
+      ──cut into shards of ``shard_size`` rows: shard k holds rows [k*S, (k+1)*S)──▶
+      ──process p of P takes the shards with k % P == p; a shard already on disk is checked and skipped──▶
+      ──tokenize once (counts the tokens) ▸ the engine ▸ postprocess/quantize──▶
+      ──OUT/shard-00000k.parquet (id, chunk, embedding), written atomically──▶
+      ──when every shard is there: OUT/manifest.json lists them (whichever process finishes last writes it)
+
+Why each rule:
+
+* **Nothing lost, nothing twice.** A shard is one file, written to a temp file and renamed into place
+  (``jaxst.io.atomic``), so it exists whole or not at all; its Parquet metadata records which input rows it
+  holds and a SHA-256 of their ids and texts. Killed at any moment (``kill -9`` included) and started again
+  with the same command, the job reads past the shards on disk, checking each one's rows against the input,
+  and goes on with the first one missing: the output equals an uninterrupted run's, row for row.
+* **No mixed embeddings.** ``manifest.json`` is written before the first shard with everything that decides
+  the numbers (the model's files, dtype, precision, truncation, prompt, normalization, columns, shard size) and
+  the inputs' names and sizes. A run whose settings differ from it is refused with the differences named,
+  and a shard whose input rows changed is refused too: start a new output folder instead.
+* **Bounded memory.** Input is read a record at a time and only one shard's texts and embeddings are held, so
+  resident memory depends on ``shard_size``, not on the corpus.
+* **Several processes and hosts.** Under ``jax.distributed`` (the same command on every host, with the
+  coordinator's address, the process count and each one's id), each process embeds its own shards into the
+  one output folder (a shared file system across hosts); a process that dies and restarts redoes only its
+  missing shards. The manifest lists shards only once all exist, so it is the same whichever process
+  writes it last. On one host with several devices, ``encode`` already splits every batch over all of them.
+* **int8 / uint8 precision** needs value ranges: they come from the embeddings of the corpus' first
+  ``CALIBRATION_ROWS`` texts, computed once and kept in the manifest, so every shard (and every process, and
+  a resumed run) quantizes with the same ranges. binary / ubinary need none.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import hashlib
+import io
+import itertools
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from jaxst.checks import positive_int
+from jaxst.io.atomic import AtomicFile
+from jaxst.quantization import check_precision, quantization_ranges, quantize_embeddings
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+DEFAULT_SHARD_SIZE = 10_000
+CALIBRATION_ROWS = 1_000  # int8/uint8 ranges: the embeddings of the corpus' first rows
+FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv",
+           ".parquet": "parquet"}
+
+
+class CorpusError(ValueError):
+    """Input, output folder or settings that the corpus job refuses, with what to do about it."""
+
+
+def _require_pyarrow():
+    try:
+        import pyarrow
+        import pyarrow.parquet  # noqa: F401
+    except ImportError:  # pragma: no cover - the corpus extra installs it
+        raise ImportError("the corpus job writes Parquet through pyarrow: pip install 'jaxst[corpus]'") from None
+    return pyarrow
+
+
+# ------------------------------------------------------------------------------------------ input
+
+
+def expand_inputs(inputs: str | os.PathLike | Iterable) -> list[Path]:
+    """The input files (or saved ``datasets`` folders) named by ``inputs``: paths and globs, each glob sorted,
+    in the order given. A name that matches nothing, or a file of an unknown kind, is an error."""
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    paths: list[Path] = []
+    for item in inputs:
+        item = os.fspath(item)
+        matches = sorted(glob.glob(item)) if glob.has_magic(item) else [item]
+        if not matches or not all(os.path.exists(m) for m in matches):
+            raise CorpusError(f"no input file matches {item!r}")
+        for m in matches:
+            path = Path(m)
+            if path.is_dir():
+                if not (path / "dataset_info.json").exists() and not (path / "state.json").exists():
+                    raise CorpusError(f"{m} is a folder but not a saved datasets.Dataset (no dataset_info.json)")
+            elif path.suffix.lower() not in FORMATS:
+                raise CorpusError(f"{m}: unknown input kind {path.suffix!r}; expected one of "
+                                  f"{', '.join(sorted(FORMATS))} or a saved datasets folder")
+            paths.append(path)
+    if not paths:
+        raise CorpusError("no input files given")
+    return paths
+
+
+def _check_row(path: Path, row_number: int, text, ident, text_column: str, id_column: str | None):
+    if not isinstance(text, str):
+        raise CorpusError(f"{path}: row {row_number}: column {text_column!r} is {type(text).__name__}, not text: "
+                          f"{text!r:.80}")
+    if id_column is not None and (not isinstance(ident, (str, int)) or isinstance(ident, bool)):
+        raise CorpusError(f"{path}: row {row_number}: id column {id_column!r} is {type(ident).__name__}; ids must "
+                          "be integers or strings")
+    return ident, text
+
+
+def _missing_column(path: Path, column: str, present) -> CorpusError:
+    return CorpusError(f"{path} has no column {column!r}; its columns: {', '.join(map(str, present))}")
+
+
+def _read_jsonl(path: Path, text_column: str, id_column: str | None) -> Iterator[tuple]:
+    with open(path, "rb") as f:
+        for line_number, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise CorpusError(f"{path}: line {line_number} is not a JSON object: {e}") from None
+            if not isinstance(record, dict):
+                raise CorpusError(f"{path}: line {line_number} is {type(record).__name__}, not a JSON object")
+            for column in (text_column, id_column):
+                if column is not None and column not in record:
+                    raise CorpusError(f"{path}: line {line_number} has no {column!r}; its keys: "
+                                      f"{', '.join(record)}")
+            yield record.get(id_column), record[text_column], line_number
+
+
+def _read_csv(path: Path, text_column: str, id_column: str | None, delimiter: str) -> Iterator[tuple]:
+    csv.field_size_limit(1 << 30)  # documents longer than csv's 128 KiB default are still one field
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f, delimiter=delimiter)
+            for column in (text_column, id_column):
+                if column is not None and column not in (reader.fieldnames or []):
+                    raise _missing_column(path, column, reader.fieldnames or [])
+            for record in reader:
+                ident = record.get(id_column) if id_column is not None else None
+                yield ident, record[text_column], reader.line_num
+    except UnicodeDecodeError as e:
+        raise CorpusError(f"{path} is not UTF-8: {e}") from None
+
+
+def _read_parquet(path: Path, text_column: str, id_column: str | None) -> Iterator[tuple]:
+    _require_pyarrow()
+    import pyarrow.parquet as pq
+
+    source = pq.ParquetFile(path)
+    names = source.schema_arrow.names
+    columns = [c for c in (text_column, id_column) if c is not None]
+    for column in columns:
+        if column not in names:
+            raise _missing_column(path, column, names)
+    row = 0
+    for batch in source.iter_batches(batch_size=4096, columns=columns):
+        texts = batch.column(text_column).to_pylist()
+        ids = batch.column(id_column).to_pylist() if id_column is not None else itertools.repeat(None)
+        for ident, text in zip(ids, texts):
+            row += 1
+            yield ident, text, row
+
+
+def _read_dataset(path: Path, text_column: str, id_column: str | None) -> Iterator[tuple]:
+    try:
+        import datasets
+    except ImportError:
+        raise CorpusError(f"{path} is a saved datasets folder; reading it needs `pip install datasets`") from None
+    data = datasets.load_from_disk(str(path))
+    if isinstance(data, datasets.DatasetDict):
+        raise CorpusError(f"{path} is a DatasetDict ({', '.join(data)}); point at one split's folder")
+    for column in (text_column, id_column):
+        if column is not None and column not in data.column_names:
+            raise _missing_column(path, column, data.column_names)
+    columns = [c for c in (text_column, id_column) if c is not None]
+    row = 0
+    for batch in data.select_columns(columns).iter(batch_size=4096):
+        ids = batch[id_column] if id_column is not None else itertools.repeat(None)
+        for ident, text in zip(ids, batch[text_column]):
+            row += 1
+            yield ident, text, row
+
+
+def read_rows(paths: list[Path], text_column: str = "text", id_column: str | None = None) -> Iterator[tuple]:
+    """``(id, text)`` per record of every input in order, read a record at a time; without ``id_column`` the id
+    is the row number over all inputs (0, 1, ...). A record whose text is not a string, or whose id is neither
+    an integer nor a string, is an error naming its file and row."""
+    number, id_type = 0, None
+    for path in paths:
+        if path.is_dir():
+            records = _read_dataset(path, text_column, id_column)
+        else:
+            kind = FORMATS[path.suffix.lower()]
+            if kind == "jsonl":
+                records = _read_jsonl(path, text_column, id_column)
+            elif kind == "parquet":
+                records = _read_parquet(path, text_column, id_column)
+            else:
+                records = _read_csv(path, text_column, id_column, "\t" if kind == "tsv" else ",")
+        for ident, text, where in records:
+            ident, text = _check_row(path, where, text, ident, text_column, id_column)
+            if id_column is not None:
+                id_type = id_type or type(ident)
+                if type(ident) is not id_type:
+                    raise CorpusError(f"{path}: row {where}: id {ident!r} is {type(ident).__name__} but the first "
+                                      f"id was {id_type.__name__}; one corpus' ids are all integers or all strings")
+            yield (number if id_column is None else ident), text
+            number += 1
+
+
+def _input_facts(paths: list[Path]) -> list[dict]:
+    facts = []
+    for path in paths:
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        facts.append({"path": str(path.resolve()), "bytes": sum(p.stat().st_size for p in files)})
+    return facts
+
+
+# ------------------------------------------------------------------------------------------ settings
+
+
+def model_fingerprint(folder: str | os.PathLike | None) -> str:
+    """SHA-256 over a model folder's files: the names and sizes of all, and the contents of every file under
+    1 MiB (configs, tokenizer files, pooling and dense configs) plus the first and last MiB of the larger ones
+    (weights). Two folders with the same fingerprint hold the same model for the corpus job's purpose."""
+    if folder is None:
+        return "unknown"
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        size = path.stat().st_size
+        digest.update(f"{path.relative_to(folder).as_posix()}\0{size}\0".encode())
+        with open(path, "rb") as f:
+            if size <= 1 << 20:
+                digest.update(f.read())
+            else:
+                digest.update(f.read(1 << 20))
+                f.seek(size - (1 << 20))
+                digest.update(f.read())
+    return digest.hexdigest()
+
+
+@dataclass
+class Settings:
+    """What decides a corpus job's numbers: a resumed run (or another process) must have the same."""
+
+    model: str
+    model_fingerprint: str
+    family: str
+    dtype: str
+    precision: str
+    normalize_embeddings: bool
+    truncate_dim: int | None
+    prompt: str | None
+    text_column: str
+    id_column: str | None
+    shard_size: int
+    dimension: int
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _compare(stored: dict, settings: dict, inputs: list[dict], output: Path) -> None:
+    changed = [f"{key}: {stored['settings'].get(key)!r} in the manifest, {value!r} now"
+               for key, value in settings.items() if stored["settings"].get(key) != value]
+    if stored.get("inputs") != inputs:
+        changed.append(f"inputs: {stored.get('inputs')} in the manifest, {inputs} now")
+    if changed:
+        raise CorpusError(f"{output} holds a corpus job with other settings; its embeddings would be mixed with "
+                          "these. Use a new output folder (or remove this one). Differences: " + "; ".join(changed))
+
+
+# ------------------------------------------------------------------------------------------ shards
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:06d}.parquet"
+
+
+def _rows_digest(ids: list, texts: list[str]) -> str:
+    digest = hashlib.sha256()
+    for ident, text in zip(ids, texts):
+        digest.update(f"{type(ident).__name__}:{ident}\0".encode())
+        digest.update(text.encode("utf-8", "surrogatepass"))
+        digest.update(b"\0\0")
+    return digest.hexdigest()
+
+
+def _shard_meta(path: Path) -> dict:
+    import pyarrow.parquet as pq
+
+    metadata = pq.read_schema(path).metadata or {}
+    if b"jaxst" not in metadata:
+        raise CorpusError(f"{path} is not a shard of a jaxst corpus job (no jaxst metadata)")
+    return json.loads(metadata[b"jaxst"])
+
+
+def _embedding_type(pa, dtype: np.dtype, width: int):
+    value = {np.dtype(np.float32): pa.float32(), np.dtype(np.int8): pa.int8(), np.dtype(np.uint8): pa.uint8()}[dtype]
+    return pa.list_(value, width)
+
+
+def _write_shard(path: Path, ids: list, embeddings: np.ndarray, meta: dict) -> None:
+    pa = _require_pyarrow()
+    import pyarrow.parquet as pq
+
+    id_array = pa.array(ids, type=pa.string() if ids and isinstance(ids[0], str) else pa.int64())
+    width = embeddings.shape[1]
+    flat = pa.array(np.ascontiguousarray(embeddings).reshape(-1))
+    column = pa.FixedSizeListArray.from_arrays(flat, width)
+    table = pa.table({"id": id_array, "chunk": pa.array(np.zeros(len(ids), np.int32)), "embedding": column})
+    table = table.replace_schema_metadata({b"jaxst": json.dumps(meta).encode()})
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    with AtomicFile(path) as f:
+        f.file.write(buffer.getvalue())
+        f.commit()
+
+
+def read_shard(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids, embeddings)`` of one shard: ids as a numpy array (int64 or object strings), embeddings (n, D)."""
+    _require_pyarrow()
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    column = table.column("embedding").combine_chunks()
+    width = column.type.list_size
+    values = column.flatten().to_numpy(zero_copy_only=False)
+    ids = table.column("id").to_numpy(zero_copy_only=False)
+    return ids, values.reshape(-1, width)
+
+
+def read_corpus(output: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids, embeddings)`` of a finished corpus job, every shard in order (for tests and small corpora; a
+    large one is read shard by shard with ``read_shard``)."""
+    manifest = read_manifest(output)
+    if not manifest.get("complete"):
+        raise CorpusError(f"{output}: the corpus job has not finished (the manifest lists no complete run)")
+    parts = [read_shard(Path(output) / s["file"]) for s in manifest["shards"]]
+    if not parts:
+        return np.zeros(0, np.int64), np.zeros((0, manifest["settings"]["dimension"]), np.float32)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def read_manifest(output: str | os.PathLike) -> dict:
+    path = Path(output) / MANIFEST
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CorpusError(f"{output} has no {MANIFEST}: not a corpus job's output") from None
+    except json.JSONDecodeError as e:
+        raise CorpusError(f"{path} is not valid JSON: {e}") from None
+
+
+def _write_json(path: Path, data: dict) -> None:
+    with AtomicFile(path) as f:
+        f.file.write((json.dumps(data, indent=2) + "\n").encode())
+        f.commit()
+
+
+# ------------------------------------------------------------------------------------------ the job
+
+
+def _family(model) -> str:
+    name = type(model).__name__
+    if name != "SentenceTransformer":
+        raise CorpusError(f"the corpus job embeds with a SentenceTransformer (dense embeddings); {name} outputs "
+                          "are not written by it yet")
+    return name
+
+
+class _Progress:
+    """A tqdm bar over texts (total when the input's size is known) with tokens/s, and the summary's counts."""
+
+    def __init__(self, show: bool, total: int | None):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, unit="text", desc="Embedding", disable=not show, smoothing=0.1)
+        self.start = time.perf_counter()
+        self.texts = self.tokens = self.shards_written = self.shards_skipped = 0
+
+    def done(self, texts: int, tokens: int) -> None:
+        self.texts += texts
+        self.tokens += tokens
+        self.bar.update(texts)
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        self.bar.set_postfix(tokens_per_s=f"{self.tokens / elapsed:,.0f}", refresh=False)
+
+    def skipped(self, texts: int) -> None:
+        self.bar.update(texts)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _total_rows(paths: list[Path]) -> int | None:
+    """The input's row count when it is known without reading it (Parquet metadata, saved datasets)."""
+    total = 0
+    for path in paths:
+        if path.is_dir() or path.suffix.lower() != ".parquet":
+            return None
+        import pyarrow.parquet as pq
+
+        total += pq.ParquetFile(path).metadata.num_rows
+    return total
+
+
+def encode_corpus(model, inputs, output: str | os.PathLike, *, text_column: str = "text",
+                  id_column: str | None = None, shard_size: int = DEFAULT_SHARD_SIZE, batch_size: int = 32,
+                  precision: str = "float32", normalize_embeddings: bool = False, truncate_dim: int | None = None,
+                  prompt_name: str | None = None, prompt: str | None = None, show_progress_bar: bool | None = None,
+                  process_index: int | None = None, process_count: int | None = None,
+                  model_name: str | None = None) -> dict:
+    """Embed every text of ``inputs`` (JSONL, CSV/TSV or Parquet files, globs, or saved ``datasets`` folders;
+    ``text_column``, optional ``id_column``) with ``model`` into ``output``: Parquet shards of ``shard_size``
+    rows (columns ``id``, ``chunk``, ``embedding``) and ``manifest.json``; see the module's docstring for
+    resuming, refusals and several processes. Returns this process' summary (texts and tokens embedded, shards
+    written and skipped, seconds, and whether the whole job is complete).
+
+    ``process_index`` / ``process_count``: this process' share (default: ``jax.process_index()`` and
+    ``jax.process_count()``, i.e. all of it unless ``jax.distributed`` was initialized)."""
+    _require_pyarrow()
+    family = _family(model)
+    positive_int("shard_size", shard_size)
+    positive_int("batch_size", batch_size)
+    positive_int("truncate_dim", truncate_dim, optional=True)
+    check_precision(precision)
+    if process_index is None or process_count is None:
+        import jax
+
+        process_index, process_count = jax.process_index(), jax.process_count()
+    if not 0 <= process_index < process_count:
+        raise CorpusError(f"process_index {process_index} is not in [0, {process_count})")
+    paths = expand_inputs(inputs)
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise CorpusError(f"output {output} exists and is not a folder")
+    output.mkdir(parents=True, exist_ok=True)
+
+    if truncate_dim is None:
+        truncate_dim = model.truncate_dim
+    prompt = model._resolve_prompt(prompt, prompt_name)
+    dimension = model._embedding_dim
+    if truncate_dim is not None:
+        dimension = min(truncate_dim, dimension)
+    settings = Settings(
+        model=model_name or str(getattr(model, "model_folder", "")),
+        model_fingerprint=model_fingerprint(getattr(model, "model_folder", None)),
+        family=family, dtype=str(model.dtype), precision=precision, normalize_embeddings=bool(normalize_embeddings),
+        truncate_dim=truncate_dim, prompt=prompt, text_column=text_column, id_column=id_column,
+        shard_size=shard_size, dimension=dimension,
+    ).as_dict()
+    facts = _input_facts(paths)
+
+    def embed(texts: list[str]) -> tuple[np.ndarray, int]:
+        encodings = model.tokenizer.encode_ids([prompt + t for t in texts] if prompt else texts)
+        tokens = sum(len(e.ids) for e in encodings)
+        emb = model.encode_tokenized(encodings, prompt=prompt, batch_size=batch_size)
+        return model._postprocess(emb, truncate_dim, normalize_embeddings), tokens
+
+    manifest_path = output / MANIFEST
+    if manifest_path.exists():
+        manifest = read_manifest(output)
+        if manifest.get("format") != FORMAT_VERSION:
+            raise CorpusError(f"{manifest_path} has format {manifest.get('format')!r}; this jaxst writes "
+                              f"{FORMAT_VERSION}")
+        _compare(manifest, settings, facts, output)
+    else:
+        if any(output.glob("shard-*.parquet")):
+            raise CorpusError(f"{output} holds shards but no {MANIFEST}; use a new output folder")
+        manifest = {"format": FORMAT_VERSION, "settings": settings, "inputs": facts, "complete": False}
+        if precision in ("int8", "uint8"):
+            first = [text for _, text in itertools.islice(read_rows(paths, text_column, id_column), CALIBRATION_ROWS)]
+            ranges = quantization_ranges(embed(first)[0]) if first else None
+            manifest["ranges"] = None if ranges is None else np.asarray(ranges, np.float32).tolist()
+        _write_json(manifest_path, manifest)
+        manifest = read_manifest(output)  # another process may have written it first: its ranges hold
+        _compare(manifest, settings, facts, output)
+    ranges = manifest.get("ranges")
+    ranges = None if ranges is None else np.asarray(ranges, np.float32)
+
+    rows = read_rows(paths, text_column, id_column)
+    show = show_progress_bar if show_progress_bar is not None else True
+    progress = _Progress(show, _total_rows(paths))
+    shards = 0
+    try:
+        for index in itertools.count():
+            chunk = list(itertools.islice(rows, shard_size))
+            if not chunk:
+                break
+            shards = index + 1
+            if index % process_count != process_index:
+                continue
+            ids = [ident for ident, _ in chunk]
+            texts = [text for _, text in chunk]
+            path = output / shard_name(index)
+            digest = _rows_digest(ids, texts)
+            if path.exists():
+                meta = _shard_meta(path)
+                if meta.get("rows_sha256") != digest or meta.get("first_row") != index * shard_size:
+                    raise CorpusError(f"{path} was written from other input rows than the input's rows "
+                                      f"{index * shard_size}..{index * shard_size + len(chunk) - 1} now: the input "
+                                      "changed; use a new output folder")
+                progress.skipped(len(chunk))
+                progress.shards_skipped += 1
+                continue
+            emb, tokens = embed(texts)
+            if precision != "float32":
+                emb = quantize_embeddings(emb, precision, ranges=ranges)
+            meta = {"shard": index, "first_row": index * shard_size, "rows": len(chunk), "tokens": tokens,
+                    "rows_sha256": digest}
+            _write_shard(path, ids, emb, meta)
+            progress.done(len(chunk), tokens)
+            progress.shards_written += 1
+    finally:
+        progress.close()
+
+    complete = _finish(output, manifest, shards)
+    return {"texts": progress.texts, "chunks": progress.texts, "tokens": progress.tokens,
+            "shards_written": progress.shards_written, "shards_skipped": progress.shards_skipped,
+            "shards": shards, "seconds": time.perf_counter() - progress.start, "complete": complete}
+
+
+def _finish(output: Path, manifest: dict, shards: int) -> bool:
+    """Write the final manifest if every shard 0..shards-1 is on disk (any process may; the content is the same
+    whichever does). Returns whether the job is complete."""
+    listed = []
+    for index in range(shards):
+        path = output / shard_name(index)
+        if not path.exists():
+            return False
+        meta = _shard_meta(path)
+        listed.append({"file": path.name, "first_row": meta["first_row"], "rows": meta["rows"],
+                       "tokens": meta["tokens"]})
+    final = {**manifest, "complete": True, "shards": listed, "rows": sum(s["rows"] for s in listed),
+             "tokens": sum(s["tokens"] for s in listed)}
+    _write_json(output / MANIFEST, final)
+    return True
+
+
+__all__ = ["CorpusError", "DEFAULT_SHARD_SIZE", "encode_corpus", "expand_inputs", "model_fingerprint",
+           "read_corpus", "read_manifest", "read_rows", "read_shard"]
