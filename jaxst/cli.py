@@ -321,13 +321,15 @@ def cmd_encode_corpus(args: argparse.Namespace) -> int:
             model, paths, args.output, text_column=args.text_column, id_column=args.id_column,
             shard_size=args.shard_size, batch_size=args.batch_size, precision=args.precision,
             normalize_embeddings=args.normalize, truncate_dim=args.truncate_dim, prompt_name=args.prompt_name,
+            chunk_tokens=args.chunk_tokens, chunk_overlap=args.overlap, chunk_pooling=args.chunk_pooling,
             show_progress_bar=not args.quiet, model_name=args.model,
         )
     except (corpus.CorpusError, ValueError, TypeError) as e:
         raise CliError(_one_line(e)) from e
     rate = summary["texts"] / max(summary["seconds"], 1e-9)
     state = "complete" if summary["complete"] else "this process' shards done, waiting for the others' shards"
-    print(f"jaxst: {summary['texts']} texts ({summary['tokens']} tokens) embedded in {summary['seconds']:.1f} s "
+    print(f"jaxst: {summary['texts']} texts, {summary['chunks']} chunks ({summary['tokens']} tokens) embedded in "
+          f"{summary['seconds']:.1f} s "
           f"({rate:.1f} texts/s); shards: {summary['shards_written']} written, {summary['shards_skipped']} already "
           f"there, {summary['shards']} in all -> {args.output} ({state})", file=sys.stderr)
     return 0
@@ -643,6 +645,13 @@ def build_parser() -> argparse.ArgumentParser:
     corp.add_argument("--prompt-name", default=None, help="name of one of the model's prompts, e.g. 'document'")
     corp.add_argument("--dtype", choices=SERVE_DTYPES, default="float32",
                       help="weights: float32 (default), bfloat16, float16, or int8 (see the README's int8 section)")
+    corp.add_argument("--chunk-tokens", type=_positive_int, default=None, metavar="N",
+                      help="cut texts longer than N tokens into windows of N tokens, each embedded on its own as "
+                           "a row with its chunk index and character span (N at most the model's window)")
+    corp.add_argument("--overlap", type=_non_negative_int, default=0, metavar="M",
+                      help="with --chunk-tokens: tokens each window shares with the previous one (default: 0)")
+    corp.add_argument("--chunk-pooling", choices=("mean",), default=None,
+                      help="with --chunk-tokens: one row per text, the mean of its chunks' vectors")
     corp.add_argument("--coordinator-address", default=None, metavar="HOST:PORT",
                       help="jax.distributed: process 0's address, the same on every process")
     corp.add_argument("--num-processes", type=_positive_int, default=None, help="jax.distributed: process count")

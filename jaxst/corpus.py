@@ -261,6 +261,9 @@ class Settings:
     id_column: str | None
     shard_size: int
     dimension: int
+    chunk_tokens: int | None = None
+    chunk_overlap: int = 0
+    chunk_pooling: str | None = None
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -306,7 +309,8 @@ def _embedding_type(pa, dtype: np.dtype, width: int):
     return pa.list_(value, width)
 
 
-def _write_shard(path: Path, ids: list, embeddings: np.ndarray, meta: dict) -> None:
+def _write_shard(path: Path, ids: list, chunks: np.ndarray, spans: np.ndarray, embeddings: np.ndarray,
+                 meta: dict) -> None:
     pa = _require_pyarrow()
     import pyarrow.parquet as pq
 
@@ -314,13 +318,24 @@ def _write_shard(path: Path, ids: list, embeddings: np.ndarray, meta: dict) -> N
     width = embeddings.shape[1]
     flat = pa.array(np.ascontiguousarray(embeddings).reshape(-1))
     column = pa.FixedSizeListArray.from_arrays(flat, width)
-    table = pa.table({"id": id_array, "chunk": pa.array(np.zeros(len(ids), np.int32)), "embedding": column})
+    table = pa.table({"id": id_array, "chunk": pa.array(np.asarray(chunks, np.int32)),
+                      "char_start": pa.array(np.asarray(spans[:, 0], np.int64)),
+                      "char_end": pa.array(np.asarray(spans[:, 1], np.int64)), "embedding": column})
     table = table.replace_schema_metadata({b"jaxst": json.dumps(meta).encode()})
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
     with AtomicFile(path) as f:
         f.file.write(buffer.getvalue())
         f.commit()
+
+
+def read_chunks(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """One shard's ``id``, ``chunk``, ``char_start`` and ``char_end`` columns (numpy), without the embeddings."""
+    _require_pyarrow()
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, columns=["id", "chunk", "char_start", "char_end"])
+    return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
 
 
 def read_shard(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -364,6 +379,46 @@ def _write_json(path: Path, data: dict) -> None:
         f.commit()
 
 
+# ------------------------------------------------------------------------------------------ chunks
+
+
+def token_windows(offsets: list[tuple[int, int]], length: int, size: int, overlap: int) -> list[tuple[int, int]]:
+    """Character spans ``(start, end)`` of the token windows of a text of ``length`` characters whose tokens
+    (no special tokens) have the character ``offsets``: windows of ``size`` tokens, each starting ``size -
+    overlap`` tokens after the previous one, the last ending with the text. A text of at most ``size`` tokens
+    is one span, the whole text."""
+    n = len(offsets)
+    if n <= size:
+        return [(0, length)]
+    spans, start = [], 0
+    while True:
+        end = min(start + size, n)
+        spans.append((offsets[start][0], offsets[end - 1][1]))
+        if end == n:
+            return spans
+        start += size - overlap
+
+
+def _check_chunking(model, chunk_tokens, chunk_overlap, chunk_pooling, prompt: str | None) -> None:
+    if chunk_tokens is None:
+        if chunk_overlap or chunk_pooling is not None:
+            raise CorpusError("chunk_overlap and chunk_pooling apply only with chunk_tokens")
+        return
+    positive_int("chunk_tokens", chunk_tokens)
+    if isinstance(chunk_overlap, bool) or not isinstance(chunk_overlap, int) or not 0 <= chunk_overlap < chunk_tokens:
+        raise CorpusError(f"chunk_overlap must be an integer in [0, chunk_tokens={chunk_tokens}), "
+                          f"got {chunk_overlap!r}")
+    if chunk_pooling not in (None, "mean"):
+        raise CorpusError(f"chunk_pooling must be None (a row per chunk) or 'mean' (a row per text), got "
+                          f"{chunk_pooling!r}")
+    special = len(model.tokenizer.encode_ids([prompt or ""])[0].ids)
+    window = model.max_seq_length - special
+    if chunk_tokens > window:
+        raise CorpusError(f"chunk_tokens {chunk_tokens} is more than the model's window: max_seq_length "
+                          f"{model.max_seq_length} less {special} special{' and prompt' if prompt else ''} "
+                          f"tokens = {window}")
+
+
 # ------------------------------------------------------------------------------------------ the job
 
 
@@ -383,10 +438,11 @@ class _Progress:
 
         self.bar = tqdm(total=total, unit="text", desc="Embedding", disable=not show, smoothing=0.1)
         self.start = time.perf_counter()
-        self.texts = self.tokens = self.shards_written = self.shards_skipped = 0
+        self.texts = self.chunks = self.tokens = self.shards_written = self.shards_skipped = 0
 
-    def done(self, texts: int, tokens: int) -> None:
+    def done(self, texts: int, chunks: int, tokens: int) -> None:
         self.texts += texts
+        self.chunks += chunks
         self.tokens += tokens
         self.bar.update(texts)
         elapsed = max(time.perf_counter() - self.start, 1e-9)
@@ -415,6 +471,7 @@ def encode_corpus(model, inputs, output: str | os.PathLike, *, text_column: str 
                   id_column: str | None = None, shard_size: int = DEFAULT_SHARD_SIZE, batch_size: int = 32,
                   precision: str = "float32", normalize_embeddings: bool = False, truncate_dim: int | None = None,
                   prompt_name: str | None = None, prompt: str | None = None, show_progress_bar: bool | None = None,
+                  chunk_tokens: int | None = None, chunk_overlap: int = 0, chunk_pooling: str | None = None,
                   process_index: int | None = None, process_count: int | None = None,
                   model_name: str | None = None) -> dict:
     """Embed every text of ``inputs`` (JSONL, CSV/TSV or Parquet files, globs, or saved ``datasets`` folders;
@@ -422,6 +479,12 @@ def encode_corpus(model, inputs, output: str | os.PathLike, *, text_column: str 
     rows (columns ``id``, ``chunk``, ``embedding``) and ``manifest.json``; see the module's docstring for
     resuming, refusals and several processes. Returns this process' summary (texts and tokens embedded, shards
     written and skipped, seconds, and whether the whole job is complete).
+
+    ``chunk_tokens``: texts longer than that many tokens are cut into windows of ``chunk_tokens`` tokens
+    overlapping by ``chunk_overlap`` (``token_windows``), each embedded on its own as the text of its character
+    span; a row per chunk (``chunk`` 0, 1, ... and its ``char_start`` / ``char_end``), or with
+    ``chunk_pooling="mean"`` a row per text, the mean of its chunks' vectors (before truncation and
+    normalization).
 
     ``process_index`` / ``process_count``: this process' share (default: ``jax.process_index()`` and
     ``jax.process_count()``, i.e. all of it unless ``jax.distributed`` was initialized)."""
@@ -446,6 +509,7 @@ def encode_corpus(model, inputs, output: str | os.PathLike, *, text_column: str 
     if truncate_dim is None:
         truncate_dim = model.truncate_dim
     prompt = model._resolve_prompt(prompt, prompt_name)
+    _check_chunking(model, chunk_tokens, chunk_overlap, chunk_pooling, prompt)
     dimension = model._embedding_dim
     if truncate_dim is not None:
         dimension = min(truncate_dim, dimension)
@@ -454,15 +518,39 @@ def encode_corpus(model, inputs, output: str | os.PathLike, *, text_column: str 
         model_fingerprint=model_fingerprint(getattr(model, "model_folder", None)),
         family=family, dtype=str(model.dtype), precision=precision, normalize_embeddings=bool(normalize_embeddings),
         truncate_dim=truncate_dim, prompt=prompt, text_column=text_column, id_column=id_column,
-        shard_size=shard_size, dimension=dimension,
+        shard_size=shard_size, dimension=dimension, chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap,
+        chunk_pooling=chunk_pooling,
     ).as_dict()
     facts = _input_facts(paths)
 
     def embed(texts: list[str]) -> tuple[np.ndarray, int]:
+        """Raw (untruncated, unnormalized) embeddings of ``texts`` and their token count."""
         encodings = model.tokenizer.encode_ids([prompt + t for t in texts] if prompt else texts)
         tokens = sum(len(e.ids) for e in encodings)
-        emb = model.encode_tokenized(encodings, prompt=prompt, batch_size=batch_size)
-        return model._postprocess(emb, truncate_dim, normalize_embeddings), tokens
+        return model.encode_tokenized(encodings, prompt=prompt, batch_size=batch_size), tokens
+
+    def embed_rows(texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """``(owner row, chunk index, (start, end) spans, embeddings)`` and the token count: a row per text, or
+        per chunk of a text with ``chunk_tokens``."""
+        if chunk_tokens is None:
+            owners = np.arange(len(texts))
+            spans = np.asarray([(0, len(t)) for t in texts], np.int64).reshape(-1, 2)
+        else:
+            windows = [token_windows(e.offsets, len(t), chunk_tokens, chunk_overlap)
+                       for t, e in zip(texts, model.tokenizer.encode_spans(texts))]
+            owners = np.repeat(np.arange(len(texts)), [len(w) for w in windows])
+            spans = np.asarray([span for w in windows for span in w], np.int64).reshape(-1, 2)
+        counts = np.bincount(owners, minlength=len(texts))
+        chunks = np.arange(len(owners)) - np.repeat(np.cumsum(counts) - counts, counts)
+        pieces = texts if chunk_tokens is None else [texts[o][a:b] for o, (a, b) in zip(owners, spans)]
+        emb, tokens = embed(pieces)
+        if chunk_pooling == "mean":
+            pooled = np.zeros((len(texts), emb.shape[1]), np.float64)
+            np.add.at(pooled, owners, emb)
+            emb = (pooled / counts[:, None]).astype(np.float32)
+            owners, chunks = np.arange(len(texts)), np.zeros(len(texts), np.int64)
+            spans = np.asarray([(0, len(t)) for t in texts], np.int64).reshape(-1, 2)
+        return owners, chunks, spans, model._postprocess(emb, truncate_dim, normalize_embeddings), tokens
 
     manifest_path = output / MANIFEST
     if manifest_path.exists():
@@ -477,7 +565,7 @@ def encode_corpus(model, inputs, output: str | os.PathLike, *, text_column: str 
         manifest = {"format": FORMAT_VERSION, "settings": settings, "inputs": facts, "complete": False}
         if precision in ("int8", "uint8"):
             first = [text for _, text in itertools.islice(read_rows(paths, text_column, id_column), CALIBRATION_ROWS)]
-            ranges = quantization_ranges(embed(first)[0]) if first else None
+            ranges = quantization_ranges(embed_rows(first)[3]) if first else None
             manifest["ranges"] = None if ranges is None else np.asarray(ranges, np.float32).tolist()
         _write_json(manifest_path, manifest)
         manifest = read_manifest(output)  # another process may have written it first: its ranges hold
@@ -510,19 +598,19 @@ def encode_corpus(model, inputs, output: str | os.PathLike, *, text_column: str 
                 progress.skipped(len(chunk))
                 progress.shards_skipped += 1
                 continue
-            emb, tokens = embed(texts)
+            owners, chunks, spans, emb, tokens = embed_rows(texts)
             if precision != "float32":
                 emb = quantize_embeddings(emb, precision, ranges=ranges)
-            meta = {"shard": index, "first_row": index * shard_size, "rows": len(chunk), "tokens": tokens,
-                    "rows_sha256": digest}
-            _write_shard(path, ids, emb, meta)
-            progress.done(len(chunk), tokens)
+            meta = {"shard": index, "first_row": index * shard_size, "rows": len(chunk), "chunks": len(owners),
+                    "tokens": tokens, "rows_sha256": digest}
+            _write_shard(path, [ids[o] for o in owners], chunks, spans, emb, meta)
+            progress.done(len(chunk), len(owners), tokens)
             progress.shards_written += 1
     finally:
         progress.close()
 
     complete = _finish(output, manifest, shards)
-    return {"texts": progress.texts, "chunks": progress.texts, "tokens": progress.tokens,
+    return {"texts": progress.texts, "chunks": progress.chunks, "tokens": progress.tokens,
             "shards_written": progress.shards_written, "shards_skipped": progress.shards_skipped,
             "shards": shards, "seconds": time.perf_counter() - progress.start, "complete": complete}
 
@@ -537,12 +625,12 @@ def _finish(output: Path, manifest: dict, shards: int) -> bool:
             return False
         meta = _shard_meta(path)
         listed.append({"file": path.name, "first_row": meta["first_row"], "rows": meta["rows"],
-                       "tokens": meta["tokens"]})
+                       "chunks": meta["chunks"], "tokens": meta["tokens"]})
     final = {**manifest, "complete": True, "shards": listed, "rows": sum(s["rows"] for s in listed),
-             "tokens": sum(s["tokens"] for s in listed)}
+             "chunks": sum(s["chunks"] for s in listed), "tokens": sum(s["tokens"] for s in listed)}
     _write_json(output / MANIFEST, final)
     return True
 
 
 __all__ = ["CorpusError", "DEFAULT_SHARD_SIZE", "encode_corpus", "expand_inputs", "model_fingerprint",
-           "read_corpus", "read_manifest", "read_rows", "read_shard"]
+           "read_chunks", "read_corpus", "read_manifest", "read_rows", "read_shard", "token_windows"]

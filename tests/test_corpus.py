@@ -269,3 +269,50 @@ def test_memory_does_not_grow_with_the_corpus(make_tiny_st, tmp_path):
         peaks[n] = report["peak"] - report["start"]
         source.unlink()
     assert peaks[200_000] - peaks[20_000] < 40 * 2**20, peaks
+
+
+def test_long_texts_are_cut_into_token_windows(folder, model, texts, tmp_path):
+    """``chunk_tokens`` / ``chunk_overlap``: each chunk's span is the window of the transformers tokenizer's
+    offsets (computed here on their own), its row is ``model.encode`` of that span's text, and mean pooling
+    gives the mean of a document's chunk vectors; the CLI writes the same."""
+    from transformers import AutoTokenizer
+
+    from jaxst.corpus import read_chunks
+
+    documents = [" ".join(texts[i : i + 1 + i % 13]) for i in range(0, 240, 4)]  # 1 to 13 sentences each
+    source = write_jsonl(tmp_path / "docs.jsonl", documents)
+    size, overlap = 40, 12
+    encode_corpus(model, source, tmp_path / "chunked", shard_size=25, chunk_tokens=size, chunk_overlap=overlap,
+                  show_progress_bar=False)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    expected_owner, expected_spans = [], []
+    for d, document in enumerate(documents):
+        offsets = tokenizer(document, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        starts = [0] if len(offsets) <= size else list(range(0, len(offsets) - overlap, size - overlap))
+        for start in starts:
+            last = min(start + size, len(offsets)) - 1
+            expected_spans.append((0, len(document)) if len(offsets) <= size
+                                  else (offsets[start][0], offsets[last][1]))
+            expected_owner.append(d)
+    assert max(expected_owner.count(d) for d in range(len(documents))) >= 4  # long documents were cut
+    ids, emb = read_corpus(tmp_path / "chunked")
+    table = [read_chunks(tmp_path / "chunked" / s["file"]) for s in read_manifest(tmp_path / "chunked")["shards"]]
+    spans = [(int(a), int(b)) for t in table for a, b in zip(t["char_start"], t["char_end"])]
+    chunk_index = [int(c) for t in table for c in t["chunk"]]
+    assert list(ids) == expected_owner and spans == expected_spans
+    assert chunk_index == [expected_owner[:i].count(o) for i, o in enumerate(expected_owner)]
+    pieces = [documents[o][a:b] for o, (a, b) in zip(expected_owner, expected_spans)]
+    direct = model.encode(pieces)
+    np.testing.assert_allclose(emb, direct, atol=1e-6, rtol=0)
+
+    result = cli(source, "-o", tmp_path / "pooled", "--model", folder, "--shard-size", 25, "--chunk-tokens", size,
+                 "--overlap", overlap, "--chunk-pooling", "mean", "--normalize", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert f"{len(documents)} texts, {len(documents)} chunks" in result.stderr
+    ids, pooled = read_corpus(tmp_path / "pooled")
+    owners = np.asarray(expected_owner)
+    means = np.stack([direct[owners == d].mean(0) for d in range(len(documents))])
+    assert list(ids) == list(range(len(documents)))
+    np.testing.assert_allclose(pooled, means / np.linalg.norm(means, axis=1, keepdims=True), atol=1e-6, rtol=0)
+    with pytest.raises(CorpusError, match="more than the model's window"):
+        encode_corpus(model, source, tmp_path / "too-long", chunk_tokens=model.max_seq_length)

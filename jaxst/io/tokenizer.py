@@ -41,6 +41,9 @@ def _has_lowercase(normalizer) -> bool:
     return walk(state)
 
 
+UNTRUNCATED = 1 << 30  # a truncation length no text reaches
+
+
 class Tokenizer:
     """Texts -> numpy int32 ``input_ids``/``attention_mask`` (and ``token_type_ids``), right-padded."""
 
@@ -115,6 +118,11 @@ class Tokenizer:
                     backend.enable_truncation(length)
                     self._other_lengths[length] = backend
         return backend
+
+    def encode_spans(self, texts: list) -> list:
+        """Every token of each text, untruncated and without special tokens, with its character offsets
+        (``Encoding.offsets``): what cutting a long text into token windows reads (``jaxst.corpus``)."""
+        return self._truncating_at(UNTRUNCATED).encode_batch(texts, add_special_tokens=False)
 
     def add_special_tokens(self, tokens: list) -> None:
         """Add special tokens to the vocabulary (at load time); backends of other lengths are made anew."""
