@@ -322,7 +322,7 @@ def cmd_encode_corpus(args: argparse.Namespace) -> int:
             shard_size=args.shard_size, batch_size=args.batch_size, precision=args.precision,
             normalize_embeddings=args.normalize, truncate_dim=args.truncate_dim, prompt_name=args.prompt_name,
             chunk_tokens=args.chunk_tokens, chunk_overlap=args.overlap, chunk_pooling=args.chunk_pooling,
-            show_progress_bar=not args.quiet, model_name=args.model,
+            late_chunking=args.late_chunking, show_progress_bar=not args.quiet, model_name=args.model,
         )
     except (corpus.CorpusError, ValueError, TypeError) as e:
         raise CliError(_one_line(e)) from e
@@ -650,6 +650,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "a row with its chunk index and character span (N at most the model's window)")
     corp.add_argument("--overlap", type=_non_negative_int, default=0, metavar="M",
                       help="with --chunk-tokens: tokens each window shares with the previous one (default: 0)")
+    corp.add_argument("--late-chunking", action="store_true",
+                      help="with --chunk-tokens: one forward over each text (up to the model's window), each chunk's "
+                           "vector the mean of its tokens' states, so every chunk sees its context")
     corp.add_argument("--chunk-pooling", choices=("mean",), default=None,
                       help="with --chunk-tokens: one row per text, the mean of its chunks' vectors")
     corp.add_argument("--coordinator-address", default=None, metavar="HOST:PORT",

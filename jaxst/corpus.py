@@ -264,6 +264,7 @@ class Settings:
     chunk_tokens: int | None = None
     chunk_overlap: int = 0
     chunk_pooling: str | None = None
+    late_chunking: bool = False
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -399,10 +400,10 @@ def token_windows(offsets: list[tuple[int, int]], length: int, size: int, overla
         start += size - overlap
 
 
-def _check_chunking(model, chunk_tokens, chunk_overlap, chunk_pooling, prompt: str | None) -> None:
+def _check_chunking(model, chunk_tokens, chunk_overlap, chunk_pooling, late_chunking, prompt: str | None) -> None:
     if chunk_tokens is None:
-        if chunk_overlap or chunk_pooling is not None:
-            raise CorpusError("chunk_overlap and chunk_pooling apply only with chunk_tokens")
+        if chunk_overlap or chunk_pooling is not None or late_chunking:
+            raise CorpusError("chunk_overlap, chunk_pooling and late_chunking apply only with chunk_tokens")
         return
     positive_int("chunk_tokens", chunk_tokens)
     if isinstance(chunk_overlap, bool) or not isinstance(chunk_overlap, int) or not 0 <= chunk_overlap < chunk_tokens:
@@ -411,12 +412,64 @@ def _check_chunking(model, chunk_tokens, chunk_overlap, chunk_pooling, prompt: s
     if chunk_pooling not in (None, "mean"):
         raise CorpusError(f"chunk_pooling must be None (a row per chunk) or 'mean' (a row per text), got "
                           f"{chunk_pooling!r}")
+    if late_chunking:
+        width = np.asarray(model.encode("x", output_value="token_embeddings")).shape[-1]
+        if width != model._embedding_dim:
+            raise CorpusError(f"late chunking pools the Transformer's token states ({width} wide), but this model's "
+                              f"sentence embeddings ({model._embedding_dim} wide) pass through modules after "
+                              "pooling; use chunk_tokens without late_chunking")
     special = len(model.tokenizer.encode_ids([prompt or ""])[0].ids)
     window = model.max_seq_length - special
     if chunk_tokens > window:
         raise CorpusError(f"chunk_tokens {chunk_tokens} is more than the model's window: max_seq_length "
                           f"{model.max_seq_length} less {special} special{' and prompt' if prompt else ''} "
                           f"tokens = {window}")
+
+
+def late_chunks(model, texts: list[str], size: int, overlap: int, prompt: str | None, batch_size: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Late chunking: ``(owner text, (start, end) span, vector, ...)`` per chunk and the token count. Each text
+    (or, past the model's window, each window-sized piece of it, cut at token boundaries) is read by the model in
+    one forward; its content tokens (not special, not the prompt's) are grouped into windows of ``size`` tokens
+    overlapping by ``overlap``, and a chunk's vector is the mean of its tokens' states (the token embeddings the
+    Transformer outputs)."""
+    lead = len(prompt or "")
+    window = model.max_seq_length - len(model.tokenizer.encode_ids([prompt or ""])[0].ids)
+    pieces, piece_owner, piece_start = [], [], []
+    for i, (text, e) in enumerate(zip(texts, model.tokenizer.encode_spans(texts))):
+        for a, b in token_windows(e.offsets, len(text), window, 0):
+            pieces.append(text[a:b])
+            piece_owner.append(i)
+            piece_start.append(a)
+    inputs = [prompt + p for p in pieces] if prompt else pieces
+    encodings = model.tokenizer.encode_spans(inputs, add_special_tokens=True, max_length=model.max_seq_length)
+    states = model.encode(inputs, output_value="token_embeddings", batch_size=batch_size)
+    owners, spans, vectors, tokens = [], [], [], 0
+    for owner, start, e, state in zip(piece_owner, piece_start, encodings, states):
+        state = np.asarray(state, np.float32)
+        if len(state) != len(e.ids):
+            raise RuntimeError(f"the model read {len(state)} tokens where the tokenizer gave {len(e.ids)}")
+        tokens += len(e.ids)
+        content = [t for t, (special, (a, _)) in enumerate(zip(e.special_tokens_mask, e.offsets))
+                   if not special and a >= lead]
+        if not content:  # an empty text: its only vector is the mean of all its (special) tokens
+            owners.append(owner)
+            spans.append((start, start))
+            vectors.append(state.mean(0))
+            continue
+        offsets = [(e.offsets[t][0] - lead, e.offsets[t][1] - lead) for t in content]
+        first = 0
+        while True:
+            last = min(first + size, len(content))
+            owners.append(owner)
+            spans.append((start + offsets[first][0], start + offsets[last - 1][1]))
+            vectors.append(state[content[first:last]].mean(0))
+            if last == len(content):
+                break
+            first += size - overlap
+    dim = model._embedding_dim if not vectors else len(vectors[0])
+    return (np.asarray(owners, np.int64), np.asarray(spans, np.int64).reshape(-1, 2),
+            np.asarray(vectors, np.float32).reshape(-1, dim), tokens)
 
 
 # ------------------------------------------------------------------------------------------ the job
@@ -472,7 +525,7 @@ def encode_corpus(model, inputs, output: str | os.PathLike, *, text_column: str 
                   precision: str = "float32", normalize_embeddings: bool = False, truncate_dim: int | None = None,
                   prompt_name: str | None = None, prompt: str | None = None, show_progress_bar: bool | None = None,
                   chunk_tokens: int | None = None, chunk_overlap: int = 0, chunk_pooling: str | None = None,
-                  process_index: int | None = None, process_count: int | None = None,
+                  late_chunking: bool = False, process_index: int | None = None, process_count: int | None = None,
                   model_name: str | None = None) -> dict:
     """Embed every text of ``inputs`` (JSONL, CSV/TSV or Parquet files, globs, or saved ``datasets`` folders;
     ``text_column``, optional ``id_column``) with ``model`` into ``output``: Parquet shards of ``shard_size``
@@ -484,7 +537,9 @@ def encode_corpus(model, inputs, output: str | os.PathLike, *, text_column: str 
     overlapping by ``chunk_overlap`` (``token_windows``), each embedded on its own as the text of its character
     span; a row per chunk (``chunk`` 0, 1, ... and its ``char_start`` / ``char_end``), or with
     ``chunk_pooling="mean"`` a row per text, the mean of its chunks' vectors (before truncation and
-    normalization).
+    normalization). ``late_chunking``: instead, each text (or each window of the model's whole context, for
+    a text longer than that) goes through the model once, and a chunk's vector is the mean of the token
+    states of its span (``late_chunks``): every chunk sees the context around it.
 
     ``process_index`` / ``process_count``: this process' share (default: ``jax.process_index()`` and
     ``jax.process_count()``, i.e. all of it unless ``jax.distributed`` was initialized)."""
@@ -509,7 +564,7 @@ def encode_corpus(model, inputs, output: str | os.PathLike, *, text_column: str 
     if truncate_dim is None:
         truncate_dim = model.truncate_dim
     prompt = model._resolve_prompt(prompt, prompt_name)
-    _check_chunking(model, chunk_tokens, chunk_overlap, chunk_pooling, prompt)
+    _check_chunking(model, chunk_tokens, chunk_overlap, chunk_pooling, late_chunking, prompt)
     dimension = model._embedding_dim
     if truncate_dim is not None:
         dimension = min(truncate_dim, dimension)
@@ -519,7 +574,7 @@ def encode_corpus(model, inputs, output: str | os.PathLike, *, text_column: str 
         family=family, dtype=str(model.dtype), precision=precision, normalize_embeddings=bool(normalize_embeddings),
         truncate_dim=truncate_dim, prompt=prompt, text_column=text_column, id_column=id_column,
         shard_size=shard_size, dimension=dimension, chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap,
-        chunk_pooling=chunk_pooling,
+        chunk_pooling=chunk_pooling, late_chunking=bool(late_chunking),
     ).as_dict()
     facts = _input_facts(paths)
 
@@ -532,7 +587,9 @@ def encode_corpus(model, inputs, output: str | os.PathLike, *, text_column: str 
     def embed_rows(texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         """``(owner row, chunk index, (start, end) spans, embeddings)`` and the token count: a row per text, or
         per chunk of a text with ``chunk_tokens``."""
-        if chunk_tokens is None:
+        if late_chunking:
+            owners, spans, emb, tokens = late_chunks(model, texts, chunk_tokens, chunk_overlap, prompt, batch_size)
+        elif chunk_tokens is None:
             owners = np.arange(len(texts))
             spans = np.asarray([(0, len(t)) for t in texts], np.int64).reshape(-1, 2)
         else:
@@ -540,10 +597,11 @@ def encode_corpus(model, inputs, output: str | os.PathLike, *, text_column: str 
                        for t, e in zip(texts, model.tokenizer.encode_spans(texts))]
             owners = np.repeat(np.arange(len(texts)), [len(w) for w in windows])
             spans = np.asarray([span for w in windows for span in w], np.int64).reshape(-1, 2)
+        if not late_chunking:
+            pieces = texts if chunk_tokens is None else [texts[o][a:b] for o, (a, b) in zip(owners, spans)]
+            emb, tokens = embed(pieces)
         counts = np.bincount(owners, minlength=len(texts))
         chunks = np.arange(len(owners)) - np.repeat(np.cumsum(counts) - counts, counts)
-        pieces = texts if chunk_tokens is None else [texts[o][a:b] for o, (a, b) in zip(owners, spans)]
-        emb, tokens = embed(pieces)
         if chunk_pooling == "mean":
             pooled = np.zeros((len(texts), emb.shape[1]), np.float64)
             np.add.at(pooled, owners, emb)
@@ -633,4 +691,4 @@ def _finish(output: Path, manifest: dict, shards: int) -> bool:
 
 
 __all__ = ["CorpusError", "DEFAULT_SHARD_SIZE", "encode_corpus", "expand_inputs", "model_fingerprint",
-           "read_chunks", "read_corpus", "read_manifest", "read_rows", "read_shard", "token_windows"]
+           "late_chunks", "read_chunks", "read_corpus", "read_manifest", "read_rows", "read_shard", "token_windows"]

@@ -21,7 +21,7 @@ from conftest import read_stsb, unique_sentences
 from test_distributed import free_port
 
 from jaxst import SentenceTransformer
-from jaxst.corpus import CorpusError, encode_corpus, read_corpus, read_manifest
+from jaxst.corpus import CorpusError, encode_corpus, read_chunks, read_corpus, read_manifest
 from jaxst.quantization import quantize_embeddings
 
 N = 2000
@@ -277,8 +277,6 @@ def test_long_texts_are_cut_into_token_windows(folder, model, texts, tmp_path):
     gives the mean of a document's chunk vectors; the CLI writes the same."""
     from transformers import AutoTokenizer
 
-    from jaxst.corpus import read_chunks
-
     documents = [" ".join(texts[i : i + 1 + i % 13]) for i in range(0, 240, 4)]  # 1 to 13 sentences each
     source = write_jsonl(tmp_path / "docs.jsonl", documents)
     size, overlap = 40, 12
@@ -316,3 +314,49 @@ def test_long_texts_are_cut_into_token_windows(folder, model, texts, tmp_path):
     np.testing.assert_allclose(pooled, means / np.linalg.norm(means, axis=1, keepdims=True), atol=1e-6, rtol=0)
     with pytest.raises(CorpusError, match="more than the model's window"):
         encode_corpus(model, source, tmp_path / "too-long", chunk_tokens=model.max_seq_length)
+
+
+def test_late_chunking_pools_token_states_of_one_forward(folder, model, texts, tmp_path):
+    """Late chunking: each document (cut into window-sized pieces where it is longer than the model's 64
+    tokens) is read once by sentence-transformers (``output_value="token_embeddings"``, the oracle here), its
+    content tokens' offsets come from transformers' tokenizer, and each chunk is the mean of its window's token
+    states: what the corpus job wrote, within 1e-6."""
+    from sentence_transformers import SentenceTransformer as Reference
+    from transformers import AutoTokenizer
+
+    documents = [" ".join(texts[i : i + 1 + i % 9]) for i in range(0, 120, 3)] + [""]
+    source = write_jsonl(tmp_path / "docs.jsonl", documents)
+    size, overlap = 20, 5
+    summary = encode_corpus(model, source, tmp_path / "late", chunk_tokens=size, chunk_overlap=overlap,
+                            late_chunking=True, prompt_name="document", show_progress_bar=False)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    reference = Reference(str(folder), device="cpu")
+    prompt, window = "passage: ", 64 - len(tokenizer("passage: ")["input_ids"])
+    expected, pieces = [], []
+    for d, document in enumerate(documents):
+        offsets = tokenizer(document, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        starts = [0] if len(offsets) <= window else list(range(0, len(offsets), window))
+        for start in starts:
+            a = 0 if start == 0 else offsets[start][0]
+            b = len(document) if start + window >= len(offsets) else offsets[start + window - 1][1]
+            pieces.append((d, a, document[a:b]))
+    states = reference.encode([prompt + p for _, _, p in pieces], output_value="token_embeddings")
+    for (d, a, piece), state in zip(pieces, states):
+        e = tokenizer(prompt + piece, return_offsets_mapping=True, return_special_tokens_mask=True, truncation=True,
+                      max_length=64)
+        content = [t for t, (special, (s, _)) in enumerate(zip(e["special_tokens_mask"], e["offset_mapping"]))
+                   if not special and s >= len(prompt)]
+        state = state.numpy()
+        if not content:
+            expected.append((d, a, a, state.mean(0)))
+        for first in range(0, max(len(content) - overlap, 1), size - overlap):
+            chosen = content[first : first + size]
+            span = (e["offset_mapping"][chosen[0]][0], e["offset_mapping"][chosen[-1]][1]) if chosen else None
+            if chosen:
+                expected.append((d, a + span[0] - len(prompt), a + span[1] - len(prompt), state[chosen].mean(0)))
+    ids, emb = read_corpus(tmp_path / "late")
+    table = [read_chunks(tmp_path / "late" / s["file"]) for s in read_manifest(tmp_path / "late")["shards"]]
+    got = [(int(i), int(a), int(b)) for t in table for i, a, b in zip(t["id"], t["char_start"], t["char_end"])]
+    assert got == [(d, a, b) for d, a, b, _ in expected]
+    assert summary["chunks"] == len(expected) > 2 * len(documents)
+    np.testing.assert_allclose(emb, np.stack([v for *_, v in expected]), atol=1e-6, rtol=0)

@@ -119,10 +119,13 @@ class Tokenizer:
                     self._other_lengths[length] = backend
         return backend
 
-    def encode_spans(self, texts: list) -> list:
-        """Every token of each text, untruncated and without special tokens, with its character offsets
-        (``Encoding.offsets``): what cutting a long text into token windows reads (``jaxst.corpus``)."""
-        return self._truncating_at(UNTRUNCATED).encode_batch(texts, add_special_tokens=False)
+    def encode_spans(self, texts: list, add_special_tokens: bool = False, max_length: int | None = None) -> list:
+        """Each text's tokens with their character offsets (``Encoding.offsets``; ``special_tokens_mask`` marks
+        the special ones): by default every token, untruncated and without special tokens, what cutting a long
+        text into token windows reads (``jaxst.corpus``); with ``add_special_tokens`` and ``max_length``, the
+        tokens a model reads, as ``encode_ids`` gives them."""
+        backend = self._truncating_at(UNTRUNCATED if max_length is None else max_length)
+        return backend.encode_batch(texts, add_special_tokens=add_special_tokens)
 
     def add_special_tokens(self, tokens: list) -> None:
         """Add special tokens to the vocabulary (at load time); backends of other lengths are made anew."""
