@@ -390,6 +390,10 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise CliError("--candidates only applies with --rerank MODEL (see 'jaxst search --help')")
     for i, query in enumerate(args.queries):
         _check_utf8(query, f"query {i + 1}")
+    if (args.corpus is None) == (args.index is None):
+        raise CliError("search needs one of --corpus FILE or --index PATH (see 'jaxst search --help')")
+    if args.index is not None:
+        return _search_index(args)
     lines = read_lines(args.corpus)
     corpus = [(i + 1, t) for i, t in enumerate(lines) if t.strip()]
     if not corpus:
@@ -433,6 +437,38 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(f"Query: {query}")
         for h in query_hits:
             print(f"  {h['score']:.4f}  {texts[h['corpus_id']]}")
+    return 0
+
+
+def _search_index(args: argparse.Namespace) -> int:
+    """``search --index``: an ``encode-corpus`` output folder (its float32 shards into an index, shard by shard)
+    or a saved ``EmbeddingIndex`` file, searched with the queries embedded by ``--model``."""
+    from jaxst import corpus
+    from jaxst.index import EmbeddingIndex
+
+    if args.rerank is not None or args.sparse:
+        raise CliError("--index searches dense embeddings without --rerank or --sparse")
+    model = load_model(args.model)
+    try:
+        if os.path.isdir(args.index):
+            corpus.check_model(args.index, model)
+            index = corpus.build_index(args.index)
+        else:
+            index = EmbeddingIndex.load(args.index)
+        hits = index.search(list(args.queries), top_k=args.top_k, model=model)
+    except (corpus.CorpusError, ValueError, OSError) as e:
+        raise CliError(_one_line(e)) from e
+    if args.json:
+        print(json.dumps([[{"corpus_id": h["corpus_id"], "id": h.get("id"), "score": h["score"],
+                            **({"text": h["text"]} if "text" in h else {})} for h in row] for row in hits],
+                         indent=2, ensure_ascii=False))
+        return 0
+    for i, (query, row) in enumerate(zip(args.queries, hits, strict=True)):
+        if i:
+            print()
+        print(f"Query: {query}")
+        for h in row:
+            print(f"  {h['score']:.4f}  {h.get('text', h.get('id', h['corpus_id']))}")
     return 0
 
 
@@ -668,8 +704,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "--rerank, a cross-encoder re-scores the best bi-encoder hits (retrieve and rerank).",
     )
     srch.add_argument("queries", nargs="+", metavar="QUERY", help="query text(s)")
-    srch.add_argument("--corpus", "-c", required=True, metavar="FILE",
+    srch.add_argument("--corpus", "-c", default=None, metavar="FILE",
                       help="corpus file, one document per line ('-': stdin)")
+    srch.add_argument("--index", default=None, metavar="PATH",
+                      help="instead of --corpus: an encode-corpus output folder (indexed shard by shard) or a "
+                           "saved EmbeddingIndex file; prints each hit's id")
     add_model(srch)
     srch.add_argument("--top-k", "-k", type=_positive_int, default=5, help="matches per query (default: 5)")
     srch.add_argument("--json", action="store_true",

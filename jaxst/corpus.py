@@ -364,6 +364,43 @@ def read_corpus(output: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
+def build_index(output: str | os.PathLike, precision: str = "float32", similarity: str = "cosine", ranges=None,
+                **options):
+    """An ``EmbeddingIndex`` (any of its precisions; ``options`` are its other arguments) over a finished corpus
+    job's float32 shards, added shard by shard, so the float corpus is never held whole (an int8 index keeps a
+    quarter of it, a binary one a 32nd). Row ids are the corpus ids, or ``"{id}#{chunk}"`` where the job wrote
+    a row per chunk."""
+    from jaxst.index import EmbeddingIndex
+
+    manifest = read_manifest(output)
+    if not manifest.get("complete"):
+        raise CorpusError(f"{output}: the corpus job has not finished; run it to the end first")
+    settings = manifest["settings"]
+    if settings["precision"] != "float32":
+        raise CorpusError(f"{output} holds {settings['precision']} embeddings; an index is built from float32 "
+                          "shards (it quantizes them itself: pass precision= here)")
+    index = EmbeddingIndex(settings["dimension"], precision=precision, similarity=similarity, ranges=ranges,
+                           **options)
+    per_chunk = settings.get("chunk_tokens") is not None and settings.get("chunk_pooling") is None
+    for shard in manifest["shards"]:
+        ids, embeddings = read_shard(Path(output) / shard["file"])
+        if per_chunk:
+            chunks = read_chunks(Path(output) / shard["file"])["chunk"]
+            ids = [f"{i}#{c}" for i, c in zip(ids.tolist(), chunks.tolist())]
+        index.add(embeddings, ids=ids if per_chunk else ids.tolist())
+        del embeddings
+    return index
+
+
+def check_model(output: str | os.PathLike, model) -> None:
+    """Refuse to search a corpus job's output with another model than the one that embedded it."""
+    manifest = read_manifest(output)
+    settings = manifest["settings"]
+    if model_fingerprint(getattr(model, "model_folder", None)) != settings["model_fingerprint"]:
+        raise CorpusError(f"{output} was embedded with the model {settings['model']!r}; its queries must be "
+                          f"embedded with the same model, not {str(getattr(model, 'model_folder', model))!r}")
+
+
 def read_manifest(output: str | os.PathLike) -> dict:
     path = Path(output) / MANIFEST
     try:
@@ -690,5 +727,6 @@ def _finish(output: Path, manifest: dict, shards: int) -> bool:
     return True
 
 
-__all__ = ["CorpusError", "DEFAULT_SHARD_SIZE", "encode_corpus", "expand_inputs", "model_fingerprint",
-           "late_chunks", "read_chunks", "read_corpus", "read_manifest", "read_rows", "read_shard", "token_windows"]
+__all__ = ["DEFAULT_SHARD_SIZE", "CorpusError", "build_index", "check_model", "encode_corpus", "expand_inputs",
+           "late_chunks", "model_fingerprint", "read_chunks", "read_corpus", "read_manifest", "read_rows", "read_shard",
+           "token_windows"]

@@ -360,3 +360,36 @@ def test_late_chunking_pools_token_states_of_one_forward(folder, model, texts, t
     assert got == [(d, a, b) for d, a, b, _ in expected]
     assert summary["chunks"] == len(expected) > 2 * len(documents)
     np.testing.assert_allclose(emb, np.stack([v for *_, v in expected]), atol=1e-6, rtol=0)
+
+
+def test_an_index_from_the_shards_and_search_index(folder, model, make_tiny_st, texts, jsonl, tmp_path):
+    """``build_index`` adds the shards one by one: its hits equal an index of the whole matrix added at once
+    (float32 and ubinary), and ``jaxst search --index`` prints them; another model's queries are refused."""
+    from jaxst import EmbeddingIndex
+    from jaxst.corpus import build_index
+
+    out = tmp_path / "out"
+    encode_corpus(model, jsonl, out, id_column=None, shard_size=SHARD, show_progress_bar=False)
+    ids, emb = read_corpus(out)
+    queries = ["A man is playing a guitar.", "Stock markets fell.", "A dog runs on the grass."]
+    for precision in ("float32", "ubinary"):
+        whole = EmbeddingIndex(emb.shape[1], precision=precision)
+        whole.add(emb, ids=ids.tolist())
+        hits = build_index(out, precision=precision).search(queries, top_k=5, model=model)
+        expected = whole.search(queries, top_k=5, model=model)
+        for row, ref in zip(hits, expected):
+            assert len({h["id"] for h in row}) == len(row) == 5
+            assert {h["id"] for h in row} == {h["id"] for h in ref}, precision
+            scores = {r["id"]: r["score"] for r in ref}
+            assert all(abs(scores[h["id"]] - h["score"]) < 1e-5 for h in row)
+    result = subprocess.run([sys.executable, "-m", "jaxst", "search", *queries[:1], "--index", str(out), "--model",
+                             str(folder), "--top-k", "3", "--json"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout)[0]
+    best = build_index(out).search(queries[:1], top_k=3, model=model)[0]
+    assert [h["id"] for h in printed] == [h["id"] for h in best]
+    np.testing.assert_allclose([h["score"] for h in printed], [h["score"] for h in best], atol=1e-5)
+    other = make_tiny_st(pooling_mode="cls")
+    result = subprocess.run([sys.executable, "-m", "jaxst", "search", "x", "--index", str(out), "--model", str(other)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "was embedded with the model" in result.stderr
