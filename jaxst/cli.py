@@ -310,12 +310,10 @@ def cmd_encode_corpus(args: argparse.Namespace) -> int:
         paths = corpus.expand_inputs(args.inputs)
     except corpus.CorpusError as e:
         raise CliError(str(e)) from e
-    from jaxst import SentenceTransformer
-
     try:
-        model = SentenceTransformer(args.model, dtype=args.dtype if args.dtype != "float32" else None)
+        model = load_family_model(args.model, args.family, dtype=args.dtype if args.dtype != "float32" else None)
     except Exception as e:
-        raise CliError(f"cannot load model {args.model!r}: {_one_line(e)}{_family_hint(args.model)}") from e
+        raise CliError(f"cannot load model {args.model!r}: {_one_line(e)}") from e
     try:
         summary = corpus.encode_corpus(
             model, paths, args.output, text_column=args.text_column, id_column=args.id_column,
@@ -667,6 +665,9 @@ def build_parser() -> argparse.ArgumentParser:
     corp.add_argument("-o", "--output", required=True, metavar="DIR", help="the output folder")
     corp.add_argument("--model", "-m", default=DEFAULT_MODEL,
                       help=f"Hub name or local folder of a sentence-transformers model (default: {DEFAULT_MODEL})")
+    corp.add_argument("--family", type=_family_arg, default="auto", metavar="FAMILY",
+                      help="load MODEL as SentenceTransformer (dense rows), SparseEncoder (CSR rows) or "
+                           "MultiVectorEncoder (token matrices) (default: detected from its files)")
     corp.add_argument("--text-column", default="text", help="the column holding the texts (default: text)")
     corp.add_argument("--id-column", default=None,
                       help="the column holding the ids (default: none; ids are the row numbers 0, 1, ...)")

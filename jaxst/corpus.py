@@ -305,23 +305,16 @@ def _shard_meta(path: Path) -> dict:
     return json.loads(metadata[b"jaxst"])
 
 
-def _embedding_type(pa, dtype: np.dtype, width: int):
-    value = {np.dtype(np.float32): pa.float32(), np.dtype(np.int8): pa.int8(), np.dtype(np.uint8): pa.uint8()}[dtype]
-    return pa.list_(value, width)
-
-
-def _write_shard(path: Path, ids: list, chunks: np.ndarray, spans: np.ndarray, embeddings: np.ndarray,
-                 meta: dict) -> None:
+def _write_shard(path: Path, ids: list, chunks: np.ndarray, spans: np.ndarray, columns: dict, meta: dict) -> None:
+    """One shard, atomically: ``id``, ``chunk``, ``char_start``, ``char_end`` and the family's ``columns``
+    (``_Dense.columns`` ...), with ``meta`` as the Parquet schema's ``jaxst`` metadata."""
     pa = _require_pyarrow()
     import pyarrow.parquet as pq
 
     id_array = pa.array(ids, type=pa.string() if ids and isinstance(ids[0], str) else pa.int64())
-    width = embeddings.shape[1]
-    flat = pa.array(np.ascontiguousarray(embeddings).reshape(-1))
-    column = pa.FixedSizeListArray.from_arrays(flat, width)
     table = pa.table({"id": id_array, "chunk": pa.array(np.asarray(chunks, np.int32)),
                       "char_start": pa.array(np.asarray(spans[:, 0], np.int64)),
-                      "char_end": pa.array(np.asarray(spans[:, 1], np.int64)), "embedding": column})
+                      "char_end": pa.array(np.asarray(spans[:, 1], np.int64)), **columns})
     table = table.replace_schema_metadata({b"jaxst": json.dumps(meta).encode()})
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
@@ -339,29 +332,61 @@ def read_chunks(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
 
 
-def read_shard(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """``(ids, embeddings)`` of one shard: ids as a numpy array (int64 or object strings), embeddings (n, D)."""
+def _list_parts(column) -> tuple[np.ndarray, object]:
+    """A list column's (offsets (n+1,), flat values array) with the offsets starting at 0."""
+    column = column.combine_chunks()
+    offsets = column.offsets.to_numpy()
+    return offsets - offsets[0], column.flatten()
+
+
+def read_shard(path: str | os.PathLike):
+    """``(ids, embeddings)`` of one shard; ids as a numpy array (int64 or object strings). Embeddings: dense,
+    an (n, D) array; sparse, a CSR ``{"indptr", "indices", "values", "shape"}``; multi-vector, a list of
+    (tokens_i, D) arrays."""
     _require_pyarrow()
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     table = pq.read_table(path)
-    column = table.column("embedding").combine_chunks()
-    width = column.type.list_size
-    values = column.flatten().to_numpy(zero_copy_only=False)
     ids = table.column("id").to_numpy(zero_copy_only=False)
-    return ids, values.reshape(-1, width)
+    if "indices" in table.column_names:  # sparse: CSR
+        indptr, indices = _list_parts(table.column("indices"))
+        _, values = _list_parts(table.column("values"))
+        meta = json.loads(table.schema.metadata[b"jaxst"])
+        return ids, {"indptr": indptr.astype(np.int64), "indices": indices.to_numpy().astype(np.int32),
+                     "values": values.to_numpy().astype(np.float32), "shape": (len(ids), meta["dimension"])}
+    column = table.column("embedding")
+    if pa.types.is_fixed_size_list(column.type):
+        flat = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        return ids, flat.reshape(-1, column.type.list_size)
+    offsets, tokens = _list_parts(column)  # multi-vector: a list of token vectors per row
+    width = tokens.type.list_size
+    matrix = tokens.flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
+    return ids, [matrix[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
 
 
-def read_corpus(output: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """``(ids, embeddings)`` of a finished corpus job, every shard in order (for tests and small corpora; a
-    large one is read shard by shard with ``read_shard``)."""
+def _concat(parts: list):
+    if isinstance(parts[0], np.ndarray):
+        return np.concatenate(parts)
+    if isinstance(parts[0], list):
+        return [m for part in parts for m in part]
+    shift = np.cumsum([0] + [p["indptr"][-1] for p in parts[:-1]])
+    return {"indptr": np.concatenate([parts[0]["indptr"][:1]] + [p["indptr"][1:] + s for p, s in zip(parts, shift)]),
+            "indices": np.concatenate([p["indices"] for p in parts]),
+            "values": np.concatenate([p["values"] for p in parts]),
+            "shape": (sum(p["shape"][0] for p in parts), parts[0]["shape"][1])}
+
+
+def read_corpus(output: str | os.PathLike):
+    """``(ids, embeddings)`` of a finished corpus job, every shard in order (``read_shard``'s forms; for tests
+    and small corpora: a large one is read shard by shard with ``read_shard``)."""
     manifest = read_manifest(output)
     if not manifest.get("complete"):
         raise CorpusError(f"{output}: the corpus job has not finished (the manifest lists no complete run)")
     parts = [read_shard(Path(output) / s["file"]) for s in manifest["shards"]]
     if not parts:
         return np.zeros(0, np.int64), np.zeros((0, manifest["settings"]["dimension"]), np.float32)
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    return np.concatenate([p[0] for p in parts]), _concat([p[1] for p in parts])
 
 
 def build_index(output: str | os.PathLike, precision: str = "float32", similarity: str = "cosine", ranges=None,
@@ -376,6 +401,8 @@ def build_index(output: str | os.PathLike, precision: str = "float32", similarit
     if not manifest.get("complete"):
         raise CorpusError(f"{output}: the corpus job has not finished; run it to the end first")
     settings = manifest["settings"]
+    if settings["family"] != "SentenceTransformer":
+        raise CorpusError(f"{output} holds {settings['family']} embeddings; build_index indexes dense ones")
     if settings["precision"] != "float32":
         raise CorpusError(f"{output} holds {settings['precision']} embeddings; an index is built from float32 "
                           "shards (it quantizes them itself: pass precision= here)")
@@ -512,11 +539,124 @@ def late_chunks(model, texts: list[str], size: int, overlap: int, prompt: str | 
 # ------------------------------------------------------------------------------------------ the job
 
 
+class _Output:
+    """How one family's model embeds a shard's texts and how its rows become Parquet columns; a family's
+    options (``encode``'s ``prompt``, batch size, ``truncate_dim``, normalization) are fixed at the start."""
+
+    def __init__(self, model, prompt, batch_size, truncate_dim, normalize):
+        self.model, self.prompt, self.batch_size = model, prompt, batch_size
+        self.truncate_dim, self.normalize = truncate_dim, normalize
+
+    def dimension(self) -> int:
+        full = self.model._embedding_dim
+        return full if self.truncate_dim is None else min(self.truncate_dim, full)
+
+    def check(self, precision) -> None:
+        """Refuse options that this family's output does not take."""
+
+    def finish(self, rows):
+        """Rows as written (after any pooling of raw chunk vectors)."""
+        return rows
+
+    def token_count(self, texts: list[str]) -> int:
+        prompt = self.prompt
+        return sum(len(e.ids) for e in self.model.tokenizer.encode_ids([prompt + t for t in texts] if prompt
+                                                                         else texts))
+
+
+class _Dense(_Output):
+    """A SentenceTransformer's rows: an (n, D) float32 matrix, in an ``embedding`` column of fixed-size lists
+    (float32, or the quantized precision's int8/uint8)."""
+
+    def embed(self, texts: list[str]) -> tuple[np.ndarray, int]:
+        """Raw (untruncated, unnormalized) embeddings of ``texts`` and their token count: tokenized once, the
+        encodings run by the engine (``encode_tokenized``)."""
+        prompt = self.prompt
+        encodings = self.model.tokenizer.encode_ids([prompt + t for t in texts] if prompt else texts)
+        tokens = sum(len(e.ids) for e in encodings)
+        return self.model.encode_tokenized(encodings, prompt=prompt, batch_size=self.batch_size), tokens
+
+    def finish(self, rows):
+        return self.model._postprocess(rows, self.truncate_dim, self.normalize)
+
+    @staticmethod
+    def columns(rows: np.ndarray) -> dict:
+        import pyarrow as pa
+
+        flat = pa.array(np.ascontiguousarray(rows).reshape(-1))
+        return {"embedding": pa.FixedSizeListArray.from_arrays(flat, rows.shape[1])}
+
+
+class _Sparse(_Output):
+    """A SparseEncoder's rows (its "document" route): per text the active (index, value) pairs, in ``indices``
+    and ``values`` list columns (a CSR matrix per shard: the lists' offsets are its row pointers)."""
+
+    def dimension(self):
+        return self.model.get_embedding_dimension()
+
+    def check(self, precision) -> None:
+        if precision != "float32" or self.normalize or self.truncate_dim is not None:
+            raise CorpusError("a SparseEncoder's corpus is written as float32 (index, value) pairs: precision, "
+                              "normalize_embeddings and truncate_dim do not apply")
+
+    def embed(self, texts: list[str]) -> tuple[list, int]:
+        from jaxst.sparse import stored_rows
+
+        values, indices, dim = stored_rows(self.model.encode(texts, prompt=self.prompt, batch_size=self.batch_size,
+                                                             task="document"))
+        values, indices = np.asarray(values, np.float32), np.asarray(indices, np.int64)
+        rows = []
+        for v, i in zip(values, indices):
+            keep = (i < dim) & (v != 0)
+            order = np.argsort(i[keep], kind="stable")
+            rows.append((i[keep][order].astype(np.int32), v[keep][order]))
+        return rows, self.token_count(texts)
+
+    @staticmethod
+    def columns(rows: list) -> dict:
+        import pyarrow as pa
+
+        offsets = pa.array(np.concatenate([[0], np.cumsum([len(i) for i, _ in rows])]).astype(np.int32))
+        flat_i = np.concatenate([i for i, _ in rows]) if rows else np.zeros(0, np.int32)
+        flat_v = np.concatenate([v for _, v in rows]) if rows else np.zeros(0, np.float32)
+        return {"indices": pa.ListArray.from_arrays(offsets, pa.array(flat_i, pa.int32())),
+                "values": pa.ListArray.from_arrays(offsets, pa.array(flat_v, pa.float32()))}
+
+
+class _MultiVector(_Output):
+    """A MultiVectorEncoder's rows (documents): per text its (tokens, D) matrix, in an ``embedding`` column of
+    lists of fixed-size vectors (the lists' offsets say where each text's tokens start)."""
+
+    def check(self, precision) -> None:
+        if precision != "float32":
+            raise CorpusError("a MultiVectorEncoder's corpus is written as float32 token vectors; precision "
+                              f"{precision!r} does not apply")
+
+    def embed(self, texts: list[str]) -> tuple[list, int]:
+        """Each text's token matrix, truncated and normalized by ``encode`` itself (as a document)."""
+        rows = self.model.encode(texts, prompt=self.prompt, batch_size=self.batch_size, task="document",
+                                 convert_to_numpy=True, truncate_dim=self.truncate_dim,
+                                 normalize_embeddings=self.normalize)
+        return rows, self.token_count(texts)
+
+    @staticmethod
+    def columns(rows: list) -> dict:
+        import pyarrow as pa
+
+        width = rows[0].shape[1] if rows else 0
+        offsets = pa.array(np.concatenate([[0], np.cumsum([len(m) for m in rows])]).astype(np.int32))
+        flat = np.concatenate([np.asarray(m, np.float32) for m in rows]).reshape(-1) if rows else np.zeros(0)
+        vectors = pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), width)
+        return {"embedding": pa.ListArray.from_arrays(offsets, vectors)}
+
+
+FAMILY_OUTPUTS = {"SentenceTransformer": _Dense, "SparseEncoder": _Sparse, "MultiVectorEncoder": _MultiVector}
+
+
 def _family(model) -> str:
     name = type(model).__name__
-    if name != "SentenceTransformer":
-        raise CorpusError(f"the corpus job embeds with a SentenceTransformer (dense embeddings); {name} outputs "
-                          "are not written by it yet")
+    if name not in FAMILY_OUTPUTS:
+        raise CorpusError(f"the corpus job embeds with a {', '.join(FAMILY_OUTPUTS)}, not a {name}")
     return name
 
 
@@ -599,12 +739,14 @@ def encode_corpus(model, inputs, output: str | os.PathLike, *, text_column: str 
     output.mkdir(parents=True, exist_ok=True)
 
     if truncate_dim is None:
-        truncate_dim = model.truncate_dim
+        truncate_dim = getattr(model, "truncate_dim", None)
     prompt = model._resolve_prompt(prompt, prompt_name)
+    kind = FAMILY_OUTPUTS[family](model, prompt, batch_size, truncate_dim, bool(normalize_embeddings))
+    kind.check(precision)
+    if family != "SentenceTransformer" and (chunk_pooling is not None or late_chunking):
+        raise CorpusError(f"chunk_pooling and late_chunking pool dense vectors; a {family} writes a row per chunk")
     _check_chunking(model, chunk_tokens, chunk_overlap, chunk_pooling, late_chunking, prompt)
-    dimension = model._embedding_dim
-    if truncate_dim is not None:
-        dimension = min(truncate_dim, dimension)
+    dimension = kind.dimension()
     settings = Settings(
         model=model_name or str(getattr(model, "model_folder", "")),
         model_fingerprint=model_fingerprint(getattr(model, "model_folder", None)),
@@ -614,12 +756,6 @@ def encode_corpus(model, inputs, output: str | os.PathLike, *, text_column: str 
         chunk_pooling=chunk_pooling, late_chunking=bool(late_chunking),
     ).as_dict()
     facts = _input_facts(paths)
-
-    def embed(texts: list[str]) -> tuple[np.ndarray, int]:
-        """Raw (untruncated, unnormalized) embeddings of ``texts`` and their token count."""
-        encodings = model.tokenizer.encode_ids([prompt + t for t in texts] if prompt else texts)
-        tokens = sum(len(e.ids) for e in encodings)
-        return model.encode_tokenized(encodings, prompt=prompt, batch_size=batch_size), tokens
 
     def embed_rows(texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         """``(owner row, chunk index, (start, end) spans, embeddings)`` and the token count: a row per text, or
@@ -636,7 +772,7 @@ def encode_corpus(model, inputs, output: str | os.PathLike, *, text_column: str 
             spans = np.asarray([span for w in windows for span in w], np.int64).reshape(-1, 2)
         if not late_chunking:
             pieces = texts if chunk_tokens is None else [texts[o][a:b] for o, (a, b) in zip(owners, spans)]
-            emb, tokens = embed(pieces)
+            emb, tokens = kind.embed(pieces)
         counts = np.bincount(owners, minlength=len(texts))
         chunks = np.arange(len(owners)) - np.repeat(np.cumsum(counts) - counts, counts)
         if chunk_pooling == "mean":
@@ -645,7 +781,7 @@ def encode_corpus(model, inputs, output: str | os.PathLike, *, text_column: str 
             emb = (pooled / counts[:, None]).astype(np.float32)
             owners, chunks = np.arange(len(texts)), np.zeros(len(texts), np.int64)
             spans = np.asarray([(0, len(t)) for t in texts], np.int64).reshape(-1, 2)
-        return owners, chunks, spans, model._postprocess(emb, truncate_dim, normalize_embeddings), tokens
+        return owners, chunks, spans, kind.finish(emb), tokens
 
     manifest_path = output / MANIFEST
     if manifest_path.exists():
@@ -697,8 +833,8 @@ def encode_corpus(model, inputs, output: str | os.PathLike, *, text_column: str 
             if precision != "float32":
                 emb = quantize_embeddings(emb, precision, ranges=ranges)
             meta = {"shard": index, "first_row": index * shard_size, "rows": len(chunk), "chunks": len(owners),
-                    "tokens": tokens, "rows_sha256": digest}
-            _write_shard(path, [ids[o] for o in owners], chunks, spans, emb, meta)
+                    "tokens": tokens, "dimension": dimension, "rows_sha256": digest}
+            _write_shard(path, [ids[o] for o in owners], chunks, spans, kind.columns(emb), meta)
             progress.done(len(chunk), len(owners), tokens)
             progress.shards_written += 1
     finally:

@@ -237,12 +237,12 @@ MEMORY_WORKER = textwrap.dedent("""
 
     folder, source, out = sys.argv[1:4]
     model = SentenceTransformer(folder)
-    model.encode(["warm up"] * 64)
+    model.encode(["warm up"] * 256, batch_size=256)
     def rss():
         with open("/proc/self/status") as f:
             return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) * 1024
     start = rss()
-    summary = encode_corpus(model, source, out, shard_size=2000, batch_size=64, show_progress_bar=False)
+    summary = encode_corpus(model, source, out, shard_size=2000, batch_size=256, show_progress_bar=False)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps({"start": start, "peak": peak, "texts": summary["texts"]}))
 """)
@@ -393,3 +393,62 @@ def test_an_index_from_the_shards_and_search_index(folder, model, make_tiny_st, 
     result = subprocess.run([sys.executable, "-m", "jaxst", "search", "x", "--index", str(out), "--model", str(other)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "was embedded with the model" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def splade_folder(tmp_path_factory, minilm_folder):
+    from conftest import save_tiny_splade
+
+    def perturb(key, p):  # a few dozen active dimensions per text, as a trained SPLADE has
+        if key == "cls.predictions.bias":
+            p.normal_(-3.0, 0.5)
+        elif key.endswith(".bias"):
+            p.normal_(0.0, 0.2)
+
+    return save_tiny_splade(tmp_path_factory, minilm_folder, "corpus-splade", perturb)
+
+
+@pytest.fixture(scope="module")
+def colbert_folder(tiny_backbone, tmp_path_factory):
+    from conftest import build_late_interaction
+
+    folder = tmp_path_factory.mktemp("corpus-colbert")
+    build_late_interaction(tiny_backbone, folder)
+    return folder
+
+
+def test_sparse_and_multi_vector_corpora_equal_encode(splade_folder, colbert_folder, texts, jsonl, tmp_path):
+    """A SparseEncoder's shards are CSR matrices (``indices`` / ``values`` lists) equal to ``encode``'s active
+    dimensions (each shard's texts encoded together); a MultiVectorEncoder's hold each document's token matrix,
+    equal to ``encode`` (as documents) within 1e-6; the CLI detects the family from the model's files."""
+    from jaxst import MultiVectorEncoder, SparseEncoder
+    from jaxst.sparse import to_dense
+
+    sparse = SparseEncoder(str(splade_folder))
+    few = texts[:600]
+    source = write_jsonl(tmp_path / "few.jsonl", few)
+    summary = encode_corpus(sparse, source, tmp_path / "sparse", shard_size=250, show_progress_bar=False)
+    assert summary["complete"] and summary["shards"] == 3
+    ids, csr = read_corpus(tmp_path / "sparse")
+    # encoded shard by shard as the job does (the same batches: whole-corpus batches differ in the last bits)
+    expected = np.concatenate([np.asarray(to_dense(sparse.encode(few[i : i + 250], task="document")))
+                               for i in range(0, len(few), 250)])
+    got = np.zeros(csr["shape"], np.float32)
+    rows = np.repeat(np.arange(csr["shape"][0]), np.diff(csr["indptr"]))
+    got[rows, csr["indices"]] = csr["values"]
+    assert list(ids) == list(range(len(few))) and 5 < np.diff(csr["indptr"]).mean() < csr["shape"][1] / 4
+    np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)
+    with pytest.raises(CorpusError, match="precision, normalize_embeddings and truncate_dim do not apply"):
+        encode_corpus(sparse, source, tmp_path / "refused", precision="int8", show_progress_bar=False)
+
+    colbert = MultiVectorEncoder(str(colbert_folder))
+    few = few[:300]
+    source = write_jsonl(tmp_path / "fewer.jsonl", few)
+    result = cli(source, "-o", tmp_path / "mv", "--model", colbert_folder, "--shard-size", 128, "--quiet")
+    assert result.returncode == 0, result.stderr
+    ids, matrices = read_corpus(tmp_path / "mv")
+    expected = [m for i in range(0, len(few), 128)
+                for m in colbert.encode(few[i : i + 128], task="document", convert_to_numpy=True)]
+    assert list(ids) == list(range(len(few))) and len(matrices) == len(expected)
+    assert [m.shape for m in matrices] == [e.shape for e in expected]
+    np.testing.assert_allclose(np.concatenate(matrices), np.concatenate(expected), atol=1e-6, rtol=0)
