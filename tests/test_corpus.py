@@ -422,33 +422,35 @@ def test_sparse_and_multi_vector_corpora_equal_encode(splade_folder, colbert_fol
     dimensions (each shard's texts encoded together); a MultiVectorEncoder's hold each document's token matrix,
     equal to ``encode`` (as documents) within 1e-6; the CLI detects the family from the model's files."""
     from jaxst import MultiVectorEncoder, SparseEncoder
-    from jaxst.sparse import to_dense
+    from jaxst.sparse import stored_rows
 
     sparse = SparseEncoder(str(splade_folder))
-    few = texts[:600]
-    source = write_jsonl(tmp_path / "few.jsonl", few)
-    summary = encode_corpus(sparse, source, tmp_path / "sparse", shard_size=250, show_progress_bar=False)
+    summary = encode_corpus(sparse, jsonl, tmp_path / "sparse", shard_size=700, show_progress_bar=False)
     assert summary["complete"] and summary["shards"] == 3
     ids, csr = read_corpus(tmp_path / "sparse")
+    assert list(ids) == list(range(N)) and csr["shape"] == (N, sparse.get_embedding_dimension())
+    assert 5 < np.diff(csr["indptr"]).mean() < csr["shape"][1] / 4
     # encoded shard by shard as the job does (the same batches: whole-corpus batches differ in the last bits)
-    expected = np.concatenate([np.asarray(to_dense(sparse.encode(few[i : i + 250], task="document")))
-                               for i in range(0, len(few), 250)])
-    got = np.zeros(csr["shape"], np.float32)
-    rows = np.repeat(np.arange(csr["shape"][0]), np.diff(csr["indptr"]))
-    got[rows, csr["indices"]] = csr["values"]
-    assert list(ids) == list(range(len(few))) and 5 < np.diff(csr["indptr"]).mean() < csr["shape"][1] / 4
-    np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)
+    row = 0
+    for start in range(0, N, 700):
+        values, indices, dim = stored_rows(sparse.encode(texts[start : start + 700], task="document"))
+        for v, i in zip(np.asarray(values), np.asarray(indices)):
+            keep = (i < dim) & (v != 0)
+            a, b = csr["indptr"][row], csr["indptr"][row + 1]
+            order = np.argsort(i[keep])
+            assert csr["indices"][a:b].tolist() == i[keep][order].tolist(), row
+            np.testing.assert_allclose(csr["values"][a:b], v[keep][order], atol=1e-6, rtol=0)
+            row += 1
+    assert row == N
     with pytest.raises(CorpusError, match="precision, normalize_embeddings and truncate_dim do not apply"):
-        encode_corpus(sparse, source, tmp_path / "refused", precision="int8", show_progress_bar=False)
+        encode_corpus(sparse, jsonl, tmp_path / "refused", precision="int8", show_progress_bar=False)
 
     colbert = MultiVectorEncoder(str(colbert_folder))
-    few = few[:300]
-    source = write_jsonl(tmp_path / "fewer.jsonl", few)
-    result = cli(source, "-o", tmp_path / "mv", "--model", colbert_folder, "--shard-size", 128, "--quiet")
+    result = cli(jsonl, "-o", tmp_path / "mv", "--model", colbert_folder, "--shard-size", 700, "--quiet")
     assert result.returncode == 0, result.stderr
     ids, matrices = read_corpus(tmp_path / "mv")
-    expected = [m for i in range(0, len(few), 128)
-                for m in colbert.encode(few[i : i + 128], task="document", convert_to_numpy=True)]
-    assert list(ids) == list(range(len(few))) and len(matrices) == len(expected)
+    expected = [m for i in range(0, N, 700)
+                for m in colbert.encode(texts[i : i + 700], task="document", convert_to_numpy=True)]
+    assert list(ids) == list(range(N)) and len(matrices) == len(expected)
     assert [m.shape for m in matrices] == [e.shape for e in expected]
     np.testing.assert_allclose(np.concatenate(matrices), np.concatenate(expected), atol=1e-6, rtol=0)
