@@ -26,7 +26,8 @@ LAYERS = [
     # one encode engine under every family: chunks, length buckets, the token cap, placement, read-back
     ("engine", {"parallel", "engine"}),
     ("base and facades", {"base", "sentence_transformer", "cross_encoder", "sparse_encoder",
-                          "multi_vector_encoder", "index", "hard_negatives", "util", "cli", "serve", "__main__"}),
+                          "multi_vector_encoder", "index", "hard_negatives", "util", "cli", "serve", "corpus",
+                          "__main__"}),
     # evaluators and their statistics (the SparseEncoder's over the dense ones): over the families' encode, below
     # training
     ("evaluation", {"evaluation", "sparse_evaluation", "multi_vector_evaluation"}),
