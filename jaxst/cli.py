@@ -429,13 +429,18 @@ def cmd_search(args: argparse.Namespace) -> int:
         ]
         print(json.dumps(out, indent=2, ensure_ascii=False))
         return 0
-    for i, (query, query_hits) in enumerate(zip(args.queries, hits, strict=True)):
+    _print_hits(args.queries, hits, lambda h: texts[h["corpus_id"]])
+    return 0
+
+
+def _print_hits(queries, hits, label) -> None:
+    """Each query and its hits, one ``score  label(hit)`` line each, a blank line between queries."""
+    for i, (query, query_hits) in enumerate(zip(queries, hits, strict=True)):
         if i:
             print()
         print(f"Query: {query}")
         for h in query_hits:
-            print(f"  {h['score']:.4f}  {texts[h['corpus_id']]}")
-    return 0
+            print(f"  {h['score']:.4f}  {label(h)}")
 
 
 def _search_index(args: argparse.Namespace) -> int:
@@ -461,12 +466,7 @@ def _search_index(args: argparse.Namespace) -> int:
                             **({"text": h["text"]} if "text" in h else {})} for h in row] for row in hits],
                          indent=2, ensure_ascii=False))
         return 0
-    for i, (query, row) in enumerate(zip(args.queries, hits, strict=True)):
-        if i:
-            print()
-        print(f"Query: {query}")
-        for h in row:
-            print(f"  {h['score']:.4f}  {h.get('text', h.get('id', h['corpus_id']))}")
+    _print_hits(args.queries, hits, lambda h: h.get("text", h.get("id", h["corpus_id"])))
     return 0
 
 

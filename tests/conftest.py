@@ -698,6 +698,15 @@ def save_tiny_bert(folder: Path, minilm_folder: Path, model_cls, perturb=None, *
     return folder
 
 
+def active_splade_perturb(key, p) -> None:
+    """A ``save_tiny_splade`` perturbation that leaves a few dozen active dimensions per text, as a trained
+    SPLADE has (a random MLM head's bias would make most of the vocabulary active)."""
+    if key == "cls.predictions.bias":
+        p.normal_(-3.0, 0.5)
+    elif key.endswith(".bias"):
+        p.normal_(0.0, 0.2)
+
+
 def save_tiny_splade(tmp_path_factory, minilm_folder: Path, name: str, perturb=None) -> Path:
     """A SPLADE SparseEncoder (max pooling, relu) over a seeded tiny BertForMaskedLM (``perturb`` as in
     ``save_tiny_bert``), saved by sentence-transformers to a new folder; returns it."""
@@ -747,3 +756,18 @@ def build_late_interaction(backbone, folder, *, expansion=None, query_length=Non
                                   device="cpu", prompts=prompts, similarity_fn_name=similarity_fn_name)
         st.save(str(folder))
         return STMultiVectorEncoder(str(folder), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def splade_folder(tmp_path_factory, minilm_folder):
+    """A seeded SPLADE model (BertForMaskedLM + SpladePooling) saved by sentence-transformers, with a few dozen
+    active dimensions per text."""
+    return save_tiny_splade(tmp_path_factory, minilm_folder, "tiny-splade", active_splade_perturb)
+
+
+@pytest.fixture(scope="session")
+def colbert_folder(tiny_backbone, tmp_path_factory):
+    """A late-interaction (PyLate ColBERT) model over the tiny backbone, saved as a folder."""
+    folder = tmp_path_factory.mktemp("tiny-colbert")
+    build_late_interaction(tiny_backbone, folder)
+    return folder

@@ -20,7 +20,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, TEXTS, build_late_interaction, max_abs, save_tiny_splade
+from conftest import ROOT, TEXTS, max_abs
 
 from jaxst import cli
 from jaxst.io.family import FAMILIES, detect_family, folder_family, modules_family
@@ -43,25 +43,6 @@ def st_folder(make_tiny_st):
 @pytest.fixture(scope="module")
 def ce_folder(make_tiny_cross_encoder):
     return make_tiny_cross_encoder(arch="bert", num_labels=1, activation=torch.nn.Tanh())
-
-
-@pytest.fixture(scope="module")
-def splade_folder(tmp_path_factory, minilm_folder):
-    """A seeded SPLADE model (BertForMaskedLM + SpladePooling) saved by sentence-transformers."""
-    def perturb(key, p):
-        if key == "cls.predictions.bias":
-            p.normal_(-3.0, 0.5)
-        elif key.endswith(".bias"):
-            p.normal_(0.0, 0.2)
-
-    return save_tiny_splade(tmp_path_factory, minilm_folder, "convert-splade", perturb)
-
-
-@pytest.fixture(scope="module")
-def colbert_folder(tiny_backbone, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("convert-colbert")
-    build_late_interaction(tiny_backbone, folder)
-    return folder
 
 
 def oracle(folder, family: str):

@@ -395,28 +395,6 @@ def test_an_index_from_the_shards_and_search_index(folder, model, make_tiny_st, 
     assert result.returncode == 2 and "was embedded with the model" in result.stderr
 
 
-@pytest.fixture(scope="module")
-def splade_folder(tmp_path_factory, minilm_folder):
-    from conftest import save_tiny_splade
-
-    def perturb(key, p):  # a few dozen active dimensions per text, as a trained SPLADE has
-        if key == "cls.predictions.bias":
-            p.normal_(-3.0, 0.5)
-        elif key.endswith(".bias"):
-            p.normal_(0.0, 0.2)
-
-    return save_tiny_splade(tmp_path_factory, minilm_folder, "corpus-splade", perturb)
-
-
-@pytest.fixture(scope="module")
-def colbert_folder(tiny_backbone, tmp_path_factory):
-    from conftest import build_late_interaction
-
-    folder = tmp_path_factory.mktemp("corpus-colbert")
-    build_late_interaction(tiny_backbone, folder)
-    return folder
-
-
 def test_sparse_and_multi_vector_corpora_equal_encode(splade_folder, colbert_folder, texts, jsonl, tmp_path):
     """A SparseEncoder's shards are CSR matrices (``indices`` / ``values`` lists) equal to ``encode``'s active
     dimensions (each shard's texts encoded together); a MultiVectorEncoder's hold each document's token matrix,
