@@ -36,7 +36,6 @@ from __future__ import annotations
 import csv
 import glob
 import hashlib
-import io
 import itertools
 import json
 import os
@@ -316,10 +315,8 @@ def _write_shard(path: Path, ids: list, chunks: np.ndarray, spans: np.ndarray, c
                       "char_start": pa.array(np.asarray(spans[:, 0], np.int64)),
                       "char_end": pa.array(np.asarray(spans[:, 1], np.int64)), **columns})
     table = table.replace_schema_metadata({b"jaxst": json.dumps(meta).encode()})
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
     with AtomicFile(path) as f:
-        f.file.write(buffer.getvalue())
+        pq.write_table(table, f.file)
         f.commit()
 
 
@@ -464,6 +461,11 @@ def token_windows(offsets: list[tuple[int, int]], length: int, size: int, overla
         start += size - overlap
 
 
+def _content_window(model, prompt: str | None) -> int:
+    """Tokens of text one forward reads: ``max_seq_length`` less the special tokens and the prompt's."""
+    return model.max_seq_length - len(model.tokenizer.encode_ids([prompt or ""])[0].ids)
+
+
 def _check_chunking(model, chunk_tokens, chunk_overlap, chunk_pooling, late_chunking, prompt: str | None) -> None:
     if chunk_tokens is None:
         if chunk_overlap or chunk_pooling is not None or late_chunking:
@@ -482,12 +484,11 @@ def _check_chunking(model, chunk_tokens, chunk_overlap, chunk_pooling, late_chun
             raise CorpusError(f"late chunking pools the Transformer's token states ({width} wide), but this model's "
                               f"sentence embeddings ({model._embedding_dim} wide) pass through modules after "
                               "pooling; use chunk_tokens without late_chunking")
-    special = len(model.tokenizer.encode_ids([prompt or ""])[0].ids)
-    window = model.max_seq_length - special
+    window = _content_window(model, prompt)
     if chunk_tokens > window:
         raise CorpusError(f"chunk_tokens {chunk_tokens} is more than the model's window: max_seq_length "
-                          f"{model.max_seq_length} less {special} special{' and prompt' if prompt else ''} "
-                          f"tokens = {window}")
+                          f"{model.max_seq_length} less {model.max_seq_length - window} special"
+                          f"{' and prompt' if prompt else ''} tokens = {window}")
 
 
 def late_chunks(model, texts: list[str], size: int, overlap: int, prompt: str | None, batch_size: int
@@ -498,7 +499,7 @@ def late_chunks(model, texts: list[str], size: int, overlap: int, prompt: str | 
     overlapping by ``overlap``, and a chunk's vector is the mean of its tokens' states (the token embeddings the
     Transformer outputs)."""
     lead = len(prompt or "")
-    window = model.max_seq_length - len(model.tokenizer.encode_ids([prompt or ""])[0].ids)
+    window = _content_window(model, prompt)
     pieces, piece_owner, piece_start = [], [], []
     for i, (text, e) in enumerate(zip(texts, model.tokenizer.encode_spans(texts))):
         for a, b in token_windows(e.offsets, len(text), window, 0):
@@ -692,15 +693,12 @@ def _total_rows(paths: list[Path]) -> int | None:
     total = 0
     for path in paths:
         if path.is_dir():
-            state = json.loads((path / "state.json").read_text()) if (path / "state.json").exists() else {}
-            import pyarrow as pa
+            import datasets
 
-            files = [path / f["filename"] for f in state.get("_data_files", [])]
-            if not files:
+            rows = datasets.load_from_disk(str(path)).num_rows
+            if not isinstance(rows, int):  # a DatasetDict: reading it refuses it with the reason
                 return None
-            for file in files:
-                with pa.memory_map(str(file)) as source:
-                    total += pa.ipc.open_stream(source).read_all().num_rows
+            total += rows
             continue
         kind = FORMATS[path.suffix.lower()]
         if kind == "parquet":
