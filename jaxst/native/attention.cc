@@ -17,8 +17,8 @@
 // multiplies by the values, so scores never leave the cache. Keys outside a causal or sliding window
 // are not visited at all, which makes local layers O(T x window).
 //
-// Vectors are GCC/Clang vector extensions of 16 floats: one AVX-512 register where the build enables
-// it, two AVX2 or four SSE registers otherwise, with the same arithmetic. exp is a Cephes-style
+// Vectors are GCC/Clang vector extensions as wide as one register of the build (16 floats with AVX-512,
+// 8 with AVX2, 4 otherwise), with the same arithmetic. exp is a Cephes-style
 // polynomial (relative error ~2e-7). Work is shared with XLA's intra-op thread pool; the calling thread
 // takes items too, so the call finishes even if no pool thread runs.
 
@@ -39,67 +39,76 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-typedef float v16 __attribute__((vector_size(64)));
-typedef int32_t i16 __attribute__((vector_size(64)));
-
-constexpr int kLanes = 16;
+// One vector is one register of the widest kind the build enables: 16 floats (AVX-512), 8 (AVX2) or 4
+// (SSE). Wider-than-register vector types would be split by the compiler, and GCC's split of 16-float
+// vectors on AVX2 spills its accumulators to the stack (the kernel ran at a third of XLA's speed there).
 #if defined(__AVX512F__)
-constexpr int kTile = 8;        // query rows whose score accumulators stay in registers (32 zmm):
-constexpr int kKeyVectors = 2;  // 8 rows x 32 keys
+constexpr int kLanes = 16;
+constexpr int kTile = 8;          // query rows whose score accumulators stay in registers (32 zmm):
+constexpr int kKeyVectors = 2;    // 8 rows x 32 keys
+constexpr int kValueVectors = 4;  // output vectors per value tile: 4 rows x 4 accumulators
 #else
-constexpr int kTile = 4;  // 4 rows x 16 keys (16 ymm)
-constexpr int kKeyVectors = 1;
+#if defined(__AVX2__)
+constexpr int kLanes = 8;
+#else
+constexpr int kLanes = 4;
+#endif
+constexpr int kTile = 4;  // 4 rows x 2 key vectors (8 of the 16 ymm / xmm registers)
+constexpr int kKeyVectors = 2;
+constexpr int kValueVectors = 2;  // 4 rows x 2 accumulators
 #endif
 constexpr int64_t kBlock = 64;  // query rows per work item
 
-inline v16 Load(const float* p) {
-  v16 x;
+typedef float vf __attribute__((vector_size(4 * kLanes)));
+typedef int32_t vi __attribute__((vector_size(4 * kLanes)));
+
+inline vf Load(const float* p) {
+  vf x;
   std::memcpy(&x, p, sizeof(x));
   return x;
 }
-inline void Store(float* p, v16 x) { std::memcpy(p, &x, sizeof(x)); }
-inline v16 Splat(float x) { return v16{} + x; }
-constexpr i16 kLane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+inline void Store(float* p, vf x) { std::memcpy(p, &x, sizeof(x)); }
+inline vf Splat(float x) { return vf{} + x; }
+inline vi LaneIndex() {
+  vi x;
+  for (int i = 0; i < kLanes; ++i) x[i] = i;
+  return x;
+}
+static const vi kLane = LaneIndex();
 
-// Sum / max of the 16 lanes as a tree of halves (4 dependent steps, not 15).
-typedef float v8 __attribute__((vector_size(32)));
-typedef float v4 __attribute__((vector_size(16)));
+// Sum / max of the lanes as a tree of halves (log2 dependent steps, not kLanes - 1).
 template <typename Op>
-inline float Reduce(v16 x, Op op) {
-  v8 a, b;
-  std::memcpy(&a, &x, sizeof(a));
-  std::memcpy(&b, reinterpret_cast<const char*>(&x) + sizeof(a), sizeof(b));
-  a = op(a, b);
-  v4 c, e;
-  std::memcpy(&c, &a, sizeof(c));
-  std::memcpy(&e, reinterpret_cast<const char*>(&a) + sizeof(c), sizeof(e));
-  c = op(c, e);
-  return op(op(c[0], c[1]), op(c[2], c[3]));
+inline float Reduce(vf x, Op op) {
+  float a[kLanes];
+  std::memcpy(a, &x, sizeof(a));
+  for (int w = kLanes / 2; w >= 4; w /= 2)
+    for (int i = 0; i < w; ++i) a[i] = op(a[i], a[i + w]);
+  return op(op(a[0], a[1]), op(a[2], a[3]));
 }
-inline float HSum(v16 x) {
-  return Reduce(x, [](auto a, auto b) { return a + b; });
+inline float HSum(vf x) {
+  return Reduce(x, [](float a, float b) { return a + b; });
 }
-inline float HMax(v16 x) {
-  return Reduce(x, [](auto a, auto b) { return a > b ? a : b; });
+inline float HMax(vf x) {
+  return Reduce(x, [](float a, float b) { return a > b ? a : b; });
 }
 
 // e^x for x <= 0 (softmax arguments), Cephes expf: x = n ln2 + r, |r| <= ln2 / 2, degree-6 polynomial.
-inline v16 Exp(v16 x) {
+inline vf Exp(vf x) {
   x = x < Splat(-87.0f) ? Splat(-87.0f) : x;
-  const v16 t = x * Splat(1.44269504088896341f) + Splat(0.5f);
-  i16 n = __builtin_convertvector(t, i16);
-  n -= (t < __builtin_convertvector(n, v16)) ? i16{} + 1 : i16{};  // floor
-  const v16 nf = __builtin_convertvector(n, v16);
-  const v16 r = x - nf * Splat(0.693359375f) - nf * Splat(-2.12194440e-4f);
-  v16 p = Splat(1.9875691500e-4f);
+  const vf t = x * Splat(1.44269504088896341f) + Splat(0.5f);
+  vi n = __builtin_convertvector(t, vi);
+  n -= (t < __builtin_convertvector(n, vf)) ? vi{} + 1 : vi{};  // floor
+  const vf nf = __builtin_convertvector(n, vf);
+  const vf r = x - nf * Splat(0.693359375f) - nf * Splat(-2.12194440e-4f);
+  vf p = Splat(1.9875691500e-4f);
   p = p * r + Splat(1.3981999507e-3f);
   p = p * r + Splat(8.3334519073e-3f);
   p = p * r + Splat(4.1665795894e-2f);
   p = p * r + Splat(1.6666665459e-1f);
   p = p * r + Splat(5.0000001201e-1f);
   p = p * r * r + r + Splat(1.0f);
-  const i16 scale = (n + 127) << 23;
-  v16 two_n;
+  const vi scale = (n + 127) << 23;
+  vf two_n;
   std::memcpy(&two_n, &scale, sizeof(two_n));
   return p * two_n;
 }
@@ -125,21 +134,21 @@ struct Job {
   int64_t items_left = 0;
 };
 
-// scores[r][0 .. 16 NK) = scale * q[r] . keys of NK panels, for rows r < rows (kTile x NK accumulators).
+// scores[r][0 .. kLanes NK) = scale * q[r] . keys of NK panels, for rows r < rows (kTile x NK accumulators).
 // kFull: rows == kTile, no per-row checks in the inner loop.
 template <int NK, bool kFull>
 inline void ScoreTile(const float* q, int64_t q_ld, int64_t d, int rows, const float* panels, float scale,
                       float* scores, int64_t stride) {
-  v16 acc[kTile][NK];
+  vf acc[kTile][NK];
   for (int r = 0; r < kTile; ++r)
-    for (int m = 0; m < NK; ++m) acc[r][m] = v16{};
+    for (int m = 0; m < NK; ++m) acc[r][m] = vf{};
   for (int64_t c = 0; c < d; ++c) {
-    v16 key[NK];
+    vf key[NK];
     for (int m = 0; m < NK; ++m) key[m] = Load(panels + m * d * kLanes + c * kLanes);
 #pragma GCC unroll 8
     for (int r = 0; r < kTile; ++r) {
       if (kFull || r < rows) {
-        const v16 x = Splat(q[r * q_ld + c]);
+        const vf x = Splat(q[r * q_ld + c]);
         for (int m = 0; m < NK; ++m) acc[r][m] += x * key[m];
       }
     }
@@ -148,20 +157,20 @@ inline void ScoreTile(const float* q, int64_t q_ld, int64_t d, int rows, const f
     for (int m = 0; m < NK; ++m) Store(scores + r * stride + m * kLanes, acc[r][m] * Splat(scale));
 }
 
-// out[r][c0 .. c0 + 16 NC) = inv[r] * sum over keys j in [lo, hi) of p[r][j] v[j][c0 ..], for rows r < n <= 4
+// out[r][c0 .. c0 + kLanes NC) = inv[r] * sum over keys j in [lo, hi) of p[r][j] v[j][c0 ..], for rows r < n <= 4
 // (kFull: n == 4). p holds the softmax's unnormalized exps; inv[r] is one over their sum.
 template <int NC, bool kFull>
 inline void ValueTile(const float* p, int64_t stride, int n, const float* v, int64_t v_ld, int64_t c0, int64_t lo,
                       int64_t hi, const float* inv, float* out, int64_t out_ld) {
-  v16 acc[4][NC];
+  vf acc[4][NC];
   for (int r = 0; r < 4; ++r)
-    for (int m = 0; m < NC; ++m) acc[r][m] = v16{};
+    for (int m = 0; m < NC; ++m) acc[r][m] = vf{};
   for (int64_t j = lo; j < hi; ++j) {
-    v16 value[NC];
+    vf value[NC];
     for (int m = 0; m < NC; ++m) value[m] = Load(v + j * v_ld + c0 + m * kLanes);
     for (int r = 0; r < 4; ++r) {
       if (kFull || r < n) {
-        const v16 x = Splat(p[r * stride + j]);
+        const vf x = Splat(p[r * stride + j]);
         for (int m = 0; m < NC; ++m) acc[r][m] += x * value[m];
       }
     }
@@ -170,16 +179,18 @@ inline void ValueTile(const float* p, int64_t stride, int n, const float* v, int
     for (int m = 0; m < NC; ++m) Store(out + r * out_ld + c0 + m * kLanes, acc[r][m] * Splat(inv[r]));
 }
 
-// ValueTile over the output dimensions in whole vectors, 4 at a time then 3, 2, 1; returns the first
-// dimension it did not cover (d rounded down to a multiple of 16).
+// ValueTile over the output dimensions in whole vectors, kValueVectors at a time, then fewer; returns the first
+// dimension it did not cover (d rounded down to a multiple of kLanes).
 template <bool kFull>
 inline int64_t ValueColumns(const float* p, int64_t stride, int n, const float* v, int64_t v_ld, int64_t d,
                             int64_t lo, int64_t hi, const float* inv, float* out, int64_t out_ld) {
   int64_t c0 = 0;
-  for (; c0 + 4 * kLanes <= d; c0 += 4 * kLanes)
-    ValueTile<4, kFull>(p, stride, n, v, v_ld, c0, lo, hi, inv, out, out_ld);
-  if (d - c0 >= 3 * kLanes) ValueTile<3, kFull>(p, stride, n, v, v_ld, c0, lo, hi, inv, out, out_ld), c0 += 3 * kLanes;
-  if (d - c0 >= 2 * kLanes) ValueTile<2, kFull>(p, stride, n, v, v_ld, c0, lo, hi, inv, out, out_ld), c0 += 2 * kLanes;
+  for (; c0 + kValueVectors * kLanes <= d; c0 += kValueVectors * kLanes)
+    ValueTile<kValueVectors, kFull>(p, stride, n, v, v_ld, c0, lo, hi, inv, out, out_ld);
+  if constexpr (kValueVectors > 3)
+    if (d - c0 >= 3 * kLanes) ValueTile<3, kFull>(p, stride, n, v, v_ld, c0, lo, hi, inv, out, out_ld), c0 += 3 * kLanes;
+  if constexpr (kValueVectors > 2)
+    if (d - c0 >= 2 * kLanes) ValueTile<2, kFull>(p, stride, n, v, v_ld, c0, lo, hi, inv, out, out_ld), c0 += 2 * kLanes;
   if (d - c0 >= kLanes) ValueTile<1, kFull>(p, stride, n, v, v_ld, c0, lo, hi, inv, out, out_ld), c0 += kLanes;
   return c0;
 }
@@ -205,8 +216,8 @@ void Item(const Job& job, int64_t item, std::vector<float>& kt, std::vector<floa
   const int64_t s_pad = (s + kLanes - 1) / kLanes * kLanes;
   const int64_t row0 = block * kBlock, row1 = std::min(job.t, row0 + kBlock);
 
-  // Keys in panels of 16: panel p holds keys 16p..16p+15 as (D, 16), zero past S, so a score tile
-  // reads one contiguous 16-key vector per dimension.
+  // Keys in panels of kLanes (L): panel p holds keys L p .. L p + L - 1 as (D, L), zero past S, so a
+  // score tile reads one contiguous vector of keys per dimension.
   const int64_t kv_base = job.heads_last ? (b * s * job.kv + kvh) * d : (b * job.kv + kvh) * s * d;
   const float* k = job.k + kv_base;
   const float* v = job.v + kv_base;
@@ -242,7 +253,7 @@ void Item(const Job& job, int64_t item, std::vector<float>& kt, std::vector<floa
       if (hi <= lo) lo = hi = 0;
       const int64_t vlo = lo / kLanes * kLanes, vhi = (hi + kLanes - 1) / kLanes * kLanes;
 
-      // Scores of the tile's rows: kTile x kKeyVectors accumulators of 16 keys, from key panels.
+      // Scores of the tile's rows: kTile x kKeyVectors accumulators of kLanes keys, from key panels.
       const bool full = rows == kTile;
       int64_t j0 = vlo;
       for (; j0 + kKeyVectors * kLanes <= vhi; j0 += kKeyVectors * kLanes)
@@ -258,9 +269,9 @@ void Item(const Job& job, int64_t item, std::vector<float>& kt, std::vector<floa
       float inv[kTile] = {}, best[kTile];
       int32_t first[kTile], last[kTile];  // each row's key range [a, z)
       const float* oks[kTile];
-      // A key counts when it is in the row's range and allowed: one vector mask per 16 keys, no branches.
+      // A key counts when it is in the row's range and allowed: one vector mask per kLanes keys, no branches.
       auto keep = [&](int r, int64_t j0) {
-        const i16 j = kLane + static_cast<int32_t>(j0);
+        const vi j = kLane + static_cast<int32_t>(j0);
         return (j >= first[r]) & (j < last[r]) & (Load(oks[r] + j0) != Splat(0.0f));
       };
       for (int r = 0; r < rows; ++r) {
@@ -279,31 +290,31 @@ void Item(const Job& job, int64_t item, std::vector<float>& kt, std::vector<floa
                                               job.bias_t + (job.bias_t == 1 ? 0 : i)) * s;
           for (int64_t j = a; j < z; ++j) sc[j] += bias[j];
         }
-        v16 top = Splat(-std::numeric_limits<float>::infinity());
+        vf top = Splat(-std::numeric_limits<float>::infinity());
         for (int64_t j0 = vlo; j0 < vhi; j0 += kLanes) {
-          const v16 x = Load(sc + j0);
+          const vf x = Load(sc + j0);
           top = keep(r, j0) & (x > top) ? x : top;
         }
         best[r] = HMax(top);
         empty[r] = best[r] == -std::numeric_limits<float>::infinity();
       }
-      v16 sum[kTile];
+      vf sum[kTile];
       for (int r = 0; r < rows; ++r) {
         float* sc = scores.data() + r * s_pad;
-        sum[r] = v16{};
+        sum[r] = vf{};
         if (empty[r]) {
           std::fill(sc + vlo, sc + vhi, 0.0f);
           continue;
         }
         for (int64_t j0 = vlo; j0 < vhi; j0 += kLanes) {
-          const v16 e = keep(r, j0) ? Exp(Load(sc + j0) - Splat(best[r])) : v16{};
+          const vf e = keep(r, j0) ? Exp(Load(sc + j0) - Splat(best[r])) : vf{};
           Store(sc + j0, e);
           sum[r] += e;
         }
       }
       for (int r = 0; r < rows; ++r) inv[r] = empty[r] ? 0.0f : 1.0f / HSum(sum[r]);
 
-      // Output rows = (exps v) / sum: up to 4 x 16 output dimensions at a time, 4 rows' accumulators over the keys.
+      // Output rows = (exps v) / sum: up to kValueVectors x kLanes output dimensions at a time, 4 rows' accumulators over the keys.
       for (int r = 0; r < rows; r += 4) {
         const int n = std::min(4, rows - r);
         const float* p = scores.data() + r * s_pad;
