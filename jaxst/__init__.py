@@ -16,6 +16,16 @@ _LAZY = {
     "SparseEmbeddingIndex": ("jaxst.index", "SparseEmbeddingIndex"),
     "quantize_embeddings": ("jaxst.quantization", "quantize_embeddings"),
     "util": ("jaxst.util", None),
+    "SentenceTransformerTrainer": ("jaxst.training.trainer", "SentenceTransformerTrainer"),
+    "SentenceTransformerTrainingArguments": ("jaxst.training.trainer", "SentenceTransformerTrainingArguments"),
+    "CrossEncoderTrainer": ("jaxst.training.trainer", "CrossEncoderTrainer"),
+    "CrossEncoderTrainingArguments": ("jaxst.training.trainer", "CrossEncoderTrainingArguments"),
+    "SparseEncoderTrainer": ("jaxst.training.trainer", "SparseEncoderTrainer"),
+    "SparseEncoderTrainingArguments": ("jaxst.training.trainer", "SparseEncoderTrainingArguments"),
+    "MultiVectorEncoderTrainer": ("jaxst.training.trainer", "MultiVectorEncoderTrainer"),
+    "MultiVectorEncoderTrainingArguments": ("jaxst.training.trainer", "MultiVectorEncoderTrainingArguments"),
+    "BatchSamplers": ("jaxst.training.samplers", "BatchSamplers"),
+    "MultiDatasetBatchSamplers": ("jaxst.training.samplers", "MultiDatasetBatchSamplers"),
 }
 
 
@@ -27,5 +37,8 @@ def __getattr__(name: str):
     return value if attr is None else getattr(value, attr)
 
 
-__all__ = ["CrossEncoder", "EmbeddingIndex", "MultiVectorEncoder", "SentenceTransformer", "SparseEmbeddingIndex",
-           "SparseEncoder", "quantize_embeddings", "util", "__version__"]
+__all__ = ["BatchSamplers", "CrossEncoder", "CrossEncoderTrainer", "CrossEncoderTrainingArguments", "EmbeddingIndex",
+           "MultiDatasetBatchSamplers", "MultiVectorEncoder", "MultiVectorEncoderTrainer",
+           "MultiVectorEncoderTrainingArguments", "SentenceTransformer", "SentenceTransformerTrainer",
+           "SentenceTransformerTrainingArguments", "SparseEmbeddingIndex", "SparseEncoder", "SparseEncoderTrainer",
+           "SparseEncoderTrainingArguments", "quantize_embeddings", "util", "__version__"]

@@ -202,32 +202,69 @@ def test_bad_input_is_named(model, tmp_path):
         encode_corpus(model, tmp_path / "x.txt", tmp_path / "o5", show_progress_bar=False)
 
 
+def _distributed(folder, jsonl, out, port) -> list[subprocess.Popen]:
+    """The same encode-corpus command in 2 local processes under jax.distributed."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    return [subprocess.Popen([sys.executable, "-m", "jaxst", "encode-corpus", str(jsonl), "-o", str(out), "--model",
+                              str(folder), "--shard-size", str(SHARD), "--quiet", "--coordinator-address",
+                              f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+            for i in range(2)]
+
+
+def _same_as_one_process(model, jsonl, out, tmp_path) -> None:
+    one = tmp_path / "one"
+    if not one.exists():
+        encode_corpus(model, jsonl, one, shard_size=SHARD, show_progress_bar=False)
+    ids, emb = read_corpus(out)
+    assert list(ids) == list(range(N))
+    # within 1e-6, not bit for bit: XLA compiles a process under jax.distributed differently (last-bit differences)
+    np.testing.assert_allclose(emb, read_corpus(one)[1], atol=1e-6, rtol=0)
+    assert read_manifest(out)["shards"] == read_manifest(one)["shards"]
+
+
 def test_two_processes_under_jax_distributed_give_the_one_process_output(folder, model, jsonl, tmp_path):
     """The same command twice with --coordinator-address / --num-processes / --process-id: each process embeds
     every other shard; together they write the one-process output, no row missing or repeated."""
-    port = free_port()
     out = tmp_path / "out"
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    processes = [
-        subprocess.Popen([sys.executable, "-m", "jaxst", "encode-corpus", str(jsonl), "-o", str(out), "--model",
-                          str(folder), "--shard-size", str(SHARD), "--quiet", "--coordinator-address",
-                          f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        for i in range(2)
-    ]
+    processes = _distributed(folder, jsonl, out, free_port())
     results = [p.communicate(timeout=600) for p in processes]
     for p, (_, err) in zip(processes, results):
         assert p.returncode == 0, err
     shards = -(-N // SHARD)
     written = sorted(int(err.split(" written")[0].rsplit(" ", 1)[-1]) for _, err in results)
     assert written == [shards // 2, shards - shards // 2], [err for _, err in results]
-    one = tmp_path / "one"
-    encode_corpus(model, jsonl, one, shard_size=SHARD, show_progress_bar=False)
-    ids, emb = read_corpus(out)
-    assert list(ids) == list(range(N))
-    # within 1e-6, not bit for bit: XLA compiles a process under jax.distributed differently (last-bit differences)
-    np.testing.assert_allclose(emb, read_corpus(one)[1], atol=1e-6, rtol=0)
-    assert read_manifest(out)["shards"] == read_manifest(one)["shards"]
+    _same_as_one_process(model, jsonl, out, tmp_path)
+
+
+def test_a_distributed_process_killed_and_the_job_restarted_loses_nothing(folder, model, jsonl, tmp_path):
+    """Process 1 of 2 is SIGKILLed once it has written a shard, and process 0 ten seconds later if it is still
+    running (a jax.distributed job that loses a process is restarted whole); the same command started again on
+    both writes only the missing shards, and the output is the one-process output."""
+    out = tmp_path / "out"
+    processes = _distributed(folder, jsonl, out, free_port())
+    deadline = time.monotonic() + 300
+    while not any(int(p.stem.split("-")[1]) % 2 == 1 for p in out.glob("shard-*.parquet")):
+        assert time.monotonic() < deadline and processes[1].poll() is None, "process 1 wrote no shard"
+        time.sleep(0.05)
+    processes[1].send_signal(signal.SIGKILL)
+    try:
+        processes[0].communicate(timeout=10)
+    except subprocess.TimeoutExpired:  # still embedding, or waiting on its lost peer: the job is restarted whole
+        processes[0].kill()
+        processes[0].communicate()
+    processes[1].communicate()
+    before = {p.name for p in out.glob("shard-*.parquet")}
+    assert 0 < len(before) < -(-N // SHARD)  # the kill left the job unfinished
+    assert not read_manifest(out).get("complete")
+    restarted = _distributed(folder, jsonl, out, free_port())
+    results = [p.communicate(timeout=600) for p in restarted]
+    for p, (_, err) in zip(restarted, results):
+        assert p.returncode == 0, err
+    skipped = sum(int(err.split(" already there")[0].rsplit(" ", 1)[-1]) for _, err in results)
+    assert skipped == len(before), [err for _, err in results]
+    assert not list(out.glob("*.tmp*")) and not list(out.glob(".*"))
+    _same_as_one_process(model, jsonl, out, tmp_path)
 
 
 MEMORY_WORKER = textwrap.dedent("""

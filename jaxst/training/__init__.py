@@ -25,6 +25,8 @@ The package, one file per concern (each name below is importable from ``jaxst.tr
     packing.py      pack_columns, pack_chunks
     checkpoints.py  checkpoint_manager, save_checkpoint, restore_checkpoint (orbax)
     fitting.py      fit
+    samplers.py     sentence-transformers' batch samplers (BatchSamplers, ...), drawing as torch does
+    trainer.py      SentenceTransformerTrainer and the other families' trainers, their training arguments
 
 ``EmbeddingSimilarityEvaluator``, ``pearson`` and ``spearman`` live in ``jaxst.evaluation`` and are re-exported
 here under their old names.
@@ -44,11 +46,32 @@ from jaxst.training.optim import TrainState, default_optimizer, linear_schedule_
 from jaxst.training.optim import constant_schedule_with_warmup as constant_schedule_with_warmup
 from jaxst.training.packing import PACK_ROW as PACK_ROW
 from jaxst.training.packing import pack_chunks, pack_columns
+from jaxst.training.samplers import BatchSamplers, MultiDatasetBatchSamplers
 from jaxst.training.step import TRAINING_OUTPUTS as TRAINING_OUTPUTS
 from jaxst.training.step import make_loss_fn, make_train_step, train_forward, trainable_params
+from jaxst.training.trainer import (
+    CrossEncoderTrainer,
+    CrossEncoderTrainingArguments,
+    MultiVectorEncoderTrainer,
+    MultiVectorEncoderTrainingArguments,
+    SentenceTransformerTrainer,
+    SentenceTransformerTrainingArguments,
+    SparseEncoderTrainer,
+    SparseEncoderTrainingArguments,
+)
 
 __all__ = [
+    "BatchSamplers",
+    "CrossEncoderTrainer",
+    "CrossEncoderTrainingArguments",
     "EmbeddingSimilarityEvaluator",
+    "MultiDatasetBatchSamplers",
+    "MultiVectorEncoderTrainer",
+    "MultiVectorEncoderTrainingArguments",
+    "SentenceTransformerTrainer",
+    "SentenceTransformerTrainingArguments",
+    "SparseEncoderTrainer",
+    "SparseEncoderTrainingArguments",
     "TrainState",
     "batch_order",
     "checkpoint_manager",

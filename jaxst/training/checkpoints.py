@@ -49,3 +49,19 @@ def restore_checkpoint(manager, like: TrainState, step: int | None = None) -> Tr
     restored = manager.restore(step, args=ocp.args.StandardRestore(jax.tree.map(ocp.utils.to_shape_dtype_struct,
                                                                                 like._asdict())))
     return TrainState(**restored)
+
+
+def save_state(path: str | Path, state: TrainState) -> None:
+    """Save a train state into the folder ``path`` (orbax; it must not exist yet), waiting until it is on disk."""
+    ocp = _orbax()
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(Path(path).absolute(), state._asdict())
+    checkpointer.wait_until_finished()
+
+
+def restore_state(path: str | Path, like: TrainState) -> TrainState:
+    """The train state saved in ``path`` by ``save_state``, shaped and placed like ``like``."""
+    ocp = _orbax()
+    restored = ocp.StandardCheckpointer().restore(Path(path).absolute(),
+                                                  jax.tree.map(ocp.utils.to_shape_dtype_struct, like._asdict()))
+    return TrainState(**restored)

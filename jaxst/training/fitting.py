@@ -67,7 +67,7 @@ def fit(model, train_examples: Sequence, loss: Loss, epochs: int = 1, batch_size
     # the params is kept; model.params holds the last completed step's params whenever fit hands control out
     step_fn = make_train_step(model, loss, optimizer, dropout=dropout, mesh=mesh, donate=True)
     trained = trainable_params(model, loss)  # the model's params, and a loss's own (SoftmaxLoss's classifier)
-    state = _donatable(TrainState(trained, optimizer.init(trained), jnp.zeros((), jnp.int32)),
+    state = donatable(TrainState(trained, optimizer.init(trained), jnp.zeros((), jnp.int32)),
                        getattr(loss, "guide", None))
     if mesh is not None:
         state = jax.device_put(state, NamedSharding(mesh, P()))
@@ -121,7 +121,7 @@ def fit(model, train_examples: Sequence, loss: Loss, epochs: int = 1, batch_size
                 if step < start:
                     continue  # resumed: this batch was trained on before the checkpoint
                 chosen = [examples[j] for j in idx]
-                batch = collate(model, chosen, pack=pack and _unrouted(model, chosen),
+                batch = collate(model, chosen, pack=pack and unrouted(model, chosen),
                                 guide=getattr(loss, "guide", None), loss=loss, seed=(seed, step),
                                 mini_batch_size=mini_batch_size)
                 state, metrics = step_fn(state, batch, jax.random.fold_in(key, step))
@@ -155,7 +155,7 @@ def fit(model, train_examples: Sequence, loss: Loss, epochs: int = 1, batch_size
     return history
 
 
-def _donatable(tree, *others):
+def donatable(tree, *others):
     """``tree`` (a train state) with a leaf copied wherever donating it would break something else: a leaf that
     appears twice (a donated buffer can be given once: an optimizer state that holds the params) or one that a
     pytree in ``others`` also holds (a guide model sharing the trained model's arrays keeps its own); numpy
@@ -172,7 +172,7 @@ def _donatable(tree, *others):
     return jax.tree.map(own, tree)
 
 
-def _unrouted(model, examples) -> bool:
+def unrouted(model, examples) -> bool:
     """Whether the model tokenizes these examples' columns alike, so that ``fit`` may pack them: no per-column
     tasks (``training_tasks``: a MultiVectorEncoder's query and document columns). Listwise examples, and those
     ``collate`` refuses, are left to ``collate``."""
