@@ -23,9 +23,10 @@ Why each rule:
   resident memory depends on ``shard_size``, not on the corpus.
 * **Several processes and hosts.** Under ``jax.distributed`` (the same command on every host, with the
   coordinator's address, the process count and each one's id), each process embeds its own shards into the
-  one output folder (a shared file system across hosts); a process that dies and restarts redoes only its
-  missing shards. The manifest lists shards only once all exist, so it is the same whichever process
-  writes it last. On one host with several devices, ``encode`` already splits every batch over all of them.
+  one output folder (a shared file system across hosts); a job started again after a process died (the
+  whole job, as jax.distributed needs) redoes only the missing shards. The manifest lists shards only once
+  all exist, so it is the same whichever process writes it last. On one host with several devices,
+  ``encode`` already splits every batch over all of them.
 * **int8 / uint8 precision** needs value ranges: they come from the embeddings of the corpus' first
   ``CALIBRATION_ROWS`` texts, computed once and kept in the manifest, so every shard (and every process, and
   a resumed run) quantizes with the same ranges. binary / ubinary need none.
