@@ -25,6 +25,7 @@ from jaxst.models.layers import (
     dropout,
     layer_states,
     multi_head_attention,
+    run_layer,
     split_rng,
 )
 
@@ -135,7 +136,7 @@ class BertEncoder(nnx.Module):
     def __call__(self, x, mask, dropout_rng=None, all_layers=False):
         states = [x]
         for layer, rng in zip(self.layer, split_rng(dropout_rng, len(self.layer))):
-            x = layer(x, mask, rng)
+            x = run_layer(layer, x, mask, rng)
             states.append(x)
         return layer_states(states, x, all_layers)
 

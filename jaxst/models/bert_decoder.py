@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 
 from jaxst.models.bert import BertAttention, BertConfig, BertEmbeddings, BertSelfAttention
-from jaxst.models.layers import DenseActivation, DenseResidualNorm, attention, attention_mask, split_rng
+from jaxst.models.layers import DenseActivation, DenseResidualNorm, attention, attention_mask, run_layer, split_rng
 from jaxst.models.mlm_head import BertMLMHead
 
 
@@ -74,7 +74,7 @@ class BertDecoderStack(nnx.Module):
 
     def __call__(self, x, causal_mask, states, states_mask, dropout_rng=None):
         for layer, rng in zip(self.layer, split_rng(dropout_rng, len(self.layer))):
-            x = layer(x, causal_mask, states, states_mask, rng)
+            x = run_layer(layer, x, causal_mask, states, states_mask, rng)
         return x
 
 

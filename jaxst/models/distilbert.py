@@ -14,7 +14,7 @@ import dataclasses
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxst.models.layers import activation, dropout, layer_states, multi_head_attention, split_rng
+from jaxst.models.layers import activation, dropout, layer_states, multi_head_attention, run_layer, split_rng
 
 EPS = 1e-12  # DistilBERT's LayerNorms all use this; the config has no field for it
 
@@ -106,7 +106,7 @@ class DistilBertTransformer(nnx.Module):
     def __call__(self, x, mask, dropout_rng=None, all_layers=False):
         states = [x]
         for layer, rng in zip(self.layer, split_rng(dropout_rng, len(self.layer))):
-            x = layer(x, mask, rng)
+            x = run_layer(layer, x, mask, rng)
             states.append(x)
         return layer_states(states, x, all_layers)
 

@@ -36,6 +36,7 @@ from jaxst.models.layers import (
     layer_states,
     positions_from_mask,
     rope_tables,
+    run_layer,
     split_rng,
 )
 
@@ -169,7 +170,7 @@ class Gemma3Model(nnx.Module):
         x = x * jnp.asarray(np.float32(cfg.hidden_size**0.5), x.dtype)  # a float32 scalar cast to x's dtype
         states = [x]
         for layer, sliding, rng in zip(self.layers, self.sliding, split_rng(dropout_rng, len(self.layers))):
-            x = layer(x, attention_mask, *tables[sliding], rng)
+            x = run_layer(layer, x, attention_mask, *tables[sliding], rng)
             states.append(x)
         return layer_states(states, self.norm(x), all_layers)
 

@@ -24,7 +24,15 @@ import dataclasses
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxst.models.layers import activation, dropout, layer_states, positions_from_mask, rope_tables, split_rng
+from jaxst.models.layers import (
+    activation,
+    dropout,
+    layer_states,
+    positions_from_mask,
+    rope_tables,
+    run_layer,
+    split_rng,
+)
 from jaxst.models.nomic_bert import NomicBertConfig, rotary_self_attention
 
 
@@ -111,7 +119,7 @@ class GteEncoder(nnx.Module):
     def __call__(self, x, mask, cos, sin, dropout_rng=None, all_layers=False):
         states = [x]
         for layer, rng in zip(self.layer, split_rng(dropout_rng, len(self.layer))):
-            x = layer(x, mask, cos, sin, rng)
+            x = run_layer(layer, x, mask, cos, sin, rng)
             states.append(x)
         return layer_states(states, x, all_layers)
 

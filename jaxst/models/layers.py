@@ -14,6 +14,8 @@ place in the graph (``jaxst.models.int8``'s int8 layer, its calibration observer
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
 
@@ -92,6 +94,29 @@ def layer_states(states: list, final, all_layers: bool):
     ``output_hidden_states`` gives them: the input of the first layer, each layer's output, and ``final`` (the
     last layer's output after any final norm) in place of the last (``states``: the first two, in order)."""
     return (*states[:-1], final) if all_layers else final
+
+
+_REMAT = contextvars.ContextVar("jaxst_rematerialize_layers", default=False)
+
+
+@contextlib.contextmanager
+def rematerialized(on: bool = True):
+    """Within this context, a forward being traced runs each encoder layer under ``nnx.remat`` (activation
+    checkpointing): the backward pass recomputes a layer's intermediates from its input instead of keeping
+    them, so training memory holds one layer's activations plus every layer's input."""
+    token = _REMAT.set(on)
+    try:
+        yield
+    finally:
+        _REMAT.reset(token)
+
+
+def run_layer(layer, *args):
+    """``layer(*args)``: every architecture's encoder loop calls its layers through this, so that
+    ``rematerialized()`` applies to all of them from one place."""
+    if not _REMAT.get():
+        return layer(*args)
+    return nnx.remat(lambda module, *a: module(*a))(layer, *args)
 
 
 def split_rng(rng, n: int) -> tuple:

@@ -38,6 +38,7 @@ from jaxst.models.layers import (
     layer_states,
     positions_from_mask,
     rope_tables,
+    run_layer,
     split_rng,
 )
 
@@ -200,7 +201,7 @@ class ModernBertModel(nnx.Module):
         x = self.embeddings(input_ids, emb_rng)  # (B, T, H)
         states = [x]
         for layer, rng in zip(self.layers, layer_rngs):
-            x = layer(x, attention_mask, *rope[layer.local], rng)
+            x = run_layer(layer, x, attention_mask, *rope[layer.local], rng)
             states.append(x)
         return layer_states(states, self.final_norm(x), all_layers)
 

@@ -31,6 +31,7 @@ from jaxst.models.layers import (
     dropout,
     layer_states,
     multi_head_attention,
+    run_layer,
     split_rng,
 )
 
@@ -166,7 +167,7 @@ class MPNetEncoder(nnx.Module):
         bias = self.position_bias(x.shape[1])
         states = [x]
         for layer, rng in zip(self.layer, split_rng(dropout_rng, len(self.layer))):
-            x = layer(x, mask, bias, rng)
+            x = run_layer(layer, x, mask, bias, rng)
             states.append(x)
         return layer_states(states, x, all_layers)
 

@@ -31,6 +31,7 @@ from jaxst.models.layers import (
     layer_states,
     positions_from_mask,
     rope_tables,
+    run_layer,
     split_rng,
 )
 
@@ -148,7 +149,7 @@ class NomicBertEncoder(nnx.Module):
     def __call__(self, x, mask, cos, sin, dropout_rng=None, all_layers=False):
         states = [x]
         for layer, rng in zip(self.layers, split_rng(dropout_rng, len(self.layers))):
-            x = layer(x, mask, cos, sin, rng)
+            x = run_layer(layer, x, mask, cos, sin, rng)
             states.append(x)
         return layer_states(states, x, all_layers)
 

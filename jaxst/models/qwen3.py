@@ -28,6 +28,7 @@ from jaxst.models.layers import (
     layer_states,
     positions_from_mask,
     rope_tables,
+    run_layer,
     split_rng,
 )
 
@@ -130,7 +131,7 @@ class Qwen3Model(nnx.Module):
             x = jnp.where(frozen, jax.lax.stop_gradient(x), x)
         states = [x]
         for layer, rng in zip(self.layers, split_rng(dropout_rng, len(self.layers))):
-            x = layer(x, attention_mask, cos, sin, rng)
+            x = run_layer(layer, x, attention_mask, cos, sin, rng)
             states.append(x)
         return layer_states(states, self.norm(x), all_layers)
 

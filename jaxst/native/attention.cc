@@ -85,8 +85,18 @@ inline float Reduce(vf x, Op op) {
     for (int i = 0; i < w; ++i) a[i] = op(a[i], a[i + w]);
   return op(op(a[0], a[1]), op(a[2], a[3]));
 }
-inline float HSum(vf x) {
-  return Reduce(x, [](float a, float b) { return a + b; });
+// Partial sums of the softmax denominator: as many as one AVX-512 register has lanes, on every build.
+constexpr int kSumLanes = 16;
+constexpr int kSumGroups = kSumLanes / kLanes;
+
+// The total of kSumLanes partial sums held as kSumGroups vectors (lane l of vector g: partial sum
+// g * kLanes + l), as a tree of halves: 16 -> 8 -> 4 -> (0 + 1) + (2 + 3).
+inline float SumLanes(const vf* groups) {
+  float a[kSumLanes];
+  std::memcpy(a, groups, sizeof(a));
+  for (int w = kSumLanes / 2; w >= 4; w /= 2)
+    for (int i = 0; i < w; ++i) a[i] += a[i + w];
+  return (a[0] + a[1]) + (a[2] + a[3]);
 }
 inline float HMax(vf x) {
   return Reduce(x, [](float a, float b) { return a > b ? a : b; });
@@ -298,10 +308,12 @@ void Item(const Job& job, int64_t item, std::vector<float>& kt, std::vector<floa
         best[r] = HMax(top);
         empty[r] = best[r] == -std::numeric_limits<float>::infinity();
       }
-      vf sum[kTile];
+      // Each row's sum of exps in kSumLanes partial sums (lane l: keys j with j % kSumLanes == l), added up in
+      // the same order whatever the vector width, so every build gives bit-identical results.
+      vf sum[kTile][kSumGroups];
       for (int r = 0; r < rows; ++r) {
         float* sc = scores.data() + r * s_pad;
-        sum[r] = vf{};
+        for (int g = 0; g < kSumGroups; ++g) sum[r][g] = vf{};
         if (empty[r]) {
           std::fill(sc + vlo, sc + vhi, 0.0f);
           continue;
@@ -309,10 +321,10 @@ void Item(const Job& job, int64_t item, std::vector<float>& kt, std::vector<floa
         for (int64_t j0 = vlo; j0 < vhi; j0 += kLanes) {
           const vf e = keep(r, j0) ? Exp(Load(sc + j0) - Splat(best[r])) : vf{};
           Store(sc + j0, e);
-          sum[r] += e;
+          sum[r][(j0 / kLanes) % kSumGroups] += e;
         }
       }
-      for (int r = 0; r < rows; ++r) inv[r] = empty[r] ? 0.0f : 1.0f / HSum(sum[r]);
+      for (int r = 0; r < rows; ++r) inv[r] = empty[r] ? 0.0f : 1.0f / SumLanes(sum[r]);
 
       // Output rows = (exps v) / sum: up to kValueVectors x kLanes output dimensions at a time, 4 rows' accumulators over the keys.
       for (int r = 0; r < rows; r += 4) {

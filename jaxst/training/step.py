@@ -16,7 +16,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from jaxst.losses import Loss
-from jaxst.models.layers import split_rng
+from jaxst.models.layers import rematerialized, split_rng
 from jaxst.pipeline import is_packed
 from jaxst.training.gradcache import cached_embeddings
 from jaxst.training.optim import TrainState, require_optax
@@ -186,9 +186,14 @@ def split_trained(params, loss: Loss) -> tuple[dict, object]:
 
 
 def make_loss_fn(model, loss: Loss, *, dropout: bool = True, mesh: Mesh | None = None,
-                 axis_name: str | None = None, model_state: bool = False) -> Callable:
+                 axis_name: str | None = None, model_state: bool = False, compute_dtype=None,
+                 remat: bool = False) -> Callable:
     """``loss_fn(params, batch, rng=None) -> scalar`` (see ``_make_loss_fn``); for a loss with params of its own
-    (``loss.params``), ``params`` is ``trainable_params(model, loss)`` and the gradient reaches both."""
+    (``loss.params``), ``params`` is ``trainable_params(model, loss)`` and the gradient reaches both.
+    ``compute_dtype`` (``jnp.bfloat16``: mixed precision): the model's forward runs on its params cast to that
+    dtype and its outputs come back as float32 for the loss; the params (and so gradients and optimizer state)
+    stay float32, the gradient flowing through the cast. ``remat=True`` (activation checkpointing): each encoder
+    layer's activations are recomputed in the backward pass (``jax.checkpoint`` per layer) instead of kept."""
     if isinstance(loss, Loss) and loss.params is not None:
         if mesh is not None or model_state:
             raise ValueError(f"{type(loss).__name__} (a loss with params of its own) trains on one device")
@@ -197,14 +202,17 @@ def make_loss_fn(model, loss: Loss, *, dropout: bool = True, mesh: Mesh | None =
 
         def loss_fn(params, batch, rng=None):
             model_params, loss_params = split_trained(params, loss)
-            return _make_loss_fn(model, loss.with_params(loss_params), dropout=dropout)(model_params, batch, rng)
+            return _make_loss_fn(model, loss.with_params(loss_params), dropout=dropout,
+                                 compute_dtype=compute_dtype, remat=remat)(model_params, batch, rng)
 
         return loss_fn
-    return _make_loss_fn(model, loss, dropout=dropout, mesh=mesh, axis_name=axis_name, model_state=model_state)
+    return _make_loss_fn(model, loss, dropout=dropout, mesh=mesh, axis_name=axis_name, model_state=model_state,
+                         compute_dtype=compute_dtype, remat=remat)
 
 
 def _make_loss_fn(model, loss: Loss, *, dropout: bool = True, mesh: Mesh | None = None,
-                  axis_name: str | None = None, model_state: bool = False) -> Callable:
+                  axis_name: str | None = None, model_state: bool = False, compute_dtype=None,
+                  remat: bool = False) -> Callable:
     """``loss_fn(params, batch, rng=None) -> scalar``: pure and differentiable.
 
     ``model_state=True`` (losses that read every output, on a model with ``buffers``; one device):
@@ -222,15 +230,18 @@ def _make_loss_fn(model, loss: Loss, *, dropout: bool = True, mesh: Mesh | None 
     _refuse_cached_outputs(type(loss).__name__, model_state, getattr(loss, "mini_batch_size", None))
     graphdef = model.graphdef
     inputs = model.training_inputs()
+    forward = train_forward if compute_dtype is None else _in_dtype(train_forward, compute_dtype)
+    if remat:
+        forward = _rematerialized(forward)
 
     def outputs(params, features, rng, device_index=None, state=None):
         drop_rng, loss_rng = split_rng(rng, 2)
         if drop_rng is not None and device_index is not None:
             drop_rng = jax.random.fold_in(drop_rng, device_index)
-        return train_forward(graphdef, params, features, drop_rng if dropout else None,
-                             full_outputs=getattr(loss, "needs_outputs", False), model_state=state,
-                             mini_batch_size=getattr(loss, "mini_batch_size", None), inputs=inputs,
-                             all_layers=getattr(loss, "needs_layers", False)), loss_rng
+        return forward(graphdef, params, features, drop_rng if dropout else None,
+                       full_outputs=getattr(loss, "needs_outputs", False), model_state=state,
+                       mini_batch_size=getattr(loss, "mini_batch_size", None), inputs=inputs,
+                       all_layers=getattr(loss, "needs_layers", False)), loss_rng
 
     if model_state:
         if mesh is not None:
@@ -250,7 +261,7 @@ def _make_loss_fn(model, loss: Loss, *, dropout: bool = True, mesh: Mesh | None 
 
         def embed(params, features, dropout_rng=None):
             """(B, D) sentence embeddings of one tokenized column under ``params`` (the model's, or a copy's)."""
-            return train_forward(graphdef, params, [features], dropout_rng)[0]
+            return forward(graphdef, params, [features], dropout_rng)[0]
 
         def loss_fn(params, batch, rng=None):
             if is_packed(batch["features"]):
@@ -307,6 +318,29 @@ def _make_loss_fn(model, loss: Loss, *, dropout: bool = True, mesh: Mesh | None 
     return loss_fn
 
 
+def _in_dtype(forward: Callable, dtype) -> Callable:
+    """``forward`` on params cast to ``dtype`` (floating leaves), its floating outputs cast back to float32."""
+
+    def cast(tree, to):
+        return jax.tree.map(lambda x: x.astype(to) if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jnp.floating)
+                            else x, tree)
+
+    def run(graphdef, params, *args, **kwargs):
+        return cast(forward(graphdef, cast(params, dtype), *args, **kwargs), jnp.float32)
+
+    return run
+
+
+def _rematerialized(forward: Callable) -> Callable:
+    """``forward`` traced under ``layers.rematerialized()``: each encoder layer checkpointed."""
+
+    def run(*args, **kwargs):
+        with rematerialized():
+            return forward(*args, **kwargs)
+
+    return run
+
+
 def _keep(new: dict, old: dict, paths) -> dict:
     """``new`` with the entries at ``paths`` (tuples of keys) taken from ``old``."""
     out = dict(new)
@@ -320,7 +354,8 @@ def _keep(new: dict, old: dict, paths) -> dict:
 
 
 def make_train_step(model, loss: Loss, optimizer, *, dropout: bool = True, mesh: Mesh | None = None,
-                    axis_name: str | None = None, donate: bool = False) -> Callable:
+                    axis_name: str | None = None, donate: bool = False, compute_dtype=None,
+                    remat: bool = False) -> Callable:
     """``step_fn(state, batch, rng=None) -> (state, metrics)``: one optimizer step, compiled.
 
     ``optimizer`` is any optax ``GradientTransformation`` (``default_optimizer()`` for the recipe).
@@ -330,13 +365,16 @@ def make_train_step(model, loss: Loss, optimizer, *, dropout: bool = True, mesh:
     ``grad_norm`` (before clipping). ``donate=True`` lets XLA update the state in place (the state passed in
     is invalid after the step, as PyTorch's optimizer overwrites its tensors; ``fit`` donates). Params the
     model lists in ``frozen_params`` (a frozen SparseStaticEmbedding) keep their values. A loss with params of its
-    own (SoftmaxLoss) trains them too: the state's params are ``trainable_params(model, loss)``."""
+    own (SoftmaxLoss) trains them too: the state's params are ``trainable_params(model, loss)``.
+    ``compute_dtype=jnp.bfloat16``: mixed precision (see ``make_loss_fn``), float32 master params and moments;
+    ``remat=True``: activation checkpointing per encoder layer (see ``make_loss_fn``)."""
     optax = require_optax()
 
     # A model's buffers (a CSR model's dead-latent counts) are carried in state.model_state and updated by
     # each step's forward, on one device with a loss that reads the model's outputs (CSRLoss)
     track = mesh is None and getattr(loss, "needs_outputs", False) and bool(model.training_buffers())
-    loss_fn = make_loss_fn(model, loss, dropout=dropout, mesh=mesh, axis_name=axis_name, model_state=track)
+    loss_fn = make_loss_fn(model, loss, dropout=dropout, mesh=mesh, axis_name=axis_name, model_state=track,
+                           compute_dtype=compute_dtype, remat=remat)
 
     def update(state: TrainState, grads):
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)

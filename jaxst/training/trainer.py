@@ -18,7 +18,9 @@ decay on all but biases and norms), gradients clipped to ``max_grad_norm``, the 
 ``warmup_steps`` (a float below 1: that share of the steps) and then ``lr_scheduler_type`` (linear by default);
 ``optimizers=(optax_transformation, None)`` replaces it. Checkpoints (``output_dir/checkpoint-N``) hold the
 model as a sentence-transformers folder, the optimizer state (orbax) and ``trainer_state.json``;
-``train(resume_from_checkpoint=True)`` goes on from the latest as an uninterrupted run would.
+``train(resume_from_checkpoint=True)`` goes on from the latest as an uninterrupted run would. ``bf16=True``
+trains in mixed precision: the forward in bfloat16, the params, gradients and AdamW moments in float32;
+``activation_checkpointing=True`` recomputes each encoder layer's activations in the backward pass.
 """
 
 from __future__ import annotations
@@ -153,10 +155,6 @@ class SentenceTransformerTrainingArguments:
         if self.learning_rate_mapping:
             raise ValueError("learning_rate_mapping is not supported by jaxst's trainer yet; pass an optax "
                              "multi_transform as optimizers=(transformation, None)")
-        if self.bf16:
-            raise ValueError("bf16 is not supported by jaxst's trainer yet")
-        if self.activation_checkpointing:
-            raise ValueError("activation_checkpointing is not supported by jaxst's trainer yet")
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -475,7 +473,9 @@ class SentenceTransformerTrainer:
         for name in names:
             loss = self.loss_for(name)
             if id(loss) not in step_fns:
-                step_fns[id(loss)] = make_train_step(self.model, loss, optimizer, dropout=True, donate=True)
+                step_fns[id(loss)] = make_train_step(self.model, loss, optimizer, dropout=True, donate=True,
+                                                     compute_dtype=jnp.bfloat16 if args.bf16 else None,
+                                                     remat=bool(args.activation_checkpointing))
         first = self.loss_for(names[0])
         trained = trainable_params(self.model, first) if single else self.model.params
         state = donatable(TrainState(trained, optimizer.init(trained), jnp.zeros((), jnp.int32)),
