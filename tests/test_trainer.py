@@ -9,6 +9,7 @@ import json
 import shutil
 import warnings
 
+import datasets  # the test extra installs it: these parity tests never skip
 import jax
 import numpy as np
 import pytest
@@ -19,8 +20,6 @@ import jaxst
 from jaxst import losses as jl
 from jaxst.training import samplers as js
 from jaxst.training.trainer import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
-
-datasets = pytest.importorskip("datasets")
 
 TOL = 1e-5
 STSB = read_stsb("stsb-en-train.csv")

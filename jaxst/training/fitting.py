@@ -106,11 +106,7 @@ def fit(model, train_examples: Sequence, loss: Loss, epochs: int = 1, batch_size
             callback(entry)  # the model holds this step's params here
         model.params = held  # the next step donates state.params
 
-    # packing (texts end to end) feeds losses that read embeddings (cached ones in packed mini-batches); not
-    # full-output losses (CSR, multi-vector), columns tokenized per task (the model's training_tasks), guided
-    # losses or losses that run the model themselves (runs_model: ContrastiveTension, DenoisingAutoEncoder)
-    pack = mesh is None and not any(getattr(loss, flag, False) for flag in ("needs_outputs", "needs_guide",
-                                                                            "runs_model"))
+    pack = mesh is None and packable(loss)
     mini_batch_size = getattr(loss, "mini_batch_size", None)
     start = int(state.step)
     bar = tqdm(total=total_steps, initial=start, desc="Training", disable=not show_progress_bar)
@@ -170,6 +166,14 @@ def donatable(tree, *others):
         return leaf
 
     return jax.tree.map(own, tree)
+
+
+def packable(loss) -> bool:
+    """Whether batches for ``loss`` may be packed (texts end to end): losses that read embeddings (cached ones
+    in packed mini-batches) may; full-output losses (CSR, multi-vector), guided losses and losses that run the
+    model themselves (runs_model: ContrastiveTension, DenoisingAutoEncoder) may not. Columns tokenized per task
+    are ``unrouted``'s to check."""
+    return not any(getattr(loss, flag, False) for flag in ("needs_outputs", "needs_guide", "runs_model"))
 
 
 def unrouted(model, examples) -> bool:

@@ -268,10 +268,6 @@ class MultiDatasetDefaultBatchSampler:
             if hasattr(sampler, "set_epoch"):
                 sampler.set_epoch(epoch)
 
-    def dataset_of(self, index: int) -> int:
-        """Which dataset a concatenated index belongs to."""
-        return int(np.searchsorted(self.offsets, index, side="right") - 1)
-
 
 class RoundRobinBatchSampler(MultiDatasetDefaultBatchSampler):
     """One batch of each dataset in turn until one is exhausted: each dataset is sampled equally, and the

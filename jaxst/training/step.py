@@ -15,6 +15,7 @@ from flax import nnx
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
+from jaxst.base import cast_floats
 from jaxst.losses import Loss
 from jaxst.models.layers import rematerialized, split_rng
 from jaxst.pipeline import is_packed
@@ -321,12 +322,8 @@ def _make_loss_fn(model, loss: Loss, *, dropout: bool = True, mesh: Mesh | None 
 def _in_dtype(forward: Callable, dtype) -> Callable:
     """``forward`` on params cast to ``dtype`` (floating leaves), its floating outputs cast back to float32."""
 
-    def cast(tree, to):
-        return jax.tree.map(lambda x: x.astype(to) if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jnp.floating)
-                            else x, tree)
-
     def run(graphdef, params, *args, **kwargs):
-        return cast(forward(graphdef, cast(params, dtype), *args, **kwargs), jnp.float32)
+        return cast_floats(forward(graphdef, cast_floats(params, dtype), *args, **kwargs), jnp.float32)
 
     return run
 

@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from jaxst.losses import Loss
 from jaxst.training.checkpoints import restore_state, save_state
 from jaxst.training.collation import collate
-from jaxst.training.fitting import donatable, unrouted
+from jaxst.training.fitting import donatable, packable, unrouted
 from jaxst.training.optim import (
     TrainState,
     constant_schedule_with_warmup,
@@ -320,6 +320,7 @@ class SentenceTransformerTrainer:
             raise ValueError("optimizers: jaxst takes (optax transformation, None): put the schedule in the "
                              "transformation (optax.adamw(learning_rate=schedule))")
         self.state = TrainerState()
+        self._eval_fns: dict = {}
         for datasets in (self.train_dataset, self.eval_dataset):
             for name, dataset in (datasets or {}).items():
                 self._check_columns(dataset, name)
@@ -420,17 +421,20 @@ class SentenceTransformerTrainer:
         chosen = self.examples(dataset, dataset_name, indices)
         columns = [c for c in dataset.column_names if c != "dataset_name" and c not in self.valid_label_columns]
         routes = self._routes(dataset_name, columns)
-        pack = routes is None and not any(getattr(loss, flag, False) for flag in ("needs_outputs", "needs_guide",
-                                                                                   "runs_model"))
-        return collate(self.model, chosen, pack=pack and unrouted(self.model, chosen), router_mapping=routes,
+        pack = routes is None and packable(loss) and unrouted(self.model, chosen)
+        return collate(self.model, chosen, pack=pack, router_mapping=routes,
                        guide=getattr(loss, "guide", None), loss=loss, seed=seed,
                        mini_batch_size=getattr(loss, "mini_batch_size", None))
+
+    @property
+    def _data_seed(self) -> int:
+        return self.args.data_seed if self.args.data_seed is not None else self.args.seed
 
     def batch_sampler_for(self, datasets: dict, batch_size: int, generator: TorchGenerator):
         """The batch sampler over ``datasets`` (one, or several concatenated): what sentence-transformers'
         trainer builds from ``batch_sampler`` and ``multi_dataset_batch_sampler``, for training and (with a
         fresh generator each time) for the loss on evaluation data."""
-        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        seed = self._data_seed
         samplers = [make_batch_sampler(self.args.batch_sampler, d, batch_size, self.args.dataloader_drop_last,
                                        list(self.valid_label_columns), generator, seed) for d in datasets.values()]
         if len(samplers) == 1 and None in datasets:
@@ -456,7 +460,7 @@ class SentenceTransformerTrainer:
         sizes = [len(d) for d in self.train_dataset.values()]
         if any(n == 0 for n in sizes):
             raise ValueError(f"train_dataset has an empty dataset: sizes {dict(zip(names, sizes))}")
-        generator = TorchGenerator(args.data_seed if args.data_seed is not None else args.seed)
+        generator = TorchGenerator(self._data_seed)
         sampler = self.batch_sampler_for(self.train_dataset, args.per_device_train_batch_size, generator)
         steps_per_epoch = len(sampler)
         if steps_per_epoch == 0:
@@ -467,6 +471,7 @@ class SentenceTransformerTrainer:
         else:
             total_steps, epochs = math.ceil(args.num_train_epochs * steps_per_epoch), math.ceil(args.num_train_epochs)
         optimizer = self.optimizer if self.optimizer is not None else default_trainer_optimizer(args, total_steps)
+        self._schedule = None if self.optimizer is not None else _schedule(args, total_steps)
 
         single = not isinstance(self.loss, dict)
         step_fns = {}
@@ -493,7 +498,6 @@ class SentenceTransformerTrainer:
         started = time.perf_counter()
         self._callback("on_train_begin")
         bar = tqdm(total=total_steps, initial=start, desc="Training", disable=args.disable_tqdm)
-        holder = {"state": state}
         try:
             step = 0
             for epoch in range(epochs):
@@ -510,8 +514,7 @@ class SentenceTransformerTrainer:
                     name, dataset = names[d], self.train_dataset[names[d]]
                     loss = self.loss_for(name)
                     batch = self._batch(name, dataset, np.asarray(indices) - offsets[d], loss, (args.seed, step - 1))
-                    holder["state"], metrics = step_fns[id(loss)](holder["state"], batch,
-                                                                  jax.random.fold_in(key, step - 1))
+                    state, metrics = step_fns[id(loss)](state, batch, jax.random.fold_in(key, step - 1))
                     value = float(metrics["loss"])
                     window.append(value)
                     self.state.total_loss += value
@@ -522,26 +525,23 @@ class SentenceTransformerTrainer:
                     self._callback("on_step_end")
                     if step % log_every == 0 or (args.logging_first_step and step == 1):
                         self._log({"loss": float(np.mean(window)), "grad_norm": float(metrics["grad_norm"]),
-                                   "learning_rate": self._learning_rate(step - 1, total_steps)})
+                                   "learning_rate": self._learning_rate(step - 1)})
                         window = []
                     end_of_epoch = i + 1 == len(batches) or step == total_steps
                     evaluate = (eval_every and step % eval_every == 0) or (
                         args.eval_strategy == "epoch" and end_of_epoch)
-                    metrics_now = self._evaluate_during(holder["state"]) if evaluate else None
+                    metrics_now = self._evaluate_during(state) if evaluate else None
                     save = (save_every and step % save_every == 0) or (args.save_strategy == "epoch" and end_of_epoch) \
                         or (args.save_strategy == "best" and metrics_now is not None and self._improved(metrics_now))
                     if metrics_now is not None:
                         self._track_best(metrics_now, save)
                     if save:
-                        self._save_checkpoint(holder["state"])
+                        self._save_checkpoint(state)
             if args.load_best_model_at_end and self.state.best_model_checkpoint:
-                holder["state"] = self._restore_params(self.state.best_model_checkpoint, holder["state"])
+                state = self._restore_params(self.state.best_model_checkpoint, state)
         finally:
             bar.close()
-            self.model.params, loss_params = split_trained(holder["state"].params, first) if single else \
-                (holder["state"].params, None)
-            if loss_params is not None:
-                first.params = loss_params
+            self._install(state.params)
         runtime = time.perf_counter() - started
         done = self.state.global_step - start
         train_loss = self.state.total_loss / max(1, self.state.global_step)
@@ -553,12 +553,10 @@ class SentenceTransformerTrainer:
         self._callback("on_train_end")
         return TrainOutput(self.state.global_step, train_loss, metrics)
 
-    def _learning_rate(self, step: int, total_steps: int) -> float:
+    def _learning_rate(self, step: int) -> float:
         """The learning rate step ``step`` (from 0) ran at, as transformers logs it; nan for an optimizer of
         one's own."""
-        if self.optimizer is not None:
-            return float("nan")
-        return float(_schedule(self.args, total_steps)(step))
+        return float("nan") if self._schedule is None else float(self._schedule(step))
 
     def _log(self, logs: dict) -> None:
         entry = {**logs, "epoch": self.state.epoch, "step": self.state.global_step}
@@ -567,14 +565,19 @@ class SentenceTransformerTrainer:
 
     # ------------------------------------------------------------------ evaluation
 
+    def _install(self, params) -> None:
+        """Give the model (and a single loss with params of its own) the train state's ``params``."""
+        if isinstance(self.loss, dict):
+            self.model.params = params
+            return
+        self.model.params, loss_params = split_trained(params, self.loss)
+        if loss_params is not None:
+            self.loss.params = loss_params
+
     def _with_params(self, params, fn):
         """``fn()`` with the model holding ``params`` (the train state's), then the model's own again."""
         held = self.model.params
-        single = not isinstance(self.loss, dict)
-        self.model.params, loss_params = split_trained(params, self.loss_for(None) if single else None) \
-            if single else (params, None)
-        if loss_params is not None:
-            self.loss.params = loss_params
+        self._install(params)
         try:
             return fn()
         finally:
@@ -601,13 +604,14 @@ class SentenceTransformerTrainer:
         metrics = {}
         for name, dataset in (datasets or {}).items():
             loss = self.loss_for(name)
-            loss_fn = jax.jit(make_loss_fn(self.model, loss, dropout=False))
+            if id(loss) not in self._eval_fns:  # compiled once per loss (and batch shape), not per evaluation
+                self._eval_fns[id(loss)] = jax.jit(make_loss_fn(self.model, loss, dropout=False))
+            loss_fn = self._eval_fns[id(loss)]
             params = trainable_params(self.model, loss)
             total, count = 0.0, 0
             # batches drawn as for training, from a generator seeded afresh: sentence-transformers' eval batches
-            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
             sampler = self.batch_sampler_for({None: dataset}, self.args.per_device_eval_batch_size,
-                                             TorchGenerator(seed))
+                                             TorchGenerator(self._data_seed))
             for i, indices in enumerate(sampler):
                 batch = self._batch(name, dataset, np.asarray(indices), loss, (self.args.seed, i))
                 total += float(loss_fn(params, batch)) * len(indices)
@@ -660,10 +664,7 @@ class SentenceTransformerTrainer:
         target = self._checkpoint_dir(self.state.global_step)
         temp = target.with_name(target.name + ".tmp")
         shutil.rmtree(temp, ignore_errors=True)
-        self._with_params(state.params, lambda: self.model.save(temp / "model"))
-        for item in (temp / "model").iterdir():
-            item.rename(temp / item.name)
-        (temp / "model").rmdir()
+        self._with_params(state.params, lambda: self.model.save(temp))
         save_state(temp / TRAIN_STATE, state)
         (temp / TRAINER_STATE).write_text(json.dumps(dataclasses.asdict(self.state), indent=2))
         shutil.rmtree(target, ignore_errors=True)
